@@ -1,0 +1,1 @@
+//! Wire protocol and client library (issue 4).

@@ -1,0 +1,9 @@
+//! The io_uring backend (the default): one ring per shard with registered files and
+//! buffers, reaped by polling while I/O is in flight.
+
+mod completion;
+mod ring_setup;
+mod uring_queue;
+
+pub use ring_setup::{RingFeatures, UringOptions};
+pub use uring_queue::UringQueue;

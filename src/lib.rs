@@ -1,0 +1,1 @@
+//! Root package: holds the whole-node integration tests in tests/.
