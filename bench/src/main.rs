@@ -1,2 +1,121 @@
-//! bench
-fn main() {}
+//! `hotshard-bench`: the benchmark harness. Every figure is printed beside an anchor
+//! measured in the same invocation (fio for the device).
+
+mod device_bench;
+mod duration_arg;
+mod fio_anchor;
+mod latency;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use device_bench::{device_command, Backend, DeviceOp, DeviceRun};
+use hotshard_nvme::UringOptions;
+
+#[derive(Parser)]
+#[command(name = "hotshard-bench", version, about = "hotshard benchmark harness")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive one device queue per core and report IOPS, MB/s and latency percentiles.
+    Device(DeviceArgs),
+}
+
+#[derive(clap::Args)]
+struct DeviceArgs {
+    /// File, partition or block device. A file is created and zero-filled if missing.
+    #[arg(long, default_value = "hotshard-data/bench.img")]
+    path: PathBuf,
+    /// Size of the file to create.
+    #[arg(long, default_value_t = 1 << 30)]
+    size: u64,
+    #[arg(long, value_enum, default_value_t = DeviceOp::Randread)]
+    op: DeviceOp,
+    /// Block size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    bs: usize,
+    /// Operations in flight per core.
+    #[arg(long, default_value_t = 32)]
+    qd: usize,
+    /// Number of shards (one core each, from core 0); ignored when --cores is given.
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    /// Comma-separated cores to run shards on.
+    #[arg(long, value_delimiter = ',')]
+    cores: Vec<usize>,
+    #[arg(long, default_value = "10s", value_parser = duration_arg::parse_duration)]
+    duration: Duration,
+    #[arg(long, value_enum, default_value_t = Backend::Uring)]
+    backend: Backend,
+    /// Also run fio with the same target, size, block size and depth, and print ratios.
+    #[arg(long)]
+    vs_fio: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Turn off SINGLE_ISSUER + DEFER_TASKRUN (for comparison).
+    #[arg(long)]
+    no_defer_taskrun: bool,
+    /// Turn off registered buffers (for comparison).
+    #[arg(long)]
+    no_register_buffers: bool,
+    /// Kernel submission polling with this idle time in ms.
+    #[arg(long)]
+    sqpoll: Option<u32>,
+    /// Polled completions (block devices with poll queues only).
+    #[arg(long)]
+    iopoll: bool,
+    /// Block for a completion after this many idle polls (0: always spin).
+    #[arg(long, default_value_t = 0)]
+    wait_after_idle_polls: u32,
+    /// Longest such block, in microseconds.
+    #[arg(long, default_value_t = 100)]
+    wait_timeout_us: u32,
+    /// Hold submissions until the next reap and send them in one io_uring_enter.
+    #[arg(long)]
+    batch: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    hotshard_nvme::memlock::ensure_memlock().map_err(anyhow::Error::msg)?;
+    match cli.command {
+        Command::Device(a) => {
+            let cores = if a.cores.is_empty() {
+                (0..a.shards.max(1)).collect()
+            } else {
+                a.cores
+            };
+            if a.qd == 0 || a.bs == 0 {
+                anyhow::bail!("--qd and --bs must be positive");
+            }
+            let run = DeviceRun {
+                path: a.path,
+                file_size: a.size,
+                op: a.op,
+                bs: a.bs,
+                qd: a.qd,
+                cores,
+                duration: a.duration,
+                backend: a.backend,
+                uring: UringOptions {
+                    defer_taskrun: !a.no_defer_taskrun,
+                    register_buffers: !a.no_register_buffers,
+                    sqpoll_idle_ms: a.sqpoll,
+                    iopoll: a.iopoll,
+                    wait_after_idle_polls: a.wait_after_idle_polls,
+                    wait_timeout_us: a.wait_timeout_us,
+                    batch_submissions: a.batch,
+                    ..UringOptions::default()
+                },
+            };
+            device_command(&run, a.vs_fio, a.json)?;
+        }
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@ pub mod dma_buffer;
 pub mod dma_file_queue;
 pub mod error;
 pub mod limits;
+pub mod memlock;
 pub mod queue;
 pub mod sim;
 pub mod uring;

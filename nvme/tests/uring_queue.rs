@@ -220,3 +220,25 @@ fn conformance_on_a_loop_device() {
         drop(lo);
     });
 }
+
+#[test]
+fn a_poller_task_reaps_for_everyone_in_each_mode() {
+    for (batch, wait_after) in [(false, 0), (true, 0), (false, 1), (true, 4)] {
+        on_glommio(move || async move {
+            let dir = test_dir();
+            let opts = UringOptions {
+                batch_submissions: batch,
+                wait_after_idle_polls: wait_after,
+                ..small_pool()
+            };
+            let q = file_queue(&dir, opts);
+            let poller = glommio::spawn_local(q.poller());
+            concurrent_io(&q, 300).await;
+            conformance(&q).await;
+            assert_eq!(q.in_flight(), 0);
+            // The poller sleeps while nothing is in flight and ends with the queue.
+            drop(q);
+            poller.await;
+        });
+    }
+}

@@ -20,6 +20,16 @@ pub struct UringOptions {
     pub defer_taskrun: bool,
     /// Register the DMA arena so reads and writes use fixed buffers.
     pub register_buffers: bool,
+    /// Poller only: after this many consecutive polls that found nothing, block in
+    /// `io_uring_enter` for one completion (up to `wait_timeout_us`) instead of spinning.
+    /// 0 spins forever. Blocking holds the executor thread, so other tasks on the core
+    /// wait up to the timeout.
+    pub wait_after_idle_polls: u32,
+    /// Longest block when waiting, in microseconds.
+    pub wait_timeout_us: u32,
+    /// Hold entries until the next reap so that one `io_uring_enter` carries many (true),
+    /// or enter the kernel for each entry as it is queued (false).
+    pub batch_submissions: bool,
 }
 
 impl Default for UringOptions {
@@ -31,6 +41,9 @@ impl Default for UringOptions {
             iopoll: false,
             defer_taskrun: true,
             register_buffers: true,
+            wait_after_idle_polls: 0,
+            wait_timeout_us: 100,
+            batch_submissions: false,
         }
     }
 }

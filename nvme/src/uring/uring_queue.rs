@@ -10,7 +10,7 @@ use std::future::Future;
 use std::os::unix::io::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
@@ -27,10 +27,19 @@ struct Inner {
     ring: RefCell<IoUring>,
     slots: RefCell<Slots>,
     unsubmitted: Cell<u32>,
+    /// Entries given to the ring whose completion has not been reaped yet.
+    awaiting_cqe: Cell<usize>,
+    /// A poller task reaps for everyone; operations then only wait for their wake-up.
+    poller_running: Cell<bool>,
+    /// The poller's waker while it sleeps (nothing awaiting a completion).
+    poller_parked: RefCell<Option<Waker>>,
     owner: usize,
     pool: BufferPool,
     device: Device,
     features: RingFeatures,
+    wait_after_idle_polls: u32,
+    wait_timeout_us: u32,
+    batch_submissions: bool,
 }
 
 /// A per-core io_uring queue. Not `Send`: it belongs to the thread that made it.
@@ -73,10 +82,16 @@ impl UringQueue {
                 ring: RefCell::new(ring),
                 slots: RefCell::new(Slots::new(capacity)),
                 unsubmitted: Cell::new(0),
+                awaiting_cqe: Cell::new(0),
+                poller_running: Cell::new(false),
+                poller_parked: RefCell::new(None),
                 owner: thread_token(),
                 pool,
                 device,
                 features,
+                wait_after_idle_polls: opts.wait_after_idle_polls,
+                wait_timeout_us: opts.wait_timeout_us,
+                batch_submissions: opts.batch_submissions,
             }),
         })
     }
@@ -136,6 +151,13 @@ impl UringQueue {
             return Err(NvmeError::RingFull { in_flight, capacity });
         }
         inner.unsubmitted.set(inner.unsubmitted.get() + 1);
+        inner.awaiting_cqe.set(inner.awaiting_cqe.get() + 1);
+        if !inner.batch_submissions {
+            submit_pending(&ring, inner);
+        }
+        if let Some(poller) = inner.poller_parked.borrow_mut().take() {
+            poller.wake();
+        }
         Ok(Op {
             queue: self.inner.clone(),
             id,
@@ -177,8 +199,42 @@ impl UringQueue {
             }
         }
         let mut slots = inner.slots.borrow_mut();
+        let mut reaped = 0;
         for cqe in ring.completion() {
             slots.complete(cqe.user_data(), cqe.result());
+            reaped += 1;
+        }
+        inner
+            .awaiting_cqe
+            .set(inner.awaiting_cqe.get().saturating_sub(reaped));
+    }
+
+    /// Blocks the thread until one completion arrives or the wait timeout passes.
+    fn wait_for_one(inner: &Inner) {
+        let ring = inner.ring.borrow_mut();
+        let ts = types::Timespec::new().nsec(inner.wait_timeout_us.saturating_mul(1000).min(999_999_999));
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match ring.submitter().submit_with_args(1, &args) {
+            Ok(n) => inner
+                .unsubmitted
+                .set(inner.unsubmitted.get().saturating_sub(n as u32)),
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+            Err(e) => tracing::trace!("io_uring wait: {e}"),
+        }
+        drop(ring);
+        UringQueue::reap(inner);
+    }
+
+    /// A task that reaps completions for every operation of this queue: spawn it on the
+    /// queue's executor (`glommio::spawn_local(queue.poller()).detach()`). While entries
+    /// await completion it polls the ring once per scheduler pass; with none it sleeps
+    /// until the next submission. It ends when the queue is dropped. Without a poller,
+    /// each waiting operation polls for itself (fine for tests, costlier at depth).
+    pub fn poller(&self) -> impl Future<Output = ()> + 'static {
+        self.inner.poller_running.set(true);
+        Poller {
+            queue: Rc::downgrade(&self.inner),
+            idle_polls: 0,
         }
     }
 
@@ -332,6 +388,10 @@ impl Future for Op {
             self.finished = true;
             return Poll::Ready(done);
         }
+        if self.queue.poller_running.get() {
+            // The poller reaps and wakes us; the waker is registered above.
+            return Poll::Pending;
+        }
         if !self.submitted {
             // First poll: let the other ready tasks queue their entries too, so that one
             // io_uring_enter carries the whole batch.
@@ -351,6 +411,49 @@ impl Future for Op {
     }
 }
 
+struct Poller {
+    queue: std::rc::Weak<Inner>,
+    idle_polls: u32,
+}
+
+impl Future for Poller {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(inner) = self.queue.upgrade() else {
+            return Poll::Ready(());
+        };
+        let before = inner.awaiting_cqe.get();
+        UringQueue::reap(&inner);
+        let awaiting = inner.awaiting_cqe.get();
+        if awaiting == 0 && inner.unsubmitted.get() == 0 {
+            self.idle_polls = 0;
+            *inner.poller_parked.borrow_mut() = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        if awaiting < before {
+            self.idle_polls = 0;
+        } else {
+            self.idle_polls += 1;
+            if inner.wait_after_idle_polls > 0 && self.idle_polls >= inner.wait_after_idle_polls {
+                self.idle_polls = 0;
+                UringQueue::wait_for_one(&inner);
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        if let Some(inner) = self.queue.upgrade() {
+            inner.poller_running.set(false);
+            inner.poller_parked.borrow_mut().take();
+        }
+    }
+}
+
 impl Drop for Op {
     fn drop(&mut self) {
         if !self.finished {
@@ -361,6 +464,10 @@ impl Drop for Op {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // A sleeping poller must wake to see that the queue is gone and end.
+        if let Some(poller) = self.poller_parked.get_mut().take() {
+            poller.wake();
+        }
         // The kernel may still write into abandoned buffers: wait for every completion
         // before the arena (in `pool`) can be freed.
         let ring = self.ring.get_mut();
