@@ -1,26 +1,49 @@
 //! `AnyQueue`: one type over every backend, chosen at run time from a profile.
 
-use crate::device::DeviceInfo;
+use std::rc::Rc;
+
+use crate::device::{Device, DeviceInfo, DeviceKind};
 use crate::dma_buffer::{BufferPool, DmaBuffer};
 use crate::dma_file_queue::DmaFileQueue;
 use crate::error::Result;
 use crate::queue::{BlockQueue, Durability};
 use crate::sim::SimQueue;
-use crate::uring::UringQueue;
+use crate::uring::{PassthroughQueue, UringOptions, UringQueue};
 
 /// A queue of any backend.
 pub enum AnyQueue {
     Uring(UringQueue),
+    Passthrough(Rc<PassthroughQueue>),
     DmaFile(DmaFileQueue),
     Sim(SimQueue),
+    #[cfg(feature = "spdk")]
+    Spdk(crate::spdk::SpdkQueue),
+}
+
+impl AnyQueue {
+    /// The io_uring backend for `device`: NVMe passthrough for a namespace char device,
+    /// the block queue for anything else.
+    pub fn uring(device: Device, opts: &UringOptions) -> Result<AnyQueue> {
+        if device.info().kind == DeviceKind::NvmeCharDevice {
+            return Ok(AnyQueue::Passthrough(PassthroughQueue::new(
+                device,
+                opts.entries,
+                opts.pool_bytes,
+            )?));
+        }
+        Ok(AnyQueue::Uring(UringQueue::new(device, opts)?))
+    }
 }
 
 macro_rules! dispatch {
     ($self:expr, $q:ident => $e:expr) => {
         match $self {
             AnyQueue::Uring($q) => $e,
+            AnyQueue::Passthrough($q) => $e,
             AnyQueue::DmaFile($q) => $e,
             AnyQueue::Sim($q) => $e,
+            #[cfg(feature = "spdk")]
+            AnyQueue::Spdk($q) => $e,
         }
     };
 }

@@ -10,6 +10,8 @@ pub mod limits;
 pub mod memlock;
 pub mod queue;
 pub mod sim;
+#[cfg(feature = "spdk")]
+pub mod spdk;
 pub mod uring;
 
 pub use any_queue::AnyQueue;
