@@ -1,1 +1,3 @@
-//! Wire protocol and client library (issue 4).
+//! hotshard-net: the wire protocol, placement and the shard-aware client (issue 4).
+
+pub mod placement;

@@ -1,0 +1,4 @@
+//! hotshard-node: the data node. `store` is one shard's storage engine.
+
+pub mod limits;
+pub mod store;

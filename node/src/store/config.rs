@@ -1,0 +1,107 @@
+//! How a shard's store is laid out and tuned.
+
+use crate::limits::{
+    DEFAULT_BATCH_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_SEGMENT_BYTES, MAX_KEY_BYTES, MAX_PARTITION_BITS,
+    MAX_VALUE_BYTES, MIN_SEGMENT_BYTES,
+};
+use crate::store::error::{StoreError, StoreResult};
+use crate::store::format::{RECORD_HEADER_BYTES, SEGMENTS_START, SEGMENT_HEADER_BYTES};
+
+/// How an acknowledged batch is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitDurability {
+    /// The batch write carries FUA (RWF_DSYNC).
+    Fua,
+    /// A plain write followed by a flush (fdatasync) that covers it.
+    WriteThenFlush,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Where this shard's region starts on the device.
+    pub region_offset: u64,
+    pub region_bytes: u64,
+    pub segment_bytes: u64,
+    pub batch_bytes: usize,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub partition_bits: u8,
+    pub shard_index: u32,
+    pub shard_count: u32,
+    pub cache_bytes: usize,
+    pub durability: CommitDurability,
+    /// GC collects a sealed segment whose live bytes are at most this fraction of it.
+    pub gc_max_live_fraction: f64,
+    /// Format the region if it holds no superblock.
+    pub format_if_empty: bool,
+}
+
+impl StoreConfig {
+    pub fn new(region_offset: u64, region_bytes: u64) -> Self {
+        StoreConfig {
+            region_offset,
+            region_bytes,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            batch_bytes: DEFAULT_BATCH_BYTES,
+            max_key_bytes: MAX_KEY_BYTES,
+            max_value_bytes: MAX_VALUE_BYTES,
+            partition_bits: hotshard_net::placement::DEFAULT_PARTITION_BITS,
+            shard_index: 0,
+            shard_count: 1,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            durability: CommitDurability::Fua,
+            gc_max_live_fraction: 0.5,
+            format_if_empty: true,
+        }
+    }
+
+    /// Segments that fit in the region.
+    pub fn segment_count(&self) -> u32 {
+        (self.region_bytes.saturating_sub(SEGMENTS_START) / self.segment_bytes) as u32
+    }
+
+    pub fn validate(&self, block_size: u64) -> StoreResult<()> {
+        let bad = |m: String| Err(StoreError::Open(m));
+        if !self.region_offset.is_multiple_of(block_size) {
+            return bad(format!(
+                "region offset {} is not block aligned",
+                self.region_offset
+            ));
+        }
+        if self.segment_bytes < MIN_SEGMENT_BYTES || !self.segment_bytes.is_multiple_of(block_size) {
+            return bad(format!(
+                "segment size {} must be a multiple of {block_size} and at least {MIN_SEGMENT_BYTES}",
+                self.segment_bytes
+            ));
+        }
+        let biggest =
+            (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES + self.max_key_bytes + self.max_value_bytes) as u64;
+        if biggest > self.segment_bytes {
+            return bad(format!(
+                "segment size {} cannot hold the largest record ({biggest} bytes)",
+                self.segment_bytes
+            ));
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > u16::MAX as usize {
+            return bad(format!("key limit {} must be 1..=65535", self.max_key_bytes));
+        }
+        if self.partition_bits == 0 || self.partition_bits > MAX_PARTITION_BITS {
+            return bad(format!(
+                "partition bits {} must be 1..={MAX_PARTITION_BITS}",
+                self.partition_bits
+            ));
+        }
+        if self.segment_count() < 4 {
+            return bad(format!(
+                "region of {} bytes holds {} segments of {}; at least 4 are needed",
+                self.region_bytes,
+                self.segment_count(),
+                self.segment_bytes
+            ));
+        }
+        if !(0.0..1.0).contains(&self.gc_max_live_fraction) {
+            return bad("gc live fraction must be in [0, 1)".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,379 @@
+//! `Store`: one shard's crash-safe log-structured object store on a `BlockQueue`:
+//! put, get (with ranges), delete, stat, and the keys of a partition.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use hotshard_nvme::BlockQueue;
+
+use super::cache::{Cache, CacheStats};
+use super::config::StoreConfig;
+use super::error::{StoreError, StoreResult};
+use super::format::{RecordHeader, RecordKind, RECORD_HEADER_BYTES};
+use super::group_commit::{StageRequest, Writer};
+use super::index::{Index, IndexEntry};
+use super::metrics::{bump, StoreCounters, StoreMetrics};
+use super::segments::SegmentTable;
+use super::value::Value;
+
+/// Versions staged but not yet durable, per key.
+pub(crate) struct Pending {
+    pub version: u64,
+    pub tombstone: bool,
+    /// Staged records of this key still waiting for their batch.
+    pub count: u32,
+}
+
+pub(crate) struct State {
+    pub index: Index,
+    pub segments: SegmentTable,
+    pub pending: HashMap<Box<[u8]>, Pending, ahash::RandomState>,
+    pub writer: Writer,
+    pub cache: Cache,
+}
+
+pub(crate) struct Inner<Q: BlockQueue> {
+    pub queue: Q,
+    pub cfg: StoreConfig,
+    pub uuid: [u8; 16],
+    pub block: u64,
+    pub state: RefCell<State>,
+    pub metrics: StoreMetrics,
+}
+
+/// One shard's store. Cheap to clone (a handle); not `Send`: it lives on its core.
+pub struct Store<Q: BlockQueue> {
+    pub(crate) inner: Rc<Inner<Q>>,
+}
+
+impl<Q: BlockQueue> Clone for Store<Q> {
+    fn clone(&self) -> Self {
+        Store {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// What `stat` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectStat {
+    pub len: u64,
+    pub version: u64,
+    /// CRC32C of the value bytes.
+    pub crc32c: u32,
+}
+
+/// Space and objects, for stats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpaceStats {
+    pub objects: usize,
+    pub index_entries: usize,
+    pub index_heap_bytes: usize,
+    pub live_bytes: u64,
+    pub segments: u32,
+    pub free_segments: u32,
+    pub segment_bytes: u64,
+}
+
+/// Decrements a segment's reader count when a read ends, however it ends.
+struct ReadPin<'a, Q: BlockQueue> {
+    inner: &'a Inner<Q>,
+    segment: u32,
+}
+
+impl<Q: BlockQueue> Drop for ReadPin<'_, Q> {
+    fn drop(&mut self) {
+        self.inner
+            .state
+            .borrow_mut()
+            .segments
+            .get_mut(self.segment)
+            .readers -= 1;
+    }
+}
+
+impl<Q: BlockQueue> Store<Q> {
+    pub(crate) fn from_parts(queue: Q, cfg: StoreConfig, uuid: [u8; 16], state: State) -> Self {
+        let block = queue.info().logical_block_size.max(4096) as u64;
+        Store {
+            inner: Rc::new(Inner {
+                queue,
+                cfg,
+                uuid,
+                block,
+                state: RefCell::new(state),
+                metrics: StoreMetrics::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    pub fn queue(&self) -> &Q {
+        &self.inner.queue
+    }
+
+    fn check_key(&self, key: &[u8]) -> StoreResult<()> {
+        if key.is_empty() {
+            return Err(StoreError::BadRequest("empty key"));
+        }
+        if key.len() > self.inner.cfg.max_key_bytes {
+            return Err(StoreError::TooLarge {
+                what: "key",
+                len: key.len(),
+                limit: self.inner.cfg.max_key_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The partition of `key` under this store's partition count.
+    pub fn partition_of(&self, key: &[u8]) -> u32 {
+        hotshard_net::placement::partition_of(key, self.inner.cfg.partition_bits)
+    }
+
+    /// (version, exists) as of everything staged, durable or not.
+    fn current(st: &State, key: &[u8]) -> (u64, bool) {
+        if let Some(p) = st.pending.get(key) {
+            return (p.version, !p.tombstone);
+        }
+        st.index
+            .get(key)
+            .map_or((0, false), |e| (e.version, !e.tombstone))
+    }
+
+    fn stage_versioned(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        if_version: Option<u64>,
+        kind: RecordKind,
+    ) -> StoreResult<(u64, Rc<super::group_commit::BatchDone>)> {
+        let mut st = self.inner.state.borrow_mut();
+        let (version, exists) = Self::current(&st, key);
+        let live_version = if exists { version } else { 0 };
+        if let Some(expected) = if_version {
+            if expected != live_version {
+                return Err(StoreError::VersionMismatch {
+                    current: live_version,
+                });
+            }
+        }
+        if kind == RecordKind::Tombstone && !exists {
+            return Err(StoreError::NotFound);
+        }
+        let new_version = version + 1;
+        let lsn = st.writer.next_lsn;
+        let tomb_value = lsn.to_le_bytes();
+        let value = if kind == RecordKind::Tombstone {
+            &tomb_value[..]
+        } else {
+            value
+        };
+        let req = StageRequest {
+            key,
+            value,
+            version: new_version,
+            partition: self.partition_of(key),
+            kind,
+            moved_from: None,
+        };
+        let done = self.inner.stage(&mut st, &req)?;
+        let p = st.pending.entry(key.into()).or_insert(Pending {
+            version: 0,
+            tombstone: false,
+            count: 0,
+        });
+        p.version = new_version;
+        p.tombstone = kind == RecordKind::Tombstone;
+        p.count += 1;
+        Ok((new_version, done))
+    }
+
+    /// Stores `value` under `key`; with `if_version`, only if the current version is that
+    /// (0: only if absent). Returns the new version once it is durable.
+    pub async fn put(&self, key: &[u8], value: &[u8], if_version: Option<u64>) -> StoreResult<u64> {
+        self.check_key(key)?;
+        if value.len() > self.inner.cfg.max_value_bytes {
+            return Err(StoreError::TooLarge {
+                what: "value",
+                len: value.len(),
+                limit: self.inner.cfg.max_value_bytes,
+            });
+        }
+        let (version, done) = self.stage_versioned(key, value, if_version, RecordKind::Put)?;
+        self.inner.commit(done).await?;
+        bump(&self.inner.metrics.puts, 1);
+        Ok(version)
+    }
+
+    /// Deletes `key` (with `if_version`, only at that version). Returns the tombstone's
+    /// version once it is durable.
+    pub async fn delete(&self, key: &[u8], if_version: Option<u64>) -> StoreResult<u64> {
+        self.check_key(key)?;
+        let (version, done) = self.stage_versioned(key, &[], if_version, RecordKind::Tombstone)?;
+        self.inner.commit(done).await?;
+        bump(&self.inner.metrics.deletes, 1);
+        Ok(version)
+    }
+
+    /// The value of `key` (or `range` = (offset, length) of it) and its version.
+    pub async fn get(&self, key: &[u8], range: Option<(u64, u64)>) -> StoreResult<(Value, u64)> {
+        self.check_key(key)?;
+        bump(&self.inner.metrics.gets, 1);
+        let entry = {
+            let mut st = self.inner.state.borrow_mut();
+            let Some(entry) = st.index.get_live(key).copied() else {
+                bump(&self.inner.metrics.not_found, 1);
+                return Err(StoreError::NotFound);
+            };
+            let value_len = entry.value_len(key.len()) as u64;
+            let (start, len) = clamp_range(range, value_len)?;
+            if let Some(bytes) = st.cache.get(key, entry.version) {
+                return Ok((
+                    Value::Cached {
+                        bytes,
+                        start: start as usize,
+                        len: len as usize,
+                    },
+                    entry.version,
+                ));
+            }
+            st.segments.get_mut(entry.segment).readers += 1;
+            entry
+        };
+        let (buf, value_at) = {
+            let _pin = ReadPin {
+                inner: &self.inner,
+                segment: entry.segment,
+            };
+            self.read_record(key, &entry).await?
+        };
+        let value_len = entry.value_len(key.len());
+        if value_len <= self.inner.cfg.cache_bytes / 64 {
+            let bytes: Rc<[u8]> = buf[value_at..value_at + value_len].into();
+            self.inner
+                .state
+                .borrow_mut()
+                .cache
+                .insert(key, entry.version, bytes);
+        }
+        let (start, len) = clamp_range(range, value_len as u64)?;
+        Ok((
+            Value::Dma {
+                buf,
+                start: value_at + start as usize,
+                len: len as usize,
+            },
+            entry.version,
+        ))
+    }
+
+    /// Reads and verifies the record `entry` points at; returns the buffer and where the
+    /// value starts in it.
+    async fn read_record(
+        &self,
+        key: &[u8],
+        entry: &IndexEntry,
+    ) -> StoreResult<(hotshard_nvme::DmaBuffer, usize)> {
+        let block = self.inner.block;
+        let seg_off = self.inner.state.borrow().segments.device_offset(entry.segment);
+        let at = seg_off + entry.offset as u64;
+        let first = at / block * block;
+        let end = (at + entry.record_len as u64).div_ceil(block) * block;
+        let buf = self
+            .inner
+            .queue
+            .pool()
+            .alloc((end - first) as usize)
+            .await
+            .map_err(StoreError::Device)?;
+        let buf = match self.inner.queue.read_at(first, buf).await {
+            Ok(b) => b,
+            Err(e) => {
+                bump(&self.inner.metrics.read_errors, 1);
+                return Err(StoreError::Device(e));
+            }
+        };
+        let rel = (at - first) as usize;
+        let corrupt = |why: String| {
+            bump(&self.inner.metrics.corrupt_reads, 1);
+            StoreError::Corrupt(why)
+        };
+        let h = RecordHeader::decode(
+            &buf[rel..],
+            self.inner.cfg.max_key_bytes,
+            self.inner.cfg.max_value_bytes,
+        )
+        .map_err(|e| corrupt(format!("record header: {e:?}")))?;
+        h.verify(&buf[rel..])
+            .map_err(|e| corrupt(format!("record: {e:?}")))?;
+        let key_at = rel + RECORD_HEADER_BYTES;
+        if h.record_len() != entry.record_len as usize
+            || &buf[key_at..key_at + key.len()] != key
+            || h.version != entry.version
+        {
+            return Err(corrupt(
+                "the record at the indexed location belongs to another key or version".into(),
+            ));
+        }
+        Ok((buf, key_at + key.len()))
+    }
+
+    /// Length, version and value checksum of `key` (reads and verifies the record).
+    pub async fn stat(&self, key: &[u8]) -> StoreResult<ObjectStat> {
+        let (value, version) = self.get(key, None).await?;
+        Ok(ObjectStat {
+            len: value.len() as u64,
+            version,
+            crc32c: crc32c::crc32c(value.as_slice()),
+        })
+    }
+
+    /// The live keys of `partition`, with versions (a snapshot of the index).
+    pub fn keys_in_partition(&self, partition: u32) -> Vec<(Vec<u8>, u64)> {
+        let st = self.inner.state.borrow();
+        st.index
+            .iter()
+            .filter(|(_, e)| !e.tombstone && e.partition as u32 == partition)
+            .map(|(k, e)| (k.to_vec(), e.version))
+            .collect()
+    }
+
+    pub fn counters(&self) -> StoreCounters {
+        self.inner.metrics.snapshot()
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.state.borrow().cache.stats()
+    }
+
+    pub fn space(&self) -> SpaceStats {
+        let st = self.inner.state.borrow();
+        SpaceStats {
+            objects: st.index.live_objects(),
+            index_entries: st.index.entries(),
+            index_heap_bytes: st.index.heap_bytes(),
+            live_bytes: st.segments.live_bytes(),
+            segments: st.segments.count(),
+            free_segments: st.segments.free_count(),
+            segment_bytes: st.segments.segment_bytes(),
+        }
+    }
+}
+
+/// Checks a byte range against the value's length.
+fn clamp_range(range: Option<(u64, u64)>, value_len: u64) -> StoreResult<(u64, u64)> {
+    match range {
+        None => Ok((0, value_len)),
+        Some((start, len)) => {
+            if start > value_len {
+                return Err(StoreError::BadRequest("range starts past the end of the value"));
+            }
+            Ok((start, len.min(value_len - start)))
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! The on-disk format of a shard's region: superblock, segment header and record header.
+//! All integers are little-endian; every structure carries a CRC32C.
+//!
+//! ```text
+//! region:  [superblock copy 0][superblock copy 1][segment 0][segment 1]...
+//! segment: [segment header, 64 B][record][record]..[zero padding to a block][record]...
+//! record:  [header, 40 B][key][value]
+//! ```
+
+/// Version of the format this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Size of one superblock copy; two copies sit at the start of the region.
+pub const SUPERBLOCK_BYTES: u64 = 4096;
+/// Where segment 0 starts within the region.
+pub const SEGMENTS_START: u64 = 2 * SUPERBLOCK_BYTES;
+pub const SEGMENT_HEADER_BYTES: usize = 64;
+pub const RECORD_HEADER_BYTES: usize = 40;
+/// A tombstone's value: the LSN at which the delete was first written.
+pub const TOMBSTONE_VALUE_BYTES: usize = 8;
+
+const SUPERBLOCK_MAGIC: [u8; 8] = *b"HSHARDSB";
+const SEGMENT_MAGIC: [u8; 8] = *b"HSSEGMT1";
+/// "HSR1" as a little-endian u32.
+pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"HSR1");
+
+fn crc(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(bytes)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// What a shard's region is: written once at format time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superblock {
+    pub block_size: u32,
+    pub uuid: [u8; 16],
+    pub created_unix_secs: u64,
+    pub shard_index: u32,
+    pub shard_count: u32,
+    pub region_bytes: u64,
+    pub segment_bytes: u64,
+    pub segment_count: u32,
+    pub partition_bits: u8,
+}
+
+impl Superblock {
+    const ENCODED: usize = 76;
+
+    pub fn encode(&self, out: &mut [u8]) {
+        out[..Self::ENCODED].fill(0);
+        out[0..8].copy_from_slice(&SUPERBLOCK_MAGIC);
+        out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[12..16].copy_from_slice(&self.block_size.to_le_bytes());
+        out[16..32].copy_from_slice(&self.uuid);
+        out[32..40].copy_from_slice(&self.created_unix_secs.to_le_bytes());
+        out[40..44].copy_from_slice(&self.shard_index.to_le_bytes());
+        out[44..48].copy_from_slice(&self.shard_count.to_le_bytes());
+        out[48..56].copy_from_slice(&self.region_bytes.to_le_bytes());
+        out[56..64].copy_from_slice(&self.segment_bytes.to_le_bytes());
+        out[64..68].copy_from_slice(&self.segment_count.to_le_bytes());
+        out[68] = self.partition_bits;
+        let c = crc(&out[..72]);
+        out[72..76].copy_from_slice(&c.to_le_bytes());
+    }
+
+    /// `Ok(None)` for a never-formatted region (no magic); an error for a damaged or
+    /// foreign one.
+    pub fn decode(b: &[u8]) -> Result<Option<Superblock>, String> {
+        if b.len() < Self::ENCODED || b[0..8] != SUPERBLOCK_MAGIC {
+            return Ok(None);
+        }
+        if crc(&b[..72]) != u32_at(b, 72) {
+            return Err("superblock checksum mismatch".into());
+        }
+        let version = u32_at(b, 8);
+        if version != FORMAT_VERSION {
+            return Err(format!(
+                "format version {version}; this build reads {FORMAT_VERSION}"
+            ));
+        }
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&b[16..32]);
+        Ok(Some(Superblock {
+            block_size: u32_at(b, 12),
+            uuid,
+            created_unix_secs: u64_at(b, 32),
+            shard_index: u32_at(b, 40),
+            shard_count: u32_at(b, 44),
+            region_bytes: u64_at(b, 48),
+            segment_bytes: u64_at(b, 56),
+            segment_count: u32_at(b, 64),
+            partition_bits: b[68],
+        }))
+    }
+}
+
+/// Starts every written segment; a segment without a valid one is free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Order in which segments were opened for writing.
+    pub seq: u64,
+    /// Every record in this incarnation of the segment has an LSN at least this.
+    pub first_lsn: u64,
+    pub segment_index: u32,
+    pub uuid: [u8; 16],
+}
+
+impl SegmentHeader {
+    pub fn encode(&self, out: &mut [u8]) {
+        out[..SEGMENT_HEADER_BYTES].fill(0);
+        out[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        out[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        out[16..24].copy_from_slice(&self.first_lsn.to_le_bytes());
+        out[24..28].copy_from_slice(&self.segment_index.to_le_bytes());
+        out[32..48].copy_from_slice(&self.uuid);
+        let c = crc(&out[..48]);
+        out[48..52].copy_from_slice(&c.to_le_bytes());
+    }
+
+    /// The header if `b` starts with a valid one for this region and segment.
+    pub fn decode(b: &[u8], uuid: &[u8; 16], segment_index: u32) -> Option<SegmentHeader> {
+        if b.len() < SEGMENT_HEADER_BYTES || b[0..8] != SEGMENT_MAGIC || crc(&b[..48]) != u32_at(b, 48) {
+            return None;
+        }
+        let h = SegmentHeader {
+            seq: u64_at(b, 8),
+            first_lsn: u64_at(b, 16),
+            segment_index: u32_at(b, 24),
+            uuid: b[32..48].try_into().ok()?,
+        };
+        (h.uuid == *uuid && h.segment_index == segment_index).then_some(h)
+    }
+}
+
+/// Put or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    Put = 1,
+    Tombstone = 2,
+}
+
+/// The fixed part of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub kind: RecordKind,
+    pub key_len: u16,
+    pub value_len: u32,
+    /// Log sequence number: strictly increasing within a shard.
+    pub lsn: u64,
+    /// Per-key version: grows with every put or delete of the key.
+    pub version: u64,
+    pub partition: u32,
+}
+
+/// Why bytes are not a valid record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordError {
+    /// No record magic: padding, never-written space or the end of the log.
+    NoRecord,
+    /// Lengths impossible under the limits or past the end of the space.
+    BadLength,
+    /// The checksum does not match: torn or corrupted.
+    Checksum,
+    /// Unknown kind byte.
+    BadKind,
+}
+
+impl RecordHeader {
+    pub fn record_len(&self) -> usize {
+        RECORD_HEADER_BYTES + self.key_len as usize + self.value_len as usize
+    }
+
+    /// Writes the record (header, key, value) into `out`, which must be `record_len` long.
+    pub fn encode_record(&self, key: &[u8], value: &[u8], out: &mut [u8]) {
+        debug_assert_eq!(key.len(), self.key_len as usize);
+        debug_assert_eq!(value.len(), self.value_len as usize);
+        out[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+        out[8] = self.kind as u8;
+        out[9] = 0;
+        out[10..12].copy_from_slice(&self.key_len.to_le_bytes());
+        out[12..16].copy_from_slice(&self.value_len.to_le_bytes());
+        out[16..24].copy_from_slice(&self.lsn.to_le_bytes());
+        out[24..32].copy_from_slice(&self.version.to_le_bytes());
+        out[32..36].copy_from_slice(&self.partition.to_le_bytes());
+        out[36..40].fill(0);
+        let k_end = RECORD_HEADER_BYTES + key.len();
+        out[RECORD_HEADER_BYTES..k_end].copy_from_slice(key);
+        out[k_end..k_end + value.len()].copy_from_slice(value);
+        let c = crc(&out[8..k_end + value.len()]);
+        out[4..8].copy_from_slice(&c.to_le_bytes());
+    }
+
+    /// Reads the header at the start of `b` and checks lengths against the limits and
+    /// against `b`; does not check the CRC (see `verify`).
+    pub fn decode(b: &[u8], max_key: usize, max_value: usize) -> Result<RecordHeader, RecordError> {
+        if b.len() < RECORD_HEADER_BYTES || u32_at(b, 0) != RECORD_MAGIC {
+            return Err(RecordError::NoRecord);
+        }
+        let kind = match b[8] {
+            1 => RecordKind::Put,
+            2 => RecordKind::Tombstone,
+            _ => return Err(RecordError::BadKind),
+        };
+        let h = RecordHeader {
+            kind,
+            key_len: u16::from_le_bytes([b[10], b[11]]),
+            value_len: u32_at(b, 12),
+            lsn: u64_at(b, 16),
+            version: u64_at(b, 24),
+            partition: u32_at(b, 32),
+        };
+        let value_ok = match kind {
+            RecordKind::Put => h.value_len as usize <= max_value,
+            RecordKind::Tombstone => h.value_len as usize == TOMBSTONE_VALUE_BYTES,
+        };
+        if h.key_len == 0 || h.key_len as usize > max_key || !value_ok {
+            return Err(RecordError::BadLength);
+        }
+        Ok(h)
+    }
+
+    /// Checks the CRC of the whole record at the start of `b`.
+    pub fn verify(&self, b: &[u8]) -> Result<(), RecordError> {
+        let len = self.record_len();
+        if b.len() < len {
+            return Err(RecordError::BadLength);
+        }
+        if crc(&b[8..len]) != u32_at(b, 4) {
+            return Err(RecordError::Checksum);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn golden_record_bytes() {
+        let h = RecordHeader {
+            kind: RecordKind::Put,
+            key_len: 3,
+            value_len: 5,
+            lsn: 7,
+            version: 2,
+            partition: 0x0abc,
+        };
+        let mut out = vec![0u8; h.record_len()];
+        h.encode_record(b"key", b"value", &mut out);
+        assert_eq!(
+            hex(&out),
+            concat!(
+                "48535231",
+                "64db3e20",
+                "01",
+                "00",
+                "0300",
+                "05000000",
+                "0700000000000000",
+                "0200000000000000",
+                "bc0a0000",
+                "00000000",
+                "6b6579",
+                "76616c7565"
+            )
+        );
+        let back = RecordHeader::decode(&out, 1024, 1 << 23).unwrap();
+        assert_eq!(back, h);
+        back.verify(&out).unwrap();
+    }
+
+    #[test]
+    fn golden_segment_header_bytes() {
+        let h = SegmentHeader {
+            seq: 9,
+            first_lsn: 100,
+            segment_index: 3,
+            uuid: [0x11; 16],
+        };
+        let mut out = [0u8; SEGMENT_HEADER_BYTES];
+        h.encode(&mut out);
+        assert_eq!(
+            hex(&out),
+            concat!(
+                "4853534547 4d5431",
+                "0900000000000000",
+                "6400000000000000",
+                "03000000",
+                "00000000",
+                "11111111111111111111111111111111",
+                "e9ea1dd1",
+                "000000000000000000000000"
+            )
+            .replace(' ', "")
+        );
+        assert_eq!(u32_at(&out, 48), crc(&out[..48]));
+        assert_eq!(SegmentHeader::decode(&out, &[0x11; 16], 3), Some(h));
+        assert_eq!(
+            SegmentHeader::decode(&out, &[0x12; 16], 3),
+            None,
+            "foreign region"
+        );
+        assert_eq!(SegmentHeader::decode(&out, &[0x11; 16], 4), None, "wrong slot");
+    }
+
+    #[test]
+    fn golden_superblock_bytes() {
+        let sb = Superblock {
+            block_size: 4096,
+            uuid: [0xab; 16],
+            created_unix_secs: 1_800_000_000,
+            shard_index: 1,
+            shard_count: 2,
+            region_bytes: 1 << 30,
+            segment_bytes: 16 << 20,
+            segment_count: 63,
+            partition_bits: 12,
+        };
+        let mut out = [0u8; 4096];
+        sb.encode(&mut out);
+        assert_eq!(&out[0..8], b"HSHARDSB");
+        assert_eq!(
+            hex(&out[8..72]),
+            concat!(
+                "01000000",
+                "00100000",
+                "abababababababababababababababab",
+                "00d2496b00000000",
+                "01000000",
+                "02000000",
+                "0000004000000000",
+                "0000000100000000",
+                "3f000000",
+                "0c000000"
+            )
+        );
+        assert_eq!(Superblock::decode(&out).unwrap(), Some(sb));
+        out[20] ^= 1;
+        assert!(Superblock::decode(&out).is_err());
+        assert_eq!(Superblock::decode(&[0u8; 4096]).unwrap(), None);
+    }
+
+    #[test]
+    fn damaged_records_are_rejected() {
+        let h = RecordHeader {
+            kind: RecordKind::Put,
+            key_len: 1,
+            value_len: 4,
+            lsn: 1,
+            version: 1,
+            partition: 0,
+        };
+        let mut out = vec![0u8; h.record_len()];
+        h.encode_record(b"k", b"vvvv", &mut out);
+        let mut flipped = out.clone();
+        flipped[RECORD_HEADER_BYTES + 2] ^= 0x10;
+        assert_eq!(h.verify(&flipped), Err(RecordError::Checksum));
+        assert_eq!(RecordHeader::decode(&out, 1024, 3), Err(RecordError::BadLength));
+        let mut bad_kind = out.clone();
+        bad_kind[8] = 9;
+        assert_eq!(
+            RecordHeader::decode(&bad_kind, 1024, 100),
+            Err(RecordError::BadKind)
+        );
+        assert_eq!(
+            RecordHeader::decode(&[0u8; 64], 1024, 100),
+            Err(RecordError::NoRecord)
+        );
+        assert_eq!(
+            RecordHeader::decode(&out[..10], 1024, 100),
+            Err(RecordError::NoRecord)
+        );
+    }
+}

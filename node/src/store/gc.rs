@@ -1,0 +1,140 @@
+//! Garbage collection: move the live records out of a mostly-dead segment, drop
+//! tombstones that nothing older can outlive, then erase the segment's header so that it
+//! is free (and recovery never replays it again).
+
+use std::rc::Rc;
+
+use hotshard_nvme::{BlockQueue, Durability};
+
+use super::engine::Store;
+use super::error::StoreResult;
+use super::format::{RecordKind, RECORD_HEADER_BYTES, TOMBSTONE_VALUE_BYTES};
+use super::group_commit::StageRequest;
+use super::metrics::bump;
+use super::scan::scan_segment;
+
+/// What one GC step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcOutcome {
+    /// No segment is worth collecting.
+    Idle,
+    /// The segment is free again.
+    Freed {
+        segment: u32,
+        moved_records: u64,
+        moved_bytes: u64,
+        dropped_tombstones: u64,
+    },
+    /// Some records could not move yet (a newer write of the key is in flight, or a read
+    /// of the segment is); the next step retries.
+    Deferred { segment: u32 },
+}
+
+impl<Q: BlockQueue> Store<Q> {
+    /// Collects one segment, if any is at most `gc_max_live_fraction` live.
+    pub async fn gc_step(&self) -> StoreResult<GcOutcome> {
+        let inner = &self.inner;
+        let (victim, seg_off, written) = {
+            let st = inner.state.borrow();
+            let Some(victim) = st.segments.gc_candidate(inner.cfg.gc_max_live_fraction) else {
+                return Ok(GcOutcome::Idle);
+            };
+            let info = st.segments.get(victim);
+            (
+                victim,
+                st.segments.device_offset(victim),
+                info.written.max(inner.block),
+            )
+        };
+        bump(&inner.metrics.gc_runs, 1);
+        let image = inner.queue.pool().alloc(written as usize).await?;
+        let image = inner.queue.read_at(seg_off, image).await?;
+        let first_lsn = inner.state.borrow().segments.get(victim).first_lsn;
+
+        // Find what is still live, in log order.
+        let mut live = Vec::new();
+        scan_segment(
+            &image,
+            first_lsn,
+            inner.block as usize,
+            inner.cfg.max_key_bytes,
+            inner.cfg.max_value_bytes,
+            |off, h, _| live.push((off, *h)),
+        );
+        let mut dones = Vec::new();
+        let (mut moved_records, mut moved_bytes, mut dropped, mut deferred) = (0u64, 0u64, 0u64, false);
+        for (off, h) in live {
+            let rec = &image[off as usize..off as usize + h.record_len()];
+            let key = &rec[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + h.key_len as usize];
+            let value = &rec[RECORD_HEADER_BYTES + h.key_len as usize..];
+            let mut st = inner.state.borrow_mut();
+            let points_here = st
+                .index
+                .get(key)
+                .is_some_and(|e| e.segment == victim && e.offset == off);
+            if !points_here {
+                continue;
+            }
+            if st.pending.contains_key(key) {
+                // A newer version is on its way; moving this one now could let its copy
+                // outrank the newer record in the log.
+                deferred = true;
+                continue;
+            }
+            if h.kind == RecordKind::Tombstone && value.len() == TOMBSTONE_VALUE_BYTES {
+                let deleted_at = u64::from_le_bytes(value.try_into().expect("8 bytes"));
+                if deleted_at < st.segments.min_first_lsn_excluding(victim) {
+                    // Every segment that could hold an older version of the key is gone.
+                    st.index.remove(key);
+                    st.segments.sub_live(victim, h.record_len() as u64);
+                    dropped += 1;
+                    continue;
+                }
+            }
+            let req = StageRequest {
+                key,
+                value,
+                version: h.version,
+                partition: h.partition,
+                kind: h.kind,
+                moved_from: Some((victim, off)),
+            };
+            match inner.stage(&mut st, &req) {
+                Ok(done) => {
+                    if !dones.iter().any(|d| Rc::ptr_eq(d, &done)) {
+                        dones.push(done);
+                    }
+                    moved_records += 1;
+                    moved_bytes += h.record_len() as u64;
+                }
+                Err(_) => deferred = true,
+            }
+        }
+        drop(image);
+        for done in dones {
+            inner.commit(done).await?;
+        }
+        bump(&inner.metrics.gc_moved_records, moved_records);
+        bump(&inner.metrics.gc_moved_bytes, moved_bytes);
+        bump(&inner.metrics.gc_dropped_tombstones, dropped);
+        {
+            let st = inner.state.borrow();
+            let info = st.segments.get(victim);
+            if deferred || info.live_bytes > 0 || info.readers > 0 {
+                return Ok(GcOutcome::Deferred { segment: victim });
+            }
+        }
+        // Erase the header durably before reuse: a free segment must never be replayed.
+        let mut zero = inner.queue.pool().alloc(inner.block as usize).await?;
+        zero.fill(0);
+        inner.queue.write_at(seg_off, zero, Durability::Fua).await?;
+        inner.state.borrow_mut().segments.release(victim);
+        bump(&inner.metrics.gc_freed_segments, 1);
+        Ok(GcOutcome::Freed {
+            segment: victim,
+            moved_records,
+            moved_bytes,
+            dropped_tombstones: dropped,
+        })
+    }
+}

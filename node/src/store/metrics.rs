@@ -1,0 +1,71 @@
+//! Counters of one shard's store. Plain cells: a store belongs to one core.
+
+use std::cell::Cell;
+
+#[derive(Default)]
+pub struct StoreMetrics {
+    pub puts: Cell<u64>,
+    pub deletes: Cell<u64>,
+    pub gets: Cell<u64>,
+    pub not_found: Cell<u64>,
+    pub corrupt_reads: Cell<u64>,
+    pub read_errors: Cell<u64>,
+    pub write_errors: Cell<u64>,
+    pub no_space: Cell<u64>,
+    pub batches: Cell<u64>,
+    pub batched_records: Cell<u64>,
+    pub bytes_written: Cell<u64>,
+    pub gc_runs: Cell<u64>,
+    pub gc_moved_records: Cell<u64>,
+    pub gc_moved_bytes: Cell<u64>,
+    pub gc_freed_segments: Cell<u64>,
+    pub gc_dropped_tombstones: Cell<u64>,
+}
+
+pub fn bump(c: &Cell<u64>, by: u64) {
+    c.set(c.get() + by);
+}
+
+/// A copy of the counters for reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreCounters {
+    pub puts: u64,
+    pub deletes: u64,
+    pub gets: u64,
+    pub not_found: u64,
+    pub corrupt_reads: u64,
+    pub read_errors: u64,
+    pub write_errors: u64,
+    pub no_space: u64,
+    pub batches: u64,
+    pub batched_records: u64,
+    pub bytes_written: u64,
+    pub gc_runs: u64,
+    pub gc_moved_records: u64,
+    pub gc_moved_bytes: u64,
+    pub gc_freed_segments: u64,
+    pub gc_dropped_tombstones: u64,
+}
+
+impl StoreMetrics {
+    pub fn snapshot(&self) -> StoreCounters {
+        StoreCounters {
+            puts: self.puts.get(),
+            deletes: self.deletes.get(),
+            gets: self.gets.get(),
+            not_found: self.not_found.get(),
+            corrupt_reads: self.corrupt_reads.get(),
+            read_errors: self.read_errors.get(),
+            write_errors: self.write_errors.get(),
+            no_space: self.no_space.get(),
+            batches: self.batches.get(),
+            batched_records: self.batched_records.get(),
+            bytes_written: self.bytes_written.get(),
+            gc_runs: self.gc_runs.get(),
+            gc_moved_records: self.gc_moved_records.get(),
+            gc_moved_bytes: self.gc_moved_bytes.get(),
+            gc_freed_segments: self.gc_freed_segments.get(),
+            gc_dropped_tombstones: self.gc_dropped_tombstones.get(),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The storage engine of one shard: a crash-safe log-structured object store on a
+//! `BlockQueue`, testable without any socket.
+
+pub mod cache;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod gc;
+pub mod group_commit;
+pub mod index;
+pub mod metrics;
+pub mod recovery;
+pub mod scan;
+pub mod segments;
+pub mod value;
+
+pub use config::{CommitDurability, StoreConfig};
+pub use engine::{ObjectStat, SpaceStats, Store};
+pub use error::{StoreError, StoreResult};
+pub use gc::GcOutcome;
+pub use recovery::RecoveryReport;
+pub use value::Value;

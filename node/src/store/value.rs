@@ -1,0 +1,55 @@
+//! A value handed back by a read: a slice of the DMA buffer the device filled, or of a
+//! cached copy. Either way the bytes are not copied again on the way out.
+
+use std::rc::Rc;
+
+use hotshard_nvme::DmaBuffer;
+
+pub enum Value {
+    /// Straight from the device.
+    Dma {
+        buf: DmaBuffer,
+        start: usize,
+        len: usize,
+    },
+    /// From the hot-object cache.
+    Cached {
+        bytes: Rc<[u8]>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl Value {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Value::Dma { buf, start, len } => &buf[*start..*start + *len],
+            Value::Cached { bytes, start, len } => &bytes[*start..*start + *len],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Value::Dma { len, .. } | Value::Cached { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn from_cache(&self) -> bool {
+        matches!(self, Value::Cached { .. })
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Value({} bytes{})",
+            self.len(),
+            if self.from_cache() { ", cached" } else { "" }
+        )
+    }
+}
