@@ -1,0 +1,378 @@
+//! Storage engine behaviour on SimDevice and on a real file: round trips, overwrite,
+//! delete, conditional operations, ranges, limits, reopen, full device, GC, corruption.
+
+mod common;
+
+use common::*;
+use futures::executor::block_on;
+use hotshard_node::store::{GcOutcome, Store, StoreError};
+use hotshard_nvme::{BlockQueue, SimDevice};
+
+fn sim() -> SimDevice {
+    SimDevice::new(SIM_BYTES, 4096, 1).unwrap()
+}
+
+async fn round_trips<Q: BlockQueue>(s: &Store<Q>) {
+    assert_eq!(s.put(b"k1", b"hello", None).await.unwrap(), 1);
+    let (v, ver) = s.get(b"k1", None).await.unwrap();
+    assert_eq!((v.as_slice(), ver), (&b"hello"[..], 1));
+
+    // overwrite
+    assert_eq!(s.put(b"k1", b"world!", None).await.unwrap(), 2);
+    assert_eq!(s.get(b"k1", None).await.unwrap().0.as_slice(), b"world!");
+
+    // empty value, binary key
+    s.put(&[0, 255, 7], b"", None).await.unwrap();
+    assert!(s.get(&[0, 255, 7], None).await.unwrap().0.is_empty());
+
+    // ranges
+    assert_eq!(s.get(b"k1", Some((1, 3))).await.unwrap().0.as_slice(), b"orl");
+    assert_eq!(s.get(b"k1", Some((4, 100))).await.unwrap().0.as_slice(), b"d!");
+    assert_eq!(s.get(b"k1", Some((6, 1))).await.unwrap().0.as_slice(), b"");
+    assert!(matches!(
+        s.get(b"k1", Some((7, 1))).await,
+        Err(StoreError::BadRequest(_))
+    ));
+
+    // conditional put and delete
+    assert!(matches!(
+        s.put(b"k1", b"x", Some(1)).await,
+        Err(StoreError::VersionMismatch { current: 2 })
+    ));
+    assert_eq!(s.put(b"k1", b"x", Some(2)).await.unwrap(), 3);
+    assert!(matches!(
+        s.put(b"k1", b"y", Some(0)).await,
+        Err(StoreError::VersionMismatch { current: 3 })
+    ));
+    assert_eq!(
+        s.put(b"new", b"y", Some(0)).await.unwrap(),
+        1,
+        "if_version 0 creates"
+    );
+    assert!(matches!(
+        s.delete(b"k1", Some(2)).await,
+        Err(StoreError::VersionMismatch { current: 3 })
+    ));
+    assert_eq!(s.delete(b"k1", Some(3)).await.unwrap(), 4);
+    assert!(matches!(s.get(b"k1", None).await, Err(StoreError::NotFound)));
+    assert!(matches!(s.delete(b"k1", None).await, Err(StoreError::NotFound)));
+    assert!(matches!(s.stat(b"k1").await, Err(StoreError::NotFound)));
+    // a re-created key keeps growing its version
+    assert_eq!(s.put(b"k1", b"again", None).await.unwrap(), 5);
+
+    // stat
+    let st = s.stat(b"new").await.unwrap();
+    assert_eq!((st.len, st.version, st.crc32c), (1, 1, crc32c::crc32c(b"y")));
+
+    // limits and bad input, checked before anything is written
+    let before = s.counters().batches;
+    assert!(matches!(
+        s.put(b"", b"v", None).await,
+        Err(StoreError::BadRequest(_))
+    ));
+    let long_key = vec![b'k'; s.config().max_key_bytes + 1];
+    assert!(matches!(
+        s.put(&long_key, b"v", None).await,
+        Err(StoreError::TooLarge { what: "key", .. })
+    ));
+    let big = vec![0u8; s.config().max_value_bytes + 1];
+    assert!(matches!(
+        s.put(b"big", &big, None).await,
+        Err(StoreError::TooLarge { what: "value", .. })
+    ));
+    assert!(matches!(s.get(b"", None).await, Err(StoreError::BadRequest(_))));
+    assert_eq!(s.counters().batches, before);
+
+    // large value at the limit
+    let max = make_value(42, s.config().max_value_bytes);
+    s.put(b"max", &max, None).await.unwrap();
+    assert_eq!(s.get(b"max", None).await.unwrap().0.as_slice(), &max[..]);
+}
+
+#[test]
+fn round_trips_on_sim() {
+    let dev = sim();
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    block_on(round_trips(&s));
+}
+
+#[test]
+fn round_trips_on_a_real_file() {
+    let dir = test_dir();
+    let q = file_queue(&dir.path().join("store.img"), 8 << 20);
+    let (s, report) = block_on(Store::open(q, small_config(8 << 20))).unwrap();
+    assert!(report.formatted);
+    block_on(round_trips(&s));
+    drop(s);
+    // Reopen: everything written is there.
+    let q = file_queue(&dir.path().join("store.img"), 8 << 20);
+    let (s, report) = block_on(Store::open(q, small_config(8 << 20))).unwrap();
+    assert!(!report.formatted);
+    assert_eq!(report.objects, 4, "{report:?}");
+    block_on(async {
+        assert_eq!(s.get(b"k1", None).await.unwrap().0.as_slice(), b"again");
+        assert_eq!(s.get(b"k1", None).await.unwrap().1, 5);
+        assert!(matches!(s.get(b"nope", None).await, Err(StoreError::NotFound)));
+    });
+}
+
+#[test]
+fn many_keys_concurrently_share_batches_and_survive_reopen() {
+    let dev = sim();
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    let mut pool = pool();
+    use futures::task::LocalSpawnExt;
+    for w in 0..32u64 {
+        let s = s.clone();
+        pool.spawner()
+            .spawn_local(async move {
+                for i in 0..40u64 {
+                    let id = w * 1000 + i;
+                    s.put(
+                        format!("key-{id}").as_bytes(),
+                        &make_value(id, 100 + (id as usize % 700)),
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                }
+            })
+            .unwrap();
+    }
+    pool.run();
+    let c = s.counters();
+    assert_eq!(c.puts, 32 * 40);
+    assert!(
+        c.batches < c.puts / 4,
+        "group commit batched {} puts into {} writes",
+        c.puts,
+        c.batches
+    );
+    drop(s);
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    block_on(async {
+        for id in (0..32u64).flat_map(|w| (0..40).map(move |i| w * 1000 + i)) {
+            let (v, _) = s.get(format!("key-{id}").as_bytes(), None).await.unwrap();
+            assert_eq!(check_value(v.as_slice()), Some(id));
+        }
+    });
+    assert_eq!(s.space().objects, 32 * 40);
+}
+
+#[test]
+fn a_full_device_answers_no_space_keeps_reading_and_gc_frees_space() {
+    let dev = sim();
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    block_on(async {
+        let mut last_ok = 0u64;
+        for i in 0..10_000u64 {
+            match s
+                .put(format!("k{}", i % 50).as_bytes(), &make_value(i, 4000), None)
+                .await
+            {
+                Ok(_) => last_ok = i,
+                Err(StoreError::NoSpace) => break,
+                Err(e) => panic!("put {i}: {e}"),
+            }
+        }
+        assert!(s.counters().no_space > 0, "the device filled up");
+        // Reads keep working while full.
+        for k in 0..50u64 {
+            let (v, _) = s.get(format!("k{k}").as_bytes(), None).await.unwrap();
+            assert!(check_value(v.as_slice()).is_some());
+        }
+        // GC frees the dead versions, then writes go through again.
+        let mut freed = 0;
+        while let GcOutcome::Freed { .. } = s.gc_step().await.unwrap() {
+            freed += 1;
+        }
+        assert!(freed > 0);
+        s.put(b"after-gc", b"fits", None).await.unwrap();
+        for k in 0..50u64 {
+            let (v, _) = s.get(format!("k{k}").as_bytes(), None).await.unwrap();
+            let id = check_value(v.as_slice()).unwrap();
+            assert_eq!(id % 50, k);
+            assert!(id <= last_ok);
+        }
+    });
+}
+
+#[test]
+fn gc_under_churn_keeps_every_live_object_and_frees_space() {
+    let dev = sim();
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    let mut expect = std::collections::HashMap::new();
+    block_on(async {
+        let mut rng = hotshard_nvme::SplitMix64::new(7);
+        for i in 0..3000u64 {
+            let k = format!("key{}", rng.below(200));
+            if rng.chance(1, 5) {
+                loop {
+                    match s.delete(k.as_bytes(), None).await {
+                        Ok(_) | Err(StoreError::NotFound) => break,
+                        Err(StoreError::NoSpace) => {
+                            assert_ne!(
+                                s.gc_step().await.unwrap(),
+                                GcOutcome::Idle,
+                                "full and nothing to collect"
+                            );
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                expect.remove(&k);
+            } else {
+                loop {
+                    match s
+                        .put(k.as_bytes(), &make_value(i, 200 + rng.below(3000) as usize), None)
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(StoreError::NoSpace) => {
+                            assert_ne!(
+                                s.gc_step().await.unwrap(),
+                                GcOutcome::Idle,
+                                "full and nothing to collect"
+                            );
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                expect.insert(k, i);
+            }
+            if i % 97 == 0 {
+                s.gc_step().await.unwrap();
+            }
+        }
+        assert!(s.counters().gc_freed_segments > 3, "{:?}", s.counters());
+        for (k, id) in &expect {
+            let (v, _) = s.get(k.as_bytes(), None).await.unwrap();
+            assert_eq!(check_value(v.as_slice()), Some(*id), "{k}");
+        }
+    });
+    assert_eq!(s.space().objects, expect.len());
+    drop(s);
+    // And after recovery, which now replays moved records and dropped tombstones.
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    block_on(async {
+        for (k, id) in &expect {
+            let (v, _) = s.get(k.as_bytes(), None).await.unwrap();
+            assert_eq!(check_value(v.as_slice()), Some(*id), "{k} after reopen");
+        }
+        for k in 0..200 {
+            let k = format!("key{k}");
+            if !expect.contains_key(&k) {
+                assert!(
+                    matches!(s.get(k.as_bytes(), None).await, Err(StoreError::NotFound)),
+                    "{k} came back"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn flipped_bits_answer_corrupt_and_never_return_wrong_bytes() {
+    let dev = sim();
+    let mut cfg = small_config(SIM_BYTES);
+    cfg.cache_bytes = 0;
+    let s = sim_store(&dev, cfg.clone());
+    block_on(async {
+        for i in 0..20u64 {
+            s.put(format!("c{i}").as_bytes(), &make_value(i, 3000), None)
+                .await
+                .unwrap();
+        }
+    });
+    // Flip one bit in every record's area in turn, read everything back.
+    let base = 8192u64; // segment 0
+    let mut corrupt_seen = 0;
+    for trial in 0..40u64 {
+        let at = dev.flip_random_bit(base + 64..base + 64 + 20 * 3050);
+        block_on(async {
+            for i in 0..20u64 {
+                match s.get(format!("c{i}").as_bytes(), None).await {
+                    Ok((v, _)) => assert_eq!(
+                        check_value(v.as_slice()),
+                        Some(i),
+                        "trial {trial}: wrong bytes returned"
+                    ),
+                    Err(StoreError::Corrupt(_)) => corrupt_seen += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        });
+        dev.flip_bit(at, 0); // best effort undo is not needed: each trial adds damage
+    }
+    assert!(corrupt_seen > 0);
+    assert_eq!(s.counters().corrupt_reads, corrupt_seen);
+}
+
+#[test]
+fn a_read_error_fails_that_object_only() {
+    let dev = sim();
+    let mut cfg = small_config(SIM_BYTES);
+    cfg.cache_bytes = 0;
+    let s = sim_store(&dev, cfg);
+    block_on(async {
+        s.put(b"a", &make_value(1, 10_000), None).await.unwrap();
+        s.put(b"b", &make_value(2, 10_000), None).await.unwrap();
+    });
+    // "a" sits in the first blocks of segment 0; fail its first block only.
+    dev.fail_reads(8192..8192 + 4096);
+    block_on(async {
+        assert!(matches!(s.get(b"a", None).await, Err(StoreError::Device(_))));
+        assert_eq!(
+            check_value(s.get(b"b", None).await.unwrap().0.as_slice()),
+            Some(2)
+        );
+    });
+    assert_eq!(s.counters().read_errors, 1);
+}
+
+#[test]
+fn a_write_error_fails_that_put_and_loses_nothing_acknowledged() {
+    let dev = sim();
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    block_on(async {
+        s.put(b"safe", b"acked", None).await.unwrap();
+        dev.fail_writes(0..SIM_BYTES);
+        assert!(matches!(
+            s.put(b"doomed", b"x", None).await,
+            Err(StoreError::WriteFailed(_))
+        ));
+        dev.clear_faults();
+        s.put(b"later", b"ok", None).await.unwrap();
+        assert_eq!(s.get(b"safe", None).await.unwrap().0.as_slice(), b"acked");
+        assert!(matches!(s.get(b"doomed", None).await, Err(StoreError::NotFound)));
+    });
+    assert_eq!(s.counters().write_errors, 1);
+    drop(s);
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    block_on(async {
+        assert_eq!(s.get(b"safe", None).await.unwrap().0.as_slice(), b"acked");
+        assert_eq!(s.get(b"later", None).await.unwrap().0.as_slice(), b"ok");
+    });
+}
+
+#[test]
+fn keys_of_a_partition_are_listed() {
+    let dev = sim();
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    block_on(async {
+        for i in 0..100u64 {
+            s.put(format!("p{i}").as_bytes(), b"v", None).await.unwrap();
+        }
+        s.delete(b"p7", None).await.unwrap();
+    });
+    let mut total = 0;
+    for p in 0..(1u32 << s.config().partition_bits) {
+        let keys = s.keys_in_partition(p);
+        for (k, _) in &keys {
+            assert_eq!(s.partition_of(k), p);
+            assert_ne!(k.as_slice(), b"p7");
+        }
+        total += keys.len();
+    }
+    assert_eq!(total, 99);
+}
