@@ -165,9 +165,11 @@ impl<Q: BlockQueue> Store<Q> {
         if kind == RecordKind::Tombstone && !exists {
             return Err(StoreError::NotFound);
         }
-        let new_version = version + 1;
-        let lsn = st.writer.next_lsn;
-        let tomb_value = lsn.to_le_bytes();
+        // The version is the record's LSN: it grows per key, never restarts (not even after
+        // GC forgets a tombstone), and outranks every record already on the device.
+        let new_version = st.writer.next_lsn;
+        debug_assert!(new_version > version);
+        let tomb_value = new_version.to_le_bytes();
         let value = if kind == RecordKind::Tombstone {
             &tomb_value[..]
         } else {
@@ -176,7 +178,7 @@ impl<Q: BlockQueue> Store<Q> {
         let req = StageRequest {
             key,
             value,
-            version: new_version,
+            version: None,
             partition: self.partition_of(key),
             kind,
             moved_from: None,

@@ -94,7 +94,7 @@ impl<Q: BlockQueue> Store<Q> {
             let req = StageRequest {
                 key,
                 value,
-                version: h.version,
+                version: Some(h.version),
                 partition: h.partition,
                 kind: h.kind,
                 moved_from: Some((victim, off)),

@@ -99,7 +99,8 @@ impl Writer {
 pub struct StageRequest<'a> {
     pub key: &'a [u8],
     pub value: &'a [u8],
-    pub version: u64,
+    /// None: the record's own LSN becomes its version (new writes); Some: kept (GC moves).
+    pub version: Option<u64>,
     pub partition: u32,
     pub kind: RecordKind,
     pub moved_from: Option<(u32, u32)>,
@@ -131,7 +132,7 @@ impl<Q: BlockQueue> Inner<Q> {
             key_len: req.key.len() as u16,
             value_len: req.value.len() as u32,
             lsn,
-            version: req.version,
+            version: req.version.unwrap_or(lsn),
             partition: req.partition,
         };
         let at = batch.used;
@@ -145,7 +146,7 @@ impl<Q: BlockQueue> Inner<Q> {
             key: req.key.into(),
             rel: at as u32,
             len: len as u32,
-            version: req.version,
+            version: header.version,
             partition: req.partition as u16,
             tombstone: req.kind == RecordKind::Tombstone,
             moved_from: req.moved_from,
