@@ -36,13 +36,16 @@ impl FioJob {
             format!("--numjobs={}", self.numjobs),
             format!("--size={}", self.region_bytes),
             format!("--offset_increment={}", self.region_bytes),
-            format!("--runtime={}ms", self.runtime.as_millis()),
-            "--time_based".into(),
             "--thread".into(),
             "--lat_percentiles=1".into(),
             "--group_reporting".into(),
             "--output-format=json".into(),
         ];
+        // A zero runtime means: move the region's bytes once and stop.
+        if !self.runtime.is_zero() {
+            args.push(format!("--runtime={}ms", self.runtime.as_millis()));
+            args.push("--time_based".into());
+        }
         args.extend(self.extra.iter().cloned());
         args
     }

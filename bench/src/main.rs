@@ -3,6 +3,7 @@
 
 mod device_bench;
 mod duration_arg;
+mod engine_bench;
 mod fio_anchor;
 mod latency;
 
@@ -24,6 +25,45 @@ struct Cli {
 enum Command {
     /// Drive one device queue per core and report IOPS, MB/s and latency percentiles.
     Device(DeviceArgs),
+    /// Drive one shard's storage engine without any network.
+    Engine(EngineArgs),
+}
+
+#[derive(clap::Args)]
+struct EngineArgs {
+    /// File or block device; a file is recreated and zero-filled for each phase.
+    #[arg(long, default_value = "hotshard-data/engine.img")]
+    path: PathBuf,
+    #[arg(long, default_value_t = 2 << 30)]
+    size: u64,
+    /// Objects written by the put phase and read by the get phase.
+    #[arg(long, default_value_t = 200_000)]
+    objects: u64,
+    #[arg(long, default_value_t = 4096)]
+    value_bytes: usize,
+    /// Concurrent writers in the put phase.
+    #[arg(long, default_value_t = 32)]
+    writers: usize,
+    /// Concurrent readers (queue depth) in the get phase.
+    #[arg(long, default_value_t = 32)]
+    readers: usize,
+    /// Length of the get phase and of each fio anchor.
+    #[arg(long, default_value = "10s", value_parser = duration_arg::parse_duration)]
+    duration: Duration,
+    /// Objects written for the recovery measurement (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    recovery_objects: u64,
+    #[arg(long, default_value_t = 64)]
+    recovery_value_bytes: usize,
+    /// Object counts for the index memory measurement.
+    #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+    index_objects: Vec<u64>,
+    #[arg(long, default_value_t = 0)]
+    core: usize,
+    #[arg(long)]
+    vs_fio: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -115,6 +155,23 @@ fn main() -> anyhow::Result<()> {
                 },
             };
             device_command(&run, a.vs_fio, a.json)?;
+        }
+        Command::Engine(a) => {
+            let run = engine_bench::EngineRun {
+                path: a.path,
+                size: a.size,
+                objects: a.objects,
+                value_bytes: a.value_bytes,
+                writers: a.writers.max(1),
+                readers: a.readers.max(1),
+                duration: a.duration,
+                recovery_objects: a.recovery_objects,
+                recovery_value_bytes: a.recovery_value_bytes,
+                index_objects: a.index_objects,
+                core: a.core,
+                vs_fio: a.vs_fio,
+            };
+            engine_bench::engine_command(&run, a.json)?;
         }
     }
     Ok(())

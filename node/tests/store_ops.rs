@@ -54,12 +54,12 @@ async fn round_trips<Q: BlockQueue>(s: &Store<Q>) {
     let v4 = s.delete(b"k1", Some(v3)).await.unwrap();
     assert!(matches!(s.get(b"k1", None).await, Err(StoreError::NotFound)));
     assert!(matches!(s.delete(b"k1", None).await, Err(StoreError::NotFound)));
-    assert!(matches!(s.stat(b"k1").await, Err(StoreError::NotFound)));
+    assert!(matches!(s.stat(b"k1"), Err(StoreError::NotFound)));
     // a re-created key keeps growing its version
     assert!(s.put(b"k1", b"again", None).await.unwrap() > v4);
 
     // stat
-    let st = s.stat(b"new").await.unwrap();
+    let st = s.stat(b"new").unwrap();
     assert_eq!((st.len, st.crc32c), (1, crc32c::crc32c(b"y")));
     assert_eq!(st.version, s.get(b"new", None).await.unwrap().1);
 
@@ -316,8 +316,9 @@ fn a_read_error_fails_that_object_only() {
         s.put(b"a", &make_value(1, 10_000), None).await.unwrap();
         s.put(b"b", &make_value(2, 10_000), None).await.unwrap();
     });
-    // "a" sits in the first blocks of segment 0; fail its first block only.
-    dev.fail_reads(8192..8192 + 4096);
+    // Segment 0 starts at 8192: "a"'s batch is one meta block, then its value in the
+    // next three blocks; "b"'s batch follows. Fail "a"'s value blocks only.
+    dev.fail_reads(8192 + 4096..8192 + 4 * 4096);
     block_on(async {
         assert!(matches!(s.get(b"a", None).await, Err(StoreError::Device(_))));
         assert_eq!(

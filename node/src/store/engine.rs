@@ -10,7 +10,7 @@ use hotshard_nvme::BlockQueue;
 use super::cache::{Cache, CacheStats};
 use super::config::StoreConfig;
 use super::error::{StoreError, StoreResult};
-use super::format::{RecordHeader, RecordKind, RECORD_HEADER_BYTES};
+use super::format::{value_crc, RecordKind};
 use super::group_commit::{StageRequest, Writer};
 use super::index::{Index, IndexEntry};
 use super::metrics::{bump, StoreCounters, StoreMetrics};
@@ -142,7 +142,7 @@ impl<Q: BlockQueue> Store<Q> {
         }
         st.index
             .get(key)
-            .map_or((0, false), |e| (e.version, !e.tombstone))
+            .map_or((0, false), |e| (e.version, !e.tombstone()))
     }
 
     fn stage_versioned(
@@ -179,7 +179,6 @@ impl<Q: BlockQueue> Store<Q> {
             key,
             value,
             version: None,
-            partition: self.partition_of(key),
             kind,
             moved_from: None,
         };
@@ -232,7 +231,7 @@ impl<Q: BlockQueue> Store<Q> {
                 bump(&self.inner.metrics.not_found, 1);
                 return Err(StoreError::NotFound);
             };
-            let value_len = entry.value_len(key.len()) as u64;
+            let value_len = entry.value_len() as u64;
             let (start, len) = clamp_range(range, value_len)?;
             if let Some(bytes) = st.cache.get(key, entry.version) {
                 return Ok((
@@ -254,7 +253,7 @@ impl<Q: BlockQueue> Store<Q> {
             };
             self.read_record(key, &entry).await?
         };
-        let value_len = entry.value_len(key.len());
+        let value_len = entry.value_len() as usize;
         if value_len <= self.inner.cfg.cache_bytes / 64 {
             let bytes: Rc<[u8]> = buf[value_at..value_at + value_len].into();
             self.inner
@@ -274,18 +273,20 @@ impl<Q: BlockQueue> Store<Q> {
         ))
     }
 
-    /// Reads and verifies the record `entry` points at; returns the buffer and where the
-    /// value starts in it.
+    /// Reads the blocks holding the value `entry` points at and checks it against the
+    /// CRC32C the index keeps; returns the buffer and where the value starts in it.
     async fn read_record(
         &self,
-        key: &[u8],
+        _key: &[u8],
         entry: &IndexEntry,
     ) -> StoreResult<(hotshard_nvme::DmaBuffer, usize)> {
         let block = self.inner.block;
         let seg_off = self.inner.state.borrow().segments.device_offset(entry.segment);
-        let at = seg_off + entry.offset as u64;
+        let at = seg_off + entry.value_offset as u64;
+        let len = entry.value_len() as u64;
         let first = at / block * block;
-        let end = (at + entry.record_len as u64).div_ceil(block) * block;
+        let end = (at + len).div_ceil(block).max(1) * block;
+        let end = end.max(first + block);
         let buf = self
             .inner
             .queue
@@ -301,46 +302,35 @@ impl<Q: BlockQueue> Store<Q> {
             }
         };
         let rel = (at - first) as usize;
-        let corrupt = |why: String| {
+        if value_crc(&buf[rel..rel + len as usize]) != entry.value_crc {
             bump(&self.inner.metrics.corrupt_reads, 1);
-            StoreError::Corrupt(why)
-        };
-        let h = RecordHeader::decode(
-            &buf[rel..],
-            self.inner.cfg.max_key_bytes,
-            self.inner.cfg.max_value_bytes,
-        )
-        .map_err(|e| corrupt(format!("record header: {e:?}")))?;
-        h.verify(&buf[rel..])
-            .map_err(|e| corrupt(format!("record: {e:?}")))?;
-        let key_at = rel + RECORD_HEADER_BYTES;
-        if h.record_len() != entry.record_len as usize
-            || &buf[key_at..key_at + key.len()] != key
-            || h.version != entry.version
-        {
-            return Err(corrupt(
-                "the record at the indexed location belongs to another key or version".into(),
-            ));
+            return Err(StoreError::Corrupt(format!(
+                "value of {len} bytes at segment {} offset {} fails its checksum",
+                entry.segment, entry.value_offset
+            )));
         }
-        Ok((buf, key_at + key.len()))
+        Ok((buf, rel))
     }
 
-    /// Length, version and value checksum of `key` (reads and verifies the record).
-    pub async fn stat(&self, key: &[u8]) -> StoreResult<ObjectStat> {
-        let (value, version) = self.get(key, None).await?;
+    /// Length, version and value checksum of `key`, from the index alone.
+    pub fn stat(&self, key: &[u8]) -> StoreResult<ObjectStat> {
+        self.check_key(key)?;
+        let st = self.inner.state.borrow();
+        let e = st.index.get_live(key).ok_or(StoreError::NotFound)?;
         Ok(ObjectStat {
-            len: value.len() as u64,
-            version,
-            crc32c: crc32c::crc32c(value.as_slice()),
+            len: e.value_len() as u64,
+            version: e.version,
+            crc32c: e.value_crc,
         })
     }
 
     /// The live keys of `partition`, with versions (a snapshot of the index).
     pub fn keys_in_partition(&self, partition: u32) -> Vec<(Vec<u8>, u64)> {
         let st = self.inner.state.borrow();
+        let bits = self.inner.cfg.partition_bits;
         st.index
             .iter()
-            .filter(|(_, e)| !e.tombstone && e.partition as u32 == partition)
+            .filter(|(k, e)| !e.tombstone() && hotshard_net::placement::partition_of(k, bits) == partition)
             .map(|(k, e)| (k.to_vec(), e.version))
             .collect()
     }

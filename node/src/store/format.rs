@@ -3,9 +3,12 @@
 //!
 //! ```text
 //! region:  [superblock copy 0][superblock copy 1][segment 0][segment 1]...
-//! segment: [segment header, 64 B][record][record]..[zero padding to a block][record]...
-//! record:  [header, 40 B][key][value]
+//! segment: [segment header, 64 B][batch][batch]...          (batches start on blocks)
+//! batch:   [batch header][record header + key (+ small value)]...[pad][large values]
 //! ```
+//!
+//! Large values start on a block boundary so that a get reads exactly the value's blocks
+//! and checks it against the CRC32C that the index keeps.
 
 /// Version of the format this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -15,13 +18,16 @@ pub const SUPERBLOCK_BYTES: u64 = 4096;
 pub const SEGMENTS_START: u64 = 2 * SUPERBLOCK_BYTES;
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 pub const RECORD_HEADER_BYTES: usize = 40;
+pub const BATCH_HEADER_BYTES: usize = 48;
 /// A tombstone's value: the LSN at which the delete was first written.
 pub const TOMBSTONE_VALUE_BYTES: usize = 8;
 
 const SUPERBLOCK_MAGIC: [u8; 8] = *b"HSHARDSB";
 const SEGMENT_MAGIC: [u8; 8] = *b"HSSEGMT1";
-/// "HSR1" as a little-endian u32.
-pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"HSR1");
+/// "HSR2" as a little-endian u32.
+pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"HSR2");
+/// "HSB1" as a little-endian u32.
+pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"HSB1");
 
 fn crc(bytes: &[u8]) -> u32 {
     crc32c::crc32c(bytes)
@@ -147,59 +153,116 @@ pub enum RecordKind {
     Tombstone = 2,
 }
 
-/// The fixed part of a record.
+/// Heads every group-commit batch. A batch is all-or-nothing at recovery: it is replayed
+/// only if its header, every record header and every value check out.
+///
+/// ```text
+/// batch: [batch header 48 B][record header 40 B + key (+ inline value)]... [zeros to a block]
+///        [value area: each large value starts on a block boundary, padded to a block]
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordHeader {
-    pub kind: RecordKind,
-    pub key_len: u16,
-    pub value_len: u32,
-    /// Log sequence number: strictly increasing within a shard.
-    pub lsn: u64,
-    /// Per-key version: grows with every put or delete of the key.
-    pub version: u64,
-    pub partition: u32,
+pub struct BatchHeader {
+    pub record_count: u32,
+    /// Bytes from the batch start to the end of the last record header (and inline value).
+    pub meta_len: u32,
+    /// Whole batch, block aligned: meta area rounded up, then the value area.
+    pub batch_len: u32,
+    pub first_lsn: u64,
+    pub last_lsn: u64,
 }
 
-/// Why bytes are not a valid record.
+/// Why bytes are not a valid batch or record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordError {
-    /// No record magic: padding, never-written space or the end of the log.
+    /// No magic: never-written space or the end of the log.
     NoRecord,
     /// Lengths impossible under the limits or past the end of the space.
     BadLength,
     /// The checksum does not match: torn or corrupted.
     Checksum,
-    /// Unknown kind byte.
+    /// Unknown kind byte or flag.
     BadKind,
 }
 
-impl RecordHeader {
-    pub fn record_len(&self) -> usize {
-        RECORD_HEADER_BYTES + self.key_len as usize + self.value_len as usize
+impl BatchHeader {
+    pub fn encode(&self, out: &mut [u8]) {
+        out[..BATCH_HEADER_BYTES].fill(0);
+        out[0..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
+        out[8..12].copy_from_slice(&self.record_count.to_le_bytes());
+        out[12..16].copy_from_slice(&self.meta_len.to_le_bytes());
+        out[16..20].copy_from_slice(&self.batch_len.to_le_bytes());
+        out[24..32].copy_from_slice(&self.first_lsn.to_le_bytes());
+        out[32..40].copy_from_slice(&self.last_lsn.to_le_bytes());
+        let c = crc(&out[8..BATCH_HEADER_BYTES]);
+        out[4..8].copy_from_slice(&c.to_le_bytes());
     }
 
-    /// Writes the record (header, key, value) into `out`, which must be `record_len` long.
-    pub fn encode_record(&self, key: &[u8], value: &[u8], out: &mut [u8]) {
+    pub fn decode(b: &[u8]) -> Result<BatchHeader, RecordError> {
+        if b.len() < BATCH_HEADER_BYTES || u32_at(b, 0) != BATCH_MAGIC {
+            return Err(RecordError::NoRecord);
+        }
+        if crc(&b[8..BATCH_HEADER_BYTES]) != u32_at(b, 4) {
+            return Err(RecordError::Checksum);
+        }
+        let h = BatchHeader {
+            record_count: u32_at(b, 8),
+            meta_len: u32_at(b, 12),
+            batch_len: u32_at(b, 16),
+            first_lsn: u64_at(b, 24),
+            last_lsn: u64_at(b, 32),
+        };
+        if (h.meta_len as usize) < BATCH_HEADER_BYTES || h.batch_len < h.meta_len || h.last_lsn < h.first_lsn
+        {
+            return Err(RecordError::BadLength);
+        }
+        Ok(h)
+    }
+}
+
+/// The fixed part of a record; the key follows it, then the value if it is inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub kind: RecordKind,
+    /// The value follows the key (small values) instead of sitting in the value area.
+    pub inline: bool,
+    pub key_len: u16,
+    pub value_len: u32,
+    /// Log sequence number: strictly increasing within a shard.
+    pub lsn: u64,
+    /// Per-key version: the LSN of the write that created it (kept when GC moves it).
+    pub version: u64,
+    /// Inline: offset of the value from the batch start. Otherwise: offset in the value area.
+    pub value_at: u32,
+    /// CRC32C of the value bytes.
+    pub value_crc: u32,
+}
+
+impl RecordHeader {
+    /// Bytes in the meta area: header, key and an inline value.
+    pub fn meta_len(&self) -> usize {
+        RECORD_HEADER_BYTES + self.key_len as usize + if self.inline { self.value_len as usize } else { 0 }
+    }
+
+    /// Writes the header and key into `out` (at least `RECORD_HEADER_BYTES + key.len()`).
+    pub fn encode(&self, key: &[u8], out: &mut [u8]) {
         debug_assert_eq!(key.len(), self.key_len as usize);
-        debug_assert_eq!(value.len(), self.value_len as usize);
         out[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
         out[8] = self.kind as u8;
-        out[9] = 0;
+        out[9] = self.inline as u8;
         out[10..12].copy_from_slice(&self.key_len.to_le_bytes());
         out[12..16].copy_from_slice(&self.value_len.to_le_bytes());
         out[16..24].copy_from_slice(&self.lsn.to_le_bytes());
         out[24..32].copy_from_slice(&self.version.to_le_bytes());
-        out[32..36].copy_from_slice(&self.partition.to_le_bytes());
-        out[36..40].fill(0);
+        out[32..36].copy_from_slice(&self.value_at.to_le_bytes());
+        out[36..40].copy_from_slice(&self.value_crc.to_le_bytes());
         let k_end = RECORD_HEADER_BYTES + key.len();
         out[RECORD_HEADER_BYTES..k_end].copy_from_slice(key);
-        out[k_end..k_end + value.len()].copy_from_slice(value);
-        let c = crc(&out[8..k_end + value.len()]);
+        let c = crc(&out[8..k_end]);
         out[4..8].copy_from_slice(&c.to_le_bytes());
     }
 
-    /// Reads the header at the start of `b` and checks lengths against the limits and
-    /// against `b`; does not check the CRC (see `verify`).
+    /// Reads and checks the header and key at the start of `b` (lengths against the
+    /// limits and `b`, then the CRC over header and key).
     pub fn decode(b: &[u8], max_key: usize, max_value: usize) -> Result<RecordHeader, RecordError> {
         if b.len() < RECORD_HEADER_BYTES || u32_at(b, 0) != RECORD_MAGIC {
             return Err(RecordError::NoRecord);
@@ -209,35 +272,40 @@ impl RecordHeader {
             2 => RecordKind::Tombstone,
             _ => return Err(RecordError::BadKind),
         };
+        if b[9] > 1 {
+            return Err(RecordError::BadKind);
+        }
         let h = RecordHeader {
             kind,
+            inline: b[9] == 1,
             key_len: u16::from_le_bytes([b[10], b[11]]),
             value_len: u32_at(b, 12),
             lsn: u64_at(b, 16),
             version: u64_at(b, 24),
-            partition: u32_at(b, 32),
+            value_at: u32_at(b, 32),
+            value_crc: u32_at(b, 36),
         };
         let value_ok = match kind {
             RecordKind::Put => h.value_len as usize <= max_value,
-            RecordKind::Tombstone => h.value_len as usize == TOMBSTONE_VALUE_BYTES,
+            RecordKind::Tombstone => h.value_len as usize == TOMBSTONE_VALUE_BYTES && h.inline,
         };
         if h.key_len == 0 || h.key_len as usize > max_key || !value_ok {
             return Err(RecordError::BadLength);
         }
-        Ok(h)
-    }
-
-    /// Checks the CRC of the whole record at the start of `b`.
-    pub fn verify(&self, b: &[u8]) -> Result<(), RecordError> {
-        let len = self.record_len();
-        if b.len() < len {
+        let k_end = RECORD_HEADER_BYTES + h.key_len as usize;
+        if b.len() < k_end {
             return Err(RecordError::BadLength);
         }
-        if crc(&b[8..len]) != u32_at(b, 4) {
+        if crc(&b[8..k_end]) != u32_at(b, 4) {
             return Err(RecordError::Checksum);
         }
-        Ok(())
+        Ok(h)
     }
+}
+
+/// CRC32C of a value, as stored in its record header and in the index.
+pub fn value_crc(value: &[u8]) -> u32 {
+    crc(value)
 }
 
 #[cfg(test)]
@@ -249,37 +317,64 @@ mod tests {
     }
 
     #[test]
-    fn golden_record_bytes() {
+    fn golden_record_and_batch_bytes() {
         let h = RecordHeader {
             kind: RecordKind::Put,
+            inline: true,
             key_len: 3,
             value_len: 5,
             lsn: 7,
-            version: 2,
-            partition: 0x0abc,
+            version: 7,
+            value_at: 0x5b,
+            value_crc: value_crc(b"value"),
         };
-        let mut out = vec![0u8; h.record_len()];
-        h.encode_record(b"key", b"value", &mut out);
+        let mut out = vec![0u8; h.meta_len()];
+        h.encode(b"key", &mut out);
+        out[43..].copy_from_slice(b"value");
         assert_eq!(
             hex(&out),
             concat!(
-                "48535231",
-                "64db3e20",
+                "48535232",
+                "6886c3c0",
                 "01",
-                "00",
+                "01",
                 "0300",
                 "05000000",
                 "0700000000000000",
-                "0200000000000000",
-                "bc0a0000",
-                "00000000",
+                "0700000000000000",
+                "5b000000",
+                "6303e0e1",
                 "6b6579",
                 "76616c7565"
             )
         );
         let back = RecordHeader::decode(&out, 1024, 1 << 23).unwrap();
         assert_eq!(back, h);
-        back.verify(&out).unwrap();
+
+        let b = BatchHeader {
+            record_count: 2,
+            meta_len: 200,
+            batch_len: 8192,
+            first_lsn: 7,
+            last_lsn: 8,
+        };
+        let mut out = [0u8; BATCH_HEADER_BYTES];
+        b.encode(&mut out);
+        assert_eq!(
+            hex(&out),
+            concat!(
+                "48534231",
+                "2fac67a7",
+                "02000000",
+                "c8000000",
+                "00200000",
+                "00000000",
+                "0700000000000000",
+                "0800000000000000",
+                "0000000000000000"
+            )
+        );
+        assert_eq!(BatchHeader::decode(&out), Ok(b));
     }
 
     #[test]
@@ -357,17 +452,22 @@ mod tests {
     fn damaged_records_are_rejected() {
         let h = RecordHeader {
             kind: RecordKind::Put,
+            inline: false,
             key_len: 1,
             value_len: 4,
             lsn: 1,
             version: 1,
-            partition: 0,
+            value_at: 0,
+            value_crc: 0,
         };
-        let mut out = vec![0u8; h.record_len()];
-        h.encode_record(b"k", b"vvvv", &mut out);
+        let mut out = vec![0u8; 41];
+        h.encode(b"k", &mut out);
         let mut flipped = out.clone();
-        flipped[RECORD_HEADER_BYTES + 2] ^= 0x10;
-        assert_eq!(h.verify(&flipped), Err(RecordError::Checksum));
+        flipped[40] ^= 0x10;
+        assert_eq!(
+            RecordHeader::decode(&flipped, 1024, 100),
+            Err(RecordError::Checksum)
+        );
         assert_eq!(RecordHeader::decode(&out, 1024, 3), Err(RecordError::BadLength));
         let mut bad_kind = out.clone();
         bad_kind[8] = 9;
@@ -383,5 +483,25 @@ mod tests {
             RecordHeader::decode(&out[..10], 1024, 100),
             Err(RecordError::NoRecord)
         );
+        assert_eq!(
+            RecordHeader::decode(&out[..40], 1024, 100),
+            Err(RecordError::BadLength)
+        );
+        let b = BatchHeader {
+            record_count: 1,
+            meta_len: 40,
+            batch_len: 4096,
+            first_lsn: 1,
+            last_lsn: 1,
+        };
+        let mut bb = [0u8; BATCH_HEADER_BYTES];
+        b.encode(&mut bb);
+        assert_eq!(
+            BatchHeader::decode(&bb),
+            Err(RecordError::BadLength),
+            "meta shorter than its header"
+        );
+        bb[9] ^= 1;
+        assert_eq!(BatchHeader::decode(&bb), Err(RecordError::Checksum));
     }
 }

@@ -8,10 +8,10 @@ use hotshard_nvme::{BlockQueue, Durability};
 
 use super::engine::Store;
 use super::error::StoreResult;
-use super::format::{RecordKind, RECORD_HEADER_BYTES, TOMBSTONE_VALUE_BYTES};
-use super::group_commit::StageRequest;
+use super::format::{RecordKind, TOMBSTONE_VALUE_BYTES};
+use super::group_commit::{live_size, StageRequest};
 use super::metrics::bump;
-use super::scan::scan_segment;
+use super::scan::{scan_segment, ScanLimits};
 
 /// What one GC step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,50 +52,47 @@ impl<Q: BlockQueue> Store<Q> {
         let first_lsn = inner.state.borrow().segments.get(victim).first_lsn;
 
         // Find what is still live, in log order.
+        let limits = ScanLimits {
+            block: inner.block as usize,
+            max_key: inner.cfg.max_key_bytes,
+            max_value: inner.cfg.max_value_bytes,
+        };
         let mut live = Vec::new();
-        scan_segment(
-            &image,
-            first_lsn,
-            inner.block as usize,
-            inner.cfg.max_key_bytes,
-            inner.cfg.max_value_bytes,
-            |off, h, _| live.push((off, *h)),
-        );
+        scan_segment(&image, first_lsn, limits, |r| {
+            live.push((r.value_offset, r.header, r.key.to_vec(), r.value.to_vec()))
+        });
         let mut dones = Vec::new();
         let (mut moved_records, mut moved_bytes, mut dropped, mut deferred) = (0u64, 0u64, 0u64, false);
-        for (off, h) in live {
-            let rec = &image[off as usize..off as usize + h.record_len()];
-            let key = &rec[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + h.key_len as usize];
-            let value = &rec[RECORD_HEADER_BYTES + h.key_len as usize..];
+        for (off, h, key, value) in live {
             let mut st = inner.state.borrow_mut();
             let points_here = st
                 .index
-                .get(key)
-                .is_some_and(|e| e.segment == victim && e.offset == off);
+                .get(&key)
+                .is_some_and(|e| e.segment == victim && e.value_offset == off);
             if !points_here {
                 continue;
             }
-            if st.pending.contains_key(key) {
+            if st.pending.contains_key(key.as_slice()) {
                 // A newer version is on its way; moving this one now could let its copy
                 // outrank the newer record in the log.
                 deferred = true;
                 continue;
             }
+            let size = live_size(&key, h.value_len);
             if h.kind == RecordKind::Tombstone && value.len() == TOMBSTONE_VALUE_BYTES {
-                let deleted_at = u64::from_le_bytes(value.try_into().expect("8 bytes"));
+                let deleted_at = u64::from_le_bytes(value[..].try_into().expect("8 bytes"));
                 if deleted_at < st.segments.min_first_lsn_excluding(victim) {
                     // Every segment that could hold an older version of the key is gone.
-                    st.index.remove(key);
-                    st.segments.sub_live(victim, h.record_len() as u64);
+                    st.index.remove(&key);
+                    st.segments.sub_live(victim, size);
                     dropped += 1;
                     continue;
                 }
             }
             let req = StageRequest {
-                key,
-                value,
+                key: &key,
+                value: &value,
                 version: Some(h.version),
-                partition: h.partition,
                 kind: h.kind,
                 moved_from: Some((victim, off)),
             };
@@ -105,7 +102,7 @@ impl<Q: BlockQueue> Store<Q> {
                         dones.push(done);
                     }
                     moved_records += 1;
-                    moved_bytes += h.record_len() as u64;
+                    moved_bytes += size;
                 }
                 Err(_) => deferred = true,
             }

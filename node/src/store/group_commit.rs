@@ -1,4 +1,4 @@
-//! Group commit: records are staged into the open batch (one aligned DMA buffer); one
+//! Group commit: records are staged into the open batch (aligned DMA buffers); one
 //! batch at a time is written with FUA (or write + flush), and every record in it is
 //! acknowledged only when that write completes. Batches are written strictly in order, so
 //! an acknowledged batch never sits behind a torn one. Whoever waits for a batch while no
@@ -16,7 +16,10 @@ use hotshard_nvme::{BlockQueue, DmaBuffer, Durability};
 use super::config::CommitDurability;
 use super::engine::{Inner, State};
 use super::error::{StoreError, StoreResult};
-use super::format::{RecordHeader, RecordKind, SegmentHeader, SEGMENT_HEADER_BYTES};
+use super::format::{
+    value_crc, BatchHeader, RecordHeader, RecordKind, SegmentHeader, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
+};
 use super::index::IndexEntry;
 use super::metrics::bump;
 use crate::limits::GC_RESERVED_SEGMENTS;
@@ -51,24 +54,50 @@ impl BatchDone {
 /// One record staged into a batch.
 pub struct Staged {
     pub key: Box<[u8]>,
-    /// Offset of the record inside the batch buffer.
-    pub rel: u32,
-    pub len: u32,
     pub version: u64,
-    pub partition: u16,
     pub tombstone: bool,
-    /// A GC move: the index is updated only if it still points here.
+    pub inline: bool,
+    /// Inline: offset from the batch header; otherwise offset in the value area.
+    pub value_at: u32,
+    pub value_len: u32,
+    pub value_crc: u32,
+    /// A GC move: the index is updated only if it still points at this (segment, offset).
     pub moved_from: Option<(u32, u32)>,
 }
 
 pub struct Batch {
     pub segment: u32,
-    /// Offset of the batch within its segment (block aligned).
-    pub start: u64,
-    pub buf: DmaBuffer,
-    pub used: usize,
+    /// Segment offset where `meta` starts (block aligned).
+    pub write_start: u64,
+    /// Where the batch header sits in `meta`: after the segment header in a new segment.
+    pub meta_base: usize,
+    /// Segment header (if first), batch header, record headers, keys and inline values.
+    pub meta: DmaBuffer,
+    pub meta_used: usize,
+    /// Large values, each block aligned.
+    pub values: Option<DmaBuffer>,
+    pub values_used: usize,
     pub records: Vec<Staged>,
+    pub first_lsn: u64,
+    pub last_lsn: u64,
     pub done: Rc<BatchDone>,
+}
+
+impl Batch {
+    /// Segment offset of the batch header.
+    fn batch_at(&self) -> u64 {
+        self.write_start + self.meta_base as u64
+    }
+
+    /// Segment offset of the value area.
+    fn value_area_at(&self, block: u64) -> u64 {
+        round_up(self.write_start + self.meta_used as u64, block)
+    }
+
+    /// Segment offset just past the batch.
+    fn end(&self, block: u64) -> u64 {
+        self.value_area_at(block) + self.values_used as u64
+    }
 }
 
 /// Where the log goes next.
@@ -101,7 +130,6 @@ pub struct StageRequest<'a> {
     pub value: &'a [u8],
     /// None: the record's own LSN becomes its version (new writes); Some: kept (GC moves).
     pub version: Option<u64>,
-    pub partition: u32,
     pub kind: RecordKind,
     pub moved_from: Option<(u32, u32)>,
 }
@@ -111,44 +139,101 @@ fn round_up(v: u64, to: u64) -> u64 {
 }
 
 impl<Q: BlockQueue> Inner<Q> {
+    /// Values shorter than this ride inline behind their key; longer ones start on a block
+    /// so that a get reads only their blocks.
+    fn inline_max(&self) -> usize {
+        self.block as usize / 2
+    }
+
     /// Appends a record to the open batch (opening a batch or a segment if needed) and
     /// returns the batch's completion. Nothing is written yet.
     pub(crate) fn stage(&self, st: &mut State, req: &StageRequest<'_>) -> StoreResult<Rc<BatchDone>> {
-        let len = RECORD_HEADER_LEN + req.key.len() + req.value.len();
+        let inline = req.value.len() < self.inline_max();
+        let meta_add = RECORD_HEADER_BYTES + req.key.len() + if inline { req.value.len() } else { 0 };
+        let values_add = if inline {
+            0
+        } else {
+            round_up(req.value.len() as u64, self.block) as usize
+        };
         let seg_bytes = st.segments.segment_bytes();
-        let fits =
-            |b: &Batch| b.used + len <= b.buf.capacity() && b.start + (b.used + len) as u64 <= seg_bytes;
+        let block = self.block;
+        let fits = |b: &Batch| {
+            let meta_ok = b.meta_used + meta_add <= b.meta.capacity();
+            let values_ok = values_add == 0
+                || b.values
+                    .as_ref()
+                    .is_some_and(|v| b.values_used + values_add <= v.capacity());
+            let end = round_up(b.write_start + (b.meta_used + meta_add) as u64, block)
+                + (b.values_used + values_add) as u64;
+            meta_ok && values_ok && end <= seg_bytes
+        };
         if st.writer.open.as_ref().is_some_and(|b| !fits(b)) {
             self.seal_open(st);
         }
         if st.writer.open.is_none() {
-            self.open_batch(st, len, req.moved_from.is_some())?;
+            self.open_batch(st, meta_add, values_add, req.moved_from.is_some())?;
         }
         let lsn = st.writer.next_lsn;
         st.writer.next_lsn += 1;
         let batch = st.writer.open.as_mut().expect("opened above");
+        if values_add > 0 && batch.values.is_none() {
+            let want = round_up(values_add.max(self.cfg.batch_bytes) as u64, block) as usize;
+            let mut v = self
+                .queue
+                .pool()
+                .try_alloc(want)
+                .map_err(|_| StoreError::Busy("DMA buffers"))?;
+            v.set_len(0).map_err(|_| StoreError::Busy("value buffer"))?;
+            batch.values = Some(v);
+        }
+        if !fits(batch) {
+            return Err(StoreError::Busy("batch buffers"));
+        }
+        let value_at = if inline {
+            (batch.meta_used - batch.meta_base + RECORD_HEADER_BYTES + req.key.len()) as u32
+        } else {
+            batch.values_used as u32
+        };
         let header = RecordHeader {
             kind: req.kind,
+            inline,
             key_len: req.key.len() as u16,
             value_len: req.value.len() as u32,
             lsn,
             version: req.version.unwrap_or(lsn),
-            partition: req.partition,
+            value_at,
+            value_crc: value_crc(req.value),
         };
-        let at = batch.used;
+        let at = batch.meta_used;
         batch
-            .buf
-            .set_len(at + len)
+            .meta
+            .set_len(at + meta_add)
             .map_err(|_| StoreError::Busy("batch buffer"))?;
-        header.encode_record(req.key, req.value, &mut batch.buf[at..at + len]);
-        batch.used += len;
+        header.encode(req.key, &mut batch.meta[at..at + meta_add]);
+        if inline {
+            batch.meta[at + RECORD_HEADER_BYTES + req.key.len()..at + meta_add].copy_from_slice(req.value);
+        } else {
+            let v = batch.values.as_mut().expect("allocated above");
+            let vat = batch.values_used;
+            v.set_len(vat + values_add)
+                .map_err(|_| StoreError::Busy("value buffer"))?;
+            v[vat..vat + req.value.len()].copy_from_slice(req.value);
+            v[vat + req.value.len()..vat + values_add].fill(0);
+            batch.values_used += values_add;
+        }
+        batch.meta_used += meta_add;
+        if batch.records.is_empty() {
+            batch.first_lsn = lsn;
+        }
+        batch.last_lsn = lsn;
         batch.records.push(Staged {
             key: req.key.into(),
-            rel: at as u32,
-            len: len as u32,
             version: header.version,
-            partition: req.partition as u16,
             tombstone: req.kind == RecordKind::Tombstone,
+            inline,
+            value_at,
+            value_len: header.value_len,
+            value_crc: header.value_crc,
             moved_from: req.moved_from,
         });
         Ok(batch.done.clone())
@@ -156,19 +241,28 @@ impl<Q: BlockQueue> Inner<Q> {
 
     fn seal_open(&self, st: &mut State) {
         if let Some(b) = st.writer.open.take() {
-            st.writer.plan_pos = round_up(b.start + b.used as u64, self.block);
+            st.writer.plan_pos = b.end(self.block);
             st.writer.sealed.push_back(b);
         }
     }
 
-    fn open_batch(&self, st: &mut State, len: usize, for_gc: bool) -> StoreResult<()> {
+    fn open_batch(
+        &self,
+        st: &mut State,
+        meta_add: usize,
+        values_add: usize,
+        for_gc: bool,
+    ) -> StoreResult<()> {
         if st.writer.sealed.len() >= MAX_SEALED_BATCHES {
             return Err(StoreError::Busy("too many batches waiting for the device"));
         }
         let seg_bytes = st.segments.segment_bytes();
+        let need = |pos: u64, base: usize| {
+            round_up(pos + (base + BATCH_HEADER_BYTES + meta_add) as u64, self.block) + values_add as u64
+        };
         let new_segment = match st.writer.active {
             None => true,
-            Some(_) => st.writer.plan_pos + len as u64 > seg_bytes,
+            Some(_) => need(st.writer.plan_pos, 0) > seg_bytes,
         };
         if new_segment {
             if let Some(old) = st.writer.active.take() {
@@ -185,19 +279,25 @@ impl<Q: BlockQueue> Inner<Q> {
             st.writer.plan_pos = 0;
         }
         let seg = st.writer.active.expect("active segment");
-        let header = if st.writer.plan_pos == 0 {
+        let meta_base = if st.writer.plan_pos == 0 {
             SEGMENT_HEADER_BYTES
         } else {
             0
         };
         let room = seg_bytes - st.writer.plan_pos;
-        let want = round_up((header + len).max(self.cfg.batch_bytes) as u64, self.block).min(room);
-        let mut buf = self
+        let want = round_up(
+            (meta_base + BATCH_HEADER_BYTES + meta_add).max(self.cfg.batch_bytes / 4) as u64,
+            self.block,
+        )
+        .min(room);
+        let mut meta = self
             .queue
             .pool()
             .try_alloc(want as usize)
             .map_err(|_| StoreError::Busy("DMA buffers"))?;
-        if header > 0 {
+        meta.set_len(meta_base + BATCH_HEADER_BYTES)
+            .map_err(|_| StoreError::Busy("batch buffer"))?;
+        if meta_base > 0 {
             let info = st.segments.get(seg);
             let h = SegmentHeader {
                 seq: info.seq,
@@ -205,19 +305,20 @@ impl<Q: BlockQueue> Inner<Q> {
                 segment_index: seg,
                 uuid: self.uuid,
             };
-            buf.set_len(SEGMENT_HEADER_BYTES)
-                .map_err(|_| StoreError::Busy("batch buffer"))?;
-            h.encode(&mut buf[..SEGMENT_HEADER_BYTES]);
-        } else {
-            buf.set_len(0).map_err(|_| StoreError::Busy("batch buffer"))?;
+            h.encode(&mut meta[..SEGMENT_HEADER_BYTES]);
         }
         st.segments.get_mut(seg).batches_outstanding += 1;
         st.writer.open = Some(Batch {
             segment: seg,
-            start: st.writer.plan_pos,
-            buf,
-            used: header,
+            write_start: st.writer.plan_pos,
+            meta_base,
+            meta,
+            meta_used: meta_base + BATCH_HEADER_BYTES,
+            values: None,
+            values_used: 0,
             records: Vec::new(),
+            first_lsn: 0,
+            last_lsn: 0,
             done: Rc::new(BatchDone::default()),
         });
         Ok(())
@@ -249,36 +350,57 @@ impl<Q: BlockQueue> Inner<Q> {
         }
     }
 
-    async fn write_batch(self: &Rc<Self>, batch: Batch) {
+    async fn write_batch(self: &Rc<Self>, mut batch: Batch) {
+        let block = self.block;
+        let (batch_at, value_area_at, end) = (batch.batch_at(), batch.value_area_at(block), batch.end(block));
+        let header = BatchHeader {
+            record_count: batch.records.len() as u32,
+            meta_len: (batch.meta_used - batch.meta_base) as u32,
+            batch_len: (end - batch_at) as u32,
+            first_lsn: batch.first_lsn,
+            last_lsn: batch.last_lsn,
+        };
+        header.encode(&mut batch.meta[batch.meta_base..batch.meta_base + BATCH_HEADER_BYTES]);
         let Batch {
             segment,
-            start,
-            mut buf,
-            used,
+            write_start,
+            mut meta,
+            meta_used,
+            values,
             records,
             done,
+            ..
         } = batch;
-        let len = round_up(used as u64, self.block) as usize;
-        let padded = buf.set_len(len).is_ok();
-        buf[used..].fill(0);
-        let offset = self.state.borrow().segments.device_offset(segment) + start;
+        let meta_len = (value_area_at - write_start) as usize;
+        let padded = meta.set_len(meta_len).is_ok();
+        if padded {
+            meta[meta_used..].fill(0);
+        }
+        let offset = self.state.borrow().segments.device_offset(segment) + write_start;
         let mut guard = LeaderGuard {
             inner: self.clone(),
             segment,
             records: Some(records),
             done: done.clone(),
         };
+        let durability = match self.cfg.durability {
+            CommitDurability::Fua => Durability::Fua,
+            CommitDurability::WriteThenFlush => Durability::Volatile,
+        };
         let result = if !padded {
             Err("batch buffer too small for padding".to_string())
         } else {
-            match self.cfg.durability {
-                CommitDurability::Fua => self.queue.write_at(offset, buf, Durability::Fua).await.map(drop),
-                CommitDurability::WriteThenFlush => {
-                    match self.queue.write_at(offset, buf, Durability::Volatile).await {
-                        Ok(_) => self.queue.flush().await,
-                        Err(e) => Err(e),
-                    }
-                }
+            let written = match values {
+                Some(v) if !v.is_empty() => self
+                    .queue
+                    .writev_at(offset, vec![meta, v], durability)
+                    .await
+                    .map(drop),
+                _ => self.queue.write_at(offset, meta, durability).await.map(drop),
+            };
+            match (written, self.cfg.durability) {
+                (Ok(()), CommitDurability::WriteThenFlush) => self.queue.flush().await,
+                (other, _) => other,
             }
             .map_err(|e| e.to_string())
         };
@@ -294,10 +416,10 @@ impl<Q: BlockQueue> Inner<Q> {
             Ok(()) => {
                 bump(&self.metrics.batches, 1);
                 bump(&self.metrics.batched_records, records.len() as u64);
-                bump(&self.metrics.bytes_written, len as u64);
+                bump(&self.metrics.bytes_written, end - write_start);
                 let info = st.segments.get_mut(segment);
-                info.written = info.written.max(start + len as u64);
-                apply_batch(&mut st, segment, start, records);
+                info.written = info.written.max(end);
+                apply_batch(&mut st, segment, batch_at, value_area_at, records);
             }
             Err(_) => {
                 bump(&self.metrics.write_errors, 1);
@@ -318,8 +440,6 @@ impl<Q: BlockQueue> Inner<Q> {
         }
     }
 }
-
-const RECORD_HEADER_LEN: usize = super::format::RECORD_HEADER_BYTES;
 
 /// Runs the failure path if the leader's future is dropped while its write is in flight:
 /// the outcome of that write is unknown, so nothing in it is acknowledged and its segment
@@ -361,23 +481,30 @@ impl<Q: BlockQueue> Drop for LeaderGuard<Q> {
 }
 
 /// Publishes a durable batch: index, live bytes, pending versions, cache.
-fn apply_batch(st: &mut State, segment: u32, start: u64, records: Vec<Staged>) {
+fn apply_batch(st: &mut State, segment: u32, batch_at: u64, value_area_at: u64, records: Vec<Staged>) {
     for r in records {
-        let entry = IndexEntry {
-            version: r.version,
-            segment,
-            offset: (start + r.rel as u64) as u32,
-            record_len: r.len,
-            partition: r.partition,
-            tombstone: r.tombstone,
+        let value_offset = if r.inline {
+            batch_at + r.value_at as u64
+        } else {
+            value_area_at + r.value_at as u64
         };
+        let entry = IndexEntry::new(
+            r.version,
+            segment,
+            value_offset as u32,
+            r.value_len,
+            r.value_crc,
+            r.tombstone,
+        );
+        let size = live_size(&r.key, r.value_len);
         match r.moved_from {
             None => {
                 if let Some(old) = st.index.insert(&r.key, entry) {
                     debug_assert!(old.version < entry.version, "versions grow per key");
-                    st.segments.sub_live(old.segment, old.record_len as u64);
+                    st.segments
+                        .sub_live(old.segment, live_size(&r.key, old.value_len()));
                 }
-                st.segments.add_live(segment, r.len as u64);
+                st.segments.add_live(segment, size);
                 st.cache.remove(&r.key);
                 if let Some(p) = st.pending.get_mut(&r.key) {
                     p.count -= 1;
@@ -390,15 +517,20 @@ fn apply_batch(st: &mut State, segment: u32, start: u64, records: Vec<Staged>) {
                 let still_there = st
                     .index
                     .get(&r.key)
-                    .is_some_and(|e| e.segment == from_seg && e.offset == from_off);
+                    .is_some_and(|e| e.segment == from_seg && e.value_offset == from_off);
                 if still_there {
                     st.index.insert(&r.key, entry);
-                    st.segments.sub_live(from_seg, r.len as u64);
-                    st.segments.add_live(segment, r.len as u64);
+                    st.segments.sub_live(from_seg, size);
+                    st.segments.add_live(segment, size);
                 }
             }
         }
     }
+}
+
+/// Bytes a record counts as live in its segment: header, key and value.
+pub fn live_size(key: &[u8], value_len: u32) -> u64 {
+    (RECORD_HEADER_BYTES + key.len()) as u64 + value_len as u64
 }
 
 fn forget_pending(st: &mut State, records: &[Staged]) {

@@ -1,67 +1,227 @@
-//! The in-memory index of one shard: key to the location and version of its newest record.
+//! The in-memory index of one shard: key to the location, length, checksum and version of
+//! its newest value. Built to be small: a hash table of 8-byte (slot id, hash) pairs, a
+//! dense array of 32-byte slots, and the key bytes in one arena (no per-key allocation).
+//! Keeping 32 hash bits in the table lets it grow without touching slots or keys.
 
-use std::collections::HashMap;
+use hashbrown::HashTable;
 
-/// Where a key's newest record lives and what it is. 24 bytes.
+/// Where a key's newest value lives and what it is. 24 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
     pub version: u64,
     pub segment: u32,
-    /// Offset of the record within its segment.
-    pub offset: u32,
-    /// Whole record length (header + key + value).
-    pub record_len: u32,
-    pub partition: u16,
-    pub tombstone: bool,
+    /// Offset of the value within its segment.
+    pub value_offset: u32,
+    /// Value length, with `TOMBSTONE_BIT` set for a delete.
+    len_and_flags: u32,
+    pub value_crc: u32,
 }
 
+const TOMBSTONE_BIT: u32 = 1 << 31;
+
 impl IndexEntry {
-    pub fn value_len(&self, key_len: usize) -> usize {
-        self.record_len as usize - super::format::RECORD_HEADER_BYTES - key_len
+    pub fn new(
+        version: u64,
+        segment: u32,
+        value_offset: u32,
+        value_len: u32,
+        value_crc: u32,
+        tombstone: bool,
+    ) -> Self {
+        debug_assert!(value_len < TOMBSTONE_BIT);
+        let len_and_flags = value_len | if tombstone { TOMBSTONE_BIT } else { 0 };
+        IndexEntry {
+            version,
+            segment,
+            value_offset,
+            len_and_flags,
+            value_crc,
+        }
+    }
+
+    pub fn value_len(&self) -> u32 {
+        self.len_and_flags & !TOMBSTONE_BIT
+    }
+
+    pub fn tombstone(&self) -> bool {
+        self.len_and_flags & TOMBSTONE_BIT != 0
     }
 }
 
+/// What `insert_unless_older` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    /// The entry went in; here is the one it replaced, if any.
+    Replaced(Option<IndexEntry>),
+    /// An entry with a newer version was already there and stays.
+    KeptNewer,
+}
+
+struct Slot {
+    entry: IndexEntry,
+    key_at: u32,
+    key_len: u16,
+}
+
 /// Key bytes to entry. ahash is fine here: nothing about it is stored or routed.
-#[derive(Default)]
 pub struct Index {
-    map: HashMap<Box<[u8]>, IndexEntry, ahash::RandomState>,
+    /// (slot id, 32 bits of the key's hash).
+    table: HashTable<(u32, u32)>,
+    slots: Vec<Slot>,
+    keys: Vec<u8>,
+    /// Arena bytes of removed keys, reclaimed by compaction.
+    garbage: usize,
+    hasher: ahash::RandomState,
     live_objects: usize,
 }
 
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            table: HashTable::new(),
+            slots: Vec::new(),
+            keys: Vec::new(),
+            garbage: 0,
+            hasher: ahash::RandomState::new(),
+            live_objects: 0,
+        }
+    }
+}
+
+/// Spreads 32 hash bits over the 64 the table reads: low bits pick the bucket, the top
+/// seven are the control tag.
+fn table_hash(h32: u32) -> u64 {
+    (h32 as u64) | ((h32 as u64) << 32)
+}
+
 impl Index {
+    fn key_of<'a>(keys: &'a [u8], slot: &Slot) -> &'a [u8] {
+        &keys[slot.key_at as usize..slot.key_at as usize + slot.key_len as usize]
+    }
+
+    /// The 32 stored hash bits, and the 64-bit hash the table uses, built from them so
+    /// that growing the table needs only what the table holds.
+    fn hash(&self, key: &[u8]) -> (u32, u64) {
+        let h32 = self.hasher.hash_one(key) as u32;
+        (h32, table_hash(h32))
+    }
+
+    fn find(&self, key: &[u8]) -> Option<u32> {
+        let (h32, hash) = self.hash(key);
+        let (slots, keys) = (&self.slots, &self.keys);
+        self.table
+            .find(hash, |&(id, h)| {
+                h == h32 && Self::key_of(keys, &slots[id as usize]) == key
+            })
+            .map(|&(id, _)| id)
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<&IndexEntry> {
-        self.map.get(key)
+        self.find(key).map(|id| &self.slots[id as usize].entry)
     }
 
     /// A live (not deleted) entry.
     pub fn get_live(&self, key: &[u8]) -> Option<&IndexEntry> {
-        self.map.get(key).filter(|e| !e.tombstone)
+        self.get(key).filter(|e| !e.tombstone())
     }
 
     /// Inserts or replaces; returns the previous entry.
     pub fn insert(&mut self, key: &[u8], entry: IndexEntry) -> Option<IndexEntry> {
-        let old = match self.map.get_mut(key) {
-            Some(slot) => Some(std::mem::replace(slot, entry)),
+        match self.insert_unless_older(key, entry) {
+            Upsert::Replaced(old) => old,
+            Upsert::KeptNewer => None,
+        }
+    }
+
+    /// Like `insert`, but leaves a newer existing version in place. One lookup: recovery
+    /// calls this for every record it replays.
+    pub fn insert_unless_older(&mut self, key: &[u8], entry: IndexEntry) -> Upsert {
+        let found = self.find(key);
+        if let Some(id) = found {
+            if self.slots[id as usize].entry.version > entry.version {
+                return Upsert::KeptNewer;
+            }
+        }
+        let old = match found {
+            Some(id) => Some(std::mem::replace(&mut self.slots[id as usize].entry, entry)),
             None => {
-                self.map.insert(key.into(), entry);
+                self.grow_if_full();
+                let id = self.slots.len() as u32;
+                let key_at = self.keys.len() as u32;
+                self.keys.extend_from_slice(key);
+                self.slots.push(Slot {
+                    entry,
+                    key_at,
+                    key_len: key.len() as u16,
+                });
+                let (h32, hash) = self.hash(key);
+                self.table.insert_unique(hash, (id, h32), |&(_, h)| table_hash(h));
                 None
             }
         };
-        let was_live = old.is_some_and(|o| !o.tombstone);
-        match (was_live, entry.tombstone) {
+        let was_live = old.is_some_and(|o| !o.tombstone());
+        match (was_live, entry.tombstone()) {
             (false, false) => self.live_objects += 1,
             (true, true) => self.live_objects -= 1,
             _ => {}
         }
-        old
+        Upsert::Replaced(old)
+    }
+
+    /// Grows the slot array by a quarter instead of doubling, so that a big index never
+    /// carries half its memory as spare capacity.
+    fn grow_if_full(&mut self) {
+        if self.slots.len() == self.slots.capacity() {
+            self.slots.reserve_exact((self.slots.len() / 4).max(64));
+        }
+        if self.keys.capacity() - self.keys.len() < 1024 {
+            self.keys.reserve_exact((self.keys.len() / 4).max(4096));
+        }
     }
 
     pub fn remove(&mut self, key: &[u8]) -> Option<IndexEntry> {
-        let old = self.map.remove(key);
-        if old.is_some_and(|o| !o.tombstone) {
+        let (h32, hash) = self.hash(key);
+        let (slots, keys) = (&self.slots, &self.keys);
+        let found = self
+            .table
+            .find_entry(hash, |&(id, h)| {
+                h == h32 && Self::key_of(keys, &slots[id as usize]) == key
+            })
+            .ok()?;
+        let ((id, _), _) = found.remove();
+        let last = self.slots.len() as u32 - 1;
+        if id != last {
+            // The last slot moves into the hole: repoint its table entry.
+            let (moved_h32, moved_hash) = self.hash(Self::key_of(&self.keys, &self.slots[last as usize]));
+            if let Some(t) = self
+                .table
+                .find_mut(moved_hash, |&(i, h)| i == last && h == moved_h32)
+            {
+                t.0 = id;
+            }
+        }
+        let slot = self.slots.swap_remove(id as usize);
+        self.garbage += slot.key_len as usize;
+        if !slot.entry.tombstone() {
             self.live_objects -= 1;
         }
-        old
+        if self.garbage > 4096 && self.garbage > self.keys.len() / 2 {
+            self.compact_keys();
+        }
+        Some(slot.entry)
+    }
+
+    fn compact_keys(&mut self) {
+        let mut keys = Vec::with_capacity(self.keys.len() - self.garbage + 4096);
+        for slot in &mut self.slots {
+            let at = keys.len() as u32;
+            keys.extend_from_slice(
+                &self.keys[slot.key_at as usize..slot.key_at as usize + slot.key_len as usize],
+            );
+            slot.key_at = at;
+        }
+        self.keys = keys;
+        self.garbage = 0;
     }
 
     /// Objects that exist (tombstones excluded).
@@ -71,20 +231,18 @@ impl Index {
 
     /// Entries including tombstones.
     pub fn entries(&self) -> usize {
-        self.map.len()
+        self.slots.len()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &IndexEntry)> {
-        self.map.iter().map(|(k, v)| (&**k, v))
+        self.slots.iter().map(|s| (Self::key_of(&self.keys, s), &s.entry))
     }
 
-    /// Bytes of heap this index holds: the table's slots and control bytes plus each
-    /// boxed key (rounded up to the allocator's 16-byte granule, with its 8-byte header).
+    /// Bytes of heap this index holds: table, slots and key arena, capacity included.
     pub fn heap_bytes(&self) -> usize {
-        let slot = std::mem::size_of::<(Box<[u8]>, IndexEntry)>() + 1;
-        let table = self.map.capacity() * slot;
-        let keys: usize = self.map.keys().map(|k| (k.len() + 8).div_ceil(16) * 16).sum();
-        table + keys
+        self.table.allocation_size()
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.keys.capacity()
     }
 }
 
@@ -93,20 +251,18 @@ mod tests {
     use super::*;
 
     fn entry(version: u64, tombstone: bool) -> IndexEntry {
-        IndexEntry {
-            version,
-            segment: 0,
-            offset: 64,
-            record_len: 50,
-            partition: 1,
-            tombstone,
-        }
+        IndexEntry::new(version, 0, 64, 50, 7, tombstone)
+    }
+
+    #[test]
+    fn sizes_are_what_the_memory_budget_assumes() {
+        assert_eq!(std::mem::size_of::<IndexEntry>(), 24);
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
     }
 
     #[test]
     fn live_count_follows_puts_and_tombstones() {
         let mut idx = Index::default();
-        assert_eq!(std::mem::size_of::<IndexEntry>(), 24);
         idx.insert(b"a", entry(1, false));
         idx.insert(b"a", entry(2, false));
         idx.insert(b"b", entry(1, false));
@@ -118,5 +274,33 @@ mod tests {
         idx.remove(b"a");
         idx.remove(b"b");
         assert_eq!((idx.live_objects(), idx.entries()), (0, 0));
+    }
+
+    #[test]
+    fn removal_moves_slots_and_compaction_keeps_every_key() {
+        let mut idx = Index::default();
+        let mut model = std::collections::HashMap::new();
+        let mut x = 12345u64;
+        for i in 0..50_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = format!("key-{}", x % 5000).into_bytes();
+            if x.is_multiple_of(3) {
+                assert_eq!(
+                    idx.remove(&key).map(|e| e.version),
+                    model.remove(&key),
+                    "remove {i}"
+                );
+            } else {
+                idx.insert(&key, entry(i, false));
+                model.insert(key, i);
+            }
+        }
+        assert_eq!(idx.entries(), model.len());
+        for (k, v) in &model {
+            assert_eq!(idx.get(k).map(|e| e.version), Some(*v));
+        }
+        assert_eq!(idx.iter().count(), model.len());
     }
 }

@@ -10,12 +10,11 @@ use super::cache::Cache;
 use super::config::StoreConfig;
 use super::engine::{State, Store};
 use super::error::{StoreError, StoreResult};
-use super::format::{
-    RecordKind, SegmentHeader, Superblock, RECORD_HEADER_BYTES, SEGMENTS_START, SUPERBLOCK_BYTES,
-};
+use super::format::{RecordKind, SegmentHeader, Superblock, SEGMENTS_START, SUPERBLOCK_BYTES};
+use super::group_commit::live_size;
 use super::group_commit::Writer;
-use super::index::{Index, IndexEntry};
-use super::scan::{scan_segment, ScanEnd};
+use super::index::{Index, IndexEntry, Upsert};
+use super::scan::{scan_segment, ScanEnd, ScanLimits};
 use super::segments::SegmentTable;
 
 /// What opening the store found.
@@ -29,6 +28,35 @@ pub struct RecoveryReport {
     pub bytes_scanned: u64,
     pub torn_tails: u32,
     pub seconds: f64,
+}
+
+/// Segment headers read at once when looking for written segments.
+const HEADER_READS_IN_FLIGHT: usize = 32;
+
+/// Polls all futures together on the current task; results in order.
+pub(crate) async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    futures_lite::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
 }
 
 fn new_uuid() -> [u8; 16] {
@@ -109,62 +137,96 @@ impl<Q: BlockQueue> Store<Q> {
         let mut index = Index::default();
         let mut max_lsn = 0u64;
 
-        // Find written segments by their headers, then replay them in the order written.
+        // Find written segments by their headers (many reads in flight), then replay them
+        // in the order written, reading the next segment while scanning the current one.
         let mut found = Vec::new();
-        for seg in 0..sb.segment_count {
-            let head = queue.pool().alloc(block as usize).await?;
-            let head = queue.read_at(segments.device_offset(seg), head).await?;
-            if let Some(h) = SegmentHeader::decode(&head, &sb.uuid, seg) {
-                found.push(h);
+        for chunk in (0..sb.segment_count)
+            .collect::<Vec<_>>()
+            .chunks(HEADER_READS_IN_FLIGHT)
+        {
+            let reads = chunk.iter().map(|&seg| {
+                let (queue, offset) = (&queue, segments.device_offset(seg));
+                async move {
+                    let head = queue.pool().alloc(block as usize).await?;
+                    queue.read_at(offset, head).await
+                }
+            });
+            for (&seg, head) in chunk.iter().zip(join_all(reads.collect()).await) {
+                if let Some(h) = SegmentHeader::decode(&head?, &sb.uuid, seg) {
+                    found.push(h);
+                }
             }
         }
         found.sort_by_key(|h| h.seq);
-        let mut live: HashMap<u32, u64> = HashMap::new();
-        for h in &found {
-            let seg = h.segment_index;
-            let image = queue.pool().alloc(sb.segment_bytes as usize).await?;
-            let image = queue.read_at(segments.device_offset(seg), image).await?;
-            report.bytes_scanned += image.len() as u64;
-            report.segments_scanned += 1;
-            let mut records = 0u64;
-            let (end, how) = scan_segment(
-                &image,
-                h.first_lsn,
-                block as usize,
-                cfg.max_key_bytes,
-                cfg.max_value_bytes,
-                |off, rh, rec| {
-                    records += 1;
-                    max_lsn = max_lsn.max(rh.lsn);
-                    let key = &rec[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + rh.key_len as usize];
-                    let entry = IndexEntry {
-                        version: rh.version,
-                        segment: seg,
-                        offset: off,
-                        record_len: rh.record_len() as u32,
-                        partition: rh.partition as u16,
-                        tombstone: rh.kind == RecordKind::Tombstone,
-                    };
-                    // A GC copy keeps its version; never let an older version win.
-                    if index.get(key).is_some_and(|old| old.version > entry.version) {
-                        return;
-                    }
-                    if let Some(old) = index.insert(key, entry) {
-                        let l = live.entry(old.segment).or_default();
-                        *l = l.saturating_sub(old.record_len as u64);
-                    }
-                    *live.entry(seg).or_default() += entry.record_len as u64;
-                },
-            );
-            report.records_replayed += records;
-            if how == ScanEnd::Torn {
-                report.torn_tails += 1;
+        let limits = ScanLimits {
+            block: block as usize,
+            max_key: cfg.max_key_bytes,
+            max_value: cfg.max_value_bytes,
+        };
+        let read_segment = |seg: u32| {
+            let (queue, offset, bytes) = (&queue, segments.device_offset(seg), sb.segment_bytes as usize);
+            async move {
+                let image = queue.pool().alloc(bytes).await?;
+                queue.read_at(offset, image).await
             }
+        };
+        let mut live = vec![0u64; sb.segment_count as usize];
+        let mut restored = Vec::new();
+        let mut prefetched = None;
+        for (i, h) in found.iter().enumerate() {
+            let image = match prefetched.take() {
+                Some(image) => image,
+                None => read_segment(h.segment_index).await?,
+            };
+            let next = found.get(i + 1).map(|n| read_segment(n.segment_index));
+            let read_next = async move {
+                match next {
+                    Some(read) => Some(read.await),
+                    None => None,
+                }
+            };
+            let scan_this = async {
+                let seg = h.segment_index;
+                let (end, how) = scan_segment(&image, h.first_lsn, limits, |r| {
+                    report.records_replayed += 1;
+                    max_lsn = max_lsn.max(r.header.lsn);
+                    let rh = &r.header;
+                    let entry = IndexEntry::new(
+                        rh.version,
+                        seg,
+                        r.value_offset,
+                        rh.value_len,
+                        rh.value_crc,
+                        rh.kind == RecordKind::Tombstone,
+                    );
+                    // A GC copy keeps its version; never let an older version win.
+                    match index.insert_unless_older(r.key, entry) {
+                        Upsert::KeptNewer => return,
+                        Upsert::Replaced(Some(old)) => {
+                            let l = &mut live[old.segment as usize];
+                            *l = l.saturating_sub(live_size(r.key, old.value_len()));
+                        }
+                        Upsert::Replaced(None) => {}
+                    }
+                    live[seg as usize] += live_size(r.key, rh.value_len);
+                });
+                report.bytes_scanned += image.len() as u64;
+                report.segments_scanned += 1;
+                if how == ScanEnd::Torn {
+                    report.torn_tails += 1;
+                }
+                (end as u64).div_ceil(block) * block
+            };
+            let (next_image, written) = futures_lite::future::zip(read_next, scan_this).await;
+            prefetched = next_image.transpose()?;
             max_lsn = max_lsn.max(h.first_lsn);
-            segments.restore(seg, h.seq, h.first_lsn, (end as u64).div_ceil(block) * block);
+            restored.push((h.segment_index, h.seq, h.first_lsn, written));
         }
-        for (seg, bytes) in live {
-            segments.add_live(seg, bytes);
+        for (seg, seq, first_lsn, written) in restored {
+            segments.restore(seg, seq, first_lsn, written);
+        }
+        for (seg, bytes) in live.into_iter().enumerate() {
+            segments.add_live(seg as u32, bytes);
         }
         report.objects = index.live_objects();
         report.live_bytes = segments.live_bytes();
