@@ -375,3 +375,43 @@ fn keys_of_a_partition_are_listed() {
     }
     assert_eq!(total, 99);
 }
+
+#[test]
+fn background_gc_in_a_low_priority_queue_frees_space_during_churn() {
+    use hotshard_node::store::gc_task::{start_background_gc, GcPacing};
+    let done = glommio::LocalExecutorBuilder::default()
+        .spawn(|| async {
+            let dev = sim();
+            let s = sim_store(&dev, small_config(SIM_BYTES));
+            let pacing = GcPacing {
+                idle_sleep: std::time::Duration::from_millis(1),
+                ..GcPacing::default()
+            };
+            let (_tq, gc) = start_background_gc(s.clone(), pacing).unwrap();
+            // Overwrite 40 keys with 4 KiB values far beyond the device's size.
+            for i in 0..3000u64 {
+                loop {
+                    match s
+                        .put(format!("k{}", i % 40).as_bytes(), &make_value(i, 4000), None)
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(StoreError::NoSpace) => {
+                            glommio::timer::sleep(std::time::Duration::from_millis(1)).await
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            for k in 0..40u64 {
+                let (v, _) = s.get(format!("k{k}").as_bytes(), None).await.unwrap();
+                assert_eq!(check_value(v.as_slice()), Some(2960 + k));
+            }
+            drop(gc);
+            s.counters().gc_freed_segments
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(done > 10, "background GC freed {done} segments");
+}

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod gc;
+pub mod gc_task;
 pub mod group_commit;
 pub mod index;
 pub mod metrics;
