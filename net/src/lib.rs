@@ -1,3 +1,12 @@
-//! hotshard-net: the wire protocol, placement and the shard-aware client (issue 4).
+//! hotshard-net: the wire protocol (rkyv headers + raw payloads), framing, validation,
+//! error codes, placement, and the shard-aware client.
 
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod limits;
+pub mod message;
 pub mod placement;
+
+pub use error::WireError;
+pub use message::{ByteRange, Request, Response, Status, Target};

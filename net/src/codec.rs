@@ -1,0 +1,340 @@
+//! Encoding frames and checking them on the way in: the preamble's lengths against the
+//! limits, the header with bytecheck (`rkyv::access`) before any field is read, then the
+//! fields themselves (key length, payload agreeing with the operation).
+
+use rkyv::rancor::Error as RkyvError;
+use rkyv::util::AlignedVec;
+
+use crate::error::WireError;
+use crate::frame::{FrameKind, Preamble, PREAMBLE_BYTES};
+use crate::limits::{MAX_HEADER_BYTES, MAX_KEY_BYTES, MAX_PAYLOAD_BYTES};
+use crate::message::{ArchivedRequest, ArchivedResponse, Request, Response};
+
+/// Header bytes aligned for rkyv.
+pub type HeaderBuf = AlignedVec<16>;
+
+fn encode(kind: FrameKind, id: u64, header: &[u8], payload_len: usize) -> Result<Vec<u8>, WireError> {
+    if header.len() > MAX_HEADER_BYTES {
+        return Err(WireError::TooLarge {
+            what: "header",
+            len: header.len(),
+            limit: MAX_HEADER_BYTES,
+        });
+    }
+    let pre = Preamble {
+        kind,
+        header_len: header.len() as u32,
+        payload_len: payload_len as u32,
+        request_id: id,
+    };
+    let mut out = Vec::with_capacity(PREAMBLE_BYTES + header.len());
+    out.extend_from_slice(&pre.encode());
+    out.extend_from_slice(header);
+    Ok(out)
+}
+
+/// Preamble and header of a request whose payload (`payload_len` bytes) follows.
+pub fn encode_request(id: u64, req: &Request, payload_len: usize) -> Result<Vec<u8>, WireError> {
+    let header = rkyv::to_bytes::<RkyvError>(req).map_err(|e| WireError::Malformed(e.to_string()))?;
+    encode(FrameKind::Request, id, &header, payload_len)
+}
+
+/// Preamble and header of a response whose payload (`payload_len` bytes) follows.
+pub fn encode_response(id: u64, resp: &Response, payload_len: usize) -> Result<Vec<u8>, WireError> {
+    let header = rkyv::to_bytes::<RkyvError>(resp).map_err(|e| WireError::Malformed(e.to_string()))?;
+    encode(FrameKind::Response, id, &header, payload_len)
+}
+
+/// A header buffer of exactly `len` bytes (already checked against the limit).
+pub fn header_buf(len: usize) -> HeaderBuf {
+    let mut buf = HeaderBuf::with_capacity(len);
+    buf.resize(len, 0);
+    buf
+}
+
+fn check_key(key: &[u8]) -> Result<(), WireError> {
+    if key.is_empty() {
+        return Err(WireError::Malformed("empty key".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(WireError::TooLarge {
+            what: "key",
+            len: key.len(),
+            limit: MAX_KEY_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Validates a request header and checks it against the frame's payload length.
+pub fn access_request<'a>(header: &'a HeaderBuf, payload_len: u32) -> Result<&'a ArchivedRequest, WireError> {
+    let req = rkyv::access::<ArchivedRequest, RkyvError>(header)
+        .map_err(|e| WireError::Malformed(format!("invalid request header: {e}")))?;
+    let wants_payload = matches!(req, ArchivedRequest::Put { .. });
+    match req {
+        ArchivedRequest::Put { key, .. }
+        | ArchivedRequest::Get { key, .. }
+        | ArchivedRequest::Delete { key, .. }
+        | ArchivedRequest::Stat { key, .. } => check_key(key.as_slice())?,
+        ArchivedRequest::Ping | ArchivedRequest::GetShardMap | ArchivedRequest::Stats => {}
+    }
+    if !wants_payload && payload_len != 0 {
+        return Err(WireError::Malformed(format!(
+            "a request of this kind carries no payload, got {payload_len} bytes"
+        )));
+    }
+    if payload_len as usize > MAX_PAYLOAD_BYTES {
+        return Err(WireError::TooLarge {
+            what: "value",
+            len: payload_len as usize,
+            limit: MAX_PAYLOAD_BYTES,
+        });
+    }
+    Ok(req)
+}
+
+/// Validates a response header.
+pub fn access_response(header: &HeaderBuf) -> Result<&ArchivedResponse, WireError> {
+    rkyv::access::<ArchivedResponse, RkyvError>(header)
+        .map_err(|e| WireError::Malformed(format!("invalid response header: {e}")))
+}
+
+/// A whole frame parsed out of a byte slice (for tests, fuzzing and buffered readers).
+#[derive(Debug)]
+pub struct RawFrame {
+    pub preamble: Preamble,
+    pub header: HeaderBuf,
+    pub payload: std::ops::Range<usize>,
+    /// Bytes of `buf` this frame used.
+    pub consumed: usize,
+}
+
+/// Parses one frame from the start of `buf`: `Ok(None)` if more bytes are needed.
+pub fn parse_frame(buf: &[u8]) -> Result<Option<RawFrame>, WireError> {
+    if buf.len() < PREAMBLE_BYTES {
+        return Ok(None);
+    }
+    let mut pre = [0u8; PREAMBLE_BYTES];
+    pre.copy_from_slice(&buf[..PREAMBLE_BYTES]);
+    let preamble = Preamble::decode(&pre)?;
+    let header_end = PREAMBLE_BYTES + preamble.header_len as usize;
+    let end = header_end + preamble.payload_len as usize;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    let mut header = header_buf(preamble.header_len as usize);
+    header.copy_from_slice(&buf[PREAMBLE_BYTES..header_end]);
+    Ok(Some(RawFrame {
+        preamble,
+        header,
+        payload: header_end..end,
+        consumed: end,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{ByteRange, Status, Target};
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn golden_ping_and_put_frames() {
+        let ping = encode_request(7, &Request::Ping, 0).unwrap();
+        assert_eq!(
+            hex(&ping[..PREAMBLE_BYTES]),
+            "485357310101000038000000000000000700000000000000"
+        );
+        let put = Request::Put {
+            key: b"k1".to_vec(),
+            if_version: Some(5),
+            target: Target {
+                partition: 9,
+                epoch: 3,
+            },
+        };
+        let bytes = encode_request(1, &put, 4).unwrap();
+        assert_eq!(hex(&bytes), "4853573101010000400000000400000001000000000000006b3100000000000001000000f4ffffff020000000000000001000000000000000500000000000000090000000000000003000000000000000000000000000000");
+    }
+
+    #[test]
+    fn golden_response_frame() {
+        let mut r = Response::new(Status::VersionMismatch { current: 42 });
+        r.version = 41;
+        let bytes = encode_response(2, &r, 0).unwrap();
+        assert_eq!(hex(&bytes), "48535731010200003000000000000000020000000000000003000000000000002a00000000000000ffffffffffffffff290000000000000000000000000000000000000000000000");
+    }
+
+    #[test]
+    fn round_trip_every_request() {
+        let t = Target {
+            partition: 1,
+            epoch: 2,
+        };
+        let all = vec![
+            Request::Ping,
+            Request::Put {
+                key: b"a".to_vec(),
+                if_version: None,
+                target: t,
+            },
+            Request::Get {
+                key: b"b".to_vec(),
+                range: Some(ByteRange { offset: 1, len: 2 }),
+                target: t,
+            },
+            Request::Delete {
+                key: b"c".to_vec(),
+                if_version: Some(0),
+                target: t,
+            },
+            Request::Stat {
+                key: b"d".to_vec(),
+                target: t,
+            },
+            Request::GetShardMap,
+            Request::Stats,
+        ];
+        for (i, req) in all.into_iter().enumerate() {
+            let payload = if matches!(req, Request::Put { .. }) { 3 } else { 0 };
+            let mut bytes = encode_request(i as u64, &req, payload).unwrap();
+            bytes.extend_from_slice(&vec![9u8; payload]);
+            let f = parse_frame(&bytes).unwrap().unwrap();
+            assert_eq!(f.consumed, bytes.len());
+            assert_eq!(f.preamble.request_id, i as u64);
+            let archived = access_request(&f.header, f.preamble.payload_len).unwrap();
+            let back: Request = rkyv::deserialize::<Request, RkyvError>(archived).unwrap();
+            assert_eq!(back, req);
+        }
+    }
+
+    #[test]
+    fn lengths_are_checked_before_anything_is_allocated() {
+        let mut pre = Preamble {
+            kind: FrameKind::Request,
+            header_len: 10,
+            payload_len: 0,
+            request_id: 1,
+        }
+        .encode();
+        pre[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Preamble::decode(&pre),
+            Err(WireError::TooLarge { what: "header", .. })
+        ));
+        let mut pre = Preamble {
+            kind: FrameKind::Request,
+            header_len: 10,
+            payload_len: 0,
+            request_id: 1,
+        }
+        .encode();
+        pre[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Preamble::decode(&pre),
+            Err(WireError::TooLarge { what: "payload", .. })
+        ));
+        let mut pre = Preamble {
+            kind: FrameKind::Request,
+            header_len: 10,
+            payload_len: 0,
+            request_id: 1,
+        }
+        .encode();
+        pre[4] = 9;
+        assert!(matches!(
+            Preamble::decode(&pre),
+            Err(WireError::UnsupportedVersion { got: 9, .. })
+        ));
+        pre[0] = b'X';
+        assert!(matches!(Preamble::decode(&pre), Err(WireError::BadMagic(_))));
+    }
+
+    #[test]
+    fn a_payload_that_disagrees_with_the_operation_is_refused() {
+        let bytes = encode_request(1, &Request::Ping, 5).unwrap();
+        let mut with_payload = bytes.clone();
+        with_payload.extend_from_slice(b"hello");
+        let f = parse_frame(&with_payload).unwrap().unwrap();
+        assert!(matches!(
+            access_request(&f.header, f.preamble.payload_len),
+            Err(WireError::Malformed(_))
+        ));
+        let long = Request::Get {
+            key: vec![b'k'; MAX_KEY_BYTES + 1],
+            range: None,
+            target: Target {
+                partition: 0,
+                epoch: 0,
+            },
+        };
+        let bytes = encode_request(1, &long, 0).unwrap();
+        let f = parse_frame(&bytes).unwrap().unwrap();
+        assert!(matches!(
+            access_request(&f.header, 0),
+            Err(WireError::TooLarge { what: "key", .. })
+        ));
+        let empty = Request::Stat {
+            key: vec![],
+            target: Target {
+                partition: 0,
+                epoch: 0,
+            },
+        };
+        let bytes = encode_request(1, &empty, 0).unwrap();
+        let f = parse_frame(&bytes).unwrap().unwrap();
+        assert!(matches!(
+            access_request(&f.header, 0),
+            Err(WireError::Malformed(_))
+        ));
+    }
+}
+
+#[cfg(test)]
+mod garbage {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Random bytes: an error or a request to wait for more, never a panic.
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(Some(f)) = parse_frame(&bytes) {
+                let _ = access_request(&f.header, f.preamble.payload_len);
+                let _ = access_response(&f.header);
+            }
+        }
+
+        /// A valid preamble with a random header: bytecheck refuses what is not a request.
+        #[test]
+        fn random_headers_are_checked(header in proptest::collection::vec(any::<u8>(), 1..256), payload in 0u32..64) {
+            let pre = Preamble { kind: FrameKind::Request, header_len: header.len() as u32, payload_len: payload, request_id: 1 };
+            let mut bytes = pre.encode().to_vec();
+            bytes.extend_from_slice(&header);
+            bytes.resize(bytes.len() + payload as usize, 0);
+            let f = parse_frame(&bytes).unwrap().unwrap();
+            let _ = access_request(&f.header, f.preamble.payload_len);
+        }
+
+        /// Every prefix of a valid frame asks for more bytes; flipping any byte is an error
+        /// or a different valid frame, never a panic.
+        #[test]
+        fn truncated_and_flipped_frames(cut in 0usize..200, flip in 0usize..200, bit in 0u8..8) {
+            let req = Request::Get { key: b"some-key".to_vec(), range: None, target: crate::message::Target { partition: 3, epoch: 9 } };
+            let bytes = encode_request(5, &req, 0).unwrap();
+            let cut = cut % bytes.len();
+            prop_assert!(parse_frame(&bytes[..cut]).unwrap().is_none());
+            let mut flipped = bytes.clone();
+            let at = flip % flipped.len();
+            flipped[at] ^= 1 << bit;
+            if let Ok(Some(f)) = parse_frame(&flipped) {
+                let _ = access_request(&f.header, f.preamble.payload_len);
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Request and response headers, archived with rkyv. Payloads (values, the shard map) are
+//! never inside the archive: they follow it as raw bytes.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Which partition a keyed request is for, and the shard-map epoch the client routed by.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Target {
+    pub partition: u32,
+    pub epoch: u64,
+}
+
+/// Part of a value: `len` bytes from `offset`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ByteRange {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// What a client asks. A Put's value is the frame's payload.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum Request {
+    Ping,
+    Put {
+        key: Vec<u8>,
+        if_version: Option<u64>,
+        target: Target,
+    },
+    Get {
+        key: Vec<u8>,
+        range: Option<ByteRange>,
+        target: Target,
+    },
+    Delete {
+        key: Vec<u8>,
+        if_version: Option<u64>,
+        target: Target,
+    },
+    Stat {
+        key: Vec<u8>,
+        target: Target,
+    },
+    GetShardMap,
+    Stats,
+}
+
+impl Request {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::Put { .. } => "put",
+            Request::Get { .. } => "get",
+            Request::Delete { .. } => "delete",
+            Request::Stat { .. } => "stat",
+            Request::GetShardMap => "get_shard_map",
+            Request::Stats => "stats",
+        }
+    }
+}
+
+/// The answer to a request. `code` is a stable number (see `Status`); a Get's value, the
+/// shard map and the stats text are the frame's payload.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Response {
+    pub code: u16,
+    /// WrongShard: the server's epoch. VersionMismatch: the current version.
+    pub arg: u64,
+    /// BadRequest: why.
+    pub reason: String,
+    pub version: u64,
+    /// Length of the whole object (Get and Stat).
+    pub object_len: u64,
+    pub crc32c: u32,
+}
+
+/// Outcomes with stable wire codes. Codes never change meaning; new ones are appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    NotFound,
+    WrongShard { epoch: u64 },
+    VersionMismatch { current: u64 },
+    TooLarge,
+    NoSpace,
+    Busy,
+    Corrupt,
+    BadRequest { reason: String },
+    Internal,
+    Unauthorized,
+}
+
+impl Status {
+    pub fn code(&self) -> u16 {
+        match self {
+            Status::Ok => 0,
+            Status::NotFound => 1,
+            Status::WrongShard { .. } => 2,
+            Status::VersionMismatch { .. } => 3,
+            Status::TooLarge => 4,
+            Status::NoSpace => 5,
+            Status::Busy => 6,
+            Status::Corrupt => 7,
+            Status::BadRequest { .. } => 8,
+            Status::Internal => 9,
+            Status::Unauthorized => 10,
+        }
+    }
+
+    /// The status a response carries; an unknown code reads as Internal.
+    pub fn from_wire(code: u16, arg: u64, reason: &str) -> Status {
+        match code {
+            0 => Status::Ok,
+            1 => Status::NotFound,
+            2 => Status::WrongShard { epoch: arg },
+            3 => Status::VersionMismatch { current: arg },
+            4 => Status::TooLarge,
+            5 => Status::NoSpace,
+            6 => Status::Busy,
+            7 => Status::Corrupt,
+            8 => Status::BadRequest {
+                reason: reason.to_string(),
+            },
+            10 => Status::Unauthorized,
+            _ => Status::Internal,
+        }
+    }
+}
+
+impl Response {
+    pub fn new(status: Status) -> Response {
+        let (arg, reason) = match &status {
+            Status::WrongShard { epoch } => (*epoch, String::new()),
+            Status::VersionMismatch { current } => (*current, String::new()),
+            Status::BadRequest { reason } => (0, reason.clone()),
+            _ => (0, String::new()),
+        };
+        Response {
+            code: status.code(),
+            arg,
+            reason,
+            version: 0,
+            object_len: 0,
+            crc32c: 0,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        Status::from_wire(self.code, self.arg, &self.reason)
+    }
+}
+
+impl ArchivedResponse {
+    pub fn status(&self) -> Status {
+        Status::from_wire(self.code.to_native(), self.arg.to_native(), self.reason.as_str())
+    }
+}
