@@ -67,7 +67,7 @@ fn check_key(key: &[u8]) -> Result<(), WireError> {
 }
 
 /// Validates a request header and checks it against the frame's payload length.
-pub fn access_request<'a>(header: &'a HeaderBuf, payload_len: u32) -> Result<&'a ArchivedRequest, WireError> {
+pub fn access_request(header: &HeaderBuf, payload_len: u32) -> Result<&ArchivedRequest, WireError> {
     let req = rkyv::access::<ArchivedRequest, RkyvError>(header)
         .map_err(|e| WireError::Malformed(format!("invalid request header: {e}")))?;
     let wants_payload = matches!(req, ArchivedRequest::Put { .. });
