@@ -96,6 +96,52 @@ pub fn check_iov(info: &DeviceInfo, offset: u64, bufs: &[DmaBuffer]) -> Result<u
     Ok(total)
 }
 
+/// A vectored write as one write per buffer, for backends without a vectored command.
+/// The writes complete independently; every one has completed (with `durability`) when
+/// this returns, which is all a caller of `writev_at` may assume.
+pub async fn write_each<Q: BlockQueue + ?Sized>(
+    q: &Q,
+    offset: u64,
+    bufs: Vec<DmaBuffer>,
+    durability: Durability,
+) -> Result<Vec<DmaBuffer>> {
+    check_iov(q.info(), offset, &bufs)?;
+    let mut at = offset;
+    let mut out = Vec::with_capacity(bufs.len());
+    for b in bufs {
+        let len = b.len() as u64;
+        out.push(q.write_at(at, b, durability).await?);
+        at += len;
+    }
+    Ok(out)
+}
+
+/// Polls all futures together on the current task; results in order.
+pub async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    futures_lite::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
 /// Identifies the thread a queue belongs to without touching an atomic.
 pub(crate) fn thread_token() -> usize {
     thread_local! { static TOKEN: u8 = const { 0 }; }

@@ -427,12 +427,7 @@ impl<Q: BlockQueue> Inner<Q> {
                 fail_segment(&mut st, segment, "an earlier batch in its segment failed");
             }
         }
-        let next = st
-            .writer
-            .sealed
-            .front()
-            .map(|b| b.done.clone())
-            .or_else(|| st.writer.open.as_ref().map(|b| b.done.clone()));
+        let next = next_batch_done(&st);
         drop(st);
         done.finish(result);
         if let Some(next) = next {
@@ -465,12 +460,7 @@ impl<Q: BlockQueue> Drop for LeaderGuard<Q> {
             self.segment,
             "the write of an earlier batch was abandoned",
         );
-        let next = st
-            .writer
-            .sealed
-            .front()
-            .map(|b| b.done.clone())
-            .or_else(|| st.writer.open.as_ref().map(|b| b.done.clone()));
+        let next = next_batch_done(&st);
         drop(st);
         self.done
             .finish(Err("the write was abandoned before it completed".into()));
@@ -531,6 +521,16 @@ fn apply_batch(st: &mut State, segment: u32, batch_at: u64, value_area_at: u64, 
 /// Bytes a record counts as live in its segment: header, key and value.
 pub fn live_size(key: &[u8], value_len: u32) -> u64 {
     (RECORD_HEADER_BYTES + key.len()) as u64 + value_len as u64
+}
+
+/// The completion of the batch that will be written next, whose waiters should elect a
+/// new leader.
+fn next_batch_done(st: &State) -> Option<Rc<BatchDone>> {
+    st.writer
+        .sealed
+        .front()
+        .map(|b| b.done.clone())
+        .or_else(|| st.writer.open.as_ref().map(|b| b.done.clone()))
 }
 
 fn forget_pending(st: &mut State, records: &[Staged]) {

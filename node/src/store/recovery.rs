@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use hotshard_nvme::queue::join_all;
 use hotshard_nvme::{BlockQueue, Durability};
 
 use super::cache::Cache;
@@ -32,32 +33,6 @@ pub struct RecoveryReport {
 
 /// Segment headers read at once when looking for written segments.
 const HEADER_READS_IN_FLIGHT: usize = 32;
-
-/// Polls all futures together on the current task; results in order.
-pub(crate) async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    futures_lite::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *o = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter()
-        .map(|o| o.expect("every future finished"))
-        .collect()
-}
 
 fn new_uuid() -> [u8; 16] {
     let mut uuid = [0u8; 16];

@@ -333,17 +333,7 @@ impl BlockQueue for SpdkQueue {
         bufs: Vec<DmaBuffer>,
         durability: Durability,
     ) -> Result<Vec<DmaBuffer>> {
-        check_iov(self.info(), offset, &bufs)?;
-        // One command per buffer; they complete independently, so durability holds for all
-        // once every one has completed.
-        let mut at = offset;
-        let mut out = Vec::with_capacity(bufs.len());
-        for b in bufs {
-            let len = b.len() as u64;
-            out.push(self.write_at(at, b, durability).await?);
-            at += len;
-        }
-        Ok(out)
+        crate::queue::write_each(self, offset, bufs, durability).await
     }
 
     async fn flush(&self) -> Result<()> {

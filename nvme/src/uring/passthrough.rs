@@ -15,7 +15,7 @@ use super::completion::{Keep, Slots};
 use crate::device::{Device, DeviceInfo};
 use crate::dma_buffer::{BufferPool, DmaBuffer};
 use crate::error::{NvmeError, Result};
-use crate::queue::{check_io, check_iov, thread_token, BlockQueue, Durability};
+use crate::queue::{check_io, thread_token, BlockQueue, Durability};
 
 /// `_IOWR('N', 0x80, struct nvme_uring_cmd)`: an NVMe I/O command through io_uring.
 const NVME_URING_CMD_IO: u32 = 0xC048_4E80;
@@ -242,15 +242,7 @@ impl BlockQueue for Rc<PassthroughQueue> {
         bufs: Vec<DmaBuffer>,
         durability: Durability,
     ) -> Result<Vec<DmaBuffer>> {
-        check_iov(self.info(), offset, &bufs)?;
-        let mut at = offset;
-        let mut out = Vec::with_capacity(bufs.len());
-        for b in bufs {
-            let len = b.len() as u64;
-            out.push(self.write_at(at, b, durability).await?);
-            at += len;
-        }
-        Ok(out)
+        crate::queue::write_each(self, offset, bufs, durability).await
     }
 
     async fn flush(&self) -> Result<()> {

@@ -105,29 +105,7 @@ pub async fn concurrent_io<Q: BlockQueue>(q: &Q, ops: usize) {
     }
 }
 
-/// Polls all futures concurrently on the current task.
-pub async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    futures_lite::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *o = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(|o| o.unwrap()).collect()
-}
+pub use hotshard_nvme::queue::join_all;
 
 /// Runs `f` on a fresh glommio executor.
 pub fn on_glommio<T, F>(f: impl FnOnce() -> F + Send + 'static) -> T
