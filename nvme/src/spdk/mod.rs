@@ -15,7 +15,7 @@ use crate::device::{DeviceInfo, DeviceKind};
 use crate::dma_buffer::{ArenaSource, BufferPool, DmaBuffer};
 use crate::error::{NvmeError, Result};
 use crate::limits::IO_ALIGN;
-use crate::queue::{check_io, check_iov, thread_token, BlockQueue, Durability};
+use crate::queue::{check_io, thread_token, BlockQueue, Durability};
 
 #[repr(C)]
 #[derive(Default)]
