@@ -2,11 +2,15 @@
 //! error codes, placement, and the shard-aware client.
 
 pub mod codec;
+pub mod connection;
 pub mod error;
 pub mod frame;
+pub mod frame_io;
 pub mod limits;
 pub mod message;
 pub mod placement;
+pub mod server;
+pub mod shard_map;
 
 pub use error::WireError;
 pub use message::{ByteRange, Request, Response, Status, Target};

@@ -1,0 +1,231 @@
+//! The server driver and the pipelined client over loopback TCP on glommio, with an
+//! in-memory handler: round trips, pipelining, out-of-order answers, malformed input.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use hotshard_net::codec::{access_response, encode_request};
+use hotshard_net::connection::Connection;
+use hotshard_net::frame_io::read_head;
+use hotshard_net::server::{serve_connection, Handler, Reply, ServerConfig};
+use hotshard_net::{Request, Response, Status, Target};
+
+#[derive(Default)]
+struct MemHandler {
+    map: RefCell<HashMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl Handler for MemHandler {
+    type In = Vec<u8>;
+    type Out = Vec<u8>;
+
+    fn payload_buffer(&self, len: usize) -> Result<Vec<u8>, Status> {
+        if len > 1 << 20 {
+            return Err(Status::TooLarge);
+        }
+        Ok(vec![0; len])
+    }
+
+    async fn handle(self: Rc<Self>, request: Request, payload: Option<Vec<u8>>) -> Reply<Vec<u8>> {
+        match request {
+            Request::Ping => Reply::status(Status::Ok),
+            Request::Put { key, .. } => {
+                // Answer later than a Get that arrives after it: out-of-order replies.
+                glommio::timer::sleep(Duration::from_millis(2)).await;
+                self.map.borrow_mut().insert(key, payload.unwrap_or_default());
+                Reply::status(Status::Ok)
+            }
+            Request::Get { key, .. } => match self.map.borrow().get(&key) {
+                Some(v) => Reply {
+                    response: Response::new(Status::Ok),
+                    payload: Some(v.clone()),
+                },
+                None => Reply::status(Status::NotFound),
+            },
+            Request::Delete { key, .. } => match self.map.borrow_mut().remove(&key) {
+                Some(_) => Reply::status(Status::Ok),
+                None => Reply::status(Status::NotFound),
+            },
+            _ => Reply::status(Status::BadRequest {
+                reason: "not here".into(),
+            }),
+        }
+    }
+}
+
+fn target() -> Target {
+    Target {
+        partition: 0,
+        epoch: 1,
+    }
+}
+
+/// Starts a server on 127.0.0.1:0 on this executor; returns its address.
+fn start_server(cfg: ServerConfig) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Rc::new(MemHandler::default());
+    glommio::spawn_local(async move {
+        while let Ok(stream) = listener.accept().await {
+            let handler = handler.clone();
+            glommio::spawn_local(async move {
+                serve_connection(stream, handler, cfg).await;
+            })
+            .detach();
+        }
+    })
+    .detach();
+    addr
+}
+
+fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move { f().await })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn round_trips_and_pipelining() {
+    run(|| async {
+        let addr = start_server(ServerConfig::default());
+        let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+        let (r, _) = conn.call(&Request::Ping, &[]).await.unwrap();
+        assert_eq!(r.status(), Status::Ok);
+        let put = Request::Put {
+            key: b"k".to_vec(),
+            if_version: None,
+            target: target(),
+        };
+        assert_eq!(conn.call(&put, b"value").await.unwrap().0.status(), Status::Ok);
+        let get = Request::Get {
+            key: b"k".to_vec(),
+            range: None,
+            target: target(),
+        };
+        let (r, body) = conn.call(&get, &[]).await.unwrap();
+        assert_eq!((r.status(), body.as_slice()), (Status::Ok, &b"value"[..]));
+        let missing = Request::Get {
+            key: b"nope".to_vec(),
+            range: None,
+            target: target(),
+        };
+        assert_eq!(
+            conn.call(&missing, &[]).await.unwrap().0.status(),
+            Status::NotFound
+        );
+
+        // 200 requests in flight on one connection, puts answered after later gets.
+        let mut calls = Vec::new();
+        for i in 0..200u32 {
+            let conn = conn.clone();
+            calls.push(glommio::spawn_local(async move {
+                let key = format!("key{i}").into_bytes();
+                let put = Request::Put {
+                    key: key.clone(),
+                    if_version: None,
+                    target: target(),
+                };
+                let value = i.to_le_bytes().repeat(100);
+                conn.call(&put, &value).await.unwrap();
+                let get = Request::Get {
+                    key,
+                    range: None,
+                    target: target(),
+                };
+                let (r, body) = conn.call(&get, &[]).await.unwrap();
+                assert_eq!(r.status(), Status::Ok);
+                assert_eq!(body, value);
+            }));
+        }
+        for c in calls {
+            c.await;
+        }
+        assert_eq!(conn.in_flight(), 0);
+    });
+}
+
+#[test]
+fn a_small_in_flight_limit_still_answers_everything() {
+    run(|| async {
+        let addr = start_server(ServerConfig { max_in_flight: 2 });
+        let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+        let mut calls = Vec::new();
+        for i in 0..50u32 {
+            let conn = conn.clone();
+            calls.push(glommio::spawn_local(async move {
+                let put = Request::Put {
+                    key: format!("k{i}").into_bytes(),
+                    if_version: None,
+                    target: target(),
+                };
+                conn.call(&put, b"v").await.unwrap().0.status()
+            }));
+        }
+        for c in calls {
+            assert_eq!(c.await, Status::Ok);
+        }
+    });
+}
+
+/// Sends raw bytes; returns the status of the error frame, and whether the server closed.
+async fn send_raw(addr: std::net::SocketAddr, bytes: &[u8]) -> (Option<Status>, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    s.flush().await.unwrap();
+    let status = match read_head(&mut s).await {
+        Ok(Some((_, header))) => access_response(&header).ok().map(|r| r.status()),
+        _ => None,
+    };
+    let mut rest = [0u8; 16];
+    let closed = matches!(s.read(&mut rest).await, Ok(0) | Err(_));
+    (status, closed)
+}
+
+#[test]
+fn malformed_input_gets_an_error_frame_and_a_close() {
+    run(|| async {
+        let addr = start_server(ServerConfig::default());
+        let valid = encode_request(9, &Request::Ping, 0).unwrap();
+        let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut bad_magic = valid.clone();
+        bad_magic[0] = b'X';
+        cases.push(("wrong magic", bad_magic));
+        let mut bad_version = valid.clone();
+        bad_version[4] = 77;
+        cases.push(("unknown version", bad_version));
+        let mut huge_header = valid.clone();
+        huge_header[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        cases.push(("oversized header length", huge_header));
+        let mut huge_payload = valid.clone();
+        huge_payload[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        cases.push(("oversized payload length", huge_payload));
+        let mut garbage_header = valid.clone();
+        for b in &mut garbage_header[24..] {
+            *b = 0xEE;
+        }
+        cases.push(("invalid rkyv", garbage_header));
+        let mut disagreeing = encode_request(9, &Request::Ping, 3).unwrap();
+        disagreeing.extend_from_slice(b"abc");
+        cases.push(("payload on a ping", disagreeing));
+        for (what, bytes) in cases {
+            let (status, closed) = send_raw(addr, &bytes).await;
+            assert!(
+                matches!(status, Some(Status::BadRequest { .. })),
+                "{what}: {status:?}"
+            );
+            assert!(closed, "{what}: the server must close");
+        }
+        // The server keeps serving others.
+        let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+        assert_eq!(
+            conn.call(&Request::Ping, &[]).await.unwrap().0.status(),
+            Status::Ok
+        );
+    });
+}
