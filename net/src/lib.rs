@@ -1,6 +1,8 @@
 //! hotshard-net: the wire protocol (rkyv headers + raw payloads), framing, validation,
 //! error codes, placement, and the shard-aware client.
 
+pub mod blocking;
+pub mod client;
 pub mod codec;
 pub mod connection;
 pub mod error;
@@ -9,6 +11,7 @@ pub mod frame_io;
 pub mod limits;
 pub mod message;
 pub mod placement;
+pub mod runtime;
 pub mod server;
 pub mod shard_map;
 

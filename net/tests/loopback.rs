@@ -8,15 +8,37 @@ use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
+use hotshard_net::blocking::BlockingClient;
+use hotshard_net::client::{Client, ClientConfig};
 use hotshard_net::codec::{access_response, encode_request};
 use hotshard_net::connection::Connection;
 use hotshard_net::frame_io::read_head;
+use hotshard_net::runtime::Glommio;
 use hotshard_net::server::{serve_connection, Handler, Reply, ServerConfig};
+use hotshard_net::shard_map::{ShardAddr, ShardMap};
 use hotshard_net::{Request, Response, Status, Target};
 
 #[derive(Default)]
 struct MemHandler {
     map: RefCell<HashMap<Vec<u8>, Vec<u8>>>,
+    /// The shard-map epoch this "node" is at, and its address.
+    epoch: std::cell::Cell<u64>,
+    addr: RefCell<String>,
+}
+
+impl MemHandler {
+    fn shard_map(&self) -> ShardMap {
+        let me = ShardAddr {
+            node: 0,
+            shard: 0,
+            addr: self.addr.borrow().clone(),
+        };
+        ShardMap::spread(self.epoch.get(), 8, vec![me])
+    }
+
+    fn stale(&self, t: &Target) -> bool {
+        t.epoch < self.epoch.get()
+    }
 }
 
 impl Handler for MemHandler {
@@ -31,8 +53,20 @@ impl Handler for MemHandler {
     }
 
     async fn handle(self: Rc<Self>, request: Request, payload: Option<Vec<u8>>) -> Reply<Vec<u8>> {
+        let wrong = Reply::status(Status::WrongShard {
+            epoch: self.epoch.get(),
+        });
         match request {
             Request::Ping => Reply::status(Status::Ok),
+            Request::GetShardMap => Reply {
+                response: Response::new(Status::Ok),
+                payload: Some(self.shard_map().to_bytes().unwrap()),
+            },
+            Request::Put { target, .. } | Request::Get { target, .. } | Request::Delete { target, .. }
+                if self.stale(&target) =>
+            {
+                wrong
+            }
             Request::Put { key, .. } => {
                 // Answer later than a Get that arrives after it: out-of-order replies.
                 glommio::timer::sleep(Duration::from_millis(2)).await;
@@ -66,9 +100,14 @@ fn target() -> Target {
 
 /// Starts a server on 127.0.0.1:0 on this executor; returns its address.
 fn start_server(cfg: ServerConfig) -> std::net::SocketAddr {
+    start_server_with(cfg, Rc::new(MemHandler::default()))
+}
+
+fn start_server_with(cfg: ServerConfig, handler: Rc<MemHandler>) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let handler = Rc::new(MemHandler::default());
+    *handler.addr.borrow_mut() = addr.to_string();
+    handler.epoch.set(handler.epoch.get().max(1));
     glommio::spawn_local(async move {
         while let Ok(stream) = listener.accept().await {
             let handler = handler.clone();
@@ -228,4 +267,68 @@ fn malformed_input_gets_an_error_frame_and_a_close() {
             Status::Ok
         );
     });
+}
+
+#[test]
+fn the_client_routes_refreshes_its_map_on_wrong_shard_and_retries_once() {
+    run(|| async {
+        let handler = Rc::new(MemHandler::default());
+        let addr = start_server_with(ServerConfig::default(), handler.clone());
+        let client = Client::<Glommio>::connect(&[&addr.to_string()], ClientConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(client.shard_map().epoch, 1);
+        client.put(b"a", b"1", None).await.unwrap();
+        // The cluster moves on: the client's epoch is now stale.
+        handler.epoch.set(5);
+        assert_eq!(client.get(b"a").await.unwrap().unwrap().0, b"1");
+        assert_eq!(client.shard_map().epoch, 5, "refreshed on WrongShard");
+        assert_eq!(client.get(b"missing").await.unwrap(), None);
+        client.delete(b"a", None).await.unwrap();
+        assert_eq!(client.get(b"a").await.unwrap(), None);
+    });
+}
+
+#[test]
+fn a_request_without_an_answer_times_out() {
+    run(|| async {
+        // A listener that accepts and never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let held = glommio::spawn_local(async move { listener.accept().await.ok().map(|s| (s, listener)) });
+        let cfg = ClientConfig {
+            timeout: Duration::from_millis(100),
+        };
+        let started = std::time::Instant::now();
+        let err = Client::<Glommio>::connect(&[&addr], cfg).await.err().unwrap();
+        assert!(
+            matches!(err, hotshard_net::client::ClientError::Timeout(_)),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(held);
+    });
+}
+
+#[test]
+fn the_blocking_client_works_against_the_glommio_server() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        run(move || async move {
+            let addr = start_server(ServerConfig::default());
+            tx.send(addr).unwrap();
+            while stop_rx.try_recv().is_err() {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    });
+    let addr = rx.recv().unwrap().to_string();
+    let mut c = BlockingClient::connect(&addr, Duration::from_secs(2)).unwrap();
+    c.put(b"x", b"blocking").unwrap();
+    assert_eq!(c.get(b"x", None).unwrap().unwrap().0, b"blocking");
+    c.delete(b"x").unwrap();
+    assert_eq!(c.get(b"x", None).unwrap(), None);
+    stop_tx.send(()).unwrap();
+    server.join().unwrap();
 }

@@ -1,0 +1,153 @@
+//! A small blocking client for scripts and the CLI: one std `TcpStream` per shard (driven
+//! through `AssertAsync`: each poll blocks, which is what a script wants) with
+//! read and write timeouts, the same frames and the same routing as the async client.
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use futures_lite::future::block_on;
+use futures_lite::io::AssertAsync;
+
+use crate::client::ClientError;
+use crate::connection::{Answer, Connection};
+use crate::message::{ByteRange, Request, Status, Target};
+use crate::shard_map::ShardMap;
+
+/// Blocking calls to one node: routes by the node's shard map to its shards.
+pub struct BlockingClient {
+    timeout: Duration,
+    map: ShardMap,
+    conns: std::collections::HashMap<String, Connection<AssertAsync<TcpStream>>>,
+}
+
+impl BlockingClient {
+    /// Connects to `addr` and fetches its shard map.
+    pub fn connect(addr: &str, timeout: Duration) -> Result<Self, ClientError> {
+        let mut c = BlockingClient {
+            timeout,
+            map: ShardMap::spread(0, 1, Vec::new()),
+            conns: Default::default(),
+        };
+        let (resp, body) = c.call(addr, &Request::GetShardMap, &[])?;
+        if resp.status() != Status::Ok {
+            return Err(ClientError::Status(resp.status()));
+        }
+        c.map = ShardMap::from_bytes(&body)?;
+        Ok(c)
+    }
+
+    pub fn shard_map(&self) -> &ShardMap {
+        &self.map
+    }
+
+    fn call(&mut self, addr: &str, request: &Request, payload: &[u8]) -> Result<Answer, ClientError> {
+        if self.conns.get(addr).is_none_or(|c| c.is_broken()) {
+            let sock = addr
+                .parse()
+                .map_err(|e| ClientError::Connect {
+                    addr: addr.into(),
+                    reason: format!("{e}"),
+                })
+                .and_then(|a| {
+                    TcpStream::connect_timeout(&a, self.timeout).map_err(|e| ClientError::Connect {
+                        addr: addr.into(),
+                        reason: e.to_string(),
+                    })
+                })?;
+            let _ = sock.set_nodelay(true);
+            sock.set_read_timeout(Some(self.timeout)).ok();
+            sock.set_write_timeout(Some(self.timeout)).ok();
+            self.conns
+                .insert(addr.to_string(), Connection::new(AssertAsync::new(sock)));
+        }
+        let conn = self.conns[addr].clone();
+        block_on(conn.call(request, payload)).map_err(|e| match e {
+            crate::error::WireError::Malformed(m) if m.contains("timed out") || m.contains("would block") => {
+                ClientError::Timeout(self.timeout)
+            }
+            other => ClientError::Wire(other),
+        })
+    }
+
+    fn keyed(
+        &mut self,
+        key: &[u8],
+        payload: &[u8],
+        make: impl Fn(Target) -> Request,
+    ) -> Result<Answer, ClientError> {
+        let partition = self.map.partition(key);
+        let addr = self
+            .map
+            .owner(partition)
+            .ok_or(ClientError::NoOwner(partition))?
+            .addr
+            .clone();
+        let target = Target {
+            partition,
+            epoch: self.map.epoch,
+        };
+        self.call(&addr, &make(target), payload)
+    }
+
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
+        let (r, _) = self.keyed(key, value, |target| Request::Put {
+            key: key.to_vec(),
+            if_version: None,
+            target,
+        })?;
+        match r.status() {
+            Status::Ok => Ok(r.version),
+            s => Err(ClientError::Status(s)),
+        }
+    }
+
+    pub fn get(
+        &mut self,
+        key: &[u8],
+        range: Option<ByteRange>,
+    ) -> Result<Option<(Vec<u8>, u64)>, ClientError> {
+        let (r, body) = self.keyed(key, &[], |target| Request::Get {
+            key: key.to_vec(),
+            range,
+            target,
+        })?;
+        match r.status() {
+            Status::Ok => Ok(Some((body, r.version))),
+            Status::NotFound => Ok(None),
+            s => Err(ClientError::Status(s)),
+        }
+    }
+
+    pub fn delete(&mut self, key: &[u8]) -> Result<u64, ClientError> {
+        let (r, _) = self.keyed(key, &[], |target| Request::Delete {
+            key: key.to_vec(),
+            if_version: None,
+            target,
+        })?;
+        match r.status() {
+            Status::Ok => Ok(r.version),
+            s => Err(ClientError::Status(s)),
+        }
+    }
+
+    pub fn stat(&mut self, key: &[u8]) -> Result<Option<(u64, u64, u32)>, ClientError> {
+        let (r, _) = self.keyed(key, &[], |target| Request::Stat {
+            key: key.to_vec(),
+            target,
+        })?;
+        match r.status() {
+            Status::Ok => Ok(Some((r.object_len, r.version, r.crc32c))),
+            Status::NotFound => Ok(None),
+            s => Err(ClientError::Status(s)),
+        }
+    }
+
+    /// The stats text of the shard at `addr`.
+    pub fn stats(&mut self, addr: &str) -> Result<String, ClientError> {
+        let (r, body) = self.call(addr, &Request::Stats, &[])?;
+        match r.status() {
+            Status::Ok => Ok(String::from_utf8_lossy(&body).into_owned()),
+            s => Err(ClientError::Status(s)),
+        }
+    }
+}

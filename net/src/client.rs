@@ -1,0 +1,235 @@
+//! The shard-aware client for gateways and the bench: one pipelined connection per shard,
+//! keys routed by xxh3 → partition → owner from the shard map, the map refreshed and the
+//! request retried once on `WrongShard`, and a deadline on every request.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), hotshard_net::client::ClientError> {
+//! use hotshard_net::client::{Client, ClientConfig};
+//! use hotshard_net::runtime::Glommio;
+//!
+//! let client = Client::<Glommio>::connect(&["127.0.0.1:7400"], ClientConfig::default()).await?;
+//! let version = client.put(b"bucket/object", b"bytes", None).await?;
+//! let (value, v) = client.get(b"bucket/object").await?.expect("just written");
+//! assert_eq!((value.as_slice(), v), (&b"bytes"[..], version));
+//! client.delete(b"bucket/object", Some(version)).await?;
+//! # Ok(()) }
+//! ```
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::connection::{Answer, Connection};
+use crate::error::WireError;
+use crate::message::{ByteRange, Request, Status, Target};
+use crate::runtime::Runtime;
+use crate::shard_map::ShardMap;
+
+/// What can go wrong for a client call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("the node answered {0:?}")]
+    Status(Status),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("protocol error: {0}")]
+    Wire(#[from] WireError),
+    #[error("no shard owns partition {0}")]
+    NoOwner(u32),
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Deadline of every request (connect included).
+    pub timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A client of a cluster of nodes. Not `Send`: one per thread (or per core).
+pub struct Client<R: Runtime> {
+    seeds: Vec<String>,
+    cfg: ClientConfig,
+    map: RefCell<ShardMap>,
+    conns: RefCell<HashMap<String, Connection<R::Stream>>>,
+}
+
+impl<R: Runtime> Client<R> {
+    /// Fetches the shard map from the first seed address that answers.
+    pub async fn connect(seeds: &[&str], cfg: ClientConfig) -> Result<Self, ClientError> {
+        let client = Client {
+            seeds: seeds.iter().map(|s| s.to_string()).collect(),
+            cfg,
+            map: RefCell::new(ShardMap::spread(0, 1, Vec::new())),
+            conns: RefCell::new(HashMap::new()),
+        };
+        client.refresh_map().await?;
+        Ok(client)
+    }
+
+    pub fn shard_map(&self) -> ShardMap {
+        self.map.borrow().clone()
+    }
+
+    async fn connection(&self, addr: &str) -> Result<Connection<R::Stream>, ClientError> {
+        if let Some(c) = self.conns.borrow().get(addr).filter(|c| !c.is_broken()) {
+            return Ok(c.clone());
+        }
+        let stream = R::timeout(self.cfg.timeout, R::connect(addr))
+            .await
+            .ok_or(ClientError::Timeout(self.cfg.timeout))?
+            .map_err(|e| ClientError::Connect {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        let conn = Connection::new(stream);
+        self.conns.borrow_mut().insert(addr.to_string(), conn.clone());
+        Ok(conn)
+    }
+
+    async fn call_addr(&self, addr: &str, request: &Request, payload: &[u8]) -> Result<Answer, ClientError> {
+        let conn = self.connection(addr).await?;
+        R::timeout(self.cfg.timeout, conn.call(request, payload))
+            .await
+            .ok_or(ClientError::Timeout(self.cfg.timeout))?
+            .map_err(ClientError::from)
+    }
+
+    /// Asks the seeds (then every known shard) for the current map.
+    pub async fn refresh_map(&self) -> Result<(), ClientError> {
+        let mut addrs = self.seeds.clone();
+        addrs.extend(self.map.borrow().shards.iter().map(|s| s.addr.clone()));
+        let mut last = ClientError::NoOwner(0);
+        for addr in addrs {
+            match self.call_addr(&addr, &Request::GetShardMap, &[]).await {
+                Ok((resp, body)) if resp.status() == Status::Ok => {
+                    let map = ShardMap::from_bytes(&body)?;
+                    if map.epoch >= self.map.borrow().epoch {
+                        *self.map.borrow_mut() = map;
+                    }
+                    return Ok(());
+                }
+                Ok((resp, _)) => last = ClientError::Status(resp.status()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends a keyed request to the key's owner; on WrongShard refreshes the map and
+    /// retries once.
+    async fn keyed(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+        make: impl Fn(Target) -> Request,
+    ) -> Result<Answer, ClientError> {
+        for attempt in 0..2 {
+            let (addr, target) = {
+                let map = self.map.borrow();
+                let partition = map.partition(key);
+                let owner = map.owner(partition).ok_or(ClientError::NoOwner(partition))?;
+                (
+                    owner.addr.clone(),
+                    Target {
+                        partition,
+                        epoch: map.epoch,
+                    },
+                )
+            };
+            let (resp, body) = self.call_addr(&addr, &make(target), payload).await?;
+            match resp.status() {
+                Status::WrongShard { .. } if attempt == 0 => self.refresh_map().await?,
+                _ => return Ok((resp, body)),
+            }
+        }
+        Err(ClientError::Status(Status::WrongShard {
+            epoch: self.map.borrow().epoch,
+        }))
+    }
+
+    /// Stores `value`; with `if_version`, only at that version (0: only if absent).
+    pub async fn put(&self, key: &[u8], value: &[u8], if_version: Option<u64>) -> Result<u64, ClientError> {
+        let (resp, _) = self
+            .keyed(key, value, |target| Request::Put {
+                key: key.to_vec(),
+                if_version,
+                target,
+            })
+            .await?;
+        match resp.status() {
+            Status::Ok => Ok(resp.version),
+            s => Err(ClientError::Status(s)),
+        }
+    }
+
+    /// The value and version of `key`, or None.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>, ClientError> {
+        self.get_range(key, None).await
+    }
+
+    pub async fn get_range(
+        &self,
+        key: &[u8],
+        range: Option<ByteRange>,
+    ) -> Result<Option<(Vec<u8>, u64)>, ClientError> {
+        let (resp, body) = self
+            .keyed(key, &[], |target| Request::Get {
+                key: key.to_vec(),
+                range,
+                target,
+            })
+            .await?;
+        match resp.status() {
+            Status::Ok => Ok(Some((body, resp.version))),
+            Status::NotFound => Ok(None),
+            s => Err(ClientError::Status(s)),
+        }
+    }
+
+    pub async fn delete(&self, key: &[u8], if_version: Option<u64>) -> Result<u64, ClientError> {
+        let (resp, _) = self
+            .keyed(key, &[], |target| Request::Delete {
+                key: key.to_vec(),
+                if_version,
+                target,
+            })
+            .await?;
+        match resp.status() {
+            Status::Ok => Ok(resp.version),
+            s => Err(ClientError::Status(s)),
+        }
+    }
+
+    /// (length, version, crc32c) of `key`, or None.
+    pub async fn stat(&self, key: &[u8]) -> Result<Option<(u64, u64, u32)>, ClientError> {
+        let (resp, _) = self
+            .keyed(key, &[], |target| Request::Stat {
+                key: key.to_vec(),
+                target,
+            })
+            .await?;
+        match resp.status() {
+            Status::Ok => Ok(Some((resp.object_len, resp.version, resp.crc32c))),
+            Status::NotFound => Ok(None),
+            s => Err(ClientError::Status(s)),
+        }
+    }
+
+    /// Round trip to one shard.
+    pub async fn ping(&self, addr: &str) -> Result<(), ClientError> {
+        let (resp, _) = self.call_addr(addr, &Request::Ping, &[]).await?;
+        match resp.status() {
+            Status::Ok => Ok(()),
+            s => Err(ClientError::Status(s)),
+        }
+    }
+}
