@@ -6,6 +6,7 @@ mod duration_arg;
 mod engine_bench;
 mod fio_anchor;
 mod latency;
+mod ping_bench;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +28,18 @@ enum Command {
     Device(DeviceArgs),
     /// Drive one shard's storage engine without any network.
     Engine(EngineArgs),
+    /// Loopback Ping round trip through the protocol against a plain TCP ping-pong.
+    Ping(PingArgs),
+}
+
+#[derive(clap::Args)]
+struct PingArgs {
+    #[arg(long, default_value = "5s", value_parser = duration_arg::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value_t = 0)]
+    server_core: usize,
+    #[arg(long, default_value_t = 1)]
+    client_core: usize,
 }
 
 #[derive(clap::Args)]
@@ -173,6 +186,7 @@ fn main() -> anyhow::Result<()> {
             };
             engine_bench::engine_command(&run, a.json)?;
         }
+        Command::Ping(a) => ping_bench::ping_command(a.duration, a.server_core, a.client_core)?,
     }
     Ok(())
 }
