@@ -1,0 +1,279 @@
+//! The node's configuration: a TOML profile (see hw-configs/) or the embedded default.
+//! Unknown keys and impossible values are refused with a message that names the key.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The embedded default, written out as hw-configs/default.toml.
+pub const DEFAULT_PROFILE: &str = include_str!("../../hw-configs/default.toml");
+
+/// Cap on the data file the embedded default creates: large enough to show the node
+/// working, small enough to create in seconds and never fill a developer's disk.
+pub const DEFAULT_DATA_CAP_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    #[serde(default)]
+    pub node: NodeSection,
+    #[serde(default)]
+    pub queue: QueueSection,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub net: NetSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// Directory for the data file and the lock.
+    pub data_dir: PathBuf,
+    /// Size of the data file; 0 = from free space, capped at 1 GiB.
+    pub data_bytes: u64,
+    /// A block device or file to use instead of `data_dir/data.img`.
+    pub device: Option<PathBuf>,
+    /// Address the shards listen on (loopback by default).
+    pub listen: String,
+    /// Shard i listens on base_port + i.
+    pub base_port: u16,
+    /// Prometheus metrics and health on this port; 0 = off.
+    pub admin_port: u16,
+    /// Cores to run shards on; empty = every core.
+    pub cores: Vec<usize>,
+    /// 2^bits partitions in the cluster, fixed at creation.
+    pub partition_bits: u8,
+    /// Node id in the shard map.
+    pub node_id: u32,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            data_dir: PathBuf::from("hotshard-data"),
+            data_bytes: 0,
+            device: None,
+            listen: "127.0.0.1".into(),
+            base_port: 7400,
+            admin_port: 7480,
+            cores: Vec::new(),
+            partition_bits: 12,
+            node_id: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSection {
+    /// "uring" or "dmafile".
+    pub backend: String,
+    pub entries: u32,
+    pub pool_mib: usize,
+    /// Kernel submission polling idle time in ms; 0 = off.
+    pub sqpoll_idle_ms: u32,
+    pub iopoll: bool,
+    /// Block for a completion after this many idle polls; 0 = always spin.
+    pub wait_after_idle_polls: u32,
+}
+
+impl Default for QueueSection {
+    fn default() -> Self {
+        QueueSection {
+            backend: "uring".into(),
+            entries: 256,
+            pool_mib: 128,
+            sqpoll_idle_ms: 0,
+            iopoll: false,
+            wait_after_idle_polls: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    pub segment_mib: u64,
+    pub batch_kib: usize,
+    pub cache_mib: usize,
+    /// "fua" or "flush".
+    pub durability: String,
+    pub gc_max_live_fraction: f64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            segment_mib: 16,
+            batch_kib: 1024,
+            cache_mib: 64,
+            durability: "fua".into(),
+            gc_max_live_fraction: 0.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetSection {
+    pub max_in_flight: usize,
+    pub max_connections: usize,
+}
+
+impl Default for NetSection {
+    fn default() -> Self {
+        NetSection {
+            max_in_flight: 128,
+            max_connections: 1024,
+        }
+    }
+}
+
+fn bad(key: &str, why: impl std::fmt::Display) -> String {
+    format!("config key `{key}`: {why}")
+}
+
+impl NodeConfig {
+    /// Parses and checks a profile; the error names the offending key.
+    pub fn parse(text: &str) -> Result<NodeConfig, String> {
+        let cfg: NodeConfig =
+            toml::from_str(text).map_err(|e| format!("config: {}", e.to_string().trim()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: Option<&std::path::Path>) -> Result<NodeConfig, String> {
+        match path {
+            None => NodeConfig::parse(DEFAULT_PROFILE),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+                NodeConfig::parse(&text)
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let n = &self.node;
+        if n.base_port == 0 {
+            return Err(bad("node.base_port", "must be a port number above 0"));
+        }
+        if n.listen.parse::<std::net::IpAddr>().is_err() {
+            return Err(bad("node.listen", format!("'{}' is not an IP address", n.listen)));
+        }
+        if !(1..=16).contains(&n.partition_bits) {
+            return Err(bad("node.partition_bits", "must be between 1 and 16"));
+        }
+        let cores = crate::config::online_cores();
+        if let Some(c) = n.cores.iter().find(|c| **c >= cores) {
+            return Err(bad(
+                "node.cores",
+                format!("core {c} does not exist (this machine has {cores})"),
+            ));
+        }
+        if n.data_bytes != 0 && n.data_bytes < (64 << 20) {
+            return Err(bad("node.data_bytes", "must be 0 (automatic) or at least 64 MiB"));
+        }
+        let q = &self.queue;
+        if q.backend != "uring" && q.backend != "dmafile" {
+            return Err(bad(
+                "queue.backend",
+                format!("'{}' is not one of uring, dmafile", q.backend),
+            ));
+        }
+        if q.entries == 0 || q.entries > 32768 || !q.entries.is_power_of_two() {
+            return Err(bad("queue.entries", "must be a power of two between 1 and 32768"));
+        }
+        if q.pool_mib < 32 || q.pool_mib > 1024 {
+            return Err(bad(
+                "queue.pool_mib",
+                "must be between 32 and 1024 (it must hold two segments)",
+            ));
+        }
+        let s = &self.store;
+        if s.segment_mib < 9 || s.segment_mib > 1024 {
+            return Err(bad(
+                "store.segment_mib",
+                "must be between 9 (an 8 MiB value and its header) and 1024",
+            ));
+        }
+        if s.segment_mib as usize * 2 > q.pool_mib {
+            return Err(bad(
+                "store.segment_mib",
+                "two segments must fit in queue.pool_mib (recovery reads ahead)",
+            ));
+        }
+        if s.batch_kib < 4 || s.batch_kib > 8192 {
+            return Err(bad("store.batch_kib", "must be between 4 and 8192"));
+        }
+        if s.durability != "fua" && s.durability != "flush" {
+            return Err(bad(
+                "store.durability",
+                format!("'{}' is not one of fua, flush", s.durability),
+            ));
+        }
+        if !(0.0..1.0).contains(&s.gc_max_live_fraction) {
+            return Err(bad(
+                "store.gc_max_live_fraction",
+                "must be at least 0 and below 1",
+            ));
+        }
+        if self.net.max_in_flight == 0 || self.net.max_in_flight > 4096 {
+            return Err(bad("net.max_in_flight", "must be between 1 and 4096"));
+        }
+        if self.net.max_connections == 0 {
+            return Err(bad("net.max_connections", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The cores shards run on.
+    pub fn shard_cores(&self) -> Vec<usize> {
+        if self.node.cores.is_empty() {
+            (0..online_cores()).collect()
+        } else {
+            self.node.cores.clone()
+        }
+    }
+}
+
+pub fn online_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_parses() {
+        let cfg = NodeConfig::parse(DEFAULT_PROFILE).unwrap();
+        assert_eq!(cfg.node.base_port, 7400);
+        assert_eq!(cfg.node.listen, "127.0.0.1");
+    }
+
+    #[test]
+    fn every_shipped_profile_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../hw-configs");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let parsed: Result<NodeConfig, _> = toml::from_str(&text);
+            assert!(parsed.is_ok(), "{}: {:?}", path.display(), parsed.err());
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_impossible_values_name_the_key() {
+        let e = NodeConfig::parse("[node]\nbase_prot = 1\n").unwrap_err();
+        assert!(e.contains("base_prot"), "{e}");
+        let e = NodeConfig::parse("[store]\ndurability = \"maybe\"\n").unwrap_err();
+        assert!(e.contains("store.durability"), "{e}");
+        let e = NodeConfig::parse("[queue]\nentries = 100\n").unwrap_err();
+        assert!(e.contains("queue.entries"), "{e}");
+        let e = NodeConfig::parse("[node]\ncores = [999]\n").unwrap_err();
+        assert!(e.contains("node.cores"), "{e}");
+        let e = NodeConfig::parse("[bogus]\nx = 1\n").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}
