@@ -1,5 +1,11 @@
 //! hotshard-node: the data node. `store` is one shard's storage engine.
 
 pub mod config;
+pub mod data_lock;
 pub mod limits;
+pub mod peers;
+pub mod serve;
+pub mod shard;
+pub mod shard_handler;
+pub mod shard_stats;
 pub mod store;

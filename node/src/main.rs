@@ -1,37 +1,190 @@
-//! `hotshard`: the data node binary. Serving arrives with the node issue; today it reports
-//! what the device layer sees on this machine.
+//! `hotshard`: the data node (`serve`) and the commands a person uses against it.
 
-use anyhow::Context;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
+use hotshard_net::blocking::BlockingClient;
+use hotshard_node::config::NodeConfig;
 use hotshard_nvme::{Device, DeviceOptions};
 
 #[derive(Parser)]
-#[command(name = "hotshard", version, about = "hotshard data node")]
+#[command(name = "hotshard", version, about = "hotshard: a thread-per-core data node")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct Target {
+    /// Any shard of the node: host:port.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    addr: String,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the node: one shard per configured core (the embedded default without --config).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Store a value (the argument, or the contents of --file).
+    Put {
+        key: String,
+        value: Option<String>,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a value (or write it to --out).
+    Get {
+        key: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a key.
+    Del {
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Length, version and CRC32C of a key's value.
+    Stat {
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Per-shard counters (Prometheus text) of every shard of the node.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The shard map: which shard owns which partitions.
+    Map {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Open a device (creating a file of --size bytes if asked) and print what it supports.
     Probe {
-        path: std::path::PathBuf,
-        /// Create a regular file of this many bytes if it does not exist.
+        path: PathBuf,
         #[arg(long)]
         size: Option<u64>,
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn client(t: &Target) -> Result<BlockingClient, String> {
+    BlockingClient::connect(&t.addr, Duration::from_secs(t.timeout)).map_err(|e| format!("{}: {e}", t.addr))
+}
+
+fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Command::Serve { config } => {
+            let cfg = NodeConfig::load(config.as_deref())?;
+            hotshard_node::serve::serve(cfg)
+        }
+        Command::Put {
+            key,
+            value,
+            file,
+            target,
+        } => {
+            let bytes = match (value, file) {
+                (Some(v), None) => v.into_bytes(),
+                (None, Some(f)) => std::fs::read(&f).map_err(|e| format!("reading {}: {e}", f.display()))?,
+                _ => return Err("give either a VALUE or --file".into()),
+            };
+            let version = client(&target)?
+                .put(key.as_bytes(), &bytes)
+                .map_err(|e| e.to_string())?;
+            println!("stored {} bytes, version {version}", bytes.len());
+            Ok(())
+        }
+        Command::Get { key, out, target } => match client(&target)?
+            .get(key.as_bytes(), None)
+            .map_err(|e| e.to_string())?
+        {
+            None => Err(format!("{key}: not found")),
+            Some((value, _)) => match out {
+                Some(path) => {
+                    std::fs::write(&path, &value).map_err(|e| format!("writing {}: {e}", path.display()))
+                }
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&value).map_err(|e| e.to_string())?;
+                    println!();
+                    Ok(())
+                }
+            },
+        },
+        Command::Del { key, target } => {
+            let v = client(&target)?
+                .delete(key.as_bytes())
+                .map_err(|e| e.to_string())?;
+            println!("deleted {key} (version {v})");
+            Ok(())
+        }
+        Command::Stat { key, target } => {
+            match client(&target)?.stat(key.as_bytes()).map_err(|e| e.to_string())? {
+                None => Err(format!("{key}: not found")),
+                Some((len, version, crc)) => {
+                    println!("{key}: {len} bytes, version {version}, crc32c {crc:08x}");
+                    Ok(())
+                }
+            }
+        }
+        Command::Stats { target } => {
+            let mut c = client(&target)?;
+            let addrs: Vec<String> = c.shard_map().shards.iter().map(|s| s.addr.clone()).collect();
+            for addr in addrs {
+                println!("# shard at {addr}");
+                print!("{}", c.stats(&addr).map_err(|e| e.to_string())?);
+            }
+            Ok(())
+        }
+        Command::Map { target } => {
+            let c = client(&target)?;
+            let map = c.shard_map();
+            println!("epoch {}, {} partitions", map.epoch, map.owners.len());
+            for (i, s) in map.shards.iter().enumerate() {
+                let owned = map.owners.iter().filter(|o| **o as usize == i).count();
+                println!(
+                    "node {} shard {} at {}: {owned} partitions",
+                    s.node, s.shard, s.addr
+                );
+            }
+            Ok(())
+        }
         Command::Probe { path, size } => {
             let mut opts = DeviceOptions::new(&path);
             opts.file_size = size;
-            let dev = Device::open(&opts).with_context(|| format!("opening {}", path.display()))?;
+            let dev = Device::open(&opts).map_err(|e| format!("opening {}: {e}", path.display()))?;
             println!("{:#?}", dev.info());
+            Ok(())
         }
     }
-    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hotshard: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,152 @@
+//! `hotshard serve`: lock the data, size the device, split it into one region per shard,
+//! build the shard map and the shard-to-shard channels, then start one pinned glommio
+//! executor per shard and wait for SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use hotshard_net::shard_map::{ShardAddr, ShardMap};
+use hotshard_nvme::{Device, DeviceOptions};
+
+use crate::config::{NodeConfig, DEFAULT_DATA_CAP_BYTES};
+use crate::data_lock::DataLock;
+use crate::peers::mesh;
+use crate::shard::{run_shard, ShardSetup};
+
+/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts) and sets `flag`
+/// from a dedicated thread when one arrives.
+fn watch_signals(flag: Arc<AtomicBool>) {
+    // SAFETY: plain signal-mask calls on a sigset we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        std::thread::spawn(move || {
+            let mut sig = 0;
+            libc::sigwait(&set, &mut sig);
+            eprintln!("hotshard: signal {sig}: stopping (finishing requests in flight)");
+            flag.store(true, Ordering::Relaxed);
+        });
+    }
+}
+
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    // SAFETY: statvfs fills the struct we own from a valid C path.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) == 0 {
+            st.f_bavail as u64 * st.f_frsize as u64
+        } else {
+            0
+        }
+    }
+}
+
+/// The device to use, created (zero-filled) if it is a new data file.
+fn prepare_device(cfg: &NodeConfig) -> Result<(PathBuf, u64), String> {
+    if let Some(dev) = &cfg.node.device {
+        let d = Device::open(&DeviceOptions::new(dev)).map_err(|e| e.to_string())?;
+        return Ok((dev.clone(), d.info().size));
+    }
+    let path = cfg.node.data_dir.join("data.img");
+    let size = if path.exists() {
+        std::fs::metadata(&path).map_err(|e| e.to_string())?.len()
+    } else if cfg.node.data_bytes > 0 {
+        cfg.node.data_bytes
+    } else {
+        (free_bytes(&cfg.node.data_dir) / 4).min(DEFAULT_DATA_CAP_BYTES)
+    };
+    let size = size / (1 << 20) * (1 << 20);
+    if size < 64 << 20 {
+        return Err(format!(
+            "not enough space for data in {} ({size} bytes)",
+            cfg.node.data_dir.display()
+        ));
+    }
+    let d = Device::open(&DeviceOptions::new(&path).file_size(size).zero_fill(true))
+        .map_err(|e| e.to_string())?;
+    Ok((path, d.info().size))
+}
+
+pub fn serve(cfg: NodeConfig) -> Result<(), String> {
+    hotshard_nvme::memlock::ensure_memlock()?;
+    let _lock = DataLock::acquire(&cfg.node.data_dir)?;
+    let (device, size) = prepare_device(&cfg)?;
+    let cores = cfg.shard_cores();
+    let shards = cores.len();
+    let region = size / shards as u64 / 4096 * 4096;
+    let shard_addrs: Vec<ShardAddr> = (0..shards)
+        .map(|i| ShardAddr {
+            node: cfg.node.node_id,
+            shard: i as u32,
+            addr: format!("{}:{}", cfg.node.listen, cfg.node.base_port as usize + i),
+        })
+        .collect();
+    // The embedded coordinator: this node owns every partition, spread over its shards.
+    let map = ShardMap::spread(1, cfg.node.partition_bits, shard_addrs);
+    let shutdown = Arc::new(AtomicBool::new(false));
+    watch_signals(shutdown.clone());
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+    let mut executors = Vec::new();
+    for ((index, core), peers) in cores.iter().copied().enumerate().zip(mesh(shards)) {
+        let setup = ShardSetup {
+            index,
+            cfg: cfg.clone(),
+            device: device.clone(),
+            region_offset: index as u64 * region,
+            region_bytes: region,
+            map: map.clone(),
+            peers,
+            shutdown: shutdown.clone(),
+            ready: ready_tx.clone(),
+            stopped: stopped_tx.clone(),
+        };
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
+            .name(&format!("shard-{index}"))
+            .spawn(move || run_shard(setup))
+            .map_err(|e| format!("starting shard {index} on core {core}: {e}"))?;
+        executors.push(handle);
+    }
+    drop(ready_tx);
+    let mut failed = None;
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(msg)) => println!("{msg}"),
+            Ok(Err(e)) => failed = Some(e),
+            Err(_) => break,
+        }
+    }
+    if let Some(e) = failed {
+        shutdown.store(true, Ordering::Relaxed);
+        for h in executors {
+            let _ = h.join();
+        }
+        return Err(e);
+    }
+    println!(
+        "hotshard serving {shards} shards on {}:{}..{}, data in {} ({} MB); Ctrl-C stops",
+        cfg.node.listen,
+        cfg.node.base_port,
+        cfg.node.base_port as usize + shards - 1,
+        device.display(),
+        size >> 20
+    );
+    drop(stopped_tx);
+    // Every acknowledged write is already durable (FUA or a covering flush), so once each
+    // shard has drained its requests the process may end; the executors' detached tasks
+    // (pollers, GC, idle connections) end with it.
+    for _ in 0..shards {
+        if stopped_rx.recv().is_err() {
+            return Err("a shard stopped without draining (see the log above)".into());
+        }
+    }
+    println!("hotshard stopped");
+    Ok(())
+}

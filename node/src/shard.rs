@@ -1,0 +1,199 @@
+//! One shard: its queue, its store, its listener, its peers. Runs on its own pinned glommio
+//! executor and shares nothing on the data path with other shards.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::net::TcpListener;
+use hotshard_net::server::{serve_connection, ServerConfig};
+use hotshard_net::shard_map::ShardMap;
+use hotshard_nvme::{AnyQueue, Device, DeviceOptions, DmaFileQueue, UringOptions};
+
+use crate::config::NodeConfig;
+use crate::peers::{PeerEnds, PeerMsg, Peers};
+use crate::shard_handler::ShardHandler;
+use crate::shard_stats::ShardStats;
+use crate::store::gc_task::{start_background_gc, GcPacing};
+use crate::store::{CommitDurability, Store, StoreConfig};
+
+/// How often a shard looks at the shutdown flag (not on the data path).
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// How long a stopping shard waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a shard needs, handed over from the main thread.
+pub struct ShardSetup {
+    pub index: usize,
+    pub cfg: NodeConfig,
+    pub device: PathBuf,
+    pub region_offset: u64,
+    pub region_bytes: u64,
+    pub map: ShardMap,
+    pub peers: PeerEnds,
+    pub shutdown: Arc<AtomicBool>,
+    pub ready: std::sync::mpsc::Sender<Result<String, String>>,
+    /// Told when the shard has stopped serving and drained its requests.
+    pub stopped: std::sync::mpsc::Sender<usize>,
+}
+
+fn store_config(s: &ShardSetup) -> StoreConfig {
+    let c = &s.cfg.store;
+    let mut sc = StoreConfig::new(s.region_offset, s.region_bytes);
+    sc.segment_bytes = c.segment_mib << 20;
+    sc.batch_bytes = c.batch_kib << 10;
+    sc.cache_bytes = c.cache_mib << 20;
+    sc.durability = if c.durability == "flush" {
+        CommitDurability::WriteThenFlush
+    } else {
+        CommitDurability::Fua
+    };
+    sc.gc_max_live_fraction = c.gc_max_live_fraction;
+    sc.partition_bits = s.cfg.node.partition_bits;
+    sc.shard_index = s.index as u32;
+    sc.shard_count = s.map.shards.len() as u32;
+    sc
+}
+
+async fn open_queue(s: &ShardSetup) -> Result<AnyQueue, String> {
+    let dev = Device::open(&DeviceOptions::new(&s.device)).map_err(|e| e.to_string())?;
+    let q = &s.cfg.queue;
+    let pool = q.pool_mib << 20;
+    if q.backend == "dmafile" {
+        return DmaFileQueue::open(dev.info().clone(), pool)
+            .await
+            .map(AnyQueue::DmaFile)
+            .map_err(|e| e.to_string());
+    }
+    let opts = UringOptions {
+        entries: q.entries,
+        pool_bytes: pool,
+        sqpoll_idle_ms: (q.sqpoll_idle_ms > 0).then_some(q.sqpoll_idle_ms),
+        iopoll: q.iopoll,
+        wait_after_idle_polls: q.wait_after_idle_polls,
+        ..UringOptions::default()
+    };
+    let queue = AnyQueue::uring(dev, &opts).map_err(|e| e.to_string())?;
+    if let AnyQueue::Uring(u) = &queue {
+        glommio::spawn_local(u.poller()).detach();
+    }
+    Ok(queue)
+}
+
+async fn wait_for_shutdown(flag: &AtomicBool) {
+    while !flag.load(Ordering::Relaxed) {
+        glommio::timer::sleep(SHUTDOWN_POLL).await;
+    }
+}
+
+/// Runs the shard until the shutdown flag is set; then stops accepting, lets requests in
+/// flight finish, and closes its store (every acknowledged write is already durable).
+pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
+    let fail = |e: String| {
+        let _ = s.ready.send(Err(format!("shard {}: {e}", s.index)));
+        e
+    };
+    let queue = open_queue(&s).await.map_err(fail)?;
+    let (store, report) = Store::open(queue, store_config(&s))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let (_gc_queue, gc) =
+        start_background_gc(store.clone(), GcPacing::default()).map_err(|e| fail(e.to_string()))?;
+    let (peers, receivers) = Peers::connect(s.index, s.peers).await;
+    let addr = format!(
+        "{}:{}",
+        s.cfg.node.listen,
+        s.cfg.node.base_port as usize + s.index
+    );
+    let listener = TcpListener::bind(&addr).map_err(|e| fail(format!("listening on {addr}: {e}")))?;
+    let stats = Rc::new(ShardStats::default());
+    let handler = Rc::new(ShardHandler {
+        shard: s.index,
+        node_id: s.cfg.node.node_id,
+        store: store.clone(),
+        map: Rc::new(s.map.clone()),
+        peers: peers.clone(),
+        stats: stats.clone(),
+        in_flight: std::cell::Cell::new(0),
+    });
+    for (from, rx) in receivers {
+        let (handler, peers) = (handler.clone(), peers.clone());
+        glommio::spawn_local(async move {
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    PeerMsg::Forward {
+                        token,
+                        request,
+                        payload,
+                        ..
+                    } => {
+                        let (handler, peers) = (handler.clone(), peers.clone());
+                        glommio::spawn_local(async move {
+                            let reply = handler.execute(request, payload).await;
+                            let body = reply.payload.map(|p| p.as_ref().to_vec()).unwrap_or_default();
+                            peers.reply(from, token, reply.response, body).await;
+                        })
+                        .detach();
+                    }
+                    PeerMsg::Reply {
+                        token,
+                        response,
+                        payload,
+                    } => peers.deliver(token, response, payload),
+                }
+            }
+        })
+        .detach();
+    }
+    let _ = s.ready.send(Ok(format!(
+        "shard {} on {addr}: {} objects recovered ({:.1} MB scanned in {:.3} s){}",
+        s.index,
+        report.objects,
+        report.bytes_scanned as f64 / 1e6,
+        report.seconds,
+        if report.formatted { ", new store" } else { "" }
+    )));
+
+    let server_cfg = ServerConfig {
+        max_in_flight: s.cfg.net.max_in_flight,
+    };
+    let max_connections = s.cfg.net.max_connections as u64;
+    let open = Rc::new(std::cell::Cell::new(0u64));
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            wait_for_shutdown(&s.shutdown).await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else { break };
+        let Ok(stream) = accepted else { continue };
+        if open.get() >= max_connections {
+            stats.connections_refused.set(stats.connections_refused.get() + 1);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        stats.connections.set(stats.connections.get() + 1);
+        open.set(open.get() + 1);
+        let (handler, open, stats) = (handler.clone(), open.clone(), stats.clone());
+        glommio::spawn_local(async move {
+            let report = serve_connection(stream, handler, server_cfg).await;
+            if report.protocol_error.is_some() {
+                stats.protocol_errors.set(stats.protocol_errors.get() + 1);
+            }
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+    drop(listener);
+    // Drain: requests already running finish; idle connections close with the process.
+    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+    while handler.in_flight.get() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(SHUTDOWN_POLL).await;
+    }
+    drop(gc);
+    tracing::info!(shard = s.index, "stopped; {} objects", store.space().objects);
+    let _ = s.stopped.send(s.index);
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! A shard's answer to each request: its own partitions from its store, other local
+//! shards' partitions forwarded to them, other nodes' partitions answered WrongShard.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use hotshard_net::server::{Handler, Reply};
+use hotshard_net::shard_map::ShardMap;
+use hotshard_net::{Request, Response, Status};
+use hotshard_nvme::BlockQueue;
+
+use crate::peers::Peers;
+use crate::shard_stats::ShardStats;
+use crate::store::{Store, StoreError, Value};
+
+/// A response payload: a value straight from the store (DMA buffer or cache), or bytes.
+pub enum OutBuf {
+    Value(Value),
+    Bytes(Vec<u8>),
+}
+
+impl AsRef<[u8]> for OutBuf {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            OutBuf::Value(v) => v.as_slice(),
+            OutBuf::Bytes(b) => b,
+        }
+    }
+}
+
+pub struct ShardHandler<Q: BlockQueue> {
+    pub shard: usize,
+    pub node_id: u32,
+    pub store: Store<Q>,
+    pub map: Rc<ShardMap>,
+    pub peers: Rc<Peers>,
+    pub stats: Rc<ShardStats>,
+    /// Requests being answered right now (a stopping shard waits for them).
+    pub in_flight: std::cell::Cell<usize>,
+}
+
+struct InFlight<'a>(&'a std::cell::Cell<usize>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+fn status_of(e: &StoreError) -> Status {
+    match e {
+        StoreError::NotFound => Status::NotFound,
+        StoreError::VersionMismatch { current } => Status::VersionMismatch { current: *current },
+        StoreError::TooLarge { .. } => Status::TooLarge,
+        StoreError::NoSpace => Status::NoSpace,
+        StoreError::Busy(_) => Status::Busy,
+        StoreError::Corrupt(_) => Status::Corrupt,
+        StoreError::BadRequest(r) => Status::BadRequest {
+            reason: (*r).to_string(),
+        },
+        StoreError::Device(_) | StoreError::WriteFailed(_) | StoreError::Open(_) => Status::Internal,
+    }
+}
+
+fn ok_with(version: u64, object_len: u64, crc32c: u32) -> Response {
+    let mut r = Response::new(Status::Ok);
+    r.version = version;
+    r.object_len = object_len;
+    r.crc32c = crc32c;
+    r
+}
+
+impl<Q: BlockQueue + 'static> ShardHandler<Q> {
+    /// Runs a keyed request on this shard's store.
+    pub async fn execute(&self, request: Request, payload: Option<Vec<u8>>) -> Reply<OutBuf> {
+        let started = Instant::now();
+        let micros = || started.elapsed().as_micros() as u64;
+        match request {
+            Request::Put { key, if_version, .. } => {
+                let value = payload.unwrap_or_default();
+                let r = self.store.put(&key, &value, if_version).await;
+                self.stats.put.record(micros(), value.len() as u64, r.is_ok());
+                match r {
+                    Ok(v) => Reply {
+                        response: ok_with(v, value.len() as u64, 0),
+                        payload: None,
+                    },
+                    Err(e) => Reply::status(status_of(&e)),
+                }
+            }
+            Request::Get { key, range, .. } => {
+                let r = self.store.get(&key, range.map(|r| (r.offset, r.len))).await;
+                match r {
+                    Ok((value, version)) => {
+                        let total = self.store.stat(&key).map(|s| s.len).unwrap_or(value.len() as u64);
+                        self.stats.get.record(micros(), value.len() as u64, true);
+                        Reply {
+                            response: ok_with(version, total, 0),
+                            payload: Some(OutBuf::Value(value)),
+                        }
+                    }
+                    Err(e) => {
+                        self.stats
+                            .get
+                            .record(micros(), 0, matches!(e, StoreError::NotFound));
+                        Reply::status(status_of(&e))
+                    }
+                }
+            }
+            Request::Delete { key, if_version, .. } => {
+                let r = self.store.delete(&key, if_version).await;
+                self.stats.delete.record(micros(), 0, r.is_ok());
+                match r {
+                    Ok(v) => Reply {
+                        response: ok_with(v, 0, 0),
+                        payload: None,
+                    },
+                    Err(e) => Reply::status(status_of(&e)),
+                }
+            }
+            Request::Stat { key, .. } => {
+                let r = self.store.stat(&key);
+                self.stats.stat.record(micros(), 0, r.is_ok());
+                match r {
+                    Ok(s) => Reply {
+                        response: ok_with(s.version, s.len, s.crc32c),
+                        payload: None,
+                    },
+                    Err(e) => Reply::status(status_of(&e)),
+                }
+            }
+            Request::Stats => Reply {
+                response: Response::new(Status::Ok),
+                payload: Some(OutBuf::Bytes(
+                    self.stats.render(self.shard, &self.store).into_bytes(),
+                )),
+            },
+            Request::Ping => Reply::status(Status::Ok),
+            Request::GetShardMap => match self.map.to_bytes() {
+                Ok(b) => Reply {
+                    response: Response::new(Status::Ok),
+                    payload: Some(OutBuf::Bytes(b)),
+                },
+                Err(_) => Reply::status(Status::Internal),
+            },
+        }
+    }
+}
+
+impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
+    type In = Vec<u8>;
+    type Out = OutBuf;
+
+    fn payload_buffer(&self, len: usize) -> Result<Vec<u8>, Status> {
+        if len > self.store.config().max_value_bytes {
+            return Err(Status::TooLarge);
+        }
+        Ok(vec![0; len])
+    }
+
+    async fn handle(self: Rc<Self>, request: Request, payload: Option<Vec<u8>>) -> Reply<OutBuf> {
+        self.in_flight.set(self.in_flight.get() + 1);
+        let _counted = InFlight(&self.in_flight);
+        let (key, target) = match &request {
+            Request::Put { key, target, .. }
+            | Request::Get { key, target, .. }
+            | Request::Delete { key, target, .. }
+            | Request::Stat { key, target, .. } => (key.as_slice(), *target),
+            _ => return self.execute(request, payload).await,
+        };
+        let partition = self.map.partition(key);
+        if partition != target.partition {
+            return Reply::status(Status::BadRequest {
+                reason: format!("key is in partition {partition}, not {}", target.partition),
+            });
+        }
+        let Some(owner) = self.map.owner(partition).cloned() else {
+            return Reply::status(Status::Internal);
+        };
+        if owner.node != self.node_id {
+            self.stats.wrong_shard.set(self.stats.wrong_shard.get() + 1);
+            return Reply::status(Status::WrongShard {
+                epoch: self.map.epoch,
+            });
+        }
+        if owner.shard as usize == self.shard {
+            return self.execute(request, payload).await;
+        }
+        self.stats.forwarded.set(self.stats.forwarded.get() + 1);
+        match self.peers.forward(owner.shard as usize, request, payload).await {
+            Some((response, body)) => Reply {
+                response,
+                payload: (!body.is_empty()).then_some(OutBuf::Bytes(body)),
+            },
+            None => Reply::status(Status::Busy),
+        }
+    }
+}

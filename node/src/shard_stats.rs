@@ -1,0 +1,133 @@
+//! Per-shard request counters and latency histograms, rendered as Prometheus text.
+
+use std::cell::{Cell, RefCell};
+use std::fmt::Write;
+
+use hotshard_nvme::BlockQueue;
+
+use crate::store::Store;
+
+/// Latency buckets in microseconds (upper bounds) for the histograms.
+const BUCKETS_US: [u64; 12] = [
+    25, 50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 51_200, 204_800,
+];
+
+#[derive(Default)]
+pub struct OpStats {
+    pub count: Cell<u64>,
+    pub errors: Cell<u64>,
+    pub bytes: Cell<u64>,
+    buckets: RefCell<[u64; BUCKETS_US.len() + 1]>,
+    sum_us: Cell<u64>,
+}
+
+impl OpStats {
+    pub fn record(&self, micros: u64, bytes: u64, ok: bool) {
+        self.count.set(self.count.get() + 1);
+        if !ok {
+            self.errors.set(self.errors.get() + 1);
+        }
+        self.bytes.set(self.bytes.get() + bytes);
+        self.sum_us.set(self.sum_us.get() + micros);
+        let i = BUCKETS_US
+            .iter()
+            .position(|b| micros <= *b)
+            .unwrap_or(BUCKETS_US.len());
+        self.buckets.borrow_mut()[i] += 1;
+    }
+}
+
+#[derive(Default)]
+pub struct ShardStats {
+    pub put: OpStats,
+    pub get: OpStats,
+    pub delete: OpStats,
+    pub stat: OpStats,
+    pub forwarded: Cell<u64>,
+    pub wrong_shard: Cell<u64>,
+    pub connections: Cell<u64>,
+    pub connections_refused: Cell<u64>,
+    pub protocol_errors: Cell<u64>,
+}
+
+impl ShardStats {
+    /// Prometheus text for this shard.
+    pub fn render<Q: BlockQueue>(&self, shard: usize, store: &Store<Q>) -> String {
+        let mut out = String::new();
+        let l = format!("shard=\"{shard}\"");
+        for (name, op) in [
+            ("put", &self.put),
+            ("get", &self.get),
+            ("delete", &self.delete),
+            ("stat", &self.stat),
+        ] {
+            let _ = writeln!(out, "hotshard_ops_total{{{l},op=\"{name}\"}} {}", op.count.get());
+            let _ = writeln!(
+                out,
+                "hotshard_op_errors_total{{{l},op=\"{name}\"}} {}",
+                op.errors.get()
+            );
+            let _ = writeln!(
+                out,
+                "hotshard_op_bytes_total{{{l},op=\"{name}\"}} {}",
+                op.bytes.get()
+            );
+            let buckets = op.buckets.borrow();
+            let mut cumulative = 0;
+            for (i, b) in BUCKETS_US.iter().enumerate() {
+                cumulative += buckets[i];
+                let _ = writeln!(
+                    out,
+                    "hotshard_op_latency_seconds_bucket{{{l},op=\"{name}\",le=\"{}\"}} {cumulative}",
+                    *b as f64 / 1e6
+                );
+            }
+            cumulative += buckets[BUCKETS_US.len()];
+            let _ = writeln!(
+                out,
+                "hotshard_op_latency_seconds_bucket{{{l},op=\"{name}\",le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(
+                out,
+                "hotshard_op_latency_seconds_sum{{{l},op=\"{name}\"}} {}",
+                op.sum_us.get() as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "hotshard_op_latency_seconds_count{{{l},op=\"{name}\"}} {cumulative}"
+            );
+        }
+        let c = store.counters();
+        let cache = store.cache_stats();
+        let space = store.space();
+        let gauges: [(&str, u64); 20] = [
+            ("hotshard_forwarded_total", self.forwarded.get()),
+            ("hotshard_wrong_shard_total", self.wrong_shard.get()),
+            ("hotshard_connections_total", self.connections.get()),
+            (
+                "hotshard_connections_refused_total",
+                self.connections_refused.get(),
+            ),
+            ("hotshard_protocol_errors_total", self.protocol_errors.get()),
+            ("hotshard_cache_hits_total", cache.hits),
+            ("hotshard_cache_misses_total", cache.misses),
+            ("hotshard_cache_bytes", cache.bytes as u64),
+            ("hotshard_objects", space.objects as u64),
+            ("hotshard_live_bytes", space.live_bytes),
+            ("hotshard_index_bytes", space.index_heap_bytes as u64),
+            ("hotshard_segments_free", space.free_segments as u64),
+            ("hotshard_segments_total", space.segments as u64),
+            ("hotshard_gc_freed_segments_total", c.gc_freed_segments),
+            ("hotshard_gc_moved_bytes_total", c.gc_moved_bytes),
+            ("hotshard_corrupt_reads_total", c.corrupt_reads),
+            ("hotshard_read_errors_total", c.read_errors),
+            ("hotshard_write_errors_total", c.write_errors),
+            ("hotshard_no_space_total", c.no_space),
+            ("hotshard_batches_total", c.batches),
+        ];
+        for (name, v) in gauges {
+            let _ = writeln!(out, "{name}{{{l}}} {v}");
+        }
+        out
+    }
+}
