@@ -82,6 +82,32 @@ async fn open_queue(s: &ShardSetup) -> Result<AnyQueue, String> {
     Ok(queue)
 }
 
+/// How long a starting shard retries a port still held by a previous, killed process.
+const BIND_RETRY: Duration = Duration::from_secs(10);
+
+/// Binds without SO_REUSEPORT (which glommio's `bind` sets): with it, a second node could
+/// share the port, and a killed node's socket, kept alive for a moment by its io_uring,
+/// would take and then reset some of the new node's connections. A port still held that
+/// way is retried for a while.
+async fn bind_exclusive(addr: &str) -> std::io::Result<TcpListener> {
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    let deadline = std::time::Instant::now() + BIND_RETRY;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(std_listener) => {
+                let fd = std_listener.into_raw_fd();
+                // SAFETY: `fd` is a bound, listening TCP socket we own; ownership moves to
+                // the glommio listener, which closes it.
+                return Ok(unsafe { TcpListener::from_raw_fd(fd) });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 async fn wait_for_shutdown(flag: &AtomicBool) {
     while !flag.load(Ordering::Relaxed) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
@@ -107,7 +133,9 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         s.cfg.node.listen,
         s.cfg.node.base_port as usize + s.index
     );
-    let listener = TcpListener::bind(&addr).map_err(|e| fail(format!("listening on {addr}: {e}")))?;
+    let listener = bind_exclusive(&addr)
+        .await
+        .map_err(|e| fail(format!("listening on {addr}: {e}")))?;
     let stats = Rc::new(ShardStats::default());
     let handler = Rc::new(ShardHandler {
         shard: s.index,

@@ -1,0 +1,268 @@
+//! Whole-node tests: the `hotshard` binary as a process on a temporary data directory.
+//! Put, get and delete through the client and the CLI; kill -9 and restart with every
+//! acknowledged write intact; a second node on the same data refused; a misrouted request
+//! forwarded and answered; a bad config refused with the key named.
+
+use std::net::TcpStream as StdTcp;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use hotshard_net::blocking::BlockingClient;
+
+/// The `hotshard` binary, built next to this test (cargo builds workspace binaries for
+/// `cargo test --workspace`; build it here if a narrower command skipped it).
+fn binary() -> PathBuf {
+    let dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let bin = dir.join("hotshard");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "hotshard-node", "--bin", "hotshard"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    bin
+}
+
+/// Distinct ports per test so that tests can run in parallel.
+fn ports() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    17_400 + (std::process::id() % 500) as u16 * 20 + NEXT.fetch_add(4, Ordering::Relaxed)
+}
+
+struct Node {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Node {
+    fn addr(&self, shard: u16) -> String {
+        format!("127.0.0.1:{}", self.port + shard)
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn write_config(dir: &Path, port: u16) -> PathBuf {
+    let cfg = dir.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ndata_dir = \"{}\"\ndata_bytes = 134217728\nbase_port = {port}\nadmin_port = 0\ncores = [0, 1]\n\
+             [queue]\npool_mib = 64\n[store]\nsegment_mib = 9\ncache_mib = 8\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Starts the node and waits until both shards accept connections.
+fn start(cfg: &Path, port: u16) -> Node {
+    let log_path = cfg.with_extension("log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut node = Node {
+        child: Some(child),
+        port,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for shard in 0..2 {
+        while BlockingClient::connect(&node.addr(shard), Duration::from_secs(1)).is_err() {
+            let exited = node
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+                .is_some();
+            if exited || Instant::now() > deadline {
+                panic!(
+                    "node did not start listening: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    node
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(binary()).args(args).output().unwrap()
+}
+
+fn test_dir() -> tempfile::TempDir {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(base).unwrap();
+    tempfile::tempdir_in(base).unwrap()
+}
+
+#[test]
+fn put_get_delete_through_the_client_and_the_cli() {
+    let dir = test_dir();
+    let port = ports();
+    let node = start(&write_config(dir.path(), port), port);
+    let mut c = BlockingClient::connect(&node.addr(0), Duration::from_secs(5)).unwrap();
+    assert_eq!(c.shard_map().shards.len(), 2);
+    c.put(b"alpha", b"one").unwrap();
+    assert_eq!(c.get(b"alpha", None).unwrap().unwrap().0, b"one");
+    c.delete(b"alpha").unwrap();
+    assert_eq!(c.get(b"alpha", None).unwrap(), None);
+
+    let addr = node.addr(1);
+    let out = cli(&["put", "beta", "two", "--addr", &addr]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&["get", "beta", "--addr", &addr]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "two");
+    let out = cli(&["stat", "beta", "--addr", &addr]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 bytes"));
+    assert!(cli(&["del", "beta", "--addr", &addr]).status.success());
+    let out = cli(&["get", "beta", "--addr", &addr]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+    assert!(err.contains("not found"), "{err}");
+    let out = cli(&["stats", "--addr", &addr]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hotshard_ops_total{shard=\"1\""));
+}
+
+#[test]
+fn kill_9_and_restart_keeps_every_acknowledged_write() {
+    let dir = test_dir();
+    let port = ports();
+    let cfg = write_config(dir.path(), port);
+    let mut node = start(&cfg, port);
+    let mut acked = Vec::new();
+    {
+        let mut c = BlockingClient::connect(&node.addr(0), Duration::from_secs(5)).unwrap();
+        for i in 0..300u32 {
+            let key = format!("key-{i}");
+            let value = format!("value-{i}-").repeat(1 + (i as usize % 50));
+            c.put(key.as_bytes(), value.as_bytes()).unwrap();
+            acked.push((key, Some(value)));
+        }
+        for i in (0..300).step_by(7) {
+            c.delete(format!("key-{i}").as_bytes()).unwrap();
+            acked[i].1 = None;
+        }
+    }
+    node.kill9();
+    let node = start(&cfg, port);
+    let log = || std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default();
+    let mut c = BlockingClient::connect(&node.addr(1), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}; node log: {}", log()));
+    for (key, value) in &acked {
+        let got = c
+            .get(key.as_bytes(), None)
+            .unwrap()
+            .map(|(v, _)| String::from_utf8(v).unwrap());
+        assert_eq!(&got, value, "{key}");
+    }
+}
+
+#[test]
+fn a_second_node_on_the_same_data_is_refused() {
+    let dir = test_dir();
+    let port = ports();
+    let cfg = write_config(dir.path(), port);
+    let _node = start(&cfg, port);
+    let out = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another hotshard node"));
+}
+
+#[test]
+fn a_misrouted_request_is_forwarded_and_answered() {
+    use hotshard_net::connection::Connection;
+    use hotshard_net::{Request, Status, Target};
+    let dir = test_dir();
+    let port = ports();
+    let node = start(&write_config(dir.path(), port), port);
+    let map = BlockingClient::connect(&node.addr(0), Duration::from_secs(5))
+        .unwrap()
+        .shard_map()
+        .clone();
+    // A key shard 1 owns, sent to shard 0 on purpose.
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| map.owner(map.partition(k.as_bytes())).unwrap().shard == 1)
+        .unwrap();
+    let target = Target {
+        partition: map.partition(key.as_bytes()),
+        epoch: map.epoch,
+    };
+    let sock = StdTcp::connect(node.addr(0)).unwrap();
+    let conn = Connection::new(futures_lite::io::AssertAsync::new(sock));
+    let put = Request::Put {
+        key: key.clone().into_bytes(),
+        if_version: None,
+        target,
+    };
+    let (r, _) = futures_lite::future::block_on(conn.call(&put, b"forwarded")).unwrap();
+    assert_eq!(r.status(), Status::Ok);
+    let get = Request::Get {
+        key: key.into_bytes(),
+        range: None,
+        target,
+    };
+    let (r, body) = futures_lite::future::block_on(conn.call(&get, &[])).unwrap();
+    assert_eq!((r.status(), body.as_slice()), (Status::Ok, &b"forwarded"[..]));
+    let stats = BlockingClient::connect(&node.addr(0), Duration::from_secs(5))
+        .unwrap()
+        .stats(&node.addr(0))
+        .unwrap();
+    assert!(
+        stats.contains("hotshard_forwarded_total{shard=\"0\"} 2"),
+        "{stats}"
+    );
+}
+
+#[test]
+fn a_bad_config_is_refused_with_the_key_named() {
+    let dir = test_dir();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[store]\nsegment_mib = 16\ndurabilty = \"fua\"\n").unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("durabilty"), "{err}");
+    std::fs::write(&cfg, "[queue]\nbackend = \"spdk-please\"\n").unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("queue.backend"));
+}
