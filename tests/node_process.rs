@@ -67,9 +67,10 @@ fn write_config(dir: &Path, port: u16) -> PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "[node]\ndata_dir = \"{}\"\ndata_bytes = 134217728\nbase_port = {port}\nadmin_port = 0\ncores = [0, 1]\n\
+            "[node]\ndata_dir = \"{}\"\ndata_bytes = 134217728\nbase_port = {port}\nadmin_port = {}\ncores = [0, 1]\n\
              [queue]\npool_mib = 64\n[store]\nsegment_mib = 9\ncache_mib = 8\n",
-            dir.join("data").display()
+            dir.join("data").display(),
+            port + 3
         ),
     )
     .unwrap();
@@ -148,6 +149,25 @@ fn put_get_delete_through_the_client_and_the_cli() {
     assert!(err.contains("not found"), "{err}");
     let out = cli(&["stats", "--addr", &addr]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("hotshard_ops_total{shard=\"1\""));
+
+    // The admin endpoint: health, and Prometheus text covering both shards.
+    let http = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = StdTcp::connect(format!("127.0.0.1:{}", node.port + 3)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    assert!(http("/health").ends_with("ok\n"));
+    let metrics = http("/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for shard in ["0", "1"] {
+        assert!(
+            metrics.contains(&format!("hotshard_ops_total{{shard=\"{shard}\",op=\"put\"}}")),
+            "{metrics}"
+        );
+    }
 }
 
 #[test]

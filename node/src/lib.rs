@@ -1,5 +1,6 @@
 //! hotshard-node: the data node. `store` is one shard's storage engine.
 
+pub mod admin;
 pub mod config;
 pub mod data_lock;
 pub mod limits;

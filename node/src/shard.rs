@@ -175,6 +175,18 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         })
         .detach();
     }
+    if s.index == 0 && s.cfg.node.admin_port != 0 {
+        let admin_addr = format!("{}:{}", s.cfg.node.listen, s.cfg.node.admin_port);
+        let admin = bind_exclusive(&admin_addr)
+            .await
+            .map_err(|e| fail(format!("admin endpoint on {admin_addr}: {e}")))?;
+        glommio::spawn_local(crate::admin::serve_admin(
+            admin,
+            handler.clone(),
+            s.map.shards.len(),
+        ))
+        .detach();
+    }
     let _ = s.ready.send(Ok(format!(
         "shard {} on {addr}: {} objects recovered ({:.1} MB scanned in {:.3} s){}",
         s.index,

@@ -1,0 +1,61 @@
+//! The admin endpoint on shard 0: `GET /metrics` (Prometheus text of every shard of the
+//! node) and `GET /health`. A minimal HTTP/1.1 responder: one request per connection.
+
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpListener;
+use hotshard_net::Request;
+use hotshard_nvme::BlockQueue;
+
+use crate::shard_handler::ShardHandler;
+
+/// Largest request head we read; anything longer is not a metrics scrape.
+const MAX_REQUEST_HEAD: usize = 4096;
+
+/// The Prometheus text of all shards: this one's, and the others' fetched over the mesh.
+pub async fn all_metrics<Q: BlockQueue + 'static>(handler: &ShardHandler<Q>, shards: usize) -> String {
+    let mut out = String::new();
+    for shard in 0..shards {
+        if shard == handler.shard {
+            out.push_str(&handler.stats.render(shard, &handler.store));
+        } else if let Some((_, body)) = handler.peers.forward(shard, Request::Stats, None).await {
+            out.push_str(&String::from_utf8_lossy(&body));
+        }
+    }
+    out
+}
+
+pub async fn serve_admin<Q: BlockQueue + 'static>(
+    listener: TcpListener,
+    handler: Rc<ShardHandler<Q>>,
+    shards: usize,
+) {
+    while let Ok(mut stream) = listener.accept().await {
+        let handler = handler.clone();
+        glommio::spawn_local(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&head);
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = match path {
+                "/metrics" => ("200 OK", all_metrics(&handler, shards).await),
+                "/health" => ("200 OK", "ok\n".to_string()),
+                _ => ("404 Not Found", "try /metrics or /health\n".to_string()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.close().await;
+        })
+        .detach();
+    }
+}
