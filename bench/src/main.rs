@@ -7,6 +7,8 @@ mod engine_bench;
 mod fio_anchor;
 mod latency;
 mod ping_bench;
+mod resp;
+mod run_bench;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,6 +32,34 @@ enum Command {
     Engine(EngineArgs),
     /// Loopback Ping round trip through the protocol against a plain TCP ping-pong.
     Ping(PingArgs),
+    /// Closed-loop load against hotshard://host:port or redis://host:port (same generator).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// One or more targets, run one after the other and printed side by side.
+    #[arg(long, required = true)]
+    target: Vec<String>,
+    #[arg(long, value_enum, default_value_t = run_bench::LoadOp::Get)]
+    op: run_bench::LoadOp,
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    #[arg(long, default_value_t = 4096)]
+    value_bytes: usize,
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 16)]
+    pipeline: usize,
+    #[arg(long, default_value = "10s", value_parser = duration_arg::parse_duration)]
+    duration: Duration,
+    /// Core the generator runs on (keep it off the server's cores).
+    #[arg(long, default_value_t = 1)]
+    core: usize,
+    /// Write every key once before measuring.
+    #[arg(long)]
+    preload: bool,
 }
 
 #[derive(clap::Args)]
@@ -187,6 +217,24 @@ fn main() -> anyhow::Result<()> {
             engine_bench::engine_command(&run, a.json)?;
         }
         Command::Ping(a) => ping_bench::ping_command(a.duration, a.server_core, a.client_core)?,
+        Command::Run(a) => {
+            let mut rows = Vec::new();
+            for target in &a.target {
+                let spec = run_bench::LoadSpec {
+                    target: target.clone(),
+                    op: a.op,
+                    keys: a.keys.max(1),
+                    value_bytes: a.value_bytes,
+                    connections: a.connections.max(1),
+                    pipeline: a.pipeline.max(1),
+                    duration: a.duration,
+                    core: a.core,
+                    preload: a.preload,
+                };
+                rows.push(run_bench::run_load(&spec)?);
+            }
+            latency::print_table(&rows, rows.len() > 1);
+        }
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use futures_lite::io::{split, ReadHalf, WriteHalf};
+use futures_lite::io::{split, BufReader, ReadHalf, WriteHalf};
 use futures_lite::{AsyncRead, AsyncWrite};
 use rkyv::rancor::Error as RkyvError;
 
@@ -28,9 +28,18 @@ struct Slot {
     waker: Option<Waker>,
 }
 
+/// Reads from the socket go through a buffer of this size.
+const READ_BUFFER_BYTES: usize = 64 << 10;
+
 struct Inner<S> {
-    reader: RefCell<Option<ReadHalf<S>>>,
+    reader: RefCell<Option<BufReader<ReadHalf<S>>>>,
     writer: RefCell<Option<WriteHalf<S>>>,
+    /// Frames queued by callers; whoever holds the writer sends all of them at once.
+    outbox: RefCell<Vec<u8>>,
+    /// Bumped each time the outbox is handed to the socket; a caller's frame is out once
+    /// the generation it queued in has been written.
+    written_generation: Cell<u64>,
+    outbox_generation: Cell<u64>,
     writer_waiters: RefCell<Vec<Waker>>,
     slots: RefCell<HashMap<u64, Slot>>,
     next_id: Cell<u64>,
@@ -99,8 +108,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let (r, w) = split(stream);
         Connection {
             inner: Rc::new(Inner {
-                reader: RefCell::new(Some(r)),
+                reader: RefCell::new(Some(BufReader::with_capacity(READ_BUFFER_BYTES, r))),
                 writer: RefCell::new(Some(w)),
+                outbox: RefCell::new(Vec::new()),
+                written_generation: Cell::new(0),
+                outbox_generation: Cell::new(1),
                 writer_waiters: RefCell::new(Vec::new()),
                 slots: RefCell::new(HashMap::new()),
                 next_id: Cell::new(1),
@@ -135,33 +147,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     async fn send_and_wait(&self, id: u64, head: &[u8], payload: &[u8]) -> Result<Answer, WireError> {
         let inner = &self.inner;
-        // Take the write half (one frame at a time), write, give it back.
-        let mut w = futures_lite::future::poll_fn(|cx| {
-            if let Some(e) = inner.broken.borrow().clone() {
-                return Poll::Ready(Err(e));
-            }
-            match inner.writer.borrow_mut().take() {
-                Some(w) => Poll::Ready(Ok(w)),
-                None => {
-                    inner.writer_waiters.borrow_mut().push(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-        .await?;
-        let mut guard = HalfGuard { inner, armed: true };
-        let written = match write_frame(&mut w, head, payload).await {
-            Ok(()) => flush(&mut w).await,
-            Err(e) => Err(e),
-        };
-        guard.armed = false;
-        *inner.writer.borrow_mut() = Some(w);
-        if let Some(next) = inner.writer_waiters.borrow_mut().pop() {
-            next.wake();
+        // Queue the frame; the caller holding the write half sends everything queued, so
+        // requests issued together leave in one write.
+        let my_generation = inner.outbox_generation.get();
+        {
+            let mut outbox = inner.outbox.borrow_mut();
+            outbox.extend_from_slice(head);
+            outbox.extend_from_slice(payload);
         }
-        if let Err(e) = written {
-            inner.fail(e.clone());
-            return Err(e);
+        loop {
+            let w = futures_lite::future::poll_fn(|cx| {
+                if let Some(e) = inner.broken.borrow().clone() {
+                    return Poll::Ready(Err(e));
+                }
+                if inner.written_generation.get() >= my_generation {
+                    return Poll::Ready(Ok(None));
+                }
+                match inner.writer.borrow_mut().take() {
+                    Some(w) => Poll::Ready(Ok(Some(w))),
+                    None => {
+                        inner.writer_waiters.borrow_mut().push(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
+            })
+            .await?;
+            let Some(mut w) = w else { break };
+            let mut guard = HalfGuard { inner, armed: true };
+            // Let the other ready callers queue their frames first: one write carries them all.
+            futures_lite::future::yield_now().await;
+            let mut written = Ok(());
+            loop {
+                let bytes = std::mem::take(&mut *inner.outbox.borrow_mut());
+                if bytes.is_empty() {
+                    break;
+                }
+                let generation = inner.outbox_generation.get();
+                inner.outbox_generation.set(generation + 1);
+                written = match write_frame(&mut w, &bytes, &[]).await {
+                    Ok(()) => flush(&mut w).await,
+                    Err(e) => Err(e),
+                };
+                if written.is_err() {
+                    break;
+                }
+                inner.written_generation.set(generation);
+            }
+            guard.armed = false;
+            *inner.writer.borrow_mut() = Some(w);
+            for waiter in inner.writer_waiters.borrow_mut().drain(..) {
+                waiter.wake();
+            }
+            if let Err(e) = written {
+                inner.fail(e.clone());
+                return Err(e);
+            }
         }
         // Wait for the answer, reading for everyone while nobody else is.
         loop {
@@ -226,7 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 }
 
 async fn read_response<S: AsyncRead + AsyncWrite + Unpin>(
-    r: &mut ReadHalf<S>,
+    r: &mut BufReader<ReadHalf<S>>,
 ) -> Result<(u64, Answer), WireError> {
     let (preamble, header) = read_head(r).await?.ok_or(WireError::Closed)?;
     if preamble.kind != FrameKind::Response {

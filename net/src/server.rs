@@ -11,7 +11,7 @@ use std::future::Future;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use futures_lite::io::{split, ReadHalf, WriteHalf};
+use futures_lite::io::{split, BufReader, ReadHalf, WriteHalf};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use rkyv::rancor::Error as RkyvError;
 
@@ -21,6 +21,13 @@ use crate::frame::FrameKind;
 use crate::frame_io::{flush, read_head, read_payload, skip_payload, write_frame};
 use crate::limits::DEFAULT_MAX_IN_FLIGHT;
 use crate::message::{Request, Response, Status};
+
+/// Socket reads go through a buffer this big, so that many small frames cost one read.
+const READ_BUFFER_BYTES: usize = 64 << 10;
+/// Replies ready together are gathered into one write up to this many bytes; a payload
+/// larger than `COPY_LIMIT` is written from its own buffer instead of being copied.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
+const COPY_LIMIT: usize = 16 << 10;
 
 /// What a handler answers: a response header and, for a Get, a payload to send as is.
 pub struct Reply<B> {
@@ -120,6 +127,7 @@ where
         reader_waker: RefCell::new(None),
     });
     let writer_task = glommio::spawn_local(write_loop(writer, shared.clone()));
+    let reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let report = read_loop(reader, handler, shared.clone(), cfg.max_in_flight.max(1)).await;
     shared.reading_done.set(true);
     if let Some(w) = shared.writer_waker.borrow_mut().take() {
@@ -130,7 +138,7 @@ where
 }
 
 async fn read_loop<S, H>(
-    mut r: ReadHalf<S>,
+    mut r: BufReader<ReadHalf<S>>,
     handler: Rc<H>,
     shared: Rc<Shared<H::Out>>,
     max_in_flight: usize,
@@ -222,8 +230,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     B: AsRef<[u8]>,
 {
-    loop {
-        let next = futures_lite::future::poll_fn(|cx| {
+    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH_BYTES);
+    'outer: loop {
+        let first = futures_lite::future::poll_fn(|cx| {
             if let Some(item) = shared.queue.borrow_mut().pop_front() {
                 return Poll::Ready(Some(item));
             }
@@ -234,23 +243,46 @@ where
             Poll::Pending
         })
         .await;
-        let Some(item) = next else { break };
-        let (id, response, payload, close) = match item {
-            Outgoing::Reply(id, reply) => (id, reply.response, reply.payload, false),
-            Outgoing::Fatal(id, reason) => (id, Response::new(Status::BadRequest { reason }), None, true),
-        };
-        let body: &[u8] = payload.as_ref().map_or(&[], |p| p.as_ref());
-        let ok = match encode_response(id, &response, body.len()) {
-            Ok(head) => write_frame(&mut w, &head, body).await.is_ok(),
-            Err(_) => false,
-        };
-        shared.in_flight.set(shared.in_flight.get() - 1);
-        shared.wake_reader();
-        // Flush when nothing else is ready to go, so that replies coalesce under load.
-        if shared.queue.borrow().is_empty() && flush(&mut w).await.is_err() {
+        let Some(mut item) = first else { break };
+        // Let the other handlers that are ready finish first, then gather every reply into
+        // one write.
+        futures_lite::future::yield_now().await;
+        let mut close = false;
+        loop {
+            let (id, response, payload, fatal) = match item {
+                Outgoing::Reply(id, reply) => (id, reply.response, reply.payload, false),
+                Outgoing::Fatal(id, reason) => (id, Response::new(Status::BadRequest { reason }), None, true),
+            };
+            let body: &[u8] = payload.as_ref().map_or(&[], |p| p.as_ref());
+            let Ok(head) = encode_response(id, &response, body.len()) else {
+                break 'outer;
+            };
+            batch.extend_from_slice(&head);
+            if body.len() <= COPY_LIMIT {
+                batch.extend_from_slice(body);
+            } else {
+                // A large value goes out straight from its (DMA) buffer.
+                if write_frame(&mut w, &batch, body).await.is_err() {
+                    break 'outer;
+                }
+                batch.clear();
+            }
+            shared.in_flight.set(shared.in_flight.get() - 1);
+            close |= fatal;
+            if close || batch.len() >= WRITE_BATCH_BYTES {
+                break;
+            }
+            match shared.queue.borrow_mut().pop_front() {
+                Some(next) => item = next,
+                None => break,
+            }
+        }
+        if !batch.is_empty() && write_frame(&mut w, &batch, &[]).await.is_err() {
             break;
         }
-        if !ok || close {
+        batch.clear();
+        shared.wake_reader();
+        if flush(&mut w).await.is_err() || close {
             break;
         }
     }

@@ -1,0 +1,206 @@
+//! `hotshard-bench run`: the same closed-loop generator against hotshard or Redis: a fixed
+//! number of connections, each keeping `pipeline` requests in flight, GETs or durable PUTs
+//! of fixed-size values over a key space loaded first.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use hotshard_net::client::{Client, ClientConfig};
+use hotshard_net::runtime::Glommio;
+use hotshard_nvme::SplitMix64;
+
+use crate::latency::{new_histogram, RunFigures};
+use crate::resp::Resp;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadOp {
+    Get,
+    Put,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    pub target: String,
+    pub op: LoadOp,
+    pub keys: u64,
+    pub value_bytes: usize,
+    pub connections: usize,
+    pub pipeline: usize,
+    pub duration: Duration,
+    pub core: usize,
+    pub preload: bool,
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("key:{i:010}").into_bytes()
+}
+
+pub fn run_load(spec: &LoadSpec) -> anyhow::Result<RunFigures> {
+    let spec = spec.clone();
+    LocalExecutorBuilder::new(Placement::Fixed(spec.core))
+        .name("load")
+        .spawn(move || async move {
+            if let Some(addr) = spec.target.strip_prefix("hotshard://") {
+                hotshard_load(&spec, addr).await
+            } else if let Some(addr) = spec.target.strip_prefix("redis://") {
+                redis_load(&spec, addr).await
+            } else {
+                anyhow::bail!(
+                    "unknown target {} (hotshard://host:port or redis://host:port)",
+                    spec.target
+                )
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("load executor: {e}"))?
+        .join()
+        .map_err(|e| anyhow::anyhow!("load thread: {e:?}"))?
+}
+
+async fn hotshard_load(spec: &LoadSpec, addr: &str) -> anyhow::Result<RunFigures> {
+    let value: Vec<u8> = (0..spec.value_bytes).map(|i| i as u8).collect();
+    let mut clients = Vec::new();
+    for _ in 0..spec.connections {
+        clients.push(Rc::new(
+            Client::<Glommio>::connect(&[addr], ClientConfig::default()).await?,
+        ));
+    }
+    if spec.preload {
+        let c = clients[0].clone();
+        let next = Rc::new(RefCell::new(0u64));
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let (c, next, value, keys) = (c.clone(), next.clone(), value.clone(), spec.keys);
+            tasks.push(glommio::spawn_local(async move {
+                loop {
+                    let i = {
+                        let mut n = next.borrow_mut();
+                        *n += 1;
+                        *n - 1
+                    };
+                    if i >= keys {
+                        return Ok::<(), anyhow::Error>(());
+                    }
+                    c.put(&key(i), &value, None).await?;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+    }
+    let hist = Rc::new(RefCell::new(new_histogram()));
+    let deadline = Instant::now() + spec.duration;
+    let started = Instant::now();
+    let cpu = crate::latency::process_cpu_seconds();
+    let mut tasks = Vec::new();
+    for (ci, client) in clients.iter().enumerate() {
+        for p in 0..spec.pipeline {
+            let (client, hist, value, spec) = (client.clone(), hist.clone(), value.clone(), spec.clone());
+            let mut rng = SplitMix64::new((ci * 1000 + p) as u64 + 7);
+            tasks.push(glommio::spawn_local(async move {
+                while Instant::now() < deadline {
+                    let k = key(rng.below(spec.keys));
+                    let t0 = Instant::now();
+                    match spec.op {
+                        LoadOp::Get => {
+                            let got = client.get(&k).await?;
+                            anyhow::ensure!(
+                                got.is_some_and(|(v, _)| v.len() == spec.value_bytes),
+                                "get returned the wrong size"
+                            );
+                        }
+                        LoadOp::Put => {
+                            client.put(&k, &value, None).await?;
+                        }
+                    }
+                    hist.borrow_mut()
+                        .record(t0.elapsed().as_nanos().max(1) as u64)
+                        .ok();
+                }
+                Ok::<(), anyhow::Error>(())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let h = hist.borrow();
+    let label = format!("hotshard {:?} c{} p{}", spec.op, spec.connections, spec.pipeline).to_lowercase();
+    Ok(RunFigures::from_histogram(
+        &label,
+        &h,
+        started.elapsed().as_secs_f64(),
+        spec.value_bytes,
+        crate::latency::process_cpu_seconds() - cpu,
+    ))
+}
+
+async fn redis_load(spec: &LoadSpec, addr: &str) -> anyhow::Result<RunFigures> {
+    let value: Vec<u8> = (0..spec.value_bytes).map(|i| i as u8).collect();
+    if spec.preload {
+        let mut r = Resp::connect(addr).await?;
+        let mut i = 0;
+        while i < spec.keys {
+            let n = (spec.keys - i).min(256);
+            let mut out = Vec::new();
+            for j in i..i + n {
+                Resp::encode_set(&mut out, &key(j), &value);
+            }
+            r.send(&out).await?;
+            for _ in 0..n {
+                r.reply().await?;
+            }
+            i += n;
+        }
+    }
+    let hist = Rc::new(RefCell::new(new_histogram()));
+    let deadline = Instant::now() + spec.duration;
+    let started = Instant::now();
+    let cpu = crate::latency::process_cpu_seconds();
+    let mut tasks = Vec::new();
+    for ci in 0..spec.connections {
+        let (hist, value, spec, addr) = (hist.clone(), value.clone(), spec.clone(), addr.to_string());
+        let mut rng = SplitMix64::new(ci as u64 + 7);
+        tasks.push(glommio::spawn_local(async move {
+            let mut r = Resp::connect(&addr).await?;
+            let mut out = Vec::new();
+            while Instant::now() < deadline {
+                // Like redis-benchmark -P: send `pipeline` commands, then read their replies.
+                out.clear();
+                for _ in 0..spec.pipeline {
+                    let k = key(rng.below(spec.keys));
+                    match spec.op {
+                        LoadOp::Get => Resp::encode_get(&mut out, &k),
+                        LoadOp::Put => Resp::encode_set(&mut out, &k, &value),
+                    }
+                }
+                let t0 = Instant::now();
+                r.send(&out).await?;
+                for _ in 0..spec.pipeline {
+                    let len = r.reply().await?;
+                    if spec.op == LoadOp::Get {
+                        anyhow::ensure!(len == spec.value_bytes as i64, "redis GET returned {len} bytes");
+                    }
+                    hist.borrow_mut()
+                        .record(t0.elapsed().as_nanos().max(1) as u64)
+                        .ok();
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let h = hist.borrow();
+    let label = format!("redis {:?} c{} p{}", spec.op, spec.connections, spec.pipeline).to_lowercase();
+    Ok(RunFigures::from_histogram(
+        &label,
+        &h,
+        started.elapsed().as_secs_f64(),
+        spec.value_bytes,
+        crate::latency::process_cpu_seconds() - cpu,
+    ))
+}
