@@ -74,8 +74,11 @@ pub struct QueueSection {
     /// Kernel submission polling idle time in ms; 0 = off.
     pub sqpoll_idle_ms: u32,
     pub iopoll: bool,
-    /// Block for a completion after this many idle polls; 0 = always spin.
+    /// Block for a completion after this many idle polls; 0 = never block the core.
     pub wait_after_idle_polls: u32,
+    /// Sleep this long (µs) when the device poller finds nothing, so that network tasks get
+    /// the core; 0 = spin (lowest I/O latency, but it competes with the connections).
+    pub poll_sleep_us: u32,
 }
 
 impl Default for QueueSection {
@@ -87,6 +90,7 @@ impl Default for QueueSection {
             sqpoll_idle_ms: 0,
             iopoll: false,
             wait_after_idle_polls: 0,
+            poll_sleep_us: 5,
         }
     }
 }
@@ -183,6 +187,9 @@ impl NodeConfig {
         }
         if q.entries == 0 || q.entries > 32768 || !q.entries.is_power_of_two() {
             return Err(bad("queue.entries", "must be a power of two between 1 and 32768"));
+        }
+        if q.poll_sleep_us > 10_000 {
+            return Err(bad("queue.poll_sleep_us", "must be at most 10000 (10 ms)"));
         }
         if q.pool_mib < 32 || q.pool_mib > 1024 {
             return Err(bad(

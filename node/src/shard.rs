@@ -73,6 +73,7 @@ async fn open_queue(s: &ShardSetup) -> Result<AnyQueue, String> {
         sqpoll_idle_ms: (q.sqpoll_idle_ms > 0).then_some(q.sqpoll_idle_ms),
         iopoll: q.iopoll,
         wait_after_idle_polls: q.wait_after_idle_polls,
+        idle_sleep_us: q.poll_sleep_us,
         ..UringOptions::default()
     };
     let queue = AnyQueue::uring(dev, &opts).map_err(|e| e.to_string())?;

@@ -12,6 +12,10 @@ use super::format::{RecordKind, TOMBSTONE_VALUE_BYTES};
 use super::group_commit::{live_size, StageRequest};
 use super::metrics::bump;
 use super::scan::{scan_segment, ScanLimits};
+use crate::limits::GC_RESERVED_SEGMENTS;
+
+/// A segment this empty is worth collecting even when space is plentiful.
+const CHEAP_LIVE_FRACTION: f64 = 0.1;
 
 /// What one GC step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +40,16 @@ impl<Q: BlockQueue> Store<Q> {
         let inner = &self.inner;
         let (victim, seg_off, written) = {
             let st = inner.state.borrow();
-            let Some(victim) = st.segments.gc_candidate(inner.cfg.gc_max_live_fraction) else {
+            // Moving live data costs device bandwidth: while free segments are plentiful,
+            // only collect segments that are nearly empty; below the watermark, collect
+            // anything under the configured live fraction.
+            let low_watermark = (GC_RESERVED_SEGMENTS * 2).max(st.segments.count() / 8);
+            let threshold = if st.segments.free_count() > low_watermark {
+                inner.cfg.gc_max_live_fraction.min(CHEAP_LIVE_FRACTION)
+            } else {
+                inner.cfg.gc_max_live_fraction
+            };
+            let Some(victim) = st.segments.gc_candidate(threshold) else {
                 return Ok(GcOutcome::Idle);
             };
             let info = st.segments.get(victim);

@@ -27,6 +27,10 @@ pub struct UringOptions {
     pub wait_after_idle_polls: u32,
     /// Longest block when waiting, in microseconds.
     pub wait_timeout_us: u32,
+    /// Poller only, on glommio: after `IDLE_POLLS_BEFORE_SLEEP` polls that found nothing,
+    /// sleep this long on a glommio timer instead of spinning, so that the executor's other
+    /// tasks (network connections) get the core. 0 spins.
+    pub idle_sleep_us: u32,
     /// Hold entries until the next reap so that one `io_uring_enter` carries many (true),
     /// or enter the kernel for each entry as it is queued (false).
     pub batch_submissions: bool,
@@ -43,6 +47,7 @@ impl Default for UringOptions {
             register_buffers: true,
             wait_after_idle_polls: 0,
             wait_timeout_us: 100,
+            idle_sleep_us: 0,
             batch_submissions: false,
         }
     }

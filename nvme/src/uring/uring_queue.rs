@@ -39,8 +39,12 @@ struct Inner {
     features: RingFeatures,
     wait_after_idle_polls: u32,
     wait_timeout_us: u32,
+    idle_sleep_us: u32,
     batch_submissions: bool,
 }
+
+/// Idle polls before a poller with `idle_sleep_us` set sleeps.
+const IDLE_POLLS_BEFORE_SLEEP: u32 = 16;
 
 /// A per-core io_uring queue. Not `Send`: it belongs to the thread that made it.
 #[derive(Clone)]
@@ -91,6 +95,7 @@ impl UringQueue {
                 features,
                 wait_after_idle_polls: opts.wait_after_idle_polls,
                 wait_timeout_us: opts.wait_timeout_us,
+                idle_sleep_us: opts.idle_sleep_us,
                 batch_submissions: opts.batch_submissions,
             }),
         })
@@ -235,6 +240,7 @@ impl UringQueue {
         Poller {
             queue: Rc::downgrade(&self.inner),
             idle_polls: 0,
+            sleep: None,
         }
     }
 
@@ -414,6 +420,7 @@ impl Future for Op {
 struct Poller {
     queue: std::rc::Weak<Inner>,
     idle_polls: u32,
+    sleep: Option<glommio::timer::Timer>,
 }
 
 impl Future for Poller {
@@ -438,6 +445,14 @@ impl Future for Poller {
             if inner.wait_after_idle_polls > 0 && self.idle_polls >= inner.wait_after_idle_polls {
                 self.idle_polls = 0;
                 UringQueue::wait_for_one(&inner);
+            } else if inner.idle_sleep_us > 0 && self.idle_polls >= IDLE_POLLS_BEFORE_SLEEP {
+                self.idle_polls = 0;
+                let mut timer =
+                    glommio::timer::Timer::new(std::time::Duration::from_micros(inner.idle_sleep_us as u64));
+                if Pin::new(&mut timer).poll(cx).is_pending() {
+                    self.sleep = Some(timer);
+                    return Poll::Pending;
+                }
             }
         }
         cx.waker().wake_by_ref();
