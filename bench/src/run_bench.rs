@@ -1,6 +1,7 @@
 //! `hotshard-bench run`: the same closed-loop generator against hotshard or Redis: a fixed
-//! number of connections, each keeping `pipeline` requests in flight, GETs or durable PUTs
-//! of fixed-size values over a key space loaded first.
+//! number of connections, each sending `pipeline` requests in one write and then reading
+//! their answers (as redis-benchmark -P does), GETs or durable PUTs of fixed-size values
+//! over a key space that can be loaded first.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -8,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 use hotshard_net::client::{Client, ClientConfig};
+use hotshard_net::codec::{access_response, encode_request};
+use hotshard_net::frame_io::read_head;
 use hotshard_net::runtime::Glommio;
+use hotshard_net::{Request, Status, Target};
 use hotshard_nvme::SplitMix64;
 
 use crate::latency::{new_histogram, RunFigures};
@@ -90,38 +94,99 @@ async fn hotshard_load(spec: &LoadSpec, addr: &str) -> anyhow::Result<RunFigures
             t.await?;
         }
     }
+    // The same model as the Redis target: each connection sends `pipeline` requests in one
+    // write, then reads their answers. Each connection talks to one shard, with keys that
+    // shard owns, so no request is forwarded.
+    let map = clients[0].shard_map();
     let hist = Rc::new(RefCell::new(new_histogram()));
     let deadline = Instant::now() + spec.duration;
     let started = Instant::now();
     let cpu = crate::latency::process_cpu_seconds();
     let mut tasks = Vec::new();
-    for (ci, client) in clients.iter().enumerate() {
-        for p in 0..spec.pipeline {
-            let (client, hist, value, spec) = (client.clone(), hist.clone(), value.clone(), spec.clone());
-            let mut rng = SplitMix64::new((ci * 1000 + p) as u64 + 7);
-            tasks.push(glommio::spawn_local(async move {
-                while Instant::now() < deadline {
-                    let k = key(rng.below(spec.keys));
-                    let t0 = Instant::now();
+    for ci in 0..spec.connections {
+        let shard = ci % map.shards.len().max(1);
+        let addr = map
+            .shards
+            .get(shard)
+            .map(|s| s.addr.clone())
+            .unwrap_or_else(|| addr.to_string());
+        let owned: Vec<u64> = (0..spec.keys)
+            .filter(|k| {
+                map.owner(map.partition(&key(*k)))
+                    .is_some_and(|o| o.shard as usize == shard)
+            })
+            .collect();
+        anyhow::ensure!(
+            !owned.is_empty(),
+            "shard {shard} owns none of the {} keys",
+            spec.keys
+        );
+        let (hist, value, spec, map) = (hist.clone(), value.clone(), spec.clone(), map.clone());
+        let mut rng = SplitMix64::new(ci as u64 + 7);
+        tasks.push(glommio::spawn_local(async move {
+            let stream = glommio::net::TcpStream::connect(addr.as_str())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            stream.set_nodelay(true).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (r, mut w) = futures_lite::io::split(stream);
+            let mut r = futures_lite::io::BufReader::with_capacity(256 << 10, r);
+            let mut out = Vec::new();
+            let mut id = 0u64;
+            let mut body = vec![0u8; spec.value_bytes.max(1 << 16)];
+            while Instant::now() < deadline {
+                out.clear();
+                for _ in 0..spec.pipeline {
+                    let k = key(owned[rng.below(owned.len() as u64) as usize]);
+                    let target = Target {
+                        partition: map.partition(&k),
+                        epoch: map.epoch,
+                    };
+                    id += 1;
                     match spec.op {
-                        LoadOp::Get => {
-                            let got = client.get(&k).await?;
-                            anyhow::ensure!(
-                                got.is_some_and(|(v, _)| v.len() == spec.value_bytes),
-                                "get returned the wrong size"
-                            );
-                        }
+                        LoadOp::Get => out.extend(encode_request(
+                            id,
+                            &Request::Get {
+                                key: k,
+                                range: None,
+                                target,
+                            },
+                            0,
+                        )?),
                         LoadOp::Put => {
-                            client.put(&k, &value, None).await?;
+                            out.extend(encode_request(
+                                id,
+                                &Request::Put {
+                                    key: k,
+                                    if_version: None,
+                                    target,
+                                },
+                                value.len(),
+                            )?);
+                            out.extend_from_slice(&value);
                         }
+                    }
+                }
+                let t0 = Instant::now();
+                futures_lite::AsyncWriteExt::write_all(&mut w, &out).await?;
+                for _ in 0..spec.pipeline {
+                    let (pre, header) = read_head(&mut r)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("server closed"))?;
+                    let status = access_response(&header)?.status();
+                    anyhow::ensure!(status == Status::Ok, "{:?} answered {status:?}", spec.op);
+                    let len = pre.payload_len as usize;
+                    anyhow::ensure!(len <= body.len(), "payload of {len} bytes");
+                    futures_lite::AsyncReadExt::read_exact(&mut r, &mut body[..len]).await?;
+                    if spec.op == LoadOp::Get {
+                        anyhow::ensure!(len == spec.value_bytes, "get returned {len} bytes");
                     }
                     hist.borrow_mut()
                         .record(t0.elapsed().as_nanos().max(1) as u64)
                         .ok();
                 }
-                Ok::<(), anyhow::Error>(())
-            }));
-        }
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
     }
     for t in tasks {
         t.await?;

@@ -14,6 +14,7 @@ pub mod placement;
 pub mod runtime;
 pub mod server;
 pub mod shard_map;
+pub mod vectored;
 
 pub use error::WireError;
 pub use message::{ByteRange, Request, Response, Status, Target};

@@ -8,6 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
@@ -21,13 +22,13 @@ use crate::frame::FrameKind;
 use crate::frame_io::{flush, read_head, read_payload, skip_payload, write_frame};
 use crate::limits::DEFAULT_MAX_IN_FLIGHT;
 use crate::message::{Request, Response, Status};
+use crate::vectored::{try_sendmsg, MAX_SLICES};
 
 /// Socket reads go through a buffer this big, so that many small frames cost one read.
 const READ_BUFFER_BYTES: usize = 64 << 10;
-/// Replies ready together are gathered into one write up to this many bytes; a payload
-/// larger than `COPY_LIMIT` is written from its own buffer instead of being copied.
+/// Replies ready together go out in one `sendmsg` up to this many bytes, each payload
+/// straight from its own buffer.
 const WRITE_BATCH_BYTES: usize = 256 << 10;
-const COPY_LIMIT: usize = 16 << 10;
 
 /// What a handler answers: a response header and, for a Get, a payload to send as is.
 pub struct Reply<B> {
@@ -115,9 +116,10 @@ impl<B> Shared<B> {
 /// Serves one connection until the peer closes it or sends something malformed.
 pub async fn serve_connection<S, H>(stream: S, handler: Rc<H>, cfg: ServerConfig) -> ConnectionReport
 where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + 'static,
     H: Handler,
 {
+    let fd = stream.as_raw_fd();
     let (reader, writer) = split(stream);
     let shared = Rc::new(Shared::<H::Out> {
         queue: RefCell::new(VecDeque::new()),
@@ -126,7 +128,7 @@ where
         writer_waker: RefCell::new(None),
         reader_waker: RefCell::new(None),
     });
-    let writer_task = glommio::spawn_local(write_loop(writer, shared.clone()));
+    let writer_task = glommio::spawn_local(write_loop(writer, fd, shared.clone()));
     let reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let report = read_loop(reader, handler, shared.clone(), cfg.max_in_flight.max(1)).await;
     shared.reading_done.set(true);
@@ -208,12 +210,21 @@ where
         };
         report.requests += 1;
         shared.in_flight.set(shared.in_flight.get() + 1);
-        let (handler, shared) = (handler.clone(), shared.clone());
-        glommio::spawn_local(async move {
-            let reply = handler.handle(request, payload).await;
-            shared.push(Outgoing::Reply(id, reply));
-        })
-        .detach();
+        // Poll the handler once here: a request that needs no I/O (a cache hit, a stat)
+        // is answered without a task of its own; one that waits moves to its own task.
+        let mut answer = Box::pin(handler.clone().handle(request, payload));
+        let first = futures_lite::future::poll_once(answer.as_mut()).await;
+        match first {
+            Some(reply) => shared.push(Outgoing::Reply(id, reply)),
+            None => {
+                let shared = shared.clone();
+                glommio::spawn_local(async move {
+                    let reply = answer.await;
+                    shared.push(Outgoing::Reply(id, reply));
+                })
+                .detach();
+            }
+        }
     }
 }
 
@@ -225,12 +236,14 @@ fn fatal<B>(shared: &Shared<B>, report: &mut ConnectionReport, id: u64, e: WireE
     report.clone()
 }
 
-async fn write_loop<S, B>(mut w: WriteHalf<S>, shared: Rc<Shared<B>>)
+async fn write_loop<S, B>(mut w: WriteHalf<S>, fd: RawFd, shared: Rc<Shared<B>>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
     B: AsRef<[u8]>,
 {
-    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH_BYTES);
+    // Replies gathered for one sendmsg: encoded head and the payload buffer, kept alive
+    // until they are on the socket.
+    let mut batch: Vec<(Vec<u8>, Option<B>)> = Vec::new();
     'outer: loop {
         let first = futures_lite::future::poll_fn(|cx| {
             if let Some(item) = shared.queue.borrow_mut().pop_front() {
@@ -244,32 +257,24 @@ where
         })
         .await;
         let Some(mut item) = first else { break };
-        // Let the other handlers that are ready finish first, then gather every reply into
-        // one write.
+        // Let the other handlers that are ready finish first, then send every reply at once.
         futures_lite::future::yield_now().await;
         let mut close = false;
+        let mut bytes = 0usize;
         loop {
             let (id, response, payload, fatal) = match item {
                 Outgoing::Reply(id, reply) => (id, reply.response, reply.payload, false),
                 Outgoing::Fatal(id, reason) => (id, Response::new(Status::BadRequest { reason }), None, true),
             };
-            let body: &[u8] = payload.as_ref().map_or(&[], |p| p.as_ref());
-            let Ok(head) = encode_response(id, &response, body.len()) else {
+            let body_len = payload.as_ref().map_or(0, |p| p.as_ref().len());
+            let Ok(head) = encode_response(id, &response, body_len) else {
                 break 'outer;
             };
-            batch.extend_from_slice(&head);
-            if body.len() <= COPY_LIMIT {
-                batch.extend_from_slice(body);
-            } else {
-                // A large value goes out straight from its (DMA) buffer.
-                if write_frame(&mut w, &batch, body).await.is_err() {
-                    break 'outer;
-                }
-                batch.clear();
-            }
+            bytes += head.len() + body_len;
+            batch.push((head, payload));
             shared.in_flight.set(shared.in_flight.get() - 1);
             close |= fatal;
-            if close || batch.len() >= WRITE_BATCH_BYTES {
+            if close || bytes >= WRITE_BATCH_BYTES || batch.len() * 2 >= MAX_SLICES {
                 break;
             }
             match shared.queue.borrow_mut().pop_front() {
@@ -277,9 +282,27 @@ where
                 None => break,
             }
         }
-        if !batch.is_empty() && write_frame(&mut w, &batch, &[]).await.is_err() {
-            break;
+        let slices: Vec<&[u8]> = batch
+            .iter()
+            .flat_map(|(h, p)| [h.as_slice(), p.as_ref().map_or(&[][..], |p| p.as_ref())])
+            .filter(|s| !s.is_empty())
+            .collect();
+        // Whatever the socket does not take at once is written as it drains.
+        let mut sent = match try_sendmsg(fd, &slices) {
+            Ok(n) => n,
+            Err(_) => break,
+        };
+        for s in &slices {
+            if sent >= s.len() {
+                sent -= s.len();
+                continue;
+            }
+            if write_frame(&mut w, &s[sent..], &[]).await.is_err() {
+                break 'outer;
+            }
+            sent = 0;
         }
+        drop(slices);
         batch.clear();
         shared.wake_reader();
         if flush(&mut w).await.is_err() || close {

@@ -92,7 +92,12 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 let r = self.store.get(&key, range.map(|r| (r.offset, r.len))).await;
                 match r {
                     Ok((value, version)) => {
-                        let total = self.store.stat(&key).map(|s| s.len).unwrap_or(value.len() as u64);
+                        // The whole object's length: only a range read needs another lookup.
+                        let total = if range.is_some() {
+                            self.store.stat(&key).map(|s| s.len).unwrap_or(value.len() as u64)
+                        } else {
+                            value.len() as u64
+                        };
                         self.stats.get.record(micros(), value.len() as u64, true);
                         Reply {
                             response: ok_with(version, total, 0),
