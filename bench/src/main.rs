@@ -60,6 +60,9 @@ struct RunArgs {
     /// Write every key once before measuring.
     #[arg(long)]
     preload: bool,
+    /// hotshard target: keep the pipeline full (fio-like queue depth) instead of batches.
+    #[arg(long)]
+    stream: bool,
 }
 
 #[derive(clap::Args)]
@@ -230,6 +233,7 @@ fn main() -> anyhow::Result<()> {
                     duration: a.duration,
                     core: a.core,
                     preload: a.preload,
+                    stream: a.stream,
                 };
                 rows.push(run_bench::run_load(&spec)?);
             }

@@ -35,6 +35,9 @@ pub struct LoadSpec {
     pub duration: Duration,
     pub core: usize,
     pub preload: bool,
+    /// Keep `pipeline` requests in flight at all times (a new one as each answer arrives),
+    /// as fio keeps its queue depth; otherwise send `pipeline`, then wait for all of them.
+    pub stream: bool,
 }
 
 fn key(i: u64) -> Vec<u8> {
@@ -133,45 +136,35 @@ async fn hotshard_load(spec: &LoadSpec, addr: &str) -> anyhow::Result<RunFigures
             let mut out = Vec::new();
             let mut id = 0u64;
             let mut body = vec![0u8; spec.value_bytes.max(1 << 16)];
-            while Instant::now() < deadline {
-                out.clear();
-                for _ in 0..spec.pipeline {
-                    let k = key(owned[rng.below(owned.len() as u64) as usize]);
-                    let target = Target {
-                        partition: map.partition(&k),
-                        epoch: map.epoch,
-                    };
-                    id += 1;
-                    match spec.op {
-                        LoadOp::Get => out.extend(encode_request(
-                            id,
-                            &Request::Get {
-                                key: k,
-                                range: None,
-                                target,
-                            },
-                            0,
-                        )?),
-                        LoadOp::Put => {
-                            out.extend(encode_request(
-                                id,
-                                &Request::Put {
-                                    key: k,
-                                    if_version: None,
-                                    target,
-                                },
-                                value.len(),
-                            )?);
-                            out.extend_from_slice(&value);
-                        }
+            let mut next_request = |out: &mut Vec<u8>, rng: &mut SplitMix64| -> anyhow::Result<()> {
+                let k = key(owned[rng.below(owned.len() as u64) as usize]);
+                let target = Target { partition: map.partition(&k), epoch: map.epoch };
+                id += 1;
+                match spec.op {
+                    LoadOp::Get => out.extend(encode_request(id, &Request::Get { key: k, range: None, target }, 0)?),
+                    LoadOp::Put => {
+                        out.extend(encode_request(id, &Request::Put { key: k, if_version: None, target }, value.len())?);
+                        out.extend_from_slice(&value);
                     }
                 }
-                let t0 = Instant::now();
-                futures_lite::AsyncWriteExt::write_all(&mut w, &out).await?;
-                for _ in 0..spec.pipeline {
-                    let (pre, header) = read_head(&mut r)
-                        .await?
-                        .ok_or_else(|| anyhow::anyhow!("server closed"))?;
+                Ok(())
+            };
+            let mut sent_at = std::collections::VecDeque::new();
+            let mut first = true;
+            while Instant::now() < deadline || (spec.stream && !sent_at.is_empty()) {
+                out.clear();
+                let refill = if first || !spec.stream { spec.pipeline } else { 1 };
+                first = false;
+                if Instant::now() < deadline {
+                    for _ in 0..refill {
+                        next_request(&mut out, &mut rng)?;
+                        sent_at.push_back(Instant::now());
+                    }
+                    futures_lite::AsyncWriteExt::write_all(&mut w, &out).await?;
+                }
+                let answers = if spec.stream { 1 } else { spec.pipeline };
+                for _ in 0..answers.min(sent_at.len()) {
+                    let (pre, header) = read_head(&mut r).await?.ok_or_else(|| anyhow::anyhow!("server closed"))?;
                     let status = access_response(&header)?.status();
                     anyhow::ensure!(status == Status::Ok, "{:?} answered {status:?}", spec.op);
                     let len = pre.payload_len as usize;
@@ -180,9 +173,8 @@ async fn hotshard_load(spec: &LoadSpec, addr: &str) -> anyhow::Result<RunFigures
                     if spec.op == LoadOp::Get {
                         anyhow::ensure!(len == spec.value_bytes, "get returned {len} bytes");
                     }
-                    hist.borrow_mut()
-                        .record(t0.elapsed().as_nanos().max(1) as u64)
-                        .ok();
+                    let t0 = sent_at.pop_front().expect("one per request");
+                    hist.borrow_mut().record(t0.elapsed().as_nanos().max(1) as u64).ok();
                 }
             }
             Ok::<(), anyhow::Error>(())
