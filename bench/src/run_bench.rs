@@ -138,12 +138,31 @@ async fn hotshard_load(spec: &LoadSpec, addr: &str) -> anyhow::Result<RunFigures
             let mut body = vec![0u8; spec.value_bytes.max(1 << 16)];
             let mut next_request = |out: &mut Vec<u8>, rng: &mut SplitMix64| -> anyhow::Result<()> {
                 let k = key(owned[rng.below(owned.len() as u64) as usize]);
-                let target = Target { partition: map.partition(&k), epoch: map.epoch };
+                let target = Target {
+                    partition: map.partition(&k),
+                    epoch: map.epoch,
+                };
                 id += 1;
                 match spec.op {
-                    LoadOp::Get => out.extend(encode_request(id, &Request::Get { key: k, range: None, target }, 0)?),
+                    LoadOp::Get => out.extend(encode_request(
+                        id,
+                        &Request::Get {
+                            key: k,
+                            range: None,
+                            target,
+                        },
+                        0,
+                    )?),
                     LoadOp::Put => {
-                        out.extend(encode_request(id, &Request::Put { key: k, if_version: None, target }, value.len())?);
+                        out.extend(encode_request(
+                            id,
+                            &Request::Put {
+                                key: k,
+                                if_version: None,
+                                target,
+                            },
+                            value.len(),
+                        )?);
                         out.extend_from_slice(&value);
                     }
                 }
@@ -164,7 +183,9 @@ async fn hotshard_load(spec: &LoadSpec, addr: &str) -> anyhow::Result<RunFigures
                 }
                 let answers = if spec.stream { 1 } else { spec.pipeline };
                 for _ in 0..answers.min(sent_at.len()) {
-                    let (pre, header) = read_head(&mut r).await?.ok_or_else(|| anyhow::anyhow!("server closed"))?;
+                    let (pre, header) = read_head(&mut r)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("server closed"))?;
                     let status = access_response(&header)?.status();
                     anyhow::ensure!(status == Status::Ok, "{:?} answered {status:?}", spec.op);
                     let len = pre.payload_len as usize;
@@ -174,7 +195,9 @@ async fn hotshard_load(spec: &LoadSpec, addr: &str) -> anyhow::Result<RunFigures
                         anyhow::ensure!(len == spec.value_bytes, "get returned {len} bytes");
                     }
                     let t0 = sent_at.pop_front().expect("one per request");
-                    hist.borrow_mut().record(t0.elapsed().as_nanos().max(1) as u64).ok();
+                    hist.borrow_mut()
+                        .record(t0.elapsed().as_nanos().max(1) as u64)
+                        .ok();
                 }
             }
             Ok::<(), anyhow::Error>(())
