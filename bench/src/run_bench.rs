@@ -203,17 +203,30 @@ async fn hotshard_load(spec: &LoadSpec, addr: &str) -> anyhow::Result<RunFigures
             Ok::<(), anyhow::Error>(())
         }));
     }
+    finish("hotshard", spec, tasks, &hist, started, cpu).await
+}
+
+/// Waits for the load tasks and turns the histogram into figures.
+async fn finish(
+    target: &str,
+    spec: &LoadSpec,
+    tasks: Vec<glommio::Task<anyhow::Result<()>>>,
+    hist: &RefCell<hdrhistogram::Histogram<u64>>,
+    started: Instant,
+    cpu: f64,
+) -> anyhow::Result<RunFigures> {
     for t in tasks {
         t.await?;
     }
-    let h = hist.borrow();
-    let label = format!("hotshard {:?} c{} p{}", spec.op, spec.connections, spec.pipeline).to_lowercase();
+    let label = format!("{target} {:?} c{} p{}", spec.op, spec.connections, spec.pipeline).to_lowercase();
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = crate::latency::process_cpu_seconds() - cpu;
     Ok(RunFigures::from_histogram(
         &label,
-        &h,
-        started.elapsed().as_secs_f64(),
+        &hist.borrow(),
+        seconds,
         spec.value_bytes,
-        crate::latency::process_cpu_seconds() - cpu,
+        cpu,
     ))
 }
 
@@ -271,16 +284,5 @@ async fn redis_load(spec: &LoadSpec, addr: &str) -> anyhow::Result<RunFigures> {
             Ok::<(), anyhow::Error>(())
         }));
     }
-    for t in tasks {
-        t.await?;
-    }
-    let h = hist.borrow();
-    let label = format!("redis {:?} c{} p{}", spec.op, spec.connections, spec.pipeline).to_lowercase();
-    Ok(RunFigures::from_histogram(
-        &label,
-        &h,
-        started.elapsed().as_secs_f64(),
-        spec.value_bytes,
-        crate::latency::process_cpu_seconds() - cpu,
-    ))
+    finish("redis", spec, tasks, &hist, started, cpu).await
 }
