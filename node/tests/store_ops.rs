@@ -415,3 +415,31 @@ fn background_gc_in_a_low_priority_queue_frees_space_during_churn() {
         .unwrap();
     assert!(done > 10, "background GC freed {done} segments");
 }
+
+#[test]
+fn a_superblock_whose_layout_leaves_its_region_is_refused() {
+    use hotshard_node::store::format::Superblock;
+    use hotshard_nvme::{BlockQueue, Durability};
+    let dev = sim();
+    let q = dev.queue(1 << 20).unwrap();
+    let sb = Superblock {
+        block_size: 4096,
+        uuid: [7; 16],
+        created_unix_secs: 0,
+        shard_index: 0,
+        shard_count: 1,
+        region_bytes: SIM_BYTES,
+        segment_bytes: SIM_SEGMENT,
+        segment_count: 1_000_000, // far past the region, with a valid checksum
+        partition_bits: 12,
+    };
+    let mut buf = q.pool().try_alloc(8192).unwrap();
+    buf.fill(0);
+    sb.encode(&mut buf[..4096]);
+    sb.encode(&mut buf[4096..]);
+    block_on(q.write_at(0, buf, Durability::Fua)).unwrap();
+    let err = block_on(Store::open(dev.queue(4 << 20).unwrap(), small_config(SIM_BYTES)))
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::Open(_)), "{err}");
+}

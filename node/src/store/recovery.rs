@@ -104,6 +104,17 @@ impl<Q: BlockQueue> Store<Q> {
             cfg.segment_bytes = sb.segment_bytes;
             cfg.validate(block)?;
         }
+        // A superblock passed its checksum, but its layout must still fit its own region:
+        // nothing read from the disk may send I/O outside this shard's region.
+        let layout_end = (sb.segment_count as u64)
+            .checked_mul(sb.segment_bytes)
+            .and_then(|b| b.checked_add(SEGMENTS_START));
+        if layout_end.is_none_or(|end| end > sb.region_bytes) || sb.block_size as u64 != block {
+            return Err(StoreError::Open(format!(
+                "superblock layout does not fit its region ({} segments of {} bytes in {} bytes, block {})",
+                sb.segment_count, sb.segment_bytes, sb.region_bytes, sb.block_size
+            )));
+        }
         let mut segments = SegmentTable::new(
             sb.segment_count,
             cfg.region_offset + SEGMENTS_START,
