@@ -8,9 +8,9 @@ use std::time::Duration;
 use futures_lite::future::block_on;
 use futures_lite::io::AssertAsync;
 
-use crate::client::ClientError;
+use crate::client::{expect_ok, found, ClientError};
 use crate::connection::{Answer, Connection};
-use crate::message::{ByteRange, Request, Status, Target};
+use crate::message::{ByteRange, Request, Target};
 use crate::shard_map::ShardMap;
 
 /// Blocking calls to one node: routes by the node's shard map to its shards.
@@ -29,9 +29,7 @@ impl BlockingClient {
             conns: Default::default(),
         };
         let (resp, body) = c.call(addr, &Request::GetShardMap, &[])?;
-        if resp.status() != Status::Ok {
-            return Err(ClientError::Status(resp.status()));
-        }
+        expect_ok(&resp)?;
         c.map = ShardMap::from_bytes(&body)?;
         Ok(c)
     }
@@ -95,10 +93,8 @@ impl BlockingClient {
             if_version: None,
             target,
         })?;
-        match r.status() {
-            Status::Ok => Ok(r.version),
-            s => Err(ClientError::Status(s)),
-        }
+        expect_ok(&r)?;
+        Ok(r.version)
     }
 
     pub fn get(
@@ -111,11 +107,7 @@ impl BlockingClient {
             range,
             target,
         })?;
-        match r.status() {
-            Status::Ok => Ok(Some((body, r.version))),
-            Status::NotFound => Ok(None),
-            s => Err(ClientError::Status(s)),
-        }
+        Ok(found(&r)?.then_some((body, r.version)))
     }
 
     pub fn delete(&mut self, key: &[u8]) -> Result<u64, ClientError> {
@@ -124,10 +116,8 @@ impl BlockingClient {
             if_version: None,
             target,
         })?;
-        match r.status() {
-            Status::Ok => Ok(r.version),
-            s => Err(ClientError::Status(s)),
-        }
+        expect_ok(&r)?;
+        Ok(r.version)
     }
 
     pub fn stat(&mut self, key: &[u8]) -> Result<Option<(u64, u64, u32)>, ClientError> {
@@ -135,19 +125,14 @@ impl BlockingClient {
             key: key.to_vec(),
             target,
         })?;
-        match r.status() {
-            Status::Ok => Ok(Some((r.object_len, r.version, r.crc32c))),
-            Status::NotFound => Ok(None),
-            s => Err(ClientError::Status(s)),
-        }
+        let v = r;
+        Ok(found(&v)?.then_some((v.object_len, v.version, v.crc32c)))
     }
 
     /// The stats text of the shard at `addr`.
     pub fn stats(&mut self, addr: &str) -> Result<String, ClientError> {
         let (r, body) = self.call(addr, &Request::Stats, &[])?;
-        match r.status() {
-            Status::Ok => Ok(String::from_utf8_lossy(&body).into_owned()),
-            s => Err(ClientError::Status(s)),
-        }
+        expect_ok(&r)?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use crate::connection::{Answer, Connection};
 use crate::error::WireError;
-use crate::message::{ByteRange, Request, Status, Target};
+use crate::message::{ByteRange, Request, Response, Status, Target};
 use crate::runtime::Runtime;
 use crate::shard_map::ShardMap;
 
@@ -38,6 +38,23 @@ pub enum ClientError {
     Wire(#[from] WireError),
     #[error("no shard owns partition {0}")]
     NoOwner(u32),
+}
+
+/// `Ok` for a successful response, the status as an error otherwise.
+pub(crate) fn expect_ok(resp: &Response) -> Result<(), ClientError> {
+    match resp.status() {
+        Status::Ok => Ok(()),
+        s => Err(ClientError::Status(s)),
+    }
+}
+
+/// `true` for Ok, `false` for NotFound, the status as an error otherwise.
+pub(crate) fn found(resp: &Response) -> Result<bool, ClientError> {
+    match resp.status() {
+        Status::Ok => Ok(true),
+        Status::NotFound => Ok(false),
+        s => Err(ClientError::Status(s)),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -165,10 +182,8 @@ impl<R: Runtime> Client<R> {
                 target,
             })
             .await?;
-        match resp.status() {
-            Status::Ok => Ok(resp.version),
-            s => Err(ClientError::Status(s)),
-        }
+        expect_ok(&resp)?;
+        Ok(resp.version)
     }
 
     /// The value and version of `key`, or None.
@@ -188,11 +203,7 @@ impl<R: Runtime> Client<R> {
                 target,
             })
             .await?;
-        match resp.status() {
-            Status::Ok => Ok(Some((body, resp.version))),
-            Status::NotFound => Ok(None),
-            s => Err(ClientError::Status(s)),
-        }
+        Ok(found(&resp)?.then_some((body, resp.version)))
     }
 
     pub async fn delete(&self, key: &[u8], if_version: Option<u64>) -> Result<u64, ClientError> {
@@ -203,10 +214,8 @@ impl<R: Runtime> Client<R> {
                 target,
             })
             .await?;
-        match resp.status() {
-            Status::Ok => Ok(resp.version),
-            s => Err(ClientError::Status(s)),
-        }
+        expect_ok(&resp)?;
+        Ok(resp.version)
     }
 
     /// (length, version, crc32c) of `key`, or None.
@@ -217,19 +226,13 @@ impl<R: Runtime> Client<R> {
                 target,
             })
             .await?;
-        match resp.status() {
-            Status::Ok => Ok(Some((resp.object_len, resp.version, resp.crc32c))),
-            Status::NotFound => Ok(None),
-            s => Err(ClientError::Status(s)),
-        }
+        let v = resp;
+        Ok(found(&v)?.then_some((v.object_len, v.version, v.crc32c)))
     }
 
     /// Round trip to one shard.
     pub async fn ping(&self, addr: &str) -> Result<(), ClientError> {
         let (resp, _) = self.call_addr(addr, &Request::Ping, &[]).await?;
-        match resp.status() {
-            Status::Ok => Ok(()),
-            s => Err(ClientError::Status(s)),
-        }
+        expect_ok(&resp)
     }
 }

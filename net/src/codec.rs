@@ -13,7 +13,14 @@ use crate::message::{ArchivedRequest, ArchivedResponse, Request, Response};
 /// Header bytes aligned for rkyv.
 pub type HeaderBuf = AlignedVec<16>;
 
-fn encode(kind: FrameKind, id: u64, header: &[u8], payload_len: usize) -> Result<Vec<u8>, WireError> {
+/// Appends a preamble and `header` to `out`.
+fn encode_into(
+    out: &mut Vec<u8>,
+    kind: FrameKind,
+    id: u64,
+    header: &[u8],
+    payload_len: usize,
+) -> Result<(), WireError> {
     if header.len() > MAX_HEADER_BYTES {
         return Err(WireError::TooLarge {
             what: "header",
@@ -27,22 +34,47 @@ fn encode(kind: FrameKind, id: u64, header: &[u8], payload_len: usize) -> Result
         payload_len: payload_len as u32,
         request_id: id,
     };
-    let mut out = Vec::with_capacity(PREAMBLE_BYTES + header.len());
+    out.reserve(PREAMBLE_BYTES + header.len());
     out.extend_from_slice(&pre.encode());
     out.extend_from_slice(header);
-    Ok(out)
+    Ok(())
+}
+
+/// Appends the preamble and header of a request whose payload (`payload_len` bytes)
+/// follows; lets a sender queue many frames in one buffer.
+pub fn encode_request_into(
+    out: &mut Vec<u8>,
+    id: u64,
+    req: &Request,
+    payload_len: usize,
+) -> Result<(), WireError> {
+    let header = rkyv::to_bytes::<RkyvError>(req).map_err(|e| WireError::Malformed(e.to_string()))?;
+    encode_into(out, FrameKind::Request, id, &header, payload_len)
+}
+
+/// Appends the preamble and header of a response whose payload (`payload_len` bytes) follows.
+pub fn encode_response_into(
+    out: &mut Vec<u8>,
+    id: u64,
+    resp: &Response,
+    payload_len: usize,
+) -> Result<(), WireError> {
+    let header = rkyv::to_bytes::<RkyvError>(resp).map_err(|e| WireError::Malformed(e.to_string()))?;
+    encode_into(out, FrameKind::Response, id, &header, payload_len)
 }
 
 /// Preamble and header of a request whose payload (`payload_len` bytes) follows.
 pub fn encode_request(id: u64, req: &Request, payload_len: usize) -> Result<Vec<u8>, WireError> {
-    let header = rkyv::to_bytes::<RkyvError>(req).map_err(|e| WireError::Malformed(e.to_string()))?;
-    encode(FrameKind::Request, id, &header, payload_len)
+    let mut out = Vec::new();
+    encode_request_into(&mut out, id, req, payload_len)?;
+    Ok(out)
 }
 
 /// Preamble and header of a response whose payload (`payload_len` bytes) follows.
 pub fn encode_response(id: u64, resp: &Response, payload_len: usize) -> Result<Vec<u8>, WireError> {
-    let header = rkyv::to_bytes::<RkyvError>(resp).map_err(|e| WireError::Malformed(e.to_string()))?;
-    encode(FrameKind::Response, id, &header, payload_len)
+    let mut out = Vec::new();
+    encode_response_into(&mut out, id, resp, payload_len)?;
+    Ok(out)
 }
 
 /// A header buffer of exactly `len` bytes (already checked against the limit).

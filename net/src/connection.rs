@@ -12,7 +12,7 @@ use futures_lite::io::{split, BufReader, ReadHalf, WriteHalf};
 use futures_lite::{AsyncRead, AsyncWrite};
 use rkyv::rancor::Error as RkyvError;
 
-use crate::codec::{access_response, encode_request};
+use crate::codec::{access_response, encode_request_into};
 use crate::error::WireError;
 use crate::frame::FrameKind;
 use crate::frame_io::{flush, read_head, read_payload, write_frame};
@@ -138,23 +138,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         let id = self.inner.next_id.get();
         self.inner.next_id.set(id + 1);
-        let head = encode_request(id, request, payload.len())?;
+        // Queue the frame straight into the outbox; the caller holding the write half sends
+        // everything queued, so requests issued together leave in one write.
+        let my_generation = self.inner.outbox_generation.get();
+        {
+            let mut outbox = self.inner.outbox.borrow_mut();
+            encode_request_into(&mut outbox, id, request, payload.len())?;
+            outbox.extend_from_slice(payload);
+        }
         self.inner.slots.borrow_mut().insert(id, Slot::default());
-        let result = self.send_and_wait(id, &head, payload).await;
+        let result = self.send_and_wait(id, my_generation).await;
         self.inner.slots.borrow_mut().remove(&id);
         result
     }
 
-    async fn send_and_wait(&self, id: u64, head: &[u8], payload: &[u8]) -> Result<Answer, WireError> {
+    async fn send_and_wait(&self, id: u64, my_generation: u64) -> Result<Answer, WireError> {
         let inner = &self.inner;
-        // Queue the frame; the caller holding the write half sends everything queued, so
-        // requests issued together leave in one write.
-        let my_generation = inner.outbox_generation.get();
-        {
-            let mut outbox = inner.outbox.borrow_mut();
-            outbox.extend_from_slice(head);
-            outbox.extend_from_slice(payload);
-        }
         loop {
             let w = futures_lite::future::poll_fn(|cx| {
                 if let Some(e) = inner.broken.borrow().clone() {
@@ -178,7 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             futures_lite::future::yield_now().await;
             let mut written = Ok(());
             loop {
-                let bytes = std::mem::take(&mut *inner.outbox.borrow_mut());
+                let mut bytes = std::mem::take(&mut *inner.outbox.borrow_mut());
                 if bytes.is_empty() {
                     break;
                 }
@@ -188,6 +187,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     Ok(()) => flush(&mut w).await,
                     Err(e) => Err(e),
                 };
+                // Hand the buffer back so that its capacity serves the next frames.
+                bytes.clear();
+                let mut outbox = inner.outbox.borrow_mut();
+                if outbox.is_empty() {
+                    *outbox = bytes;
+                }
+                drop(outbox);
                 if written.is_err() {
                     break;
                 }

@@ -16,7 +16,7 @@ use futures_lite::io::{split, BufReader, ReadHalf, WriteHalf};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use rkyv::rancor::Error as RkyvError;
 
-use crate::codec::{access_request, encode_response};
+use crate::codec::{access_request, encode_response_into};
 use crate::error::WireError;
 use crate::frame::FrameKind;
 use crate::frame_io::{flush, read_head, read_payload, skip_payload, write_frame};
@@ -241,9 +241,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     B: AsRef<[u8]>,
 {
-    // Replies gathered for one sendmsg: encoded head and the payload buffer, kept alive
-    // until they are on the socket.
-    let mut batch: Vec<(Vec<u8>, Option<B>)> = Vec::new();
+    // Replies gathered for one sendmsg. Every head of a batch in one reused buffer; each reply keeps its head's range and its
+    // payload buffer, alive until they are on the socket.
+    let mut heads: Vec<u8> = Vec::new();
+    let mut batch: Vec<(std::ops::Range<usize>, Option<B>)> = Vec::new();
     'outer: loop {
         let first = futures_lite::future::poll_fn(|cx| {
             if let Some(item) = shared.queue.borrow_mut().pop_front() {
@@ -267,11 +268,12 @@ where
                 Outgoing::Fatal(id, reason) => (id, Response::new(Status::BadRequest { reason }), None, true),
             };
             let body_len = payload.as_ref().map_or(0, |p| p.as_ref().len());
-            let Ok(head) = encode_response(id, &response, body_len) else {
+            let start = heads.len();
+            if encode_response_into(&mut heads, id, &response, body_len).is_err() {
                 break 'outer;
-            };
-            bytes += head.len() + body_len;
-            batch.push((head, payload));
+            }
+            bytes += heads.len() - start + body_len;
+            batch.push((start..heads.len(), payload));
             shared.in_flight.set(shared.in_flight.get() - 1);
             close |= fatal;
             if close || bytes >= WRITE_BATCH_BYTES || batch.len() * 2 >= MAX_SLICES {
@@ -284,7 +286,7 @@ where
         }
         let slices: Vec<&[u8]> = batch
             .iter()
-            .flat_map(|(h, p)| [h.as_slice(), p.as_ref().map_or(&[][..], |p| p.as_ref())])
+            .flat_map(|(h, p)| [&heads[h.clone()], p.as_ref().map_or(&[][..], |p| p.as_ref())])
             .filter(|s| !s.is_empty())
             .collect();
         // Whatever the socket does not take at once is written as it drains.
@@ -304,6 +306,7 @@ where
         }
         drop(slices);
         batch.clear();
+        heads.clear();
         shared.wake_reader();
         if flush(&mut w).await.is_err() || close {
             break;

@@ -70,41 +70,47 @@ impl<Q: BlockQueue> Store<Q> {
             max_key: inner.cfg.max_key_bytes,
             max_value: inner.cfg.max_value_bytes,
         };
+        // Where each record's key and value sit in the image; only live ones are copied,
+        // and only by staging them.
         let mut live = Vec::new();
+        let base = image.as_ptr() as usize;
         scan_segment(&image, first_lsn, limits, |r| {
-            live.push((r.value_offset, r.header, r.key.to_vec(), r.value.to_vec()))
+            let key_at = r.key.as_ptr() as usize - base;
+            live.push((r.value_offset, r.header, key_at));
         });
         let mut dones = Vec::new();
         let (mut moved_records, mut moved_bytes, mut dropped, mut deferred) = (0u64, 0u64, 0u64, false);
-        for (off, h, key, value) in live {
+        for (off, h, key_at) in live {
+            let key = &image[key_at..key_at + h.key_len as usize];
+            let value = &image[off as usize..off as usize + h.value_len as usize];
             let mut st = inner.state.borrow_mut();
             let points_here = st
                 .index
-                .get(&key)
+                .get(key)
                 .is_some_and(|e| e.segment == victim && e.value_offset == off);
             if !points_here {
                 continue;
             }
-            if st.pending.contains_key(key.as_slice()) {
+            if st.pending.contains_key(key) {
                 // A newer version is on its way; moving this one now could let its copy
                 // outrank the newer record in the log.
                 deferred = true;
                 continue;
             }
-            let size = live_size(&key, h.value_len);
+            let size = live_size(key, h.value_len);
             if h.kind == RecordKind::Tombstone && value.len() == TOMBSTONE_VALUE_BYTES {
-                let deleted_at = u64::from_le_bytes(value[..].try_into().expect("8 bytes"));
+                let deleted_at = u64::from_le_bytes(value.try_into().expect("8 bytes"));
                 if deleted_at < st.segments.min_first_lsn_excluding(victim) {
                     // Every segment that could hold an older version of the key is gone.
-                    st.index.remove(&key);
+                    st.index.remove(key);
                     st.segments.sub_live(victim, size);
                     dropped += 1;
                     continue;
                 }
             }
             let req = StageRequest {
-                key: &key,
-                value: &value,
+                key,
+                value,
                 version: Some(h.version),
                 kind: h.kind,
                 moved_from: Some((victim, off)),

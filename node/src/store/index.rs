@@ -108,6 +108,10 @@ impl Index {
 
     fn find(&self, key: &[u8]) -> Option<u32> {
         let (h32, hash) = self.hash(key);
+        self.find_hashed(key, h32, hash)
+    }
+
+    fn find_hashed(&self, key: &[u8], h32: u32, hash: u64) -> Option<u32> {
         let (slots, keys) = (&self.slots, &self.keys);
         self.table
             .find(hash, |&(id, h)| {
@@ -136,7 +140,8 @@ impl Index {
     /// Like `insert`, but leaves a newer existing version in place. One lookup: recovery
     /// calls this for every record it replays.
     pub fn insert_unless_older(&mut self, key: &[u8], entry: IndexEntry) -> Upsert {
-        let found = self.find(key);
+        let (h32, hash) = self.hash(key);
+        let found = self.find_hashed(key, h32, hash);
         if let Some(id) = found {
             if self.slots[id as usize].entry.version > entry.version {
                 return Upsert::KeptNewer;
@@ -154,7 +159,6 @@ impl Index {
                     key_at,
                     key_len: key.len() as u16,
                 });
-                let (h32, hash) = self.hash(key);
                 self.table.insert_unique(hash, (id, h32), |&(_, h)| table_hash(h));
                 None
             }
