@@ -1,14 +1,19 @@
 //! `hotshard-bench`: the benchmark harness. Every figure is printed beside an anchor
 //! measured in the same invocation (fio for the device).
 
+mod compare;
 mod device_bench;
 mod duration_arg;
 mod engine_bench;
 mod fio_anchor;
 mod latency;
+mod load;
+mod managed_node;
 mod ping_bench;
-mod resp;
-mod run_bench;
+mod plot;
+mod redis_benchmark;
+mod report;
+mod sweep;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,37 +37,162 @@ enum Command {
     Engine(EngineArgs),
     /// Loopback Ping round trip through the protocol against a plain TCP ping-pong.
     Ping(PingArgs),
-    /// Closed-loop load against hotshard://host:port or redis://host:port (same generator).
+    /// Load against hotshard://, redis:// or memcached:// targets (one generator for all).
     Run(RunArgs),
+    /// One workload against several targets, interleaved round by round, with ratios.
+    /// `redis-benchmark://host:port` runs Redis's own benchmark as a target.
+    Compare(CompareArgs),
+    /// Vary one or two knobs and print (and plot) the table.
+    Sweep(SweepArgs),
+    /// Search a profile's knobs for the most ops/s under a p99 target; write the profile.
+    Tune(TuneArgs),
 }
 
 #[derive(clap::Args)]
-struct RunArgs {
-    /// One or more targets, run one after the other and printed side by side.
+struct CompareArgs {
     #[arg(long, required = true)]
     target: Vec<String>,
-    #[arg(long, value_enum, default_value_t = run_bench::LoadOp::Get)]
-    op: run_bench::LoadOp,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct SweepArgs {
+    /// The target for client knobs; server knobs start their own node from --profile.
+    #[arg(long)]
+    target: Option<String>,
+    /// NAME=V1,V2,...: pipeline, connections, keys, rate, value-size, dist, mix (client),
+    /// or shards / SECTION.KEY of the profile (server). Once or twice.
+    #[arg(long, required = true)]
+    knob: Vec<sweep::Knob>,
+    /// A hw-configs TOML for server knobs.
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// The hotshard binary for server knobs (default: next to this one).
+    #[arg(long)]
+    hotshard: Option<PathBuf>,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    #[arg(long)]
+    json: bool,
+    /// Write throughput-vs-knob and latency-vs-throughput curves to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct TuneArgs {
+    /// The profile to start from.
+    #[arg(long)]
+    profile: PathBuf,
+    /// Server knobs to search, NAME=V1,V2,... (the first value is the starting point).
+    #[arg(long, default_values = ["queue.poll_sleep_us=5,0,20", "store.batch_kib=1024,256,4096", "net.max_in_flight=128,32,512"])]
+    knob: Vec<sweep::Knob>,
+    /// The p99 latency a configuration must stay under, microseconds.
+    #[arg(long)]
+    p99_us: f64,
+    /// Where to write the tuned profile.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    passes: usize,
+    #[arg(long)]
+    hotshard: Option<PathBuf>,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+/// A workload, shared by run, compare, sweep and tune.
+#[derive(clap::Args, Clone)]
+pub struct WorkloadArgs {
+    /// Operation mix: `get`, `put`, or weights such as `get=90,put=9,del=1`.
+    #[arg(long, alias = "op", default_value = "get")]
+    mix: load::workload::Mix,
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
-    #[arg(long, default_value_t = 4096)]
-    value_bytes: usize,
+    /// Key distribution: uniform, zipfian[:θ] (default θ 0.99), sequential.
+    #[arg(long, default_value = "uniform")]
+    dist: load::workload::KeyDist,
+    /// Value size: `4096`, a range `1024-8192`, or weights `512:50,4096:50`.
+    #[arg(long, alias = "value-bytes", default_value = "4096")]
+    value_size: load::workload::ValueSizes,
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 16)]
     pipeline: usize,
+    /// Closed loop: keep the pipeline full (fio-like queue depth) instead of batches.
+    #[arg(long)]
+    stream: bool,
+    /// Open loop: this many operations per second in total, latency from the intended
+    /// send time. Without it the loop is closed.
+    #[arg(long)]
+    rate: Option<f64>,
     #[arg(long, default_value = "10s", value_parser = duration_arg::parse_duration)]
     duration: Duration,
-    /// Core the generator runs on (keep it off the server's cores).
-    #[arg(long, default_value_t = 1)]
-    core: usize,
+    /// Stop after this many operations instead of after --duration.
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Run this long before measuring.
+    #[arg(long, default_value = "0s", value_parser = duration_arg::parse_duration_or_zero)]
+    warmup: Duration,
+    /// Generator cores, one thread each (keep them off the server's cores).
+    #[arg(long, alias = "core", value_delimiter = ',', default_value = "1")]
+    cores: Vec<usize>,
     /// Write every key once before measuring.
     #[arg(long)]
     preload: bool,
-    /// hotshard target: keep the pipeline full (fio-like queue depth) instead of batches.
+    /// Check that every GET returns the bytes last acknowledged for its key (implies
+    /// --preload, so every key starts from a known value).
     #[arg(long)]
-    stream: bool,
+    verify: bool,
+    /// Print the live progress line even when stderr is not a terminal (or never: --quiet).
+    #[arg(long)]
+    progress: bool,
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl WorkloadArgs {
+    pub fn spec(&self, target: &str) -> load::LoadSpec {
+        load::LoadSpec {
+            target: target.to_string(),
+            mix: self.mix.clone(),
+            keys: self.keys,
+            dist: self.dist.clone(),
+            sizes: self.value_size.clone(),
+            connections: self.connections,
+            pipeline: self.pipeline,
+            stream: self.stream,
+            rate: self.rate,
+            duration: self.duration,
+            ops: self.ops,
+            warmup: self.warmup,
+            cores: self.cores.clone(),
+            preload: self.preload || self.verify,
+            verify: self.verify,
+            progress: !self.quiet && (self.progress || load::progress::stderr_is_terminal()),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// hotshard://host:port, redis://host:port or memcached://host:port; several are run
+    /// one after the other and printed side by side with ratios to the first.
+    #[arg(long, required = true)]
+    target: Vec<String>,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -223,21 +353,76 @@ fn main() -> anyhow::Result<()> {
         Command::Run(a) => {
             let mut rows = Vec::new();
             for target in &a.target {
-                let spec = run_bench::LoadSpec {
-                    target: target.clone(),
-                    op: a.op,
-                    keys: a.keys.max(1),
-                    value_bytes: a.value_bytes,
-                    connections: a.connections.max(1),
-                    pipeline: a.pipeline.max(1),
-                    duration: a.duration,
-                    core: a.core,
-                    preload: a.preload,
-                    stream: a.stream,
-                };
-                rows.push(run_bench::run_load(&spec)?);
+                rows.push(load::run_load(&a.workload.spec(target))?);
             }
-            latency::print_table(&rows, rows.len() > 1);
+            report::print_load(&rows, a.json)?;
+            report::fail_on_verify(&rows)?;
+        }
+        Command::Compare(a) => {
+            let spec = a.workload.spec(&a.target[0]);
+            let c = compare::compare(&spec, &a.target, a.rounds)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                compare::print(&c);
+            }
+        }
+        Command::Sweep(a) => {
+            let server = a.knob.iter().any(sweep::Knob::is_server);
+            let node = match (&a.profile, server) {
+                (Some(p), true) => Some(sweep::NodeSetup::new(p, a.hotshard.clone())?),
+                (None, true) => anyhow::bail!("server knobs need --profile (a hw-configs TOML)"),
+                _ => None,
+            };
+            let target = match (&a.target, server) {
+                (Some(t), _) => t.clone(),
+                (None, true) => "hotshard://managed".to_string(),
+                (None, false) => anyhow::bail!("client knobs need --target"),
+            };
+            let mut spec = a.workload.spec(&target);
+            spec.progress = false;
+            let points = sweep::sweep(&spec, &a.knob, node.as_ref())?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&points)?);
+            } else {
+                sweep::print_points(&points);
+            }
+            if let Some(path) = &a.plot {
+                std::fs::write(path, plot::render(&sweep::sweep_plot(&points, &a.knob)))?;
+                eprintln!("plot written to {}", path.display());
+            }
+        }
+        Command::Tune(a) => {
+            let node = sweep::NodeSetup::new(&a.profile, a.hotshard.clone())?;
+            let mut spec = a.workload.spec("hotshard://managed");
+            spec.progress = false;
+            let sweep::Tuned { chosen, best, trials } =
+                sweep::tune(&spec, &a.knob, &node, a.p99_us, a.passes)?;
+            sweep::print_points(&trials);
+            let text =
+                sweep::tuned_profile(&node, &chosen, best.as_ref(), &trials, a.p99_us, &spec.describe())?;
+            std::fs::write(&a.out, text)?;
+            match &best {
+                Some(b) => println!(
+                    "best under p99 {} us: {} ({:.0} ops/s); written to {}",
+                    a.p99_us,
+                    chosen
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    b.figures.figures.iops,
+                    a.out.display()
+                ),
+                None => println!(
+                    "no trial met p99 {} us; {} keeps the starting values",
+                    a.p99_us,
+                    a.out.display()
+                ),
+            }
+            if let Some(path) = &a.plot {
+                std::fs::write(path, plot::render(&sweep::sweep_plot(&trials, &a.knob[..1])))?;
+            }
         }
     }
     Ok(())

@@ -1,0 +1,491 @@
+//! `hotshard-bench run`: one load generator for every target (hotshard, Redis, memcached),
+//! thread-per-core like the node, so a comparison differs only in the server.
+
+pub mod conn;
+pub mod progress;
+pub mod reply_reader;
+pub mod verify;
+pub mod wire;
+pub mod workload;
+pub mod zipf;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use hotshard_net::blocking::BlockingClient;
+use hotshard_net::shard_map::ShardMap;
+use serde::Serialize;
+
+use crate::latency::{new_histogram, RunFigures};
+use conn::{closed_loop, key_bytes, open_loop_receiver, open_loop_sender, Conn, ThreadStats};
+use progress::Progress;
+use reply_reader::ReplyReader;
+use verify::KeyBook;
+use wire::{parse_target, Answer, Protocol};
+use workload::{fill_value, KeyDist, Mix, OpGen, ValueSizes};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadSpec {
+    pub target: String,
+    pub mix: Mix,
+    pub keys: u64,
+    pub dist: KeyDist,
+    pub sizes: ValueSizes,
+    pub connections: usize,
+    pub pipeline: usize,
+    /// Closed loop: keep `pipeline` in flight instead of batches of `pipeline`.
+    pub stream: bool,
+    /// Open loop at this many operations per second in total.
+    pub rate: Option<f64>,
+    pub duration: Duration,
+    /// Stop after this many operations (after warm-up) instead of after `duration`.
+    pub ops: Option<u64>,
+    pub warmup: Duration,
+    /// Generator cores, one thread each.
+    pub cores: Vec<usize>,
+    pub preload: bool,
+    pub verify: bool,
+    pub progress: bool,
+}
+
+impl LoadSpec {
+    pub fn check(&self) -> anyhow::Result<()> {
+        parse_target(&self.target)?;
+        anyhow::ensure!(self.keys >= 1, "--keys must be at least 1");
+        anyhow::ensure!(self.connections >= 1, "--connections must be at least 1");
+        anyhow::ensure!(self.pipeline >= 1, "--pipeline must be at least 1");
+        anyhow::ensure!(!self.cores.is_empty(), "--cores needs at least one core");
+        anyhow::ensure!(
+            self.connections >= self.cores.len(),
+            "{} connections cannot spread over {} generator cores",
+            self.connections,
+            self.cores.len()
+        );
+        anyhow::ensure!(
+            self.sizes.max() <= 16 << 20,
+            "values over 16 MiB are not supported"
+        );
+        if let Some(r) = self.rate {
+            anyhow::ensure!(r > 0.0 && r.is_finite(), "--rate must be positive");
+        }
+        if self.verify {
+            anyhow::ensure!(
+                self.sizes.min() >= workload::TAG_BYTES,
+                "--verify needs values of at least {} bytes (they carry a tag)",
+                workload::TAG_BYTES
+            );
+        }
+        Ok(())
+    }
+
+    /// A one-line description of the workload, for tables.
+    pub fn describe(&self) -> String {
+        let mix = &self.mix;
+        let pace = match self.rate {
+            Some(r) => format!("open {r:.0}/s"),
+            None => "closed".into(),
+        };
+        format!(
+            "get={} put={} del={} {:?} {:?} c{} p{} {pace}",
+            mix.get, mix.put, mix.del, self.dist, self.sizes, self.connections, self.pipeline
+        )
+    }
+}
+
+/// What a load run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadFigures {
+    #[serde(flatten)]
+    pub figures: RunFigures,
+    pub target: String,
+    pub by_op: BTreeMap<String, u64>,
+    pub not_found: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub verified: u64,
+    pub verify_failures: u64,
+    pub first_verify_failures: Vec<String>,
+    pub offered_rate: Option<f64>,
+}
+
+struct ThreadResult {
+    hist: hdrhistogram::Histogram<u64>,
+    by_op: BTreeMap<&'static str, u64>,
+    not_found: u64,
+    errors: BTreeMap<String, u64>,
+    bytes: u64,
+    warm_end: Instant,
+    last_done: Instant,
+    deadline: Instant,
+    checked: u64,
+    failures: u64,
+    first_failures: Vec<String>,
+}
+
+/// Where requests go: the shard map's listeners, or the one address.
+fn resolve(proto: Protocol, addr: &str) -> anyhow::Result<(Vec<String>, Option<ShardMap>)> {
+    if proto != Protocol::Hotshard {
+        return Ok((vec![addr.to_string()], None));
+    }
+    let client = BlockingClient::connect(addr, Duration::from_secs(5))
+        .map_err(|e| anyhow::anyhow!("hotshard://{addr}: {e}"))?;
+    let map = client.shard_map().clone();
+    let addrs = map.shards.iter().map(|s| s.addr.clone()).collect();
+    Ok((addrs, Some(map)))
+}
+
+/// Writes every key of the workload once, without measuring.
+pub fn preload_target(spec: &LoadSpec) -> anyhow::Result<()> {
+    spec.check()?;
+    let (proto, addr) = parse_target(&spec.target)?;
+    let (addrs, map) = resolve(proto, &addr)?;
+    preload_on(spec, proto, addrs, map)
+}
+
+fn preload_on(
+    spec: &LoadSpec,
+    proto: Protocol,
+    addrs: Vec<String>,
+    map: Option<ShardMap>,
+) -> anyhow::Result<()> {
+    let spec2 = spec.clone();
+    LocalExecutorBuilder::new(Placement::Fixed(spec.cores[0]))
+        .name("preload")
+        .spawn(move || async move { preload(&spec2, proto, &addrs, map.as_ref()).await })
+        .map_err(|e| anyhow::anyhow!("preload executor: {e}"))?
+        .join()
+        .map_err(|e| anyhow::anyhow!("preload thread: {e:?}"))?
+}
+
+/// Runs one workload against one target.
+pub fn run_load(spec: &LoadSpec) -> anyhow::Result<LoadFigures> {
+    spec.check()?;
+    let (proto, addr) = parse_target(&spec.target)?;
+    let (addrs, map) = resolve(proto, &addr)?;
+    if spec.preload {
+        preload_on(spec, proto, addrs.clone(), map.clone())?;
+    }
+    let progress = spec.progress.then(Progress::new);
+    let ticker = progress.as_ref().map(|p| p.start(spec.target.clone()));
+    let cpu = crate::latency::process_cpu_seconds();
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut handles = Vec::new();
+    for (t, &core) in spec.cores.iter().enumerate() {
+        let (spec2, addrs2, map2, progress2) = (spec.clone(), addrs.clone(), map.clone(), progress.clone());
+        let h = LocalExecutorBuilder::new(Placement::Fixed(core))
+            .name(&format!("load-{t}"))
+            .spawn(
+                move || async move { thread_load(&spec2, t, proto, &addrs2, map2, progress2, start).await },
+            )
+            .map_err(|e| anyhow::anyhow!("load executor on core {core}: {e}"))?;
+        handles.push(h);
+    }
+    let mut results = Vec::new();
+    let mut first_err = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(r)) => results.push(r),
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(anyhow::anyhow!("load thread: {e:?}"));
+            }
+        }
+    }
+    if let (Some(p), Some(t)) = (&progress, ticker) {
+        p.finish(t);
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let cpu = crate::latency::process_cpu_seconds() - cpu;
+    Ok(merge(spec, results, cpu))
+}
+
+fn merge(spec: &LoadSpec, results: Vec<ThreadResult>, cpu: f64) -> LoadFigures {
+    let mut hist = new_histogram();
+    let mut by_op = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    let (mut not_found, mut bytes, mut checked, mut failures) = (0, 0, 0, 0);
+    let mut first_failures = Vec::new();
+    let warm_end = results.iter().map(|r| r.warm_end).min();
+    let end = results
+        .iter()
+        .map(|r| {
+            r.last_done.max(if spec.ops.is_some() {
+                r.last_done
+            } else {
+                r.deadline
+            })
+        })
+        .max();
+    for r in &results {
+        hist.add(&r.hist).ok();
+        for (k, v) in &r.by_op {
+            *by_op.entry(k.to_string()).or_insert(0) += v;
+        }
+        for (k, v) in &r.errors {
+            *errors.entry(k.clone()).or_insert(0) += v;
+        }
+        not_found += r.not_found;
+        bytes += r.bytes;
+        checked += r.checked;
+        failures += r.failures;
+        first_failures.extend(r.first_failures.iter().cloned());
+    }
+    let seconds = match (warm_end, end) {
+        (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
+        _ => spec.duration.as_secs_f64(),
+    };
+    let (proto, _) = parse_target(&spec.target).expect("checked before the run");
+    let label = format!("{proto:?} {}", spec.describe()).to_lowercase();
+    let mut figures = RunFigures::from_histogram(&label, &hist, seconds, 0, cpu);
+    figures.mb_per_s = bytes as f64 / seconds / 1e6;
+    LoadFigures {
+        figures,
+        target: spec.target.clone(),
+        by_op,
+        not_found,
+        errors,
+        verified: checked,
+        verify_failures: failures,
+        first_verify_failures: first_failures,
+        offered_rate: spec.rate,
+    }
+}
+
+/// The keys thread `t` of `threads` may use on each listener: key k belongs to thread
+/// k % threads and to the shard that owns it, so no request is forwarded.
+fn key_lists(spec: &LoadSpec, t: usize, shards: usize, map: Option<&ShardMap>) -> Vec<Rc<Vec<u64>>> {
+    let threads = spec.cores.len() as u64;
+    let mut lists = vec![Vec::new(); shards];
+    for k in (t as u64..spec.keys).step_by(threads as usize) {
+        let s = match map {
+            Some(m) => m
+                .owners
+                .get(m.partition(&key_bytes(k)) as usize)
+                .map(|&o| o as usize)
+                .unwrap_or(0),
+            None => 0,
+        };
+        lists[s.min(shards - 1)].push(k);
+    }
+    lists.into_iter().map(Rc::new).collect()
+}
+
+async fn connect(addr: &str) -> anyhow::Result<glommio::net::TcpStream> {
+    let s = glommio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
+    s.set_nodelay(true).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(s)
+}
+
+async fn thread_load(
+    spec: &LoadSpec,
+    t: usize,
+    proto: Protocol,
+    addrs: &[String],
+    map: Option<ShardMap>,
+    progress: Option<Arc<Progress>>,
+    start: Instant,
+) -> anyhow::Result<ThreadResult> {
+    let threads = spec.cores.len();
+    let lists = key_lists(spec, t, addrs.len(), map.as_ref());
+    let map = map.map(Rc::new);
+    let book = spec.verify.then(|| {
+        Rc::new(RefCell::new(KeyBook::new(
+            spec.keys.div_ceil(threads as u64),
+            spec.preload,
+        )))
+    });
+    let value: Rc<Vec<u8>> = Rc::new((0..spec.sizes.max().max(1)).map(|i| i as u8).collect());
+    let warm_end = start + spec.warmup;
+    let quota = spec
+        .ops
+        .map(|n| n / threads as u64 + (t == 0) as u64 * (n % threads as u64));
+    let stats = Rc::new(RefCell::new(ThreadStats {
+        hist: new_histogram(),
+        by_op: BTreeMap::new(),
+        not_found: 0,
+        errors: BTreeMap::new(),
+        bytes: 0,
+        warm_end,
+        last_done: warm_end,
+        quota,
+        deadline: if spec.ops.is_some() {
+            start + Duration::from_secs(24 * 3600)
+        } else {
+            warm_end + spec.duration
+        },
+        progress,
+    }));
+    let mut zipfs: HashMap<usize, zipf::Zipf> = HashMap::new();
+    let my_conns: Vec<usize> = (t..spec.connections).step_by(threads).collect();
+    let mut tasks = Vec::new();
+    for (j, &c) in my_conns.iter().enumerate() {
+        let shard = j % addrs.len();
+        let keys = lists[shard].clone();
+        anyhow::ensure!(
+            !keys.is_empty(),
+            "generator thread {t} has none of the {} keys for listener {}",
+            spec.keys,
+            addrs[shard]
+        );
+        let z = match spec.dist {
+            KeyDist::Zipfian(theta) => Some(match zipfs.get(&keys.len()) {
+                Some(z) => z.clone(),
+                None => {
+                    let z = zipf::Zipf::new(keys.len() as u64, theta)?;
+                    zipfs.insert(keys.len(), z.clone());
+                    z
+                }
+            }),
+            _ => None,
+        };
+        let gen = OpGen::new(
+            &spec.mix,
+            &spec.dist,
+            z.as_ref(),
+            &spec.sizes,
+            keys.len(),
+            c as u64 * 7919 + 7,
+        );
+        let conn = Rc::new(RefCell::new(Conn::new(
+            proto,
+            map.clone(),
+            keys,
+            gen,
+            book.clone(),
+            threads as u64,
+            value.clone(),
+            stats.clone(),
+        )));
+        let stream = connect(&addrs[shard]).await?;
+        let (r, mut w) = futures_lite::io::split(stream);
+        let mut reader = ReplyReader::new(r);
+        let (pipeline, stream_mode, rate) = (spec.pipeline, spec.stream, spec.rate);
+        let conns = spec.connections as f64;
+        tasks.push(glommio::spawn_local(async move {
+            let now = Instant::now();
+            if start > now {
+                glommio::timer::sleep(start - now).await;
+            }
+            match rate {
+                None => closed_loop(&conn, &mut reader, &mut w, pipeline, stream_mode).await,
+                Some(rate) => {
+                    let permits = Rc::new(glommio::sync::Semaphore::new(pipeline as u64));
+                    let (tx, rx) = glommio::channels::local_channel::new_unbounded();
+                    let interval = Duration::from_secs_f64(conns / rate);
+                    // Connections start spread over one interval, not all at once.
+                    let offset = interval.mul_f64(c as f64 / conns);
+                    let recv =
+                        glommio::spawn_local(open_loop_receiver(conn.clone(), reader, permits.clone(), rx));
+                    let sent =
+                        open_loop_sender(conn.clone(), &mut w, interval, permits, tx, start + offset).await;
+                    let received = recv.await;
+                    sent.and(received)
+                }
+            }
+        }));
+    }
+    let mut first_err = None;
+    for task in tasks {
+        if let Err(e) = task.await {
+            first_err.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let s = Rc::try_unwrap(stats)
+        .map_err(|_| anyhow::anyhow!("load tasks still hold the stats"))?
+        .into_inner();
+    let (checked, failures, first_failures) = match &book {
+        Some(b) => {
+            let b = b.borrow();
+            (b.checked, b.failures, b.first_failures.clone())
+        }
+        None => (0, 0, Vec::new()),
+    };
+    Ok(ThreadResult {
+        hist: s.hist,
+        by_op: s.by_op,
+        not_found: s.not_found,
+        errors: s.errors,
+        bytes: s.bytes,
+        warm_end: s.warm_end,
+        last_done: s.last_done,
+        deadline: s.deadline,
+        checked,
+        failures,
+        first_failures,
+    })
+}
+
+/// Writes every key once (write number 1 in verify mode), pipelined, one connection per
+/// listener.
+async fn preload(
+    spec: &LoadSpec,
+    proto: Protocol,
+    addrs: &[String],
+    map: Option<&ShardMap>,
+) -> anyhow::Result<()> {
+    let lists = {
+        let mut one = spec.clone();
+        one.cores = vec![0];
+        key_lists(&one, 0, addrs.len(), map)
+    };
+    let mut tasks = Vec::new();
+    for (shard, keys) in lists.into_iter().enumerate() {
+        let (addr, spec, map) = (addrs[shard].clone(), spec.clone(), map.cloned());
+        tasks.push(glommio::spawn_local(async move {
+            let stream = connect(&addr).await?;
+            let (r, mut w) = futures_lite::io::split(stream);
+            let mut reader = ReplyReader::new(r);
+            let mut value = vec![0u8; spec.sizes.max().max(1)];
+            let mut rng = hotshard_nvme::SplitMix64::new(shard as u64);
+            let mut out = Vec::new();
+            for chunk in keys.chunks(128) {
+                out.clear();
+                for &k in chunk {
+                    let len = match &spec.sizes {
+                        ValueSizes::Fixed(n) => *n,
+                        s => s.min() + rng.below((s.max() - s.min() + 1) as u64) as usize,
+                    };
+                    if spec.verify {
+                        fill_value(k, 1, &mut value[..len]);
+                    } else {
+                        for (i, b) in value[..len].iter_mut().enumerate() {
+                            *b = i as u8;
+                        }
+                    }
+                    proto.encode(
+                        &mut out,
+                        k,
+                        workload::Op::Put,
+                        &key_bytes(k),
+                        &value[..len],
+                        map.as_ref(),
+                    )?;
+                }
+                futures_lite::AsyncWriteExt::write_all(&mut w, &out).await?;
+                for _ in chunk {
+                    let reply = proto.read_reply(&mut reader).await?;
+                    if let Answer::Error(e) = reply.answer {
+                        anyhow::bail!("preload to {addr}: {e}");
+                    }
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
+}

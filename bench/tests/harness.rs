@@ -1,0 +1,399 @@
+//! The harness as a user runs it: against a hotshard node process, against Redis and
+//! memcached, against a server that lies (verify must catch it), and sweep/tune starting
+//! their own node from a profile.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+fn bench() -> &'static str {
+    env!("CARGO_BIN_EXE_hotshard-bench")
+}
+
+/// The node binary next to the harness (built here if a narrower command skipped it).
+fn node_binary() -> PathBuf {
+    let bin = Path::new(bench()).parent().unwrap().join("hotshard");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "hotshard-node", "--bin", "hotshard"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    bin
+}
+
+fn port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    27_400 + (std::process::id() % 300) as u16 * 40 + NEXT.fetch_add(5, Ordering::Relaxed)
+}
+
+fn test_dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("harness-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn profile(dir: &Path, port: u16) -> PathBuf {
+    let p = dir.join("profile.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[node]\ndata_dir = \"{}\"\ndata_bytes = 134217728\nbase_port = {port}\nadmin_port = {}\ncores = [0, 1]\n\
+             [queue]\npool_mib = 32\n[store]\nsegment_mib = 9\ncache_mib = 8\n",
+            dir.join("data").display(),
+            port + 3
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn start_node(dir: &Path, port: u16) -> Proc {
+    let cfg = profile(dir, port);
+    let child = Command::new(node_binary())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = Proc(child);
+    wait_port(port);
+    wait_port(port + 1);
+    p
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bench())
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .unwrap()
+}
+
+fn json_rows(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "harness failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn check_verified(row: &serde_json::Value) {
+    assert!(row["verified"].as_u64().unwrap() > 100, "{row}");
+    assert_eq!(row["verify_failures"].as_u64().unwrap(), 0, "{row}");
+    assert!(row["ops"].as_u64().unwrap() > 0, "{row}");
+}
+
+#[test]
+fn verified_mixed_load_against_a_node_closed_and_open_loop() {
+    let dir = test_dir("node");
+    let port = port();
+    let _node = start_node(&dir, port);
+    let target = format!("hotshard://127.0.0.1:{port}");
+    let out = run(&[
+        "run",
+        "--target",
+        &target,
+        "--mix",
+        "get=60,put=30,del=10",
+        "--keys",
+        "2000",
+        "--value-size",
+        "64-6000",
+        "--dist",
+        "zipfian:0.9",
+        "--connections",
+        "4",
+        "--pipeline",
+        "8",
+        "--duration",
+        "1s",
+        "--verify",
+        "--json",
+        "--cores",
+        "1",
+    ]);
+    let rows = json_rows(&out);
+    let row = &rows[0];
+    check_verified(row);
+    for op in ["get", "put", "del"] {
+        assert!(row["by_op"][op].as_u64().unwrap_or(0) > 0, "no {op}: {row}");
+    }
+    // Open loop at a fixed rate: the achieved rate follows the offered one.
+    let out = run(&[
+        "run",
+        "--target",
+        &target,
+        "--mix",
+        "get=80,put=20",
+        "--keys",
+        "2000",
+        "--rate",
+        "3000",
+        "--duration",
+        "2s",
+        "--warmup",
+        "200ms",
+        "--verify",
+        "--json",
+        "--cores",
+        "1,0",
+        "--connections",
+        "4",
+    ]);
+    let rows = json_rows(&out);
+    check_verified(&rows[0]);
+    let rate = rows[0]["iops"].as_f64().unwrap();
+    assert!(
+        (2_400.0..3_600.0).contains(&rate),
+        "offered 3000/s, achieved {rate}"
+    );
+}
+
+/// A RESP server that stores nothing and answers every GET with the same 100 bytes.
+fn lying_redis() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let n: usize = line.trim()[1..].parse().unwrap_or(0);
+                    let mut words = Vec::new();
+                    for _ in 0..n {
+                        let mut len = String::new();
+                        r.read_line(&mut len).unwrap();
+                        let len: usize = len.trim()[1..].parse().unwrap();
+                        let mut b = vec![0u8; len + 2];
+                        r.read_exact(&mut b).unwrap();
+                        words.push(b);
+                    }
+                    let reply: Vec<u8> = if words[0].starts_with(b"GET") {
+                        let mut v = b"$100\r\n".to_vec();
+                        v.extend_from_slice(&[7u8; 100]);
+                        v.extend_from_slice(b"\r\n");
+                        v
+                    } else {
+                        b"+OK\r\n".to_vec()
+                    };
+                    if w.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn verify_catches_a_server_that_returns_wrong_bytes() {
+    let port = lying_redis();
+    let out = run(&[
+        "run",
+        "--target",
+        &format!("redis://127.0.0.1:{port}"),
+        "--keys",
+        "100",
+        "--value-size",
+        "100",
+        "--duration",
+        "300ms",
+        "--verify",
+        "--cores",
+        "1",
+        "--connections",
+        "1",
+        "--pipeline",
+        "4",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a lying server passed verify: {text}");
+    assert!(text.contains("wrong"), "{text}");
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn same_generator_drives_redis_and_memcached() {
+    // .ci/run installs both; say so rather than pass silently without them.
+    assert!(
+        have("redis-server") && have("memcached"),
+        "redis-server and memcached are needed (apt-get install redis-server memcached)"
+    );
+    let (rp, mp) = (port(), port());
+    let _redis = Proc(
+        Command::new("redis-server")
+            .args(["--port", &rp.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let _mc = Proc(
+        Command::new("memcached")
+            .args([
+                "-u",
+                "root",
+                "-p",
+                &mp.to_string(),
+                "-U",
+                "0",
+                "-l",
+                "127.0.0.1",
+                "-t",
+                "1",
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(rp);
+    wait_port(mp);
+    let out = run(&[
+        "run",
+        "--target",
+        &format!("redis://127.0.0.1:{rp}"),
+        "--target",
+        &format!("memcached://127.0.0.1:{mp}"),
+        "--mix",
+        "get=70,put=20,del=10",
+        "--keys",
+        "1000",
+        "--duration",
+        "1s",
+        "--verify",
+        "--json",
+        "--cores",
+        "1",
+    ]);
+    let rows = json_rows(&out);
+    check_verified(&rows[0]);
+    check_verified(&rows[1]);
+    // compare interleaves and prints the ratio of each target to the first.
+    let out = run(&[
+        "compare",
+        "--target",
+        &format!("redis://127.0.0.1:{rp}"),
+        "--target",
+        &format!("memcached://127.0.0.1:{mp}"),
+        "--rounds",
+        "2",
+        "--duration",
+        "300ms",
+        "--preload",
+        "--keys",
+        "500",
+        "--cores",
+        "1",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("median ratio memcached://"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("2 ")).count(), 2, "{text}");
+}
+
+#[test]
+fn sweep_plots_and_tune_writes_a_profile() {
+    let dir = test_dir("tune");
+    let port = port();
+    let prof = profile(&dir, port);
+    let svg = dir.join("sweep.svg");
+    let out = run(&[
+        "sweep",
+        "--profile",
+        prof.to_str().unwrap(),
+        "--knob",
+        "shards=1,2",
+        "--knob",
+        "pipeline=1,8",
+        "--mix",
+        "get=50,put=50",
+        "--keys",
+        "500",
+        "--duration",
+        "500ms",
+        "--cores",
+        "1",
+        "--connections",
+        "2",
+        "--plot",
+        svg.to_str().unwrap(),
+        "--json",
+        "--hotshard",
+        node_binary().to_str().unwrap(),
+    ]);
+    let points = json_rows(&out);
+    assert_eq!(points.as_array().unwrap().len(), 4, "{points}");
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<polyline"));
+    let tuned = dir.join("tuned.toml");
+    let out = run(&[
+        "tune",
+        "--profile",
+        prof.to_str().unwrap(),
+        "--knob",
+        "queue.poll_sleep_us=5,0",
+        "--knob",
+        "store.batch_kib=1024,256",
+        "--p99-us",
+        "1000000",
+        "--mix",
+        "put",
+        "--keys",
+        "500",
+        "--duration",
+        "500ms",
+        "--cores",
+        "1",
+        "--connections",
+        "2",
+        "--out",
+        tuned.to_str().unwrap(),
+        "--hotshard",
+        node_binary().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&tuned).unwrap();
+    assert!(text.contains("# Chosen:"), "{text}");
+    assert_eq!(text.matches("#   ").count(), 3, "three distinct trials: {text}");
+    let parsed: toml::Table = text.parse().unwrap();
+    assert!(parsed["queue"]["poll_sleep_us"].as_integer().is_some());
+}
