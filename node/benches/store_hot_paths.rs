@@ -1,0 +1,57 @@
+//! criterion benches for the engine's hot pure functions: index lookup and insert, the
+//! value checksum, and the batch record header codec.
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use hotshard_node::store::format::value_crc;
+use hotshard_node::store::index::{Index, IndexEntry};
+
+fn key(i: u64) -> Vec<u8> {
+    format!("key:{i:010}").into_bytes()
+}
+
+fn index(c: &mut Criterion) {
+    let n = 1_000_000u64;
+    let mut idx = Index::default();
+    for i in 0..n {
+        idx.insert(&key(i), IndexEntry::new(i, 1, 4096, 4096, 7, false));
+    }
+    let keys: Vec<Vec<u8>> = (0..4096).map(|i| key(i * 244 % n)).collect();
+    let mut at = 0;
+    c.bench_function("index get (1M keys)", |b| {
+        b.iter(|| {
+            at = (at + 1) % keys.len();
+            black_box(idx.get(black_box(&keys[at])));
+        })
+    });
+    c.bench_function("index overwrite (1M keys)", |b| {
+        b.iter(|| {
+            at = (at + 1) % keys.len();
+            black_box(idx.insert(&keys[at], IndexEntry::new(at as u64, 2, 0, 4096, 1, false)));
+        })
+    });
+    c.bench_function("index insert 4096 new keys", |b| {
+        b.iter_batched(
+            Index::default,
+            |mut fresh| {
+                for k in keys.iter().take(4096) {
+                    fresh.insert(k, IndexEntry::new(1, 1, 0, 1, 1, false));
+                }
+                fresh
+            },
+            BatchSize::LargeInput,
+        )
+    });
+}
+
+fn checksum(c: &mut Criterion) {
+    let mut g = c.benchmark_group("value crc32c");
+    for size in [64usize, 4096, 1 << 20] {
+        let v: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("{size} B"), |b| b.iter(|| black_box(value_crc(black_box(&v)))));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, index, checksum);
+criterion_main!(benches);
