@@ -3,124 +3,14 @@
 //! acknowledged write intact; a second node on the same data refused; a misrouted request
 //! forwarded and answered; a bad config refused with the key named.
 
+mod common;
+
 use std::net::TcpStream as StdTcp;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::*;
 use hotshard_net::blocking::BlockingClient;
-
-/// The `hotshard` binary, built next to this test (cargo builds workspace binaries for
-/// `cargo test --workspace`; build it here if a narrower command skipped it).
-fn binary() -> PathBuf {
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let bin = dir.join("hotshard");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "hotshard-node", "--bin", "hotshard"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
-}
-
-/// Distinct ports per test so that tests can run in parallel.
-fn ports() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    17_400 + (std::process::id() % 500) as u16 * 20 + NEXT.fetch_add(4, Ordering::Relaxed)
-}
-
-struct Node {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Node {
-    fn addr(&self, shard: u16) -> String {
-        format!("127.0.0.1:{}", self.port + shard)
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn write_config(dir: &Path, port: u16) -> PathBuf {
-    let cfg = dir.join("node.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\ndata_dir = \"{}\"\ndata_bytes = 134217728\nbase_port = {port}\nadmin_port = {}\ncores = [0, 1]\n\
-             [queue]\npool_mib = 64\n[store]\nsegment_mib = 9\ncache_mib = 8\n",
-            dir.join("data").display(),
-            port + 3
-        ),
-    )
-    .unwrap();
-    cfg
-}
-
-/// Starts the node and waits until both shards accept connections.
-fn start(cfg: &Path, port: u16) -> Node {
-    let log_path = cfg.with_extension("log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(binary())
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut node = Node {
-        child: Some(child),
-        port,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for shard in 0..2 {
-        while BlockingClient::connect(&node.addr(shard), Duration::from_secs(1)).is_err() {
-            let exited = node
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-                .is_some();
-            if exited || Instant::now() > deadline {
-                panic!(
-                    "node did not start listening: {}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    node
-}
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(binary()).args(args).output().unwrap()
-}
-
-fn test_dir() -> tempfile::TempDir {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(base).unwrap();
-    tempfile::tempdir_in(base).unwrap()
-}
 
 #[test]
 fn put_get_delete_through_the_client_and_the_cli() {

@@ -2,7 +2,9 @@
 //! handler on its own task (many in flight, answered by id, possibly out of order), lands
 //! a request's payload directly in a buffer the handler provides (a DMA buffer bound for
 //! the device), sends each response's payload straight from the handler's buffer, stops
-//! reading at the in-flight limit (backpressure), and on malformed input sends an error
+//! reading at the in-flight limit (backpressure), answers Busy without allocating when the
+//! handler is over its budget, closes a connection whose frame does not arrive (or whose
+//! replies are not read) within the frame timeout, and on malformed input sends an error
 //! frame and closes. Nothing a peer sends can panic it.
 
 use std::cell::{Cell, RefCell};
@@ -11,9 +13,10 @@ use std::future::Future;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use futures_lite::io::{split, BufReader, ReadHalf, WriteHalf};
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
 use rkyv::rancor::Error as RkyvError;
 
 use crate::codec::{access_request, encode_response_into};
@@ -53,6 +56,13 @@ pub trait Handler: 'static {
     type Out: AsRef<[u8]> + 'static;
     /// A buffer of exactly `len` bytes for a request's payload, or why there is none.
     fn payload_buffer(&self, len: usize) -> Result<Self::In, Status>;
+    /// Whether there is room for this request now, before anything is allocated for it.
+    /// An error answers it at once (Busy when over budget); its payload is drained.
+    fn admit(&self, _request: &Request, _payload_len: usize) -> Result<(), Status> {
+        Ok(())
+    }
+    /// An admitted request has been answered.
+    fn release(&self, _payload_len: usize) {}
     /// Answers one request.
     fn handle(
         self: Rc<Self>,
@@ -65,12 +75,16 @@ pub trait Handler: 'static {
 pub struct ServerConfig {
     /// Requests in flight on one connection before it stops reading.
     pub max_in_flight: usize,
+    /// A frame that has begun must arrive whole within this time, and a batch of replies
+    /// must leave within it; otherwise the connection is closed (slow or stuck peers).
+    pub frame_timeout: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            frame_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -81,6 +95,10 @@ pub struct ConnectionReport {
     pub requests: u64,
     /// The peer sent something malformed; it got an error frame and the connection closed.
     pub protocol_error: Option<String>,
+    /// Requests answered Busy because the handler was over its budget.
+    pub busy: u64,
+    /// A frame did not arrive whole within the frame timeout; the connection was closed.
+    pub timed_out: bool,
 }
 
 enum Outgoing<B> {
@@ -94,6 +112,8 @@ struct Shared<B> {
     queue: RefCell<VecDeque<Outgoing<B>>>,
     in_flight: Cell<usize>,
     reading_done: Cell<bool>,
+    /// The writer gave up on the peer; the reader stops too.
+    closed: Cell<bool>,
     writer_waker: RefCell<Option<Waker>>,
     reader_waker: RefCell<Option<Waker>>,
 }
@@ -125,12 +145,13 @@ where
         queue: RefCell::new(VecDeque::new()),
         in_flight: Cell::new(0),
         reading_done: Cell::new(false),
+        closed: Cell::new(false),
         writer_waker: RefCell::new(None),
         reader_waker: RefCell::new(None),
     });
-    let writer_task = glommio::spawn_local(write_loop(writer, fd, shared.clone()));
+    let writer_task = glommio::spawn_local(write_loop(writer, fd, shared.clone(), cfg.frame_timeout));
     let reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
-    let report = read_loop(reader, handler, shared.clone(), cfg.max_in_flight.max(1)).await;
+    let report = read_loop(reader, handler, shared.clone(), cfg).await;
     shared.reading_done.set(true);
     if let Some(w) = shared.writer_waker.borrow_mut().take() {
         w.wake();
@@ -143,17 +164,18 @@ async fn read_loop<S, H>(
     mut r: BufReader<ReadHalf<S>>,
     handler: Rc<H>,
     shared: Rc<Shared<H::Out>>,
-    max_in_flight: usize,
+    cfg: ServerConfig,
 ) -> ConnectionReport
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
     H: Handler,
 {
+    let max_in_flight = cfg.max_in_flight.max(1);
     let mut report = ConnectionReport::default();
     loop {
         // Backpressure: read nothing more until a reply has gone out.
         futures_lite::future::poll_fn(|cx| {
-            if shared.in_flight.get() < max_in_flight {
+            if shared.in_flight.get() < max_in_flight || shared.closed.get() {
                 Poll::Ready(())
             } else {
                 *shared.reader_waker.borrow_mut() = Some(cx.waker().clone());
@@ -161,10 +183,25 @@ where
             }
         })
         .await;
-        let (preamble, header) = match read_head(&mut r).await {
-            Ok(Some(h)) => h,
-            Ok(None) | Err(WireError::Closed) => return report,
-            Err(e) => return fatal(&shared, &mut report, 0, e),
+        if shared.closed.get() {
+            report.timed_out = true;
+            return report;
+        }
+        // An idle connection may wait for its next frame as long as it likes; once a frame
+        // has begun, all of it must arrive within the frame timeout.
+        match r.fill_buf().await {
+            Ok([]) | Err(_) => return report,
+            Ok(_) => {}
+        }
+        let head = glommio::timer::timeout(cfg.frame_timeout, async { Ok(read_head(&mut r).await) }).await;
+        let (preamble, header) = match head {
+            Err(_) => {
+                report.timed_out = true;
+                return report;
+            }
+            Ok(Ok(Some(h))) => h,
+            Ok(Ok(None)) | Ok(Err(WireError::Closed)) => return report,
+            Ok(Err(e)) => return fatal(&shared, &mut report, 0, e),
         };
         let id = preamble.request_id;
         if preamble.kind != FrameKind::Request {
@@ -182,31 +219,60 @@ where
             Err(e) => return fatal(&shared, &mut report, id, e),
         };
         let len = preamble.payload_len as usize;
-        let payload = if matches!(request, Request::Put { .. }) {
-            match handler.payload_buffer(len) {
-                Ok(mut buf) => {
-                    if let Err(e) = read_payload(&mut r, &mut buf.as_mut()[..len]).await {
-                        return if e == WireError::Closed {
-                            report
-                        } else {
-                            fatal(&shared, &mut report, id, e)
-                        };
-                    }
-                    Some(buf)
-                }
-                Err(status) => {
-                    // Nowhere to put it (too large, out of buffers): drain it and say why.
-                    if skip_payload(&mut r, len).await.is_err() {
+        let refused = match handler.admit(&request, len) {
+            Ok(()) => None,
+            Err(status) => {
+                report.busy += (status == Status::Busy) as u64;
+                Some(status)
+            }
+        };
+        let buffer = match refused {
+            Some(status) => Err(status),
+            None if matches!(request, Request::Put { .. }) => {
+                handler.payload_buffer(len).map(Some).inspect_err(|_| {
+                    handler.release(len);
+                })
+            }
+            None => Ok(None),
+        };
+        let payload = match buffer {
+            Ok(Some(mut buf)) => {
+                let read = glommio::timer::timeout(cfg.frame_timeout, async {
+                    Ok(read_payload(&mut r, &mut buf.as_mut()[..len]).await)
+                })
+                .await;
+                match read {
+                    Ok(Ok(())) => Some(buf),
+                    Ok(Err(WireError::Closed)) => {
+                        handler.release(len);
                         return report;
                     }
-                    shared.in_flight.set(shared.in_flight.get() + 1);
-                    shared.push(Outgoing::Reply(id, Reply::status(status)));
-                    report.requests += 1;
-                    continue;
+                    Ok(Err(e)) => {
+                        handler.release(len);
+                        return fatal(&shared, &mut report, id, e);
+                    }
+                    Err(_) => {
+                        handler.release(len);
+                        report.timed_out = true;
+                        return report;
+                    }
                 }
             }
-        } else {
-            None
+            Ok(None) => None,
+            Err(status) => {
+                // Refused or nowhere to put it (too large, over budget): drain it, say why.
+                let drained =
+                    glommio::timer::timeout(cfg.frame_timeout, async { Ok(skip_payload(&mut r, len).await) })
+                        .await;
+                if !matches!(drained, Ok(Ok(()))) {
+                    report.timed_out = drained.is_err();
+                    return report;
+                }
+                shared.in_flight.set(shared.in_flight.get() + 1);
+                shared.push(Outgoing::Reply(id, Reply::status(status)));
+                report.requests += 1;
+                continue;
+            }
         };
         report.requests += 1;
         shared.in_flight.set(shared.in_flight.get() + 1);
@@ -215,11 +281,15 @@ where
         let mut answer = Box::pin(handler.clone().handle(request, payload));
         let first = futures_lite::future::poll_once(answer.as_mut()).await;
         match first {
-            Some(reply) => shared.push(Outgoing::Reply(id, reply)),
+            Some(reply) => {
+                handler.release(len);
+                shared.push(Outgoing::Reply(id, reply));
+            }
             None => {
-                let shared = shared.clone();
+                let (shared, handler) = (shared.clone(), handler.clone());
                 glommio::spawn_local(async move {
                     let reply = answer.await;
+                    handler.release(len);
                     shared.push(Outgoing::Reply(id, reply));
                 })
                 .detach();
@@ -236,7 +306,7 @@ fn fatal<B>(shared: &Shared<B>, report: &mut ConnectionReport, id: u64, e: WireE
     report.clone()
 }
 
-async fn write_loop<S, B>(mut w: WriteHalf<S>, fd: RawFd, shared: Rc<Shared<B>>)
+async fn write_loop<S, B>(mut w: WriteHalf<S>, fd: RawFd, shared: Rc<Shared<B>>, timeout: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
     B: AsRef<[u8]>,
@@ -289,7 +359,8 @@ where
             .flat_map(|(h, p)| [&heads[h.clone()], p.as_ref().map_or(&[][..], |p| p.as_ref())])
             .filter(|s| !s.is_empty())
             .collect();
-        // Whatever the socket does not take at once is written as it drains.
+        // Whatever the socket does not take at once is written as it drains; a peer that
+        // does not read its replies for the whole timeout is cut off.
         let mut sent = match try_sendmsg(fd, &slices) {
             Ok(n) => n,
             Err(_) => break,
@@ -299,7 +370,15 @@ where
                 sent -= s.len();
                 continue;
             }
-            if write_frame(&mut w, &s[sent..], &[]).await.is_err() {
+            let rest = &s[sent..];
+            let wrote =
+                glommio::timer::timeout(timeout, async { Ok(write_frame(&mut w, rest, &[]).await) }).await;
+            if !matches!(wrote, Ok(Ok(()))) {
+                // End the reader too: it may be waiting for bytes or for backpressure.
+                // SAFETY: shutdown on the connection's own descriptor, still open.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                shared.closed.set(true);
+                shared.wake_reader();
                 break 'outer;
             }
             sent = 0;

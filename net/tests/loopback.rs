@@ -192,7 +192,10 @@ fn round_trips_and_pipelining() {
 #[test]
 fn a_small_in_flight_limit_still_answers_everything() {
     run(|| async {
-        let addr = start_server(ServerConfig { max_in_flight: 2 });
+        let addr = start_server(ServerConfig {
+            max_in_flight: 2,
+            ..ServerConfig::default()
+        });
         let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
         let mut calls = Vec::new();
         for i in 0..50u32 {

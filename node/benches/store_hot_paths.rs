@@ -48,7 +48,9 @@ fn checksum(c: &mut Criterion) {
     for size in [64usize, 4096, 1 << 20] {
         let v: Vec<u8> = (0..size).map(|i| i as u8).collect();
         g.throughput(Throughput::Bytes(size as u64));
-        g.bench_function(format!("{size} B"), |b| b.iter(|| black_box(value_crc(black_box(&v)))));
+        g.bench_function(format!("{size} B"), |b| {
+            b.iter(|| black_box(value_crc(black_box(&v))))
+        });
     }
     g.finish();
 }

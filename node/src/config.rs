@@ -123,6 +123,12 @@ impl Default for StoreSection {
 pub struct NetSection {
     pub max_in_flight: usize,
     pub max_connections: usize,
+    /// Requests a shard answers at once (all connections); more are answered Busy.
+    pub max_pending_requests: usize,
+    /// Payload bytes those requests may hold, MiB; more are answered Busy.
+    pub max_pending_mib: usize,
+    /// A begun frame must arrive whole, and replies must be read, within this time.
+    pub frame_timeout_ms: u64,
 }
 
 impl Default for NetSection {
@@ -130,6 +136,9 @@ impl Default for NetSection {
         NetSection {
             max_in_flight: 128,
             max_connections: 1024,
+            max_pending_requests: 4096,
+            max_pending_mib: 64,
+            frame_timeout_ms: 10_000,
         }
     }
 }
@@ -230,6 +239,19 @@ impl NodeConfig {
         }
         if self.net.max_connections == 0 {
             return Err(bad("net.max_connections", "must be at least 1"));
+        }
+        if self.net.max_pending_requests == 0 {
+            return Err(bad("net.max_pending_requests", "must be at least 1"));
+        }
+        let max_value_mib = crate::limits::MAX_VALUE_BYTES.div_ceil(1 << 20);
+        if self.net.max_pending_mib < max_value_mib || self.net.max_pending_mib > 1 << 20 {
+            return Err(bad(
+                "net.max_pending_mib",
+                format!("must be between {max_value_mib} (one largest value) and 1048576"),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.net.frame_timeout_ms) {
+            return Err(bad("net.frame_timeout_ms", "must be between 100 and 3600000"));
         }
         Ok(())
     }

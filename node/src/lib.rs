@@ -1,6 +1,7 @@
 //! hotshard-node: the data node. `store` is one shard's storage engine.
 
 pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod data_lock;
 pub mod limits;

@@ -146,6 +146,10 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         peers: peers.clone(),
         stats: stats.clone(),
         in_flight: std::cell::Cell::new(0),
+        admission: crate::admission::Admission::new(
+            s.cfg.net.max_pending_requests,
+            s.cfg.net.max_pending_mib << 20,
+        ),
     });
     for (from, rx) in receivers {
         let (handler, peers) = (handler.clone(), peers.clone());
@@ -199,6 +203,7 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
 
     let server_cfg = ServerConfig {
         max_in_flight: s.cfg.net.max_in_flight,
+        frame_timeout: std::time::Duration::from_millis(s.cfg.net.frame_timeout_ms),
     };
     let max_connections = s.cfg.net.max_connections as u64;
     let open = Rc::new(std::cell::Cell::new(0u64));
@@ -222,6 +227,9 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
             let report = serve_connection(stream, handler, server_cfg).await;
             if report.protocol_error.is_some() {
                 stats.protocol_errors.set(stats.protocol_errors.get() + 1);
+            }
+            if report.timed_out {
+                stats.frame_timeouts.set(stats.frame_timeouts.get() + 1);
             }
             open.set(open.get() - 1);
         })

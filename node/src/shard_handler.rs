@@ -37,6 +37,8 @@ pub struct ShardHandler<Q: BlockQueue> {
     pub stats: Rc<ShardStats>,
     /// Requests being answered right now (a stopping shard waits for them).
     pub in_flight: std::cell::Cell<usize>,
+    /// The budget of requests arriving from connections (over it: Busy).
+    pub admission: crate::admission::Admission,
 }
 
 struct InFlight<'a>(&'a std::cell::Cell<usize>);
@@ -155,6 +157,19 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
 impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
     type In = Vec<u8>;
     type Out = OutBuf;
+
+    fn admit(&self, _request: &Request, payload_len: usize) -> Result<(), Status> {
+        if self.admission.try_admit(payload_len) {
+            Ok(())
+        } else {
+            self.stats.busy.set(self.stats.busy.get() + 1);
+            Err(Status::Busy)
+        }
+    }
+
+    fn release(&self, payload_len: usize) {
+        self.admission.release(payload_len);
+    }
 
     fn payload_buffer(&self, len: usize) -> Result<Vec<u8>, Status> {
         if len > self.store.config().max_value_bytes {

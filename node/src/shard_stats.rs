@@ -48,6 +48,10 @@ pub struct ShardStats {
     pub connections: Cell<u64>,
     pub connections_refused: Cell<u64>,
     pub protocol_errors: Cell<u64>,
+    /// Requests answered Busy (over the shard's pending budget).
+    pub busy: Cell<u64>,
+    /// Connections closed because a frame or a reply stalled past the frame timeout.
+    pub frame_timeouts: Cell<u64>,
 }
 
 impl ShardStats {
@@ -100,7 +104,7 @@ impl ShardStats {
         let c = store.counters();
         let cache = store.cache_stats();
         let space = store.space();
-        let gauges: [(&str, u64); 20] = [
+        let gauges: [(&str, u64); 22] = [
             ("hotshard_forwarded_total", self.forwarded.get()),
             ("hotshard_wrong_shard_total", self.wrong_shard.get()),
             ("hotshard_connections_total", self.connections.get()),
@@ -109,6 +113,8 @@ impl ShardStats {
                 self.connections_refused.get(),
             ),
             ("hotshard_protocol_errors_total", self.protocol_errors.get()),
+            ("hotshard_busy_total", self.busy.get()),
+            ("hotshard_frame_timeouts_total", self.frame_timeouts.get()),
             ("hotshard_cache_hits_total", cache.hits),
             ("hotshard_cache_misses_total", cache.misses),
             ("hotshard_cache_bytes", cache.bytes as u64),

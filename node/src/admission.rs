@@ -1,0 +1,62 @@
+//! A shard's budget for requests being answered: how many, and how many payload bytes
+//! they hold. Over budget, a request is answered Busy before anything is allocated for it,
+//! so that load beyond what the shard can hold costs it nothing but the answer.
+
+use std::cell::Cell;
+
+pub struct Admission {
+    max_requests: usize,
+    max_bytes: usize,
+    requests: Cell<usize>,
+    bytes: Cell<usize>,
+}
+
+impl Admission {
+    pub fn new(max_requests: usize, max_bytes: usize) -> Admission {
+        Admission {
+            max_requests,
+            max_bytes,
+            requests: Cell::new(0),
+            bytes: Cell::new(0),
+        }
+    }
+
+    /// Takes room for one request with `payload` bytes, if there is room.
+    pub fn try_admit(&self, payload: usize) -> bool {
+        if self.requests.get() >= self.max_requests || self.bytes.get() + payload > self.max_bytes {
+            return false;
+        }
+        self.requests.set(self.requests.get() + 1);
+        self.bytes.set(self.bytes.get() + payload);
+        true
+    }
+
+    pub fn release(&self, payload: usize) {
+        self.requests.set(self.requests.get().saturating_sub(1));
+        self.bytes.set(self.bytes.get().saturating_sub(payload));
+    }
+
+    pub fn in_use(&self) -> (usize, usize) {
+        (self.requests.get(), self.bytes.get())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_past_either_limit_and_gives_room_back() {
+        let a = Admission::new(2, 100);
+        assert!(a.try_admit(60));
+        assert!(!a.try_admit(41), "bytes over budget");
+        assert!(a.try_admit(40));
+        assert!(!a.try_admit(0), "requests over budget");
+        a.release(60);
+        assert_eq!(a.in_use(), (1, 40));
+        assert!(a.try_admit(60));
+        a.release(60);
+        a.release(40);
+        assert_eq!(a.in_use(), (0, 0));
+    }
+}
