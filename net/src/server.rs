@@ -56,13 +56,14 @@ pub trait Handler: 'static {
     type Out: AsRef<[u8]> + 'static;
     /// A buffer of exactly `len` bytes for a request's payload, or why there is none.
     fn payload_buffer(&self, len: usize) -> Result<Self::In, Status>;
-    /// Whether there is room for this request now, before anything is allocated for it.
-    /// An error answers it at once (Busy when over budget); its payload is drained.
-    fn admit(&self, _request: &Request, _payload_len: usize) -> Result<(), Status> {
-        Ok(())
+    /// Whether there is room for this request now, before anything is allocated for it:
+    /// the bytes it will hold (its payload, or the value it will send back) until its
+    /// reply has left. An error answers it at once (Busy when over budget).
+    fn admit(&self, _request: &Request, _payload_len: usize) -> Result<usize, Status> {
+        Ok(0)
     }
-    /// An admitted request has been answered.
-    fn release(&self, _payload_len: usize) {}
+    /// An admitted request's reply has been sent (or dropped with its connection).
+    fn release(&self, _bytes: usize) {}
     /// Answers one request.
     fn handle(
         self: Rc<Self>,
@@ -101,8 +102,20 @@ pub struct ConnectionReport {
     pub timed_out: bool,
 }
 
+/// Budget held by one admitted request, given back when its reply is gone.
+struct Reservation {
+    release: Rc<dyn Fn(usize)>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        (self.release)(self.bytes);
+    }
+}
+
 enum Outgoing<B> {
-    Reply(u64, Reply<B>),
+    Reply(u64, Reply<B>, Option<Reservation>),
     /// Answer a malformed frame, then close.
     Fatal(u64, String),
 }
@@ -151,7 +164,8 @@ where
     });
     let writer_task = glommio::spawn_local(write_loop(writer, fd, shared.clone(), cfg.frame_timeout));
     let reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
-    let report = read_loop(reader, handler, shared.clone(), cfg).await;
+    let mut report = read_loop(reader, handler, shared.clone(), cfg).await;
+    report.timed_out |= shared.closed.get();
     shared.reading_done.set(true);
     if let Some(w) = shared.writer_waker.borrow_mut().take() {
         w.wake();
@@ -171,6 +185,10 @@ where
     H: Handler,
 {
     let max_in_flight = cfg.max_in_flight.max(1);
+    let release: Rc<dyn Fn(usize)> = {
+        let handler = handler.clone();
+        Rc::new(move |bytes| handler.release(bytes))
+    };
     let mut report = ConnectionReport::default();
     loop {
         // Backpressure: read nothing more until a reply has gone out.
@@ -219,20 +237,22 @@ where
             Err(e) => return fatal(&shared, &mut report, id, e),
         };
         let len = preamble.payload_len as usize;
-        let refused = match handler.admit(&request, len) {
-            Ok(()) => None,
+        let (reservation, refused) = match handler.admit(&request, len) {
+            Ok(bytes) => (
+                Some(Reservation {
+                    release: release.clone(),
+                    bytes,
+                }),
+                None,
+            ),
             Err(status) => {
                 report.busy += (status == Status::Busy) as u64;
-                Some(status)
+                (None, Some(status))
             }
         };
         let buffer = match refused {
             Some(status) => Err(status),
-            None if matches!(request, Request::Put { .. }) => {
-                handler.payload_buffer(len).map(Some).inspect_err(|_| {
-                    handler.release(len);
-                })
-            }
+            None if matches!(request, Request::Put { .. }) => handler.payload_buffer(len).map(Some),
             None => Ok(None),
         };
         let payload = match buffer {
@@ -243,16 +263,9 @@ where
                 .await;
                 match read {
                     Ok(Ok(())) => Some(buf),
-                    Ok(Err(WireError::Closed)) => {
-                        handler.release(len);
-                        return report;
-                    }
-                    Ok(Err(e)) => {
-                        handler.release(len);
-                        return fatal(&shared, &mut report, id, e);
-                    }
+                    Ok(Err(WireError::Closed)) => return report,
+                    Ok(Err(e)) => return fatal(&shared, &mut report, id, e),
                     Err(_) => {
-                        handler.release(len);
                         report.timed_out = true;
                         return report;
                     }
@@ -268,8 +281,9 @@ where
                     report.timed_out = drained.is_err();
                     return report;
                 }
+                drop(reservation);
                 shared.in_flight.set(shared.in_flight.get() + 1);
-                shared.push(Outgoing::Reply(id, Reply::status(status)));
+                shared.push(Outgoing::Reply(id, Reply::status(status), None));
                 report.requests += 1;
                 continue;
             }
@@ -281,16 +295,12 @@ where
         let mut answer = Box::pin(handler.clone().handle(request, payload));
         let first = futures_lite::future::poll_once(answer.as_mut()).await;
         match first {
-            Some(reply) => {
-                handler.release(len);
-                shared.push(Outgoing::Reply(id, reply));
-            }
+            Some(reply) => shared.push(Outgoing::Reply(id, reply, reservation)),
             None => {
-                let (shared, handler) = (shared.clone(), handler.clone());
+                let shared = shared.clone();
                 glommio::spawn_local(async move {
                     let reply = answer.await;
-                    handler.release(len);
-                    shared.push(Outgoing::Reply(id, reply));
+                    shared.push(Outgoing::Reply(id, reply, reservation));
                 })
                 .detach();
             }
@@ -314,7 +324,7 @@ where
     // Replies gathered for one sendmsg. Every head of a batch in one reused buffer; each reply keeps its head's range and its
     // payload buffer, alive until they are on the socket.
     let mut heads: Vec<u8> = Vec::new();
-    let mut batch: Vec<(std::ops::Range<usize>, Option<B>)> = Vec::new();
+    let mut batch: Vec<(std::ops::Range<usize>, Option<B>, Option<Reservation>)> = Vec::new();
     'outer: loop {
         let first = futures_lite::future::poll_fn(|cx| {
             if let Some(item) = shared.queue.borrow_mut().pop_front() {
@@ -333,9 +343,11 @@ where
         let mut close = false;
         let mut bytes = 0usize;
         loop {
-            let (id, response, payload, fatal) = match item {
-                Outgoing::Reply(id, reply) => (id, reply.response, reply.payload, false),
-                Outgoing::Fatal(id, reason) => (id, Response::new(Status::BadRequest { reason }), None, true),
+            let (id, response, payload, reservation, fatal) = match item {
+                Outgoing::Reply(id, reply, r) => (id, reply.response, reply.payload, r, false),
+                Outgoing::Fatal(id, reason) => {
+                    (id, Response::new(Status::BadRequest { reason }), None, None, true)
+                }
             };
             let body_len = payload.as_ref().map_or(0, |p| p.as_ref().len());
             let start = heads.len();
@@ -343,7 +355,7 @@ where
                 break 'outer;
             }
             bytes += heads.len() - start + body_len;
-            batch.push((start..heads.len(), payload));
+            batch.push((start..heads.len(), payload, reservation));
             shared.in_flight.set(shared.in_flight.get() - 1);
             close |= fatal;
             if close || bytes >= WRITE_BATCH_BYTES || batch.len() * 2 >= MAX_SLICES {
@@ -356,7 +368,7 @@ where
         }
         let slices: Vec<&[u8]> = batch
             .iter()
-            .flat_map(|(h, p)| [&heads[h.clone()], p.as_ref().map_or(&[][..], |p| p.as_ref())])
+            .flat_map(|(h, p, _)| [&heads[h.clone()], p.as_ref().map_or(&[][..], |p| p.as_ref())])
             .filter(|s| !s.is_empty())
             .collect();
         // Whatever the socket does not take at once is written as it drains; a peer that

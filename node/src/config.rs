@@ -137,7 +137,7 @@ impl Default for NetSection {
             max_in_flight: 128,
             max_connections: 1024,
             max_pending_requests: 4096,
-            max_pending_mib: 64,
+            max_pending_mib: 32,
             frame_timeout_ms: 10_000,
         }
     }
@@ -244,10 +244,14 @@ impl NodeConfig {
             return Err(bad("net.max_pending_requests", "must be at least 1"));
         }
         let max_value_mib = crate::limits::MAX_VALUE_BYTES.div_ceil(1 << 20);
-        if self.net.max_pending_mib < max_value_mib || self.net.max_pending_mib > 1 << 20 {
+        if self.net.max_pending_mib < max_value_mib || self.net.max_pending_mib > self.queue.pool_mib / 2 {
             return Err(bad(
                 "net.max_pending_mib",
-                format!("must be between {max_value_mib} (one largest value) and 1048576"),
+                format!(
+                    "must be between {max_value_mib} (one largest value) and half of queue.pool_mib ({}), \
+                     so that writes and GC always find DMA buffers",
+                    self.queue.pool_mib / 2
+                ),
             ));
         }
         if !(100..=3_600_000).contains(&self.net.frame_timeout_ms) {

@@ -158,17 +158,26 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
     type In = Vec<u8>;
     type Out = OutBuf;
 
-    fn admit(&self, _request: &Request, payload_len: usize) -> Result<(), Status> {
-        if self.admission.try_admit(payload_len) {
-            Ok(())
+    fn admit(&self, request: &Request, payload_len: usize) -> Result<usize, Status> {
+        // A Get holds the value it sends back until the reply has left: budget its size
+        // (from the index, no I/O) so that clients that do not read cannot pin memory.
+        let bytes = match request {
+            Request::Get { key, range, .. } => {
+                let len = self.store.stat(key).map(|s| s.len).unwrap_or(0);
+                range.map_or(len, |r| r.len.min(len)) as usize
+            }
+            _ => payload_len,
+        };
+        if self.admission.try_admit(bytes) {
+            Ok(bytes)
         } else {
             self.stats.busy.set(self.stats.busy.get() + 1);
             Err(Status::Busy)
         }
     }
 
-    fn release(&self, payload_len: usize) {
-        self.admission.release(payload_len);
+    fn release(&self, bytes: usize) {
+        self.admission.release(bytes);
     }
 
     fn payload_buffer(&self, len: usize) -> Result<Vec<u8>, Status> {
