@@ -125,7 +125,8 @@ pub struct NetSection {
     pub max_connections: usize,
     /// Requests a shard answers at once (all connections); more are answered Busy.
     pub max_pending_requests: usize,
-    /// Payload bytes those requests may hold, MiB; more are answered Busy.
+    /// Bytes those requests may hold (payloads in, values out), MiB; more are answered
+    /// Busy. 0 = automatic: a quarter of queue.pool_mib, at least one largest value.
     pub max_pending_mib: usize,
     /// A begun frame must arrive whole, and replies must be read, within this time.
     pub frame_timeout_ms: u64,
@@ -137,7 +138,7 @@ impl Default for NetSection {
             max_in_flight: 128,
             max_connections: 1024,
             max_pending_requests: 4096,
-            max_pending_mib: 32,
+            max_pending_mib: 0,
             frame_timeout_ms: 10_000,
         }
     }
@@ -244,7 +245,8 @@ impl NodeConfig {
             return Err(bad("net.max_pending_requests", "must be at least 1"));
         }
         let max_value_mib = crate::limits::MAX_VALUE_BYTES.div_ceil(1 << 20);
-        if self.net.max_pending_mib < max_value_mib || self.net.max_pending_mib > self.queue.pool_mib / 2 {
+        let pending = self.net.max_pending_mib;
+        if pending != 0 && (pending < max_value_mib || pending > self.queue.pool_mib / 2) {
             return Err(bad(
                 "net.max_pending_mib",
                 format!(
@@ -258,6 +260,15 @@ impl NodeConfig {
             return Err(bad("net.frame_timeout_ms", "must be between 100 and 3600000"));
         }
         Ok(())
+    }
+
+    /// The pending budget of one shard, in bytes (see `net.max_pending_mib`).
+    pub fn pending_bytes(&self) -> usize {
+        let mib = match self.net.max_pending_mib {
+            0 => (self.queue.pool_mib / 4).max(crate::limits::MAX_VALUE_BYTES.div_ceil(1 << 20)),
+            n => n,
+        };
+        mib << 20
     }
 
     /// The cores shards run on.
@@ -308,5 +319,19 @@ mod tests {
         assert!(e.contains("node.cores"), "{e}");
         let e = NodeConfig::parse("[bogus]\nx = 1\n").unwrap_err();
         assert!(e.contains("bogus"), "{e}");
+        let e = NodeConfig::parse("[net]\nmax_pending_mib = 100\n[queue]\npool_mib = 128\n").unwrap_err();
+        assert!(e.contains("net.max_pending_mib"), "{e}");
+        let e = NodeConfig::parse("[net]\nframe_timeout_ms = 5\n").unwrap_err();
+        assert!(e.contains("net.frame_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn the_pending_budget_follows_the_pool_unless_set() {
+        let cfg = NodeConfig::parse("[queue]\npool_mib = 128\n").unwrap();
+        assert_eq!(cfg.pending_bytes(), 32 << 20);
+        let cfg = NodeConfig::parse("[queue]\npool_mib = 32\n").unwrap();
+        assert_eq!(cfg.pending_bytes(), 8 << 20, "at least one largest value");
+        let cfg = NodeConfig::parse("[net]\nmax_pending_mib = 40\n").unwrap();
+        assert_eq!(cfg.pending_bytes(), 40 << 20);
     }
 }

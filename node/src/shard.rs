@@ -146,10 +146,7 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         peers: peers.clone(),
         stats: stats.clone(),
         in_flight: std::cell::Cell::new(0),
-        admission: crate::admission::Admission::new(
-            s.cfg.net.max_pending_requests,
-            s.cfg.net.max_pending_mib << 20,
-        ),
+        admission: crate::admission::Admission::new(s.cfg.net.max_pending_requests, s.cfg.pending_bytes()),
     });
     for (from, rx) in receivers {
         let (handler, peers) = (handler.clone(), peers.clone());
