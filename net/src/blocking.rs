@@ -16,6 +16,7 @@ use crate::shard_map::ShardMap;
 /// Blocking calls to one node: routes by the node's shard map to its shards.
 pub struct BlockingClient {
     timeout: Duration,
+    secret: Option<Vec<u8>>,
     map: ShardMap,
     conns: std::collections::HashMap<String, Connection<AssertAsync<TcpStream>>>,
 }
@@ -23,8 +24,18 @@ pub struct BlockingClient {
 impl BlockingClient {
     /// Connects to `addr` and fetches its shard map.
     pub fn connect(addr: &str, timeout: Duration) -> Result<Self, ClientError> {
+        Self::connect_with_secret(addr, timeout, None)
+    }
+
+    /// Connects to a node that requires its shared secret.
+    pub fn connect_with_secret(
+        addr: &str,
+        timeout: Duration,
+        secret: Option<Vec<u8>>,
+    ) -> Result<Self, ClientError> {
         let mut c = BlockingClient {
             timeout,
+            secret,
             map: ShardMap::spread(0, 1, Vec::new()),
             conns: Default::default(),
         };
@@ -55,8 +66,11 @@ impl BlockingClient {
             let _ = sock.set_nodelay(true);
             sock.set_read_timeout(Some(self.timeout)).ok();
             sock.set_write_timeout(Some(self.timeout)).ok();
-            self.conns
-                .insert(addr.to_string(), Connection::new(AssertAsync::new(sock)));
+            let conn = Connection::new(AssertAsync::new(sock));
+            if let Some(secret) = &self.secret {
+                block_on(crate::client::authenticate(&conn, secret))?;
+            }
+            self.conns.insert(addr.to_string(), conn);
         }
         let conn = self.conns[addr].clone();
         block_on(conn.call(request, payload)).map_err(|e| match e {

@@ -57,18 +57,44 @@ pub(crate) fn found(resp: &Response) -> Result<bool, ClientError> {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientConfig {
     /// Deadline of every request (connect included).
     pub timeout: Duration,
+    /// The node's shared secret, proved on every new connection (never sent).
+    pub secret: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("timeout", &self.timeout)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             timeout: Duration::from_secs(5),
+            secret: None,
         }
     }
+}
+
+/// Proves the shared secret on a new connection: challenge, then HMAC proof.
+pub async fn authenticate<S>(conn: &Connection<S>, secret: &[u8]) -> Result<(), ClientError>
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
+    let (resp, _) = conn.call(&Request::AuthChallenge, &[]).await?;
+    expect_ok(&resp)?;
+    let nonce = crate::auth::from_hex(resp.reason.as_str())
+        .ok_or_else(|| ClientError::Wire(WireError::Malformed("challenge is not hex".into())))?;
+    let proof = crate::auth::proof(secret, &nonce);
+    let (resp, _) = conn.call(&Request::AuthProof { proof }, &[]).await?;
+    expect_ok(&resp)
 }
 
 /// A client of a cluster of nodes. Not `Send`: one per thread (or per core).
@@ -108,6 +134,11 @@ impl<R: Runtime> Client<R> {
                 reason: e.to_string(),
             })?;
         let conn = Connection::new(stream);
+        if let Some(secret) = &self.cfg.secret {
+            R::timeout(self.cfg.timeout, authenticate(&conn, secret))
+                .await
+                .ok_or(ClientError::Timeout(self.cfg.timeout))??;
+        }
         self.conns.borrow_mut().insert(addr.to_string(), conn.clone());
         Ok(conn)
     }

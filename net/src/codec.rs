@@ -108,7 +108,18 @@ pub fn access_request(header: &HeaderBuf, payload_len: u32) -> Result<&ArchivedR
         | ArchivedRequest::Get { key, .. }
         | ArchivedRequest::Delete { key, .. }
         | ArchivedRequest::Stat { key, .. } => check_key(key.as_slice())?,
-        ArchivedRequest::Ping | ArchivedRequest::GetShardMap | ArchivedRequest::Stats => {}
+        ArchivedRequest::AuthProof { proof } => {
+            if proof.len() > 64 {
+                return Err(WireError::Malformed(format!(
+                    "auth proof of {} bytes",
+                    proof.len()
+                )));
+            }
+        }
+        ArchivedRequest::Ping
+        | ArchivedRequest::GetShardMap
+        | ArchivedRequest::Stats
+        | ArchivedRequest::AuthChallenge => {}
     }
     if !wants_payload && payload_len != 0 {
         return Err(WireError::Malformed(format!(
@@ -229,6 +240,8 @@ mod tests {
             },
             Request::GetShardMap,
             Request::Stats,
+            Request::AuthChallenge,
+            Request::AuthProof { proof: vec![1; 32] },
         ];
         for (i, req) in all.into_iter().enumerate() {
             let payload = if matches!(req, Request::Put { .. }) { 3 } else { 0 };

@@ -1,6 +1,7 @@
 //! hotshard-net: the wire protocol (rkyv headers + raw payloads), framing, validation,
 //! error codes, placement, and the shard-aware client.
 
+pub mod auth;
 pub mod blocking;
 pub mod client;
 pub mod codec;

@@ -45,6 +45,12 @@ pub enum Request {
     },
     GetShardMap,
     Stats,
+    /// Asks for an authentication challenge (a nonce, hex, in the response's `reason`).
+    AuthChallenge,
+    /// Answers the challenge: HMAC-SHA256 over it with the shared secret (see `auth`).
+    AuthProof {
+        proof: Vec<u8>,
+    },
 }
 
 impl Request {
@@ -57,6 +63,8 @@ impl Request {
             Request::Stat { .. } => "stat",
             Request::GetShardMap => "get_shard_map",
             Request::Stats => "stats",
+            Request::AuthChallenge => "auth_challenge",
+            Request::AuthProof { .. } => "auth_proof",
         }
     }
 }

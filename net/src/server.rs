@@ -64,6 +64,10 @@ pub trait Handler: 'static {
     }
     /// An admitted request's reply has been sent (or dropped with its connection).
     fn release(&self, _bytes: usize) {}
+    /// The shared secret a connection must prove it knows before any other request.
+    fn secret(&self) -> Option<&[u8]> {
+        None
+    }
     /// Answers one request.
     fn handle(
         self: Rc<Self>,
@@ -100,6 +104,8 @@ pub struct ConnectionReport {
     pub busy: u64,
     /// A frame did not arrive whole within the frame timeout; the connection was closed.
     pub timed_out: bool,
+    /// A secret is required and the peer did not prove it; refused and closed.
+    pub unauthorized: bool,
 }
 
 /// Budget held by one admitted request, given back when its reply is gone.
@@ -116,8 +122,8 @@ impl Drop for Reservation {
 
 enum Outgoing<B> {
     Reply(u64, Reply<B>, Option<Reservation>),
-    /// Answer a malformed frame, then close.
-    Fatal(u64, String),
+    /// Answer with this status (a malformed frame, a refused peer), then close.
+    Fatal(u64, Status),
 }
 
 /// Replies waiting for the writer, and the in-flight count the reader waits on.
@@ -190,6 +196,8 @@ where
         Rc::new(move |bytes| handler.release(bytes))
     };
     let mut report = ConnectionReport::default();
+    let mut authenticated = handler.secret().is_none();
+    let mut nonce: Option<[u8; crate::auth::NONCE_BYTES]> = None;
     loop {
         // Backpressure: read nothing more until a reply has gone out.
         futures_lite::future::poll_fn(|cx| {
@@ -236,6 +244,23 @@ where
             Ok(req) => req,
             Err(e) => return fatal(&shared, &mut report, id, e),
         };
+        if !authenticated {
+            match authenticate(handler.secret().unwrap_or_default(), &request, &mut nonce) {
+                Ok(reply) => {
+                    authenticated = matches!(request, Request::AuthProof { .. });
+                    report.requests += 1;
+                    shared.in_flight.set(shared.in_flight.get() + 1);
+                    shared.push(Outgoing::Reply(id, reply, None));
+                    continue;
+                }
+                Err(status) => {
+                    report.unauthorized = true;
+                    shared.in_flight.set(shared.in_flight.get() + 1);
+                    shared.push(Outgoing::Fatal(id, status));
+                    return report;
+                }
+            }
+        }
         let len = preamble.payload_len as usize;
         let (reservation, refused) = match handler.admit(&request, len) {
             Ok(bytes) => (
@@ -308,11 +333,37 @@ where
     }
 }
 
+/// Before a connection has proved the secret: a challenge gets a nonce, a proof is checked
+/// against it; anything else, or a wrong proof, is refused.
+fn authenticate<B>(
+    secret: &[u8],
+    request: &Request,
+    nonce: &mut Option<[u8; crate::auth::NONCE_BYTES]>,
+) -> Result<Reply<B>, Status> {
+    match request {
+        Request::AuthChallenge => {
+            let n = crate::auth::new_nonce();
+            *nonce = Some(n);
+            let mut r = Response::new(Status::Ok);
+            r.reason = crate::auth::to_hex(&n);
+            Ok(Reply {
+                response: r,
+                payload: None,
+            })
+        }
+        Request::AuthProof { proof } => match nonce.take() {
+            Some(n) if crate::auth::verify(secret, &n, proof) => Ok(Reply::status(Status::Ok)),
+            _ => Err(Status::Unauthorized),
+        },
+        _ => Err(Status::Unauthorized),
+    }
+}
+
 fn fatal<B>(shared: &Shared<B>, report: &mut ConnectionReport, id: u64, e: WireError) -> ConnectionReport {
     let reason = e.to_string();
     report.protocol_error = Some(reason.clone());
     shared.in_flight.set(shared.in_flight.get() + 1);
-    shared.push(Outgoing::Fatal(id, reason));
+    shared.push(Outgoing::Fatal(id, Status::BadRequest { reason }));
     report.clone()
 }
 
@@ -345,9 +396,7 @@ where
         loop {
             let (id, response, payload, reservation, fatal) = match item {
                 Outgoing::Reply(id, reply, r) => (id, reply.response, reply.payload, r, false),
-                Outgoing::Fatal(id, reason) => {
-                    (id, Response::new(Status::BadRequest { reason }), None, None, true)
-                }
+                Outgoing::Fatal(id, status) => (id, Response::new(status), None, None, true),
             };
             let body_len = payload.as_ref().map_or(0, |p| p.as_ref().len());
             let start = heads.len();

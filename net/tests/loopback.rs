@@ -301,6 +301,7 @@ fn a_request_without_an_answer_times_out() {
         let held = glommio::spawn_local(async move { listener.accept().await.ok().map(|s| (s, listener)) });
         let cfg = ClientConfig {
             timeout: Duration::from_millis(100),
+            ..ClientConfig::default()
         };
         let started = std::time::Instant::now();
         let err = Client::<Glommio>::connect(&[&addr], cfg).await.err().unwrap();

@@ -23,7 +23,32 @@ pub struct NodeConfig {
     pub store: StoreSection,
     #[serde(default)]
     pub net: NetSection,
+    #[serde(default)]
+    pub auth: AuthSection,
 }
+
+/// An optional shared secret: when set, every connection must prove it (HMAC
+/// challenge-response) before any request. Never logged, printed or exported.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// The secret itself (at least 16 bytes).
+    pub secret: Option<String>,
+    /// Or a file holding it (trailing newline ignored); keeps it out of the profile.
+    pub secret_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for AuthSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSection")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_file", &self.secret_file)
+            .finish()
+    }
+}
+
+/// Minimum secret length: short secrets fall to offline guessing of captured proofs.
+pub const MIN_SECRET_BYTES: usize = 16;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -151,8 +176,22 @@ fn bad(key: &str, why: impl std::fmt::Display) -> String {
 impl NodeConfig {
     /// Parses and checks a profile; the error names the offending key.
     pub fn parse(text: &str) -> Result<NodeConfig, String> {
-        let cfg: NodeConfig =
-            toml::from_str(text).map_err(|e| format!("config: {}", e.to_string().trim()))?;
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| {
+            // A parse error quotes the offending line; never let that be the secret.
+            let msg: Vec<String> = e
+                .to_string()
+                .trim()
+                .lines()
+                .map(|l| {
+                    if l.contains("secret") && l.contains('=') {
+                        "   | <line with the secret, not shown>".to_string()
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect();
+            format!("config: {}", msg.join("\n"))
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -168,6 +207,9 @@ impl NodeConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.auth.secret.is_some() {
+            self.secret()?;
+        }
         let n = &self.node;
         if n.base_port == 0 {
             return Err(bad("node.base_port", "must be a port number above 0"));
@@ -262,6 +304,30 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// The shared secret, if one is configured (read from `secret_file` if given there).
+    pub fn secret(&self) -> Result<Option<Vec<u8>>, String> {
+        let secret = match (&self.auth.secret, &self.auth.secret_file) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => return Err(bad("auth.secret", "give secret or secret_file, not both")),
+            (Some(s), None) => s.as_bytes().to_vec(),
+            (None, Some(p)) => {
+                let mut b =
+                    std::fs::read(p).map_err(|e| bad("auth.secret_file", format!("{}: {e}", p.display())))?;
+                while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                    b.pop();
+                }
+                b
+            }
+        };
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(bad(
+                "auth.secret",
+                format!("must be at least {MIN_SECRET_BYTES} bytes"),
+            ));
+        }
+        Ok(Some(secret))
+    }
+
     /// The pending budget of one shard, in bytes (see `net.max_pending_mib`).
     pub fn pending_bytes(&self) -> usize {
         let mib = match self.net.max_pending_mib {
@@ -323,6 +389,21 @@ mod tests {
         assert!(e.contains("net.max_pending_mib"), "{e}");
         let e = NodeConfig::parse("[net]\nframe_timeout_ms = 5\n").unwrap_err();
         assert!(e.contains("net.frame_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn the_secret_is_checked_and_never_shown() {
+        let cfg = NodeConfig::parse("[auth]\nsecret = \"0123456789abcdef-xyz\"\n").unwrap();
+        assert_eq!(cfg.secret().unwrap().unwrap(), b"0123456789abcdef-xyz");
+        assert!(
+            !format!("{cfg:?}").contains("0123456789abcdef"),
+            "Debug shows the secret"
+        );
+        let e = NodeConfig::parse("[auth]\nsecret = \"short\"\n").unwrap_err();
+        assert!(e.contains("auth.secret") && !e.contains("short"), "{e}");
+        let e = NodeConfig::parse("[auth]\nsecret = \"0123456789abcdef-xyz\" junk\n").unwrap_err();
+        assert!(!e.contains("0123456789abcdef"), "{e}");
+        assert_eq!(NodeConfig::parse("").unwrap().secret().unwrap(), None);
     }
 
     #[test]

@@ -80,8 +80,18 @@ enum Command {
     },
 }
 
+/// The CLI proves the node's secret when `HOTSHARD_SECRET` holds it (never an argument:
+/// arguments show in `ps`).
 fn client(t: &Target) -> Result<BlockingClient, String> {
-    BlockingClient::connect(&t.addr, Duration::from_secs(t.timeout)).map_err(|e| format!("{}: {e}", t.addr))
+    let secret = std::env::var_os("HOTSHARD_SECRET").map(|s| s.into_encoded_bytes());
+    BlockingClient::connect_with_secret(&t.addr, Duration::from_secs(t.timeout), secret).map_err(|e| {
+        let hint = if e.to_string().contains("Unauthorized") {
+            " (set HOTSHARD_SECRET to the node's auth secret)"
+        } else {
+            ""
+        };
+        format!("{}: {e}{hint}", t.addr)
+    })
 }
 
 fn run(cli: Cli) -> Result<(), String> {

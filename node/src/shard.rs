@@ -147,6 +147,7 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         stats: stats.clone(),
         in_flight: std::cell::Cell::new(0),
         admission: crate::admission::Admission::new(s.cfg.net.max_pending_requests, s.cfg.pending_bytes()),
+        secret: s.cfg.secret().map_err(fail)?,
     });
     for (from, rx) in receivers {
         let (handler, peers) = (handler.clone(), peers.clone());
@@ -227,6 +228,9 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
             }
             if report.timed_out {
                 stats.frame_timeouts.set(stats.frame_timeouts.get() + 1);
+            }
+            if report.unauthorized {
+                stats.auth_failures.set(stats.auth_failures.get() + 1);
             }
             open.set(open.get() - 1);
         })

@@ -39,6 +39,8 @@ pub struct ShardHandler<Q: BlockQueue> {
     pub in_flight: std::cell::Cell<usize>,
     /// The budget of requests arriving from connections (over it: Busy).
     pub admission: crate::admission::Admission,
+    /// The shared secret connections must prove, if any.
+    pub secret: Option<Vec<u8>>,
 }
 
 struct InFlight<'a>(&'a std::cell::Cell<usize>);
@@ -142,7 +144,8 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                     self.stats.render(self.shard, &self.store).into_bytes(),
                 )),
             },
-            Request::Ping => Reply::status(Status::Ok),
+            // Already authenticated, or no secret configured: nothing to prove.
+            Request::Ping | Request::AuthChallenge | Request::AuthProof { .. } => Reply::status(Status::Ok),
             Request::GetShardMap => match self.map.to_bytes() {
                 Ok(b) => Reply {
                     response: Response::new(Status::Ok),
@@ -178,6 +181,10 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
 
     fn release(&self, bytes: usize) {
         self.admission.release(bytes);
+    }
+
+    fn secret(&self) -> Option<&[u8]> {
+        self.secret.as_deref()
     }
 
     fn payload_buffer(&self, len: usize) -> Result<Vec<u8>, Status> {

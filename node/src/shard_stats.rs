@@ -52,6 +52,8 @@ pub struct ShardStats {
     pub busy: Cell<u64>,
     /// Connections closed because a frame or a reply stalled past the frame timeout.
     pub frame_timeouts: Cell<u64>,
+    /// Connections refused for a missing or wrong proof of the shared secret.
+    pub auth_failures: Cell<u64>,
 }
 
 impl ShardStats {
@@ -104,7 +106,7 @@ impl ShardStats {
         let c = store.counters();
         let cache = store.cache_stats();
         let space = store.space();
-        let gauges: [(&str, u64); 22] = [
+        let gauges: [(&str, u64); 23] = [
             ("hotshard_forwarded_total", self.forwarded.get()),
             ("hotshard_wrong_shard_total", self.wrong_shard.get()),
             ("hotshard_connections_total", self.connections.get()),
@@ -115,6 +117,7 @@ impl ShardStats {
             ("hotshard_protocol_errors_total", self.protocol_errors.get()),
             ("hotshard_busy_total", self.busy.get()),
             ("hotshard_frame_timeouts_total", self.frame_timeouts.get()),
+            ("hotshard_auth_failures_total", self.auth_failures.get()),
             ("hotshard_cache_hits_total", cache.hits),
             ("hotshard_cache_misses_total", cache.misses),
             ("hotshard_cache_bytes", cache.bytes as u64),

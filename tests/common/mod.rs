@@ -81,11 +81,22 @@ pub fn write_config_with(dir: &Path, port: u16, extra: &str) -> PathBuf {
 
 /// Starts the node and waits until both shards accept connections.
 pub fn start(cfg: &Path, port: u16) -> Node {
+    start_inner(cfg, port, None)
+}
+
+/// Starts a node that requires `secret`, logging at debug level (so a test can check that
+/// the log never holds the secret).
+pub fn start_with_secret(cfg: &Path, port: u16, secret: &str) -> Node {
+    start_inner(cfg, port, Some(secret))
+}
+
+fn start_inner(cfg: &Path, port: u16, secret: Option<&str>) -> Node {
     let log_path = cfg.with_extension("log");
     let log = std::fs::File::create(&log_path).unwrap();
     let child = Command::new(binary())
         .args(["serve", "--config"])
         .arg(cfg)
+        .env("RUST_LOG", if secret.is_some() { "debug" } else { "warn" })
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -96,7 +107,10 @@ pub fn start(cfg: &Path, port: u16) -> Node {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     for shard in 0..2 {
-        while BlockingClient::connect(&node.addr(shard), Duration::from_secs(1)).is_err() {
+        let secret = secret.map(|s| s.as_bytes().to_vec());
+        while BlockingClient::connect_with_secret(&node.addr(shard), Duration::from_secs(1), secret.clone())
+            .is_err()
+        {
             let exited = node
                 .child
                 .as_mut()

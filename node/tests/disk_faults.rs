@@ -1,0 +1,136 @@
+//! Disk faults as a client of the node sees them: requests go through the shard's handler
+//! (the code behind every connection) to a store on SimDevice with injected faults. EIO on
+//! a read fails that object only; EIO on a write fails that put and loses nothing
+//! acknowledged; a full device answers NoSpace; read errors show in the shard's metrics.
+
+mod common;
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use common::{check_value, make_value, small_config, SIM_BYTES};
+use hotshard_net::shard_map::{ShardAddr, ShardMap};
+use hotshard_net::{Request, Status, Target};
+use hotshard_node::admission::Admission;
+use hotshard_node::peers::{mesh, Peers};
+use hotshard_node::shard_handler::ShardHandler;
+use hotshard_node::shard_stats::ShardStats;
+use hotshard_node::store::Store;
+use hotshard_nvme::{SimDevice, SimQueue};
+
+fn target(map: &ShardMap, key: &[u8]) -> Target {
+    Target {
+        partition: map.partition(key),
+        epoch: map.epoch,
+    }
+}
+
+async fn handler(dev: &SimDevice) -> Rc<ShardHandler<SimQueue>> {
+    let mut cfg = small_config(SIM_BYTES);
+    cfg.cache_bytes = 0;
+    let (store, _) = Store::open(dev.queue(4 << 20).unwrap(), cfg).await.unwrap();
+    let map = ShardMap::spread(
+        1,
+        4,
+        vec![ShardAddr {
+            node: 0,
+            shard: 0,
+            addr: "127.0.0.1:1".into(),
+        }],
+    );
+    let ends = mesh(1).pop().unwrap();
+    let (peers, _) = Peers::connect(0, ends).await;
+    Rc::new(ShardHandler {
+        shard: 0,
+        node_id: 0,
+        store,
+        map: Rc::new(map),
+        peers,
+        stats: Rc::new(ShardStats::default()),
+        in_flight: Cell::new(0),
+        admission: Admission::new(64, 1 << 20),
+        secret: None,
+    })
+}
+
+async fn put(h: &ShardHandler<SimQueue>, key: &[u8], value: Vec<u8>) -> Status {
+    let req = Request::Put {
+        key: key.to_vec(),
+        if_version: None,
+        target: target(&h.map, key),
+    };
+    h.execute(req, Some(value)).await.response.status()
+}
+
+async fn get(h: &ShardHandler<SimQueue>, key: &[u8]) -> (Status, Option<Vec<u8>>) {
+    let req = Request::Get {
+        key: key.to_vec(),
+        range: None,
+        target: target(&h.map, key),
+    };
+    let r = h.execute(req, None).await;
+    (r.response.status(), r.payload.map(|p| p.as_ref().to_vec()))
+}
+
+fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move { f().await })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn read_and_write_errors_fail_only_their_request_and_are_counted() {
+    run(|| async {
+        let dev = SimDevice::new(SIM_BYTES, 512, 1).unwrap();
+        let h = handler(&dev).await;
+        assert_eq!(put(&h, b"a", make_value(1, 10_000)).await, Status::Ok);
+        assert_eq!(put(&h, b"b", make_value(2, 10_000)).await, Status::Ok);
+        // A latent bad sector under "a"'s value (segment 0 starts at 8192; one meta block,
+        // then the value).
+        dev.fail_reads(8192 + 4096..8192 + 4 * 4096);
+        assert_eq!(get(&h, b"a").await.0, Status::Internal, "EIO answers an error");
+        let (status, value) = get(&h, b"b").await;
+        assert_eq!(status, Status::Ok, "other objects keep being served");
+        assert_eq!(check_value(&value.unwrap()), Some(2));
+        let metrics = h.stats.render(0, &h.store);
+        assert!(
+            metrics.contains("hotshard_read_errors_total{shard=\"0\"} 1"),
+            "the bad sector is counted: {metrics}"
+        );
+        dev.clear_faults();
+        // EIO on a write: that put fails; every acknowledged object is intact.
+        dev.fail_writes(0..SIM_BYTES);
+        assert_eq!(put(&h, b"c", make_value(3, 100)).await, Status::Internal);
+        dev.clear_faults();
+        assert_eq!(get(&h, b"c").await.0, Status::NotFound);
+        assert_eq!(check_value(&get(&h, b"a").await.1.unwrap()), Some(1));
+        assert!(h
+            .stats
+            .render(0, &h.store)
+            .contains("hotshard_write_errors_total{shard=\"0\"} 1"));
+    });
+}
+
+#[test]
+fn a_full_device_answers_no_space_and_keeps_reading() {
+    run(|| async {
+        let dev = SimDevice::new(SIM_BYTES, 512, 2).unwrap();
+        let h = handler(&dev).await;
+        let mut stored = Vec::new();
+        for i in 0..10_000u64 {
+            let key = format!("fill-{i}").into_bytes();
+            match put(&h, &key, make_value(i, 20_000)).await {
+                Status::Ok => stored.push((key, i)),
+                Status::NoSpace => break,
+                other => panic!("put {i}: {other:?}"),
+            }
+        }
+        assert!(!stored.is_empty());
+        assert_eq!(put(&h, b"one-more", make_value(1, 20_000)).await, Status::NoSpace);
+        for (key, i) in &stored {
+            assert_eq!(check_value(&get(&h, key).await.1.unwrap()), Some(*i));
+        }
+    });
+}
