@@ -175,6 +175,13 @@ fn malformed_frames_slowloris_and_non_readers_are_cut_off_and_others_served() {
     }
     let _ = hog.write_all(&stuck);
     std::thread::sleep(Duration::from_millis(1500));
+    eprintln!(
+        "after the non-reader: busy {} timeouts {} pending {} requests, {} bytes",
+        metric(port + 3, "hotshard_busy_total"),
+        metric(port + 3, "hotshard_frame_timeouts_total"),
+        metric(port + 3, "hotshard_pending_requests"),
+        metric(port + 3, "hotshard_pending_bytes")
+    );
     assert_served(&owner);
     let grown = rss_kib(node.child.as_ref().unwrap().id()).saturating_sub(before);
     // At most max_in_flight (128) replies are queued for it; the values come from the

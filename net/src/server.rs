@@ -21,7 +21,7 @@ use rkyv::rancor::Error as RkyvError;
 
 use crate::codec::{access_request, encode_response_into};
 use crate::error::WireError;
-use crate::frame::FrameKind;
+use crate::frame::{FrameKind, PREAMBLE_BYTES};
 use crate::frame_io::{flush, read_head, read_payload, skip_payload, write_frame};
 use crate::limits::DEFAULT_MAX_IN_FLIGHT;
 use crate::message::{Request, Response, Status};
@@ -56,13 +56,17 @@ pub trait Handler: 'static {
     type Out: AsRef<[u8]> + 'static;
     /// A buffer of exactly `len` bytes for a request's payload, or why there is none.
     fn payload_buffer(&self, len: usize) -> Result<Self::In, Status>;
-    /// Whether there is room for this request now, before anything is allocated for it:
-    /// the bytes it will hold (its payload, or the value it will send back) until its
-    /// reply has left. An error answers it at once (Busy when over budget).
-    fn admit(&self, _request: &Request, _payload_len: usize) -> Result<usize, Status> {
-        Ok(0)
+    /// Whether there is room for this request now, before anything is allocated for it;
+    /// returns the bytes it holds from now on (its payload), or None when it is not
+    /// counted at all (small control requests). An error answers it at once (Busy when
+    /// over budget).
+    fn admit(&self, _request: &Request, _payload_len: usize) -> Result<Option<usize>, Status> {
+        Ok(None)
     }
-    /// An admitted request's reply has been sent (or dropped with its connection).
+    /// An admitted request's reply carries a payload of `bytes`, held until it has left.
+    fn hold(&self, _bytes: usize) {}
+    /// An admitted request's reply has been sent (or dropped with its connection): the
+    /// bytes from `admit` and `hold` are free again.
     fn release(&self, _bytes: usize) {}
     /// The shared secret a connection must prove it knows before any other request.
     fn secret(&self) -> Option<&[u8]> {
@@ -133,12 +137,17 @@ struct Shared<B> {
     reading_done: Cell<bool>,
     /// The writer gave up on the peer; the reader stops too.
     closed: Cell<bool>,
+    /// The peer stopped reading its replies for the whole frame timeout.
+    stalled: Cell<bool>,
     writer_waker: RefCell<Option<Waker>>,
     reader_waker: RefCell<Option<Waker>>,
 }
 
 impl<B> Shared<B> {
     fn push(&self, item: Outgoing<B>) {
+        if self.closed.get() {
+            return; // nobody will send it: free its buffers and its budget now
+        }
         self.queue.borrow_mut().push_back(item);
         if let Some(w) = self.writer_waker.borrow_mut().take() {
             w.wake();
@@ -165,13 +174,14 @@ where
         in_flight: Cell::new(0),
         reading_done: Cell::new(false),
         closed: Cell::new(false),
+        stalled: Cell::new(false),
         writer_waker: RefCell::new(None),
         reader_waker: RefCell::new(None),
     });
     let writer_task = glommio::spawn_local(write_loop(writer, fd, shared.clone(), cfg.frame_timeout));
     let reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let mut report = read_loop(reader, handler, shared.clone(), cfg).await;
-    report.timed_out |= shared.closed.get();
+    report.timed_out |= shared.stalled.get();
     shared.reading_done.set(true);
     if let Some(w) = shared.writer_waker.borrow_mut().take() {
         w.wake();
@@ -215,19 +225,22 @@ where
         }
         // An idle connection may wait for its next frame as long as it likes; once a frame
         // has begun, all of it must arrive within the frame timeout.
-        match r.fill_buf().await {
+        let head_bytes = match r.fill_buf().await {
             Ok([]) | Err(_) => return report,
-            Ok(_) => {}
-        }
-        let head = glommio::timer::timeout(cfg.frame_timeout, async { Ok(read_head(&mut r).await) }).await;
+            Ok(b) if b.len() >= PREAMBLE_BYTES => {
+                PREAMBLE_BYTES + u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize
+            }
+            Ok(_) => usize::MAX,
+        };
+        let head = within(r.buffer().len(), head_bytes, cfg.frame_timeout, read_head(&mut r)).await;
         let (preamble, header) = match head {
-            Err(_) => {
+            None => {
                 report.timed_out = true;
                 return report;
             }
-            Ok(Ok(Some(h))) => h,
-            Ok(Ok(None)) | Ok(Err(WireError::Closed)) => return report,
-            Ok(Err(e)) => return fatal(&shared, &mut report, 0, e),
+            Some(Ok(Some(h))) => h,
+            Some(Ok(None)) | Some(Err(WireError::Closed)) => return report,
+            Some(Err(e)) => return fatal(&shared, &mut report, 0, e),
         };
         let id = preamble.request_id;
         if preamble.kind != FrameKind::Request {
@@ -263,13 +276,14 @@ where
         }
         let len = preamble.payload_len as usize;
         let (reservation, refused) = match handler.admit(&request, len) {
-            Ok(bytes) => (
+            Ok(Some(bytes)) => (
                 Some(Reservation {
                     release: release.clone(),
                     bytes,
                 }),
                 None,
             ),
+            Ok(None) => (None, None),
             Err(status) => {
                 report.busy += (status == Status::Busy) as u64;
                 (None, Some(status))
@@ -282,15 +296,19 @@ where
         };
         let payload = match buffer {
             Ok(Some(mut buf)) => {
-                let read = glommio::timer::timeout(cfg.frame_timeout, async {
-                    Ok(read_payload(&mut r, &mut buf.as_mut()[..len]).await)
-                })
+                let buffered = r.buffer().len();
+                let read = within(
+                    buffered,
+                    len,
+                    cfg.frame_timeout,
+                    read_payload(&mut r, &mut buf.as_mut()[..len]),
+                )
                 .await;
                 match read {
-                    Ok(Ok(())) => Some(buf),
-                    Ok(Err(WireError::Closed)) => return report,
-                    Ok(Err(e)) => return fatal(&shared, &mut report, id, e),
-                    Err(_) => {
+                    Some(Ok(())) => Some(buf),
+                    Some(Err(WireError::Closed)) => return report,
+                    Some(Err(e)) => return fatal(&shared, &mut report, id, e),
+                    None => {
                         report.timed_out = true;
                         return report;
                     }
@@ -299,11 +317,10 @@ where
             Ok(None) => None,
             Err(status) => {
                 // Refused or nowhere to put it (too large, over budget): drain it, say why.
-                let drained =
-                    glommio::timer::timeout(cfg.frame_timeout, async { Ok(skip_payload(&mut r, len).await) })
-                        .await;
-                if !matches!(drained, Ok(Ok(()))) {
-                    report.timed_out = drained.is_err();
+                let buffered = r.buffer().len();
+                let drained = within(buffered, len, cfg.frame_timeout, skip_payload(&mut r, len)).await;
+                if !matches!(drained, Some(Ok(()))) {
+                    report.timed_out = drained.is_none();
                     return report;
                 }
                 drop(reservation);
@@ -320,16 +337,55 @@ where
         let mut answer = Box::pin(handler.clone().handle(request, payload));
         let first = futures_lite::future::poll_once(answer.as_mut()).await;
         match first {
-            Some(reply) => shared.push(Outgoing::Reply(id, reply, reservation)),
+            Some(reply) => {
+                let reservation = hold(&*handler, reservation, &reply);
+                shared.push(Outgoing::Reply(id, reply, reservation));
+            }
             None => {
-                let shared = shared.clone();
+                let (shared, handler) = (shared.clone(), handler.clone());
                 glommio::spawn_local(async move {
                     let reply = answer.await;
+                    let reservation = hold(&*handler, reservation, &reply);
                     shared.push(Outgoing::Reply(id, reply, reservation));
                 })
                 .detach();
             }
         }
+    }
+}
+
+/// Charges a reply's payload to its request's reservation: the bytes stay counted until
+/// the reply has been written (a client that does not read holds them).
+fn hold<H: Handler>(
+    handler: &H,
+    reservation: Option<Reservation>,
+    reply: &Reply<H::Out>,
+) -> Option<Reservation> {
+    let bytes = reply.payload.as_ref().map_or(0, |p| p.as_ref().len());
+    reservation.map(|mut r| {
+        if bytes > 0 {
+            handler.hold(bytes);
+            r.bytes += bytes;
+        }
+        r
+    })
+}
+
+/// Runs `fut` under the frame timeout, unless the `needed` bytes are already buffered: then
+/// it cannot wait, and arming a timer per frame would cost more than the frame (a timer
+/// is registered with the reactor and removed again).
+async fn within<T>(
+    buffered: usize,
+    needed: usize,
+    timeout: Duration,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    if buffered >= needed {
+        Some(fut.await)
+    } else {
+        glommio::timer::timeout(timeout, async { Ok(fut.await) })
+            .await
+            .ok()
     }
 }
 
@@ -438,6 +494,7 @@ where
                 // End the reader too: it may be waiting for bytes or for backpressure.
                 // SAFETY: shutdown on the connection's own descriptor, still open.
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                shared.stalled.set(true);
                 shared.closed.set(true);
                 shared.wake_reader();
                 break 'outer;
@@ -452,5 +509,12 @@ where
             break;
         }
     }
+    // Replies that will never be sent hold DMA buffers and budget that requests still
+    // being answered (perhaps waiting for those very buffers) need: free them now.
+    shared.closed.set(true);
+    shared.wake_reader();
+    drop(batch);
+    let unsent = std::mem::take(&mut *shared.queue.borrow_mut());
+    drop(unsent);
     let _ = w.close().await;
 }

@@ -18,7 +18,7 @@ pub async fn all_metrics<Q: BlockQueue + 'static>(handler: &ShardHandler<Q>, sha
     let mut out = String::new();
     for shard in 0..shards {
         if shard == handler.shard {
-            out.push_str(&handler.stats.render(shard, &handler.store));
+            out.push_str(&handler.render_metrics());
         } else if let Some((_, body)) = handler.peers.forward(shard, Request::Stats, None).await {
             out.push_str(&String::from_utf8_lossy(&body));
         }

@@ -31,6 +31,12 @@ impl Admission {
         true
     }
 
+    /// Counts bytes an admitted request holds from now on (a reply's value), without a
+    /// check: the request is already being answered. New requests see them.
+    pub fn hold(&self, bytes: usize) {
+        self.bytes.set(self.bytes.get() + bytes);
+    }
+
     pub fn release(&self, payload: usize) {
         self.requests.set(self.requests.get().saturating_sub(1));
         self.bytes.set(self.bytes.get().saturating_sub(payload));
@@ -56,7 +62,10 @@ mod tests {
         assert_eq!(a.in_use(), (1, 40));
         assert!(a.try_admit(60));
         a.release(60);
-        a.release(40);
+        a.hold(80);
+        assert_eq!(a.in_use(), (1, 120));
+        assert!(!a.try_admit(0), "a large reply held counts against the budget");
+        a.release(40 + 80);
         assert_eq!(a.in_use(), (0, 0));
     }
 }
