@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Reproduces the node-against-device table of BENCHMARKS.md on one shard (core 0) with the
+# generator on core 1: durable PUT 4 KiB against the engine alone (`hotshard-bench engine`),
+# and GET 4 KiB served from the device (cache off) against fio randread at the same total
+# queue depth on the node's own data file. Needs fio. Usage: bench/node-vs-device.sh [DURATION]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+d=${1:-5s}
+cargo build --release -q -p hotshard-bench -p hotshard-node
+B=target/release/hotshard-bench
+work=target/bench/device
+rm -rf "$work" && mkdir -p "$work"
+cat > "$work/node.toml" <<TOML
+[node]
+data_dir = "$work/data"
+data_bytes = 2147483648
+cores = [0]
+base_port = 7810
+admin_port = 7881
+[store]
+cache_mib = 0
+TOML
+taskset -c 0 target/release/hotshard serve --config "$work/node.toml" > "$work/node.log" 2>&1 &
+node=$!
+trap 'kill $node 2>/dev/null; wait 2>/dev/null' EXIT
+for i in $(seq 200); do (echo > /dev/tcp/127.0.0.1/7810) 2>/dev/null && break; sleep 0.1; done
+
+echo "### durable PUT 4 KiB, 4 connections x 8 in flight, fresh store"
+$B run --target hotshard://127.0.0.1:7810 --mix put --keys 200000 --pipeline 8 --stream --duration "$d" --quiet
+echo "### the engine alone, same size, 32 writers, same core (put phase of hotshard-bench engine)"
+$B engine --path "$work/engine.img" --size 2147483648 --objects 200000 --writers 32 --readers 32 \
+    --duration "$d" --recovery-objects 0 --index-objects 1000 --core 0
+echo "### GET 4 KiB from the device (cache off), 4 x 8 = 32 in flight"
+$B run --target hotshard://127.0.0.1:7810 --mix get --keys 200000 --pipeline 8 --stream --preload \
+    --duration "$d" --quiet
+echo "### fio randread 4 KiB QD 32 on the node's data file, core 0"
+fio --name=anchor --filename="$work/data/data.img" --rw=randread --bs=4096 --iodepth=32 \
+    --ioengine=io_uring --direct=1 --runtime="${d%s}" --time_based --cpus_allowed=0 \
+    --size=2G --output-format=terse --terse-version=3 | awk -F';' '{printf "fio randread QD32: %s IOPS\n", $8}'
