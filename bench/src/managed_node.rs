@@ -104,7 +104,14 @@ impl ManagedNode {
                 let log = std::fs::read_to_string(work_dir.join("node.log")).unwrap_or_default();
                 anyhow::bail!("the node exited ({status}) before serving:\n{log}");
             }
-            if hotshard_net::blocking::BlockingClient::connect(&node.addr, Duration::from_secs(1)).is_ok() {
+            let secret = std::env::var_os("HOTSHARD_SECRET").map(|s| s.into_encoded_bytes());
+            if hotshard_net::blocking::BlockingClient::connect_with_secret(
+                &node.addr,
+                Duration::from_secs(1),
+                secret,
+            )
+            .is_ok()
+            {
                 return Ok(node);
             }
             anyhow::ensure!(

@@ -56,12 +56,16 @@ fn wait_port(port: u16) {
 }
 
 fn profile(dir: &Path, port: u16) -> PathBuf {
+    profile_with(dir, port, "")
+}
+
+fn profile_with(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let p = dir.join("profile.toml");
     std::fs::write(
         &p,
         format!(
             "[node]\ndata_dir = \"{}\"\ndata_bytes = 134217728\nbase_port = {port}\nadmin_port = {}\ncores = [0, 1]\n\
-             [queue]\npool_mib = 32\n[store]\nsegment_mib = 9\ncache_mib = 8\n",
+             [queue]\npool_mib = 32\n[store]\nsegment_mib = 9\ncache_mib = 8\n{extra}",
             dir.join("data").display(),
             port + 3
         ),
@@ -71,7 +75,11 @@ fn profile(dir: &Path, port: u16) -> PathBuf {
 }
 
 fn start_node(dir: &Path, port: u16) -> Proc {
-    let cfg = profile(dir, port);
+    start_node_with(dir, port, "")
+}
+
+fn start_node_with(dir: &Path, port: u16, extra: &str) -> Proc {
+    let cfg = profile_with(dir, port, extra);
     let child = Command::new(node_binary())
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -86,8 +94,16 @@ fn start_node(dir: &Path, port: u16) -> Proc {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(bench())
-        .args(args)
+    run_with_env(args, None)
+}
+
+fn run_with_env(args: &[&str], secret: Option<&str>) -> Output {
+    let mut c = Command::new(bench());
+    match secret {
+        Some(s) => c.env("HOTSHARD_SECRET", s),
+        None => c.env_remove("HOTSHARD_SECRET"),
+    };
+    c.args(args)
         .env("RUST_BACKTRACE", "0")
         .current_dir(env!("CARGO_TARGET_TMPDIR"))
         .output()
@@ -173,6 +189,39 @@ fn verified_mixed_load_against_a_node_closed_and_open_loop() {
     assert!(
         (2_400.0..3_600.0).contains(&rate),
         "offered 3000/s, achieved {rate}"
+    );
+}
+
+#[test]
+fn the_hotshard_target_proves_the_nodes_secret() {
+    let dir = test_dir("secret");
+    let port = port();
+    let secret = "harness-secret-0123456789";
+    let _node = start_node_with(&dir, port, &format!("[auth]\nsecret = \"{secret}\"\n"));
+    let target = format!("hotshard://127.0.0.1:{port}");
+    let args = [
+        "run",
+        "--target",
+        &target,
+        "--mix",
+        "get=50,put=50",
+        "--keys",
+        "300",
+        "--duration",
+        "500ms",
+        "--verify",
+        "--json",
+        "--cores",
+        "1",
+    ];
+    let rows = json_rows(&run_with_env(&args, Some(secret)));
+    check_verified(&rows[0]);
+    let out = run_with_env(&args, None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -130,7 +130,7 @@ fn resolve(proto: Protocol, addr: &str) -> anyhow::Result<(Vec<String>, Option<S
     if proto != Protocol::Hotshard {
         return Ok((vec![addr.to_string()], None));
     }
-    let client = BlockingClient::connect(addr, Duration::from_secs(5))
+    let client = BlockingClient::connect_with_secret(addr, Duration::from_secs(5), secret())
         .map_err(|e| anyhow::anyhow!("hotshard://{addr}: {e}"))?;
     let map = client.shard_map().clone();
     let addrs = map.shards.iter().map(|s| s.addr.clone()).collect();
@@ -277,12 +277,56 @@ fn key_lists(spec: &LoadSpec, t: usize, shards: usize, map: Option<&ShardMap>) -
     lists.into_iter().map(Rc::new).collect()
 }
 
-async fn connect(addr: &str) -> anyhow::Result<glommio::net::TcpStream> {
-    let s = glommio::net::TcpStream::connect(addr)
+/// The node's shared secret for `hotshard://` targets, from `HOTSHARD_SECRET` (as the CLI).
+fn secret() -> Option<Vec<u8>> {
+    std::env::var_os("HOTSHARD_SECRET").map(|s| s.into_encoded_bytes())
+}
+
+async fn connect(proto: Protocol, addr: &str) -> anyhow::Result<glommio::net::TcpStream> {
+    let mut s = glommio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
     s.set_nodelay(true).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let (Protocol::Hotshard, Some(secret)) = (proto, secret()) {
+        prove_secret(&mut s, &secret)
+            .await
+            .map_err(|e| anyhow::anyhow!("{addr}: authentication: {e}"))?;
+    }
     Ok(s)
+}
+
+/// The challenge-response handshake on a fresh connection, before any load.
+async fn prove_secret(s: &mut glommio::net::TcpStream, secret: &[u8]) -> anyhow::Result<()> {
+    use futures_lite::AsyncWriteExt;
+    use hotshard_net::codec::{access_response, encode_request};
+    use hotshard_net::frame_io::read_head;
+    s.write_all(&encode_request(1, &hotshard_net::Request::AuthChallenge, 0)?)
+        .await?;
+    let (_, header) = read_head(s).await?.ok_or_else(|| anyhow::anyhow!("closed"))?;
+    let resp = access_response(&header)?;
+    anyhow::ensure!(
+        resp.status() == hotshard_net::Status::Ok,
+        "challenge refused: {:?}",
+        resp.status()
+    );
+    let nonce =
+        hotshard_net::auth::from_hex(resp.reason.as_str()).ok_or_else(|| anyhow::anyhow!("bad challenge"))?;
+    let proof = hotshard_net::auth::proof(secret, &nonce);
+    s.write_all(&encode_request(
+        2,
+        &hotshard_net::Request::AuthProof { proof },
+        0,
+    )?)
+    .await?;
+    let (_, header) = read_head(s)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("closed: wrong secret?"))?;
+    let status = access_response(&header)?.status();
+    anyhow::ensure!(
+        status == hotshard_net::Status::Ok,
+        "proof refused: {status:?} (check HOTSHARD_SECRET)"
+    );
+    Ok(())
 }
 
 async fn thread_load(
@@ -365,7 +409,7 @@ async fn thread_load(
             value.clone(),
             stats.clone(),
         )));
-        let stream = connect(&addrs[shard]).await?;
+        let stream = connect(proto, &addrs[shard]).await?;
         let (r, mut w) = futures_lite::io::split(stream);
         let mut reader = ReplyReader::new(r);
         let (pipeline, stream_mode, rate) = (spec.pipeline, spec.stream, spec.rate);
@@ -444,7 +488,7 @@ async fn preload(
     for (shard, keys) in lists.into_iter().enumerate() {
         let (addr, spec, map) = (addrs[shard].clone(), spec.clone(), map.cloned());
         tasks.push(glommio::spawn_local(async move {
-            let stream = connect(&addr).await?;
+            let stream = connect(proto, &addr).await?;
             let (r, mut w) = futures_lite::io::split(stream);
             let mut reader = ReplyReader::new(r);
             let mut value = vec![0u8; spec.sizes.max().max(1)];
