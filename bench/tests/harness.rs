@@ -13,17 +13,23 @@ fn bench() -> &'static str {
     env!("CARGO_BIN_EXE_hotshard-bench")
 }
 
-/// The node binary next to the harness (built here if a narrower command skipped it).
+/// The node binary next to the harness, built once per test process with the same
+/// profile (cargo does not rebuild other packages' binaries for an integration test).
 fn node_binary() -> PathBuf {
-    let bin = Path::new(bench()).parent().unwrap().join("hotshard");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "hotshard-node", "--bin", "hotshard"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile_dir = Path::new(bench()).parent().unwrap().to_path_buf();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "-q", "-p", "hotshard-node", "--bin", "hotshard"])
+                .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            assert!(cmd.status().unwrap().success(), "building the node failed");
+            profile_dir.join("hotshard")
+        })
+        .clone()
 }
 
 fn port() -> u16 {

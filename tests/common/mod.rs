@@ -8,25 +8,31 @@ use std::time::{Duration, Instant};
 
 use hotshard_net::blocking::BlockingClient;
 
-/// The `hotshard` binary, built next to this test (cargo builds workspace binaries for
-/// `cargo test --workspace`; build it here if a narrower command skipped it).
+/// The `hotshard` binary next to this test, built once per test process with the test's
+/// own profile, so that a narrow command (`cargo test --release --test auth`) never runs a
+/// stale node (cargo does not rebuild other packages' binaries for an integration test).
 pub fn binary() -> PathBuf {
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let bin = dir.join("hotshard");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "hotshard-node", "--bin", "hotshard"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile_dir = std::env::current_exe()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .to_path_buf();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "-q", "-p", "hotshard-node", "--bin", "hotshard"])
+                .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().unwrap();
+            assert!(status.success(), "building the node failed");
+            profile_dir.join("hotshard")
+        })
+        .clone()
 }
 
 /// Distinct ports per test so that tests can run in parallel.
