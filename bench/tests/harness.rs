@@ -34,7 +34,8 @@ fn node_binary() -> PathBuf {
 
 fn port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    27_400 + (std::process::id() % 300) as u16 * 40 + NEXT.fetch_add(5, Ordering::Relaxed)
+    // Below the ephemeral range (32768 and up), where outgoing connections could hold them.
+    20_000 + (std::process::id() % 250) as u16 * 48 + NEXT.fetch_add(5, Ordering::Relaxed)
 }
 
 fn test_dir(name: &str) -> PathBuf {

@@ -12,6 +12,7 @@ pub mod frame_io;
 pub mod limits;
 pub mod message;
 pub mod placement;
+pub mod readiness;
 pub mod runtime;
 pub mod server;
 pub mod shard_map;

@@ -179,7 +179,7 @@ where
         reader_waker: RefCell::new(None),
     });
     let writer_task = glommio::spawn_local(write_loop(writer, fd, shared.clone(), cfg.frame_timeout));
-    let reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
+    let reader = BufReader::with_capacity(READ_BUFFER_BYTES, SocketReader::new(reader, fd));
     let mut report = read_loop(reader, handler, shared.clone(), cfg).await;
     report.timed_out |= shared.stalled.get();
     shared.reading_done.set(true);
@@ -191,7 +191,7 @@ where
 }
 
 async fn read_loop<S, H>(
-    mut r: BufReader<ReadHalf<S>>,
+    mut r: BufReader<SocketReader<ReadHalf<S>>>,
     handler: Rc<H>,
     shared: Rc<Shared<H::Out>>,
     cfg: ServerConfig,
@@ -350,6 +350,38 @@ where
                 })
                 .detach();
             }
+        }
+    }
+}
+
+/// A connection's read side: through the shard's readiness set (`readiness`), or, if that
+/// cannot be set up, through the executor's own stream.
+enum SocketReader<R> {
+    Ready(crate::readiness::ReadySocket<R>),
+    Plain(R),
+}
+
+impl<R: AsyncRead + Unpin> SocketReader<R> {
+    fn new(inner: R, fd: RawFd) -> Self {
+        match crate::readiness::Readiness::for_this_thread() {
+            Ok(set) => match crate::readiness::ReadySocket::new(inner, fd, set) {
+                Ok(s) => SocketReader::Ready(s),
+                Err((_, inner)) => SocketReader::Plain(inner),
+            },
+            Err(_) => SocketReader::Plain(inner),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for SocketReader<R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            SocketReader::Ready(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            SocketReader::Plain(r) => std::pin::Pin::new(r).poll_read(cx, buf),
         }
     }
 }
