@@ -20,16 +20,25 @@ admin_port = 7881
 [store]
 cache_mib = 0
 TOML
-taskset -c 0 target/release/hotshard serve --config "$work/node.toml" > "$work/node.log" 2>&1 &
-node=$!
+start_node() {
+    rm -rf "$work/data"
+    taskset -c 0 target/release/hotshard serve --config "$work/node.toml" > "$work/node.log" 2>&1 &
+    node=$!
+    # Wait for a real answer, not just a TCP connect (early connections to a starting
+    # node can be reset).
+    for i in $(seq 300); do target/release/hotshard map --addr 127.0.0.1:7810 >/dev/null 2>&1 && break; sleep 0.1; done
+}
+start_node
 trap 'kill $node 2>/dev/null; wait 2>/dev/null' EXIT
-for i in $(seq 200); do (echo > /dev/tcp/127.0.0.1/7810) 2>/dev/null && break; sleep 0.1; done
 
 echo "### durable PUT 4 KiB, 4 connections x 8 in flight, fresh store"
 $B run --target hotshard://127.0.0.1:7810 --mix put --keys 200000 --pipeline 8 --stream --duration "$d" --quiet
 echo "### the engine alone, same size, 32 writers, same core (put phase of hotshard-bench engine)"
 $B engine --path "$work/engine.img" --size 2147483648 --objects 200000 --writers 32 --readers 32 \
     --duration "$d" --recovery-objects 0 --index-objects 1000 --core 0
+# A fresh store for the reads: the put phase leaves it full of overwritten values.
+kill $node; wait $node 2>/dev/null || true
+start_node
 echo "### GET 4 KiB from the device (cache off), 4 x 8 = 32 in flight"
 $B run --target hotshard://127.0.0.1:7810 --mix get --keys 200000 --pipeline 8 --stream --preload \
     --duration "$d" --quiet

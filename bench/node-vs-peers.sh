@@ -26,7 +26,7 @@ redis=$!
 taskset -c 0 memcached -u root -p 11311 -l 127.0.0.1 -m 1024 -t 1 > "$work/memcached.log" 2>&1 &
 mc=$!
 trap 'kill $node $redis $mc 2>/dev/null; wait 2>/dev/null' EXIT
-for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/7800) 2>/dev/null && break; sleep 0.1; done
+for i in $(seq 300); do target/release/hotshard map --addr 127.0.0.1:7800 >/dev/null 2>&1 && break; sleep 0.1; done
 sleep 0.5
 
 echo "### generator check: our redis:// target against redis-benchmark, GET then SET"

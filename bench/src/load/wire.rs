@@ -105,7 +105,7 @@ impl Protocol {
             Protocol::Redis => {
                 let bulk = |out: &mut Vec<u8>, b: &[u8]| {
                     out.push(b'$');
-                    out.extend_from_slice(itoa(b.len()).as_bytes());
+                    push_decimal(out, b.len());
                     out.extend_from_slice(b"\r\n");
                     out.extend_from_slice(b);
                     out.extend_from_slice(b"\r\n");
@@ -136,7 +136,7 @@ impl Protocol {
                     out.extend_from_slice(b"set ");
                     out.extend_from_slice(key);
                     out.extend_from_slice(b" 0 0 ");
-                    out.extend_from_slice(itoa(value.len()).as_bytes());
+                    push_decimal(out, value.len());
                     out.extend_from_slice(b"\r\n");
                     out.extend_from_slice(value);
                     out.extend_from_slice(b"\r\n");
@@ -232,8 +232,20 @@ impl Protocol {
     }
 }
 
-fn itoa(n: usize) -> String {
-    n.to_string()
+/// Appends `n` in decimal without allocating (it is on every request's path).
+fn push_decimal(out: &mut Vec<u8>, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]
@@ -321,6 +333,11 @@ mod tests {
             .unwrap();
         let f = hotshard_net::codec::parse_frame(&out).unwrap().unwrap();
         assert_eq!((f.preamble.request_id, f.preamble.payload_len), (3, 2));
+        for n in [0usize, 7, 10, 4096, 1 << 40] {
+            let mut v = Vec::new();
+            push_decimal(&mut v, n);
+            assert_eq!(v, n.to_string().as_bytes());
+        }
         assert!(parse_target("memcached://127.0.0.1:1").is_ok());
         assert!(parse_target("http://x").is_err());
         assert!(parse_target("redis://").is_err());
