@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod progress;
 pub mod reply_reader;
+pub mod socket;
 pub mod verify;
 pub mod wire;
 pub mod workload;
@@ -410,7 +411,7 @@ async fn thread_load(
             stats.clone(),
         )));
         let stream = connect(proto, &addrs[shard]).await?;
-        let (r, mut w) = futures_lite::io::split(stream);
+        let (r, mut w) = socket::split(stream)?;
         let mut reader = ReplyReader::new(r);
         let (pipeline, stream_mode, rate) = (spec.pipeline, spec.stream, spec.rate);
         let conns = spec.connections as f64;
@@ -489,7 +490,7 @@ async fn preload(
         let (addr, spec, map) = (addrs[shard].clone(), spec.clone(), map.cloned());
         tasks.push(glommio::spawn_local(async move {
             let stream = connect(proto, &addr).await?;
-            let (r, mut w) = futures_lite::io::split(stream);
+            let (r, mut w) = socket::split(stream)?;
             let mut reader = ReplyReader::new(r);
             let mut value = vec![0u8; spec.sizes.max().max(1)];
             let mut rng = hotshard_nvme::SplitMix64::new(shard as u64);
