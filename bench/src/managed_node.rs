@@ -104,7 +104,7 @@ impl ManagedNode {
                 let log = std::fs::read_to_string(work_dir.join("node.log")).unwrap_or_default();
                 anyhow::bail!("the node exited ({status}) before serving:\n{log}");
             }
-            let secret = std::env::var_os("HOTSHARD_SECRET").map(|s| s.into_encoded_bytes());
+            let secret = hotshard_net::auth::secret_from_env();
             if hotshard_net::blocking::BlockingClient::connect_with_secret(
                 &node.addr,
                 Duration::from_secs(1),

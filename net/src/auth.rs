@@ -41,6 +41,15 @@ pub fn new_nonce() -> [u8; NONCE_BYTES] {
     n
 }
 
+/// The variable clients read the node's secret from: an environment variable, never an
+/// argument (arguments show in `ps`).
+pub const SECRET_ENV: &str = "HOTSHARD_SECRET";
+
+/// The secret from `HOTSHARD_SECRET`, if set (the CLI, the harness and scripts use it).
+pub fn secret_from_env() -> Option<Vec<u8>> {
+    std::env::var_os(SECRET_ENV).map(|s| s.into_encoded_bytes())
+}
+
 pub fn to_hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -104,8 +104,6 @@ pub struct ConnectionReport {
     pub requests: u64,
     /// The peer sent something malformed; it got an error frame and the connection closed.
     pub protocol_error: Option<String>,
-    /// Requests answered Busy because the handler was over its budget.
-    pub busy: u64,
     /// A frame did not arrive whole within the frame timeout; the connection was closed.
     pub timed_out: bool,
     /// A secret is required and the peer did not prove it; refused and closed.
@@ -284,10 +282,7 @@ where
                 None,
             ),
             Ok(None) => (None, None),
-            Err(status) => {
-                report.busy += (status == Status::Busy) as u64;
-                (None, Some(status))
-            }
+            Err(status) => (None, Some(status)),
         };
         let buffer = match refused {
             Some(status) => Err(status),

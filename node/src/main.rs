@@ -83,7 +83,7 @@ enum Command {
 /// The CLI proves the node's secret when `HOTSHARD_SECRET` holds it (never an argument:
 /// arguments show in `ps`).
 fn client(t: &Target) -> Result<BlockingClient, String> {
-    let secret = std::env::var_os("HOTSHARD_SECRET").map(|s| s.into_encoded_bytes());
+    let secret = hotshard_net::auth::secret_from_env();
     BlockingClient::connect_with_secret(&t.addr, Duration::from_secs(t.timeout), secret).map_err(|e| {
         let hint = if e.to_string().contains("Unauthorized") {
             " (set HOTSHARD_SECRET to the node's auth secret)"

@@ -131,8 +131,12 @@ fn resolve(proto: Protocol, addr: &str) -> anyhow::Result<(Vec<String>, Option<S
     if proto != Protocol::Hotshard {
         return Ok((vec![addr.to_string()], None));
     }
-    let client = BlockingClient::connect_with_secret(addr, Duration::from_secs(5), secret())
-        .map_err(|e| anyhow::anyhow!("hotshard://{addr}: {e}"))?;
+    let client = BlockingClient::connect_with_secret(
+        addr,
+        Duration::from_secs(5),
+        hotshard_net::auth::secret_from_env(),
+    )
+    .map_err(|e| anyhow::anyhow!("hotshard://{addr}: {e}"))?;
     let map = client.shard_map().clone();
     let addrs = map.shards.iter().map(|s| s.addr.clone()).collect();
     Ok((addrs, Some(map)))
@@ -216,12 +220,9 @@ fn merge(spec: &LoadSpec, results: Vec<ThreadResult>, cpu: f64) -> LoadFigures {
     let warm_end = results.iter().map(|r| r.warm_end).min();
     let end = results
         .iter()
-        .map(|r| {
-            r.last_done.max(if spec.ops.is_some() {
-                r.last_done
-            } else {
-                r.deadline
-            })
+        .map(|r| match spec.ops {
+            Some(_) => r.last_done,
+            None => r.last_done.max(r.deadline),
         })
         .max();
     for r in &results {
@@ -278,17 +279,12 @@ fn key_lists(spec: &LoadSpec, t: usize, shards: usize, map: Option<&ShardMap>) -
     lists.into_iter().map(Rc::new).collect()
 }
 
-/// The node's shared secret for `hotshard://` targets, from `HOTSHARD_SECRET` (as the CLI).
-fn secret() -> Option<Vec<u8>> {
-    std::env::var_os("HOTSHARD_SECRET").map(|s| s.into_encoded_bytes())
-}
-
 async fn connect(proto: Protocol, addr: &str) -> anyhow::Result<glommio::net::TcpStream> {
     let mut s = glommio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
     s.set_nodelay(true).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let (Protocol::Hotshard, Some(secret)) = (proto, secret()) {
+    if let (Protocol::Hotshard, Some(secret)) = (proto, hotshard_net::auth::secret_from_env()) {
         prove_secret(&mut s, &secret)
             .await
             .map_err(|e| anyhow::anyhow!("{addr}: authentication: {e}"))?;
