@@ -106,7 +106,7 @@ impl ShardStats {
         let c = store.counters();
         let cache = store.cache_stats();
         let space = store.space();
-        let gauges: [(&str, u64); 23] = [
+        let gauges: [(&str, u64); 24] = [
             ("hotshard_forwarded_total", self.forwarded.get()),
             ("hotshard_wrong_shard_total", self.wrong_shard.get()),
             ("hotshard_connections_total", self.connections.get()),
@@ -127,6 +127,7 @@ impl ShardStats {
             ("hotshard_segments_free", space.free_segments as u64),
             ("hotshard_segments_total", space.segments as u64),
             ("hotshard_gc_freed_segments_total", c.gc_freed_segments),
+            ("hotshard_write_stalls_total", c.write_stalls),
             ("hotshard_gc_moved_bytes_total", c.gc_moved_bytes),
             ("hotshard_corrupt_reads_total", c.corrupt_reads),
             ("hotshard_read_errors_total", c.read_errors),

@@ -158,39 +158,62 @@ fn many_keys_concurrently_share_batches_and_survive_reopen() {
 }
 
 #[test]
-fn a_full_device_answers_no_space_keeps_reading_and_gc_frees_space() {
+fn a_device_full_of_live_data_answers_no_space_and_keeps_reading() {
     let dev = sim();
     let s = sim_store(&dev, small_config(SIM_BYTES));
     block_on(async {
-        let mut last_ok = 0u64;
+        // Distinct keys: nothing is garbage, so GC cannot make room.
+        let mut stored = 0u64;
         for i in 0..10_000u64 {
             match s
-                .put(format!("k{}", i % 50).as_bytes(), &make_value(i, 4000), None)
+                .put(format!("k{i}").as_bytes(), &make_value(i, 4000), None)
                 .await
             {
-                Ok(_) => last_ok = i,
+                Ok(_) => stored = i + 1,
                 Err(StoreError::NoSpace) => break,
                 Err(e) => panic!("put {i}: {e}"),
             }
         }
         assert!(s.counters().no_space > 0, "the device filled up");
-        // Reads keep working while full.
+        let live = s.space().live_bytes;
+        assert!(
+            live > SIM_BYTES / 2,
+            "refused only once live data filled the device: {live} of {SIM_BYTES} bytes"
+        );
+        // Reads keep working while full, and another such write is still refused.
+        for k in 0..stored {
+            let (v, _) = s.get(format!("k{k}").as_bytes(), None).await.unwrap();
+            assert_eq!(check_value(v.as_slice()), Some(k));
+        }
+        assert!(matches!(
+            s.put(b"one-more", &make_value(1 << 40, 4000), None).await,
+            Err(StoreError::NoSpace)
+        ));
+        assert!(matches!(
+            s.get(b"one-more", None).await,
+            Err(StoreError::NotFound)
+        ));
+    });
+}
+
+/// Overwrites beyond the device's size with no background GC: each write that finds
+/// free space down to the reserve runs a GC step first, so none is refused.
+#[test]
+fn overwrites_far_beyond_the_device_collect_in_the_foreground() {
+    let dev = sim();
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    block_on(async {
+        for i in 0..3_000u64 {
+            s.put(format!("k{}", i % 50).as_bytes(), &make_value(i, 4000), None)
+                .await
+                .unwrap_or_else(|e| panic!("put {i}: {e}"));
+        }
+        let c = s.counters();
+        assert_eq!(c.no_space, 0);
+        assert!(c.write_stalls > 0 && c.gc_freed_segments > 10, "{c:?}");
         for k in 0..50u64 {
             let (v, _) = s.get(format!("k{k}").as_bytes(), None).await.unwrap();
-            assert!(check_value(v.as_slice()).is_some());
-        }
-        // GC frees the dead versions, then writes go through again.
-        let mut freed = 0;
-        while let GcOutcome::Freed { .. } = s.gc_step().await.unwrap() {
-            freed += 1;
-        }
-        assert!(freed > 0);
-        s.put(b"after-gc", b"fits", None).await.unwrap();
-        for k in 0..50u64 {
-            let (v, _) = s.get(format!("k{k}").as_bytes(), None).await.unwrap();
-            let id = check_value(v.as_slice()).unwrap();
-            assert_eq!(id % 50, k);
-            assert!(id <= last_ok);
+            assert_eq!(check_value(v.as_slice()), Some(2950 + k));
         }
     });
 }
@@ -442,4 +465,51 @@ fn a_superblock_whose_layout_leaves_its_region_is_refused() {
         .err()
         .unwrap();
     assert!(matches!(err, StoreError::Open(_)), "{err}");
+}
+
+/// Sustained overwrites by many writers, with GC only in its low-priority background
+/// queue (default pacing): writers must be slowed down to GC's pace, never refused with
+/// NoSpace, while the live data is well under the device's size.
+#[test]
+fn sustained_overwrites_wait_for_gc_instead_of_failing_with_no_space() {
+    use hotshard_node::store::gc_task::{start_background_gc, GcPacing};
+    use std::cell::Cell;
+    use std::rc::Rc;
+    const WRITERS: u64 = 32;
+    const KEYS: u64 = 150; // 150 x 4 KB: about a third of the device live
+    const PUTS_PER_WRITER: u64 = 250; // 8,000 puts: 16x the device
+    let (no_space, freed) = glommio::LocalExecutorBuilder::default()
+        .spawn(|| async {
+            let dev = sim();
+            let s = sim_store(&dev, small_config(SIM_BYTES));
+            let (_tq, gc) = start_background_gc(s.clone(), GcPacing::default()).unwrap();
+            let no_space = Rc::new(Cell::new(0u64));
+            let mut writers = Vec::new();
+            for w in 0..WRITERS {
+                let (s, no_space) = (s.clone(), no_space.clone());
+                writers.push(glommio::spawn_local(async move {
+                    for i in 0..PUTS_PER_WRITER {
+                        let id = w * PUTS_PER_WRITER + i;
+                        let key = format!("k{}", id.wrapping_mul(0x9E37_79B9) % KEYS);
+                        match s.put(key.as_bytes(), &make_value(id, 4000), None).await {
+                            Ok(_) => {}
+                            Err(StoreError::NoSpace) => no_space.set(no_space.get() + 1),
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }));
+            }
+            for w in writers {
+                w.await;
+            }
+            drop(gc);
+            (no_space.get(), s.counters().gc_freed_segments)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(
+        no_space, 0,
+        "{no_space} puts refused with NoSpace ({freed} segments freed)"
+    );
 }

@@ -11,11 +11,13 @@ use super::cache::{Cache, CacheStats};
 use super::config::StoreConfig;
 use super::error::{StoreError, StoreResult};
 use super::format::{value_crc, RecordKind};
+use super::gc_lock::GcLock;
 use super::group_commit::{StageRequest, Writer};
 use super::index::{Index, IndexEntry};
 use super::metrics::{bump, StoreCounters, StoreMetrics};
 use super::segments::SegmentTable;
 use super::value::Value;
+use super::write_gate::WriteGate;
 
 /// Versions staged but not yet durable, per key.
 pub(crate) struct Pending {
@@ -40,6 +42,10 @@ pub(crate) struct Inner<Q: BlockQueue> {
     pub block: u64,
     pub state: RefCell<State>,
     pub metrics: StoreMetrics,
+    /// Held by the GC step in progress (background or a stalled write's).
+    pub gc_lock: GcLock,
+    /// Writes stalled for space pass here in arrival order.
+    pub write_gate: WriteGate,
 }
 
 /// One shard's store. Cheap to clone (a handle); not `Send`: it lives on its core.
@@ -104,6 +110,8 @@ impl<Q: BlockQueue> Store<Q> {
                 block,
                 state: RefCell::new(state),
                 metrics: StoreMetrics::default(),
+                gc_lock: GcLock::default(),
+                write_gate: WriteGate::default(),
             }),
         }
     }
@@ -205,6 +213,7 @@ impl<Q: BlockQueue> Store<Q> {
                 limit: self.inner.cfg.max_value_bytes,
             });
         }
+        self.make_room_for_write().await?;
         let (version, done) = self.stage_versioned(key, value, if_version, RecordKind::Put)?;
         self.inner.commit(done).await?;
         bump(&self.inner.metrics.puts, 1);
@@ -215,6 +224,7 @@ impl<Q: BlockQueue> Store<Q> {
     /// version once it is durable.
     pub async fn delete(&self, key: &[u8], if_version: Option<u64>) -> StoreResult<u64> {
         self.check_key(key)?;
+        self.make_room_for_write().await?;
         let (version, done) = self.stage_versioned(key, &[], if_version, RecordKind::Tombstone)?;
         self.inner.commit(done).await?;
         bump(&self.inner.metrics.deletes, 1);

@@ -16,6 +16,14 @@ use crate::limits::GC_RESERVED_SEGMENTS;
 
 /// A segment this empty is worth collecting even when space is plentiful.
 const CHEAP_LIVE_FRACTION: f64 = 0.1;
+/// When a write would otherwise be refused for want of space, GC collects segments up to
+/// this live: moving much costs bandwidth, but failing a write while most of the device is
+/// garbage is worse.
+const URGENT_LIVE_FRACTION: f64 = 0.9;
+/// A write waits for GC while at most this many segments beyond the reserve are free.
+const WRITE_STALL_FREE_SEGMENTS: u32 = 1;
+/// GC steps a stalled write runs (or waits for) before it lets the write fail.
+const WRITE_STALL_MAX_STEPS: u32 = 64;
 
 /// What one GC step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +45,42 @@ pub enum GcOutcome {
 impl<Q: BlockQueue> Store<Q> {
     /// Collects one segment, if any is at most `gc_max_live_fraction` live.
     pub async fn gc_step(&self) -> StoreResult<GcOutcome> {
+        self.gc_step_up_to(None).await
+    }
+
+    /// Before a write: while free segments are down to the reserve (plus one), collect in
+    /// the foreground, so that writers slow to GC's pace instead of being refused while
+    /// the device is mostly garbage. Stalled writes pass in arrival order (`WriteGate`),
+    /// and once one waits, later ones queue behind it. Returns at once when space is
+    /// plentiful; gives up (the write then meets `NoSpace`) when nothing is collectible.
+    /// The caller must stage its write without awaiting anything after this returns.
+    pub(crate) async fn make_room_for_write(&self) -> StoreResult<()> {
+        let inner = &self.inner;
+        let has_room =
+            || inner.state.borrow().segments.free_count() > GC_RESERVED_SEGMENTS + WRITE_STALL_FREE_SEGMENTS;
+        if inner.write_gate.is_empty() && has_room() {
+            return Ok(());
+        }
+        let _pass = inner.write_gate.enter().await;
+        for _ in 0..WRITE_STALL_MAX_STEPS {
+            if has_room() {
+                break;
+            }
+            bump(&inner.metrics.write_stalls, 1);
+            match self.gc_step_up_to(Some(URGENT_LIVE_FRACTION)).await? {
+                GcOutcome::Idle => break,
+                GcOutcome::Freed { .. } => {}
+                // Records still on their way or being read: let them finish.
+                GcOutcome::Deferred { .. } => futures_lite::future::yield_now().await,
+            }
+        }
+        Ok(())
+    }
+
+    /// One GC step; `urgent` raises the live fraction a victim may have.
+    async fn gc_step_up_to(&self, urgent: Option<f64>) -> StoreResult<GcOutcome> {
+        // One step at a time: two steps on one victim would both release it.
+        let _step = self.inner.gc_lock.lock().await;
         let inner = &self.inner;
         let (victim, seg_off, written) = {
             let st = inner.state.borrow();
@@ -49,6 +93,7 @@ impl<Q: BlockQueue> Store<Q> {
             } else {
                 inner.cfg.gc_max_live_fraction
             };
+            let threshold = urgent.map_or(threshold, |u| u.max(threshold));
             let Some(victim) = st.segments.gc_candidate(threshold) else {
                 return Ok(GcOutcome::Idle);
             };

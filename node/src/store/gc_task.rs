@@ -1,5 +1,6 @@
 //! Runs GC in the background of a shard: a glommio task queue with few shares and no
-//! latency requirement, so foreground requests keep the core when both want it.
+//! latency requirement, so foreground requests keep the core when both want it. When the
+//! background falls behind, writes collect in the foreground (`Store::make_room_for_write`).
 
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use super::gc::GcOutcome;
 
 /// Shares of the GC task queue against the foreground's default 1000.
 const GC_SHARES: usize = 100;
+/// Pause before retrying a victim whose records were busy.
+const DEFERRED_RETRY: Duration = Duration::from_millis(1);
 
 /// How GC paces itself.
 #[derive(Debug, Clone, Copy)]
@@ -42,9 +45,10 @@ pub fn start_background_gc<Q: BlockQueue + 'static>(
             loop {
                 match store.gc_step().await {
                     Ok(GcOutcome::Freed { .. }) => {}
-                    Ok(GcOutcome::Idle) | Ok(GcOutcome::Deferred { .. }) => {
-                        glommio::timer::sleep(pacing.idle_sleep).await
-                    }
+                    Ok(GcOutcome::Idle) => glommio::timer::sleep(pacing.idle_sleep).await,
+                    // Records of the victim are still being written or read: retry soon
+                    // rather than after the idle pause (writers may be waiting on space).
+                    Ok(GcOutcome::Deferred { .. }) => glommio::timer::sleep(DEFERRED_RETRY).await,
                     Err(e) => {
                         tracing::warn!("gc step failed: {e}");
                         glommio::timer::sleep(pacing.error_sleep).await;

@@ -20,6 +20,8 @@ pub struct StoreMetrics {
     pub gc_moved_bytes: Cell<u64>,
     pub gc_freed_segments: Cell<u64>,
     pub gc_dropped_tombstones: Cell<u64>,
+    /// GC steps a write ran (or waited for) because free space was down to the reserve.
+    pub write_stalls: Cell<u64>,
 }
 
 pub fn bump(c: &Cell<u64>, by: u64) {
@@ -45,6 +47,7 @@ pub struct StoreCounters {
     pub gc_moved_bytes: u64,
     pub gc_freed_segments: u64,
     pub gc_dropped_tombstones: u64,
+    pub write_stalls: u64,
 }
 
 impl StoreMetrics {
@@ -66,6 +69,7 @@ impl StoreMetrics {
             gc_moved_bytes: self.gc_moved_bytes.get(),
             gc_freed_segments: self.gc_freed_segments.get(),
             gc_dropped_tombstones: self.gc_dropped_tombstones.get(),
+            write_stalls: self.write_stalls.get(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod gc;
+mod gc_lock;
 pub mod gc_task;
 pub mod group_commit;
 pub mod index;
@@ -15,6 +16,7 @@ pub mod recovery;
 pub mod scan;
 pub mod segments;
 pub mod value;
+mod write_gate;
 
 pub use config::{CommitDurability, StoreConfig};
 pub use engine::{ObjectStat, SpaceStats, Store};
