@@ -29,13 +29,25 @@ start_node() {
     for i in $(seq 300); do target/release/hotshard map --addr 127.0.0.1:7810 >/dev/null 2>&1 && break; sleep 0.1; done
 }
 start_node
-trap 'kill $node 2>/dev/null; wait 2>/dev/null' EXIT
+hog=
+trap 'kill $node $hog 2>/dev/null; wait 2>/dev/null' EXIT
 
 echo "### durable PUT 4 KiB, 4 connections x 8 in flight, fresh store"
 $B run --target hotshard://127.0.0.1:7810 --mix put --keys 200000 --pipeline 8 --stream --duration "$d" --quiet
 echo "### the engine alone, same size, 32 writers, same core (put phase of hotshard-bench engine)"
 $B engine --path "$work/engine.img" --size 2147483648 --objects 200000 --writers 32 --readers 32 \
     --duration "$d" --recovery-objects 0 --index-objects 1000 --core 0
+# This VM delivers the disk's interrupts to core 1 (/proc/interrupts, affinity not
+# settable), and with a volatile write cache and no FUA each durable write ends in a cache
+# flush issued by a kworker on that core. In the node run the generator keeps core 1 busy;
+# the engine alone leaves it idle. The same engine run with core 1 kept busy shows how much
+# of the gap that is.
+spin_core1() { taskset -c 1 sh -c 'while :; do :; done' & hog=$!; }
+echo "### the engine alone, core 1 kept busy by a spin loop (as the generator keeps it in the node run)"
+spin_core1
+$B engine --path "$work/engine.img" --size 2147483648 --objects 200000 --writers 32 --readers 32 \
+    --duration "$d" --recovery-objects 0 --index-objects 1000 --core 0 | grep -E "^(run|hotshard put)"
+kill $hog; wait $hog 2>/dev/null || true
 # A fresh store for the reads: the put phase leaves it full of overwritten values.
 kill $node; wait $node 2>/dev/null || true
 start_node
@@ -46,3 +58,10 @@ echo "### fio randread 4 KiB QD 32 on the node's data file, core 0"
 fio --name=anchor --filename="$work/data/data.img" --rw=randread --bs=4096 --iodepth=32 \
     --ioengine=io_uring --direct=1 --runtime="${d%s}" --time_based --cpus_allowed=0 \
     --size=2G --output-format=terse --terse-version=3 | awk -F';' '{printf "fio randread QD32: %s IOPS\n", $8}'
+echo "### the same fio run with core 1 kept busy by a spin loop"
+spin_core1
+fio --name=anchor --filename="$work/data/data.img" --rw=randread --bs=4096 --iodepth=32 \
+    --ioengine=io_uring --direct=1 --runtime="${d%s}" --time_based --cpus_allowed=0 \
+    --size=2G --output-format=terse --terse-version=3 | awk -F';' '{printf "fio randread QD32, core 1 busy: %s IOPS\n", $8}'
+kill $hog; wait $hog 2>/dev/null || true
+grep -E "virtio.*req|nvme" /proc/interrupts | head -2
