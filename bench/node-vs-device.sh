@@ -24,8 +24,7 @@ start_node() {
     rm -rf "$work/data"
     taskset -c 0 target/release/hotshard serve --config "$work/node.toml" > "$work/node.log" 2>&1 &
     node=$!
-    # Wait for a real answer, not just a TCP connect (early connections to a starting
-    # node can be reset).
+    # Wait for a real answer, not just a TCP connect.
     for i in $(seq 300); do target/release/hotshard map --addr 127.0.0.1:7810 >/dev/null 2>&1 && break; sleep 0.1; done
 }
 start_node
