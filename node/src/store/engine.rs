@@ -213,7 +213,7 @@ impl<Q: BlockQueue> Store<Q> {
                 limit: self.inner.cfg.max_value_bytes,
             });
         }
-        self.make_room_for_write().await?;
+        self.make_room_for_write().await;
         let (version, done) = self.stage_versioned(key, value, if_version, RecordKind::Put)?;
         self.inner.commit(done).await?;
         bump(&self.inner.metrics.puts, 1);
@@ -224,7 +224,7 @@ impl<Q: BlockQueue> Store<Q> {
     /// version once it is durable.
     pub async fn delete(&self, key: &[u8], if_version: Option<u64>) -> StoreResult<u64> {
         self.check_key(key)?;
-        self.make_room_for_write().await?;
+        self.make_room_for_write().await;
         let (version, done) = self.stage_versioned(key, &[], if_version, RecordKind::Tombstone)?;
         self.inner.commit(done).await?;
         bump(&self.inner.metrics.deletes, 1);

@@ -54,12 +54,12 @@ impl<Q: BlockQueue> Store<Q> {
     /// and once one waits, later ones queue behind it. Returns at once when space is
     /// plentiful; gives up (the write then meets `NoSpace`) when nothing is collectible.
     /// The caller must stage its write without awaiting anything after this returns.
-    pub(crate) async fn make_room_for_write(&self) -> StoreResult<()> {
+    pub(crate) async fn make_room_for_write(&self) {
         let inner = &self.inner;
         let has_room =
             || inner.state.borrow().segments.free_count() > GC_RESERVED_SEGMENTS + WRITE_STALL_FREE_SEGMENTS;
         if inner.write_gate.is_empty() && has_room() {
-            return Ok(());
+            return;
         }
         let _pass = inner.write_gate.enter().await;
         for _ in 0..WRITE_STALL_MAX_STEPS {
@@ -67,14 +67,15 @@ impl<Q: BlockQueue> Store<Q> {
                 break;
             }
             bump(&inner.metrics.write_stalls, 1);
-            match self.gc_step_up_to(Some(URGENT_LIVE_FRACTION)).await? {
-                GcOutcome::Idle => break,
-                GcOutcome::Freed { .. } => {}
+            match self.gc_step_up_to(Some(URGENT_LIVE_FRACTION)).await {
+                // Nothing collectible, or GC cannot read or write another segment: this
+                // write is not GC's, so it goes ahead (and meets NoSpace if it must).
+                Ok(GcOutcome::Idle) | Err(_) => break,
+                Ok(GcOutcome::Freed { .. }) => {}
                 // Records still on their way or being read: let them finish.
-                GcOutcome::Deferred { .. } => futures_lite::future::yield_now().await,
+                Ok(GcOutcome::Deferred { .. }) => futures_lite::future::yield_now().await,
             }
         }
-        Ok(())
     }
 
     /// One GC step; `urgent` raises the live fraction a victim may have.
