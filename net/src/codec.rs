@@ -40,6 +40,37 @@ fn encode_into(
     Ok(())
 }
 
+thread_local! {
+    /// A serializer buffer reused for every header this thread encodes: `rkyv::to_bytes`
+    /// would allocate and free one per frame.
+    static HEADER_SCRATCH: std::cell::RefCell<HeaderBuf> = std::cell::RefCell::new(HeaderBuf::new());
+}
+
+/// Serializes `value` into this thread's scratch buffer and appends the frame to `out`.
+fn encode_with_scratch<T>(
+    out: &mut Vec<u8>,
+    kind: FrameKind,
+    id: u64,
+    value: &T,
+    payload_len: usize,
+) -> Result<(), WireError>
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<HeaderBuf, rkyv::ser::allocator::ArenaHandle<'a>, RkyvError>,
+    >,
+{
+    HEADER_SCRATCH.with(|scratch| {
+        // Taken out while in use, so a nested call (none today) would get a fresh buffer.
+        let mut buf = std::mem::take(&mut *scratch.borrow_mut());
+        buf.clear();
+        let result = rkyv::api::high::to_bytes_in::<_, RkyvError>(value, buf);
+        let buf = result.map_err(|e| WireError::Malformed(e.to_string()))?;
+        let framed = encode_into(out, kind, id, &buf, payload_len);
+        *scratch.borrow_mut() = buf;
+        framed
+    })
+}
+
 /// Appends the preamble and header of a request whose payload (`payload_len` bytes)
 /// follows; lets a sender queue many frames in one buffer.
 pub fn encode_request_into(
@@ -48,8 +79,7 @@ pub fn encode_request_into(
     req: &Request,
     payload_len: usize,
 ) -> Result<(), WireError> {
-    let header = rkyv::to_bytes::<RkyvError>(req).map_err(|e| WireError::Malformed(e.to_string()))?;
-    encode_into(out, FrameKind::Request, id, &header, payload_len)
+    encode_with_scratch(out, FrameKind::Request, id, req, payload_len)
 }
 
 /// Appends the preamble and header of a response whose payload (`payload_len` bytes) follows.
@@ -59,8 +89,7 @@ pub fn encode_response_into(
     resp: &Response,
     payload_len: usize,
 ) -> Result<(), WireError> {
-    let header = rkyv::to_bytes::<RkyvError>(resp).map_err(|e| WireError::Malformed(e.to_string()))?;
-    encode_into(out, FrameKind::Response, id, &header, payload_len)
+    encode_with_scratch(out, FrameKind::Response, id, resp, payload_len)
 }
 
 /// Preamble and header of a request whose payload (`payload_len` bytes) follows.
