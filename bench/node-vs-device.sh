@@ -50,17 +50,23 @@ kill $hog; wait $hog 2>/dev/null || true
 # A fresh store for the reads: the put phase leaves it full of overwritten values.
 kill $node; wait $node 2>/dev/null || true
 start_node
-echo "### GET 4 KiB from the device (cache off), 4 x 8 = 32 in flight"
-$B run --target hotshard://127.0.0.1:7810 --mix get --keys 200000 --pipeline 8 --stream --preload \
-    --duration "$d" --quiet
-echo "### fio randread 4 KiB QD 32 on the node's data file, core 0"
-fio --name=anchor --filename="$work/data/data.img" --rw=randread --bs=4096 --iodepth=32 \
-    --ioengine=io_uring --direct=1 --runtime="${d%s}" --time_based --cpus_allowed=0 \
-    --size=2G --output-format=terse --terse-version=3 | awk -F';' '{printf "fio randread QD32: %s IOPS\n", $8}'
-echo "### the same fio run with core 1 kept busy by a spin loop"
+echo "### GET 4 KiB from the device (cache off), 4 x 8 = 32 in flight, against fio randread"
+echo "### QD 32 on the node's data file (core 0), 3 interleaved rounds"
+fio_randread() {
+    fio --name=anchor --filename="$work/data/data.img" --rw=randread --bs=4096 --iodepth=32 \
+        --ioengine=io_uring --direct=1 --runtime="${d%s}" --time_based --cpus_allowed=0 \
+        --size=2G --output-format=terse --terse-version=3 | awk -F';' '{print $8}'
+}
+for r in 1 2 3; do
+    pre=""; [ "$r" = 1 ] && pre=--preload
+    n=$($B run --target hotshard://127.0.0.1:7810 --mix get --keys 200000 --pipeline 8 --stream $pre \
+        --duration "$d" --quiet | awk '$1 ~ /^hotshard:/ {print $2}')
+    f=$(fio_randread)
+    echo "round $r: hotshard $n ops/s, fio $f IOPS, ratio $(awk -v a="$n" -v b="$f" 'BEGIN {printf "%.2f", a / b}')"
+done | tee "$work/get-rounds.txt"
+echo "median ratio: $(awk '{print $NF}' "$work/get-rounds.txt" | sort -n | sed -n 2p)"
+echo "### fio randread QD 32 again, with core 1 kept busy by a spin loop"
 spin_core1
-fio --name=anchor --filename="$work/data/data.img" --rw=randread --bs=4096 --iodepth=32 \
-    --ioengine=io_uring --direct=1 --runtime="${d%s}" --time_based --cpus_allowed=0 \
-    --size=2G --output-format=terse --terse-version=3 | awk -F';' '{printf "fio randread QD32, core 1 busy: %s IOPS\n", $8}'
+echo "fio randread QD32, core 1 busy: $(fio_randread) IOPS"
 kill $hog; wait $hog 2>/dev/null || true
 grep -E "virtio.*req|nvme" /proc/interrupts | head -2
