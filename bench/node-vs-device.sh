@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Reproduces the node-against-device table of BENCHMARKS.md on one shard (core 0) with the
-# generator on core 1: durable PUT 4 KiB against the engine alone (`hotshard-bench engine`),
-# and GET 4 KiB served from the device (cache off) against fio randread at the same total
-# queue depth on the node's own data file. Needs fio. Usage: bench/node-vs-device.sh [DURATION]
+# generator on core 1: durable PUT 4 KiB against the engine alone (`hotshard-bench engine`,
+# with core 1 idle and with core 1 kept busy: see BENCHMARKS.md for why both), and GET 4 KiB
+# served from the device (cache off) against fio randread at the same total queue depth on
+# the node's own data file, three interleaved rounds. Needs fio.
+# Usage: bench/node-vs-device.sh [DURATION]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 d=${1:-5s}
