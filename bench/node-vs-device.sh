@@ -8,33 +8,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 d=${1:-5s}
-cargo build --release -q -p hotshard-bench -p hotshard-node
-B=target/release/hotshard-bench
-work=target/bench/device
-rm -rf "$work" && mkdir -p "$work"
-cat > "$work/node.toml" <<TOML
-[node]
-data_dir = "$work/data"
-data_bytes = 2147483648
-cores = [0]
-base_port = 7810
-admin_port = 7881
-[store]
-cache_mib = 0
-TOML
-start_node() {
-    rm -rf "$work/data"
-    taskset -c 0 target/release/hotshard serve --config "$work/node.toml" > "$work/node.log" 2>&1 &
-    node=$!
-    # Wait for a real answer, not just a TCP connect.
-    for i in $(seq 300); do target/release/hotshard map --addr 127.0.0.1:7810 >/dev/null 2>&1 && break; sleep 0.1; done
-}
+source bench/node-setup.sh
+node_profile device 7810 7881 0
 start_node
 hog=
 trap 'kill $node $hog 2>/dev/null; wait 2>/dev/null' EXIT
 
 echo "### durable PUT 4 KiB, 4 connections x 8 in flight, fresh store"
-$B run --target hotshard://127.0.0.1:7810 --mix put --keys 200000 --pipeline 8 --stream --duration "$d" --quiet
+$B run --target hotshard://127.0.0.1:$port --mix put --keys 200000 --pipeline 8 --stream --duration "$d" --quiet
 echo "### the engine alone, same size, 32 writers, same core (put phase of hotshard-bench engine)"
 $B engine --path "$work/engine.img" --size 2147483648 --objects 200000 --writers 32 --readers 32 \
     --duration "$d" --recovery-objects 0 --index-objects 1000 --core 0
@@ -61,7 +42,7 @@ fio_randread() {
 }
 for r in 1 2 3; do
     pre=""; [ "$r" = 1 ] && pre=--preload
-    n=$($B run --target hotshard://127.0.0.1:7810 --mix get --keys 200000 --pipeline 8 --stream $pre \
+    n=$($B run --target hotshard://127.0.0.1:$port --mix get --keys 200000 --pipeline 8 --stream $pre \
         --duration "$d" --quiet | awk '$1 ~ /^hotshard:/ {print $2}')
     f=$(fio_randread)
     echo "round $r: hotshard $n ops/s, fio $f IOPS, ratio $(awk -v a="$n" -v b="$f" 'BEGIN {printf "%.2f", a / b}')"

@@ -5,28 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 d=${1:-5s}
-cargo build --release -q -p hotshard-bench -p hotshard-node
-B=target/release/hotshard-bench
-work=target/bench/peers
-rm -rf "$work" && mkdir -p "$work"
-cat > "$work/node.toml" <<TOML
-[node]
-data_dir = "$work/data"
-data_bytes = 2147483648
-cores = [0]
-base_port = 7800
-admin_port = 7880
-[store]
-cache_mib = 256
-TOML
-taskset -c 0 target/release/hotshard serve --config "$work/node.toml" > "$work/node.log" 2>&1 &
-node=$!
+source bench/node-setup.sh
+node_profile peers 7800 7880 256
 taskset -c 0 redis-server --port 6390 --save "" --appendonly no > "$work/redis.log" 2>&1 &
 redis=$!
 taskset -c 0 memcached -u root -p 11311 -l 127.0.0.1 -m 1024 -t 1 > "$work/memcached.log" 2>&1 &
 mc=$!
+start_node
 trap 'kill $node $redis $mc 2>/dev/null; wait 2>/dev/null' EXIT
-for i in $(seq 300); do target/release/hotshard map --addr 127.0.0.1:7800 >/dev/null 2>&1 && break; sleep 0.1; done
 sleep 0.5
 
 echo "### generator check: our redis:// target against redis-benchmark, GET then SET"
@@ -36,16 +22,16 @@ $B compare --target redis://127.0.0.1:6390 --target redis-benchmark://127.0.0.1:
     --mix put --keys 10000 --rounds 3 --duration "$d" --quiet
 
 echo "### GET 4 KiB, uniform, 4 connections x 16 pipelined"
-$B compare --target hotshard://127.0.0.1:7800 --target redis://127.0.0.1:6390 \
+$B compare --target hotshard://127.0.0.1:$port --target redis://127.0.0.1:6390 \
     --target memcached://127.0.0.1:11311 --mix get --keys 10000 --preload --rounds 3 --duration "$d" --quiet
 
 echo "### 90% GET / 10% PUT 4 KiB, zipfian 0.99 (hotshard's puts are durable; the peers' are not)"
-$B compare --target hotshard://127.0.0.1:7800 --target redis://127.0.0.1:6390 \
+$B compare --target hotshard://127.0.0.1:$port --target redis://127.0.0.1:6390 \
     --target memcached://127.0.0.1:11311 --mix get=90,put=10 --dist zipfian:0.99 --keys 10000 \
     --rounds 3 --duration "$d" --quiet
 
 echo "### open loop: latency against offered rate, GET 4 KiB from the cache"
-$B sweep --target hotshard://127.0.0.1:7800 --knob rate=50000,100000,200000,300000 \
+$B sweep --target hotshard://127.0.0.1:$port --knob rate=50000,100000,200000,300000 \
     --mix get --keys 10000 --connections 8 --pipeline 32 --duration "$d" --warmup 1s \
     --plot bench/results/node-open-loop.svg --quiet
 $B sweep --target redis://127.0.0.1:6390 --knob rate=50000,100000,200000,300000 \
