@@ -3,7 +3,11 @@
 //! then every acknowledged put reads back with its exact bytes, every acknowledged delete
 //! stays deleted, and nothing torn or corrupt is ever returned.
 //!
-//! `HOTSHARD_CRASH_SEEDS=N` runs N seeds (default 1500); `HOTSHARD_CRASH_SEED=S` replays one.
+//! Both commit modes: every batch written durable (`Fua`, the default) and batches written
+//! volatile then flushed (`WriteThenFlush`, `store.durability = "flush"`).
+//!
+//! `HOTSHARD_CRASH_SEEDS=N` runs N seeds per mode (default 1500); `HOTSHARD_CRASH_SEED=S`
+//! replays one.
 
 mod common;
 
@@ -14,7 +18,7 @@ use std::rc::Rc;
 use common::*;
 use futures::executor::{block_on, LocalPool};
 use futures::task::LocalSpawnExt;
-use hotshard_node::store::{Store, StoreError};
+use hotshard_node::store::{CommitDurability, Store, StoreError};
 use hotshard_nvme::{SimDevice, SimQueue, SplitMix64};
 
 const KEYS: u64 = 16;
@@ -107,13 +111,15 @@ fn verify(store: &Store<SimQueue>, model: &mut Model, seed: u64, round: usize) -
     Ok(())
 }
 
-fn run_seed(seed: u64) -> Result<(), String> {
+fn run_seed(seed: u64, durability: CommitDurability) -> Result<(), String> {
+    let mut cfg = small_config(SIM_BYTES);
+    cfg.durability = durability;
     let dev = SimDevice::new(SIM_BYTES, 4096, seed).map_err(|e| e.to_string())?;
     let mut rng = SplitMix64::new(seed ^ 0x5eed);
     let model = Rc::new(RefCell::new(Model::default()));
     for round in 0..=ROUNDS {
         let q = dev.queue(4 << 20).map_err(|e| e.to_string())?;
-        let (store, _) = block_on(Store::open(q, small_config(SIM_BYTES)))
+        let (store, _) = block_on(Store::open(q, cfg.clone()))
             .map_err(|e| format!("seed {seed} round {round}: open failed: {e}"))?;
         verify(&store, &mut model.borrow_mut(), seed, round)?;
         if round == ROUNDS {
@@ -205,25 +211,36 @@ fn run_seed(seed: u64) -> Result<(), String> {
     Ok(())
 }
 
-#[test]
-fn acknowledged_writes_survive_power_cuts_for_many_seeds() {
+/// Runs the configured seeds (or the one being replayed) in one commit mode.
+fn run_seeds(durability: CommitDurability) {
+    let replay = |seed: u64| {
+        format!("replay: HOTSHARD_CRASH_SEED={seed} cargo test -p hotshard-node --test store_crash (mode {durability:?})")
+    };
     if let Some(seed) = std::env::var("HOTSHARD_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
     {
-        run_seed(seed).unwrap_or_else(|e| panic!("{e}"));
+        run_seed(seed, durability).unwrap_or_else(|e| panic!("{e}\n{}", replay(seed)));
         return;
     }
     let seeds: u64 = std::env::var("HOTSHARD_CRASH_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1500);
-    let mut cut_mid_batch = 0;
     for seed in 0..seeds {
-        if let Err(e) = run_seed(seed) {
-            panic!("{e}\nreplay: HOTSHARD_CRASH_SEED={seed} cargo test -p hotshard-node --test store_crash");
+        if let Err(e) = run_seed(seed, durability) {
+            panic!("{e}\n{}", replay(seed));
         }
-        cut_mid_batch += 1;
     }
-    eprintln!("{cut_mid_batch} seeds x {ROUNDS} power cuts: every acknowledged write survived");
+    eprintln!("{durability:?}: {seeds} seeds x {ROUNDS} power cuts: every acknowledged write survived");
+}
+
+#[test]
+fn acknowledged_writes_survive_power_cuts_for_many_seeds() {
+    run_seeds(CommitDurability::Fua);
+}
+
+#[test]
+fn acknowledged_writes_survive_power_cuts_when_batches_are_flushed() {
+    run_seeds(CommitDurability::WriteThenFlush);
 }
