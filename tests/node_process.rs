@@ -189,16 +189,24 @@ fn after_a_graceful_stop_the_port_refuses_instead_of_resetting() {
     for _ in 0..3 {
         let mut node = start(&cfg, port);
         let addr = node.addr(0);
+        // The admin endpoint (port + 3 in the test config) is stopped the same way.
+        let admin = format!("127.0.0.1:{}", port + 3);
+        assert!(
+            std::net::TcpStream::connect(&admin).is_ok(),
+            "admin endpoint not up"
+        );
         let mut child = node.child.take().expect("running");
         // SAFETY: signalling our own child process.
         assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
         assert!(child.wait().unwrap().success());
         for attempt in 0..20 {
-            let connected = std::net::TcpStream::connect(&addr);
-            assert!(
-                connected.is_err(),
-                "connect {attempt} after the node exited was accepted"
-            );
+            for (what, a) in [("data", &addr), ("admin", &admin)] {
+                let connected = std::net::TcpStream::connect(a);
+                assert!(
+                    connected.is_err(),
+                    "{what} connect {attempt} after the node exited was accepted"
+                );
+            }
         }
     }
 }

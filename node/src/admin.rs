@@ -1,13 +1,18 @@
 //! The admin endpoint on shard 0: `GET /metrics` (Prometheus text of every shard of the
 //! node) and `GET /health`. A minimal HTTP/1.1 responder: one request per connection.
+//! It stops listening when the node stops, like the data listeners.
 
+use std::os::unix::io::RawFd;
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpListener;
 use hotshard_net::Request;
 use hotshard_nvme::BlockQueue;
 
+use crate::shard::{accept_or_stop, stop_listening};
 use crate::shard_handler::ShardHandler;
 
 /// Largest request head we read; anything longer is not a metrics scrape.
@@ -26,12 +31,16 @@ pub async fn all_metrics<Q: BlockQueue + 'static>(handler: &ShardHandler<Q>, sha
     out
 }
 
+/// Serves until the shutdown flag is set, then takes the listener (`fd` is its descriptor)
+/// out of LISTEN: see `shard::stop_listening`.
 pub async fn serve_admin<Q: BlockQueue + 'static>(
-    listener: TcpListener,
+    (listener, fd): (TcpListener, RawFd),
     handler: Rc<ShardHandler<Q>>,
     shards: usize,
+    shutdown: Arc<AtomicBool>,
 ) {
-    while let Ok(mut stream) = listener.accept().await {
+    while let Some(accepted) = accept_or_stop(&listener, &shutdown).await {
+        let Ok(mut stream) = accepted else { continue };
         let handler = handler.clone();
         glommio::spawn_local(async move {
             let mut head = Vec::new();
@@ -58,4 +67,5 @@ pub async fn serve_admin<Q: BlockQueue + 'static>(
         })
         .detach();
     }
+    stop_listening(fd);
 }

@@ -115,7 +115,7 @@ async fn bind_exclusive(addr: &str) -> std::io::Result<(TcpListener, RawFd)> {
 /// which the kernel finishes after the process has exited; meanwhile the port kept
 /// accepting connections that were then reset (measured: 4 of 10 connects right after a
 /// node exited succeeded). After `shutdown`, a connect is refused, which clients retry.
-fn stop_listening(fd: RawFd) {
+pub(crate) fn stop_listening(fd: RawFd) {
     // SAFETY: `fd` is the listener's own descriptor, still open (the listener is alive).
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
@@ -124,6 +124,18 @@ async fn wait_for_shutdown(flag: &AtomicBool) {
     while !flag.load(Ordering::Relaxed) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
+}
+
+/// The next connection, or `None` once the shutdown flag is set.
+pub(crate) async fn accept_or_stop(
+    listener: &TcpListener,
+    shutdown: &AtomicBool,
+) -> Option<glommio::Result<glommio::net::TcpStream, ()>> {
+    futures_lite::future::or(async { Some(listener.accept().await) }, async {
+        wait_for_shutdown(shutdown).await;
+        None
+    })
+    .await
 }
 
 /// Runs the shard until the shutdown flag is set; then stops accepting, lets requests in
@@ -189,17 +201,18 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         })
         .detach();
     }
+    let mut admin_task = None;
     if s.index == 0 && s.cfg.node.admin_port != 0 {
         let admin_addr = format!("{}:{}", s.cfg.node.listen, s.cfg.node.admin_port);
-        let (admin, _) = bind_exclusive(&admin_addr)
+        let (admin, admin_fd) = bind_exclusive(&admin_addr)
             .await
             .map_err(|e| fail(format!("admin endpoint on {admin_addr}: {e}")))?;
-        glommio::spawn_local(crate::admin::serve_admin(
-            admin,
+        admin_task = Some(glommio::spawn_local(crate::admin::serve_admin(
+            (admin, admin_fd),
             handler.clone(),
             s.map.shards.len(),
-        ))
-        .detach();
+            s.shutdown.clone(),
+        )));
     }
     let _ = s.ready.send(Ok(format!(
         "shard {} on {addr}: {} objects recovered ({:.1} MB scanned in {:.3} s){}",
@@ -217,12 +230,9 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
     let max_connections = s.cfg.net.max_connections as u64;
     let open = Rc::new(std::cell::Cell::new(0u64));
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            wait_for_shutdown(&s.shutdown).await;
-            None
-        })
-        .await;
-        let Some(accepted) = accepted else { break };
+        let Some(accepted) = accept_or_stop(&listener, &s.shutdown).await else {
+            break;
+        };
         let Ok(stream) = accepted else { continue };
         if open.get() >= max_connections {
             stats.connections_refused.set(stats.connections_refused.get() + 1);
@@ -249,6 +259,10 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
     }
     stop_listening(listener_fd);
     drop(listener);
+    // The admin endpoint sees the same flag and stops listening before the executor ends.
+    if let Some(admin) = admin_task {
+        admin.await;
+    }
     // Drain: requests already running finish; idle connections close with the process.
     let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
     while handler.in_flight.get() > 0 && std::time::Instant::now() < deadline {
