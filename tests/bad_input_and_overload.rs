@@ -1,6 +1,7 @@
 //! The node as a process against hostile and excessive clients: a corpus of malformed
 //! frames, a slowloris, a client that never reads its replies, and 1,000 connections each
-//! pipelining to the limit. Each bad connection gets an error frame or a clean close within
+//! pipelining to the limit, and more connections than the node may open files. Each bad
+//! connection gets an error frame or a clean close within
 //! a timeout, well-behaved clients keep being answered, and memory stays bounded.
 
 mod common;
@@ -350,4 +351,69 @@ fn a_thousand_pipelining_connections_get_busy_not_unbounded_memory() {
         "well-behaved client waited {worst:?}"
     );
     assert_served(&node.addr(1));
+}
+
+#[test]
+fn running_out_of_file_descriptors_sheds_connections_and_keeps_serving() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let port = ports();
+    let cfg = write_config(dir.path(), port);
+    // Far below net.max_connections (1024): the kernel refuses accepts with EMFILE first.
+    let node = start_with_fd_limit(&cfg, port, 96);
+    let mut healthy = BlockingClient::connect(&node.addr(0), Duration::from_secs(5)).unwrap();
+    let keys: Vec<String> = (0..20).map(|k| format!("key-{k}")).collect();
+    for key in &keys {
+        // Also opens the client's connection to each shard before the flood.
+        healthy.put(key.as_bytes(), b"1").unwrap();
+    }
+    let mut flood = Vec::new();
+    for i in 0..200 {
+        let addr: std::net::SocketAddr = node.addr(i % 2).parse().unwrap();
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            flood.push(s);
+        }
+    }
+    // While every descriptor is taken, both shards keep answering the client they have.
+    for key in &keys {
+        healthy.put(key.as_bytes(), b"2").unwrap();
+        assert_eq!(healthy.get(key.as_bytes(), None).unwrap().unwrap().0, b"2");
+    }
+    // The connections it could not take were closed, not left hanging in the backlog.
+    let mut closed = 0;
+    for s in flood.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let shed = match s.read(&mut [0u8; 1]) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        };
+        closed += shed as usize;
+    }
+    assert!(closed > 0, "no connection was shed");
+    drop(flood);
+    // Once they are gone, new clients are served again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let served = BlockingClient::connect(&node.addr(1), Duration::from_secs(2))
+            .and_then(|mut c| c.put(b"after", b"3").map(drop));
+        if served.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not served after the flood: {served:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The admin endpoint (also out of descriptors during the flood) counted the refusals.
+    assert!(
+        metric(port + 3, "hotshard_accept_errors_total") > 0,
+        "the flood never ran the node out of descriptors"
+    );
+    // And it still stops when asked.
+    let mut node = node;
+    let mut child = node.child.take().expect("running");
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
 }

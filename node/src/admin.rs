@@ -2,17 +2,15 @@
 //! node) and `GET /health`. A minimal HTTP/1.1 responder: one request per connection.
 //! It stops listening when the node stops, like the data listeners.
 
-use std::os::unix::io::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpListener;
 use hotshard_net::Request;
 use hotshard_nvme::BlockQueue;
 
-use crate::shard::{accept_or_stop, stop_listening};
+use crate::listener::Listener;
 use crate::shard_handler::ShardHandler;
 
 /// Largest request head we read; anything longer is not a metrics scrape.
@@ -31,16 +29,14 @@ pub async fn all_metrics<Q: BlockQueue + 'static>(handler: &ShardHandler<Q>, sha
     out
 }
 
-/// Serves until the shutdown flag is set, then takes the listener (`fd` is its descriptor)
-/// out of LISTEN: see `shard::stop_listening`.
+/// Serves until the shutdown flag is set, then takes the listener out of LISTEN.
 pub async fn serve_admin<Q: BlockQueue + 'static>(
-    (listener, fd): (TcpListener, RawFd),
+    listener: Listener,
     handler: Rc<ShardHandler<Q>>,
     shards: usize,
     shutdown: Arc<AtomicBool>,
 ) {
-    while let Some(accepted) = accept_or_stop(&listener, &shutdown).await {
-        let Ok(mut stream) = accepted else { continue };
+    while let Some(mut stream) = listener.next(&shutdown, &handler.stats.accept_errors).await {
         let handler = handler.clone();
         glommio::spawn_local(async move {
             let mut head = Vec::new();
@@ -67,5 +63,5 @@ pub async fn serve_admin<Q: BlockQueue + 'static>(
         })
         .detach();
     }
-    stop_listening(fd);
+    listener.stop();
 }

@@ -79,6 +79,9 @@ pub fn serve(cfg: NodeConfig) -> Result<(), String> {
     let (device, size) = prepare_device(&cfg)?;
     let cores = cfg.shard_cores();
     let shards = cores.len();
+    if let Some(warning) = crate::fd_limit::raise_open_files_limit(shards, cfg.net.max_connections) {
+        eprintln!("hotshard: warning: {warning}");
+    }
     let region = size / shards as u64 / 4096 * 4096;
     let shard_addrs: Vec<ShardAddr> = (0..shards)
         .map(|i| ShardAddr {

@@ -1,27 +1,24 @@
 //! One shard: its queue, its store, its listener, its peers. Runs on its own pinned glommio
 //! executor and shares nothing on the data path with other shards.
 
-use std::os::unix::io::RawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::net::TcpListener;
 use hotshard_net::server::{serve_connection, ServerConfig};
 use hotshard_net::shard_map::ShardMap;
 use hotshard_nvme::{AnyQueue, Device, DeviceOptions, DmaFileQueue, UringOptions};
 
 use crate::config::NodeConfig;
+use crate::listener::{Listener, SHUTDOWN_POLL};
 use crate::peers::{PeerEnds, PeerMsg, Peers};
 use crate::shard_handler::ShardHandler;
 use crate::shard_stats::ShardStats;
 use crate::store::gc_task::{start_background_gc, GcPacing};
 use crate::store::{CommitDurability, Store, StoreConfig};
 
-/// How often a shard looks at the shutdown flag (not on the data path).
-const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 /// How long a stopping shard waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -84,60 +81,6 @@ async fn open_queue(s: &ShardSetup) -> Result<AnyQueue, String> {
     Ok(queue)
 }
 
-/// How long a starting shard retries a port still held by a previous, killed process.
-const BIND_RETRY: Duration = Duration::from_secs(10);
-
-/// Binds without SO_REUSEPORT (which glommio's `bind` sets): with it, a second node could
-/// share the port, and a killed node's socket, kept alive for a moment by its io_uring,
-/// would take and then reset some of the new node's connections. A port still held that
-/// way is retried for a while. Returns the listener and its descriptor (for `stop_listening`).
-async fn bind_exclusive(addr: &str) -> std::io::Result<(TcpListener, RawFd)> {
-    use std::os::unix::io::{FromRawFd, IntoRawFd};
-    let deadline = std::time::Instant::now() + BIND_RETRY;
-    loop {
-        match std::net::TcpListener::bind(addr) {
-            Ok(std_listener) => {
-                let fd = std_listener.into_raw_fd();
-                // SAFETY: `fd` is a bound, listening TCP socket we own; ownership moves to
-                // the glommio listener, which closes it.
-                return Ok((unsafe { TcpListener::from_raw_fd(fd) }, fd));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
-                glommio::timer::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Takes a listening socket out of LISTEN at once. Closing it is not enough: the executor's
-/// io_uring still references it through the cancelled accept until the ring is torn down,
-/// which the kernel finishes after the process has exited; meanwhile the port kept
-/// accepting connections that were then reset (measured: 4 of 10 connects right after a
-/// node exited succeeded). After `shutdown`, a connect is refused, which clients retry.
-pub(crate) fn stop_listening(fd: RawFd) {
-    // SAFETY: `fd` is the listener's own descriptor, still open (the listener is alive).
-    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-}
-
-async fn wait_for_shutdown(flag: &AtomicBool) {
-    while !flag.load(Ordering::Relaxed) {
-        glommio::timer::sleep(SHUTDOWN_POLL).await;
-    }
-}
-
-/// The next connection, or `None` once the shutdown flag is set.
-pub(crate) async fn accept_or_stop(
-    listener: &TcpListener,
-    shutdown: &AtomicBool,
-) -> Option<glommio::Result<glommio::net::TcpStream, ()>> {
-    futures_lite::future::or(async { Some(listener.accept().await) }, async {
-        wait_for_shutdown(shutdown).await;
-        None
-    })
-    .await
-}
-
 /// Runs the shard until the shutdown flag is set; then stops accepting, lets requests in
 /// flight finish, and closes its store (every acknowledged write is already durable).
 pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
@@ -157,7 +100,7 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         s.cfg.node.listen,
         s.cfg.node.base_port as usize + s.index
     );
-    let (listener, listener_fd) = bind_exclusive(&addr)
+    let listener = Listener::bind(&addr)
         .await
         .map_err(|e| fail(format!("listening on {addr}: {e}")))?;
     let stats = Rc::new(ShardStats::default());
@@ -204,11 +147,11 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
     let mut admin_task = None;
     if s.index == 0 && s.cfg.node.admin_port != 0 {
         let admin_addr = format!("{}:{}", s.cfg.node.listen, s.cfg.node.admin_port);
-        let (admin, admin_fd) = bind_exclusive(&admin_addr)
+        let admin = Listener::bind(&admin_addr)
             .await
             .map_err(|e| fail(format!("admin endpoint on {admin_addr}: {e}")))?;
         admin_task = Some(glommio::spawn_local(crate::admin::serve_admin(
-            (admin, admin_fd),
+            admin,
             handler.clone(),
             s.map.shards.len(),
             s.shutdown.clone(),
@@ -230,10 +173,9 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
     let max_connections = s.cfg.net.max_connections as u64;
     let open = Rc::new(std::cell::Cell::new(0u64));
     loop {
-        let Some(accepted) = accept_or_stop(&listener, &s.shutdown).await else {
+        let Some(stream) = listener.next(&s.shutdown, &stats.accept_errors).await else {
             break;
         };
-        let Ok(stream) = accepted else { continue };
         if open.get() >= max_connections {
             stats.connections_refused.set(stats.connections_refused.get() + 1);
             continue;
@@ -257,7 +199,7 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         })
         .detach();
     }
-    stop_listening(listener_fd);
+    listener.stop();
     drop(listener);
     // The admin endpoint sees the same flag and stops listening before the executor ends.
     if let Some(admin) = admin_task {

@@ -47,6 +47,8 @@ pub struct ShardStats {
     pub wrong_shard: Cell<u64>,
     pub connections: Cell<u64>,
     pub connections_refused: Cell<u64>,
+    /// Failed accepts (out of file descriptors, aborted handshakes), on any listener.
+    pub accept_errors: Cell<u64>,
     pub protocol_errors: Cell<u64>,
     /// Requests answered Busy (over the shard's pending budget).
     pub busy: Cell<u64>,
@@ -106,7 +108,7 @@ impl ShardStats {
         let c = store.counters();
         let cache = store.cache_stats();
         let space = store.space();
-        let gauges: [(&str, u64); 24] = [
+        let gauges: [(&str, u64); 25] = [
             ("hotshard_forwarded_total", self.forwarded.get()),
             ("hotshard_wrong_shard_total", self.wrong_shard.get()),
             ("hotshard_connections_total", self.connections.get()),
@@ -114,6 +116,7 @@ impl ShardStats {
                 "hotshard_connections_refused_total",
                 self.connections_refused.get(),
             ),
+            ("hotshard_accept_errors_total", self.accept_errors.get()),
             ("hotshard_protocol_errors_total", self.protocol_errors.get()),
             ("hotshard_busy_total", self.busy.get()),
             ("hotshard_frame_timeouts_total", self.frame_timeouts.get()),

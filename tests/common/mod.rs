@@ -87,26 +87,46 @@ pub fn write_config_with(dir: &Path, port: u16, extra: &str) -> PathBuf {
 
 /// Starts the node and waits until both shards accept connections.
 pub fn start(cfg: &Path, port: u16) -> Node {
-    start_inner(cfg, port, None)
+    start_inner(cfg, port, None, None)
+}
+
+/// Starts the node with at most `limit` open files (soft and hard: it cannot raise it).
+pub fn start_with_fd_limit(cfg: &Path, port: u16, limit: u64) -> Node {
+    start_inner(cfg, port, None, Some(limit))
 }
 
 /// Starts a node that requires `secret`, logging at debug level (so a test can check that
 /// the log never holds the secret).
 pub fn start_with_secret(cfg: &Path, port: u16, secret: &str) -> Node {
-    start_inner(cfg, port, Some(secret))
+    start_inner(cfg, port, Some(secret), None)
 }
 
-fn start_inner(cfg: &Path, port: u16, secret: Option<&str>) -> Node {
+fn start_inner(cfg: &Path, port: u16, secret: Option<&str>, fd_limit: Option<u64>) -> Node {
     let log_path = cfg.with_extension("log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(binary())
-        .args(["serve", "--config"])
+    let mut cmd = Command::new(binary());
+    cmd.args(["serve", "--config"])
         .arg(cfg)
         .env("RUST_LOG", if secret.is_some() { "debug" } else { "warn" })
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+        .stderr(log);
+    if let Some(limit) = fd_limit {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = cmd.spawn().unwrap();
     let mut node = Node {
         child: Some(child),
         port,
