@@ -74,9 +74,7 @@ impl BlockingClient {
         }
         let conn = self.conns[addr].clone();
         block_on(conn.call(request, payload)).map_err(|e| match e {
-            crate::error::WireError::Malformed(m) if m.contains("timed out") || m.contains("would block") => {
-                ClientError::Timeout(self.timeout)
-            }
+            crate::error::WireError::TimedOut => ClientError::Timeout(self.timeout),
             other => ClientError::Wire(other),
         })
     }
@@ -148,5 +146,27 @@ impl BlockingClient {
         let (r, body) = self.call(addr, &Request::Stats, &[])?;
         expect_ok(&r)?;
         Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_never_answers_is_a_timeout_not_a_malformed_frame() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let holder = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            std::thread::sleep(Duration::from_millis(600));
+            drop(s);
+        });
+        let err = BlockingClient::connect(&addr, Duration::from_millis(200))
+            .err()
+            .unwrap();
+        assert!(matches!(err, ClientError::Timeout(_)), "{err}");
+        assert_eq!(err.to_string(), "no answer within 200ms");
+        holder.join().unwrap();
     }
 }

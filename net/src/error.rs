@@ -16,4 +16,7 @@ pub enum WireError {
     Malformed(String),
     #[error("connection closed")]
     Closed,
+    /// A read or write on a socket with a timeout ran out of time (the blocking client).
+    #[error("no data within the socket timeout")]
+    TimedOut,
 }

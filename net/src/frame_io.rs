@@ -8,10 +8,11 @@ use crate::error::WireError;
 use crate::frame::{Preamble, PREAMBLE_BYTES};
 
 fn io_err(e: std::io::Error) -> WireError {
-    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        WireError::Closed
-    } else {
-        WireError::Malformed(format!("i/o: {e}"))
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => WireError::Closed,
+        // What a socket read timeout looks like (EAGAIN on Linux).
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => WireError::TimedOut,
+        _ => WireError::Malformed(format!("i/o: {e}")),
     }
 }
 
