@@ -126,6 +126,9 @@ pub struct StoreSection {
     pub segment_mib: u64,
     pub batch_kib: usize,
     pub cache_mib: usize,
+    /// Index memory per shard, MiB; past it, writes of new keys answer NoSpace. 0 =
+    /// automatic: half of the machine's memory shared among the shards.
+    pub index_mib: usize,
     /// "fua" or "flush".
     pub durability: String,
     pub gc_max_live_fraction: f64,
@@ -137,6 +140,7 @@ impl Default for StoreSection {
             segment_mib: 16,
             batch_kib: 1024,
             cache_mib: 64,
+            index_mib: 0,
             durability: "fua".into(),
             gc_max_live_fraction: 0.5,
         }
@@ -337,6 +341,14 @@ impl NodeConfig {
         mib << 20
     }
 
+    /// The index budget of one shard, in bytes (see `store.index_mib`).
+    pub fn index_budget_bytes(&self) -> usize {
+        match self.store.index_mib {
+            0 => (memory_bytes() / 2 / self.shard_cores().len().max(1) as u64) as usize,
+            n => n << 20,
+        }
+    }
+
     /// The cores shards run on.
     pub fn shard_cores(&self) -> Vec<usize> {
         if self.node.cores.is_empty() {
@@ -349,6 +361,19 @@ impl NodeConfig {
 
 pub fn online_cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// The machine's memory (MemTotal), or 4 GiB if /proc/meminfo cannot say.
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |kib| kib << 10)
 }
 
 #[cfg(test)]
@@ -404,6 +429,14 @@ mod tests {
         let e = NodeConfig::parse("[auth]\nsecret = \"0123456789abcdef-xyz\" junk\n").unwrap_err();
         assert!(!e.contains("0123456789abcdef"), "{e}");
         assert_eq!(NodeConfig::parse("").unwrap().secret().unwrap(), None);
+    }
+
+    #[test]
+    fn the_index_budget_is_half_the_memory_over_the_shards_unless_set() {
+        let auto = NodeConfig::parse("[node]\ncores = [0, 1]\n").unwrap();
+        assert_eq!(auto.index_budget_bytes() as u64, memory_bytes() / 4);
+        let set = NodeConfig::parse("[store]\nindex_mib = 300\n").unwrap();
+        assert_eq!(set.index_budget_bytes(), 300 << 20);
     }
 
     #[test]

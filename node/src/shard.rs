@@ -43,6 +43,7 @@ fn store_config(s: &ShardSetup) -> StoreConfig {
     sc.segment_bytes = c.segment_mib << 20;
     sc.batch_bytes = c.batch_kib << 10;
     sc.cache_bytes = c.cache_mib << 20;
+    sc.index_budget_bytes = s.cfg.index_budget_bytes();
     sc.durability = if c.durability == "flush" {
         CommitDurability::WriteThenFlush
     } else {

@@ -196,6 +196,54 @@ fn a_device_full_of_live_data_answers_no_space_and_keeps_reading() {
     });
 }
 
+/// Index memory is a budget like device space: past it, new keys answer `NoSpace` and
+/// everything already indexed can still be read, overwritten and deleted.
+#[test]
+fn an_index_over_its_budget_refuses_new_keys_and_keeps_the_old() {
+    let dev = sim();
+    let mut cfg = small_config(SIM_BYTES);
+    cfg.index_budget_bytes = 16 << 10;
+    let s = sim_store(&dev, cfg);
+    block_on(async {
+        let mut stored = 0u64;
+        for i in 0..10_000u64 {
+            match s.put(format!("k{i}").as_bytes(), &make_value(i, 16), None).await {
+                Ok(_) => stored = i + 1,
+                Err(StoreError::NoSpace) => break,
+                Err(e) => panic!("put {i}: {e}"),
+            }
+        }
+        assert!(
+            (10..10_000).contains(&stored),
+            "refused once the index reached its budget: {stored} keys"
+        );
+        let space = s.space();
+        assert!(
+            space.index_heap_bytes < 2 * (16 << 10),
+            "index within one growth of its budget: {} bytes",
+            space.index_heap_bytes
+        );
+        assert!(
+            space.live_bytes < SIM_BYTES / 4,
+            "the device was not what filled up"
+        );
+        assert_eq!(s.counters().no_space, 1);
+        // Indexed keys: read, overwritten, deleted; a new key is still refused.
+        for k in 0..stored {
+            let (v, _) = s.get(format!("k{k}").as_bytes(), None).await.unwrap();
+            assert_eq!(check_value(v.as_slice()), Some(k));
+        }
+        s.put(b"k0", &make_value(1 << 40, 16), None).await.unwrap();
+        s.delete(b"k1", None).await.unwrap();
+        assert!(matches!(
+            s.put(b"new", &make_value(7, 16), None).await,
+            Err(StoreError::NoSpace)
+        ));
+        // A deleted key stays indexed (its tombstone), so it may be written again.
+        s.put(b"k1", &make_value(8, 16), None).await.unwrap();
+    });
+}
+
 /// Overwrites beyond the device's size with no background GC: each write that finds
 /// free space down to the reserve runs a GC step first, so none is refused.
 #[test]

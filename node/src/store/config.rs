@@ -29,6 +29,10 @@ pub struct StoreConfig {
     pub shard_index: u32,
     pub shard_count: u32,
     pub cache_bytes: usize,
+    /// Memory the index may hold before writes of new keys answer `NoSpace` (overwrites
+    /// and deletes of indexed keys still go through). Checked against the index's current
+    /// allocation, so one more growth step of its table may pass it.
+    pub index_budget_bytes: usize,
     pub durability: CommitDurability,
     /// GC collects a sealed segment whose live bytes are at most this fraction of it.
     pub gc_max_live_fraction: f64,
@@ -49,6 +53,7 @@ impl StoreConfig {
             shard_index: 0,
             shard_count: 1,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            index_budget_bytes: usize::MAX,
             durability: CommitDurability::Fua,
             gc_max_live_fraction: 0.5,
             format_if_empty: true,

@@ -180,6 +180,15 @@ impl<Q: BlockQueue> Store<Q> {
         if kind == RecordKind::Tombstone && !exists {
             return Err(StoreError::NotFound);
         }
+        if kind == RecordKind::Put
+            && st.index.heap_bytes() >= self.inner.cfg.index_budget_bytes
+            && !st.pending.contains_key(key)
+            && st.index.get(key).is_none()
+        {
+            // The index is full: a new key would grow it, an indexed one does not.
+            bump(&self.inner.metrics.no_space, 1);
+            return Err(StoreError::NoSpace);
+        }
         // The version is the record's LSN: it grows per key, never restarts (not even after
         // GC forgets a tombstone), and outranks every record already on the device.
         let new_version = st.writer.next_lsn;
