@@ -39,6 +39,19 @@ fn put_get_delete_through_the_client_and_the_cli() {
     assert!(err.contains("not found"), "{err}");
     let out = cli(&["stats", "--addr", &addr]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("hotshard_ops_total{shard=\"1\""));
+    // Output into a pipe nobody reads (`hotshard stats | head -1`): ends quietly, as
+    // command-line tools do, instead of panicking with a backtrace.
+    {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(binary())
+            .args(["stats", "--addr", &addr])
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+    }
 
     // The admin endpoint: health, and Prometheus text covering both shards.
     let http = |path: &str| {

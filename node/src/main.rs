@@ -190,7 +190,15 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // A client command writing into a closed pipe (`hotshard stats | head`) ends
+        // quietly like other command-line tools; Rust ignores SIGPIPE, which turned that
+        // into a panic on `println!`. The server keeps ignoring it (sockets report EPIPE).
+        // SAFETY: restoring the default disposition of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hotshard: {e}");
