@@ -39,6 +39,14 @@ fn put_get_delete_through_the_client_and_the_cli() {
     assert!(err.contains("not found"), "{err}");
     let out = cli(&["stats", "--addr", &addr]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("hotshard_ops_total{shard=\"1\""));
+    // A value over the node's limit: the node's reason, not a broken pipe.
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; (8 << 20) + 1]).unwrap();
+    let out = cli(&["put", "big", "--file", big.to_str().unwrap(), "--addr", &addr]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+    assert!(err.contains("over the limit"), "{err}");
     // Output into a pipe nobody reads (`hotshard stats | head -1`): ends quietly, as
     // command-line tools do, instead of panicking with a backtrace.
     {

@@ -152,6 +152,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         result
     }
 
+    /// After the peer closed while we wrote: the answer to `id` it may have sent first, or
+    /// its answer to the connection as a whole (id 0: a frame whose head it could not
+    /// take, such as a payload over its limit). The socket is closed at the other end, so
+    /// the read ends at its EOF.
+    async fn read_parting_answer(&self, id: u64) -> Option<Answer> {
+        let mut r = self.inner.reader.borrow_mut().take()?;
+        let frame = read_response(&mut r).await;
+        *self.inner.reader.borrow_mut() = Some(r);
+        match frame {
+            Ok((rid, answer)) if rid == id || rid == 0 => Some(answer),
+            _ => None,
+        }
+    }
+
     async fn send_and_wait(&self, id: u64, my_generation: u64) -> Result<Answer, WireError> {
         let inner = &self.inner;
         loop {
@@ -205,8 +219,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 waiter.wake();
             }
             if let Err(e) = written {
+                // A node that refuses a frame (one over its limits) answers why and closes
+                // while the rest is still being sent: that answer is the useful error.
+                let answer = if e == WireError::Closed {
+                    self.read_parting_answer(id).await
+                } else {
+                    None
+                };
                 inner.fail(e.clone());
-                return Err(e);
+                return answer.ok_or(e);
             }
         }
         // Wait for the answer, reading for everyone while nobody else is.

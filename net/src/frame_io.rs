@@ -9,7 +9,10 @@ use crate::frame::{Preamble, PREAMBLE_BYTES};
 
 fn io_err(e: std::io::Error) -> WireError {
     match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => WireError::Closed,
+        // The peer closed (or reset) the connection.
+        std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::BrokenPipe
+        | std::io::ErrorKind::ConnectionReset => WireError::Closed,
         // What a socket read timeout looks like (EAGAIN on Linux).
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => WireError::TimedOut,
         _ => WireError::Malformed(format!("i/o: {e}")),
