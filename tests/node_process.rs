@@ -131,6 +131,59 @@ fn a_second_node_on_the_same_data_is_refused() {
 }
 
 #[test]
+fn a_restart_with_another_shard_count_is_refused_and_loses_nothing() {
+    let dir = test_dir();
+    let port = ports();
+    let cfg = write_config(dir.path(), port);
+    let mut node = start(&cfg, port);
+    let mut c = BlockingClient::connect(&node.addr(0), Duration::from_secs(5)).unwrap();
+    for k in 0..40 {
+        c.put(format!("k{k}").as_bytes(), format!("v{k}").as_bytes())
+            .unwrap();
+    }
+    drop(c);
+    let mut child = node.child.take().expect("running");
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
+    // The same data with one shard: regions would move over the second shard's data, and
+    // half the keys would answer NotFound. Refused before anything is opened.
+    let one = dir.path().join("one.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("cores = [0, 1]"));
+    std::fs::write(&one, text.replace("cores = [0, 1]", "cores = [0]")).unwrap();
+    let log = dir.path().join("one.log");
+    let mut child = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&one)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a one-shard node started on two-shard data");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(err.contains("written by 2 shard(s)"), "{err}");
+    // With its own shard count again, every key is there.
+    let node = start(&cfg, port);
+    let mut c = BlockingClient::connect(&node.addr(0), Duration::from_secs(5)).unwrap();
+    for k in 0..40 {
+        let got = c.get(format!("k{k}").as_bytes(), None).unwrap().map(|(v, _)| v);
+        assert_eq!(got, Some(format!("v{k}").into_bytes()), "k{k}");
+    }
+}
+
+#[test]
 fn a_misrouted_request_is_forwarded_and_answered() {
     use hotshard_net::connection::Connection;
     use hotshard_net::{Request, Status, Target};

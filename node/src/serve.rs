@@ -14,6 +14,7 @@ use crate::config::{NodeConfig, DEFAULT_DATA_CAP_BYTES};
 use crate::data_lock::DataLock;
 use crate::peers::mesh;
 use crate::shard::{run_shard, ShardSetup};
+use crate::store::format::{Superblock, SEGMENTS_START, SUPERBLOCK_BYTES};
 
 /// Blocks SIGINT and SIGTERM in this thread (and the threads it starts) and sets `flag`
 /// from a dedicated thread when one arrives.
@@ -44,6 +45,33 @@ fn free_bytes(dir: &std::path::Path) -> u64 {
         } else {
             0
         }
+    }
+}
+
+/// Refuses to start when the data was written by a different number of shards, before
+/// any shard opens (and a new one formats) its region: regions are cut from the device by
+/// shard count, so another count would lay new regions over existing data, and keys would
+/// be looked for on shards that never stored them (acknowledged writes answering NotFound).
+fn check_shard_count(device: &std::path::Path, shards: usize) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(device).map_err(|e| format!("reading {}: {e}", device.display()))?;
+    let mut head = vec![0u8; SEGMENTS_START as usize];
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| format!("reading {}: {e}", device.display()))?;
+    let written_by = [
+        &head[..SUPERBLOCK_BYTES as usize],
+        &head[SUPERBLOCK_BYTES as usize..],
+    ]
+    .into_iter()
+    .find_map(|copy| Superblock::decode(copy).ok().flatten())
+    .map(|sb| sb.shard_count as usize);
+    match written_by {
+        Some(n) if n != shards => Err(format!(
+            "the data in {} was written by {n} shard(s) and this configuration runs {shards} \
+             (node.cores): start with {n} cores, or give this configuration its own data_dir",
+            device.display()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -79,6 +107,7 @@ pub fn serve(cfg: NodeConfig) -> Result<(), String> {
     let (device, size) = prepare_device(&cfg)?;
     let cores = cfg.shard_cores();
     let shards = cores.len();
+    check_shard_count(&device, shards)?;
     if let Some(warning) = crate::fd_limit::raise_open_files_limit(shards, cfg.net.max_connections) {
         eprintln!("hotshard: warning: {warning}");
     }

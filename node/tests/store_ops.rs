@@ -196,6 +196,22 @@ fn a_device_full_of_live_data_answers_no_space_and_keeps_reading() {
     });
 }
 
+/// A region remembers which shard of how many it is: opened as another, it is refused
+/// (the node checks the count before starting; this guards the engine on its own).
+#[test]
+fn a_region_opened_as_another_shard_is_refused() {
+    let dev = sim();
+    drop(sim_store(&dev, small_config(SIM_BYTES)));
+    let mut cfg = small_config(SIM_BYTES);
+    cfg.shard_count = 2;
+    let q = dev.queue(4 << 20).unwrap();
+    match block_on(Store::open(q, cfg)) {
+        Err(StoreError::Open(e)) => assert!(e.contains("shard 0 of 1"), "{e}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("opened as shard 0 of 2"),
+    }
+}
+
 /// Index memory is a budget like device space: past it, new keys answer `NoSpace` and
 /// everything already indexed can still be read, overwritten and deleted.
 #[test]

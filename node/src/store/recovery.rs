@@ -83,6 +83,14 @@ impl<Q: BlockQueue> Store<Q> {
             [Ok(None), Ok(None)] => return Err(StoreError::Open("the region holds no store".into())),
             [Err(e), _] | [_, Err(e)] => return Err(StoreError::Open(format!("damaged superblock: {e}"))),
         };
+        if (sb.shard_index, sb.shard_count) != (cfg.shard_index, cfg.shard_count) {
+            // Regions are cut from the device by shard count: another count puts this region
+            // over other shards' data, and keys would be looked for on the wrong shard.
+            return Err(StoreError::Open(format!(
+                "this region holds shard {} of {}; the node runs it as shard {} of {}",
+                sb.shard_index, sb.shard_count, cfg.shard_index, cfg.shard_count
+            )));
+        }
         if sb.segment_bytes != cfg.segment_bytes
             || sb.partition_bits != cfg.partition_bits
             || sb.region_bytes > cfg.region_bytes
