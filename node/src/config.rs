@@ -231,6 +231,17 @@ impl NodeConfig {
                 format!("core {c} does not exist (this machine has {cores})"),
             ));
         }
+        if let Some((i, c)) = n
+            .cores
+            .iter()
+            .enumerate()
+            .find(|(i, c)| n.cores[..*i].contains(c))
+        {
+            return Err(bad(
+                "node.cores",
+                format!("core {c} is listed twice (entry {i}): one shard per core"),
+            ));
+        }
         if n.data_bytes != 0 && n.data_bytes < (64 << 20) {
             return Err(bad("node.data_bytes", "must be 0 (automatic) or at least 64 MiB"));
         }
@@ -408,6 +419,8 @@ mod tests {
         assert!(e.contains("queue.entries"), "{e}");
         let e = NodeConfig::parse("[node]\ncores = [999]\n").unwrap_err();
         assert!(e.contains("node.cores"), "{e}");
+        let e = NodeConfig::parse("[node]\ncores = [0, 0]\n").unwrap_err();
+        assert!(e.contains("node.cores") && e.contains("twice"), "{e}");
         let e = NodeConfig::parse("[bogus]\nx = 1\n").unwrap_err();
         assert!(e.contains("bogus"), "{e}");
         let e = NodeConfig::parse("[net]\nmax_pending_mib = 100\n[queue]\npool_mib = 128\n").unwrap_err();
