@@ -417,3 +417,19 @@ fn running_out_of_file_descriptors_sheds_connections_and_keeps_serving() {
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn an_idle_admin_connection_is_closed() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let port = ports();
+    let node = start(&write_config(dir.path(), port), port);
+    let mut idle = TcpStream::connect(("127.0.0.1", port + 3)).unwrap();
+    // It sends nothing; the node closes it after its admin timeout (5 s), well before this.
+    idle.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let got = idle.read(&mut [0u8; 16]);
+    assert!(
+        matches!(got, Ok(0)),
+        "an idle admin connection stayed open: {got:?}"
+    );
+    drop(node);
+}

@@ -15,6 +15,9 @@ use crate::shard_handler::ShardHandler;
 
 /// Largest request head we read; anything longer is not a metrics scrape.
 const MAX_REQUEST_HEAD: usize = 4096;
+/// How long a scrape may take to send its request or read the answer: an idle connection
+/// would otherwise hold a descriptor (which the data connections share) for ever.
+const ADMIN_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The Prometheus text of all shards: this one's, and the others' fetched over the mesh.
 pub async fn all_metrics<Q: BlockQueue + 'static>(handler: &ShardHandler<Q>, shards: usize) -> String {
@@ -39,6 +42,11 @@ pub async fn serve_admin<Q: BlockQueue + 'static>(
     while let Some(mut stream) = listener.next(&shutdown, &handler.stats.accept_errors).await {
         let handler = handler.clone();
         glommio::spawn_local(async move {
+            if stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT)).is_err()
+                || stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT)).is_err()
+            {
+                return;
+            }
             let mut head = Vec::new();
             let mut buf = [0u8; 512];
             while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
