@@ -142,10 +142,7 @@ fn a_restart_with_another_shard_count_is_refused_and_loses_nothing() {
             .unwrap();
     }
     drop(c);
-    let mut child = node.child.take().expect("running");
-    // SAFETY: signalling our own child process.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    assert!(child.wait().unwrap().success());
+    node.stop();
     // The same data with one shard: regions would move over the second shard's data, and
     // half the keys would answer NotFound. Refused before anything is opened.
     let one = dir.path().join("one.toml");
@@ -269,10 +266,7 @@ fn after_a_graceful_stop_the_port_refuses_instead_of_resetting() {
             std::net::TcpStream::connect(&admin).is_ok(),
             "admin endpoint not up"
         );
-        let mut child = node.child.take().expect("running");
-        // SAFETY: signalling our own child process.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-        assert!(child.wait().unwrap().success());
+        node.stop();
         for attempt in 0..20 {
             for (what, a) in [("data", &addr), ("admin", &admin)] {
                 let connected = std::net::TcpStream::connect(a);

@@ -51,6 +51,14 @@ impl Node {
         format!("127.0.0.1:{}", self.port + shard)
     }
 
+    /// SIGTERM, and the process must exit successfully (a graceful stop).
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling our own child process.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        assert!(child.wait().unwrap().success(), "the node did not stop cleanly");
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
