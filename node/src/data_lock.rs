@@ -12,6 +12,9 @@ pub struct DataLock {
 
 impl DataLock {
     pub fn acquire(dir: &Path) -> Result<DataLock, String> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(format!("node.data_dir: {} is not a directory", dir.display()));
+        }
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let path = dir.join("LOCK");
         let file = OpenOptions::new()
@@ -31,5 +34,30 @@ impl DataLock {
             ));
         }
         Ok(DataLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_that_is_a_file_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = DataLock::acquire(&file).err().unwrap();
+        assert!(
+            err.contains("node.data_dir") && err.contains("is not a directory"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = DataLock::acquire(dir.path()).unwrap();
+        let err = DataLock::acquire(dir.path()).err().unwrap();
+        assert!(err.contains("in use by another hotshard node"), "{err}");
     }
 }
