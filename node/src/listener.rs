@@ -35,6 +35,15 @@ pub async fn wait_for_shutdown(flag: &AtomicBool) {
     }
 }
 
+/// `work`'s output, or `None` if the shutdown flag is set first.
+async fn unless_stopped<T>(work: impl std::future::Future<Output = T>, shutdown: &AtomicBool) -> Option<T> {
+    futures_lite::future::or(async { Some(work.await) }, async {
+        wait_for_shutdown(shutdown).await;
+        None
+    })
+    .await
+}
+
 impl Listener {
     /// Binds without SO_REUSEPORT (which glommio's `bind` sets): with it, a second node
     /// could share the port, and a killed node's socket, kept alive for a moment by its
@@ -67,11 +76,7 @@ impl Listener {
     /// counted in `errors` and waited out, never returned.
     pub async fn next(&self, shutdown: &AtomicBool, errors: &Cell<u64>) -> Option<TcpStream> {
         loop {
-            let accepted = futures_lite::future::or(async { Some(self.inner.accept().await) }, async {
-                wait_for_shutdown(shutdown).await;
-                None
-            })
-            .await?;
+            let accepted = unless_stopped(self.inner.accept(), shutdown).await?;
             let err: std::io::Error = match accepted {
                 Ok(stream) => return Some(stream),
                 Err(e) => e.into(),
@@ -81,19 +86,7 @@ impl Listener {
                 self.shed_pending();
             }
             tracing::debug!("accept: {err}");
-            let pause = futures_lite::future::or(
-                async {
-                    glommio::timer::sleep(ACCEPT_BACKOFF).await;
-                    true
-                },
-                async {
-                    wait_for_shutdown(shutdown).await;
-                    false
-                },
-            );
-            if !pause.await {
-                return None;
-            }
+            unless_stopped(glommio::timer::sleep(ACCEPT_BACKOFF), shutdown).await?;
         }
     }
 
@@ -107,10 +100,16 @@ impl Listener {
         // connection and hold the shard's thread.
         // SAFETY: fcntl on our own listening socket.
         let flags = unsafe { libc::fcntl(self.fd, libc::F_GETFL) };
-        if flags < 0 || unsafe { libc::fcntl(self.fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            *self.spare.borrow_mut() = std::fs::File::open("/dev/null").ok();
-            return;
+        if flags >= 0 && unsafe { libc::fcntl(self.fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } == 0 {
+            self.close_backlog();
+            // SAFETY: as above; restores the flags found.
+            unsafe { libc::fcntl(self.fd, libc::F_SETFL, flags) };
         }
+        *self.spare.borrow_mut() = std::fs::File::open("/dev/null").ok();
+    }
+
+    /// Accepts and closes up to `SHED_PER_ROUND` waiting connections (socket non-blocking).
+    fn close_backlog(&self) {
         for _ in 0..SHED_PER_ROUND {
             // SAFETY: a non-blocking accept on our listening socket; a returned descriptor
             // is ours and closed at once.
@@ -128,9 +127,6 @@ impl Listener {
             // SAFETY: the descriptor accept4 just returned.
             unsafe { libc::close(fd) };
         }
-        // SAFETY: as above; restores the flags found.
-        unsafe { libc::fcntl(self.fd, libc::F_SETFL, flags) };
-        *self.spare.borrow_mut() = std::fs::File::open("/dev/null").ok();
     }
 
     /// Takes the socket out of LISTEN at once. Closing it is not enough: the executor's

@@ -14,7 +14,7 @@ use crate::config::{NodeConfig, DEFAULT_DATA_CAP_BYTES};
 use crate::data_lock::DataLock;
 use crate::peers::mesh;
 use crate::shard::{run_shard, ShardSetup};
-use crate::store::format::{Superblock, SEGMENTS_START, SUPERBLOCK_BYTES};
+use crate::store::format::{Superblock, SEGMENTS_START};
 
 /// Blocks SIGINT and SIGTERM in this thread (and the threads it starts) and sets `flag`
 /// from a dedicated thread when one arrives.
@@ -58,13 +58,10 @@ fn check_shard_count(device: &std::path::Path, shards: usize) -> Result<(), Stri
     let mut head = vec![0u8; SEGMENTS_START as usize];
     file.read_exact_at(&mut head, 0)
         .map_err(|e| format!("reading {}: {e}", device.display()))?;
-    let written_by = [
-        &head[..SUPERBLOCK_BYTES as usize],
-        &head[SUPERBLOCK_BYTES as usize..],
-    ]
-    .into_iter()
-    .find_map(|copy| Superblock::decode(copy).ok().flatten())
-    .map(|sb| sb.shard_count as usize);
+    let written_by = Superblock::decode_copies(&head)
+        .into_iter()
+        .find_map(|copy| copy.ok().flatten())
+        .map(|sb| sb.shard_count as usize);
     match written_by {
         Some(n) if n != shards => Err(format!(
             "the data in {} was written by {n} shard(s) and this configuration runs {shards} \

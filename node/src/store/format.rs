@@ -77,6 +77,13 @@ impl Superblock {
         out[72..76].copy_from_slice(&c.to_le_bytes());
     }
 
+    /// Both copies at the start of a region (`head` holds its first `SEGMENTS_START`
+    /// bytes), each decoded as by `decode`.
+    pub fn decode_copies(head: &[u8]) -> [Result<Option<Superblock>, String>; 2] {
+        let at = SUPERBLOCK_BYTES as usize;
+        [Self::decode(&head[..at]), Self::decode(&head[at..])]
+    }
+
     /// `Ok(None)` for a never-formatted region (no magic); an error for a damaged or
     /// foreign one.
     pub fn decode(b: &[u8]) -> Result<Option<Superblock>, String> {

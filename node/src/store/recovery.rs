@@ -69,10 +69,7 @@ impl<Q: BlockQueue> Store<Q> {
         let mut report = RecoveryReport::default();
         let buf = queue.pool().alloc(SEGMENTS_START as usize).await?;
         let buf = queue.read_at(cfg.region_offset, buf).await?;
-        let copies = [
-            Superblock::decode(&buf[..SUPERBLOCK_BYTES as usize]),
-            Superblock::decode(&buf[SUPERBLOCK_BYTES as usize..]),
-        ];
+        let copies = Superblock::decode_copies(&buf);
         drop(buf);
         let sb = match copies {
             [Ok(Some(sb)), _] | [_, Ok(Some(sb))] => sb,
