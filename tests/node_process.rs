@@ -278,3 +278,143 @@ fn after_a_graceful_stop_the_port_refuses_instead_of_resetting() {
         }
     }
 }
+
+/// SIGTERM while a client keeps pipelining puts: the node stops reading new requests,
+/// answers every request it has read, and ends the connection with a FIN after its last
+/// reply (never a reset, which would throw away replies still in flight); every put it
+/// acknowledged is there after a restart.
+#[test]
+fn a_graceful_stop_answers_what_it_read_and_closes_cleanly() {
+    use hotshard_net::codec::{access_response, encode_request, parse_frame};
+    use hotshard_net::{Request, Status, Target};
+    use std::io::{Read, Write};
+
+    let dir = test_dir();
+    let port = ports();
+    let cfg = write_config(dir.path(), port);
+    let mut node = start(&cfg, port);
+    let map = BlockingClient::connect(&node.addr(0), Duration::from_secs(5))
+        .unwrap()
+        .shard_map()
+        .clone();
+    // Keys shard 0 owns, as an endless sequence: the client never runs out of requests.
+    let keys_of = |map: hotshard_net::shard_map::ShardMap| {
+        (0..)
+            .map(|i| format!("stop-{i}").into_bytes())
+            .map(move |k| {
+                let p = map.partition(&k);
+                (k, p, map.owner(p).unwrap().shard)
+            })
+            .filter(|(_, _, shard)| *shard == 0)
+            .map(|(k, p, _)| (k, p))
+    };
+    let value_of = |i: usize| format!("value-{i}-").repeat(100).into_bytes();
+    let mut sock = StdTcp::connect(node.addr(0)).unwrap();
+    let signalled_at = std::sync::Arc::new(std::sync::OnceLock::<std::time::Instant>::new());
+    let writer = {
+        let (mut sock, keys) = (sock.try_clone().unwrap(), keys_of(map.clone()));
+        let signalled_at = signalled_at.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            for (i, (key, partition)) in keys.enumerate() {
+                // Keep sending for a moment after the signal (the node must not take these),
+                // then stop, leaving the connection open.
+                if signalled_at
+                    .get()
+                    .is_some_and(|t| t.elapsed() > Duration::from_millis(100))
+                {
+                    return sent;
+                }
+                let value = value_of(i);
+                let req = Request::Put {
+                    key,
+                    if_version: None,
+                    target: Target { partition, epoch: 1 },
+                };
+                let mut frame = encode_request(i as u64, &req, value.len()).unwrap();
+                frame.extend_from_slice(&value);
+                if sock.write_all(&frame).is_err() {
+                    return sent; // the node has closed: expected once it stops
+                }
+                sent += 1;
+            }
+            sent
+        })
+    };
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 65536]);
+    let mut acked = Vec::new();
+    let mut signalled = None;
+    let end = loop {
+        while let Some(f) = parse_frame(&buf).unwrap() {
+            let r = access_response(&f.header).unwrap();
+            let id = f.preamble.request_id;
+            assert_eq!(
+                r.status(),
+                Status::Ok,
+                "request {id} (a node that stopped reading would not answer it)"
+            );
+            acked.push(id as usize);
+            buf.drain(..f.consumed);
+        }
+        if signalled.is_none() && acked.len() >= 500 {
+            // SAFETY: signalling our own child process.
+            assert_eq!(
+                unsafe { libc::kill(node.child.as_ref().unwrap().id() as i32, libc::SIGTERM) },
+                0
+            );
+            signalled = Some(std::time::Instant::now());
+            let _ = signalled_at.set(std::time::Instant::now());
+            // Read nothing for a while: the node's last replies then still sit in its send
+            // buffer when it is done, and closing it with a reset would throw them away.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        match sock.read(&mut chunk) {
+            Ok(0) => break Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = sock.shutdown(std::net::Shutdown::Both);
+    let sent = writer.join().unwrap();
+    let since_signal = signalled
+        .unwrap_or_else(|| panic!("only {} answers before the connection ended", acked.len()))
+        .elapsed();
+    assert!(
+        end.is_ok(),
+        "after {} answers the connection ended with {end:?}, not a clean close",
+        acked.len()
+    );
+    assert!(buf.is_empty(), "{} bytes of a reply cut off", buf.len());
+    // The node stops reading at once (it would otherwise take requests until its drain
+    // deadline, 10 s, or until the store is full).
+    assert!(
+        since_signal < Duration::from_secs(5),
+        "the connection stayed open {since_signal:?} after SIGTERM"
+    );
+    assert!(
+        node.child.take().unwrap().wait().unwrap().success(),
+        "the node did not stop cleanly"
+    );
+    println!(
+        "{} of {sent} puts answered before the stop closed the connection",
+        acked.len()
+    );
+
+    let _node = start(&cfg, port);
+    let mut c = BlockingClient::connect(&_node.addr(0), Duration::from_secs(5)).unwrap();
+    // Every put the node applied was answered: a put that is stored but was never answered
+    // means its reply was lost. The node applies a connection's puts in order, so a lost
+    // reply shows at the first unanswered id, at most one past the highest answered one.
+    let last = *acked.iter().max().unwrap();
+    assert!(last < sent, "answered {last}, but only {sent} were sent whole");
+    let acked: std::collections::HashSet<usize> = acked.into_iter().collect();
+    for (i, (key, _)) in keys_of(map).take(last + 2).enumerate() {
+        let got = c.get(&key, None).unwrap().map(|g| g.0);
+        if acked.contains(&i) {
+            assert_eq!(got, Some(value_of(i)), "acknowledged put {i} lost");
+        } else {
+            assert_eq!(got, None, "put {i} was applied but its answer never arrived");
+        }
+    }
+}

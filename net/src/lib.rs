@@ -16,6 +16,7 @@ pub mod readiness;
 pub mod runtime;
 pub mod server;
 pub mod shard_map;
+pub mod stop;
 pub mod vectored;
 
 pub use error::WireError;

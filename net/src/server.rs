@@ -5,7 +5,8 @@
 //! reading at the in-flight limit (backpressure), answers Busy without allocating when the
 //! handler is over its budget, closes a connection whose frame does not arrive (or whose
 //! replies are not read) within the frame timeout, and on malformed input sends an error
-//! frame and closes. Nothing a peer sends can panic it.
+//! frame and closes. Nothing a peer sends can panic it. When its executor's stop signal
+//! fires it takes no new request, answers the ones it has, and closes cleanly.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -25,6 +26,7 @@ use crate::frame::{FrameKind, PREAMBLE_BYTES};
 use crate::frame_io::{flush, read_head, read_payload, skip_payload, write_frame};
 use crate::limits::DEFAULT_MAX_IN_FLIGHT;
 use crate::message::{Request, Response, Status};
+use crate::stop::{StopSignal, StopWatch};
 use crate::vectored::{try_sendmsg, MAX_SLICES};
 
 /// Socket reads go through a buffer this big, so that many small frames cost one read.
@@ -108,6 +110,9 @@ pub struct ConnectionReport {
     pub timed_out: bool,
     /// A secret is required and the peer did not prove it; refused and closed.
     pub unauthorized: bool,
+    /// The stop signal ended it: every request read was answered, then the connection
+    /// closed with a FIN.
+    pub stopped: bool,
 }
 
 /// Budget held by one admitted request, given back when its reply is gone.
@@ -165,6 +170,28 @@ where
     S: AsyncRead + AsyncWrite + AsRawFd + Unpin + 'static,
     H: Handler,
 {
+    serve_connection_until(stream, handler, cfg, &StopSignal::new()).await
+}
+
+/// How long a stopped connection keeps reading (and discarding) what the peer still sends
+/// after its last reply, so that closing does not reset the connection (a close with
+/// unread bytes sends RST, and the peer's kernel may then drop replies it has not read).
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Serves one connection until the peer closes it, sends something malformed, or `stop`
+/// fires: then it finishes the frame it is reading, answers every request it has read,
+/// sends a FIN after the last reply and reads what the peer still sends for up to
+/// `LINGER` before closing.
+pub async fn serve_connection_until<S, H>(
+    stream: S,
+    handler: Rc<H>,
+    cfg: ServerConfig,
+    stop: &Rc<StopSignal>,
+) -> ConnectionReport
+where
+    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + 'static,
+    H: Handler,
+{
     let fd = stream.as_raw_fd();
     let (reader, writer) = split(stream);
     let shared = Rc::new(Shared::<H::Out> {
@@ -177,22 +204,47 @@ where
         reader_waker: RefCell::new(None),
     });
     let writer_task = glommio::spawn_local(write_loop(writer, fd, shared.clone(), cfg.frame_timeout));
-    let reader = BufReader::with_capacity(READ_BUFFER_BYTES, SocketReader::new(reader, fd));
-    let mut report = read_loop(reader, handler, shared.clone(), cfg).await;
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, SocketReader::new(reader, fd));
+    let mut report = read_loop(&mut reader, handler, shared.clone(), cfg, stop.watch()).await;
     report.timed_out |= shared.stalled.get();
     shared.reading_done.set(true);
     if let Some(w) = shared.writer_waker.borrow_mut().take() {
         w.wake();
     }
     writer_task.await;
+    if report.stopped && !shared.stalled.get() {
+        linger(&mut reader).await;
+    }
     report
 }
 
+/// After the FIN: reads and drops what the peer still sends until it closes too, or
+/// `LINGER` passes.
+async fn linger<R: AsyncRead + Unpin>(r: &mut BufReader<R>) {
+    let drained = async {
+        loop {
+            match r.fill_buf().await {
+                Ok([]) | Err(_) => return,
+                Ok(b) => {
+                    let n = b.len();
+                    r.consume(n);
+                }
+            }
+        }
+    };
+    let _ = glommio::timer::timeout(LINGER, async {
+        drained.await;
+        Ok(())
+    })
+    .await;
+}
+
 async fn read_loop<S, H>(
-    mut r: BufReader<SocketReader<ReadHalf<S>>>,
+    r: &mut BufReader<SocketReader<ReadHalf<S>>>,
     handler: Rc<H>,
     shared: Rc<Shared<H::Out>>,
     cfg: ServerConfig,
+    stop: StopWatch,
 ) -> ConnectionReport
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -223,14 +275,38 @@ where
         }
         // An idle connection may wait for its next frame as long as it likes; once a frame
         // has begun, all of it must arrive within the frame timeout.
-        let head_bytes = match r.fill_buf().await {
-            Ok([]) | Err(_) => return report,
-            Ok(b) if b.len() >= PREAMBLE_BYTES => {
-                PREAMBLE_BYTES + u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize
+        // Stopping: take no new frame, even one whose first bytes are buffered (its sender
+        // gets no answer for it, and a FIN after the last answer).
+        if stop.is_stopped() {
+            report.stopped = true;
+            return report;
+        }
+        let filled = futures_lite::future::or(async { Some(r.fill_buf().await.map(<[u8]>::len)) }, async {
+            stop.stopped().await;
+            None
+        })
+        .await;
+        match filled {
+            None => {
+                report.stopped = true;
+                return report;
             }
-            Ok(_) => usize::MAX,
+            Some(Ok(0)) | Some(Err(_)) => return report,
+            Some(Ok(_)) => {}
+        }
+        let b = r.buffer();
+        let head_bytes = if b.len() >= PREAMBLE_BYTES {
+            PREAMBLE_BYTES + u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize
+        } else {
+            usize::MAX
         };
-        let head = within(r.buffer().len(), head_bytes, cfg.frame_timeout, read_head(&mut r)).await;
+        let head = within(
+            r.buffer().len(),
+            head_bytes,
+            cfg.frame_timeout,
+            read_head(&mut *r),
+        )
+        .await;
         let (preamble, header) = match head {
             None => {
                 report.timed_out = true;
@@ -296,7 +372,7 @@ where
                     buffered,
                     len,
                     cfg.frame_timeout,
-                    read_payload(&mut r, &mut buf.as_mut()[..len]),
+                    read_payload(&mut *r, &mut buf.as_mut()[..len]),
                 )
                 .await;
                 match read {
@@ -313,7 +389,7 @@ where
             Err(status) => {
                 // Refused or nowhere to put it (too large, over budget): drain it, say why.
                 let buffered = r.buffer().len();
-                let drained = within(buffered, len, cfg.frame_timeout, skip_payload(&mut r, len)).await;
+                let drained = within(buffered, len, cfg.frame_timeout, skip_payload(&mut *r, len)).await;
                 if !matches!(drained, Some(Ok(()))) {
                     report.timed_out = drained.is_none();
                     return report;

@@ -7,8 +7,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hotshard_net::server::{serve_connection, ServerConfig};
+use hotshard_net::server::{serve_connection_until, ServerConfig};
 use hotshard_net::shard_map::ShardMap;
+use hotshard_net::stop::StopSignal;
 use hotshard_nvme::{AnyQueue, Device, DeviceOptions, DmaFileQueue, UringOptions};
 
 use crate::config::NodeConfig;
@@ -173,6 +174,7 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
     };
     let max_connections = s.cfg.net.max_connections as u64;
     let open = Rc::new(std::cell::Cell::new(0u64));
+    let stop = StopSignal::new();
     loop {
         let Some(stream) = listener.next(&s.shutdown, &stats.accept_errors).await else {
             break;
@@ -184,9 +186,9 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         let _ = stream.set_nodelay(true);
         stats.connections.set(stats.connections.get() + 1);
         open.set(open.get() + 1);
-        let (handler, open, stats) = (handler.clone(), open.clone(), stats.clone());
+        let (handler, open, stats, stop) = (handler.clone(), open.clone(), stats.clone(), stop.clone());
         glommio::spawn_local(async move {
-            let report = serve_connection(stream, handler, server_cfg).await;
+            let report = serve_connection_until(stream, handler, server_cfg, &stop).await;
             if report.protocol_error.is_some() {
                 stats.protocol_errors.set(stats.protocol_errors.get() + 1);
             }
@@ -206,9 +208,12 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
     if let Some(admin) = admin_task {
         admin.await;
     }
-    // Drain: requests already running finish; idle connections close with the process.
+    // Drain: each connection stops reading, answers what it has read and closes (a peer
+    // that does not read its replies holds it up to the frame timeout, the drain at most
+    // DRAIN_TIMEOUT); requests forwarded from other shards finish too.
+    stop.stop();
     let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
-    while handler.in_flight.get() > 0 && std::time::Instant::now() < deadline {
+    while (open.get() > 0 || handler.in_flight.get() > 0) && std::time::Instant::now() < deadline {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
     drop(gc);
