@@ -108,7 +108,7 @@ impl ShardStats {
         let c = store.counters();
         let cache = store.cache_stats();
         let space = store.space();
-        let gauges: [(&str, u64); 25] = [
+        let gauges: [(&str, u64); 26] = [
             ("hotshard_forwarded_total", self.forwarded.get()),
             ("hotshard_wrong_shard_total", self.wrong_shard.get()),
             ("hotshard_connections_total", self.connections.get()),
@@ -132,6 +132,7 @@ impl ShardStats {
             ("hotshard_gc_freed_segments_total", c.gc_freed_segments),
             ("hotshard_write_stalls_total", c.write_stalls),
             ("hotshard_gc_moved_bytes_total", c.gc_moved_bytes),
+            ("hotshard_gc_read_bytes_total", c.gc_read_bytes),
             ("hotshard_corrupt_reads_total", c.corrupt_reads),
             ("hotshard_read_errors_total", c.read_errors),
             ("hotshard_write_errors_total", c.write_errors),

@@ -282,6 +282,132 @@ fn overwrites_far_beyond_the_device_collect_in_the_foreground() {
     });
 }
 
+/// A segment whose every record has been overwritten is freed without being read: there
+/// is nothing in it to move (before session 5, GC read all of it to find that out).
+#[test]
+fn gc_frees_a_fully_superseded_segment_without_reading_it() {
+    let dev = sim();
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    block_on(async {
+        // Ten keys overwritten 200 times: the first segments end up holding no live record.
+        for i in 0..200u64 {
+            s.put(format!("k{}", i % 10).as_bytes(), &make_value(i, 4000), None)
+                .await
+                .unwrap();
+        }
+        let mut empty_freed = 0;
+        loop {
+            let (reads, read_bytes) = (dev.stats().reads, s.counters().gc_read_bytes);
+            match s.gc_step().await.unwrap() {
+                // A segment with live records is read (to find them) and they move.
+                GcOutcome::Freed { moved_records, .. } if moved_records > 0 => {}
+                GcOutcome::Freed { segment, .. } => {
+                    assert_eq!(
+                        s.counters().gc_read_bytes,
+                        read_bytes,
+                        "segment {segment} was read"
+                    );
+                    assert_eq!(dev.stats().reads, reads, "segment {segment} was read");
+                    empty_freed += 1;
+                }
+                GcOutcome::Idle => break,
+                GcOutcome::Deferred { segment } => {
+                    panic!("segment {segment} deferred with nothing in flight")
+                }
+            }
+        }
+        assert!(empty_freed >= 3, "only {empty_freed} empty segments freed");
+        for k in 0..10u64 {
+            let (v, _) = s.get(format!("k{k}").as_bytes(), None).await.unwrap();
+            assert_eq!(check_value(v.as_slice()), Some(190 + k));
+        }
+    });
+}
+
+/// GC meets a record whose key has a newer version on its way to the device: it waits for
+/// that write instead of answering Deferred and reading the whole segment again on the
+/// next step. Each segment is read at most once.
+#[test]
+fn gc_waits_for_a_newer_version_in_flight_instead_of_reading_the_segment_again() {
+    use futures::task::LocalSpawnExt;
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+    let dev = sim();
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    block_on(async {
+        // "hot" lands in the first segment; overwrites of one other key fill it and leave
+        // "hot" its only live record (3 % live: a GC candidate). The segments after it
+        // keep a large "anchor" every few writes, too live to be candidates.
+        s.put(b"hot", &make_value(0, 4000), None).await.unwrap();
+        for i in 0..20u64 {
+            s.put(b"churn", &make_value(i, 4000), None).await.unwrap();
+        }
+        for j in 0..12u64 {
+            s.put(format!("anchor-{j}").as_bytes(), &make_value(100 + j, 8000), None)
+                .await
+                .unwrap();
+            for i in 0..3u64 {
+                s.put(b"churn", &make_value(200 + j * 3 + i, 4000), None)
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let mut pool = pool();
+    let done = Rc::new(Cell::new(false));
+    let steps = Rc::new(RefCell::new(Vec::new()));
+    // GC first: it reads the segment, and while that read is in flight the writer stages
+    // a newer "hot".
+    {
+        let (s, done, steps) = (s.clone(), done.clone(), steps.clone());
+        pool.spawner()
+            .spawn_local(async move {
+                loop {
+                    let read_before = s.counters().gc_read_bytes;
+                    let outcome = s.gc_step().await.unwrap();
+                    let read = s.counters().gc_read_bytes > read_before;
+                    if outcome == GcOutcome::Idle {
+                        break;
+                    }
+                    steps.borrow_mut().push((outcome, read));
+                }
+                done.set(true);
+            })
+            .unwrap();
+    }
+    {
+        // Overwrites "hot" without pause: its newer version is nearly always staged or
+        // being written while GC scans the segment.
+        let (s, done) = (s.clone(), done.clone());
+        pool.spawner()
+            .spawn_local(async move {
+                let mut i = 1;
+                while !done.get() {
+                    s.put(b"hot", &make_value(i, 4000), None).await.unwrap();
+                    i += 1;
+                }
+            })
+            .unwrap();
+    }
+    pool.run();
+    // One step: the first segment is read once, "hot" is found with a newer version on its
+    // way, the step waits for it and frees the segment (before: Deferred, then a second
+    // read of the whole segment on the next step).
+    let steps = steps.borrow();
+    assert!(
+        matches!(steps[..], [(GcOutcome::Freed { moved_records: 0, .. }, true)]),
+        "{steps:?}"
+    );
+    block_on(async {
+        let (v, _) = s.get(b"hot", None).await.unwrap();
+        assert!(check_value(v.as_slice()).is_some_and(|i| i > 0));
+        for j in 0..12u64 {
+            let (v, _) = s.get(format!("anchor-{j}").as_bytes(), None).await.unwrap();
+            assert_eq!(check_value(v.as_slice()), Some(100 + j));
+        }
+    });
+}
+
 #[test]
 fn gc_under_churn_keeps_every_live_object_and_frees_space() {
     let dev = sim();

@@ -9,7 +9,7 @@ use hotshard_nvme::{BlockQueue, Durability};
 use super::engine::Store;
 use super::error::StoreResult;
 use super::format::{RecordKind, TOMBSTONE_VALUE_BYTES};
-use super::group_commit::{live_size, StageRequest};
+use super::group_commit::{live_size, newest_staged_batch, StageRequest};
 use super::metrics::bump;
 use super::scan::{scan_segment, ScanLimits};
 use crate::limits::GC_RESERVED_SEGMENTS;
@@ -106,6 +106,11 @@ impl<Q: BlockQueue> Store<Q> {
             )
         };
         bump(&inner.metrics.gc_runs, 1);
+        if self.nothing_live_in(victim) {
+            // Every record in it is superseded: nothing to read or move.
+            return self.free_segment(victim, seg_off, (0, 0, 0)).await;
+        }
+        bump(&inner.metrics.gc_read_bytes, written);
         let image = inner.queue.pool().alloc(written as usize).await?;
         let image = inner.queue.read_at(seg_off, image).await?;
         let first_lsn = inner.state.borrow().segments.get(victim).first_lsn;
@@ -179,24 +184,55 @@ impl<Q: BlockQueue> Store<Q> {
         bump(&inner.metrics.gc_moved_records, moved_records);
         bump(&inner.metrics.gc_moved_bytes, moved_bytes);
         bump(&inner.metrics.gc_dropped_tombstones, dropped);
-        {
-            let st = inner.state.borrow();
-            let info = st.segments.get(victim);
-            if deferred || info.live_bytes > 0 || info.readers > 0 {
-                return Ok(GcOutcome::Deferred { segment: victim });
+        if deferred {
+            // The keys left behind have newer versions staged: once those are durable the
+            // records here are dead, and the retry frees the segment without reading it
+            // again (instead of re-reading the whole segment while they are on their way).
+            // (The state's borrow must end before the await: `commit` borrows it too.)
+            let newest = newest_staged_batch(&inner.state.borrow());
+            if let Some(newest) = newest {
+                let _ = inner.commit(newest).await;
             }
         }
-        // Erase the header durably before reuse: a free segment must never be replayed.
+        if !self.nothing_live_in(victim) {
+            return Ok(GcOutcome::Deferred { segment: victim });
+        }
+        self.free_segment(victim, seg_off, (moved_records, moved_bytes, dropped))
+            .await
+    }
+
+    /// No indexed record is in `victim` and no read of it is in flight.
+    fn nothing_live_in(&self, victim: u32) -> bool {
+        let st = self.inner.state.borrow();
+        let info = st.segments.get(victim);
+        let free = info.live_bytes == 0 && info.readers == 0;
+        debug_assert!(
+            !free || st.index.iter().all(|(_, e)| e.segment != victim),
+            "segment {victim} counted empty while the index points into it"
+        );
+        free
+    }
+
+    /// Erases the header durably, then gives the segment back: a free segment must never
+    /// be replayed.
+    async fn free_segment(
+        &self,
+        victim: u32,
+        seg_off: u64,
+        moved: (u64, u64, u64),
+    ) -> StoreResult<GcOutcome> {
+        let inner = &self.inner;
         let mut zero = inner.queue.pool().alloc(inner.block as usize).await?;
         zero.fill(0);
         inner.queue.write_at(seg_off, zero, Durability::Fua).await?;
         inner.state.borrow_mut().segments.release(victim);
         bump(&inner.metrics.gc_freed_segments, 1);
+        let (moved_records, moved_bytes, dropped_tombstones) = moved;
         Ok(GcOutcome::Freed {
             segment: victim,
             moved_records,
             moved_bytes,
-            dropped_tombstones: dropped,
+            dropped_tombstones,
         })
     }
 }

@@ -109,6 +109,8 @@ pub struct Writer {
     pub open: Option<Batch>,
     pub sealed: VecDeque<Batch>,
     pub in_flight: bool,
+    /// The completion of the batch sealed last (it may be written already).
+    pub last_sealed: Option<Rc<BatchDone>>,
 }
 
 impl Writer {
@@ -120,6 +122,7 @@ impl Writer {
             open: None,
             sealed: VecDeque::new(),
             in_flight: false,
+            last_sealed: None,
         }
     }
 }
@@ -242,6 +245,7 @@ impl<Q: BlockQueue> Inner<Q> {
     fn seal_open(&self, st: &mut State) {
         if let Some(b) = st.writer.open.take() {
             st.writer.plan_pos = b.end(self.block);
+            st.writer.last_sealed = Some(b.done.clone());
             st.writer.sealed.push_back(b);
         }
     }
@@ -521,6 +525,16 @@ fn apply_batch(st: &mut State, segment: u32, batch_at: u64, value_area_at: u64, 
 /// Bytes a record counts as live in its segment: header, key and value.
 pub fn live_size(key: &[u8], value_len: u32) -> u64 {
     (RECORD_HEADER_BYTES + key.len()) as u64 + value_len as u64
+}
+
+/// The completion of the newest batch staged so far: batches are written in order, so once
+/// it is durable every record staged before it is too.
+pub(crate) fn newest_staged_batch(st: &State) -> Option<Rc<BatchDone>> {
+    st.writer
+        .open
+        .as_ref()
+        .map(|b| b.done.clone())
+        .or_else(|| st.writer.last_sealed.clone())
 }
 
 /// The completion of the batch that will be written next, whose waiters should elect a

@@ -18,6 +18,8 @@ pub struct StoreMetrics {
     pub gc_runs: Cell<u64>,
     pub gc_moved_records: Cell<u64>,
     pub gc_moved_bytes: Cell<u64>,
+    /// Bytes of segments GC read to find their live records.
+    pub gc_read_bytes: Cell<u64>,
     pub gc_freed_segments: Cell<u64>,
     pub gc_dropped_tombstones: Cell<u64>,
     /// GC steps a write ran (or waited for) because free space was down to the reserve.
@@ -45,6 +47,7 @@ pub struct StoreCounters {
     pub gc_runs: u64,
     pub gc_moved_records: u64,
     pub gc_moved_bytes: u64,
+    pub gc_read_bytes: u64,
     pub gc_freed_segments: u64,
     pub gc_dropped_tombstones: u64,
     pub write_stalls: u64,
@@ -67,6 +70,7 @@ impl StoreMetrics {
             gc_runs: self.gc_runs.get(),
             gc_moved_records: self.gc_moved_records.get(),
             gc_moved_bytes: self.gc_moved_bytes.get(),
+            gc_read_bytes: self.gc_read_bytes.get(),
             gc_freed_segments: self.gc_freed_segments.get(),
             gc_dropped_tombstones: self.gc_dropped_tombstones.get(),
             write_stalls: self.write_stalls.get(),
