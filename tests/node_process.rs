@@ -418,3 +418,46 @@ fn a_graceful_stop_answers_what_it_read_and_closes_cleanly() {
         }
     }
 }
+
+/// A panic in a shard (a bug, injected here in debug builds) ends the whole process with
+/// status 101 instead of leaving it up with a dead shard: before session 5 the process
+/// hung, its main thread waiting for the shard for ever, and only kill -9 ended it.
+#[test]
+fn a_panicking_shard_ends_the_process() {
+    if !cfg!(debug_assertions) {
+        return; // the fault is compiled into debug builds only
+    }
+    let dir = test_dir();
+    let port = ports();
+    let cfg = write_config(dir.path(), port);
+    let mut child = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("HOTSHARD_FAULT_PANIC_SHARD0", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the node was still running 20 s after its shard panicked");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(101), "{err}");
+    assert!(err.contains("injected by HOTSHARD_FAULT_PANIC_SHARD0"), "{err}");
+    // Nothing was lost: the data can be served again at once.
+    let node = start(&cfg, port);
+    BlockingClient::connect(&node.addr(0), Duration::from_secs(5))
+        .unwrap()
+        .put(b"after", b"restart")
+        .unwrap();
+}

@@ -98,7 +98,21 @@ fn prepare_device(cfg: &NodeConfig) -> Result<(PathBuf, u64), String> {
     Ok((path, d.info().size))
 }
 
+/// A panic anywhere in the node is a bug (nothing from the network or the disk may cause
+/// one). It ends the process at once, status 101, after the usual message: otherwise the
+/// process stays up with a dead shard, its clients time out, and the main thread waits
+/// for that shard for ever (seen in session 5). Every acknowledged write is durable, so a
+/// supervisor's restart loses nothing.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::exit(101);
+    }));
+}
+
 pub fn serve(cfg: NodeConfig) -> Result<(), String> {
+    exit_on_panic();
     hotshard_nvme::memlock::ensure_memlock()?;
     let _lock = DataLock::acquire(&cfg.node.data_dir)?;
     let (device, size) = prepare_device(&cfg)?;

@@ -168,6 +168,16 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         if report.formatted { ", new store" } else { "" }
     )));
 
+    // Fault injection for the process tests (debug builds only): a shard that panics
+    // once it serves.
+    #[cfg(debug_assertions)]
+    if s.index == 0 && std::env::var_os("HOTSHARD_FAULT_PANIC_SHARD0").is_some() {
+        glommio::spawn_local(async {
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            panic!("injected by HOTSHARD_FAULT_PANIC_SHARD0");
+        })
+        .detach();
+    }
     let server_cfg = ServerConfig {
         max_in_flight: s.cfg.net.max_in_flight,
         frame_timeout: std::time::Duration::from_millis(s.cfg.net.frame_timeout_ms),
