@@ -33,3 +33,9 @@ start_node() {
         sleep 0.1
     done
 }
+
+# remove_node_data: deletes the run's preallocated files (2 GiB each) once the node is gone;
+# results and logs stay in $work. Every script calls it from its EXIT trap.
+remove_node_data() {
+    rm -rf "$work/data" "$work/engine.img" "$work"/*.trace
+}

@@ -12,7 +12,7 @@ source bench/node-setup.sh
 node_profile device 7810 7881 0
 start_node
 hog=
-trap 'kill $node $hog 2>/dev/null; wait 2>/dev/null' EXIT
+trap 'kill $node $hog 2>/dev/null || true; wait 2>/dev/null || true; remove_node_data' EXIT
 
 echo "### durable PUT 4 KiB, 4 connections x 8 in flight, fresh store"
 $B run --target hotshard://127.0.0.1:$port --mix put --keys 200000 --pipeline 8 --stream --duration "$d" --quiet

@@ -12,7 +12,7 @@ redis=$!
 taskset -c 0 memcached -u root -p 11311 -l 127.0.0.1 -m 1024 -t 1 > "$work/memcached.log" 2>&1 &
 mc=$!
 start_node
-trap 'kill $node $redis $mc 2>/dev/null; wait 2>/dev/null' EXIT
+trap 'kill $node $redis $mc 2>/dev/null || true; wait 2>/dev/null || true; remove_node_data' EXIT
 sleep 0.5
 
 echo "### generator check: our redis:// target against redis-benchmark, GET then SET"

@@ -9,7 +9,7 @@ d=${1:-20s}
 source bench/node-setup.sh
 node_profile overwrite 7820 7891 0
 start_node
-trap 'kill $node 2>/dev/null; wait 2>/dev/null' EXIT
+trap 'kill $node 2>/dev/null || true; wait 2>/dev/null || true; remove_node_data' EXIT
 echo "### durable PUT 4 KiB over 200K keys, 4 x 8 in flight, $d"
 $B run --target hotshard://127.0.0.1:$port --mix put --keys 200000 --pipeline 8 --stream --duration "$d" --quiet
 echo "### preload every key, then GET for 3 s"

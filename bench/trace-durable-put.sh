@@ -21,7 +21,7 @@ trace_50ms() {
     cat $T/trace > "$1"; echo > $T/trace
 }
 start_node
-trap 'kill $node 2>/dev/null; wait 2>/dev/null' EXIT
+trap 'kill $node 2>/dev/null || true; wait 2>/dev/null || true; remove_node_data' EXIT
 $B run --target hotshard://127.0.0.1:$port --mix put --keys 200000 --pipeline 8 --stream --duration 6s --quiet &
 load=$!
 sleep 3; trace_50ms "$work/node.trace"; wait $load
@@ -44,4 +44,3 @@ wait $load
 echo "### the engine alone: 32 writers on core 0, core 1 idle"
 python3 bench/trace_batch.py "$work/engine.trace"
 grep -E "^hotshard put" "$work/engine.out"
-rm -f "$work/engine.img" "$work/data/data.img" "$work"/*.trace
