@@ -135,6 +135,7 @@ pub fn serve(cfg: NodeConfig) -> Result<(), String> {
     let shutdown = Arc::new(AtomicBool::new(false));
     watch_signals(shutdown.clone());
 
+    let connections_closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
     let mut executors = Vec::new();
@@ -148,6 +149,7 @@ pub fn serve(cfg: NodeConfig) -> Result<(), String> {
             map: map.clone(),
             peers,
             shutdown: shutdown.clone(),
+            connections_closed: connections_closed.clone(),
             ready: ready_tx.clone(),
             stopped: stopped_tx.clone(),
         };

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,9 @@ pub struct ShardSetup {
     pub map: ShardMap,
     pub peers: PeerEnds,
     pub shutdown: Arc<AtomicBool>,
+    /// Shards whose connections have all closed after a stop: until every shard is
+    /// counted, each keeps answering what the others forward to it.
+    pub connections_closed: Arc<AtomicUsize>,
     pub ready: std::sync::mpsc::Sender<Result<String, String>>,
     /// Told when the shard has stopped serving and drained its requests.
     pub stopped: std::sync::mpsc::Sender<usize>,
@@ -218,12 +221,21 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
     if let Some(admin) = admin_task {
         admin.await;
     }
-    // Drain: each connection stops reading, answers what it has read and closes (a peer
-    // that does not read its replies holds it up to the frame timeout, the drain at most
-    // DRAIN_TIMEOUT); requests forwarded from other shards finish too.
+    // Drain, at most DRAIN_TIMEOUT in all. First each connection stops reading, answers
+    // what it has read (requests it forwarded to other shards included) and closes; a peer
+    // that does not read its replies holds it up to the frame timeout.
     stop.stop();
     let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
-    while (open.get() > 0 || handler.in_flight.get() > 0) && std::time::Instant::now() < deadline {
+    let draining = || std::time::Instant::now() < deadline;
+    while open.get() > 0 && draining() {
+        glommio::timer::sleep(SHUTDOWN_POLL).await;
+    }
+    // Then keep answering requests forwarded from other shards until all of them are
+    // through that step (a shard leaving earlier would strand them until the deadline).
+    s.connections_closed.fetch_add(1, Ordering::AcqRel);
+    let shards = s.map.shards.len();
+    while (s.connections_closed.load(Ordering::Acquire) < shards || handler.in_flight.get() > 0) && draining()
+    {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
     drop(gc);
