@@ -459,3 +459,47 @@ fn a_panicking_shard_ends_the_process() {
         .put(b"after", b"restart")
         .unwrap();
 }
+
+/// A second SIGTERM ends a stop that is still draining: here a client holds a frame half
+/// sent, which the drain would wait for up to the frame timeout (10 s). The process exits
+/// at once with status 128 + 15, and the data starts again with every acknowledged put.
+#[test]
+fn a_second_signal_ends_a_slow_stop_at_once() {
+    use std::io::Write;
+    let dir = test_dir();
+    let port = ports();
+    let cfg = write_config(dir.path(), port);
+    let mut node = start(&cfg, port);
+    let mut c = BlockingClient::connect(&node.addr(0), Duration::from_secs(5)).unwrap();
+    c.put(b"before", b"the stop").unwrap();
+    // 12 bytes of a 24-byte preamble: the frame has begun, so the node waits for the rest.
+    let mut half = StdTcp::connect(node.addr(0)).unwrap();
+    half.write_all(&hotshard_net::codec::encode_request(1, &hotshard_net::Request::Ping, 0).unwrap()[..12])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut child = node.child.take().unwrap();
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal should wait for the half-sent frame"
+    );
+    let second = std::time::Instant::now();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if second.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("still running 5 s after the second signal");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+    drop(half);
+    let node = start(&cfg, port);
+    let mut c = BlockingClient::connect(&node.addr(0), Duration::from_secs(5)).unwrap();
+    assert_eq!(c.get(b"before", None).unwrap().unwrap().0, b"the stop");
+}

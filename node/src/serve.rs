@@ -17,7 +17,9 @@ use crate::shard::{run_shard, ShardSetup};
 use crate::store::format::{Superblock, SEGMENTS_START};
 
 /// Blocks SIGINT and SIGTERM in this thread (and the threads it starts) and sets `flag`
-/// from a dedicated thread when one arrives.
+/// from a dedicated thread when one arrives. A second one ends the process at once
+/// (status 128 + signal): the drain can take up to its 10 s deadline, and every
+/// acknowledged write is already durable, so an impatient operator loses nothing.
 fn watch_signals(flag: Arc<AtomicBool>) {
     // SAFETY: plain signal-mask calls on a sigset we own.
     unsafe {
@@ -29,8 +31,13 @@ fn watch_signals(flag: Arc<AtomicBool>) {
         std::thread::spawn(move || {
             let mut sig = 0;
             libc::sigwait(&set, &mut sig);
-            eprintln!("hotshard: signal {sig}: stopping (finishing requests in flight)");
+            eprintln!(
+                "hotshard: signal {sig}: stopping (finishing requests in flight; a second signal exits now)"
+            );
             flag.store(true, Ordering::Relaxed);
+            libc::sigwait(&set, &mut sig);
+            eprintln!("hotshard: signal {sig} again: exiting without waiting for requests in flight");
+            std::process::exit(128 + sig);
         });
     }
 }
