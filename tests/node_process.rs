@@ -156,18 +156,11 @@ fn a_restart_with_another_shard_count_is_refused_and_loses_nothing() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("a one-shard node started on two-shard data");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_for_exit(
+        &mut child,
+        Duration::from_secs(20),
+        "a one-shard node should refuse two-shard data",
+    );
     assert!(!status.success());
     let err = std::fs::read_to_string(&log).unwrap();
     assert!(err.contains("written by 2 shard(s)"), "{err}");
@@ -436,18 +429,11 @@ fn a_panicking_shard_ends_the_process() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the node was still running 20 s after its shard panicked");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_for_exit(
+        &mut child,
+        Duration::from_secs(20),
+        "the node should exit once its shard panics",
+    );
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(101), "{err}");
@@ -485,18 +471,12 @@ fn a_second_signal_ends_a_slow_stop_at_once() {
         child.try_wait().unwrap().is_none(),
         "the first signal should wait for the half-sent frame"
     );
-    let second = std::time::Instant::now();
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if second.elapsed() > Duration::from_secs(5) {
-            let _ = child.kill();
-            panic!("still running 5 s after the second signal");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_for_exit(
+        &mut child,
+        Duration::from_secs(5),
+        "a second signal should end the stop at once",
+    );
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
     drop(half);
     let node = start(&cfg, port);

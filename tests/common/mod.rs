@@ -162,6 +162,23 @@ fn start_inner(cfg: &Path, port: u16, secret: Option<&str>, fd_limit: Option<u64
     node
 }
 
+/// Waits up to `limit` for `child` to exit; if it has not, kills it and fails the test
+/// with `what` (what it was expected to have done).
+pub fn wait_for_exit(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {limit:?}: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn cli(args: &[&str]) -> Output {
     Command::new(binary()).args(args).output().unwrap()
 }
