@@ -26,6 +26,7 @@ use crate::frame::{FrameKind, PREAMBLE_BYTES};
 use crate::frame_io::{flush, read_head, read_payload, skip_payload, write_frame};
 use crate::limits::DEFAULT_MAX_IN_FLIGHT;
 use crate::message::{Request, Response, Status};
+use crate::runtime::{Glommio, Runtime};
 use crate::stop::{StopSignal, StopWatch};
 use crate::vectored::{try_sendmsg, MAX_SLICES};
 
@@ -232,11 +233,7 @@ async fn linger<R: AsyncRead + Unpin>(r: &mut BufReader<R>) {
             }
         }
     };
-    let _ = glommio::timer::timeout(LINGER, async {
-        drained.await;
-        Ok(())
-    })
-    .await;
+    let _ = Glommio::timeout(LINGER, drained).await;
 }
 
 async fn read_loop<S, H>(
@@ -277,15 +274,15 @@ where
         // has begun, all of it must arrive within the frame timeout.
         // Stopping: take no new frame, even one whose first bytes are buffered (its sender
         // gets no answer for it, and a FIN after the last answer).
-        if stop.is_stopped() {
-            report.stopped = true;
-            return report;
-        }
-        let filled = futures_lite::future::or(async { Some(r.fill_buf().await.map(<[u8]>::len)) }, async {
-            stop.stopped().await;
+        let filled = if stop.is_stopped() {
             None
-        })
-        .await;
+        } else {
+            futures_lite::future::or(async { Some(r.fill_buf().await.map(<[u8]>::len)) }, async {
+                stop.stopped().await;
+                None
+            })
+            .await
+        };
         match filled {
             None => {
                 report.stopped = true;
