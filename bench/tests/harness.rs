@@ -6,7 +6,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn bench() -> &'static str {
@@ -299,6 +300,89 @@ fn verify_catches_a_server_that_returns_wrong_bytes() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "a lying server passed verify: {text}");
     assert!(text.contains("wrong"), "{text}");
+}
+
+/// A RESP server that answers GETs (NotFound) only in bursts: it holds requests until
+/// `burst` are outstanding (or nothing more came for 20 ms), then answers them all in one
+/// write. Returns its port and the most requests it ever saw outstanding at once.
+fn bursting_redis(burst: usize) -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let most = Arc::new(AtomicUsize::new(0));
+    let seen = most.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let most = seen.clone();
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                let (mut outstanding, mut tail, mut buf) = (0usize, Vec::new(), vec![0u8; 64 << 10]);
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => {
+                            tail.extend_from_slice(&buf[..n]);
+                            let pat = b"\r\nGET\r\n";
+                            let mut at = 0;
+                            while let Some(p) = tail[at..].windows(pat.len()).position(|w| w == pat) {
+                                outstanding += 1;
+                                at += p + pat.len();
+                            }
+                            let keep_from = at.max(tail.len().saturating_sub(pat.len() - 1));
+                            tail.drain(..keep_from);
+                            most.fetch_max(outstanding, Ordering::Relaxed);
+                            if outstanding < burst {
+                                continue;
+                            }
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(_) => return,
+                    }
+                    if outstanding > 0 && s.write_all(&b"$-1\r\n".repeat(outstanding)).is_err() {
+                        return;
+                    }
+                    outstanding = 0;
+                }
+            });
+        }
+    });
+    (port, most)
+}
+
+#[test]
+fn stream_mode_keeps_at_most_the_pipeline_in_flight_when_replies_come_in_bursts() {
+    // Stream mode takes every reply that has begun to arrive before it sends their
+    // replacements in one write; it must still never have more than --pipeline out.
+    let (port, most) = bursting_redis(8);
+    let out = run(&[
+        "run",
+        "--target",
+        &format!("redis://127.0.0.1:{port}"),
+        "--mix",
+        "get",
+        "--keys",
+        "100",
+        "--duration",
+        "500ms",
+        "--cores",
+        "1",
+        "--connections",
+        "1",
+        "--pipeline",
+        "8",
+        "--stream",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(most.load(Ordering::Relaxed), 8, "{text}");
 }
 
 fn have(cmd: &str) -> bool {

@@ -283,11 +283,23 @@ where
             }
             continue;
         }
-        let reads = if stream { 1 } else { in_flight };
         let proto = conn.borrow().proto;
-        for _ in 0..reads {
-            let reply = proto.read_reply(reader).await?;
-            conn.borrow_mut().complete(reply, reader)?;
+        if stream {
+            // Every reply that has already begun to arrive is taken before the next send,
+            // so that their replacements leave in one write, as the client library's
+            // shared outbox sends them.
+            loop {
+                let reply = proto.read_reply(reader).await?;
+                conn.borrow_mut().complete(reply, reader)?;
+                if reader.buffered() == 0 || conn.borrow().in_flight() == 0 {
+                    break;
+                }
+            }
+        } else {
+            for _ in 0..in_flight {
+                let reply = proto.read_reply(reader).await?;
+                conn.borrow_mut().complete(reply, reader)?;
+            }
         }
     }
 }

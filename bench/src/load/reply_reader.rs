@@ -76,6 +76,11 @@ impl<R: AsyncRead + Unpin> ReplyReader<R> {
         }
     }
 
+    /// Bytes received and not yet consumed: the start of a reply that is already on its way.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
     /// Consumes `n` buffered bytes (after `need(n)`).
     pub fn consume(&mut self, n: usize) -> std::ops::Range<usize> {
         let r = self.start..self.start + n;
