@@ -90,7 +90,7 @@ struct TuneArgs {
     #[arg(long)]
     profile: PathBuf,
     /// Server knobs to search, NAME=V1,V2,... (the first value is the starting point).
-    #[arg(long, default_values = ["queue.poll_sleep_us=5,0,20", "store.batch_kib=1024,256,4096", "net.max_in_flight=128,32,512"])]
+    #[arg(long, default_values = ["queue.poll_sleep_us=0,5,20", "store.batch_kib=1024,256,4096", "net.max_in_flight=128,32,512"])]
     knob: Vec<sweep::Knob>,
     /// The p99 latency a configuration must stay under, microseconds.
     #[arg(long)]

@@ -284,21 +284,19 @@ where
             continue;
         }
         let proto = conn.borrow().proto;
-        if stream {
-            // Every reply that has already begun to arrive is taken before the next send,
-            // so that their replacements leave in one write, as the client library's
-            // shared outbox sends them.
-            loop {
-                let reply = proto.read_reply(reader).await?;
-                conn.borrow_mut().complete(reply, reader)?;
-                if reader.buffered() == 0 || conn.borrow().in_flight() == 0 {
-                    break;
-                }
-            }
-        } else {
-            for _ in 0..in_flight {
-                let reply = proto.read_reply(reader).await?;
-                conn.borrow_mut().complete(reply, reader)?;
+        // Batch mode reads the whole batch. Stream mode takes every reply that has already
+        // begun to arrive before the next send, so that their replacements leave in one
+        // write, as the client library's shared outbox sends them.
+        for read in 1.. {
+            let reply = proto.read_reply(reader).await?;
+            conn.borrow_mut().complete(reply, reader)?;
+            let more = if stream {
+                reader.buffered() > 0 && conn.borrow().in_flight() > 0
+            } else {
+                read < in_flight
+            };
+            if !more {
+                break;
             }
         }
     }
