@@ -137,7 +137,8 @@ enum Outgoing<B> {
 /// Replies waiting for the writer, and the in-flight count the reader waits on.
 struct Shared<B> {
     queue: RefCell<VecDeque<Outgoing<B>>>,
-    in_flight: Cell<usize>,
+    /// Requests read and not yet answered (they keep the thread's readiness poller awake).
+    in_flight: crate::readiness::Outstanding,
     reading_done: Cell<bool>,
     /// The writer gave up on the peer; the reader stops too.
     closed: Cell<bool>,
@@ -197,7 +198,7 @@ where
     let (reader, writer) = split(stream);
     let shared = Rc::new(Shared::<H::Out> {
         queue: RefCell::new(VecDeque::new()),
-        in_flight: Cell::new(0),
+        in_flight: crate::readiness::Outstanding::for_this_thread(),
         reading_done: Cell::new(false),
         closed: Cell::new(false),
         stalled: Cell::new(false),
@@ -333,13 +334,13 @@ where
                 Ok(reply) => {
                     authenticated = matches!(request, Request::AuthProof { .. });
                     report.requests += 1;
-                    shared.in_flight.set(shared.in_flight.get() + 1);
+                    shared.in_flight.add(1);
                     shared.push(Outgoing::Reply(id, reply, None));
                     continue;
                 }
                 Err(status) => {
                     report.unauthorized = true;
-                    shared.in_flight.set(shared.in_flight.get() + 1);
+                    shared.in_flight.add(1);
                     shared.push(Outgoing::Fatal(id, status));
                     return report;
                 }
@@ -392,14 +393,14 @@ where
                     return report;
                 }
                 drop(reservation);
-                shared.in_flight.set(shared.in_flight.get() + 1);
+                shared.in_flight.add(1);
                 shared.push(Outgoing::Reply(id, Reply::status(status), None));
                 report.requests += 1;
                 continue;
             }
         };
         report.requests += 1;
-        shared.in_flight.set(shared.in_flight.get() + 1);
+        shared.in_flight.add(1);
         // Poll the handler once here: a request that needs no I/O (a cache hit, a stat)
         // is answered without a task of its own; one that waits moves to its own task.
         let mut answer = Box::pin(handler.clone().handle(request, payload));
@@ -518,7 +519,7 @@ fn authenticate<B>(
 fn fatal<B>(shared: &Shared<B>, report: &mut ConnectionReport, id: u64, e: WireError) -> ConnectionReport {
     let reason = e.to_string();
     report.protocol_error = Some(reason.clone());
-    shared.in_flight.set(shared.in_flight.get() + 1);
+    shared.in_flight.add(1);
     shared.push(Outgoing::Fatal(id, Status::BadRequest { reason }));
     report.clone()
 }
@@ -561,7 +562,7 @@ where
             }
             bytes += heads.len() - start + body_len;
             batch.push((start..heads.len(), payload, reservation));
-            shared.in_flight.set(shared.in_flight.get() - 1);
+            shared.in_flight.sub(1);
             close |= fatal;
             if close || bytes >= WRITE_BATCH_BYTES || batch.len() * 2 >= MAX_SLICES {
                 break;

@@ -1,0 +1,91 @@
+//! The readiness poller's choice between polling and sleeping: it keeps polling while
+//! requests are outstanding on its thread (up to a cap), and sleeps soon after they are
+//! all answered.
+
+use std::time::{Duration, Instant};
+
+use hotshard_net::readiness::{Outstanding, Readiness};
+
+fn on_executor<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move { f().await })
+        .expect("executor")
+        .join()
+        .expect("join");
+}
+
+/// Waits `d` on the executor; false when the thread was held up so long (a loaded test
+/// machine) that the window says nothing about the poller.
+async fn wait_undisturbed(d: Duration) -> bool {
+    let t = Instant::now();
+    glommio::timer::sleep(d).await;
+    t.elapsed() < d + Duration::from_micros(500)
+}
+
+#[test]
+fn the_poller_keeps_polling_while_a_request_is_outstanding() {
+    on_executor(|| async {
+        let set = Readiness::for_this_thread().expect("readiness set");
+        let mut judged = 0;
+        for _ in 0..20 {
+            let request = Outstanding::for_this_thread();
+            request.add(1);
+            let before = set.sleeps();
+            // Six times the idle spin (50 µs), well inside the busy spin (1 ms).
+            if !wait_undisturbed(Duration::from_micros(300)).await {
+                continue;
+            }
+            assert_eq!(
+                set.sleeps(),
+                before,
+                "the poller slept while a request was outstanding"
+            );
+            judged += 1;
+            if judged == 3 {
+                break;
+            }
+        }
+        assert!(judged > 0, "the executor never got an undisturbed 300 µs window");
+    });
+}
+
+#[test]
+fn an_idle_poller_sleeps() {
+    on_executor(|| async {
+        let set = Readiness::for_this_thread().expect("readiness set");
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+        assert!(set.sleeps() >= 1, "an idle poller never slept");
+    });
+}
+
+#[test]
+fn the_poller_sleeps_when_nothing_changes_for_long_even_with_a_request_outstanding() {
+    on_executor(|| async {
+        let set = Readiness::for_this_thread().expect("readiness set");
+        // A request whose answer never comes (a peer that stopped reading, say).
+        let request = Outstanding::for_this_thread();
+        request.add(1);
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        assert!(set.sleeps() >= 1, "kept polling 20 ms with nothing changing");
+    });
+}
+
+#[test]
+fn a_counter_dropped_with_requests_leaves_the_threads_total() {
+    on_executor(|| async {
+        let set = Readiness::for_this_thread().expect("readiness set");
+        let a = Outstanding::for_this_thread();
+        let b = Outstanding::for_this_thread();
+        a.add(3);
+        b.add(2);
+        b.sub(1);
+        assert_eq!((a.get(), b.get(), set.outstanding()), (3, 1, 4));
+        a.sub(10); // more than it holds: takes only its own
+        assert_eq!((a.get(), set.outstanding()), (0, 1));
+        a.add(2);
+        drop(a); // a connection that ended with two requests unanswered
+        assert_eq!(set.outstanding(), 1);
+        drop(b);
+        assert_eq!(set.outstanding(), 0);
+    });
+}
