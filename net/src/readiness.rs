@@ -14,8 +14,10 @@
 //! helper's wake-up byte on a glommio socket. Events that arrive in between stay queued in
 //! the set, so none is lost. While requests are outstanding on this thread (`Outstanding`:
 //! a server answering them, a client waiting for replies) it polls for up to `BUSY_SPIN`
-//! instead: their next message is a device access or a round trip away, and waking from
-//! the sleep costs about 40 µs on this VM.
+//! instead (counted from the last event or change of that count): their next message is a
+//! device access or a round trip away, and waking from the sleep costs about 40 µs on this
+//! VM. A device-GET trace showed the shard and the generator each sleeping through every
+//! wave of 32 reads this way (`bench/trace-device-get.sh`, BENCHMARKS.md session 7).
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
@@ -55,6 +57,8 @@ pub struct Readiness {
     changes: Cell<u64>,
     /// Times the poller has gone to sleep.
     sleeps: Cell<u64>,
+    /// While polling idle, give the core to any other thread ready on it (`sched_yield`).
+    yield_when_idle: Cell<bool>,
 }
 
 /// One connection's outstanding requests (a server's being answered, a client's waiting
@@ -137,6 +141,7 @@ impl Readiness {
             outstanding: Cell::new(0),
             changes: Cell::new(0),
             sleeps: Cell::new(0),
+            yield_when_idle: Cell::new(false),
         });
         glommio::spawn_local(poller(Rc::downgrade(&r), wake_shard)).detach();
         Ok(r)
@@ -172,6 +177,17 @@ impl Readiness {
     /// How many times the poller has gone to sleep since the set was created.
     pub fn sleeps(&self) -> u64 {
         self.sleeps.get()
+    }
+
+    /// Whether the poller, while it polls with nothing to do, first lets any other thread
+    /// ready on its core run (`sched_yield`). For a thread that shares its core with work
+    /// the kernel does for it, such as the load generator on the core that takes the
+    /// disk's interrupts, whose kworker finishes every durable write: spinning without
+    /// yielding starved it (durable PUT 114K → 17K ops/s, BENCHMARKS.md). Off for a shard,
+    /// which owns its core: there a yield would hand whole scheduler slices to any CPU-bound
+    /// neighbour.
+    pub fn set_yield_when_idle(&self, on: bool) {
+        self.yield_when_idle.set(on);
     }
 
     /// Removes a socket before it is closed.
@@ -288,10 +304,11 @@ async fn poller(me: std::rc::Weak<Readiness>, mut wake: glommio::net::UnixStream
             IDLE_SPIN
         };
         if since.elapsed() < spin {
+            if r.yield_when_idle.get() {
+                // SAFETY: no arguments; its result does not matter.
+                unsafe { libc::sched_yield() };
+            }
             drop(r);
-            // Spinning idle: let any other thread that is ready on this core run first.
-            // SAFETY: no arguments; cannot fail in a way that matters here.
-            unsafe { libc::sched_yield() };
             futures_lite::future::yield_now().await;
             continue;
         }

@@ -58,6 +58,9 @@ pub fn split(stream: TcpStream) -> anyhow::Result<(Reader, Writer)> {
     let fd = stream.as_raw_fd();
     let (r, w) = futures_lite::io::split(stream);
     let set = Readiness::for_this_thread()?;
+    // The generator polls while it waits for replies; on this VM it shares core 1 with the
+    // kworker that finishes each durable write, which must not wait for its time slice.
+    set.set_yield_when_idle(true);
     let reader = ReadySocket::new(r, fd, set).map_err(|(e, _)| anyhow::anyhow!("readiness: {e}"))?;
     Ok((reader, SendDirect { inner: w, fd }))
 }
