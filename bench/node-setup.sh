@@ -3,9 +3,13 @@
 
 # node_profile NAME PORT ADMIN_PORT CACHE_MIB: builds, sets B, work, port and admin, writes
 # $work/node.toml (the work directory starts empty).
+# BIN=DIR takes the binaries from DIR instead of building them (an older build, say).
 node_profile() {
-    cargo build --release -q -p hotshard-bench -p hotshard-node
-    B=target/release/hotshard-bench
+    if [ -z "${BIN:-}" ]; then
+        cargo build --release -q -p hotshard-bench -p hotshard-node
+        BIN=target/release
+    fi
+    B=$BIN/hotshard-bench
     work=target/bench/$1
     port=$2
     admin=$3
@@ -26,10 +30,10 @@ TOML
 # gives a real answer, not just a TCP connect.
 start_node() {
     rm -rf "$work/data"
-    taskset -c 0 target/release/hotshard serve --config "$work/node.toml" > "$work/node.log" 2>&1 &
+    taskset -c 0 $BIN/hotshard serve --config "$work/node.toml" > "$work/node.log" 2>&1 &
     node=$!
     for _ in $(seq 300); do
-        target/release/hotshard map --addr "127.0.0.1:$port" >/dev/null 2>&1 && break
+        $BIN/hotshard map --addr "127.0.0.1:$port" >/dev/null 2>&1 && break
         sleep 0.1
     done
 }
