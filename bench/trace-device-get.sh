@@ -10,22 +10,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/node-setup.sh
 node_profile trace-get 7870 7971 0
-T=/sys/kernel/tracing
-[ -d $T/events ] || mount -t tracefs nodev $T
+source bench/ftrace.sh
 EVENTS="block/block_rq_issue block/block_rq_complete"
 SYSCALLS="raw_syscalls/sys_enter raw_syscalls/sys_exit"
-# trace_50ms FILE TID...: block events, and the syscalls of the given threads.
-trace_50ms() {
+# trace_threads FILE TID...: block events, and the syscalls of the given threads.
+trace_threads() {
     local out=$1 filter="" t
     shift
     for t in "$@"; do filter="${filter:+$filter || }common_pid == $t"; done
-    echo 0 > $T/tracing_on; echo > $T/trace; echo 32768 > $T/buffer_size_kb
-    for e in $SYSCALLS; do echo "$filter" > $T/events/$e/filter; done
-    for e in $EVENTS $SYSCALLS; do echo 1 > $T/events/$e/enable; done
-    echo 1 > $T/tracing_on; sleep 0.05; echo 0 > $T/tracing_on
-    for e in $EVENTS $SYSCALLS; do echo 0 > $T/events/$e/enable; done
-    for e in $SYSCALLS; do echo 0 > $T/events/$e/filter; done
-    cat $T/trace > "$out"; echo > $T/trace
+    trace_50ms "$out" "$EVENTS" "$SYSCALLS" "$filter"
 }
 # labels PID NAME: TID=NAME-comm for every thread of PID.
 labels() { for t in /proc/$1/task/*; do echo "${t##*/}=$2:$(cat "$t/comm")"; done; }
@@ -38,7 +31,7 @@ $B run --target hotshard://127.0.0.1:$port --mix get --keys 200000 --pipeline 8 
 load=$!
 sleep 3
 names="$(labels $node node) $(labels $load generator)"
-trace_50ms "$work/node.trace" $(for n in $names; do echo "${n%%=*}"; done)
+trace_threads "$work/node.trace" $(for n in $names; do echo "${n%%=*}"; done)
 wait $load
 echo "### node: GET 4 KiB from the device, 4 x 8 in flight"
 grep -E "^hotshard:" "$work/load.out"
@@ -50,7 +43,7 @@ fio --name=anchor --filename="$work/data/data.img" --rw=randread --bs=4096 --iod
 load=$!
 sleep 3
 names=$(for p in $(pgrep -f "name=anchor"); do labels "$p" fio; done)
-trace_50ms "$work/fio.trace" $(for n in $names; do echo "${n%%=*}"; done)
+trace_threads "$work/fio.trace" $(for n in $names; do echo "${n%%=*}"; done)
 wait $load
 echo "### fio randread QD 32, same file, core 0: $(awk -F';' '{print $8}' "$work/fio.out") IOPS"
 python3 bench/trace_waves.py "$work/fio.trace" $names

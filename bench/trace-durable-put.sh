@@ -9,31 +9,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/node-setup.sh
 node_profile trace 7850 7951 0
-T=/sys/kernel/tracing
-[ -d $T/events ] || mount -t tracefs nodev $T
+source bench/ftrace.sh
 EVENTS="block/block_rq_issue block/block_rq_complete workqueue/workqueue_execute_start
         workqueue/workqueue_execute_end"
 # The shard's own replies and requests (sendmsg, recvfrom), filtered to its thread: they
 # split the wait for the next batch into the node's turnaround and the clients' round trip.
 SYSCALLS="syscalls/sys_enter_sendmsg syscalls/sys_exit_recvfrom"
-# trace_50ms FILE [SHARD_TID]
-trace_50ms() {
-    local sys=""
-    [ -n "${2:-}" ] && [ -d $T/events/syscalls ] && sys=$SYSCALLS
-    echo 0 > $T/tracing_on; echo > $T/trace; echo 16384 > $T/buffer_size_kb
-    for e in $sys; do echo "common_pid == $2" > $T/events/$e/filter; done
-    for e in $EVENTS $sys; do echo 1 > $T/events/$e/enable; done
-    echo 1 > $T/tracing_on; sleep 0.05; echo 0 > $T/tracing_on
-    for e in $EVENTS $sys; do echo 0 > $T/events/$e/enable; done
-    for e in $sys; do echo 0 > $T/events/$e/filter; done
-    cat $T/trace > "$1"; echo > $T/trace
-}
 start_node
 trap 'kill $node 2>/dev/null || true; wait 2>/dev/null || true; remove_node_data' EXIT
 shard_tid=$(grep -l "^shard-0" /proc/$node/task/*/comm | head -1 | cut -d/ -f5)
 $B run --target hotshard://127.0.0.1:$port --mix put --keys 200000 --pipeline 8 --stream --duration 6s --quiet &
 load=$!
-sleep 3; trace_50ms "$work/node.trace" "$shard_tid"; wait $load
+sys=""
+[ -d $T/events/syscalls ] && sys=$SYSCALLS
+sleep 3; trace_50ms "$work/node.trace" "$EVENTS" "$sys" "common_pid == $shard_tid"; wait $load
 echo "### node: durable PUT 4 KiB, 4 x 8 in flight, shard on core 0, generator on core 1"
 python3 bench/trace_batch.py "$work/node.trace"
 kill $node; wait $node 2>/dev/null || true
@@ -45,7 +34,7 @@ load=$!
 best=0
 for i in $(seq 16); do
     sleep 0.45; kill -0 $load 2>/dev/null || break
-    trace_50ms "$work/window.trace"
+    trace_50ms "$work/window.trace" "$EVENTS" "" ""
     n=$(grep -c "block_rq_issue.* WS " "$work/window.trace" || true)
     if [ "$n" -gt "$best" ]; then best=$n; cp "$work/window.trace" "$work/engine.trace"; fi
 done

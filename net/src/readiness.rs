@@ -70,7 +70,8 @@ pub struct Outstanding {
 }
 
 impl Outstanding {
-    /// A counter for this thread's set (counted nowhere else if the thread has none).
+    /// A counter for this thread's set (counted nowhere else if the set cannot be made).
+    /// Like `Readiness::for_this_thread`, must be called inside a glommio executor.
     pub fn for_this_thread() -> Self {
         Outstanding {
             here: Cell::new(0),
