@@ -4,7 +4,8 @@
 # traces 50 ms of block and workqueue events with ftrace in the middle of each
 # run and prints the steps of one batch (bench/trace_batch.py). Needs root, tracefs and
 # python3. The numbers come from the kernel's own timestamps, so they do not depend on
-# the run-to-run swing of throughput on this VM. Usage: bench/trace-durable-put.sh
+# the run-to-run swing of throughput on this VM. GEN=PATH runs another build's generator
+# (BIN=DIR another build's node and engine). Usage: bench/trace-durable-put.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/node-setup.sh
@@ -18,7 +19,7 @@ SYSCALLS="syscalls/sys_enter_sendmsg syscalls/sys_exit_recvfrom"
 start_node
 trap 'kill $node 2>/dev/null || true; wait 2>/dev/null || true; remove_node_data' EXIT
 shard_tid=$(grep -l "^shard-0" /proc/$node/task/*/comm | head -1 | cut -d/ -f5)
-$B run --target hotshard://127.0.0.1:$port --mix put --keys 200000 --pipeline 8 --stream --duration 6s --quiet &
+${GEN:-$B} run --target hotshard://127.0.0.1:$port --mix put --keys 200000 --pipeline 8 --stream --duration 6s --quiet &
 load=$!
 sys=""
 [ -d $T/events/syscalls ] && sys=$SYSCALLS
