@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Reproduces the node-against-device table of BENCHMARKS.md on one shard (core 0) with the
-# generator on core 1: durable PUT 4 KiB against the engine alone (`hotshard-bench engine`,
-# with core 1 idle and with core 1 kept busy: see BENCHMARKS.md for why both), and GET 4 KiB
-# served from the device (cache off) against fio randread at the same total queue depth on
-# the node's own data file, three interleaved rounds. Needs fio.
+# generator on core 1: durable PUT 4 KiB against the engine alone (`hotshard-bench engine`;
+# three interleaved rounds with core 1 idle, then once with core 1 kept busy: see
+# BENCHMARKS.md for why both), and GET 4 KiB served from the device (cache off) against fio
+# randread at the same total queue depth on the node's own data file, three interleaved
+# rounds. Needs fio.
 # Usage: bench/node-vs-device.sh [DURATION]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,21 +15,31 @@ start_node
 hog=
 trap 'kill $node $hog 2>/dev/null || true; wait 2>/dev/null || true; remove_node_data' EXIT
 
-echo "### durable PUT 4 KiB, 4 connections x 8 in flight, fresh store"
-$B run --target hotshard://127.0.0.1:$port --mix put --keys 200000 --pipeline 8 --stream --duration "$d" --quiet
-echo "### the engine alone, same size, 32 writers, same core (put phase of hotshard-bench engine)"
-$B engine --path "$work/engine.img" --size 2147483648 --objects 200000 --writers 32 --readers 32 \
-    --duration "$d" --recovery-objects 0 --index-objects 1000 --core 0
-# This VM delivers the disk's interrupts to core 1 (/proc/interrupts, affinity not
-# settable), and with a volatile write cache and no FUA each durable write ends in a cache
-# flush issued by a kworker on that core. In the node run the generator keeps core 1 busy;
-# the engine alone leaves it idle. The same engine run with core 1 kept busy shows how much
-# of the gap that is.
+echo "### durable PUT 4 KiB, 4 connections x 8 in flight, fresh store, against the engine alone"
+echo "### (put phase of hotshard-bench engine: same size, 32 writers, same core), 3 interleaved rounds"
+engine_put() {
+    $B engine --path "$work/engine.img" --size 2147483648 --objects 200000 --writers 32 --readers 32 \
+        --duration "$d" --recovery-objects 0 --index-objects 1000 --core 0 > "$work/engine.out"
+    rm -f "$work/engine.img"
+    awk '/^hotshard put/ {print $4}' "$work/engine.out"
+}
+for r in 1 2 3; do
+    [ "$r" = 1 ] || { kill $node; wait $node 2>/dev/null || true; start_node; }
+    n=$($B run --target hotshard://127.0.0.1:$port --mix put --keys 200000 --pipeline 8 --stream \
+        --duration "$d" --quiet | awk '$1 ~ /^hotshard:/ {print $2}')
+    e=$(engine_put)
+    echo "round $r: hotshard $n ops/s, engine alone $e ops/s, ratio $(awk -v a="$n" -v b="$e" 'BEGIN {printf "%.2f", a / b}')" |
+        tee -a "$work/put-rounds.txt"
+done
+echo "median ratio: $(awk '{print $NF}' "$work/put-rounds.txt" | sort -n | sed -n 2p)"
+echo "### the engine alone, last round's full output"
+cat "$work/engine.out"
 spin_core1() { taskset -c 1 sh -c 'while :; do :; done' & hog=$!; }
 echo "### the engine alone, core 1 kept busy by a spin loop (as the generator keeps it in the node run)"
 spin_core1
 $B engine --path "$work/engine.img" --size 2147483648 --objects 200000 --writers 32 --readers 32 \
     --duration "$d" --recovery-objects 0 --index-objects 1000 --core 0 | grep -E "^(run|hotshard put)"
+rm -f "$work/engine.img"
 kill $hog; wait $hog 2>/dev/null || true
 # A fresh store for the reads: the put phase leaves it full of overwritten values.
 kill $node; wait $node 2>/dev/null || true
