@@ -19,14 +19,6 @@ git worktree add -q --detach target/ab-src "$rev"
 (cd target/ab-src && CARGO_TARGET_DIR=../ab-old cargo build --release -q -p hotshard-bench -p hotshard-node)
 git worktree remove --force target/ab-src
 node=
-run_node() {
-    taskset -c 0 "$1/hotshard" serve --config "$work/node.toml" > "$work/node.log" 2>&1 &
-    node=$!
-    for _ in $(seq 300); do
-        "$NEW/hotshard" map --addr "127.0.0.1:$port" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-}
 stop_node() { kill $node; wait $node 2>/dev/null || true; }
 trap 'kill $node 2>/dev/null || true; wait 2>/dev/null || true; remove_node_data' EXIT
 # load NODE_BIN GEN_BIN MIX [--preload]: ops/s of one run.
@@ -43,9 +35,7 @@ load $NEW $NEW get --preload > /dev/null
 for r in $(seq "$rounds"); do
     line=""
     for p in "${pairs[@]}"; do line="$line $(load $p get)"; done
-    f=$(fio --name=anchor --filename="$work/data/data.img" --rw=randread --bs=4096 --iodepth=32 \
-        --ioengine=io_uring --direct=1 --runtime="${d%s}" --time_based --cpus_allowed=0 --size=2G \
-        --output-format=terse --terse-version=3 | awk -F';' '{print $8}')
+    f=$(fio_randread)
     echo "round $r device GET ops/s: $line   fio QD 32: $f IOPS; ratios:" \
         $(for n in $line; do awk -v a="$n" -v b="$f" 'BEGIN {printf "%.2f ", a / b}'; done)
 done

@@ -26,16 +26,29 @@ cache_mib = $4
 TOML
 }
 
-# start_node: a fresh store, the node on core 0 (its pid in $node); returns once the node
-# gives a real answer, not just a TCP connect.
-start_node() {
-    rm -rf "$work/data"
-    taskset -c 0 $BIN/hotshard serve --config "$work/node.toml" > "$work/node.log" 2>&1 &
+# run_node [BIN_DIR]: the node ($BIN unless given) on core 0 on the store in $work/data (its
+# pid in $node); returns once the node gives a real answer, not just a TCP connect.
+run_node() {
+    local bin=${1:-$BIN}
+    taskset -c 0 "$bin/hotshard" serve --config "$work/node.toml" > "$work/node.log" 2>&1 &
     node=$!
     for _ in $(seq 300); do
-        $BIN/hotshard map --addr "127.0.0.1:$port" >/dev/null 2>&1 && break
+        "$bin/hotshard" map --addr "127.0.0.1:$port" >/dev/null 2>&1 && break
         sleep 0.1
     done
+}
+
+# start_node: run_node on a fresh store.
+start_node() {
+    rm -rf "$work/data"
+    run_node
+}
+
+# fio_randread: fio randread 4 KiB QD 32 on the node's data file, core 0, for $d; prints IOPS.
+fio_randread() {
+    fio --name=anchor --filename="$work/data/data.img" --rw=randread --bs=4096 --iodepth=32 \
+        --ioengine=io_uring --direct=1 --runtime="${d%s}" --time_based --cpus_allowed=0 \
+        --size=2G --output-format=terse --terse-version=3 | awk -F';' '{print $8}'
 }
 
 # remove_node_data: deletes the run's preallocated files (2 GiB each) once the node is gone;

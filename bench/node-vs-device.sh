@@ -37,20 +37,14 @@ cat "$work/engine.out"
 spin_core1() { taskset -c 1 sh -c 'while :; do :; done' & hog=$!; }
 echo "### the engine alone, core 1 kept busy by a spin loop (as the generator keeps it in the node run)"
 spin_core1
-$B engine --path "$work/engine.img" --size 2147483648 --objects 200000 --writers 32 --readers 32 \
-    --duration "$d" --recovery-objects 0 --index-objects 1000 --core 0 | grep -E "^(run|hotshard put)"
-rm -f "$work/engine.img"
+echo "engine alone, core 1 busy: $(engine_put) ops/s"
+grep -E "^(run|hotshard put)" "$work/engine.out"
 kill $hog; wait $hog 2>/dev/null || true
 # A fresh store for the reads: the put phase leaves it full of overwritten values.
 kill $node; wait $node 2>/dev/null || true
 start_node
 echo "### GET 4 KiB from the device (cache off), 4 x 8 = 32 in flight, against fio randread"
 echo "### QD 32 on the node's data file (core 0), 3 interleaved rounds"
-fio_randread() {
-    fio --name=anchor --filename="$work/data/data.img" --rw=randread --bs=4096 --iodepth=32 \
-        --ioengine=io_uring --direct=1 --runtime="${d%s}" --time_based --cpus_allowed=0 \
-        --size=2G --output-format=terse --terse-version=3 | awk -F';' '{print $8}'
-}
 for r in 1 2 3; do
     pre=""; [ "$r" = 1 ] && pre=--preload
     n=$($B run --target hotshard://127.0.0.1:$port --mix get --keys 200000 --pipeline 8 --stream $pre \
