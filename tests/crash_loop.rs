@@ -2,6 +2,10 @@
 //! with SIGKILL at a random moment, restarted, and checked: every acknowledged put reads
 //! back with its exact bytes, every acknowledged delete stays deleted, an operation cut off
 //! by the crash may have happened or not (but nothing else), and nothing answers Corrupt.
+//! One writer puts large values (64 KiB to 8 MiB, the value limit) on a few keys, so that
+//! kills land while batches of megabytes are in flight and the DMA pool is under pressure
+//! (issue 16). A `Busy` answer means the write was not applied: the writer backs off and
+//! goes on.
 //! `HOTSHARD_CRASH_LOOPS=N` sets the number of kills (default 4; thousands for a soak),
 //! `HOTSHARD_CRASH_LOOP_SEED=S` replays a run.
 
@@ -28,8 +32,15 @@ struct KeyLedger {
     uncertain: Option<State>,
 }
 
-fn value_for(key: u64, seq: u64) -> Vec<u8> {
-    let len = 1 + (seq.wrapping_mul(2654435761) % 9000) as usize;
+/// Keys of the large-value writer (writer 0): few, so that the store does not fill.
+const LARGE_KEYS: u64 = 4;
+
+fn value_for(key: u64, seq: u64, large: bool) -> Vec<u8> {
+    let len = if large {
+        (64 << 10) + (seq.wrapping_mul(2654435761) % ((8 << 20) - (64 << 10) + 1)) as usize
+    } else {
+        1 + (seq.wrapping_mul(2654435761) % 9000) as usize
+    };
     let mut v = format!("k{key}-s{seq}-").into_bytes();
     v.resize(len.max(v.len()), (seq % 251) as u8);
     v
@@ -53,6 +64,7 @@ fn sigkill_loop_keeps_every_acknowledged_write() {
     let writers = 8u64;
     let ledger: Arc<Mutex<HashMap<u64, KeyLedger>>> = Arc::new(Mutex::new(HashMap::new()));
     let (puts, deletes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (large_puts, busy) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut rng = SplitMix64::new(seed);
     let mut seq_base = 0u64;
     let (mut verified, mut uncertain_seen) = (0u64, 0u64);
@@ -63,6 +75,8 @@ fn sigkill_loop_keeps_every_acknowledged_write() {
         for w in 0..writers {
             let (ledger, stop, addr) = (ledger.clone(), stop.clone(), node.addr(w as u16 % 2));
             let (puts, deletes) = (puts.clone(), deletes.clone());
+            let (large_puts, busy) = (large_puts.clone(), busy.clone());
+            let large = w == 0;
             let mut trng = SplitMix64::new(rng.next_u64());
             let base = seq_base + w * 1_000_000;
             threads.push(std::thread::spawn(move || {
@@ -71,13 +85,13 @@ fn sigkill_loop_keeps_every_acknowledged_write() {
                 };
                 let mut seq = base;
                 while !stop.load(Ordering::Relaxed) {
-                    let key = w + writers * trng.below(keys / writers);
+                    let key = w + writers * trng.below(if large { LARGE_KEYS } else { keys / writers });
                     let name = format!("crash-{key}");
                     seq += 1;
                     let next: State = if trng.chance(1, 5) {
                         None
                     } else {
-                        Some(value_for(key, seq))
+                        Some(value_for(key, seq, large))
                     };
                     ledger.lock().unwrap().entry(key).or_default().uncertain = Some(next.clone());
                     let r = match &next {
@@ -94,10 +108,19 @@ fn sigkill_loop_keeps_every_acknowledged_write() {
                             e.acked = next.clone();
                             e.uncertain = None;
                             if next.is_some() {
-                                puts.fetch_add(1, Ordering::Relaxed)
+                                puts.fetch_add(1, Ordering::Relaxed);
+                                if large {
+                                    large_puts.fetch_add(1, Ordering::Relaxed);
+                                }
                             } else {
-                                deletes.fetch_add(1, Ordering::Relaxed)
-                            };
+                                deletes.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        // Not applied: try later.
+                        Err(ClientError::Status(Status::Busy)) => {
+                            ledger.lock().unwrap().get_mut(&key).unwrap().uncertain = None;
+                            busy.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(Duration::from_millis(2));
                         }
                         // The node died under us: the outcome of this one is unknown.
                         Err(_) => return,
@@ -141,9 +164,15 @@ fn sigkill_loop_keeps_every_acknowledged_write() {
         drop(node);
     }
     println!(
-        "crash loop: {loops} kills, {} acknowledged puts, {} acknowledged deletes, {verified} key checks, {uncertain_seen} in-flight at a kill, 0 lost, 0 corrupt",
+        "crash loop: {loops} kills, {} acknowledged puts ({} of 64 KiB to 8 MiB), {} acknowledged deletes, {} Busy, {verified} key checks, {uncertain_seen} in-flight at a kill, 0 lost, 0 corrupt",
         puts.load(Ordering::Relaxed),
-        deletes.load(Ordering::Relaxed)
+        large_puts.load(Ordering::Relaxed),
+        deletes.load(Ordering::Relaxed),
+        busy.load(Ordering::Relaxed)
     );
     assert!(puts.load(Ordering::Relaxed) > 0);
+    assert!(
+        large_puts.load(Ordering::Relaxed) > 0,
+        "no large value was acknowledged"
+    );
 }

@@ -108,7 +108,7 @@ impl ShardStats {
         let c = store.counters();
         let cache = store.cache_stats();
         let space = store.space();
-        let gauges: [(&str, u64); 26] = [
+        let gauges: [(&str, u64); 28] = [
             ("hotshard_forwarded_total", self.forwarded.get()),
             ("hotshard_wrong_shard_total", self.wrong_shard.get()),
             ("hotshard_connections_total", self.connections.get()),
@@ -138,6 +138,8 @@ impl ShardStats {
             ("hotshard_write_errors_total", c.write_errors),
             ("hotshard_no_space_total", c.no_space),
             ("hotshard_batches_total", c.batches),
+            ("hotshard_store_busy_total", c.busy),
+            ("hotshard_recovery_lsn_anomalies_total", c.recovery_lsn_anomalies),
         ];
         for (name, v) in gauges {
             let _ = writeln!(out, "{name}{{{l}}} {v}");

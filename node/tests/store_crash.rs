@@ -6,8 +6,13 @@
 //! Both commit modes: every batch written durable (`Fua`, the default) and batches written
 //! volatile then flushed (`WriteThenFlush`, `store.durability = "flush"`).
 //!
-//! `HOTSHARD_CRASH_SEEDS=N` runs N seeds per mode (default 1500); `HOTSHARD_CRASH_SEED=S`
-//! replays one.
+//! Under pressure too (issue 16: a happy-path crash test found none of the defects that a
+//! pool under pressure exposed): a DMA pool from barely enough to plenty, a task that
+//! grabs and holds pool buffers, and large values (up to the value limit, 8 MiB in one
+//! seed of every `HUGE_EVERY`).
+//!
+//! `HOTSHARD_CRASH_SEEDS=N` runs N seeds per mode (default 1500 plain, 1500 under
+//! pressure); `HOTSHARD_CRASH_SEED=S` replays one.
 
 mod common;
 
@@ -19,10 +24,59 @@ use common::*;
 use futures::executor::{block_on, LocalPool};
 use futures::task::LocalSpawnExt;
 use hotshard_node::store::{CommitDurability, Store, StoreError};
-use hotshard_nvme::{SimDevice, SimQueue, SplitMix64};
+use hotshard_nvme::{BlockQueue, SimDevice, SimQueue, SplitMix64};
 
 const KEYS: u64 = 16;
 const ROUNDS: usize = 3;
+/// One pressure seed in this many stores values up to 8 MiB (the node's value limit).
+const HUGE_EVERY: u64 = 50;
+
+/// The store, device and pool a seed runs on, and how hard it is pushed.
+#[derive(Debug, Clone, Copy)]
+struct Profile {
+    sim_bytes: u64,
+    segment_bytes: u64,
+    max_value: usize,
+    pool_bytes: usize,
+    /// Chance in 100 that a put's value is large (up to `max_value`).
+    large_percent: u64,
+    /// A task grabs and holds DMA buffers while the writers run.
+    hog: bool,
+}
+
+impl Profile {
+    fn plain() -> Profile {
+        Profile {
+            sim_bytes: SIM_BYTES,
+            segment_bytes: SIM_SEGMENT,
+            max_value: 32 << 10,
+            pool_bytes: 4 << 20,
+            large_percent: 0,
+            hog: false,
+        }
+    }
+
+    /// Small pools, a hog, large values; every `HUGE_EVERY`th seed with 8 MiB values.
+    fn pressure(seed: u64) -> Profile {
+        let mut rng = SplitMix64::new(seed ^ 0xb16_b0b5);
+        let huge = seed % HUGE_EVERY == HUGE_EVERY - 1;
+        let (segment_bytes, max_value, segments) = if huge {
+            ((8 << 20) + (64 << 10), 8 << 20, 6)
+        } else {
+            (SIM_SEGMENT, 32 << 10, 16)
+        };
+        // Recovery reads two segments at once; a batch holds up to one largest value.
+        let least = 2 * segment_bytes as usize + max_value + (64 << 10);
+        Profile {
+            sim_bytes: 8192 + segments * segment_bytes,
+            segment_bytes,
+            max_value,
+            pool_bytes: least + rng.below(least as u64) as usize,
+            large_percent: if huge { 8 } else { 5 + rng.below(30) },
+            hog: rng.chance(2, 3),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -39,6 +93,9 @@ struct Op {
     /// Value id for a put, None for a delete.
     put: Option<u64>,
     outcome: Outcome,
+    /// Logical times at which the operation was issued and answered (None: never).
+    start: u64,
+    end: Option<u64>,
 }
 
 #[derive(Default)]
@@ -47,22 +104,33 @@ struct Model {
     /// Which key each value id was written under.
     id_key: HashMap<u64, u64>,
     next_id: u64,
+    /// Ticks at every issue and every answer: real-time order between operations.
+    clock: u64,
 }
 
 impl Model {
-    /// States the key may be in after recovery: the last acknowledged one, or that of any
-    /// later operation whose outcome is unknown.
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// States the key may be in after recovery. Concurrent operations may take effect in
+    /// either order (a delete waits for the key's pending puts, so it can take effect after
+    /// puts issued later), so the final state is that of any acknowledged, unknown or
+    /// interrupted operation that no acknowledged operation followed in real time (issued
+    /// after it was answered).
     fn acceptable(&self, key: u64) -> Vec<Option<u64>> {
-        let hist = self.history.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-        let last = hist.iter().rposition(|o| o.outcome == Outcome::Acked);
-        let mut ok = vec![last.and_then(|i| hist[i].put)];
-        let after = last.map_or(0, |i| i + 1);
-        for o in &hist[after..] {
-            if matches!(o.outcome, Outcome::InFlight | Outcome::Unknown) {
-                ok.push(o.put);
-            }
-        }
-        ok
+        let Some(hist) = self.history.get(&key) else {
+            return vec![None]; // never written
+        };
+        let followed = |o: &Op| {
+            o.end
+                .is_some_and(|end| hist.iter().any(|b| b.outcome == Outcome::Acked && b.start > end))
+        };
+        hist.iter()
+            .filter(|o| o.outcome != Outcome::Rejected && !followed(o))
+            .map(|o| o.put)
+            .collect()
     }
 }
 
@@ -100,25 +168,30 @@ fn verify(store: &Store<SimQueue>, model: &mut Model, seed: u64, round: usize) -
             ));
         }
         // What recovery decided is now the acknowledged state.
+        let now = model.tick();
         model.history.insert(
             k,
             vec![Op {
                 put: got,
                 outcome: Outcome::Acked,
+                start: now,
+                end: Some(now),
             }],
         );
     }
     Ok(())
 }
 
-fn run_seed(seed: u64, durability: CommitDurability) -> Result<(), String> {
-    let mut cfg = small_config(SIM_BYTES);
+fn run_seed(seed: u64, durability: CommitDurability, profile: Profile) -> Result<(), String> {
+    let mut cfg = small_config(profile.sim_bytes);
     cfg.durability = durability;
-    let dev = SimDevice::new(SIM_BYTES, 4096, seed).map_err(|e| e.to_string())?;
+    cfg.segment_bytes = profile.segment_bytes;
+    cfg.max_value_bytes = profile.max_value;
+    let dev = SimDevice::new(profile.sim_bytes, 4096, seed).map_err(|e| e.to_string())?;
     let mut rng = SplitMix64::new(seed ^ 0x5eed);
     let model = Rc::new(RefCell::new(Model::default()));
     for round in 0..=ROUNDS {
-        let q = dev.queue(4 << 20).map_err(|e| e.to_string())?;
+        let q = dev.queue(profile.pool_bytes).map_err(|e| e.to_string())?;
         let (store, _) = block_on(Store::open(q, cfg.clone()))
             .map_err(|e| format!("seed {seed} round {round}: open failed: {e}"))?;
         verify(&store, &mut model.borrow_mut(), seed, round)?;
@@ -128,6 +201,24 @@ fn run_seed(seed: u64, durability: CommitDurability) -> Result<(), String> {
         dev.cut_power_after(1 + rng.below(300));
         let mut pool = LocalPool::new();
         let failure: Rc<RefCell<Option<String>>> = Rc::default();
+        if profile.hog {
+            // Takes DMA buffers of random sizes and holds each for a few turns of the
+            // executor: the engine meets an exhausted pool at every step of a write.
+            let (queue_pool, mut rng) = (store.queue().pool().clone(), SplitMix64::new(rng.next_u64()));
+            pool.spawner()
+                .spawn_local(async move {
+                    for _ in 0..300 {
+                        let want = 4096 + rng.below(queue_pool.capacity() as u64 / 2) as usize;
+                        let held = queue_pool.try_alloc(want).ok();
+                        for _ in 0..1 + rng.below(6) {
+                            futures_lite::future::yield_now().await;
+                        }
+                        drop(held);
+                        futures_lite::future::yield_now().await;
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+        }
         let writers = 1 + rng.below(8);
         for w in 0..writers {
             let (store, model, failure) = (store.clone(), model.clone(), failure.clone());
@@ -175,16 +266,19 @@ fn run_seed(seed: u64, durability: CommitDurability) -> Result<(), String> {
                         });
                         let slot = {
                             let mut m = model.borrow_mut();
+                            let start = m.tick();
                             let h = m.history.entry(k).or_default();
                             h.push(Op {
                                 put,
                                 outcome: Outcome::InFlight,
+                                start,
+                                end: None,
                             });
                             h.len() - 1
                         };
                         let result = match put {
                             Some(id) => store
-                                .put(&key, &make_value(id, 8 + rng.below(9000) as usize), None)
+                                .put(&key, &make_value(id, value_len(&mut rng, &profile)), None)
                                 .await
                                 .map(drop),
                             None => store.delete(&key, None).await.map(drop),
@@ -193,7 +287,13 @@ fn run_seed(seed: u64, durability: CommitDurability) -> Result<(), String> {
                             Ok(()) => Outcome::Acked,
                             Err(e) => classify(e),
                         };
-                        model.borrow_mut().history.get_mut(&k).expect("recorded")[slot].outcome = outcome;
+                        {
+                            let mut m = model.borrow_mut();
+                            let end = m.tick();
+                            let op = &mut m.history.get_mut(&k).expect("recorded")[slot];
+                            op.outcome = outcome;
+                            op.end = Some(end);
+                        }
                         if outcome == Outcome::Unknown {
                             return;
                         }
@@ -211,16 +311,36 @@ fn run_seed(seed: u64, durability: CommitDurability) -> Result<(), String> {
     Ok(())
 }
 
+/// Bytes of one put's value: mostly small, sometimes large.
+fn value_len(rng: &mut SplitMix64, profile: &Profile) -> usize {
+    if rng.chance(profile.large_percent, 100) {
+        (profile.max_value / 2) + rng.below(profile.max_value as u64 / 2 + 1) as usize
+    } else {
+        8 + rng.below(9000) as usize
+    }
+}
+
 /// Runs the configured seeds (or the one being replayed) in one commit mode.
-fn run_seeds(durability: CommitDurability) {
+fn run_seeds(durability: CommitDurability, pressure: bool) {
+    let profile = |seed: u64| {
+        if pressure {
+            Profile::pressure(seed)
+        } else {
+            Profile::plain()
+        }
+    };
+    let test = if pressure { " under_pressure" } else { "" };
     let replay = |seed: u64| {
-        format!("replay: HOTSHARD_CRASH_SEED={seed} cargo test -p hotshard-node --test store_crash (mode {durability:?})")
+        format!(
+            "replay: HOTSHARD_CRASH_SEED={seed} cargo test -p hotshard-node --test store_crash{test} (mode {durability:?}, {:?})",
+            profile(seed)
+        )
     };
     if let Some(seed) = std::env::var("HOTSHARD_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
     {
-        run_seed(seed, durability).unwrap_or_else(|e| panic!("{e}\n{}", replay(seed)));
+        run_seed(seed, durability, profile(seed)).unwrap_or_else(|e| panic!("{e}\n{}", replay(seed)));
         return;
     }
     let seeds: u64 = std::env::var("HOTSHARD_CRASH_SEEDS")
@@ -228,19 +348,29 @@ fn run_seeds(durability: CommitDurability) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1500);
     for seed in 0..seeds {
-        if let Err(e) = run_seed(seed, durability) {
+        if let Err(e) = run_seed(seed, durability, profile(seed)) {
             panic!("{e}\n{}", replay(seed));
         }
     }
-    eprintln!("{durability:?}: {seeds} seeds x {ROUNDS} power cuts: every acknowledged write survived");
+    eprintln!("{durability:?}{test}: {seeds} seeds x {ROUNDS} power cuts: every acknowledged write survived");
 }
 
 #[test]
 fn acknowledged_writes_survive_power_cuts_for_many_seeds() {
-    run_seeds(CommitDurability::Fua);
+    run_seeds(CommitDurability::Fua, false);
 }
 
 #[test]
 fn acknowledged_writes_survive_power_cuts_when_batches_are_flushed() {
-    run_seeds(CommitDurability::WriteThenFlush);
+    run_seeds(CommitDurability::WriteThenFlush, false);
+}
+
+#[test]
+fn acknowledged_writes_survive_power_cuts_under_pressure() {
+    run_seeds(CommitDurability::Fua, true);
+}
+
+#[test]
+fn acknowledged_writes_survive_power_cuts_under_pressure_when_batches_are_flushed() {
+    run_seeds(CommitDurability::WriteThenFlush, true);
 }

@@ -5,7 +5,7 @@ use crate::limits::{
     MAX_VALUE_BYTES, MIN_SEGMENT_BYTES,
 };
 use crate::store::error::{StoreError, StoreResult};
-use crate::store::format::{RECORD_HEADER_BYTES, SEGMENTS_START, SEGMENT_HEADER_BYTES};
+use crate::store::format::{BATCH_HEADER_BYTES, RECORD_HEADER_BYTES, SEGMENTS_START, SEGMENT_HEADER_BYTES};
 
 /// How an acknowledged batch is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,8 +79,13 @@ impl StoreConfig {
                 self.segment_bytes
             ));
         }
-        let biggest =
-            (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES + self.max_key_bytes + self.max_value_bytes) as u64;
+        // The largest record alone in a batch at the start of a segment: headers and key
+        // rounded up to a block, then the value's blocks.
+        let biggest = ((SEGMENT_HEADER_BYTES + BATCH_HEADER_BYTES + RECORD_HEADER_BYTES + self.max_key_bytes)
+            as u64)
+            .div_ceil(block_size)
+            * block_size
+            + (self.max_value_bytes as u64).div_ceil(block_size) * block_size;
         if biggest > self.segment_bytes {
             return bad(format!(
                 "segment size {} cannot hold the largest record ({biggest} bytes)",

@@ -12,12 +12,16 @@ use super::config::StoreConfig;
 use super::error::{StoreError, StoreResult};
 use super::format::{value_crc, RecordKind};
 use super::gc_lock::GcLock;
-use super::group_commit::{StageRequest, Writer};
+use super::group_commit::{done_pending, newest_staged_batch, StageRequest, Writer};
 use super::index::{Index, IndexEntry};
 use super::metrics::{bump, StoreCounters, StoreMetrics};
 use super::segments::SegmentTable;
 use super::value::Value;
 use super::write_gate::WriteGate;
+
+/// Tries a write makes at staging (waiting in between) before it answers `Busy`; also how
+/// many batches a write that depends on a key's version waits for that key to settle.
+const STAGE_ATTEMPTS: u32 = 8;
 
 /// Versions staged but not yet durable, per key.
 pub(crate) struct Pending {
@@ -143,11 +147,10 @@ impl<Q: BlockQueue> Store<Q> {
         hotshard_net::placement::partition_of(key, self.inner.cfg.partition_bits)
     }
 
-    /// (version, exists) as of everything staged, durable or not.
+    /// (version, exists) as of what is durable. `write` calls it only when no write of
+    /// the key is pending.
     fn current(st: &State, key: &[u8]) -> (u64, bool) {
-        if let Some(p) = st.pending.get(key) {
-            return (p.version, !p.tombstone);
-        }
+        debug_assert!(!st.pending.contains_key(key), "decided on a pending version");
         st.index
             .get(key)
             .map_or((0, false), |e| (e.version, !e.tombstone()))
@@ -229,9 +232,7 @@ impl<Q: BlockQueue> Store<Q> {
                 limit: self.inner.cfg.max_value_bytes,
             });
         }
-        self.make_room_for_write().await;
-        let (version, done) = self.stage_versioned(key, value, if_version, RecordKind::Put)?;
-        self.inner.commit(done).await?;
+        let version = self.write(key, value, if_version, RecordKind::Put).await?;
         bump(&self.inner.metrics.puts, 1);
         Ok(version)
     }
@@ -240,11 +241,98 @@ impl<Q: BlockQueue> Store<Q> {
     /// version once it is durable.
     pub async fn delete(&self, key: &[u8], if_version: Option<u64>) -> StoreResult<u64> {
         self.check_key(key)?;
-        self.make_room_for_write().await;
-        let (version, done) = self.stage_versioned(key, &[], if_version, RecordKind::Tombstone)?;
-        self.inner.commit(done).await?;
+        let version = self.write(key, &[], if_version, RecordKind::Tombstone).await?;
         bump(&self.inner.metrics.deletes, 1);
         Ok(version)
+    }
+
+    /// Stages one write and waits until it is durable.
+    ///
+    /// A write that depends on the key's current state (a conditional put, any delete)
+    /// first waits until no write of that key is pending, so that it is decided against a
+    /// durable version only: a version that is staged but not yet written may still fail,
+    /// and a write acknowledged on the strength of it would then rest on nothing.
+    ///
+    /// `Busy` from inside the engine (every DMA buffer taken, too many batches queued) is
+    /// a wait, not an answer: the write drives the queued batches to the device (or waits
+    /// for buffers to come back) and tries again, up to `STAGE_ATTEMPTS` times.
+    async fn write(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        if_version: Option<u64>,
+        kind: RecordKind,
+    ) -> StoreResult<u64> {
+        let decides = if_version.is_some() || kind == RecordKind::Tombstone;
+        let mut attempts = 0;
+        loop {
+            if decides {
+                self.wait_until_not_pending(key).await?;
+            }
+            self.make_room_for_write().await;
+            // Nothing awaits from here until the record is staged.
+            if decides && self.inner.state.borrow().pending.contains_key(key) {
+                // A write of the key was staged while this one waited for room.
+                attempts += 1;
+                if attempts >= STAGE_ATTEMPTS {
+                    return Err(self.busy("writes of the key keep arriving"));
+                }
+                continue;
+            }
+            match self.stage_versioned(key, value, if_version, kind) {
+                Ok((version, done)) => {
+                    self.inner.commit(done).await?;
+                    return Ok(version);
+                }
+                Err(StoreError::Busy(why)) => {
+                    attempts += 1;
+                    if attempts >= STAGE_ATTEMPTS {
+                        return Err(self.busy(why));
+                    }
+                    self.drain_staged_or_wait_for_buffers(value.len()).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn busy(&self, why: &'static str) -> StoreError {
+        bump(&self.inner.metrics.busy, 1);
+        StoreError::Busy(why)
+    }
+
+    /// Waits until every staged write of `key` has reached the device (or failed).
+    async fn wait_until_not_pending(&self, key: &[u8]) -> StoreResult<()> {
+        for _ in 0..STAGE_ATTEMPTS {
+            let newest = {
+                let st = self.inner.state.borrow();
+                if !st.pending.contains_key(key) {
+                    return Ok(());
+                }
+                newest_staged_batch(&st)
+            };
+            // A failed batch forgets its pending records: either way the key moves on.
+            match newest {
+                Some(done) => drop(self.inner.commit(done).await),
+                None => return Ok(()),
+            }
+        }
+        Err(self.busy("writes of the key keep arriving"))
+    }
+
+    /// After a `Busy` from staging: writes out what is queued (its buffers return to the
+    /// pool when its write ends), or, with nothing queued, waits until the pool has room
+    /// for a value of `value_len` bytes (reads and GC hold buffers only while they run).
+    async fn drain_staged_or_wait_for_buffers(&self, value_len: usize) {
+        let newest = newest_staged_batch(&self.inner.state.borrow());
+        match newest {
+            Some(done) if done_pending(&done) => drop(self.inner.commit(done).await),
+            _ => {
+                let block = self.inner.block as usize;
+                let want = value_len.max(self.inner.cfg.batch_bytes).div_ceil(block) * block;
+                drop(self.inner.queue.pool().alloc(want).await);
+            }
+        }
     }
 
     /// The value of `key` (or `range` = (offset, length) of it) and its version.

@@ -10,8 +10,10 @@
 //! Large values start on a block boundary so that a get reads exactly the value's blocks
 //! and checks it against the CRC32C that the index keeps.
 
-/// Version of the format this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the format this code writes and reads. 2: batch headers carry their
+/// segment's sequence number and their CRC covers the store's uuid; a freed segment keeps a
+/// header that records the LSN and sequence high-water marks.
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of one superblock copy; two copies sit at the start of the region.
 pub const SUPERBLOCK_BYTES: u64 = 4096;
 /// Where segment 0 starts within the region.
@@ -115,15 +117,20 @@ impl Superblock {
     }
 }
 
-/// Starts every written segment; a segment without a valid one is free.
+/// Starts every segment that has ever been written. A segment in use holds the log of one
+/// incarnation; a freed one (`freed`) holds no log, only the high-water marks, so that LSNs
+/// and sequence numbers never restart even when every segment is free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
-    /// Order in which segments were opened for writing.
+    /// Order in which segments were opened for writing (freed: the last one opened).
     pub seq: u64,
-    /// Every record in this incarnation of the segment has an LSN at least this.
+    /// Every record in this incarnation of the segment has an LSN at least this (freed:
+    /// the next LSN the store would have given when the segment was freed).
     pub first_lsn: u64,
     pub segment_index: u32,
     pub uuid: [u8; 16],
+    /// GC gave the segment back: nothing in it is replayed.
+    pub freed: bool,
 }
 
 impl SegmentHeader {
@@ -133,6 +140,7 @@ impl SegmentHeader {
         out[8..16].copy_from_slice(&self.seq.to_le_bytes());
         out[16..24].copy_from_slice(&self.first_lsn.to_le_bytes());
         out[24..28].copy_from_slice(&self.segment_index.to_le_bytes());
+        out[28] = self.freed as u8;
         out[32..48].copy_from_slice(&self.uuid);
         let c = crc(&out[..48]);
         out[48..52].copy_from_slice(&c.to_le_bytes());
@@ -143,11 +151,15 @@ impl SegmentHeader {
         if b.len() < SEGMENT_HEADER_BYTES || b[0..8] != SEGMENT_MAGIC || crc(&b[..48]) != u32_at(b, 48) {
             return None;
         }
+        if b[28] > 1 {
+            return None;
+        }
         let h = SegmentHeader {
             seq: u64_at(b, 8),
             first_lsn: u64_at(b, 16),
             segment_index: u32_at(b, 24),
             uuid: b[32..48].try_into().ok()?,
+            freed: b[28] == 1,
         };
         (h.uuid == *uuid && h.segment_index == segment_index).then_some(h)
     }
@@ -163,6 +175,11 @@ pub enum RecordKind {
 /// Heads every group-commit batch. A batch is all-or-nothing at recovery: it is replayed
 /// only if its header, every record header and every value check out.
 ///
+/// A batch is bound to the incarnation of the segment that wrote it: it carries the
+/// segment's sequence number, and its CRC also covers the store's uuid (which never leaves
+/// the node). Bytes that merely look like a batch (a value a client chose, or the log of an
+/// earlier life of a reused segment) do not pass as one.
+///
 /// ```text
 /// batch: [batch header 48 B][record header 40 B + key (+ inline value)]... [zeros to a block]
 ///        [value area: each large value starts on a block boundary, padded to a block]
@@ -176,6 +193,13 @@ pub struct BatchHeader {
     pub batch_len: u32,
     pub first_lsn: u64,
     pub last_lsn: u64,
+    /// Sequence number of the segment incarnation that wrote the batch.
+    pub segment_seq: u64,
+}
+
+/// CRC32C of a batch header's fields (bytes 8..48), then of the store's uuid.
+fn batch_crc(fields: &[u8], uuid: &[u8; 16]) -> u32 {
+    crc32c::crc32c_append(crc(fields), uuid)
 }
 
 /// Why bytes are not a valid batch or record.
@@ -192,7 +216,7 @@ pub enum RecordError {
 }
 
 impl BatchHeader {
-    pub fn encode(&self, out: &mut [u8]) {
+    pub fn encode(&self, uuid: &[u8; 16], out: &mut [u8]) {
         out[..BATCH_HEADER_BYTES].fill(0);
         out[0..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
         out[8..12].copy_from_slice(&self.record_count.to_le_bytes());
@@ -200,15 +224,18 @@ impl BatchHeader {
         out[16..20].copy_from_slice(&self.batch_len.to_le_bytes());
         out[24..32].copy_from_slice(&self.first_lsn.to_le_bytes());
         out[32..40].copy_from_slice(&self.last_lsn.to_le_bytes());
-        let c = crc(&out[8..BATCH_HEADER_BYTES]);
+        out[40..48].copy_from_slice(&self.segment_seq.to_le_bytes());
+        let c = batch_crc(&out[8..BATCH_HEADER_BYTES], uuid);
         out[4..8].copy_from_slice(&c.to_le_bytes());
     }
 
-    pub fn decode(b: &[u8]) -> Result<BatchHeader, RecordError> {
+    /// Checks the header against the store's uuid. A batch of an older incarnation of the
+    /// segment passes here; the caller compares `segment_seq` with the segment's own.
+    pub fn decode(b: &[u8], uuid: &[u8; 16]) -> Result<BatchHeader, RecordError> {
         if b.len() < BATCH_HEADER_BYTES || u32_at(b, 0) != BATCH_MAGIC {
             return Err(RecordError::NoRecord);
         }
-        if crc(&b[8..BATCH_HEADER_BYTES]) != u32_at(b, 4) {
+        if batch_crc(&b[8..BATCH_HEADER_BYTES], uuid) != u32_at(b, 4) {
             return Err(RecordError::Checksum);
         }
         let h = BatchHeader {
@@ -217,8 +244,12 @@ impl BatchHeader {
             batch_len: u32_at(b, 16),
             first_lsn: u64_at(b, 24),
             last_lsn: u64_at(b, 32),
+            segment_seq: u64_at(b, 40),
         };
-        if (h.meta_len as usize) < BATCH_HEADER_BYTES || h.batch_len < h.meta_len || h.last_lsn < h.first_lsn
+        if (h.meta_len as usize) < BATCH_HEADER_BYTES
+            || h.batch_len < h.meta_len
+            || h.last_lsn < h.first_lsn
+            || h.record_count == 0
         {
             return Err(RecordError::BadLength);
         }
@@ -364,24 +395,31 @@ mod tests {
             batch_len: 8192,
             first_lsn: 7,
             last_lsn: 8,
+            segment_seq: 5,
         };
+        let uuid = [0x11; 16];
         let mut out = [0u8; BATCH_HEADER_BYTES];
-        b.encode(&mut out);
+        b.encode(&uuid, &mut out);
         assert_eq!(
             hex(&out),
             concat!(
                 "48534231",
-                "2fac67a7",
+                "ff697395",
                 "02000000",
                 "c8000000",
                 "00200000",
                 "00000000",
                 "0700000000000000",
                 "0800000000000000",
-                "0000000000000000"
+                "0500000000000000"
             )
         );
-        assert_eq!(BatchHeader::decode(&out), Ok(b));
+        assert_eq!(BatchHeader::decode(&out, &uuid), Ok(b));
+        assert_eq!(
+            BatchHeader::decode(&out, &[0x12; 16]),
+            Err(RecordError::Checksum),
+            "another store's batch"
+        );
     }
 
     #[test]
@@ -391,6 +429,7 @@ mod tests {
             first_lsn: 100,
             segment_index: 3,
             uuid: [0x11; 16],
+            freed: false,
         };
         let mut out = [0u8; SEGMENT_HEADER_BYTES];
         h.encode(&mut out);
@@ -416,6 +455,10 @@ mod tests {
             "foreign region"
         );
         assert_eq!(SegmentHeader::decode(&out, &[0x11; 16], 4), None, "wrong slot");
+        let freed = SegmentHeader { freed: true, ..h };
+        freed.encode(&mut out);
+        assert_eq!(out[28], 1);
+        assert_eq!(SegmentHeader::decode(&out, &[0x11; 16], 3), Some(freed));
     }
 
     #[test]
@@ -437,7 +480,7 @@ mod tests {
         assert_eq!(
             hex(&out[8..72]),
             concat!(
-                "01000000",
+                "02000000",
                 "00100000",
                 "abababababababababababababababab",
                 "00d2496b00000000",
@@ -500,15 +543,28 @@ mod tests {
             batch_len: 4096,
             first_lsn: 1,
             last_lsn: 1,
+            segment_seq: 1,
         };
         let mut bb = [0u8; BATCH_HEADER_BYTES];
-        b.encode(&mut bb);
+        b.encode(&[0; 16], &mut bb);
         assert_eq!(
-            BatchHeader::decode(&bb),
+            BatchHeader::decode(&bb, &[0; 16]),
             Err(RecordError::BadLength),
             "meta shorter than its header"
         );
+        let empty = BatchHeader {
+            record_count: 0,
+            meta_len: 48,
+            ..b
+        };
+        let mut eb = [0u8; BATCH_HEADER_BYTES];
+        empty.encode(&[0; 16], &mut eb);
+        assert_eq!(
+            BatchHeader::decode(&eb, &[0; 16]),
+            Err(RecordError::BadLength),
+            "a batch holds at least one record"
+        );
         bb[9] ^= 1;
-        assert_eq!(BatchHeader::decode(&bb), Err(RecordError::Checksum));
+        assert_eq!(BatchHeader::decode(&bb, &[0; 16]), Err(RecordError::Checksum));
     }
 }

@@ -9,9 +9,10 @@ use hotshard_nvme::{BlockQueue, Durability};
 use super::engine::Store;
 use super::error::StoreResult;
 use super::format::{RecordKind, TOMBSTONE_VALUE_BYTES};
+use super::format::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::group_commit::{live_size, newest_staged_batch, StageRequest};
 use super::metrics::bump;
-use super::scan::{scan_segment, ScanLimits};
+use super::scan::{scan_segment, ScanLimits, SegmentLife};
 use crate::limits::GC_RESERVED_SEGMENTS;
 
 /// A segment this empty is worth collecting even when space is plentiful.
@@ -113,7 +114,15 @@ impl<Q: BlockQueue> Store<Q> {
         bump(&inner.metrics.gc_read_bytes, written);
         let image = inner.queue.pool().alloc(written as usize).await?;
         let image = inner.queue.read_at(seg_off, image).await?;
-        let first_lsn = inner.state.borrow().segments.get(victim).first_lsn;
+        let life = {
+            let st = inner.state.borrow();
+            let info = st.segments.get(victim);
+            SegmentLife {
+                uuid: inner.uuid,
+                seq: info.seq,
+                first_lsn: info.first_lsn,
+            }
+        };
 
         // Find what is still live, in log order.
         let limits = ScanLimits {
@@ -125,7 +134,7 @@ impl<Q: BlockQueue> Store<Q> {
         // and only by staging them.
         let mut live = Vec::new();
         let base = image.as_ptr() as usize;
-        scan_segment(&image, first_lsn, limits, |r| {
+        scan_segment(&image, &life, limits, |r| {
             let key_at = r.key.as_ptr() as usize - base;
             live.push((r.value_offset, r.header, key_at));
         });
@@ -178,8 +187,16 @@ impl<Q: BlockQueue> Store<Q> {
             }
         }
         drop(image);
+        // Every batch is awaited even after one fails, so that no batch of this step is
+        // left for someone else to drive.
+        let mut failed = None;
         for done in dones {
-            inner.commit(done).await?;
+            if let Err(e) = inner.commit(done).await {
+                failed.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         bump(&inner.metrics.gc_moved_records, moved_records);
         bump(&inner.metrics.gc_moved_bytes, moved_bytes);
@@ -213,8 +230,9 @@ impl<Q: BlockQueue> Store<Q> {
         free
     }
 
-    /// Erases the header durably, then gives the segment back: a free segment must never
-    /// be replayed.
+    /// Replaces the header durably with a freed mark, then gives the segment back: a free
+    /// segment must never be replayed. The mark keeps the store's LSN and sequence
+    /// high-water marks, so that they never restart, even when every segment is free.
     async fn free_segment(
         &self,
         victim: u32,
@@ -222,9 +240,20 @@ impl<Q: BlockQueue> Store<Q> {
         moved: (u64, u64, u64),
     ) -> StoreResult<GcOutcome> {
         let inner = &self.inner;
-        let mut zero = inner.queue.pool().alloc(inner.block as usize).await?;
-        zero.fill(0);
-        inner.queue.write_at(seg_off, zero, Durability::Fua).await?;
+        let mut mark = inner.queue.pool().alloc(inner.block as usize).await?;
+        mark.fill(0);
+        {
+            let st = inner.state.borrow();
+            SegmentHeader {
+                seq: st.segments.last_seq(),
+                first_lsn: st.writer.next_lsn,
+                segment_index: victim,
+                uuid: inner.uuid,
+                freed: true,
+            }
+            .encode(&mut mark[..SEGMENT_HEADER_BYTES]);
+        }
+        inner.queue.write_at(seg_off, mark, Durability::Fua).await?;
         inner.state.borrow_mut().segments.release(victim);
         bump(&inner.metrics.gc_freed_segments, 1);
         let (moved_records, moved_bytes, dropped_tombstones) = moved;

@@ -67,6 +67,8 @@ pub struct Staged {
 
 pub struct Batch {
     pub segment: u32,
+    /// Sequence number of the segment's incarnation, which binds the batch to it.
+    pub segment_seq: u64,
     /// Segment offset where `meta` starts (block aligned).
     pub write_start: u64,
     /// Where the batch header sits in `meta`: after the segment header in a new segment.
@@ -150,6 +152,12 @@ impl<Q: BlockQueue> Inner<Q> {
 
     /// Appends a record to the open batch (opening a batch or a segment if needed) and
     /// returns the batch's completion. Nothing is written yet.
+    ///
+    /// Every check and allocation that can fail comes before the record's LSN is taken:
+    /// an early return leaves the writer as it found it, apart from sealing a full batch
+    /// (which holds records) or opening a segment (which holds none until a batch is
+    /// written). A batch it opened and could not fill is discarded, never sealed: an empty
+    /// batch on the device once hid every later batch of its segment from recovery.
     pub(crate) fn stage(&self, st: &mut State, req: &StageRequest<'_>) -> StoreResult<Rc<BatchDone>> {
         let inline = req.value.len() < self.inline_max();
         let meta_add = RECORD_HEADER_BYTES + req.key.len() + if inline { req.value.len() } else { 0 };
@@ -173,13 +181,11 @@ impl<Q: BlockQueue> Inner<Q> {
         if st.writer.open.as_ref().is_some_and(|b| !fits(b)) {
             self.seal_open(st);
         }
-        if st.writer.open.is_none() {
-            self.open_batch(st, meta_add, values_add, req.moved_from.is_some())?;
-        }
-        let lsn = st.writer.next_lsn;
-        st.writer.next_lsn += 1;
-        let batch = st.writer.open.as_mut().expect("opened above");
-        if values_add > 0 && batch.values.is_none() {
+        // A batch that stays open fits the record, value buffer included. A new one takes
+        // its value buffer before it is opened, so that running out of DMA buffers leaves
+        // no batch behind.
+        let mut values = None;
+        if values_add > 0 && st.writer.open.is_none() {
             let want = round_up(values_add.max(self.cfg.batch_bytes) as u64, block) as usize;
             let mut v = self
                 .queue
@@ -187,11 +193,27 @@ impl<Q: BlockQueue> Inner<Q> {
                 .try_alloc(want)
                 .map_err(|_| StoreError::Busy("DMA buffers"))?;
             v.set_len(0).map_err(|_| StoreError::Busy("value buffer"))?;
-            batch.values = Some(v);
+            values = Some(v);
+        }
+        if st.writer.open.is_none() {
+            self.open_batch(st, meta_add, values_add, req.moved_from.is_some())?;
+        }
+        let batch = st.writer.open.as_mut().expect("opened above");
+        if values.is_some() {
+            batch.values = values;
         }
         if !fits(batch) {
+            // Only a batch opened for this record can be here (a full one was sealed): the
+            // record cannot fit even an empty batch.
+            let empty = batch.records.is_empty();
+            if empty {
+                self.discard_empty_open(st);
+            }
             return Err(StoreError::Busy("batch buffers"));
         }
+        let lsn = st.writer.next_lsn;
+        st.writer.next_lsn += 1;
+        let batch = st.writer.open.as_mut().expect("checked above");
         let value_at = if inline {
             (batch.meta_used - batch.meta_base + RECORD_HEADER_BYTES + req.key.len()) as u32
         } else {
@@ -208,18 +230,19 @@ impl<Q: BlockQueue> Inner<Q> {
             value_crc: value_crc(req.value),
         };
         let at = batch.meta_used;
+        // `fits` checked both capacities: these lengths cannot fail.
         batch
             .meta
             .set_len(at + meta_add)
-            .map_err(|_| StoreError::Busy("batch buffer"))?;
+            .expect("meta capacity checked by fits");
         header.encode(req.key, &mut batch.meta[at..at + meta_add]);
         if inline {
             batch.meta[at + RECORD_HEADER_BYTES + req.key.len()..at + meta_add].copy_from_slice(req.value);
         } else {
-            let v = batch.values.as_mut().expect("allocated above");
+            let v = batch.values.as_mut().expect("value buffer checked by fits");
             let vat = batch.values_used;
             v.set_len(vat + values_add)
-                .map_err(|_| StoreError::Busy("value buffer"))?;
+                .expect("value capacity checked by fits");
             v[vat..vat + req.value.len()].copy_from_slice(req.value);
             v[vat + req.value.len()..vat + values_add].fill(0);
             batch.values_used += values_add;
@@ -242,11 +265,28 @@ impl<Q: BlockQueue> Inner<Q> {
         Ok(batch.done.clone())
     }
 
+    /// Seals the open batch for writing; an open batch without records is discarded.
     fn seal_open(&self, st: &mut State) {
+        if st.writer.open.as_ref().is_some_and(|b| b.records.is_empty()) {
+            self.discard_empty_open(st);
+            return;
+        }
         if let Some(b) = st.writer.open.take() {
             st.writer.plan_pos = b.end(self.block);
             st.writer.last_sealed = Some(b.done.clone());
             st.writer.sealed.push_back(b);
+        }
+    }
+
+    /// Undoes `open_batch` for a batch that holds no record: its buffers go back to the
+    /// pool and the next batch starts where it would have.
+    fn discard_empty_open(&self, st: &mut State) {
+        if let Some(b) = st.writer.open.take() {
+            debug_assert!(b.records.is_empty());
+            st.segments.get_mut(b.segment).batches_outstanding -= 1;
+            // Nobody can wait on it (a completion is handed out only with a record), but
+            // nothing is left pending if someone did.
+            b.done.finish(Ok(()));
         }
     }
 
@@ -308,12 +348,15 @@ impl<Q: BlockQueue> Inner<Q> {
                 first_lsn: info.first_lsn,
                 segment_index: seg,
                 uuid: self.uuid,
+                freed: false,
             };
             h.encode(&mut meta[..SEGMENT_HEADER_BYTES]);
         }
         st.segments.get_mut(seg).batches_outstanding += 1;
+        let segment_seq = st.segments.get(seg).seq;
         st.writer.open = Some(Batch {
             segment: seg,
+            segment_seq,
             write_start: st.writer.plan_pos,
             meta_base,
             meta,
@@ -357,14 +400,22 @@ impl<Q: BlockQueue> Inner<Q> {
     async fn write_batch(self: &Rc<Self>, mut batch: Batch) {
         let block = self.block;
         let (batch_at, value_area_at, end) = (batch.batch_at(), batch.value_area_at(block), batch.end(block));
+        assert!(
+            !batch.records.is_empty(),
+            "a batch without records is never written"
+        );
         let header = BatchHeader {
             record_count: batch.records.len() as u32,
             meta_len: (batch.meta_used - batch.meta_base) as u32,
             batch_len: (end - batch_at) as u32,
             first_lsn: batch.first_lsn,
             last_lsn: batch.last_lsn,
+            segment_seq: batch.segment_seq,
         };
-        header.encode(&mut batch.meta[batch.meta_base..batch.meta_base + BATCH_HEADER_BYTES]);
+        header.encode(
+            &self.uuid,
+            &mut batch.meta[batch.meta_base..batch.meta_base + BATCH_HEADER_BYTES],
+        );
         let Batch {
             segment,
             write_start,
@@ -431,10 +482,10 @@ impl<Q: BlockQueue> Inner<Q> {
                 fail_segment(&mut st, segment, "an earlier batch in its segment failed");
             }
         }
-        let next = next_batch_done(&st);
+        let queued = queued_batch_dones(&st);
         drop(st);
         done.finish(result);
-        if let Some(next) = next {
+        for next in queued {
             next.wake_all();
         }
     }
@@ -464,11 +515,11 @@ impl<Q: BlockQueue> Drop for LeaderGuard<Q> {
             self.segment,
             "the write of an earlier batch was abandoned",
         );
-        let next = next_batch_done(&st);
+        let queued = queued_batch_dones(&st);
         drop(st);
         self.done
             .finish(Err("the write was abandoned before it completed".into()));
-        if let Some(next) = next {
+        for next in queued {
             next.wake_all();
         }
     }
@@ -528,23 +579,32 @@ pub fn live_size(key: &[u8], value_len: u32) -> u64 {
 }
 
 /// The completion of the newest batch staged so far: batches are written in order, so once
-/// it is durable every record staged before it is too.
+/// it is durable every record staged before it is too (it may be durable already).
 pub(crate) fn newest_staged_batch(st: &State) -> Option<Rc<BatchDone>> {
     st.writer
         .open
         .as_ref()
+        .filter(|b| !b.records.is_empty())
         .map(|b| b.done.clone())
         .or_else(|| st.writer.last_sealed.clone())
 }
 
-/// The completion of the batch that will be written next, whose waiters should elect a
-/// new leader.
-fn next_batch_done(st: &State) -> Option<Rc<BatchDone>> {
+/// Whether the batch behind `done` has yet to finish.
+pub(crate) fn done_pending(done: &BatchDone) -> bool {
+    done.result.borrow().is_none()
+}
+
+/// The completions of every batch still to be written, in order. When a write ends, all of
+/// their waiters are woken and the first to run becomes the leader. Waking only the next
+/// batch's waiters wedged the store when that batch had none (its writer gave up, or its
+/// request was dropped): the batches behind it waited for an unrelated write.
+fn queued_batch_dones(st: &State) -> Vec<Rc<BatchDone>> {
     st.writer
         .sealed
-        .front()
+        .iter()
+        .chain(st.writer.open.as_ref())
         .map(|b| b.done.clone())
-        .or_else(|| st.writer.open.as_ref().map(|b| b.done.clone()))
+        .collect()
 }
 
 fn forget_pending(st: &mut State, records: &[Staged]) {

@@ -24,6 +24,10 @@ pub struct StoreMetrics {
     pub gc_dropped_tombstones: Cell<u64>,
     /// GC steps a write ran (or waited for) because free space was down to the reserve.
     pub write_stalls: Cell<u64>,
+    /// Writes answered Busy by the engine after waiting for buffers or batches.
+    pub busy: Cell<u64>,
+    /// Batches replayed at open whose LSNs did not follow the ones before them.
+    pub recovery_lsn_anomalies: Cell<u64>,
 }
 
 pub fn bump(c: &Cell<u64>, by: u64) {
@@ -51,6 +55,8 @@ pub struct StoreCounters {
     pub gc_freed_segments: u64,
     pub gc_dropped_tombstones: u64,
     pub write_stalls: u64,
+    pub busy: u64,
+    pub recovery_lsn_anomalies: u64,
 }
 
 impl StoreMetrics {
@@ -74,6 +80,8 @@ impl StoreMetrics {
             gc_freed_segments: self.gc_freed_segments.get(),
             gc_dropped_tombstones: self.gc_dropped_tombstones.get(),
             write_stalls: self.write_stalls.get(),
+            busy: self.busy.get(),
+            recovery_lsn_anomalies: self.recovery_lsn_anomalies.get(),
         }
     }
 }

@@ -15,7 +15,7 @@ use super::format::{RecordKind, SegmentHeader, Superblock, SEGMENTS_START, SUPER
 use super::group_commit::live_size;
 use super::group_commit::Writer;
 use super::index::{Index, IndexEntry, Upsert};
-use super::scan::{scan_segment, ScanEnd, ScanLimits};
+use super::scan::{scan_segment, ScanEnd, ScanLimits, SegmentLife};
 use super::segments::SegmentTable;
 
 /// What opening the store found.
@@ -28,6 +28,11 @@ pub struct RecoveryReport {
     pub live_bytes: u64,
     pub bytes_scanned: u64,
     pub torn_tails: u32,
+    /// Batches whose LSNs did not follow the ones before them in their segment; replayed
+    /// anyway (see `scan_segment`). Nonzero means a defect or corruption to look into.
+    pub lsn_anomalies: u32,
+    /// Freed segments whose marks were read for the LSN and sequence high-water marks.
+    pub freed_marks: u32,
     pub seconds: f64,
 }
 
@@ -143,8 +148,14 @@ impl<Q: BlockQueue> Store<Q> {
                 }
             });
             for (&seg, head) in chunk.iter().zip(join_all(reads.collect()).await) {
-                if let Some(h) = SegmentHeader::decode(&head?, &sb.uuid, seg) {
-                    found.push(h);
+                match SegmentHeader::decode(&head?, &sb.uuid, seg) {
+                    Some(h) if h.freed => {
+                        report.freed_marks += 1;
+                        max_lsn = max_lsn.max(h.first_lsn);
+                        segments.note_seq(h.seq);
+                    }
+                    Some(h) => found.push(h),
+                    None => {}
                 }
             }
         }
@@ -178,7 +189,12 @@ impl<Q: BlockQueue> Store<Q> {
             };
             let scan_this = async {
                 let seg = h.segment_index;
-                let (end, how) = scan_segment(&image, h.first_lsn, limits, |r| {
+                let life = SegmentLife {
+                    uuid: sb.uuid,
+                    seq: h.seq,
+                    first_lsn: h.first_lsn,
+                };
+                let summary = scan_segment(&image, &life, limits, |r| {
                     report.records_replayed += 1;
                     max_lsn = max_lsn.max(r.header.lsn);
                     let rh = &r.header;
@@ -203,10 +219,19 @@ impl<Q: BlockQueue> Store<Q> {
                 });
                 report.bytes_scanned += image.len() as u64;
                 report.segments_scanned += 1;
-                if how == ScanEnd::Torn {
+                if summary.how == ScanEnd::Torn {
                     report.torn_tails += 1;
                 }
-                (end as u64).div_ceil(block) * block
+                if summary.lsn_anomalies > 0 {
+                    report.lsn_anomalies += summary.lsn_anomalies;
+                    tracing::warn!(
+                        segment = seg,
+                        seq = h.seq,
+                        batches = summary.lsn_anomalies,
+                        "recovery: batches whose LSNs do not follow; replayed (their CRC binds them to this segment)"
+                    );
+                }
+                (summary.end as u64).div_ceil(block) * block
             };
             let (next_image, written) = futures_lite::future::zip(read_next, scan_this).await;
             prefetched = next_image.transpose()?;
@@ -229,6 +254,11 @@ impl<Q: BlockQueue> Store<Q> {
             cache: Cache::new(cfg.cache_bytes),
         };
         let store = Store::from_parts(queue, cfg, sb.uuid, state);
+        store
+            .inner
+            .metrics
+            .recovery_lsn_anomalies
+            .set(report.lsn_anomalies as u64);
         report.seconds = started.elapsed().as_secs_f64();
         Ok((store, report))
     }

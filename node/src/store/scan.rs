@@ -34,37 +34,73 @@ pub struct ScanLimits {
     pub max_value: usize,
 }
 
-/// Calls `f` for each record of each valid batch of a segment whose header said
-/// `first_lsn`, in log order; returns the end of the valid log and why it ended.
+/// The incarnation of a segment being scanned, from its segment header.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentLife {
+    pub uuid: [u8; 16],
+    pub seq: u64,
+    pub first_lsn: u64,
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanSummary {
+    /// End of the valid log within the image.
+    pub end: usize,
+    pub how: ScanEnd,
+    /// Batches of this incarnation whose LSNs did not follow the ones before them. They
+    /// are replayed anyway (see `scan_segment`), and reported.
+    pub lsn_anomalies: u32,
+}
+
+/// Calls `f` for each record of each valid batch of one incarnation of a segment, in log
+/// order, and says where and why the log ends.
+///
+/// A batch whose LSNs do not follow is not taken for the end of the log. Its header's CRC
+/// covers the store's uuid and it names this incarnation's sequence number, so this store
+/// wrote it into this life of the segment, after the batches before it: its records are
+/// acknowledged data. Stopping there would silently drop it and every batch after it
+/// (issue 16: an empty batch with LSN 0 hid every later write of its segment). Replaying it
+/// is safe because the index keeps the highest version of each key, whatever the order.
 pub fn scan_segment(
     seg: &[u8],
-    first_lsn: u64,
+    life: &SegmentLife,
     limits: ScanLimits,
     mut f: impl FnMut(&ScannedRecord<'_>),
-) -> (usize, ScanEnd) {
+) -> ScanSummary {
     let mut pos = SEGMENT_HEADER_BYTES;
-    let mut last_lsn = first_lsn.saturating_sub(1);
+    let mut last_lsn = life.first_lsn.saturating_sub(1);
     let mut records = Vec::new();
+    let mut lsn_anomalies = 0;
+    let summary = |end: usize, how: ScanEnd, lsn_anomalies: u32| ScanSummary {
+        end,
+        how,
+        lsn_anomalies,
+    };
     loop {
         if pos + BATCH_HEADER_BYTES > seg.len() {
-            return (pos.min(seg.len()), ScanEnd::Full);
+            return summary(pos.min(seg.len()), ScanEnd::Full, lsn_anomalies);
         }
-        let bh = match BatchHeader::decode(&seg[pos..]) {
+        let bh = match BatchHeader::decode(&seg[pos..], &life.uuid) {
             Ok(bh) => bh,
-            Err(RecordError::NoRecord) => return (pos, ScanEnd::Clean),
-            Err(_) => return (pos, ScanEnd::Torn),
+            Err(RecordError::NoRecord) => return summary(pos, ScanEnd::Clean, lsn_anomalies),
+            Err(_) => return summary(pos, ScanEnd::Torn, lsn_anomalies),
         };
-        if bh.first_lsn <= last_lsn || bh.first_lsn < first_lsn {
-            return (pos, ScanEnd::Clean);
+        if bh.segment_seq != life.seq {
+            // Written by an earlier life of this segment: the current log ends here.
+            return summary(pos, ScanEnd::Clean, lsn_anomalies);
         }
         records.clear();
         if !parse_batch(seg, pos, &bh, limits, &mut records) {
-            return (pos, ScanEnd::Torn);
+            return summary(pos, ScanEnd::Torn, lsn_anomalies);
+        }
+        if bh.first_lsn <= last_lsn || bh.first_lsn < life.first_lsn {
+            lsn_anomalies += 1;
         }
         for r in &records {
             f(r);
         }
-        last_lsn = bh.last_lsn;
+        last_lsn = last_lsn.max(bh.last_lsn);
         pos += bh.batch_len as usize;
     }
 }
@@ -131,9 +167,25 @@ mod tests {
         max_key: 1024,
         max_value: 1 << 20,
     };
+    const UUID: [u8; 16] = [7; 16];
 
-    /// Writes a batch at `pos` holding (lsn, key, value, inline) records; returns its end.
-    fn batch(seg: &mut [u8], pos: usize, recs: &[(u64, &[u8], &[u8], bool)]) -> usize {
+    fn life(seq: u64, first_lsn: u64) -> SegmentLife {
+        SegmentLife {
+            uuid: UUID,
+            seq,
+            first_lsn,
+        }
+    }
+
+    /// Writes a batch of incarnation `seq` at `pos` holding (lsn, key, value, inline)
+    /// records, bound to `uuid`; returns its end.
+    fn batch_of(
+        seg: &mut [u8],
+        pos: usize,
+        uuid: &[u8; 16],
+        seq: u64,
+        recs: &[(u64, &[u8], &[u8], bool)],
+    ) -> usize {
         let mut meta = pos + BATCH_HEADER_BYTES;
         let mut values = Vec::new();
         for &(lsn, key, value, inline) in recs {
@@ -170,15 +222,26 @@ mod tests {
             batch_len: (end - pos) as u32,
             first_lsn: recs[0].0,
             last_lsn: recs[recs.len() - 1].0,
+            segment_seq: seq,
         };
-        bh.encode(&mut seg[pos..]);
+        bh.encode(uuid, &mut seg[pos..]);
         end
     }
 
-    fn keys(seg: &[u8], first_lsn: u64) -> (Vec<Vec<u8>>, ScanEnd) {
+    /// A batch of incarnation 1 of this store.
+    fn batch(seg: &mut [u8], pos: usize, recs: &[(u64, &[u8], &[u8], bool)]) -> usize {
+        batch_of(seg, pos, &UUID, 1, recs)
+    }
+
+    fn keys_in(seg: &[u8], life: SegmentLife) -> (Vec<Vec<u8>>, ScanSummary) {
         let mut out = Vec::new();
-        let (_, end) = scan_segment(seg, first_lsn, LIMITS, |r| out.push(r.key.to_vec()));
-        (out, end)
+        let summary = scan_segment(seg, &life, LIMITS, |r| out.push(r.key.to_vec()));
+        (out, summary)
+    }
+
+    fn keys(seg: &[u8], first_lsn: u64) -> (Vec<Vec<u8>>, ScanEnd) {
+        let (k, summary) = keys_in(seg, life(1, first_lsn));
+        (k, summary.how)
     }
 
     #[test]
@@ -193,14 +256,15 @@ mod tests {
         assert_eq!(next % 4096, 0);
         batch(&mut seg, next, &[(12, b"c", b"3", true)]);
         let mut values = Vec::new();
-        let (_, how) = scan_segment(&seg, 10, LIMITS, |r| {
+        let summary = scan_segment(&seg, &life(1, 10), LIMITS, |r| {
             if !r.header.inline {
                 assert_eq!(r.value_offset % 4096, 0, "large values start on a block");
             }
             values.push(r.value.to_vec())
         });
         assert_eq!(values, vec![b"1".to_vec(), big, b"3".to_vec()]);
-        assert_eq!(how, ScanEnd::Clean);
+        assert_eq!(summary.how, ScanEnd::Clean);
+        assert_eq!(summary.lsn_anomalies, 0);
     }
 
     #[test]
@@ -223,13 +287,57 @@ mod tests {
         let mut seg = vec![0u8; 64 * 1024];
         let mut pos = SEGMENT_HEADER_BYTES;
         for lsn in 5..8u64 {
-            pos = batch(&mut seg, pos, &[(lsn, b"old", b"x", true)]);
+            pos = batch_of(&mut seg, pos, &UUID, 3, &[(lsn, b"old", b"x", true)]);
         }
-        // The new life writes one batch from lsn 50 over the first old one.
-        batch(&mut seg, SEGMENT_HEADER_BYTES, &[(50, b"new", b"y", true)]);
-        let (k, how) = keys(&seg, 50);
+        // The new life (sequence 9) writes one batch over the first old one. The old
+        // batches after it check out as batches of this store, but of incarnation 3.
+        batch_of(
+            &mut seg,
+            SEGMENT_HEADER_BYTES,
+            &UUID,
+            9,
+            &[(50, b"new", b"y", true)],
+        );
+        let (k, summary) = keys_in(&seg, life(9, 50));
         assert_eq!(k, vec![b"new".to_vec()]);
-        assert_eq!(how, ScanEnd::Clean);
+        assert_eq!(summary.how, ScanEnd::Clean);
+        // Even with LSNs that would follow (an emptied store whose LSNs began again).
+        let mut seg = vec![0u8; 64 * 1024];
+        let next = batch_of(
+            &mut seg,
+            SEGMENT_HEADER_BYTES,
+            &UUID,
+            9,
+            &[(1, b"new", b"y", true)],
+        );
+        batch_of(&mut seg, next, &UUID, 3, &[(2, b"old", b"x", true)]);
+        assert_eq!(keys_in(&seg, life(9, 1)).0, vec![b"new".to_vec()]);
+    }
+
+    #[test]
+    fn a_batch_forged_without_the_store_uuid_is_not_replayed() {
+        // A client's value laid out as a batch (CRC32C is public), but it cannot know the
+        // store's uuid.
+        let mut seg = vec![0u8; 64 * 1024];
+        let next = batch(&mut seg, SEGMENT_HEADER_BYTES, &[(10, b"a", b"1", true)]);
+        batch_of(&mut seg, next, &[0; 16], 1, &[(11, b"victim", b"forged", true)]);
+        let (k, how) = keys(&seg, 10);
+        assert_eq!(k, vec![b"a".to_vec()]);
+        assert_eq!(how, ScanEnd::Torn);
+    }
+
+    #[test]
+    fn lsns_that_do_not_follow_are_reported_and_replayed_past() {
+        // Issue 16: a batch with unexpected LSNs used to end the scan as if it were the end
+        // of the log, hiding every acknowledged batch after it.
+        let mut seg = vec![0u8; 64 * 1024];
+        let mut pos = batch(&mut seg, SEGMENT_HEADER_BYTES, &[(10, b"a", b"1", true)]);
+        pos = batch(&mut seg, pos, &[(4, b"odd", b"2", true)]);
+        batch(&mut seg, pos, &[(11, b"b", b"3", true)]);
+        let (k, summary) = keys_in(&seg, life(1, 10));
+        assert_eq!(k, vec![b"a".to_vec(), b"odd".to_vec(), b"b".to_vec()]);
+        assert_eq!(summary.how, ScanEnd::Clean);
+        assert_eq!(summary.lsn_anomalies, 1);
     }
 
     #[test]

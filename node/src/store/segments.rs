@@ -102,6 +102,17 @@ impl SegmentTable {
         Some((index, seq))
     }
 
+    /// The sequence number of the segment opened last (0 before any).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Records a sequence number recovery found in a freed segment's mark: the next
+    /// segment opened gets a greater one.
+    pub fn note_seq(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
     /// Records a segment found valid by recovery.
     pub fn restore(&mut self, index: u32, seq: u64, first_lsn: u64, written: u64) {
         let s = &mut self.segments[index as usize];
