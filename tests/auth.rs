@@ -93,3 +93,96 @@ fn only_clients_that_prove_the_secret_get_in() {
     let log = std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default();
     assert!(!log.contains(SECRET), "the node logged its secret");
 }
+
+/// Reads until the peer closes; None if it is still open after `limit`.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).ok().map(|_| got)
+}
+
+/// Issue 16: with a secret set, a connection that never finishes the handshake used to
+/// wait for ever and hold one of `net.max_connections`, so anyone who could reach the port
+/// could fill them. The handshake now has one frame timeout from the connection's start.
+#[test]
+fn a_connection_that_never_proves_the_secret_is_closed_and_frees_its_slot() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let port = ports();
+    let cfg = write_config_with(
+        dir.path(),
+        port,
+        &format!("[auth]\nsecret = \"{SECRET}\"\n[net]\nmax_connections = 2\nframe_timeout_ms = 500\n"),
+    );
+    let node = start_with_secret(&cfg, port, SECRET);
+    // Fill shard 0's slots: one says nothing, one asks for a challenge and stops there.
+    let mut silent = TcpStream::connect(node.addr(0)).unwrap();
+    let mut stalled = TcpStream::connect(node.addr(0)).unwrap();
+    stalled
+        .write_all(&encode_request(1, &Request::AuthChallenge, 0).unwrap())
+        .unwrap();
+    let limit = Duration::from_secs(20);
+    assert!(
+        closed_within(&mut silent, limit).is_some(),
+        "a silent unauthenticated connection stayed open"
+    );
+    let got = closed_within(&mut stalled, limit).expect("a half-done handshake stayed open");
+    assert!(
+        parse_frame(&got).unwrap().is_some(),
+        "the challenge was answered first"
+    );
+    // Their slots are free again: a client with the secret gets in and works.
+    let mut c = BlockingClient::connect_with_secret(
+        &node.addr(0),
+        Duration::from_secs(5),
+        Some(SECRET.as_bytes().to_vec()),
+    )
+    .unwrap();
+    c.put(b"after", b"v").unwrap();
+    // An authenticated connection may then stay idle past the deadline.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c.get(b"after", None).unwrap().unwrap().0, b"v");
+}
+
+/// The admin endpoint's request head must arrive whole within its deadline: a client that
+/// trickles a byte at a time used to hold the connection for as long as it kept trickling.
+#[test]
+fn the_admin_endpoint_closes_a_trickling_client() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let port = ports();
+    let cfg = write_config(dir.path(), port);
+    let _node = start(&cfg, port);
+    let mut s = TcpStream::connect(("127.0.0.1", port + 3)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(900))).unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    // A byte every 0.9 s, never the blank line: each read alone is well within the
+    // per-read timeout, but the head as a whole never ends.
+    for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaa"
+        .iter()
+        .cycle()
+        .take(40)
+    {
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        if s.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "the admin endpoint still held a trickling client after {:?}",
+        started.elapsed()
+    );
+}

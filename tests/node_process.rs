@@ -219,6 +219,68 @@ fn a_misrouted_request_is_forwarded_and_answered() {
     );
 }
 
+/// Issue 16: a request forwarded from another shard ran outside the owner's admission
+/// budget, so one shard's clients could flood another. Shard 1's only slot is held by a
+/// put whose payload has not arrived; a put for shard 1 sent through shard 0 is now
+/// answered Busy, and served again once the slot is free.
+#[test]
+fn a_forwarded_request_is_admitted_by_the_owning_shard() {
+    use hotshard_net::codec::encode_request;
+    use hotshard_net::connection::Connection;
+    use hotshard_net::{Request, Status, Target};
+    use std::io::Write;
+    let dir = test_dir();
+    let port = ports();
+    let cfg = write_config_with(
+        dir.path(),
+        port,
+        "[net]\nmax_pending_requests = 1\nframe_timeout_ms = 60000\n",
+    );
+    let node = start(&cfg, port);
+    let map = BlockingClient::connect(&node.addr(0), Duration::from_secs(5))
+        .unwrap()
+        .shard_map()
+        .clone();
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| map.owner(map.partition(k.as_bytes())).unwrap().shard == 1)
+        .unwrap();
+    let target = Target {
+        partition: map.partition(key.as_bytes()),
+        epoch: map.epoch,
+    };
+    let put = Request::Put {
+        key: key.clone().into_bytes(),
+        if_version: None,
+        target,
+    };
+    // Shard 1's one slot: a put whose 1000-byte payload has only begun to arrive.
+    let mut holder = StdTcp::connect(node.addr(1)).unwrap();
+    holder.write_all(&encode_request(1, &put, 1000).unwrap()).unwrap();
+    holder.write_all(&[0u8; 10]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let sock = StdTcp::connect(node.addr(0)).unwrap();
+    let conn = Connection::new(futures_lite::io::AssertAsync::new(sock));
+    let (r, _) = futures_lite::future::block_on(conn.call(&put, b"forwarded")).unwrap();
+    assert_eq!(
+        r.status(),
+        Status::Busy,
+        "shard 1 took a forwarded request beyond its budget"
+    );
+    // The slot comes free when the held put ends; then the forwarded put is served.
+    holder.write_all(&[0u8; 990]).unwrap();
+    let mut ok = false;
+    for _ in 0..50 {
+        let (r, _) = futures_lite::future::block_on(conn.call(&put, b"forwarded")).unwrap();
+        if r.status() == Status::Ok {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "the forwarded put was never served once shard 1 had room");
+}
+
 #[test]
 fn a_bad_config_is_refused_with_the_key_named() {
     let dir = test_dir();

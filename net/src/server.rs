@@ -14,7 +14,7 @@ use std::future::Future;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::io::{split, BufReader, ReadHalf, WriteHalf};
 use futures_lite::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -89,6 +89,7 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// A frame that has begun must arrive whole within this time, and a batch of replies
     /// must leave within it; otherwise the connection is closed (slow or stuck peers).
+    /// With a secret set, the handshake must also be over within this time of connecting.
     pub frame_timeout: Duration,
 }
 
@@ -114,6 +115,14 @@ pub struct ConnectionReport {
     /// The stop signal ended it: every request read was answered, then the connection
     /// closed with a FIN.
     pub stopped: bool,
+}
+
+/// What ended a connection's wait for its next frame.
+enum Idle {
+    Read(std::io::Result<usize>),
+    Stopped,
+    /// The connection had not proved the secret within its handshake deadline.
+    HandshakeExpired,
 }
 
 /// Budget held by one admitted request, given back when its reply is gone.
@@ -255,6 +264,7 @@ where
     };
     let mut report = ConnectionReport::default();
     let mut authenticated = handler.secret().is_none();
+    let handshake_deadline = Instant::now() + cfg.frame_timeout;
     let mut nonce: Option<[u8; crate::auth::NONCE_BYTES]> = None;
     loop {
         // Backpressure: read nothing more until a reply has gone out.
@@ -275,22 +285,40 @@ where
         // has begun, all of it must arrive within the frame timeout.
         // Stopping: take no new frame, even one whose first bytes are buffered (its sender
         // gets no answer for it, and a FIN after the last answer).
+        // Before it has proved the secret, a connection is not idle but in its handshake,
+        // which must end within one frame timeout of the connection's start: otherwise
+        // anyone who can reach the port holds a connection slot for ever by saying nothing.
+        let handshake_left =
+            (!authenticated).then(|| handshake_deadline.saturating_duration_since(Instant::now()));
         let filled = if stop.is_stopped() {
-            None
+            Idle::Stopped
         } else {
-            futures_lite::future::or(async { Some(r.fill_buf().await.map(<[u8]>::len)) }, async {
+            let read = async { Idle::Read(r.fill_buf().await.map(<[u8]>::len)) };
+            let stopped = async {
                 stop.stopped().await;
-                None
-            })
-            .await
+                Idle::Stopped
+            };
+            let handshake_over = async {
+                match handshake_left {
+                    Some(left) => glommio::timer::sleep(left).await,
+                    None => std::future::pending::<()>().await,
+                }
+                Idle::HandshakeExpired
+            };
+            futures_lite::future::or(read, futures_lite::future::or(stopped, handshake_over)).await
         };
         match filled {
-            None => {
+            Idle::Stopped => {
                 report.stopped = true;
                 return report;
             }
-            Some(Ok(0)) | Some(Err(_)) => return report,
-            Some(Ok(_)) => {}
+            Idle::HandshakeExpired => {
+                report.unauthorized = true;
+                report.timed_out = true;
+                return report;
+            }
+            Idle::Read(Ok(0)) | Idle::Read(Err(_)) => return report,
+            Idle::Read(Ok(_)) => {}
         }
         let b = r.buffer();
         let head_bytes = if b.len() >= PREAMBLE_BYTES {
@@ -298,13 +326,11 @@ where
         } else {
             usize::MAX
         };
-        let head = within(
-            r.buffer().len(),
-            head_bytes,
-            cfg.frame_timeout,
-            read_head(&mut *r),
-        )
-        .await;
+        let frame_timeout = match handshake_left {
+            Some(left) => left.min(cfg.frame_timeout),
+            None => cfg.frame_timeout,
+        };
+        let head = within(r.buffer().len(), head_bytes, frame_timeout, read_head(&mut *r)).await;
         let (preamble, header) = match head {
             None => {
                 report.timed_out = true;

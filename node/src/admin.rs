@@ -18,6 +18,10 @@ const MAX_REQUEST_HEAD: usize = 4096;
 /// How long a scrape may take to send its request or read the answer: an idle connection
 /// would otherwise hold a descriptor (which the data connections share) for ever.
 const ADMIN_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The whole request head must arrive within this, however it trickles in: a per-read
+/// timeout alone let a client that sends a byte every few seconds hold a connection for
+/// hours.
+const ADMIN_HEAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The Prometheus text of all shards: this one's, and the others' fetched over the mesh.
 pub async fn all_metrics<Q: BlockQueue + 'static>(handler: &ShardHandler<Q>, shards: usize) -> String {
@@ -47,14 +51,20 @@ pub async fn serve_admin<Q: BlockQueue + 'static>(
             {
                 return;
             }
-            let mut head = Vec::new();
-            let mut buf = [0u8; 512];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
+            let read_head = async {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 512];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return Ok(None),
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
                 }
-            }
+                Ok(Some(head))
+            };
+            let Ok(Some(head)) = glommio::timer::timeout(ADMIN_HEAD_DEADLINE, read_head).await else {
+                return;
+            };
             let line = String::from_utf8_lossy(&head);
             let path = line.split_whitespace().nth(1).unwrap_or("");
             let (status, body) = match path {

@@ -133,9 +133,8 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
                     } => {
                         let (handler, peers) = (handler.clone(), peers.clone());
                         glommio::spawn_local(async move {
-                            let reply = handler.execute(request, payload).await;
-                            let body = reply.payload.map(|p| p.as_ref().to_vec()).unwrap_or_default();
-                            peers.reply(from, token, reply.response, body).await;
+                            let reply = handler.answer_forwarded(request, payload).await;
+                            peers.reply(from, token, reply.0, reply.1).await;
                         })
                         .detach();
                     }

@@ -166,6 +166,46 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     }
 }
 
+impl<Q: BlockQueue + 'static> ShardHandler<Q> {
+    /// Answers a request another local shard forwarded here. It is admitted against this
+    /// shard's own budget, like a request from one of its connections (Busy over it), and
+    /// counted in flight while it is answered: otherwise one shard's clients could flood
+    /// another shard past its budget. The budget is held until the answer is ready (its body
+    /// then travels back as a copy, charged to the forwarding connection's shard).
+    pub async fn answer_forwarded(
+        self: Rc<Self>,
+        request: Request,
+        payload: Option<Vec<u8>>,
+    ) -> (Response, Vec<u8>) {
+        let len = payload.as_ref().map_or(0, Vec::len);
+        let held = match self.admit(&request, len) {
+            Ok(held) => held,
+            Err(status) => return (Response::new(status), Vec::new()),
+        };
+        let _release = held.map(|bytes| Held {
+            admission: &self.admission,
+            bytes,
+        });
+        self.in_flight.set(self.in_flight.get() + 1);
+        let _counted = InFlight(&self.in_flight);
+        let reply = self.execute(request, payload).await;
+        let body = reply.payload.map(|p| p.as_ref().to_vec()).unwrap_or_default();
+        (reply.response, body)
+    }
+}
+
+/// Gives an admitted forwarded request's budget back, however its answer ends.
+struct Held<'a> {
+    admission: &'a crate::admission::Admission,
+    bytes: usize,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.admission.release(self.bytes);
+    }
+}
+
 impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
     type In = Vec<u8>;
     type Out = OutBuf;
