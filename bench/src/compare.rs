@@ -76,23 +76,28 @@ pub fn compare(base: &LoadSpec, targets: &[String], rounds: usize) -> anyhow::Re
     })
 }
 
-pub fn print(c: &Comparison) {
+pub fn print(c: &Comparison, allow_errors: bool) {
     println!(
-        "{:<6} {:<34} {:>11} {:>9} {:>9} {:>9} {:>8}",
-        "round", "target", "ops/s", "p50 us", "p99 us", "p99.9 us", "vs first"
+        "{:<6} {:<34} {:>11} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        "round", "target", "ops/s", "p50 us", "p99 us", "p99.9 us", "vs first", "errors"
     );
     for (i, row) in c.rounds.iter().enumerate() {
         for r in row {
             let f = &r.figures;
+            let vs_first = match crate::report::ratio_refused(&row[0], r, allow_errors) {
+                None => format!("{:.3}", f.iops / row[0].figures.iops),
+                Some(_) => "-".to_string(),
+            };
             println!(
-                "{:<6} {:<34} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>8.3}",
+                "{:<6} {:<34} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>8} {:>7}",
                 i + 1,
                 r.target,
                 f.iops,
                 f.p50_us,
                 f.p99_us,
                 f.p999_us,
-                f.iops / row[0].figures.iops
+                vs_first,
+                crate::report::error_replies(r)
             );
         }
     }
@@ -102,6 +107,13 @@ pub fn print(c: &Comparison) {
         .and_then(|r| r.first())
         .map(|r| r.target.clone())
         .unwrap_or_default();
+    let errors: u64 = c.rounds.iter().flatten().map(crate::report::error_replies).sum();
+    if errors > 0 && !allow_errors {
+        println!(
+            "no median ratio: the runs had {errors} error replies in all (pass --allow-errors to print it anyway)"
+        );
+        return;
+    }
     for (t, m) in &c.median_ratio {
         println!("median ratio {t} / {first}: ops/s {m:.3}");
     }

@@ -157,6 +157,10 @@ pub struct WorkloadArgs {
     progress: bool,
     #[arg(long)]
     quiet: bool,
+    /// Print ratios even for runs with error replies (Busy, NoSpace...). Without it, a run
+    /// with errors gets no ratio: a target that sheds load is not comparable.
+    #[arg(long)]
+    allow_errors: bool,
 }
 
 impl WorkloadArgs {
@@ -355,7 +359,7 @@ fn main() -> anyhow::Result<()> {
             for target in &a.target {
                 rows.push(load::run_load(&a.workload.spec(target))?);
             }
-            report::print_load(&rows, a.json)?;
+            report::print_load(&rows, a.json, a.workload.allow_errors)?;
             report::fail_on_verify(&rows)?;
         }
         Command::Compare(a) => {
@@ -364,7 +368,7 @@ fn main() -> anyhow::Result<()> {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&c)?);
             } else {
-                compare::print(&c);
+                compare::print(&c, a.workload.allow_errors);
             }
         }
         Command::Sweep(a) => {

@@ -2,7 +2,25 @@
 
 use crate::load::LoadFigures;
 
-pub fn print_load(rows: &[LoadFigures], json: bool) -> anyhow::Result<()> {
+/// Error replies (Busy included) in a run, over every operation kind.
+pub fn error_replies(r: &LoadFigures) -> u64 {
+    r.errors.values().sum()
+}
+
+/// Why a ratio between `a` and `b` is not printed, if it is not: a run with error replies
+/// is not comparable (errors are not counted as operations, but a target that sheds load
+/// still runs lighter than one that serves it all).
+pub fn ratio_refused(a: &LoadFigures, b: &LoadFigures, allow_errors: bool) -> Option<String> {
+    let (ea, eb) = (error_replies(a), error_replies(b));
+    (!allow_errors && ea + eb > 0).then(|| {
+        format!(
+            "no ratio {} / {}: the runs had {eb} and {ea} error replies (pass --allow-errors to print it anyway)",
+            b.target, a.target
+        )
+    })
+}
+
+pub fn print_load(rows: &[LoadFigures], json: bool, allow_errors: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(rows)?);
         return Ok(());
@@ -11,6 +29,7 @@ pub fn print_load(rows: &[LoadFigures], json: bool) -> anyhow::Result<()> {
         "{:<24} {:>11} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
         "target", "ops/s", "MB/s", "p50 us", "p99 us", "p99.9 us", "CPU/op", "errors", "notfound"
     );
+    println!("(ops/s and latencies count completed operations only; error replies are counted apart)");
     for r in rows {
         let f = &r.figures;
         println!(
@@ -51,6 +70,10 @@ pub fn print_load(rows: &[LoadFigures], json: bool) -> anyhow::Result<()> {
     if rows.len() > 1 {
         let a = &rows[0].figures;
         for r in &rows[1..] {
+            if let Some(why) = ratio_refused(&rows[0], r, allow_errors) {
+                println!("{why}");
+                continue;
+            }
             let f = &r.figures;
             println!(
                 "ratio {} / {}: ops/s {:.3}, p50 {:.3}, p99 {:.3}, p99.9 {:.3}",

@@ -233,13 +233,15 @@ fn the_hotshard_target_proves_the_nodes_secret() {
     );
 }
 
-/// A RESP server that stores nothing and answers every GET with the same 100 bytes.
-fn lying_redis() -> u16 {
+/// A RESP server that stores nothing and answers each command with `answer(command)`.
+fn fake_redis(answer: impl Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
+    let answer = Arc::new(answer);
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(s) = s else { return };
+            let answer = answer.clone();
             std::thread::spawn(move || {
                 let mut w = s.try_clone().unwrap();
                 let mut r = BufReader::new(s);
@@ -258,15 +260,9 @@ fn lying_redis() -> u16 {
                         r.read_exact(&mut b).unwrap();
                         words.push(b);
                     }
-                    let reply: Vec<u8> = if words[0].starts_with(b"GET") {
-                        let mut v = b"$100\r\n".to_vec();
-                        v.extend_from_slice(&[7u8; 100]);
-                        v.extend_from_slice(b"\r\n");
-                        v
-                    } else {
-                        b"+OK\r\n".to_vec()
-                    };
-                    if w.write_all(&reply).is_err() {
+                    let mut command = words.concat();
+                    command.truncate(64);
+                    if w.write_all(&answer(&command)).is_err() {
                         return;
                     }
                 }
@@ -274,6 +270,139 @@ fn lying_redis() -> u16 {
         }
     });
     port
+}
+
+/// A RESP server that stores nothing and answers every GET with the same 100 bytes.
+fn lying_redis() -> u16 {
+    fake_redis(|command| {
+        if command.starts_with(b"GET") {
+            let mut v = b"$100\r\n".to_vec();
+            v.extend_from_slice(&[7u8; 100]);
+            v.extend_from_slice(b"\r\n");
+            v
+        } else {
+            b"+OK\r\n".to_vec()
+        }
+    })
+}
+
+/// Issue 16: error replies were counted as completed operations, so a target that shed
+/// load looked faster than one that served it. A target that answers every request with
+/// an error has no throughput at all, and no ratio is printed against it unless asked.
+#[test]
+fn error_replies_are_not_operations_and_get_no_ratio() {
+    let good = lying_redis();
+    let shedding = fake_redis(|_| b"-ERR overloaded\r\n".to_vec());
+    let args = |extra: &'static [&'static str]| {
+        let mut a: Vec<String> = [
+            "run",
+            "--target",
+            &format!("redis://127.0.0.1:{good}"),
+            "--target",
+            &format!("redis://127.0.0.1:{shedding}"),
+            "--keys",
+            "100",
+            "--value-size",
+            "100",
+            "--duration",
+            "300ms",
+            "--cores",
+            "1",
+            "--connections",
+            "1",
+            "--pipeline",
+            "4",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let out = run(&args(&["--json"]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = json_rows(&out);
+    let shed = &rows[1];
+    let errors: u64 = shed["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(errors > 0, "{shed}");
+    assert_eq!(
+        shed["iops"].as_f64().unwrap(),
+        0.0,
+        "errors counted as operations: {shed}"
+    );
+    let served: u64 = shed["by_op"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(served, 0, "{shed}");
+
+    let out = run(&args(&[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("no ratio"), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("ratio ")), "{text}");
+    let out = run(&args(&["--allow-errors"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("ratio redis")), "{text}");
+}
+
+/// `--preload` aborted the whole run on the first Busy; Busy means try later. A server
+/// that answers each key's first two SETs with -BUSY is preloaded in full.
+#[test]
+fn preload_retries_busy_answers() {
+    let refused = Arc::new(std::sync::Mutex::new(
+        std::collections::HashMap::<Vec<u8>, u32>::new(),
+    ));
+    let count = refused.clone();
+    let busy_answers = Arc::new(AtomicUsize::new(0));
+    let seen = busy_answers.clone();
+    let port = fake_redis(move |command| {
+        if command.starts_with(b"SET") {
+            let mut m = count.lock().unwrap();
+            let n = m.entry(command.to_vec()).or_default();
+            *n += 1;
+            if *n <= 2 {
+                seen.fetch_add(1, Ordering::Relaxed);
+                return b"-BUSY try again later\r\n".to_vec();
+            }
+            return b"+OK\r\n".to_vec();
+        }
+        b"$-1\r\n".to_vec()
+    });
+    let out = run(&[
+        "run",
+        "--target",
+        &format!("redis://127.0.0.1:{port}"),
+        "--keys",
+        "50",
+        "--value-size",
+        "16",
+        "--mix",
+        "get",
+        "--duration",
+        "200ms",
+        "--preload",
+        "--cores",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "preload gave up on Busy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        busy_answers.load(Ordering::Relaxed) >= 100,
+        "every key was refused twice"
+    );
 }
 
 #[test]

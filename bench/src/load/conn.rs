@@ -190,7 +190,10 @@ impl Conn {
         self.outstanding.sub(1);
         let now = Instant::now();
         let mut stats = self.stats.borrow_mut();
-        if p.intended >= stats.warm_end {
+        // An error reply (Busy included) is not a completed operation: it is counted
+        // apart, so that a target that sheds load does not look faster than one that serves.
+        let completed = !matches!(reply.answer, Answer::Error(_));
+        if completed && p.intended >= stats.warm_end {
             let ns = now.duration_since(p.intended).as_nanos().max(1) as u64;
             stats.hist.record(ns).ok();
             *stats.by_op.entry(op_name(p.op)).or_default() += 1;

@@ -468,8 +468,19 @@ async fn thread_load(
     })
 }
 
+/// An error reply that means "try later": hotshard's Busy, or a RESP `-BUSY` line.
+fn is_busy(error: &str) -> bool {
+    error == "Busy" || error.starts_with("-BUSY")
+}
+
+/// First pause before a preload put answered Busy goes again; it doubles up to the max.
+const PRELOAD_FIRST_PAUSE: Duration = Duration::from_millis(1);
+const PRELOAD_MAX_PAUSE: Duration = Duration::from_millis(100);
+/// A node Busy for this long during a preload is not coming back: the run stops.
+const PRELOAD_MAX_WAIT: Duration = Duration::from_secs(60);
+
 /// Writes every key once (write number 1 in verify mode), pipelined, one connection per
-/// listener.
+/// listener; a put answered Busy is retried after a pause.
 async fn preload(
     spec: &LoadSpec,
     proto: Protocol,
@@ -515,10 +526,50 @@ async fn preload(
                     )?;
                 }
                 futures_lite::AsyncWriteExt::write_all(&mut w, &out).await?;
-                for _ in chunk {
+                let mut busy = Vec::new();
+                for &k in chunk {
                     let reply = proto.read_reply(&mut reader).await?;
-                    if let Answer::Error(e) = reply.answer {
-                        anyhow::bail!("preload to {addr}: {e}");
+                    match reply.answer {
+                        Answer::Error(e) if is_busy(&e) => busy.push(reply.id.unwrap_or(k)),
+                        Answer::Error(e) => anyhow::bail!("preload to {addr}: {e}"),
+                        _ => {}
+                    }
+                }
+                // Busy means try later: the keys it refused go again, one at a time, with
+                // a growing pause, until every one is in (or the node stays busy too long).
+                for k in busy {
+                    let mut pause = PRELOAD_FIRST_PAUSE;
+                    let mut waited = Duration::ZERO;
+                    loop {
+                        let len = match &spec.sizes {
+                            ValueSizes::Fixed(n) => *n,
+                            s => s.min() + rng.below((s.max() - s.min() + 1) as u64) as usize,
+                        };
+                        if spec.verify {
+                            fill_value(k, 1, &mut value[..len]);
+                        }
+                        out.clear();
+                        proto.encode(
+                            &mut out,
+                            k,
+                            workload::Op::Put,
+                            &key_bytes(k),
+                            &value[..len],
+                            map.as_ref(),
+                        )?;
+                        futures_lite::AsyncWriteExt::write_all(&mut w, &out).await?;
+                        match proto.read_reply(&mut reader).await?.answer {
+                            Answer::Error(e) if is_busy(&e) => {}
+                            Answer::Error(e) => anyhow::bail!("preload to {addr}: {e}"),
+                            _ => break,
+                        }
+                        anyhow::ensure!(
+                            waited < PRELOAD_MAX_WAIT,
+                            "preload to {addr}: still Busy after {waited:?} of retries"
+                        );
+                        glommio::timer::sleep(pause).await;
+                        waited += pause;
+                        pause = (pause * 2).min(PRELOAD_MAX_PAUSE);
                     }
                 }
             }
