@@ -173,6 +173,17 @@ fn a_restart_with_another_shard_count_is_refused_and_loses_nothing() {
     }
 }
 
+/// The first key `k0`, `k1`, ... that `shard` owns under `map`.
+fn key_owned_by_shard(map: &hotshard_net::shard_map::ShardMap, shard: u32) -> String {
+    (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            map.owner(map.partition(k.as_bytes()))
+                .is_some_and(|o| o.shard == shard)
+        })
+        .expect("some key on every shard")
+}
+
 #[test]
 fn a_misrouted_request_is_forwarded_and_answered() {
     use hotshard_net::connection::Connection;
@@ -185,10 +196,7 @@ fn a_misrouted_request_is_forwarded_and_answered() {
         .shard_map()
         .clone();
     // A key shard 1 owns, sent to shard 0 on purpose.
-    let key = (0..)
-        .map(|i| format!("k{i}"))
-        .find(|k| map.owner(map.partition(k.as_bytes())).unwrap().shard == 1)
-        .unwrap();
+    let key = key_owned_by_shard(&map, 1);
     let target = Target {
         partition: map.partition(key.as_bytes()),
         epoch: map.epoch,
@@ -241,10 +249,7 @@ fn a_forwarded_request_is_admitted_by_the_owning_shard() {
         .unwrap()
         .shard_map()
         .clone();
-    let key = (0..)
-        .map(|i| format!("k{i}"))
-        .find(|k| map.owner(map.partition(k.as_bytes())).unwrap().shard == 1)
-        .unwrap();
+    let key = key_owned_by_shard(&map, 1);
     let target = Target {
         partition: map.partition(key.as_bytes()),
         epoch: map.epoch,

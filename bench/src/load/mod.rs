@@ -473,6 +473,31 @@ fn is_busy(error: &str) -> bool {
     error == "Busy" || error.starts_with("-BUSY")
 }
 
+/// Appends the preload's put of key `k` to `out`: a value of the spec's size, write 1 of
+/// the key in verify mode.
+fn encode_preload_put(
+    spec: &LoadSpec,
+    proto: Protocol,
+    map: Option<&ShardMap>,
+    rng: &mut hotshard_nvme::SplitMix64,
+    value: &mut [u8],
+    k: u64,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let len = match &spec.sizes {
+        ValueSizes::Fixed(n) => *n,
+        s => s.min() + rng.below((s.max() - s.min() + 1) as u64) as usize,
+    };
+    if spec.verify {
+        fill_value(k, 1, &mut value[..len]);
+    } else {
+        for (i, b) in value[..len].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+    }
+    proto.encode(out, k, workload::Op::Put, &key_bytes(k), &value[..len], map)
+}
+
 /// First pause before a preload put answered Busy goes again; it doubles up to the max.
 const PRELOAD_FIRST_PAUSE: Duration = Duration::from_millis(1);
 const PRELOAD_MAX_PAUSE: Duration = Duration::from_millis(100);
@@ -505,25 +530,7 @@ async fn preload(
             for chunk in keys.chunks(128) {
                 out.clear();
                 for &k in chunk {
-                    let len = match &spec.sizes {
-                        ValueSizes::Fixed(n) => *n,
-                        s => s.min() + rng.below((s.max() - s.min() + 1) as u64) as usize,
-                    };
-                    if spec.verify {
-                        fill_value(k, 1, &mut value[..len]);
-                    } else {
-                        for (i, b) in value[..len].iter_mut().enumerate() {
-                            *b = i as u8;
-                        }
-                    }
-                    proto.encode(
-                        &mut out,
-                        k,
-                        workload::Op::Put,
-                        &key_bytes(k),
-                        &value[..len],
-                        map.as_ref(),
-                    )?;
+                    encode_preload_put(&spec, proto, map.as_ref(), &mut rng, &mut value, k, &mut out)?;
                 }
                 futures_lite::AsyncWriteExt::write_all(&mut w, &out).await?;
                 let mut busy = Vec::new();
@@ -541,22 +548,8 @@ async fn preload(
                     let mut pause = PRELOAD_FIRST_PAUSE;
                     let mut waited = Duration::ZERO;
                     loop {
-                        let len = match &spec.sizes {
-                            ValueSizes::Fixed(n) => *n,
-                            s => s.min() + rng.below((s.max() - s.min() + 1) as u64) as usize,
-                        };
-                        if spec.verify {
-                            fill_value(k, 1, &mut value[..len]);
-                        }
                         out.clear();
-                        proto.encode(
-                            &mut out,
-                            k,
-                            workload::Op::Put,
-                            &key_bytes(k),
-                            &value[..len],
-                            map.as_ref(),
-                        )?;
+                        encode_preload_put(&spec, proto, map.as_ref(), &mut rng, &mut value, k, &mut out)?;
                         futures_lite::AsyncWriteExt::write_all(&mut w, &out).await?;
                         match proto.read_reply(&mut reader).await?.answer {
                             Answer::Error(e) if is_busy(&e) => {}
