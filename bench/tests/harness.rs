@@ -304,6 +304,8 @@ fn error_replies_are_not_operations_and_get_no_ratio() {
             "100",
             "--value-size",
             "100",
+            "--mix",
+            "get=50,put=50",
             "--duration",
             "300ms",
             "--cores",
@@ -342,6 +344,11 @@ fn error_replies_are_not_operations_and_get_no_ratio() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(served, 0, "{shed}");
+    assert_eq!(
+        shed["mb_per_s"].as_f64().unwrap(),
+        0.0,
+        "refused puts counted as bytes moved: {shed}"
+    );
 
     let out = run(&args(&[]).iter().map(String::as_str).collect::<Vec<_>>());
     let text = String::from_utf8_lossy(&out.stdout);

@@ -45,6 +45,8 @@ struct Pending {
     id: u64,
     intended: Instant,
     op: Op,
+    /// Bytes of a put's value: counted in MB/s only once the put is acknowledged.
+    value_len: usize,
     key: u64,
     write: u32,
     lo: u32,
@@ -155,11 +157,11 @@ impl Conn {
                 *q = q.saturating_sub(1);
             }
         }
-        stats.bytes += value.len() as u64;
         self.pending.push_back(Pending {
             id: self.next_id,
             intended,
             op,
+            value_len: value.len(),
             key,
             write,
             lo,
@@ -206,7 +208,7 @@ impl Conn {
             Answer::NotFound => stats.not_found += 1,
             Answer::Error(e) => *stats.errors.entry(e.clone()).or_default() += 1,
             Answer::Ok(Some(v)) => stats.bytes += v.len() as u64,
-            Answer::Ok(None) => {}
+            Answer::Ok(None) => stats.bytes += p.value_len as u64,
         }
         drop(stats);
         if let Some(book) = &self.book {
