@@ -1,10 +1,12 @@
-//! hotshard-node: the data node. `store` is one shard's storage engine.
+//! hotshard-node: the data node. `store` is one shard's storage engine (the `hotshard-store`
+//! crate, re-exported).
 
 pub mod admin;
 pub mod admission;
 pub mod config;
 pub mod data_lock;
 pub mod fd_limit;
+pub mod gc_task;
 pub mod limits;
 pub mod listener;
 pub mod peers;
@@ -12,4 +14,4 @@ pub mod serve;
 pub mod shard;
 pub mod shard_handler;
 pub mod shard_stats;
-pub mod store;
+pub use hotshard_store as store;

@@ -1,32 +1,11 @@
-//! Named limits of the node, each with the reason for its value.
+//! Named limits of the node. The engine's limits live in `hotshard-store` and are
+//! re-exported here; where the wire protocol restates one, the two are tied together at
+//! compile time, so that they cannot drift apart.
 
-/// Largest key. Keys live in memory in the index, so they are kept small; 1 KiB covers
-/// object paths and chunk ids with room to spare.
-pub const MAX_KEY_BYTES: usize = 1024;
+pub use hotshard_store::limits::*;
 
-/// Largest value. Chunk servers store chunks of at most a few MiB; 8 MiB bounds the DMA
-/// memory one request can pin.
-pub const MAX_VALUE_BYTES: usize = 8 << 20;
-
-/// Default segment size. A segment must hold the largest record (header + 1 KiB key +
-/// 8 MiB value) plus its segment header, and be large enough that GC moves data in big
-/// sequential reads.
-pub const DEFAULT_SEGMENT_BYTES: u64 = 16 << 20;
-
-/// Smallest segment: below this the segment header and padding waste too much space.
-pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
-
-/// Bytes a group-commit batch collects before it is written even if the device is idle
-/// and more puts are coming; larger batches amortise the FUA better, smaller ones bound
-/// the latency of the first put in the batch.
-pub const DEFAULT_BATCH_BYTES: usize = 1 << 20;
-
-/// Free segments kept back from foreground writes so that GC can always move data and
-/// make progress when the device is full.
-pub const GC_RESERVED_SEGMENTS: u32 = 2;
-
-/// Default byte budget of the hot-object cache per shard.
-pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
-
-/// Largest partition-bit count: partitions are stored as u16 in the index.
-pub const MAX_PARTITION_BITS: u8 = 16;
+// A value the wire accepts is a value the engine stores, and no more.
+const _: () = assert!(hotshard_net::limits::MAX_PAYLOAD_BYTES == MAX_VALUE_BYTES);
+const _: () = assert!(hotshard_net::limits::MAX_KEY_BYTES == MAX_KEY_BYTES);
+// One placement default: the partition count a new store records is the one clients use.
+const _: () = assert!(hotshard_net::placement::DEFAULT_PARTITION_BITS == DEFAULT_PARTITION_BITS);

@@ -13,11 +13,11 @@ use hotshard_net::stop::StopSignal;
 use hotshard_nvme::{AnyQueue, Device, DeviceOptions, DmaFileQueue, UringOptions};
 
 use crate::config::NodeConfig;
+use crate::gc_task::{start_background_gc, GcPacing};
 use crate::listener::{Listener, SHUTDOWN_POLL};
 use crate::peers::{PeerEnds, PeerMsg, Peers};
 use crate::shard_handler::ShardHandler;
 use crate::shard_stats::ShardStats;
-use crate::store::gc_task::{start_background_gc, GcPacing};
 use crate::store::{CommitDurability, Store, StoreConfig};
 
 /// How long a stopping shard waits for requests in flight.

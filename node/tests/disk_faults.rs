@@ -3,6 +3,7 @@
 //! a read fails that object only; EIO on a write fails that put and loses nothing
 //! acknowledged; a full device answers NoSpace; read errors show in the shard's metrics.
 
+#[path = "../store/tests/common/mod.rs"]
 mod common;
 
 use std::cell::Cell;

@@ -2,8 +2,8 @@
 //! value checksum, and the batch record header codec.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use hotshard_node::store::format::value_crc;
-use hotshard_node::store::index::{Index, IndexEntry};
+use hotshard_store::format::value_crc;
+use hotshard_store::index::{Index, IndexEntry};
 
 fn key(i: u64) -> Vec<u8> {
     format!("key:{i:010}").into_bytes()

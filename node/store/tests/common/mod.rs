@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use futures::executor::LocalPool;
-use hotshard_node::store::{Store, StoreConfig};
 use hotshard_nvme::{Device, DeviceOptions, SimDevice, SimQueue, UringOptions, UringQueue};
+use hotshard_store::{Store, StoreConfig};
 
 pub const SIM_BYTES: u64 = 2 << 20;
 pub const SIM_SEGMENT: u64 = 128 << 10;

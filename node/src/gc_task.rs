@@ -7,8 +7,7 @@ use std::time::Duration;
 use glommio::{Latency, Shares, TaskQueueHandle};
 use hotshard_nvme::BlockQueue;
 
-use super::engine::Store;
-use super::gc::GcOutcome;
+use hotshard_store::{GcOutcome, Store};
 
 /// Shares of the GC task queue against the foreground's default 1000.
 const GC_SHARES: usize = 100;

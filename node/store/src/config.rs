@@ -1,11 +1,11 @@
 //! How a shard's store is laid out and tuned.
 
+use crate::error::{StoreError, StoreResult};
+use crate::format::{BATCH_HEADER_BYTES, RECORD_HEADER_BYTES, SEGMENTS_START, SEGMENT_HEADER_BYTES};
 use crate::limits::{
     DEFAULT_BATCH_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_SEGMENT_BYTES, MAX_KEY_BYTES, MAX_PARTITION_BITS,
     MAX_VALUE_BYTES, MIN_SEGMENT_BYTES,
 };
-use crate::store::error::{StoreError, StoreResult};
-use crate::store::format::{BATCH_HEADER_BYTES, RECORD_HEADER_BYTES, SEGMENTS_START, SEGMENT_HEADER_BYTES};
 
 /// How an acknowledged batch is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +49,7 @@ impl StoreConfig {
             batch_bytes: DEFAULT_BATCH_BYTES,
             max_key_bytes: MAX_KEY_BYTES,
             max_value_bytes: MAX_VALUE_BYTES,
-            partition_bits: hotshard_net::placement::DEFAULT_PARTITION_BITS,
+            partition_bits: crate::limits::DEFAULT_PARTITION_BITS,
             shard_index: 0,
             shard_count: 1,
             cache_bytes: DEFAULT_CACHE_BYTES,

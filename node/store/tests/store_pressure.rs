@@ -18,8 +18,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use common::*;
 use futures::executor::{block_on, LocalPool};
 use futures::task::LocalSpawnExt;
-use hotshard_node::store::{GcOutcome, Store, StoreConfig, StoreError};
 use hotshard_nvme::{BlockQueue, SimDevice, SimQueue, SplitMix64};
+use hotshard_store::{GcOutcome, Store, StoreConfig, StoreError};
 
 fn seed() -> u64 {
     let seed = std::env::var("HOTSHARD_PRESSURE_SEED")

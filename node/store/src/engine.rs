@@ -146,11 +146,6 @@ impl<Q: BlockQueue> Store<Q> {
         Ok(())
     }
 
-    /// The partition of `key` under this store's partition count.
-    pub fn partition_of(&self, key: &[u8]) -> u32 {
-        hotshard_net::placement::partition_of(key, self.inner.cfg.partition_bits)
-    }
-
     /// (version, exists) as of what is durable. `write` calls it only when no write of
     /// the key is pending.
     fn current(st: &State, key: &[u8]) -> (u64, bool) {
@@ -442,13 +437,13 @@ impl<Q: BlockQueue> Store<Q> {
         })
     }
 
-    /// The live keys of `partition`, with versions (a snapshot of the index).
-    pub fn keys_in_partition(&self, partition: u32) -> Vec<(Vec<u8>, u64)> {
+    /// The live keys that `keep` accepts, with versions (a snapshot of the index). The
+    /// engine knows nothing of placement: the node passes "is in partition P".
+    pub fn live_keys_where(&self, keep: impl Fn(&[u8]) -> bool) -> Vec<(Vec<u8>, u64)> {
         let st = self.inner.state.borrow();
-        let bits = self.inner.cfg.partition_bits;
         st.index
             .iter()
-            .filter(|(k, e)| !e.tombstone() && hotshard_net::placement::partition_of(k, bits) == partition)
+            .filter(|(k, e)| !e.tombstone() && keep(k))
             .map(|(k, e)| (k.to_vec(), e.version))
             .collect()
     }

@@ -23,8 +23,8 @@ use std::rc::Rc;
 use common::*;
 use futures::executor::{block_on, LocalPool};
 use futures::task::LocalSpawnExt;
-use hotshard_node::store::{CommitDurability, Store, StoreError};
 use hotshard_nvme::{BlockQueue, SimDevice, SimQueue, SplitMix64};
+use hotshard_store::{CommitDurability, Store, StoreError};
 
 const KEYS: u64 = 16;
 const ROUNDS: usize = 3;
@@ -332,7 +332,7 @@ fn run_seeds(durability: CommitDurability, pressure: bool) {
     let test = if pressure { " under_pressure" } else { "" };
     let replay = |seed: u64| {
         format!(
-            "replay: HOTSHARD_CRASH_SEED={seed} cargo test -p hotshard-node --test store_crash{test} (mode {durability:?}, {:?})",
+            "replay: HOTSHARD_CRASH_SEED={seed} cargo test -p hotshard-store --test store_crash{test} (mode {durability:?}, {:?})",
             profile(seed)
         )
     };

@@ -1,5 +1,6 @@
-//! The storage engine of one shard: a crash-safe log-structured object store on a
-//! `BlockQueue`, testable without any socket.
+//! hotshard-store: the storage engine of one shard, a crash-safe log-structured object
+//! store on a `BlockQueue`. It knows nothing of the network, of placement or of any
+//! executor: it is tested on `SimDevice` with a plain local executor.
 
 pub mod cache;
 pub mod config;
@@ -8,9 +9,9 @@ pub mod error;
 pub mod format;
 pub mod gc;
 mod gc_lock;
-pub mod gc_task;
 pub mod group_commit;
 pub mod index;
+pub mod limits;
 pub mod metrics;
 pub mod recovery;
 pub mod scan;

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 
 use common::*;
 use futures::executor::block_on;
-use hotshard_node::store::Store;
 use hotshard_nvme::{SimDevice, SplitMix64};
+use hotshard_store::Store;
 
 /// What the damaged stores did, over all seeds.
 #[derive(Default, Debug)]

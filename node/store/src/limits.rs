@@ -1,0 +1,37 @@
+//! Named limits of the storage engine, each with the reason for its value. The node and
+//! the wire protocol refer to these (and assert at compile time that theirs agree).
+
+/// Largest key. Keys live in memory in the index, so they are kept small; 1 KiB covers
+/// object paths and chunk ids with room to spare.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Largest value. Chunk servers store chunks of at most a few MiB; 8 MiB bounds the DMA
+/// memory one request can pin.
+pub const MAX_VALUE_BYTES: usize = 8 << 20;
+
+/// Default segment size. A segment must hold the largest record (header + 1 KiB key +
+/// 8 MiB value) plus its segment header, and be large enough that GC moves data in big
+/// sequential reads.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 16 << 20;
+
+/// Smallest segment: below this the segment header and padding waste too much space.
+pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
+
+/// Bytes a group-commit batch collects before it is written even if the device is idle
+/// and more puts are coming; larger batches amortise the FUA better, smaller ones bound
+/// the latency of the first put in the batch.
+pub const DEFAULT_BATCH_BYTES: usize = 1 << 20;
+
+/// Free segments kept back from foreground writes so that GC can always move data and
+/// make progress when the device is full.
+pub const GC_RESERVED_SEGMENTS: u32 = 2;
+
+/// Default byte budget of the hot-object cache per shard.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// Largest partition-bit count: partitions are stored as u16 in the index.
+pub const MAX_PARTITION_BITS: u8 = 16;
+
+/// Partition bits of a new store unless the node says otherwise (the node's placement
+/// default; the node asserts that the two agree). Fixed when the store is created.
+pub const DEFAULT_PARTITION_BITS: u8 = 12;
