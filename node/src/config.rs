@@ -83,7 +83,7 @@ impl Default for NodeSection {
             base_port: 7400,
             admin_port: 7480,
             cores: Vec::new(),
-            partition_bits: 12,
+            partition_bits: crate::limits::DEFAULT_PARTITION_BITS,
             node_id: 0,
         }
     }
@@ -139,9 +139,9 @@ pub struct StoreSection {
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
-            segment_mib: 16,
-            batch_kib: 1024,
-            cache_mib: 64,
+            segment_mib: crate::limits::DEFAULT_SEGMENT_BYTES >> 20,
+            batch_kib: crate::limits::DEFAULT_BATCH_BYTES >> 10,
+            cache_mib: crate::limits::DEFAULT_CACHE_BYTES >> 20,
             index_mib: 0,
             durability: "fua".into(),
             gc_max_live_fraction: 0.5,
@@ -166,7 +166,7 @@ pub struct NetSection {
 impl Default for NetSection {
     fn default() -> Self {
         NetSection {
-            max_in_flight: 128,
+            max_in_flight: hotshard_net::limits::DEFAULT_MAX_IN_FLIGHT,
             max_connections: 1024,
             max_pending_requests: 4096,
             max_pending_mib: 0,
@@ -223,8 +223,11 @@ impl NodeConfig {
         if n.listen.parse::<std::net::IpAddr>().is_err() {
             return Err(bad("node.listen", format!("'{}' is not an IP address", n.listen)));
         }
-        if !(1..=16).contains(&n.partition_bits) {
-            return Err(bad("node.partition_bits", "must be between 1 and 16"));
+        if !(1..=crate::limits::MAX_PARTITION_BITS).contains(&n.partition_bits) {
+            return Err(bad(
+                "node.partition_bits",
+                format!("must be between 1 and {}", crate::limits::MAX_PARTITION_BITS),
+            ));
         }
         let cores = crate::config::online_cores();
         if let Some(c) = n.cores.iter().find(|c| **c >= cores) {
@@ -260,17 +263,23 @@ impl NodeConfig {
         if q.poll_sleep_us > 10_000 {
             return Err(bad("queue.poll_sleep_us", "must be at most 10000 (10 ms)"));
         }
-        if q.pool_mib < 32 || q.pool_mib > 1024 {
+        if q.pool_mib < crate::limits::MIN_POOL_MIB || q.pool_mib > 1024 {
             return Err(bad(
                 "queue.pool_mib",
-                "must be between 32 and 1024 (it must hold two segments)",
+                format!(
+                    "must be between {} and 1024 (it must hold two segments)",
+                    crate::limits::MIN_POOL_MIB
+                ),
             ));
         }
         let s = &self.store;
-        if s.segment_mib < 9 || s.segment_mib > 1024 {
+        if s.segment_mib < crate::limits::MIN_SEGMENT_MIB || s.segment_mib > 1024 {
             return Err(bad(
                 "store.segment_mib",
-                "must be between 9 (an 8 MiB value and its header) and 1024",
+                format!(
+                    "must be between {} (the largest value and its headers) and 1024",
+                    crate::limits::MIN_SEGMENT_MIB
+                ),
             ));
         }
         if s.segment_mib as usize * 2 > q.pool_mib {
