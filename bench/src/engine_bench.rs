@@ -94,7 +94,7 @@ async fn load(
                 };
                 let t0 = Instant::now();
                 store
-                    .put(&key(i), &value, None)
+                    .put(&key(i), 0, &value, None)
                     .await
                     .with_context(|| format!("put {i}"))?;
                 hist.borrow_mut()
@@ -187,6 +187,7 @@ pub fn index_memory(n: u64) -> IndexFigures {
         key_bytes += k.len() as u64;
         idx.insert(
             &k,
+            (i % 4096) as u16,
             IndexEntry::new(
                 i + 1,
                 (i / 4096) as u32,

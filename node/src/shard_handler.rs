@@ -51,6 +51,17 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The partition as the store keeps it (16 bits: the most partitions a map may have).
+fn store_partition(partition: u32) -> Option<u16> {
+    u16::try_from(partition).ok()
+}
+
+fn partition_too_large(partition: u32) -> Status {
+    Status::BadRequest {
+        reason: format!("partition {partition} is beyond 2^16 partitions"),
+    }
+}
+
 fn status_of(e: &StoreError) -> Status {
     match e {
         StoreError::NotFound => Status::NotFound,
@@ -91,9 +102,16 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         let started = Instant::now();
         let micros = || started.elapsed().as_micros() as u64;
         match request {
-            Request::Put { key, if_version, .. } => {
+            Request::Put {
+                key,
+                if_version,
+                target,
+            } => {
                 let value = payload.unwrap_or_default();
-                let r = self.store.put(&key, &value, if_version).await;
+                let Some(partition) = store_partition(target.partition) else {
+                    return Reply::status(partition_too_large(target.partition));
+                };
+                let r = self.store.put(&key, partition, &value, if_version).await;
                 self.stats.put.record(micros(), value.len() as u64, r.is_ok());
                 match r {
                     Ok(v) => Reply {
@@ -127,8 +145,15 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                     }
                 }
             }
-            Request::Delete { key, if_version, .. } => {
-                let r = self.store.delete(&key, if_version).await;
+            Request::Delete {
+                key,
+                if_version,
+                target,
+            } => {
+                let Some(partition) = store_partition(target.partition) else {
+                    return Reply::status(partition_too_large(target.partition));
+                };
+                let r = self.store.delete(&key, partition, if_version).await;
                 self.stats.delete.record(micros(), 0, r.is_ok());
                 match r {
                     Ok(v) => Reply {

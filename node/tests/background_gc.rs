@@ -28,7 +28,7 @@ fn background_gc_in_a_low_priority_queue_frees_space_during_churn() {
             for i in 0..3000u64 {
                 loop {
                     match s
-                        .put(format!("k{}", i % 40).as_bytes(), &make_value(i, 4000), None)
+                        .put(format!("k{}", i % 40).as_bytes(), 0, &make_value(i, 4000), None)
                         .await
                     {
                         Ok(_) => break,
@@ -75,7 +75,7 @@ fn sustained_overwrites_wait_for_gc_instead_of_failing_with_no_space() {
                     for i in 0..PUTS_PER_WRITER {
                         let id = w * PUTS_PER_WRITER + i;
                         let key = format!("k{}", id.wrapping_mul(0x9E37_79B9) % KEYS);
-                        match s.put(key.as_bytes(), &make_value(id, 4000), None).await {
+                        match s.put(key.as_bytes(), 0, &make_value(id, 4000), None).await {
                             Ok(_) => {}
                             Err(StoreError::NoSpace) => no_space.set(no_space.get() + 1),
                             Err(e) => panic!("{e}"),

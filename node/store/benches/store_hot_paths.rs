@@ -13,7 +13,11 @@ fn index(c: &mut Criterion) {
     let n = 1_000_000u64;
     let mut idx = Index::default();
     for i in 0..n {
-        idx.insert(&key(i), IndexEntry::new(i, 1, 4096, 4096, 7, false));
+        idx.insert(
+            &key(i),
+            (i % 4096) as u16,
+            IndexEntry::new(i, 1, 4096, 4096, 7, false),
+        );
     }
     let keys: Vec<Vec<u8>> = (0..4096).map(|i| key(i * 244 % n)).collect();
     let mut at = 0;
@@ -26,7 +30,7 @@ fn index(c: &mut Criterion) {
     c.bench_function("index overwrite (1M keys)", |b| {
         b.iter(|| {
             at = (at + 1) % keys.len();
-            black_box(idx.insert(&keys[at], IndexEntry::new(at as u64, 2, 0, 4096, 1, false)));
+            black_box(idx.insert(&keys[at], 0, IndexEntry::new(at as u64, 2, 0, 4096, 1, false)));
         })
     });
     c.bench_function("index insert 4096 new keys", |b| {
@@ -34,7 +38,7 @@ fn index(c: &mut Criterion) {
             Index::default,
             |mut fresh| {
                 for k in keys.iter().take(4096) {
-                    fresh.insert(k, IndexEntry::new(1, 1, 0, 1, 1, false));
+                    fresh.insert(k, 0, IndexEntry::new(1, 1, 0, 1, 1, false));
                 }
                 fresh
             },

@@ -146,6 +146,15 @@ impl<Q: BlockQueue> Store<Q> {
         Ok(())
     }
 
+    fn check_partition(&self, partition: u16) -> StoreResult<()> {
+        if u32::from(partition) >= 1u32 << self.inner.cfg.partition_bits {
+            return Err(StoreError::BadRequest(
+                "partition beyond the store's partition count",
+            ));
+        }
+        Ok(())
+    }
+
     /// (version, exists) as of what is durable. `write` calls it only when no write of
     /// the key is pending.
     fn current(st: &State, key: &[u8]) -> (u64, bool) {
@@ -158,6 +167,7 @@ impl<Q: BlockQueue> Store<Q> {
     fn stage_versioned(
         &self,
         key: &[u8],
+        partition: u16,
         value: &[u8],
         if_version: Option<u64>,
         kind: RecordKind,
@@ -203,6 +213,7 @@ impl<Q: BlockQueue> Store<Q> {
         };
         let req = StageRequest {
             key,
+            partition,
             value,
             version: None,
             kind,
@@ -220,10 +231,18 @@ impl<Q: BlockQueue> Store<Q> {
         Ok((new_version, done))
     }
 
-    /// Stores `value` under `key`; with `if_version`, only if the current version is that
-    /// (0: only if absent). Returns the new version once it is durable.
-    pub async fn put(&self, key: &[u8], value: &[u8], if_version: Option<u64>) -> StoreResult<u64> {
+    /// Stores `value` under `key` in `partition` (the caller's placement: the engine keeps
+    /// it with the object and never computes it); with `if_version`, only if the current
+    /// version is that (0: only if absent). Returns the new version once it is durable.
+    pub async fn put(
+        &self,
+        key: &[u8],
+        partition: u16,
+        value: &[u8],
+        if_version: Option<u64>,
+    ) -> StoreResult<u64> {
         self.check_key(key)?;
+        self.check_partition(partition)?;
         if value.len() > self.inner.cfg.max_value_bytes {
             return Err(StoreError::TooLarge {
                 what: "value",
@@ -231,16 +250,21 @@ impl<Q: BlockQueue> Store<Q> {
                 limit: self.inner.cfg.max_value_bytes,
             });
         }
-        let version = self.write(key, value, if_version, RecordKind::Put).await?;
+        let version = self
+            .write(key, partition, value, if_version, RecordKind::Put)
+            .await?;
         bump(&self.inner.metrics.puts, 1);
         Ok(version)
     }
 
     /// Deletes `key` (with `if_version`, only at that version). Returns the tombstone's
     /// version once it is durable.
-    pub async fn delete(&self, key: &[u8], if_version: Option<u64>) -> StoreResult<u64> {
+    pub async fn delete(&self, key: &[u8], partition: u16, if_version: Option<u64>) -> StoreResult<u64> {
         self.check_key(key)?;
-        let version = self.write(key, &[], if_version, RecordKind::Tombstone).await?;
+        self.check_partition(partition)?;
+        let version = self
+            .write(key, partition, &[], if_version, RecordKind::Tombstone)
+            .await?;
         bump(&self.inner.metrics.deletes, 1);
         Ok(version)
     }
@@ -258,6 +282,7 @@ impl<Q: BlockQueue> Store<Q> {
     async fn write(
         &self,
         key: &[u8],
+        partition: u16,
         value: &[u8],
         if_version: Option<u64>,
         kind: RecordKind,
@@ -278,7 +303,7 @@ impl<Q: BlockQueue> Store<Q> {
                 }
                 continue;
             }
-            match self.stage_versioned(key, value, if_version, kind) {
+            match self.stage_versioned(key, partition, value, if_version, kind) {
                 Ok((version, done)) => {
                     self.inner.commit(done).await?;
                     return Ok(version);
@@ -437,13 +462,13 @@ impl<Q: BlockQueue> Store<Q> {
         })
     }
 
-    /// The live keys that `keep` accepts, with versions (a snapshot of the index). The
-    /// engine knows nothing of placement: the node passes "is in partition P".
-    pub fn live_keys_where(&self, keep: impl Fn(&[u8]) -> bool) -> Vec<(Vec<u8>, u64)> {
+    /// The live keys of `partition`, with versions: a walk of the index slots, which keep
+    /// each object's partition (no key is hashed).
+    pub fn keys_in_partition(&self, partition: u16) -> Vec<(Vec<u8>, u64)> {
         let st = self.inner.state.borrow();
         st.index
-            .iter()
-            .filter(|(k, e)| !e.tombstone() && keep(k))
+            .iter_partition(partition)
+            .filter(|(_, e)| !e.tombstone())
             .map(|(k, e)| (k.to_vec(), e.version))
             .collect()
     }

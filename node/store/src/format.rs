@@ -12,14 +12,15 @@
 
 /// Version of the format this code writes and reads. 2: batch headers carry their
 /// segment's sequence number and their CRC covers the store's uuid; a freed segment keeps a
-/// header that records the LSN and sequence high-water marks.
+/// header that records the LSN and sequence high-water marks; a record header (48 bytes)
+/// carries its object's partition.
 pub const FORMAT_VERSION: u32 = 2;
 /// Size of one superblock copy; two copies sit at the start of the region.
 pub const SUPERBLOCK_BYTES: u64 = 4096;
 /// Where segment 0 starts within the region.
 pub const SEGMENTS_START: u64 = 2 * SUPERBLOCK_BYTES;
 pub const SEGMENT_HEADER_BYTES: usize = 64;
-pub const RECORD_HEADER_BYTES: usize = 40;
+pub const RECORD_HEADER_BYTES: usize = 48;
 pub const BATCH_HEADER_BYTES: usize = 48;
 /// A tombstone's value: the LSN at which the delete was first written.
 pub const TOMBSTONE_VALUE_BYTES: usize = 8;
@@ -181,7 +182,7 @@ pub enum RecordKind {
 /// earlier life of a reused segment) do not pass as one.
 ///
 /// ```text
-/// batch: [batch header 48 B][record header 40 B + key (+ inline value)]... [zeros to a block]
+/// batch: [batch header 48 B][record header 48 B + key (+ inline value)]... [zeros to a block]
 ///        [value area: each large value starts on a block boundary, padded to a block]
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +274,9 @@ pub struct RecordHeader {
     pub value_at: u32,
     /// CRC32C of the value bytes.
     pub value_crc: u32,
+    /// The object's partition, as its writer named it: recovery, GC and replication keep
+    /// it without knowing how keys are placed.
+    pub partition: u16,
 }
 
 impl RecordHeader {
@@ -293,6 +297,8 @@ impl RecordHeader {
         out[24..32].copy_from_slice(&self.version.to_le_bytes());
         out[32..36].copy_from_slice(&self.value_at.to_le_bytes());
         out[36..40].copy_from_slice(&self.value_crc.to_le_bytes());
+        out[40..42].copy_from_slice(&self.partition.to_le_bytes());
+        out[42..48].fill(0);
         let k_end = RECORD_HEADER_BYTES + key.len();
         out[RECORD_HEADER_BYTES..k_end].copy_from_slice(key);
         let c = crc(&out[8..k_end]);
@@ -322,7 +328,11 @@ impl RecordHeader {
             version: u64_at(b, 24),
             value_at: u32_at(b, 32),
             value_crc: u32_at(b, 36),
+            partition: u16::from_le_bytes([b[40], b[41]]),
         };
+        if b[42..48] != [0; 6] {
+            return Err(RecordError::BadKind);
+        }
         let value_ok = match kind {
             RecordKind::Put => h.value_len as usize <= max_value,
             RecordKind::Tombstone => h.value_len as usize == TOMBSTONE_VALUE_BYTES && h.inline,
@@ -365,15 +375,16 @@ mod tests {
             version: 7,
             value_at: 0x5b,
             value_crc: value_crc(b"value"),
+            partition: 0x0a0b,
         };
         let mut out = vec![0u8; h.meta_len()];
         h.encode(b"key", &mut out);
-        out[43..].copy_from_slice(b"value");
+        out[51..].copy_from_slice(b"value");
         assert_eq!(
             hex(&out),
             concat!(
                 "48535232",
-                "6886c3c0",
+                "349f2dd2",
                 "01",
                 "01",
                 "0300",
@@ -382,6 +393,8 @@ mod tests {
                 "0700000000000000",
                 "5b000000",
                 "6303e0e1",
+                "0b0a",
+                "000000000000",
                 "6b6579",
                 "76616c7565"
             )
@@ -509,11 +522,12 @@ mod tests {
             version: 1,
             value_at: 0,
             value_crc: 0,
+            partition: 3,
         };
-        let mut out = vec![0u8; 41];
+        let mut out = vec![0u8; RECORD_HEADER_BYTES + 1];
         h.encode(b"k", &mut out);
         let mut flipped = out.clone();
-        flipped[40] ^= 0x10;
+        flipped[RECORD_HEADER_BYTES] ^= 0x10;
         assert_eq!(
             RecordHeader::decode(&flipped, 1024, 100),
             Err(RecordError::Checksum)
@@ -534,8 +548,22 @@ mod tests {
             Err(RecordError::NoRecord)
         );
         assert_eq!(
-            RecordHeader::decode(&out[..40], 1024, 100),
+            RecordHeader::decode(&out[..RECORD_HEADER_BYTES], 1024, 100),
             Err(RecordError::BadLength)
+        );
+        let mut reserved = out.clone();
+        reserved[45] = 1;
+        assert_eq!(
+            RecordHeader::decode(&reserved, 1024, 100),
+            Err(RecordError::BadKind),
+            "reserved bytes must be zero"
+        );
+        let mut moved = out.clone();
+        moved[40] ^= 1;
+        assert_eq!(
+            RecordHeader::decode(&moved, 1024, 100),
+            Err(RecordError::Checksum),
+            "the CRC covers the partition"
         );
         let b = BatchHeader {
             record_count: 1,

@@ -170,6 +170,7 @@ impl<Q: BlockQueue> Store<Q> {
             }
             let req = StageRequest {
                 key,
+                partition: h.partition,
                 value,
                 version: Some(h.version),
                 kind: h.kind,

@@ -61,6 +61,7 @@ pub struct Staged {
     pub value_at: u32,
     pub value_len: u32,
     pub value_crc: u32,
+    pub partition: u16,
     /// A GC move: the index is updated only if it still points at this (segment, offset).
     pub moved_from: Option<(u32, u32)>,
 }
@@ -132,6 +133,8 @@ impl Writer {
 /// What to stage.
 pub struct StageRequest<'a> {
     pub key: &'a [u8],
+    /// The object's partition, as the writer named it (kept by GC moves).
+    pub partition: u16,
     pub value: &'a [u8],
     /// None: the record's own LSN becomes its version (new writes); Some: kept (GC moves).
     pub version: Option<u64>,
@@ -228,6 +231,7 @@ impl<Q: BlockQueue> Inner<Q> {
             version: req.version.unwrap_or(lsn),
             value_at,
             value_crc: value_crc(req.value),
+            partition: req.partition,
         };
         let at = batch.meta_used;
         // `fits` checked both capacities: these lengths cannot fail.
@@ -260,6 +264,7 @@ impl<Q: BlockQueue> Inner<Q> {
             value_at,
             value_len: header.value_len,
             value_crc: header.value_crc,
+            partition: req.partition,
             moved_from: req.moved_from,
         });
         Ok(batch.done.clone())
@@ -544,7 +549,7 @@ fn apply_batch(st: &mut State, segment: u32, batch_at: u64, value_area_at: u64, 
         let size = live_size(&r.key, r.value_len);
         match r.moved_from {
             None => {
-                if let Some(old) = st.index.insert(&r.key, entry) {
+                if let Some(old) = st.index.insert(&r.key, r.partition, entry) {
                     debug_assert!(old.version < entry.version, "versions grow per key");
                     st.segments
                         .sub_live(old.segment, live_size(&r.key, old.value_len()));
@@ -564,7 +569,7 @@ fn apply_batch(st: &mut State, segment: u32, batch_at: u64, value_area_at: u64, 
                     .get(&r.key)
                     .is_some_and(|e| e.segment == from_seg && e.value_offset == from_off);
                 if still_there {
-                    st.index.insert(&r.key, entry);
+                    st.index.insert(&r.key, r.partition, entry);
                     st.segments.sub_live(from_seg, size);
                     st.segments.add_live(segment, size);
                 }

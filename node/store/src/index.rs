@@ -1,7 +1,9 @@
 //! The in-memory index of one shard: key to the location, length, checksum and version of
-//! its newest value. Built to be small: a hash table of 8-byte (slot id, hash) pairs, a
-//! dense array of 32-byte slots, and the key bytes in one arena (no per-key allocation).
-//! Keeping 32 hash bits in the table lets it grow without touching slots or keys.
+//! its newest value, and the object's partition. Built to be small: a hash table of 8-byte
+//! (slot id, hash) pairs, a dense array of 32-byte slots, and the key bytes in one arena
+//! (no per-key allocation). Keeping 32 hash bits in the table lets it grow without touching
+//! slots or keys; keeping the partition in the slot makes "every object of partition P" a
+//! walk of the slots, with no key hashed again.
 
 use hashbrown::HashTable;
 
@@ -61,6 +63,9 @@ struct Slot {
     entry: IndexEntry,
     key_at: u32,
     key_len: u16,
+    /// The object's partition, as its writer named it (in the two bytes a 32-byte slot has
+    /// spare).
+    partition: u16,
 }
 
 /// Key bytes to entry. ahash is fine here: nothing about it is stored or routed.
@@ -130,8 +135,8 @@ impl Index {
     }
 
     /// Inserts or replaces; returns the previous entry.
-    pub fn insert(&mut self, key: &[u8], entry: IndexEntry) -> Option<IndexEntry> {
-        match self.insert_unless_older(key, entry) {
+    pub fn insert(&mut self, key: &[u8], partition: u16, entry: IndexEntry) -> Option<IndexEntry> {
+        match self.insert_unless_older(key, partition, entry) {
             Upsert::Replaced(old) => old,
             Upsert::KeptNewer => None,
         }
@@ -139,7 +144,7 @@ impl Index {
 
     /// Like `insert`, but leaves a newer existing version in place. One lookup: recovery
     /// calls this for every record it replays.
-    pub fn insert_unless_older(&mut self, key: &[u8], entry: IndexEntry) -> Upsert {
+    pub fn insert_unless_older(&mut self, key: &[u8], partition: u16, entry: IndexEntry) -> Upsert {
         let (h32, hash) = self.hash(key);
         let found = self.find_hashed(key, h32, hash);
         if let Some(id) = found {
@@ -148,7 +153,13 @@ impl Index {
             }
         }
         let old = match found {
-            Some(id) => Some(std::mem::replace(&mut self.slots[id as usize].entry, entry)),
+            Some(id) => {
+                let slot = &mut self.slots[id as usize];
+                // Placement is fixed for a store's life: a key stays in its partition.
+                debug_assert_eq!(slot.partition, partition, "a key changed partition");
+                slot.partition = partition;
+                Some(std::mem::replace(&mut slot.entry, entry))
+            }
             None => {
                 self.grow_if_full();
                 let id = self.slots.len() as u32;
@@ -158,6 +169,7 @@ impl Index {
                     entry,
                     key_at,
                     key_len: key.len() as u16,
+                    partition,
                 });
                 self.table.insert_unique(hash, (id, h32), |&(_, h)| table_hash(h));
                 None
@@ -242,6 +254,14 @@ impl Index {
         self.slots.iter().map(|s| (Self::key_of(&self.keys, s), &s.entry))
     }
 
+    /// Every entry of `partition` (tombstones included): a walk of the slots.
+    pub fn iter_partition(&self, partition: u16) -> impl Iterator<Item = (&[u8], &IndexEntry)> {
+        self.slots
+            .iter()
+            .filter(move |s| s.partition == partition)
+            .map(|s| (Self::key_of(&self.keys, s), &s.entry))
+    }
+
     /// Bytes of heap this index holds: table, slots and key arena, capacity included.
     pub fn heap_bytes(&self) -> usize {
         self.table.allocation_size()
@@ -267,11 +287,11 @@ mod tests {
     #[test]
     fn live_count_follows_puts_and_tombstones() {
         let mut idx = Index::default();
-        idx.insert(b"a", entry(1, false));
-        idx.insert(b"a", entry(2, false));
-        idx.insert(b"b", entry(1, false));
+        idx.insert(b"a", 0, entry(1, false));
+        idx.insert(b"a", 0, entry(2, false));
+        idx.insert(b"b", 0, entry(1, false));
         assert_eq!(idx.live_objects(), 2);
-        idx.insert(b"a", entry(3, true));
+        idx.insert(b"a", 0, entry(3, true));
         assert_eq!(idx.live_objects(), 1);
         assert!(idx.get_live(b"a").is_none());
         assert_eq!(idx.get(b"a").unwrap().version, 3);
@@ -297,7 +317,8 @@ mod tests {
                     "remove {i}"
                 );
             } else {
-                idx.insert(&key, entry(i, false));
+                let partition = (x % 5000 % 7) as u16;
+                idx.insert(&key, partition, entry(i, false));
                 model.insert(key, i);
             }
         }
@@ -306,5 +327,15 @@ mod tests {
             assert_eq!(idx.get(k).map(|e| e.version), Some(*v));
         }
         assert_eq!(idx.iter().count(), model.len());
+        // Slots moved by removals kept their partitions.
+        let mut by_partition = 0;
+        for p in 0..7u16 {
+            for (k, _) in idx.iter_partition(p) {
+                let n: u64 = std::str::from_utf8(&k[4..]).unwrap().parse().unwrap();
+                assert_eq!((n % 7) as u16, p, "{}", String::from_utf8_lossy(k));
+                by_partition += 1;
+            }
+        }
+        assert_eq!(by_partition, model.len());
     }
 }

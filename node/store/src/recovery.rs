@@ -207,7 +207,7 @@ impl<Q: BlockQueue> Store<Q> {
                         rh.kind == RecordKind::Tombstone,
                     );
                     // A GC copy keeps its version; never let an older version win.
-                    match index.insert_unless_older(r.key, entry) {
+                    match index.insert_unless_older(r.key, rh.partition, entry) {
                         Upsert::KeptNewer => return,
                         Upsert::Replaced(Some(old)) => {
                             let l = &mut live[old.segment as usize];

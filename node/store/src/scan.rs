@@ -203,6 +203,7 @@ mod tests {
                 version: lsn,
                 value_at,
                 value_crc: value_crc(value),
+                partition: 0,
             };
             h.encode(key, &mut seg[meta..]);
             if inline {

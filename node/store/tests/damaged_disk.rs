@@ -38,7 +38,7 @@ fn run_seed(seed: u64, seen: &mut Seen) -> Result<(), String> {
                 let big = rng.chance(1, 4);
                 let len = 8 + rng.below(if big { 20_000 } else { 300 }) as usize;
                 if store
-                    .put(key.as_bytes(), &make_value(id, len), None)
+                    .put(key.as_bytes(), 0, &make_value(id, len), None)
                     .await
                     .is_ok()
                 {
@@ -47,7 +47,9 @@ fn run_seed(seed: u64, seen: &mut Seen) -> Result<(), String> {
                     break;
                 }
                 if rng.chance(1, 10) {
-                    let _ = store.delete(format!("k{}", rng.below(30)).as_bytes(), None).await;
+                    let _ = store
+                        .delete(format!("k{}", rng.below(30)).as_bytes(), 0, None)
+                        .await;
                 }
             }
         });

@@ -278,10 +278,10 @@ fn run_seed(seed: u64, durability: CommitDurability, profile: Profile) -> Result
                         };
                         let result = match put {
                             Some(id) => store
-                                .put(&key, &make_value(id, value_len(&mut rng, &profile)), None)
+                                .put(&key, 0, &make_value(id, value_len(&mut rng, &profile)), None)
                                 .await
                                 .map(drop),
-                            None => store.delete(&key, None).await.map(drop),
+                            None => store.delete(&key, 0, None).await.map(drop),
                         };
                         let outcome = match &result {
                             Ok(()) => Outcome::Acked,

@@ -13,17 +13,17 @@ fn sim() -> SimDevice {
 }
 
 async fn round_trips<Q: BlockQueue>(s: &Store<Q>) {
-    let v1 = s.put(b"k1", b"hello", None).await.unwrap();
+    let v1 = s.put(b"k1", 0, b"hello", None).await.unwrap();
     let (v, ver) = s.get(b"k1", None).await.unwrap();
     assert_eq!((v.as_slice(), ver), (&b"hello"[..], v1));
 
     // overwrite: versions grow
-    let v2 = s.put(b"k1", b"world!", None).await.unwrap();
+    let v2 = s.put(b"k1", 0, b"world!", None).await.unwrap();
     assert!(v2 > v1);
     assert_eq!(s.get(b"k1", None).await.unwrap().0.as_slice(), b"world!");
 
     // empty value, binary key
-    s.put(&[0, 255, 7], b"", None).await.unwrap();
+    s.put(&[0, 255, 7], 0, b"", None).await.unwrap();
     assert!(s.get(&[0, 255, 7], None).await.unwrap().0.is_empty());
 
     // ranges
@@ -36,27 +36,30 @@ async fn round_trips<Q: BlockQueue>(s: &Store<Q>) {
     ));
 
     // conditional put and delete
-    match s.put(b"k1", b"x", Some(v1)).await {
+    match s.put(b"k1", 0, b"x", Some(v1)).await {
         Err(StoreError::VersionMismatch { current }) => assert_eq!(current, v2),
         other => panic!("{other:?}"),
     }
-    let v3 = s.put(b"k1", b"x", Some(v2)).await.unwrap();
+    let v3 = s.put(b"k1", 0, b"x", Some(v2)).await.unwrap();
     assert!(
-        matches!(s.put(b"k1", b"y", Some(0)).await, Err(StoreError::VersionMismatch { current }) if current == v3)
+        matches!(s.put(b"k1", 0, b"y", Some(0)).await, Err(StoreError::VersionMismatch { current }) if current == v3)
     );
     assert!(
-        s.put(b"new", b"y", Some(0)).await.unwrap() > v3,
+        s.put(b"new", 0, b"y", Some(0)).await.unwrap() > v3,
         "if_version 0 creates"
     );
     assert!(
-        matches!(s.delete(b"k1", Some(v2)).await, Err(StoreError::VersionMismatch { current }) if current == v3)
+        matches!(s.delete(b"k1", 0, Some(v2)).await, Err(StoreError::VersionMismatch { current }) if current == v3)
     );
-    let v4 = s.delete(b"k1", Some(v3)).await.unwrap();
+    let v4 = s.delete(b"k1", 0, Some(v3)).await.unwrap();
     assert!(matches!(s.get(b"k1", None).await, Err(StoreError::NotFound)));
-    assert!(matches!(s.delete(b"k1", None).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.delete(b"k1", 0, None).await,
+        Err(StoreError::NotFound)
+    ));
     assert!(matches!(s.stat(b"k1"), Err(StoreError::NotFound)));
     // a re-created key keeps growing its version
-    assert!(s.put(b"k1", b"again", None).await.unwrap() > v4);
+    assert!(s.put(b"k1", 0, b"again", None).await.unwrap() > v4);
 
     // stat
     let st = s.stat(b"new").unwrap();
@@ -66,17 +69,17 @@ async fn round_trips<Q: BlockQueue>(s: &Store<Q>) {
     // limits and bad input, checked before anything is written
     let before = s.counters().batches;
     assert!(matches!(
-        s.put(b"", b"v", None).await,
+        s.put(b"", 0, b"v", None).await,
         Err(StoreError::BadRequest(_))
     ));
     let long_key = vec![b'k'; s.config().max_key_bytes + 1];
     assert!(matches!(
-        s.put(&long_key, b"v", None).await,
+        s.put(&long_key, 0, b"v", None).await,
         Err(StoreError::TooLarge { what: "key", .. })
     ));
     let big = vec![0u8; s.config().max_value_bytes + 1];
     assert!(matches!(
-        s.put(b"big", &big, None).await,
+        s.put(b"big", 0, &big, None).await,
         Err(StoreError::TooLarge { what: "value", .. })
     ));
     assert!(matches!(s.get(b"", None).await, Err(StoreError::BadRequest(_))));
@@ -84,7 +87,7 @@ async fn round_trips<Q: BlockQueue>(s: &Store<Q>) {
 
     // large value at the limit
     let max = make_value(42, s.config().max_value_bytes);
-    s.put(b"max", &max, None).await.unwrap();
+    s.put(b"max", 0, &max, None).await.unwrap();
     assert_eq!(s.get(b"max", None).await.unwrap().0.as_slice(), &max[..]);
 }
 
@@ -128,6 +131,7 @@ fn many_keys_concurrently_share_batches_and_survive_reopen() {
                     let id = w * 1000 + i;
                     s.put(
                         format!("key-{id}").as_bytes(),
+                        0,
                         &make_value(id, 100 + (id as usize % 700)),
                         None,
                     )
@@ -166,7 +170,7 @@ fn a_device_full_of_live_data_answers_no_space_and_keeps_reading() {
         let mut stored = 0u64;
         for i in 0..10_000u64 {
             match s
-                .put(format!("k{i}").as_bytes(), &make_value(i, 4000), None)
+                .put(format!("k{i}").as_bytes(), 0, &make_value(i, 4000), None)
                 .await
             {
                 Ok(_) => stored = i + 1,
@@ -186,7 +190,7 @@ fn a_device_full_of_live_data_answers_no_space_and_keeps_reading() {
             assert_eq!(check_value(v.as_slice()), Some(k));
         }
         assert!(matches!(
-            s.put(b"one-more", &make_value(1 << 40, 4000), None).await,
+            s.put(b"one-more", 0, &make_value(1 << 40, 4000), None).await,
             Err(StoreError::NoSpace)
         ));
         assert!(matches!(
@@ -223,7 +227,10 @@ fn an_index_over_its_budget_refuses_new_keys_and_keeps_the_old() {
     block_on(async {
         let mut stored = 0u64;
         for i in 0..10_000u64 {
-            match s.put(format!("k{i}").as_bytes(), &make_value(i, 16), None).await {
+            match s
+                .put(format!("k{i}").as_bytes(), 0, &make_value(i, 16), None)
+                .await
+            {
                 Ok(_) => stored = i + 1,
                 Err(StoreError::NoSpace) => break,
                 Err(e) => panic!("put {i}: {e}"),
@@ -249,14 +256,14 @@ fn an_index_over_its_budget_refuses_new_keys_and_keeps_the_old() {
             let (v, _) = s.get(format!("k{k}").as_bytes(), None).await.unwrap();
             assert_eq!(check_value(v.as_slice()), Some(k));
         }
-        s.put(b"k0", &make_value(1 << 40, 16), None).await.unwrap();
-        s.delete(b"k1", None).await.unwrap();
+        s.put(b"k0", 0, &make_value(1 << 40, 16), None).await.unwrap();
+        s.delete(b"k1", 0, None).await.unwrap();
         assert!(matches!(
-            s.put(b"new", &make_value(7, 16), None).await,
+            s.put(b"new", 0, &make_value(7, 16), None).await,
             Err(StoreError::NoSpace)
         ));
         // A deleted key stays indexed (its tombstone), so it may be written again.
-        s.put(b"k1", &make_value(8, 16), None).await.unwrap();
+        s.put(b"k1", 0, &make_value(8, 16), None).await.unwrap();
     });
 }
 
@@ -268,7 +275,7 @@ fn overwrites_far_beyond_the_device_collect_in_the_foreground() {
     let s = sim_store(&dev, small_config(SIM_BYTES));
     block_on(async {
         for i in 0..3_000u64 {
-            s.put(format!("k{}", i % 50).as_bytes(), &make_value(i, 4000), None)
+            s.put(format!("k{}", i % 50).as_bytes(), 0, &make_value(i, 4000), None)
                 .await
                 .unwrap_or_else(|e| panic!("put {i}: {e}"));
         }
@@ -291,7 +298,7 @@ fn gc_frees_a_fully_superseded_segment_without_reading_it() {
     block_on(async {
         // Ten keys overwritten 200 times: the first segments end up holding no live record.
         for i in 0..200u64 {
-            s.put(format!("k{}", i % 10).as_bytes(), &make_value(i, 4000), None)
+            s.put(format!("k{}", i % 10).as_bytes(), 0, &make_value(i, 4000), None)
                 .await
                 .unwrap();
         }
@@ -338,16 +345,21 @@ fn gc_waits_for_a_newer_version_in_flight_instead_of_reading_the_segment_again()
         // "hot" lands in the first segment; overwrites of one other key fill it and leave
         // "hot" its only live record (3 % live: a GC candidate). The segments after it
         // keep a large "anchor" every few writes, too live to be candidates.
-        s.put(b"hot", &make_value(0, 4000), None).await.unwrap();
+        s.put(b"hot", 0, &make_value(0, 4000), None).await.unwrap();
         for i in 0..20u64 {
-            s.put(b"churn", &make_value(i, 4000), None).await.unwrap();
+            s.put(b"churn", 0, &make_value(i, 4000), None).await.unwrap();
         }
         for j in 0..12u64 {
-            s.put(format!("anchor-{j}").as_bytes(), &make_value(100 + j, 8000), None)
-                .await
-                .unwrap();
+            s.put(
+                format!("anchor-{j}").as_bytes(),
+                0,
+                &make_value(100 + j, 8000),
+                None,
+            )
+            .await
+            .unwrap();
             for i in 0..3u64 {
-                s.put(b"churn", &make_value(200 + j * 3 + i, 4000), None)
+                s.put(b"churn", 0, &make_value(200 + j * 3 + i, 4000), None)
                     .await
                     .unwrap();
             }
@@ -383,7 +395,7 @@ fn gc_waits_for_a_newer_version_in_flight_instead_of_reading_the_segment_again()
             .spawn_local(async move {
                 let mut i = 1;
                 while !done.get() {
-                    s.put(b"hot", &make_value(i, 4000), None).await.unwrap();
+                    s.put(b"hot", 0, &make_value(i, 4000), None).await.unwrap();
                     i += 1;
                 }
             })
@@ -419,7 +431,7 @@ fn gc_under_churn_keeps_every_live_object_and_frees_space() {
             let k = format!("key{}", rng.below(200));
             if rng.chance(1, 5) {
                 loop {
-                    match s.delete(k.as_bytes(), None).await {
+                    match s.delete(k.as_bytes(), 0, None).await {
                         Ok(_) | Err(StoreError::NotFound) => break,
                         Err(StoreError::NoSpace) => {
                             assert_ne!(
@@ -435,7 +447,12 @@ fn gc_under_churn_keeps_every_live_object_and_frees_space() {
             } else {
                 loop {
                     match s
-                        .put(k.as_bytes(), &make_value(i, 200 + rng.below(3000) as usize), None)
+                        .put(
+                            k.as_bytes(),
+                            0,
+                            &make_value(i, 200 + rng.below(3000) as usize),
+                            None,
+                        )
                         .await
                     {
                         Ok(_) => break,
@@ -490,7 +507,7 @@ fn flipped_bits_answer_corrupt_and_never_return_wrong_bytes() {
     let s = sim_store(&dev, cfg.clone());
     block_on(async {
         for i in 0..20u64 {
-            s.put(format!("c{i}").as_bytes(), &make_value(i, 3000), None)
+            s.put(format!("c{i}").as_bytes(), 0, &make_value(i, 3000), None)
                 .await
                 .unwrap();
         }
@@ -526,8 +543,8 @@ fn a_read_error_fails_that_object_only() {
     cfg.cache_bytes = 0;
     let s = sim_store(&dev, cfg);
     block_on(async {
-        s.put(b"a", &make_value(1, 10_000), None).await.unwrap();
-        s.put(b"b", &make_value(2, 10_000), None).await.unwrap();
+        s.put(b"a", 0, &make_value(1, 10_000), None).await.unwrap();
+        s.put(b"b", 0, &make_value(2, 10_000), None).await.unwrap();
     });
     // Segment 0 starts at 8192: "a"'s batch is one meta block, then its value in the
     // next three blocks; "b"'s batch follows. Fail "a"'s value blocks only.
@@ -547,14 +564,14 @@ fn a_write_error_fails_that_put_and_loses_nothing_acknowledged() {
     let dev = sim();
     let s = sim_store(&dev, small_config(SIM_BYTES));
     block_on(async {
-        s.put(b"safe", b"acked", None).await.unwrap();
+        s.put(b"safe", 0, b"acked", None).await.unwrap();
         dev.fail_writes(0..SIM_BYTES);
         assert!(matches!(
-            s.put(b"doomed", b"x", None).await,
+            s.put(b"doomed", 0, b"x", None).await,
             Err(StoreError::WriteFailed(_))
         ));
         dev.clear_faults();
-        s.put(b"later", b"ok", None).await.unwrap();
+        s.put(b"later", 0, b"ok", None).await.unwrap();
         assert_eq!(s.get(b"safe", None).await.unwrap().0.as_slice(), b"acked");
         assert!(matches!(s.get(b"doomed", None).await, Err(StoreError::NotFound)));
     });
@@ -568,26 +585,50 @@ fn a_write_error_fails_that_put_and_loses_nothing_acknowledged() {
 }
 
 #[test]
-fn live_keys_are_listed_by_a_predicate() {
+fn keys_of_a_partition_are_listed_from_the_index_across_gc_and_reopen() {
+    // The writer names each object's partition (here: i % 10); the index keeps it, GC's
+    // copies keep it, and recovery reads it back from the records.
     let dev = sim();
-    let s = sim_store(&dev, small_config(SIM_BYTES));
+    let cfg = small_config(SIM_BYTES);
+    let s = sim_store(&dev, cfg.clone());
+    let partition = |i: u64| (i % 10) as u16 * 7;
     block_on(async {
-        for i in 0..100u64 {
-            s.put(format!("p{i}").as_bytes(), b"v", None).await.unwrap();
+        for round in 0..3u64 {
+            for i in 0..100u64 {
+                let value = make_value(round * 1000 + i, 3000);
+                s.put(format!("p{i}").as_bytes(), partition(i), &value, None)
+                    .await
+                    .unwrap();
+            }
         }
-        s.delete(b"p7", None).await.unwrap();
+        s.delete(b"p7", partition(7), None).await.unwrap();
+        while !matches!(s.gc_step().await.unwrap(), GcOutcome::Idle) {}
     });
-    // The node passes "is in partition P"; here, "ends with digit d".
-    let mut total = 0;
-    for d in b'0'..=b'9' {
-        let keys = s.live_keys_where(|k| k.last() == Some(&d));
-        for (k, _) in &keys {
-            assert_eq!(k.last(), Some(&d));
-            assert_ne!(k.as_slice(), b"p7", "a deleted key is not live");
+    assert!(s.counters().gc_moved_records > 0 || s.counters().gc_freed_segments > 0);
+    let check = |s: &Store<hotshard_nvme::SimQueue>| {
+        let mut total = 0;
+        for p in 0..10u64 {
+            let keys = s.keys_in_partition(partition(p));
+            for (k, _) in &keys {
+                let i: u64 = std::str::from_utf8(&k[1..]).unwrap().parse().unwrap();
+                assert_eq!(partition(i), partition(p), "{}", String::from_utf8_lossy(k));
+                assert_ne!(k.as_slice(), b"p7", "a deleted key is not live");
+            }
+            total += keys.len();
         }
-        total += keys.len();
+        assert_eq!(total, 99);
+        assert!(s.keys_in_partition(1).is_empty());
+    };
+    check(&s);
+    drop(s);
+    check(&sim_store(&dev, cfg.clone()));
+    // A partition the store cannot hold is refused before anything is written.
+    let s = sim_store(&dev, cfg.clone());
+    let beyond = 1u32 << cfg.partition_bits;
+    if let Ok(p) = u16::try_from(beyond) {
+        let e = block_on(s.put(b"x", p, b"v", None)).unwrap_err();
+        assert!(matches!(e, StoreError::BadRequest(_)), "{e}");
     }
-    assert_eq!(total, 99);
 }
 
 #[test]

@@ -115,11 +115,11 @@ fn a_refused_large_put_never_hides_later_writes_from_recovery() {
 
     // Segment 0: b (v1), g, and filler overwritten until the log moves to segment 1.
     let b1 = id();
-    block_on(store.put(b"b", &make_value(b1, 40), None)).unwrap();
+    block_on(store.put(b"b", 0, &make_value(b1, 40), None)).unwrap();
     let g = id();
-    block_on(store.put(b"g", &make_value(g, 40), None)).unwrap();
+    block_on(store.put(b"g", 0, &make_value(g, 40), None)).unwrap();
     for _ in 0..8 {
-        block_on(store.put(b"filler", &make_value(id(), 20 << 10), None)).unwrap();
+        block_on(store.put(b"filler", 0, &make_value(id(), 20 << 10), None)).unwrap();
     }
 
     // Exhaust the pool: room for a batch's meta buffer (8 KiB), not for a value buffer.
@@ -133,7 +133,7 @@ fn a_refused_large_put_never_hides_later_writes_from_recovery() {
         local
             .spawner()
             .spawn_local(async move {
-                *refused.borrow_mut() = Some(store.put(b"big", &big, None).await.map(drop));
+                *refused.borrow_mut() = Some(store.put(b"big", 0, &big, None).await.map(drop));
             })
             .unwrap();
     }
@@ -150,9 +150,9 @@ fn a_refused_large_put_never_hides_later_writes_from_recovery() {
     // A large put (sealed the empty batch in the old engine), b's new version, then GC
     // moves g out of segment 0 into the same segment and frees segment 0.
     let big2 = id();
-    block_on(store.put(b"big2", &make_value(big2, 20 << 10), None)).unwrap();
+    block_on(store.put(b"big2", 0, &make_value(big2, 20 << 10), None)).unwrap();
     let b2 = id();
-    block_on(store.put(b"b", &make_value(b2, 40), None)).unwrap();
+    block_on(store.put(b"b", 0, &make_value(b2, 40), None)).unwrap();
     let mut freed = false;
     for _ in 0..8 {
         if let GcOutcome::Freed { .. } = block_on(store.gc_step()).unwrap() {
@@ -187,13 +187,13 @@ fn a_batch_without_waiters_does_not_strand_the_ones_behind_it() {
     let (va, vb, vc) = (value(1), value(2), value(3));
 
     // A leads: its batch is being written.
-    let mut a: Pin<Box<dyn Future<Output = _>>> = Box::pin(store.put(b"a", &va, None));
+    let mut a: Pin<Box<dyn Future<Output = _>>> = Box::pin(store.put(b"a", 0, &va, None));
     assert!(poll_once(&mut a, &noop).is_pending());
     // B stages into the next batch and waits; C's value does not fit B's batch, which is
     // sealed, and C waits on a third batch.
-    let mut b: Pin<Box<dyn Future<Output = _>>> = Box::pin(store.put(b"b", &vb, None));
+    let mut b: Pin<Box<dyn Future<Output = _>>> = Box::pin(store.put(b"b", 0, &vb, None));
     assert!(poll_once(&mut b, &noop).is_pending());
-    let mut c: Pin<Box<dyn Future<Output = _>>> = Box::pin(store.put(b"c", &vc, None));
+    let mut c: Pin<Box<dyn Future<Output = _>>> = Box::pin(store.put(b"c", 0, &vc, None));
     let (c_woken, c_waker) = flag_waker();
     assert!(poll_once(&mut c, &c_waker).is_pending());
     // B's request goes away (its connection closed): nobody waits on the second batch.
@@ -231,21 +231,21 @@ fn conditional_writes_are_decided_on_durable_versions_only() {
     let cfg = small_config(SIM_BYTES);
     let dev = SimDevice::new(SIM_BYTES, 4096, seed).unwrap();
     let store = open(&dev, 4 << 20, &cfg);
-    let v0 = block_on(store.put(b"k", &make_value(10, 40), None)).unwrap();
+    let v0 = block_on(store.put(b"k", 0, &make_value(10, 40), None)).unwrap();
     let noop = futures::task::noop_waker();
 
     // An unrelated put leads (its batch is being written); v1 is staged into the next
     // batch and waits...
     let x_value = make_value(20, 40);
-    let mut x: Pin<Box<dyn Future<Output = _>>> = Box::pin(store.put(b"x", &x_value, None));
+    let mut x: Pin<Box<dyn Future<Output = _>>> = Box::pin(store.put(b"x", 0, &x_value, None));
     assert!(poll_once(&mut x, &noop).is_pending());
     let v1_value = make_value(11, 40);
-    let mut v1: Pin<Box<dyn Future<Output = _>>> = Box::pin(store.put(b"k", &v1_value, None));
+    let mut v1: Pin<Box<dyn Future<Output = _>>> = Box::pin(store.put(b"k", 0, &v1_value, None));
     assert!(poll_once(&mut v1, &noop).is_pending());
     // ...when a put conditioned on v0 and a delete conditioned on v0 arrive.
     let newer = make_value(12, 40);
-    let mut cond: Pin<Box<dyn Future<Output = _>>> = Box::pin(store.put(b"k", &newer, Some(v0)));
-    let mut del: Pin<Box<dyn Future<Output = _>>> = Box::pin(store.delete(b"k", Some(v0)));
+    let mut cond: Pin<Box<dyn Future<Output = _>>> = Box::pin(store.put(b"k", 0, &newer, Some(v0)));
+    let mut del: Pin<Box<dyn Future<Output = _>>> = Box::pin(store.delete(b"k", 0, Some(v0)));
     let early_put = poll_once(&mut cond, &noop);
     let early_del = poll_once(&mut del, &noop);
     for (what, early) in [("put", early_put), ("delete", early_del)] {
@@ -304,11 +304,11 @@ fn batches_of_a_reused_segments_earlier_life_are_never_replayed() {
     let segments = store.space().segments;
     let mut n = 0u64;
     while store.space().free_segments > segments / 2 {
-        block_on(store.put(format!("old-{n}").as_bytes(), &make_value(n, 3000), None)).unwrap();
+        block_on(store.put(format!("old-{n}").as_bytes(), 0, &make_value(n, 3000), None)).unwrap();
         n += 1;
     }
     for i in 0..n {
-        block_on(store.delete(format!("old-{i}").as_bytes(), None)).unwrap();
+        block_on(store.delete(format!("old-{i}").as_bytes(), 0, None)).unwrap();
     }
     // After a restart every segment is sealed (none is being appended to), so GC can take
     // them all; tombstones GC had to move go once their segment is the last one.
@@ -327,7 +327,7 @@ fn batches_of_a_reused_segments_earlier_life_are_never_replayed() {
     // began again at 1 and the old batches that followed a new write looked like its
     // continuation. (A value of 3000 bytes makes the new batch end where the old life's
     // second batch begins.)
-    block_on(store.put(b"fresh", &make_value(u64::MAX >> 8, 3000), None)).unwrap();
+    block_on(store.put(b"fresh", 0, &make_value(u64::MAX >> 8, 3000), None)).unwrap();
     let store = power_cycle(&dev, store, &cfg);
     for i in 0..n {
         let key = format!("old-{i}");
@@ -374,7 +374,7 @@ fn a_store_under_pool_pressure_always_drains_and_takes_writes_again() {
                     };
                     let key = format!("k{}", rng.below(40));
                     let value = make_value(rng.next_u64() >> 8, len);
-                    let put = store.put(key.as_bytes(), &value, None);
+                    let put = store.put(key.as_bytes(), 0, &value, None);
                     let polls = if rng.chance(1, 8) {
                         1 + rng.below(3) as u32
                     } else {
@@ -403,6 +403,6 @@ fn a_store_under_pool_pressure_always_drains_and_takes_writes_again() {
         store.queue().pool().capacity(),
         "idle store holds no DMA buffer (seed {seed})"
     );
-    block_on(store.put(b"after", &make_value(7, 5), None)).expect("a small put on the idle store");
+    block_on(store.put(b"after", 0, &make_value(7, 5), None)).expect("a small put on the idle store");
     eprintln!("Busy answers under pressure: {} of 720", busy.borrow());
 }
