@@ -51,6 +51,17 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The target of a request that names a key.
+fn keyed_target(request: &Request) -> Option<hotshard_net::Target> {
+    match request {
+        Request::Put { target, .. }
+        | Request::Get { target, .. }
+        | Request::Delete { target, .. }
+        | Request::Stat { target, .. } => Some(*target),
+        _ => None,
+    }
+}
+
 /// The partition as the store keeps it (16 bits: the most partitions a map may have).
 fn store_partition(partition: u32) -> Option<u16> {
     u16::try_from(partition).ok()
@@ -202,6 +213,29 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         request: Request,
         payload: Option<Vec<u8>>,
     ) -> (Response, Vec<u8>) {
+        // The forwarding shard routed by its own copy of the map; this shard checks that
+        // it owns the partition by its copy. If they differ (a map change reached one
+        // first), the client is sent to refresh its map, and nothing is written here.
+        if let Some(target) = keyed_target(&request) {
+            let mine = self
+                .map
+                .owner(target.partition)
+                .is_some_and(|o| o.node == self.node_id && o.shard as usize == self.shard);
+            if !mine {
+                self.stats.wrong_shard.set(self.stats.wrong_shard.get() + 1);
+                tracing::warn!(
+                    shard = self.shard,
+                    partition = target.partition,
+                    "a forwarded request for a partition this shard does not own"
+                );
+                return (
+                    Response::new(Status::WrongShard {
+                        epoch: self.map.epoch,
+                    }),
+                    Vec::new(),
+                );
+            }
+        }
         let len = payload.as_ref().map_or(0, Vec::len);
         let held = match self.admit(&request, len) {
             Ok(held) => held,

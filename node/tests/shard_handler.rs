@@ -1,7 +1,8 @@
-//! Disk faults as a client of the node sees them: requests go through the shard's handler
-//! (the code behind every connection) to a store on SimDevice with injected faults. EIO on
-//! a read fails that object only; EIO on a write fails that put and loses nothing
-//! acknowledged; a full device answers NoSpace; read errors show in the shard's metrics.
+//! The shard's request handler (the code behind every connection) on a store on SimDevice.
+//! Disk faults as a client of the node sees them: EIO on a read fails that object only; EIO
+//! on a write fails that put and loses nothing acknowledged; a full device answers NoSpace;
+//! read errors show in the shard's metrics. And requests forwarded from another shard: the
+//! receiver checks that it owns the partition.
 
 #[path = "../store/tests/common/mod.rs"]
 mod common;
@@ -27,22 +28,29 @@ fn target(map: &ShardMap, key: &[u8]) -> Target {
 }
 
 async fn handler(dev: &SimDevice) -> Rc<ShardHandler<SimQueue>> {
+    handler_of_shard(dev, 0, 1).await
+}
+
+/// Shard `shard` of a node of `shards` shards, whose partitions are spread over them.
+async fn handler_of_shard(dev: &SimDevice, shard: u32, shards: u32) -> Rc<ShardHandler<SimQueue>> {
     let mut cfg = small_config(SIM_BYTES);
     cfg.cache_bytes = 0;
     let (store, _) = Store::open(dev.queue(4 << 20).unwrap(), cfg).await.unwrap();
     let map = ShardMap::spread(
         1,
         4,
-        vec![ShardAddr {
-            node: 0,
-            shard: 0,
-            addr: "127.0.0.1:1".into(),
-        }],
+        (0..shards)
+            .map(|shard| ShardAddr {
+                node: 0,
+                shard,
+                addr: format!("127.0.0.1:{}", 1 + shard),
+            })
+            .collect(),
     );
-    let ends = mesh(1).pop().unwrap();
-    let (peers, _) = Peers::connect(0, ends).await;
+    let ends = mesh(shards as usize).swap_remove(shard as usize);
+    let (peers, _) = Peers::connect(shard as usize, ends).await;
     Rc::new(ShardHandler {
-        shard: 0,
+        shard: shard as usize,
         node_id: 0,
         store,
         map: Rc::new(map),
@@ -133,5 +141,42 @@ fn a_full_device_answers_no_space_and_keeps_reading() {
         for (key, i) in &stored {
             assert_eq!(check_value(&get(&h, key).await.1.unwrap()), Some(*i));
         }
+    });
+}
+
+/// Issue 17: a forwarded request was executed on the receiving shard with no check that it
+/// owns the partition. Shard 0 of two receives a put forwarded for a partition of shard 1
+/// (as if the maps of the two shards disagreed): WrongShard, counted, nothing written. A
+/// put for its own partition is served.
+#[test]
+fn a_forwarded_request_for_a_partition_the_shard_does_not_own_is_refused() {
+    run(|| async {
+        let dev = SimDevice::new(SIM_BYTES, 4096, 3).unwrap();
+        let h = handler_of_shard(&dev, 0, 2).await;
+        let key_of = |shard: u32| {
+            (0..)
+                .map(|i| format!("k{i}").into_bytes())
+                .find(|k| h.map.owner(h.map.partition(k)).is_some_and(|o| o.shard == shard))
+                .unwrap()
+        };
+        let (theirs, mine) = (key_of(1), key_of(0));
+        let put = |key: &[u8]| Request::Put {
+            key: key.to_vec(),
+            if_version: None,
+            target: target(&h.map, key),
+        };
+        let (response, _) = h
+            .clone()
+            .answer_forwarded(put(&theirs), Some(b"v".to_vec()))
+            .await;
+        assert_eq!(response.status(), Status::WrongShard { epoch: h.map.epoch });
+        assert!(
+            h.store.stat(&theirs).is_err(),
+            "nothing written for another shard's key"
+        );
+        assert_eq!(h.stats.wrong_shard.get(), 1);
+        let (response, _) = h.clone().answer_forwarded(put(&mine), Some(b"v".to_vec())).await;
+        assert_eq!(response.status(), Status::Ok);
+        assert_eq!(h.store.stat(&mine).unwrap().len, 1);
     });
 }
