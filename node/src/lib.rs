@@ -14,4 +14,5 @@ pub mod serve;
 pub mod shard;
 pub mod shard_handler;
 pub mod shard_stats;
+pub mod waitable_count;
 pub use hotshard_store as store;

@@ -9,6 +9,8 @@ use std::task::{Poll, Waker};
 use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
 use hotshard_net::{Request, Response};
 
+use crate::waitable_count::WaitableCount;
+
 /// Capacity of each shard-to-shard channel: bounds forwarded requests in flight per pair.
 pub const PEER_CHANNEL_CAPACITY: usize = 1024;
 
@@ -25,6 +27,9 @@ pub enum PeerMsg {
         response: Response,
         payload: Vec<u8>,
     },
+    /// The sender is stopping and every one of its connections has closed: it forwards
+    /// nothing more (anything it forwarded earlier came before this on the channel).
+    Drained,
 }
 
 /// The channel ends one shard gets: a sender to and a receiver from every other shard.
@@ -65,6 +70,8 @@ pub struct Peers {
     senders: Vec<Option<ConnectedSender<PeerMsg>>>,
     pending: RefCell<HashMap<u64, Pending>>,
     next_token: Cell<u64>,
+    /// Peers that said `Drained`.
+    pub drained: WaitableCount,
 }
 
 impl Peers {
@@ -103,6 +110,7 @@ impl Peers {
                 senders,
                 pending: RefCell::new(HashMap::new()),
                 next_token: Cell::new(1),
+                drained: WaitableCount::default(),
             }),
             receivers,
         )
@@ -156,6 +164,18 @@ impl Peers {
                 w.wake();
             }
         }
+    }
+
+    /// Tells every other shard that this one forwards nothing more.
+    pub async fn announce_drained(&self) {
+        for sender in self.senders.iter().flatten() {
+            let _ = sender.send(PeerMsg::Drained).await;
+        }
+    }
+
+    /// How many other shards there are.
+    pub fn others(&self) -> usize {
+        self.senders.iter().flatten().count()
     }
 
     /// Sends a reply back to the shard that forwarded a request.

@@ -142,7 +142,6 @@ pub fn serve(cfg: NodeConfig) -> Result<(), String> {
     let shutdown = Arc::new(AtomicBool::new(false));
     watch_signals(shutdown.clone());
 
-    let connections_closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
     let mut executors = Vec::new();
@@ -156,7 +155,6 @@ pub fn serve(cfg: NodeConfig) -> Result<(), String> {
             map: map.clone(),
             peers,
             shutdown: shutdown.clone(),
-            connections_closed: connections_closed.clone(),
             ready: ready_tx.clone(),
             stopped: stopped_tx.clone(),
         };

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +14,12 @@ use hotshard_nvme::{AnyQueue, Device, DeviceOptions, DmaFileQueue, UringOptions}
 
 use crate::config::NodeConfig;
 use crate::gc_task::{start_background_gc, GcPacing};
-use crate::listener::{Listener, SHUTDOWN_POLL};
+use crate::listener::Listener;
 use crate::peers::{PeerEnds, PeerMsg, Peers};
 use crate::shard_handler::ShardHandler;
 use crate::shard_stats::ShardStats;
 use crate::store::{CommitDurability, Store, StoreConfig};
+use crate::waitable_count::WaitableCount;
 
 /// How long a stopping shard waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,9 +34,6 @@ pub struct ShardSetup {
     pub map: ShardMap,
     pub peers: PeerEnds,
     pub shutdown: Arc<AtomicBool>,
-    /// Shards whose connections have all closed after a stop: until every shard is
-    /// counted, each keeps answering what the others forward to it.
-    pub connections_closed: Arc<AtomicUsize>,
     pub ready: std::sync::mpsc::Sender<Result<String, String>>,
     /// Told when the shard has stopped serving and drained its requests.
     pub stopped: std::sync::mpsc::Sender<usize>,
@@ -116,7 +114,7 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         map: Rc::new(s.map.clone()),
         peers: peers.clone(),
         stats: stats.clone(),
-        in_flight: std::cell::Cell::new(0),
+        in_flight: WaitableCount::default(),
         admission: crate::admission::Admission::new(s.cfg.net.max_pending_requests, s.cfg.pending_bytes()),
         secret: s.cfg.secret().map_err(fail)?,
     });
@@ -131,13 +129,18 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
                         payload,
                         ..
                     } => {
+                        // Counted from its arrival, so that a stopping shard that has heard
+                        // `Drained` from every peer still waits for it.
+                        handler.in_flight.add();
                         let (handler, peers) = (handler.clone(), peers.clone());
                         glommio::spawn_local(async move {
-                            let reply = handler.answer_forwarded(request, payload).await;
+                            let reply = handler.clone().answer_forwarded(request, payload).await;
                             peers.reply(from, token, reply.0, reply.1).await;
+                            handler.in_flight.sub();
                         })
                         .detach();
                     }
+                    PeerMsg::Drained => peers.drained.add(),
                     PeerMsg::Reply {
                         token,
                         response,
@@ -185,19 +188,19 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         frame_timeout: std::time::Duration::from_millis(s.cfg.net.frame_timeout_ms),
     };
     let max_connections = s.cfg.net.max_connections as u64;
-    let open = Rc::new(std::cell::Cell::new(0u64));
+    let open = Rc::new(WaitableCount::default());
     let stop = StopSignal::new();
     loop {
         let Some(stream) = listener.next(&s.shutdown, &stats.accept_errors).await else {
             break;
         };
-        if open.get() >= max_connections {
+        if open.get() as u64 >= max_connections {
             stats.connections_refused.set(stats.connections_refused.get() + 1);
             continue;
         }
         let _ = stream.set_nodelay(true);
         stats.connections.set(stats.connections.get() + 1);
-        open.set(open.get() + 1);
+        open.add();
         let (handler, open, stats, stop) = (handler.clone(), open.clone(), stats.clone(), stop.clone());
         glommio::spawn_local(async move {
             let report = serve_connection_until(stream, handler, server_cfg, &stop).await;
@@ -210,7 +213,7 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
             if report.unauthorized {
                 stats.auth_failures.set(stats.auth_failures.get() + 1);
             }
-            open.set(open.get() - 1);
+            open.sub();
         })
         .detach();
     }
@@ -224,18 +227,23 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
     // what it has read (requests it forwarded to other shards included) and closes; a peer
     // that does not read its replies holds it up to the frame timeout.
     stop.stop();
-    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
-    let draining = || std::time::Instant::now() < deadline;
-    while open.get() > 0 && draining() {
-        glommio::timer::sleep(SHUTDOWN_POLL).await;
-    }
-    // Then keep answering requests forwarded from other shards until all of them are
-    // through that step (a shard leaving earlier would strand them until the deadline).
-    s.connections_closed.fetch_add(1, Ordering::AcqRel);
-    let shards = s.map.shards.len();
-    while (s.connections_closed.load(Ordering::Acquire) < shards || handler.in_flight.get() > 0) && draining()
-    {
-        glommio::timer::sleep(SHUTDOWN_POLL).await;
+    let drained = async {
+        open.wait_until(|n| n == 0).await;
+        // Then keep answering requests forwarded from other shards until each of them
+        // says it forwards nothing more (a shard leaving earlier would strand them until
+        // the deadline), and every request here is answered.
+        peers.announce_drained().await;
+        let others = peers.others();
+        loop {
+            peers.drained.wait_until(|n| n >= others).await;
+            handler.in_flight.wait_until(|n| n == 0).await;
+            if peers.drained.get() >= others && handler.in_flight.get() == 0 {
+                return Ok(());
+            }
+        }
+    };
+    if glommio::timer::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
+        tracing::warn!(shard = s.index, "drain deadline passed with requests in flight");
     }
     drop(gc);
     tracing::info!(shard = s.index, "stopped; {} objects", store.space().objects);

@@ -12,6 +12,7 @@ use hotshard_nvme::BlockQueue;
 use crate::peers::Peers;
 use crate::shard_stats::ShardStats;
 use crate::store::{Store, StoreError, Value};
+use crate::waitable_count::{Counted, WaitableCount};
 
 /// A response payload: a value straight from the store (DMA buffer or cache), or bytes.
 pub enum OutBuf {
@@ -36,19 +37,11 @@ pub struct ShardHandler<Q: BlockQueue> {
     pub peers: Rc<Peers>,
     pub stats: Rc<ShardStats>,
     /// Requests being answered right now (a stopping shard waits for them).
-    pub in_flight: std::cell::Cell<usize>,
+    pub in_flight: WaitableCount,
     /// The budget of requests arriving from connections (over it: Busy).
     pub admission: crate::admission::Admission,
     /// The shared secret connections must prove, if any.
     pub secret: Option<Vec<u8>>,
-}
-
-struct InFlight<'a>(&'a std::cell::Cell<usize>);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
-    }
 }
 
 /// The target of a request that names a key.
@@ -245,8 +238,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             admission: &self.admission,
             bytes,
         });
-        self.in_flight.set(self.in_flight.get() + 1);
-        let _counted = InFlight(&self.in_flight);
+        let _counted = Counted::new(&self.in_flight);
         let reply = self.execute(request, payload).await;
         let body = reply.payload.map(|p| p.as_ref().to_vec()).unwrap_or_default();
         (reply.response, body)
@@ -308,8 +300,7 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
     }
 
     async fn handle(self: Rc<Self>, request: Request, payload: Option<Vec<u8>>) -> Reply<OutBuf> {
-        self.in_flight.set(self.in_flight.get() + 1);
-        let _counted = InFlight(&self.in_flight);
+        let _counted = Counted::new(&self.in_flight);
         let (key, target) = match &request {
             Request::Put { key, target, .. }
             | Request::Get { key, target, .. }

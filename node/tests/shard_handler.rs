@@ -7,7 +7,6 @@
 #[path = "../store/tests/common/mod.rs"]
 mod common;
 
-use std::cell::Cell;
 use std::rc::Rc;
 
 use common::{check_value, make_value, small_config, SIM_BYTES};
@@ -18,6 +17,7 @@ use hotshard_node::peers::{mesh, Peers};
 use hotshard_node::shard_handler::ShardHandler;
 use hotshard_node::shard_stats::ShardStats;
 use hotshard_node::store::Store;
+use hotshard_node::waitable_count::WaitableCount;
 use hotshard_nvme::{SimDevice, SimQueue};
 
 fn target(map: &ShardMap, key: &[u8]) -> Target {
@@ -56,7 +56,7 @@ async fn handler_of_shard(dev: &SimDevice, shard: u32, shards: u32) -> Rc<ShardH
         map: Rc::new(map),
         peers,
         stats: Rc::new(ShardStats::default()),
-        in_flight: Cell::new(0),
+        in_flight: WaitableCount::default(),
         admission: Admission::new(64, 1 << 20),
         secret: None,
     })
