@@ -1,5 +1,7 @@
 //! hotshard-net: the wire protocol (rkyv headers + raw payloads), framing, validation,
-//! error codes, placement, and the shard-aware client.
+//! error codes, placement, and the shard-aware client. The server driver and the readiness
+//! reactor need glommio (feature `glommio`, on by default); the wire format and the client
+//! do not (the client runs on tokio with `default-features = false, features = ["tokio"]`).
 
 pub mod auth;
 pub mod blocking;
@@ -12,8 +14,10 @@ pub mod frame_io;
 pub mod limits;
 pub mod message;
 pub mod placement;
+#[cfg(feature = "glommio")]
 pub mod readiness;
 pub mod runtime;
+#[cfg(feature = "glommio")]
 pub mod server;
 pub mod shard_map;
 pub mod stop;

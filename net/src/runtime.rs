@@ -14,8 +14,10 @@ pub trait Runtime: 'static {
 }
 
 /// glommio: the node's executor and the bench's.
+#[cfg(feature = "glommio")]
 pub struct Glommio;
 
+#[cfg(feature = "glommio")]
 impl Runtime for Glommio {
     type Stream = glommio::net::TcpStream;
 
