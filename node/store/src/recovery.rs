@@ -211,7 +211,9 @@ impl<Q: BlockQueue> Store<Q> {
                         Upsert::KeptNewer => return,
                         Upsert::Replaced(Some(old)) => {
                             let l = &mut live[old.segment as usize];
-                            *l = l.saturating_sub(live_size(r.key, old.value_len()));
+                            let size = live_size(r.key, old.value_len());
+                            debug_assert!(*l >= size, "segment {}: live bytes below zero", old.segment);
+                            *l = l.saturating_sub(size);
                         }
                         Upsert::Replaced(None) => {}
                     }

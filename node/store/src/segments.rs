@@ -141,8 +141,16 @@ impl SegmentTable {
         self.segments[index as usize].live_bytes += bytes;
     }
 
+    /// Takes `bytes` of records that are no longer live out of segment `index`. Taking
+    /// more than it holds is an accounting defect (a record counted twice, or never): it
+    /// fails tests, and a release build keeps the segment at zero rather than wrap.
     pub fn sub_live(&mut self, index: u32, bytes: u64) {
         let s = &mut self.segments[index as usize];
+        debug_assert!(
+            s.live_bytes >= bytes,
+            "segment {index}: {bytes} live bytes taken from {}",
+            s.live_bytes
+        );
         s.live_bytes = s.live_bytes.saturating_sub(bytes);
     }
 
