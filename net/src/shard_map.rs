@@ -1,11 +1,12 @@
-//! The shard map: for each partition, which (node, shard) owns it, and an epoch that grows
-//! with every change. Sent as the payload of a GetShardMap response, archived with rkyv.
+//! The shard map: for each partition, its chain of replicas (node, shard), head first, with
+//! a chain version, and an epoch that grows with every change of the map. Sent as the
+//! payload of a GetShardMap response, archived with rkyv, and checked whole on arrival.
 
 use rkyv::rancor::Error as RkyvError;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::WireError;
-use crate::limits::MAX_SHARD_MAP_BYTES;
+use crate::limits::{MAX_REPLICAS, MAX_SHARD_MAP_BYTES};
 use crate::placement::partition_of;
 
 /// One shard's address: a node and the shard's listener on it.
@@ -18,26 +19,68 @@ pub struct ShardAddr {
     pub addr: String,
 }
 
+/// A replica's part in its chain.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum ReplicaState {
+    /// Holds the partition and answers for it.
+    Serving,
+    /// Receiving the partition (every new write, and a stream of what it lacks); serves
+    /// no reads.
+    Syncing,
+    /// Down or cut off; takes no part until it rejoins as syncing.
+    Offline,
+}
+
+/// One replica of a partition: a shard (an index into the map's `shards`) and its state.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Replica {
+    pub shard: u16,
+    pub state: ReplicaState,
+}
+
+/// The replicas of one partition in chain order, head first, and a version that grows
+/// with every change of the chain (a request naming an older one is refused).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Chain {
+    pub version: u64,
+    pub replicas: Vec<Replica>,
+}
+
+/// The map of a cluster: its epoch (grows with every change of the map), the partition
+/// count, every shard's address, and a chain per partition. On one node with no cluster,
+/// each chain is one serving replica.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct ShardMap {
     pub epoch: u64,
     pub partition_bits: u8,
     pub shards: Vec<ShardAddr>,
-    /// `owners[p]` indexes `shards`.
-    pub owners: Vec<u16>,
+    /// `chains[p]` is partition p's chain.
+    pub chains: Vec<Chain>,
 }
 
 impl ShardMap {
-    /// A map that spreads `2^bits` partitions over `shards` round-robin.
+    /// A map that spreads `2^bits` partitions over `shards` round-robin, one serving
+    /// replica each.
     pub fn spread(epoch: u64, partition_bits: u8, shards: Vec<ShardAddr>) -> ShardMap {
         let n = shards.len().max(1);
-        let owners = (0..1usize << partition_bits).map(|p| (p % n) as u16).collect();
+        let chains = (0..1usize << partition_bits)
+            .map(|p| Chain {
+                version: 1,
+                replicas: vec![Replica {
+                    shard: (p % n) as u16,
+                    state: ReplicaState::Serving,
+                }],
+            })
+            .collect();
         ShardMap {
             epoch,
             partition_bits,
             shards,
-            owners,
+            chains,
         }
     }
 
@@ -45,10 +88,31 @@ impl ShardMap {
         partition_of(key, self.partition_bits)
     }
 
-    /// The shard owning `partition`.
+    /// Partition `partition`'s chain.
+    pub fn chain(&self, partition: u32) -> Option<&Chain> {
+        self.chains.get(partition as usize)
+    }
+
+    /// The shard that takes `partition`'s writes: its chain's first serving replica (the
+    /// head).
     pub fn owner(&self, partition: u32) -> Option<&ShardAddr> {
-        let i = *self.owners.get(partition as usize)?;
-        self.shards.get(i as usize)
+        let head = self
+            .chain(partition)?
+            .replicas
+            .iter()
+            .find(|r| r.state == ReplicaState::Serving)?;
+        self.shards.get(head.shard as usize)
+    }
+
+    /// How many partitions shard `index` (of `shards`) heads.
+    pub fn partitions_headed_by(&self, index: usize) -> usize {
+        (0..self.chains.len() as u32)
+            .filter(|&p| {
+                self.chain(p)
+                    .and_then(|c| c.replicas.iter().find(|r| r.state == ReplicaState::Serving))
+                    .is_some_and(|r| r.shard as usize == index)
+            })
+            .count()
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, WireError> {
@@ -72,10 +136,17 @@ impl ShardMap {
         let map: ShardMap = rkyv::deserialize::<ShardMap, RkyvError>(archived)
             .map_err(|e| WireError::Malformed(e.to_string()))?;
         let bits_ok = (1..=16).contains(&map.partition_bits);
-        if !bits_ok
-            || map.owners.len() != 1usize << map.partition_bits
-            || map.owners.iter().any(|&o| o as usize >= map.shards.len())
-        {
+        // Every chain names known shards, each at most once, and has a serving replica.
+        let chain_ok = |c: &Chain| {
+            !c.replicas.is_empty()
+                && c.replicas.len() <= MAX_REPLICAS
+                && c.replicas.iter().any(|r| r.state == ReplicaState::Serving)
+                && c.replicas.iter().enumerate().all(|(i, r)| {
+                    (r.shard as usize) < map.shards.len()
+                        && !c.replicas[..i].iter().any(|o| o.shard == r.shard)
+                })
+        };
+        if !bits_ok || map.chains.len() != 1usize << map.partition_bits || !map.chains.iter().all(chain_ok) {
             return Err(WireError::Malformed("shard map is inconsistent".into()));
         }
         Ok(map)
@@ -100,9 +171,61 @@ mod tests {
         assert_eq!(back, map);
         let p = map.partition(b"key");
         assert_eq!(map.owner(p).unwrap().shard, p % 3);
-        let mut bad = map.clone();
-        bad.owners[5] = 9;
-        assert!(ShardMap::from_bytes(&bad.to_bytes().unwrap()).is_err());
+        assert_eq!(map.chain(p).unwrap().version, 1);
+        assert_eq!(map.partitions_headed_by(0), 4096usize.div_ceil(3));
+        // Refused on arrival: an unknown shard, a shard twice in a chain, an empty chain, a
+        // chain with no serving replica, a missing chain.
+        let replica = |shard, state| Replica { shard, state };
+        let broken: [&dyn Fn(&mut ShardMap); 5] = [
+            &|m| m.chains[5].replicas[0].shard = 9,
+            &|m| {
+                let head = m.chains[5].replicas[0];
+                m.chains[5]
+                    .replicas
+                    .push(replica(head.shard, ReplicaState::Syncing))
+            },
+            &|m| m.chains[5].replicas.clear(),
+            &|m| m.chains[5].replicas[0].state = ReplicaState::Syncing,
+            &|m| {
+                m.chains.pop();
+            },
+        ];
+        for (i, breaks) in broken.iter().enumerate() {
+            let mut bad = map.clone();
+            breaks(&mut bad);
+            assert!(
+                ShardMap::from_bytes(&bad.to_bytes().unwrap()).is_err(),
+                "case {i}"
+            );
+        }
         assert!(ShardMap::from_bytes(b"garbage").is_err());
+        // The largest map (2^16 partitions of three replicas) fits the payload limit.
+        let mut big = ShardMap::spread(
+            1,
+            16,
+            (0..3)
+                .map(|s| ShardAddr {
+                    node: s,
+                    shard: 0,
+                    addr: "10.0.0.1:7400".into(),
+                })
+                .collect(),
+        );
+        for (p, c) in big.chains.iter_mut().enumerate() {
+            c.replicas = (0..3)
+                .map(|i| replica(((p + i) % 3) as u16, ReplicaState::Serving))
+                .collect();
+        }
+        let bytes = big.to_bytes().unwrap();
+        assert!(bytes.len() <= MAX_SHARD_MAP_BYTES, "{} bytes", bytes.len());
+        assert_eq!(ShardMap::from_bytes(&bytes).unwrap(), big);
+        // A chain whose head is offline routes writes to its first serving replica.
+        let mut m = map.clone();
+        m.chains[7].replicas = vec![
+            replica(1, ReplicaState::Offline),
+            replica(2, ReplicaState::Serving),
+        ];
+        let m = ShardMap::from_bytes(&m.to_bytes().unwrap()).unwrap();
+        assert_eq!(m.owner(7).unwrap().shard, 2);
     }
 }

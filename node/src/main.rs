@@ -162,9 +162,9 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Map { target } => {
             let c = client(&target)?;
             let map = c.shard_map();
-            println!("epoch {}, {} partitions", map.epoch, map.owners.len());
+            println!("epoch {}, {} partitions", map.epoch, map.chains.len());
             for (i, s) in map.shards.iter().enumerate() {
-                let owned = map.owners.iter().filter(|o| **o as usize == i).count();
+                let owned = map.partitions_headed_by(i);
                 println!(
                     "node {} shard {} at {}: {owned} partitions",
                     s.node, s.shard, s.addr

@@ -268,9 +268,8 @@ fn key_lists(spec: &LoadSpec, t: usize, shards: usize, map: Option<&ShardMap>) -
     for k in (t as u64..spec.keys).step_by(threads as usize) {
         let s = match map {
             Some(m) => m
-                .owners
-                .get(m.partition(&key_bytes(k)) as usize)
-                .map(|&o| o as usize)
+                .owner(m.partition(&key_bytes(k)))
+                .and_then(|o| m.shards.iter().position(|s| s == o))
                 .unwrap_or(0),
             None => 0,
         };
