@@ -9,10 +9,7 @@ source bench/node-setup.sh
 node_profile abget 7820 7821 256
 OLD=target/ab-old/release
 NEW=target/release  # built by node_profile above
-git worktree remove --force target/ab-src 2>/dev/null || true
-git worktree add -q --detach target/ab-src "$rev"
-(cd target/ab-src && CARGO_TARGET_DIR=../ab-old cargo build --release -q -p hotshard-bench -p hotshard-node)
-git worktree remove --force target/ab-src
+build_old "$rev"
 taskset -c 0 redis-server --port 6391 --save "" --appendonly no > "$work/redis.log" 2>&1 &
 redis=$!
 node=

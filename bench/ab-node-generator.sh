@@ -14,10 +14,7 @@ source bench/node-setup.sh
 node_profile ab 7890 7991 0
 OLD=target/ab-old/release
 NEW=target/release  # built by node_profile below
-git worktree remove --force target/ab-src 2>/dev/null || true
-git worktree add -q --detach target/ab-src "$rev"
-(cd target/ab-src && CARGO_TARGET_DIR=../ab-old cargo build --release -q -p hotshard-bench -p hotshard-node)
-git worktree remove --force target/ab-src
+build_old "$rev"
 node=
 stop_node() { kill $node; wait $node 2>/dev/null || true; }
 trap 'kill $node 2>/dev/null || true; wait 2>/dev/null || true; remove_node_data' EXIT

@@ -44,6 +44,15 @@ start_node() {
     run_node
 }
 
+# build_old REV: builds the node and the harness at commit REV into target/ab-old/release
+# (through a temporary worktree), for the A/B scripts.
+build_old() {
+    git worktree remove --force target/ab-src 2>/dev/null || true
+    git worktree add -q --detach target/ab-src "$1"
+    (cd target/ab-src && CARGO_TARGET_DIR=../ab-old cargo build --release -q -p hotshard-bench -p hotshard-node)
+    git worktree remove --force target/ab-src
+}
+
 # fio_randread: fio randread 4 KiB QD 32 on the node's data file, core 0, for $d; prints IOPS.
 fio_randread() {
     fio --name=anchor --filename="$work/data/data.img" --rw=randread --bs=4096 --iodepth=32 \

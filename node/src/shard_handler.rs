@@ -44,13 +44,13 @@ pub struct ShardHandler<Q: BlockQueue> {
     pub secret: Option<Vec<u8>>,
 }
 
-/// The target of a request that names a key.
-fn keyed_target(request: &Request) -> Option<hotshard_net::Target> {
+/// The key and target of a request that names a key.
+fn keyed(request: &Request) -> Option<(&[u8], hotshard_net::Target)> {
     match request {
-        Request::Put { target, .. }
-        | Request::Get { target, .. }
-        | Request::Delete { target, .. }
-        | Request::Stat { target, .. } => Some(*target),
+        Request::Put { key, target, .. }
+        | Request::Get { key, target, .. }
+        | Request::Delete { key, target, .. }
+        | Request::Stat { key, target, .. } => Some((key.as_slice(), *target)),
         _ => None,
     }
 }
@@ -209,7 +209,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         // The forwarding shard routed by its own copy of the map; this shard checks that
         // it owns the partition by its copy. If they differ (a map change reached one
         // first), the client is sent to refresh its map, and nothing is written here.
-        if let Some(target) = keyed_target(&request) {
+        if let Some((_, target)) = keyed(&request) {
             let mine = self
                 .map
                 .owner(target.partition)
@@ -301,12 +301,8 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
 
     async fn handle(self: Rc<Self>, request: Request, payload: Option<Vec<u8>>) -> Reply<OutBuf> {
         let _counted = Counted::new(&self.in_flight);
-        let (key, target) = match &request {
-            Request::Put { key, target, .. }
-            | Request::Get { key, target, .. }
-            | Request::Delete { key, target, .. }
-            | Request::Stat { key, target, .. } => (key.as_slice(), *target),
-            _ => return self.execute(request, payload).await,
+        let Some((key, target)) = keyed(&request) else {
+            return self.execute(request, payload).await;
         };
         let partition = self.map.partition(key);
         if partition != target.partition {
@@ -314,20 +310,21 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
                 reason: format!("key is in partition {partition}, not {}", target.partition),
             });
         }
-        let Some(owner) = self.map.owner(partition).cloned() else {
+        // Two integers of the owner, not a clone of its address (a String) per request.
+        let Some((owner_node, owner_shard)) = self.map.owner(partition).map(|o| (o.node, o.shard)) else {
             return Reply::status(Status::Internal);
         };
-        if owner.node != self.node_id {
+        if owner_node != self.node_id {
             self.stats.wrong_shard.set(self.stats.wrong_shard.get() + 1);
             return Reply::status(Status::WrongShard {
                 epoch: self.map.epoch,
             });
         }
-        if owner.shard as usize == self.shard {
+        if owner_shard as usize == self.shard {
             return self.execute(request, payload).await;
         }
         self.stats.forwarded.set(self.stats.forwarded.get() + 1);
-        match self.peers.forward(owner.shard as usize, request, payload).await {
+        match self.peers.forward(owner_shard as usize, request, payload).await {
             Some((response, body)) => Reply {
                 response,
                 payload: (!body.is_empty()).then_some(OutBuf::Bytes(body)),
