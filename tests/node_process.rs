@@ -550,3 +550,81 @@ fn a_second_signal_ends_a_slow_stop_at_once() {
     let mut c = BlockingClient::connect(&node.addr(0), Duration::from_secs(5)).unwrap();
     assert_eq!(c.get(b"before", None).unwrap().unwrap().0, b"the stop");
 }
+
+/// The value of `name{shard="N"}` in a stats text, or 0 if it is not there.
+fn metric(stats: &str, name: &str, shard: u32) -> u64 {
+    let prefix = format!("{name}{{shard=\"{shard}\"}} ");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().expect("an integer counter"))
+}
+
+/// Issue 17: a PUT's value goes from the socket to the device with no copy on the node
+/// when the shard that reads it owns the key: it is received into a DMA buffer of that
+/// shard's pool and the batch writes from it. A PUT forwarded to another shard is copied
+/// once (into the owner's batch), and a value short enough to ride inline is copied.
+#[test]
+fn a_value_for_the_receiving_shard_reaches_the_device_without_a_copy() {
+    use hotshard_net::connection::Connection;
+    use hotshard_net::{Request, Status, Target};
+    let dir = test_dir();
+    let port = ports();
+    let node = start(&write_config(dir.path(), port), port);
+    let mut client = BlockingClient::connect(&node.addr(0), Duration::from_secs(5)).unwrap();
+    let map = client.shard_map().clone();
+    let sizes = [4096usize, 65_536, 1 << 20, 3 << 20];
+    // Keys shard 0 owns, through the client (which routes to the owner).
+    let mine: Vec<String> = (0..)
+        .map(|i| format!("zc{i}"))
+        .filter(|k| {
+            map.owner(map.partition(k.as_bytes()))
+                .is_some_and(|o| o.shard == 0)
+        })
+        .take(sizes.len())
+        .collect();
+    for (k, len) in mine.iter().zip(sizes) {
+        client.put(k.as_bytes(), &vec![7u8; len]).unwrap();
+    }
+    let before = client.stats(&node.addr(0)).unwrap();
+    let in_place = metric(&before, "hotshard_store_value_bytes_in_place_total", 0);
+    assert_eq!(in_place, sizes.iter().sum::<usize>() as u64, "{before}");
+    assert_eq!(
+        metric(&before, "hotshard_store_value_bytes_copied_total", 0),
+        0,
+        "{before}"
+    );
+    let received = metric(&before, "hotshard_put_payload_bytes_buffered_total", 0)
+        + metric(&before, "hotshard_put_payload_bytes_direct_total", 0);
+    assert_eq!(received, in_place, "every payload byte counted once: {before}");
+    // A key shard 1 owns, sent to shard 0: forwarded, and copied once into shard 1's batch.
+    let theirs = key_owned_by_shard(&map, 1);
+    let sock = StdTcp::connect(node.addr(0)).unwrap();
+    let conn = Connection::new(futures_lite::io::AssertAsync::new(sock));
+    let put = Request::Put {
+        key: theirs.clone().into_bytes(),
+        if_version: None,
+        target: Target {
+            partition: map.partition(theirs.as_bytes()),
+            epoch: map.epoch,
+        },
+    };
+    let (r, _) = futures_lite::future::block_on(conn.call(&put, &[9u8; 65_536])).unwrap();
+    assert_eq!(r.status(), Status::Ok);
+    let after = client.stats(&node.addr(1)).unwrap();
+    assert_eq!(
+        metric(&after, "hotshard_store_value_bytes_copied_total", 1),
+        65_536,
+        "{after}"
+    );
+    assert_eq!(
+        metric(&after, "hotshard_store_value_bytes_in_place_total", 1),
+        0,
+        "{after}"
+    );
+    for (k, len) in mine.iter().zip(sizes) {
+        let (v, _) = client.get(k.as_bytes(), None).unwrap().expect("stored");
+        assert_eq!(v.len(), len);
+        assert!(v.iter().all(|b| *b == 7));
+    }
+}

@@ -21,7 +21,7 @@ struct PingOnly;
 impl Handler for PingOnly {
     type In = Vec<u8>;
     type Out = Vec<u8>;
-    fn payload_buffer(&self, _len: usize) -> Result<Vec<u8>, Status> {
+    fn payload_buffer(&self, _request: &Request, _len: usize) -> Result<Vec<u8>, Status> {
         Err(Status::BadRequest {
             reason: "ping server".into(),
         })

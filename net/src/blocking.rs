@@ -41,7 +41,7 @@ impl BlockingClient {
         };
         let (resp, body) = c.call(addr, &Request::GetShardMap, &[])?;
         expect_ok(&resp)?;
-        c.map = ShardMap::from_bytes(&body)?;
+        c.map = ShardMap::from_bytes(&body).map_err(crate::WireError::from)?;
         Ok(c)
     }
 

@@ -159,7 +159,7 @@ impl<R: Runtime> Client<R> {
         for addr in addrs {
             match self.call_addr(&addr, &Request::GetShardMap, &[]).await {
                 Ok((resp, body)) if resp.status() == Status::Ok => {
-                    let map = ShardMap::from_bytes(&body)?;
+                    let map = ShardMap::from_bytes(&body).map_err(WireError::from)?;
                     if map.epoch >= self.map.borrow().epoch {
                         *self.map.borrow_mut() = map;
                     }

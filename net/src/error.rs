@@ -20,3 +20,16 @@ pub enum WireError {
     #[error("no data within the socket timeout")]
     TimedOut,
 }
+
+impl From<hotshard_placement::MapError> for WireError {
+    fn from(e: hotshard_placement::MapError) -> Self {
+        match e {
+            hotshard_placement::MapError::TooLarge { len, limit } => WireError::TooLarge {
+                what: "shard map",
+                len,
+                limit,
+            },
+            hotshard_placement::MapError::Malformed(m) => WireError::Malformed(format!("shard map: {m}")),
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! hotshard-net: the wire protocol (rkyv headers + raw payloads), framing, validation,
-//! error codes, placement, and the shard-aware client. The server driver and the readiness
+//! error codes, and the shard-aware client. Placement and the shard map are
+//! `hotshard-placement` (re-exported here as `placement` and `shard_map`). The server driver and the readiness
 //! reactor need glommio (feature `glommio`, on by default); the wire format and the client
 //! do not (the client runs on tokio with `default-features = false, features = ["tokio"]`).
 
@@ -13,15 +14,14 @@ pub mod frame;
 pub mod frame_io;
 pub mod limits;
 pub mod message;
-pub mod placement;
 #[cfg(feature = "glommio")]
 pub mod readiness;
 pub mod runtime;
 #[cfg(feature = "glommio")]
 pub mod server;
-pub mod shard_map;
 pub mod stop;
 pub mod vectored;
 
 pub use error::WireError;
+pub use hotshard_placement::{partition as placement, shard_map};
 pub use message::{ByteRange, Request, Response, Status, Target};

@@ -11,13 +11,8 @@ pub const MAX_PAYLOAD_BYTES: usize = 8 << 20;
 /// room for the largest key and the shard map request with no way to pin much memory.
 pub const MAX_HEADER_BYTES: usize = 4096;
 
-/// Largest shard-map payload: 65,536 partitions of a chain each (version, list head and
-/// up to `MAX_REPLICAS` replicas: about 36 bytes archived) plus shard addresses.
-pub const MAX_SHARD_MAP_BYTES: usize = 4 << 20;
-
-/// Most replicas a partition's chain may list: the replication factor (3) plus one being
-/// synced in and one being replaced during a move.
-pub const MAX_REPLICAS: usize = 5;
+/// Largest shard map and most replicas in a chain: placement's limits.
+pub use hotshard_placement::limits::{MAX_REPLICAS, MAX_SHARD_MAP_BYTES};
 
 /// Requests in flight per connection before the server stops reading (backpressure).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;

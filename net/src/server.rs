@@ -57,8 +57,14 @@ pub trait Handler: 'static {
     type In: AsMut<[u8]> + 'static;
     /// Buffer a response payload is sent from (a slice of a DMA buffer for the node).
     type Out: AsRef<[u8]> + 'static;
-    /// A buffer of exactly `len` bytes for a request's payload, or why there is none.
-    fn payload_buffer(&self, len: usize) -> Result<Self::In, Status>;
+    /// A buffer of exactly `len` bytes for `request`'s payload, or why there is none. The
+    /// request is there to route by: a payload bound for this core's device can land in a
+    /// DMA buffer, one that another core will write in an ordinary one.
+    fn payload_buffer(&self, request: &Request, len: usize) -> Result<Self::In, Status>;
+    /// A payload of `buffered + direct` bytes has arrived: `buffered` were already in the
+    /// connection's read buffer (with the frame's header) and were copied out of it,
+    /// `direct` were received straight into the payload buffer.
+    fn payload_received(&self, _buffered: usize, _direct: usize) {}
     /// Whether there is room for this request now, before anything is allocated for it;
     /// returns the bytes it holds from now on (its payload), or None when it is not
     /// counted at all (small control requests). An error answers it at once (Busy when
@@ -386,7 +392,7 @@ where
         };
         let buffer = match refused {
             Some(status) => Err(status),
-            None if matches!(request, Request::Put { .. }) => handler.payload_buffer(len).map(Some),
+            None if matches!(request, Request::Put { .. }) => handler.payload_buffer(&request, len).map(Some),
             None => Ok(None),
         };
         let payload = match buffer {
@@ -396,11 +402,14 @@ where
                     buffered,
                     len,
                     cfg.frame_timeout,
-                    read_payload(&mut *r, &mut buf.as_mut()[..len]),
+                    read_payload_into(&mut *r, &mut buf.as_mut()[..len]),
                 )
                 .await;
                 match read {
-                    Some(Ok(())) => Some(buf),
+                    Some(Ok(copied)) => {
+                        handler.payload_received(copied, len - copied);
+                        Some(buf)
+                    }
                     Some(Err(WireError::Closed)) => return report,
                     Some(Err(e)) => return fatal(&shared, &mut report, id, e),
                     None => {
@@ -447,6 +456,28 @@ where
             }
         }
     }
+}
+
+/// Fills `buf` with a payload: what the read buffer already holds is copied out of it
+/// (it came in with the frame's header), the rest is received from the socket straight
+/// into `buf`, never through the read buffer, and never past the payload's end. Returns the
+/// bytes copied.
+///
+/// Why not receive every payload straight into its buffer: that needs the header read on
+/// its own first, one more `recv` per request, which costs more than copying a payload of
+/// a few KiB that arrived with its header (a `recv` is a system call; a 4 KiB copy is a
+/// few hundred nanoseconds).
+async fn read_payload_into<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+    buf: &mut [u8],
+) -> Result<usize, WireError> {
+    let have = r.buffer().len().min(buf.len());
+    buf[..have].copy_from_slice(&r.buffer()[..have]);
+    r.consume(have);
+    if have < buf.len() {
+        read_payload(r.get_mut(), &mut buf[have..]).await?;
+    }
+    Ok(have)
 }
 
 /// A connection's read side: through the shard's readiness set (`readiness`), or, if that

@@ -45,7 +45,7 @@ impl Handler for MemHandler {
     type In = Vec<u8>;
     type Out = Vec<u8>;
 
-    fn payload_buffer(&self, len: usize) -> Result<Vec<u8>, Status> {
+    fn payload_buffer(&self, _request: &Request, len: usize) -> Result<Vec<u8>, Status> {
         if len > 1 << 20 {
             return Err(Status::TooLarge);
         }

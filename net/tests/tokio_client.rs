@@ -21,7 +21,7 @@ impl Handler for Mem {
     type In = Vec<u8>;
     type Out = Vec<u8>;
 
-    fn payload_buffer(&self, len: usize) -> Result<Vec<u8>, Status> {
+    fn payload_buffer(&self, _request: &Request, len: usize) -> Result<Vec<u8>, Status> {
         Ok(vec![0; len])
     }
 

@@ -10,6 +10,7 @@ pub mod gc_task;
 pub mod limits;
 pub mod listener;
 pub mod peers;
+pub mod put_payload;
 pub mod serve;
 pub mod shard;
 pub mod shard_handler;

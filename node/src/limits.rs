@@ -7,8 +7,11 @@ pub use hotshard_store::limits::*;
 // A value the wire accepts is a value the engine stores, and no more.
 const _: () = assert!(hotshard_net::limits::MAX_PAYLOAD_BYTES == MAX_VALUE_BYTES);
 const _: () = assert!(hotshard_net::limits::MAX_KEY_BYTES == MAX_KEY_BYTES);
-// One placement default: the partition count a new store records is the one clients use.
-const _: () = assert!(hotshard_net::placement::DEFAULT_PARTITION_BITS == DEFAULT_PARTITION_BITS);
+// One placement default: the partition count a new store records is the one clients use;
+// and one bound: a map's partition is what an index slot and a record header hold (u16).
+const _: () = assert!(hotshard_placement::DEFAULT_PARTITION_BITS == DEFAULT_PARTITION_BITS);
+const _: () = assert!(hotshard_placement::limits::MAX_PARTITION_BITS == MAX_PARTITION_BITS);
+const _: () = assert!(MAX_PARTITION_BITS <= u16::BITS as u8);
 
 /// Smallest segment the config accepts, MiB: the largest value and its headers (a few KiB)
 /// in whole MiB.

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use glommio::{LocalExecutorBuilder, Placement};
-use hotshard_net::shard_map::{ShardAddr, ShardMap};
 use hotshard_nvme::{Device, DeviceOptions};
+use hotshard_placement::shard_map::{ShardAddr, ShardMap};
 
 use crate::config::{NodeConfig, DEFAULT_DATA_CAP_BYTES};
 use crate::data_lock::DataLock;

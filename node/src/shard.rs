@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hotshard_net::server::{serve_connection_until, ServerConfig};
-use hotshard_net::shard_map::ShardMap;
 use hotshard_net::stop::StopSignal;
 use hotshard_nvme::{AnyQueue, Device, DeviceOptions, DmaFileQueue, UringOptions};
+use hotshard_placement::shard_map::ShardMap;
 
 use crate::config::NodeConfig;
 use crate::gc_task::{start_background_gc, GcPacing};

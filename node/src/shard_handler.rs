@@ -5,11 +5,12 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use hotshard_net::server::{Handler, Reply};
-use hotshard_net::shard_map::ShardMap;
 use hotshard_net::{Request, Response, Status};
 use hotshard_nvme::BlockQueue;
+use hotshard_placement::shard_map::ShardMap;
 
 use crate::peers::Peers;
+use crate::put_payload::PutPayload;
 use crate::shard_stats::ShardStats;
 use crate::store::{Store, StoreError, Value};
 use crate::waitable_count::{Counted, WaitableCount};
@@ -102,7 +103,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     }
 
     /// Runs a keyed request on this shard's store.
-    pub async fn execute(&self, request: Request, payload: Option<Vec<u8>>) -> Reply<OutBuf> {
+    pub async fn execute(&self, request: Request, payload: Option<PutPayload>) -> Reply<OutBuf> {
         let started = Instant::now();
         let micros = || started.elapsed().as_micros() as u64;
         match request {
@@ -111,15 +112,21 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 if_version,
                 target,
             } => {
-                let value = payload.unwrap_or_default();
                 let Some(partition) = store_partition(target.partition) else {
                     return Reply::status(partition_too_large(target.partition));
                 };
-                let r = self.store.put(&key, partition, &value, if_version).await;
-                self.stats.put.record(micros(), value.len() as u64, r.is_ok());
+                let len = payload.as_ref().map_or(0, PutPayload::len);
+                let r = match payload {
+                    Some(PutPayload::InPlace(buf)) => {
+                        self.store.put_buf(&key, partition, buf, if_version).await
+                    }
+                    Some(PutPayload::Heap(v)) => self.store.put(&key, partition, &v, if_version).await,
+                    None => self.store.put(&key, partition, &[], if_version).await,
+                };
+                self.stats.put.record(micros(), len as u64, r.is_ok());
                 match r {
                     Ok(v) => Reply {
-                        response: ok_with(v, value.len() as u64, 0),
+                        response: ok_with(v, len as u64, 0),
                         payload: None,
                     },
                     Err(e) => Reply::status(status_of(&e)),
@@ -239,7 +246,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             bytes,
         });
         let _counted = Counted::new(&self.in_flight);
-        let reply = self.execute(request, payload).await;
+        let reply = self.execute(request, payload.map(PutPayload::Heap)).await;
         let body = reply.payload.map(|p| p.as_ref().to_vec()).unwrap_or_default();
         (reply.response, body)
     }
@@ -258,7 +265,7 @@ impl Drop for Held<'_> {
 }
 
 impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
-    type In = Vec<u8>;
+    type In = PutPayload;
     type Out = OutBuf;
 
     fn admit(&self, request: &Request, payload_len: usize) -> Result<Option<usize>, Status> {
@@ -292,14 +299,36 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
         self.secret.as_deref()
     }
 
-    fn payload_buffer(&self, len: usize) -> Result<Vec<u8>, Status> {
+    /// A PUT whose key this shard owns is received into a buffer of its DMA pool, which the
+    /// batch writes from; any other payload (a key of another shard or node, a value short
+    /// enough to ride inline, a pool with no room now) into an ordinary one. Nothing is
+    /// refused for want of a DMA buffer.
+    fn payload_buffer(&self, request: &Request, len: usize) -> Result<PutPayload, Status> {
         if len > self.store.config().max_value_bytes {
             return Err(Status::TooLarge);
         }
-        Ok(vec![0; len])
+        let mine = keyed(request).is_some_and(|(_, target)| {
+            self.map
+                .owner(target.partition)
+                .is_some_and(|o| o.node == self.node_id && o.shard as usize == self.shard)
+        });
+        if mine {
+            if let Some(buf) = self.store.value_buffer(len) {
+                return Ok(PutPayload::InPlace(buf));
+            }
+        }
+        Ok(PutPayload::Heap(vec![0; len]))
     }
 
-    async fn handle(self: Rc<Self>, request: Request, payload: Option<Vec<u8>>) -> Reply<OutBuf> {
+    fn payload_received(&self, buffered: usize, direct: usize) {
+        let s = &self.stats;
+        s.payload_bytes_buffered
+            .set(s.payload_bytes_buffered.get() + buffered as u64);
+        s.payload_bytes_direct
+            .set(s.payload_bytes_direct.get() + direct as u64);
+    }
+
+    async fn handle(self: Rc<Self>, request: Request, payload: Option<PutPayload>) -> Reply<OutBuf> {
         let _counted = Counted::new(&self.in_flight);
         let Some((key, target)) = keyed(&request) else {
             return self.execute(request, payload).await;
@@ -324,6 +353,9 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
             return self.execute(request, payload).await;
         }
         self.stats.forwarded.set(self.stats.forwarded.get() + 1);
+        // The peer channel crosses cores: the payload goes as an ordinary vector (received
+        // into one by `payload_buffer` unless the map changed in between).
+        let payload = payload.map(PutPayload::into_vec);
         match self.peers.forward(owner_shard as usize, request, payload).await {
             Some((response, body)) => Reply {
                 response,

@@ -56,6 +56,11 @@ pub struct ShardStats {
     pub frame_timeouts: Cell<u64>,
     /// Connections refused for a missing or wrong proof of the shared secret.
     pub auth_failures: Cell<u64>,
+    /// PUT payload bytes that arrived with their frame's header and were copied out of the
+    /// connection's read buffer.
+    pub payload_bytes_buffered: Cell<u64>,
+    /// PUT payload bytes received from the socket straight into the payload's buffer.
+    pub payload_bytes_direct: Cell<u64>,
 }
 
 impl ShardStats {
@@ -108,7 +113,7 @@ impl ShardStats {
         let c = store.counters();
         let cache = store.cache_stats();
         let space = store.space();
-        let gauges: [(&str, u64); 28] = [
+        let gauges: [(&str, u64); 32] = [
             ("hotshard_forwarded_total", self.forwarded.get()),
             ("hotshard_wrong_shard_total", self.wrong_shard.get()),
             ("hotshard_connections_total", self.connections.get()),
@@ -140,6 +145,19 @@ impl ShardStats {
             ("hotshard_batches_total", c.batches),
             ("hotshard_store_busy_total", c.busy),
             ("hotshard_recovery_lsn_anomalies_total", c.recovery_lsn_anomalies),
+            ("hotshard_store_value_bytes_copied_total", c.value_bytes_copied),
+            (
+                "hotshard_store_value_bytes_in_place_total",
+                c.value_bytes_in_place,
+            ),
+            (
+                "hotshard_put_payload_bytes_buffered_total",
+                self.payload_bytes_buffered.get(),
+            ),
+            (
+                "hotshard_put_payload_bytes_direct_total",
+                self.payload_bytes_direct.get(),
+            ),
         ];
         for (name, v) in gauges {
             let _ = writeln!(out, "{name}{{{l}}} {v}");

@@ -68,7 +68,10 @@ async fn put(h: &ShardHandler<SimQueue>, key: &[u8], value: Vec<u8>) -> Status {
         if_version: None,
         target: target(&h.map, key),
     };
-    h.execute(req, Some(value)).await.response.status()
+    h.execute(req, Some(hotshard_node::put_payload::PutPayload::Heap(value)))
+        .await
+        .response
+        .status()
 }
 
 async fn get(h: &ShardHandler<SimQueue>, key: &[u8]) -> (Status, Option<Vec<u8>>) {

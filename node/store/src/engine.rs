@@ -17,6 +17,7 @@ use super::index::{Index, IndexEntry};
 use super::metrics::{bump, StoreCounters, StoreMetrics};
 use super::segments::SegmentTable;
 use super::value::Value;
+use super::value_buf::{StageValue, ValueBuf};
 use super::write_gate::WriteGate;
 
 /// Tries a write makes at staging before it answers `Busy`; also how many batches a write
@@ -168,7 +169,7 @@ impl<Q: BlockQueue> Store<Q> {
         &self,
         key: &[u8],
         partition: u16,
-        value: &[u8],
+        value: &mut StageValue<'_>,
         if_version: Option<u64>,
         kind: RecordKind,
     ) -> StoreResult<(u64, Rc<super::group_commit::BatchDone>)> {
@@ -205,21 +206,20 @@ impl<Q: BlockQueue> Store<Q> {
         // GC forgets a tombstone), and outranks every record already on the device.
         let new_version = st.writer.next_lsn;
         debug_assert!(new_version > version);
-        let tomb_value = new_version.to_le_bytes();
-        let value = if kind == RecordKind::Tombstone {
-            &tomb_value[..]
-        } else {
-            value
-        };
         let req = StageRequest {
             key,
             partition,
-            value,
             version: None,
             kind,
             moved_from: None,
         };
-        let done = self.inner.stage(&mut st, &req)?;
+        let done = if kind == RecordKind::Tombstone {
+            let tomb_value = new_version.to_le_bytes();
+            self.inner
+                .stage(&mut st, &req, &mut StageValue::Bytes(&tomb_value))?
+        } else {
+            self.inner.stage(&mut st, &req, value)?
+        };
         let p = st.pending.entry(key.into()).or_insert(Pending {
             version: 0,
             tombstone: false,
@@ -241,17 +241,56 @@ impl<Q: BlockQueue> Store<Q> {
         value: &[u8],
         if_version: Option<u64>,
     ) -> StoreResult<u64> {
+        self.put_value(key, partition, StageValue::Bytes(value), if_version)
+            .await
+    }
+
+    /// `put` of a value received into a buffer from `value_buffer`: the batch writes the
+    /// value from that buffer, with no copy.
+    pub async fn put_buf(
+        &self,
+        key: &[u8],
+        partition: u16,
+        value: ValueBuf,
+        if_version: Option<u64>,
+    ) -> StoreResult<u64> {
+        self.put_value(key, partition, StageValue::Buf(Some(value)), if_version)
+            .await
+    }
+
+    /// A buffer of the store's DMA pool for a value of `len` bytes, to receive it into
+    /// and hand to `put_buf`; None when a copy costs no more (a value short enough to ride
+    /// inline behind its key), when `len` is over the value limit, or when the pool has
+    /// no room now (then receive it anywhere and `put` it: one copy, no refusal).
+    pub fn value_buffer(&self, len: usize) -> Option<ValueBuf> {
+        if len < self.inner.inline_max() || len > self.inner.cfg.max_value_bytes {
+            return None;
+        }
+        let padded = len.div_ceil(self.inner.block as usize) * self.inner.block as usize;
+        let mut buf = self.inner.queue.pool().try_alloc(padded).ok()?;
+        buf.set_len(padded).ok()?;
+        Some(ValueBuf::new(buf, len))
+    }
+
+    async fn put_value(
+        &self,
+        key: &[u8],
+        partition: u16,
+        mut value: StageValue<'_>,
+        if_version: Option<u64>,
+    ) -> StoreResult<u64> {
         self.check_key(key)?;
         self.check_partition(partition)?;
-        if value.len() > self.inner.cfg.max_value_bytes {
+        let len = value.bytes().len();
+        if len > self.inner.cfg.max_value_bytes {
             return Err(StoreError::TooLarge {
                 what: "value",
-                len: value.len(),
+                len,
                 limit: self.inner.cfg.max_value_bytes,
             });
         }
         let version = self
-            .write(key, partition, value, if_version, RecordKind::Put)
+            .write(key, partition, &mut value, if_version, RecordKind::Put)
             .await?;
         bump(&self.inner.metrics.puts, 1);
         Ok(version)
@@ -263,7 +302,13 @@ impl<Q: BlockQueue> Store<Q> {
         self.check_key(key)?;
         self.check_partition(partition)?;
         let version = self
-            .write(key, partition, &[], if_version, RecordKind::Tombstone)
+            .write(
+                key,
+                partition,
+                &mut StageValue::Bytes(&[]),
+                if_version,
+                RecordKind::Tombstone,
+            )
             .await?;
         bump(&self.inner.metrics.deletes, 1);
         Ok(version)
@@ -283,7 +328,7 @@ impl<Q: BlockQueue> Store<Q> {
         &self,
         key: &[u8],
         partition: u16,
-        value: &[u8],
+        value: &mut StageValue<'_>,
         if_version: Option<u64>,
         kind: RecordKind,
     ) -> StoreResult<u64> {
@@ -313,7 +358,12 @@ impl<Q: BlockQueue> Store<Q> {
                     if attempts >= STAGE_ATTEMPTS {
                         return Err(self.busy(why));
                     }
-                    self.drain_staged_or_wait_for_buffers(value.len()).await;
+                    // A value in its own buffer needs none for itself, only the batch's.
+                    let copied_len = match value {
+                        StageValue::Bytes(b) => b.len(),
+                        StageValue::Buf(_) => 0,
+                    };
+                    self.drain_staged_or_wait_for_buffers(copied_len).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -346,7 +396,8 @@ impl<Q: BlockQueue> Store<Q> {
 
     /// After a `Busy` from staging: writes out what is queued (its buffers return to the
     /// pool when its write ends), or, with nothing queued, waits until the pool has room
-    /// for a value of `value_len` bytes (reads and GC hold buffers only while they run).
+    /// for a batch and a copied value of `value_len` bytes (reads and GC hold buffers only
+    /// while they run).
     async fn drain_staged_or_wait_for_buffers(&self, value_len: usize) {
         let newest = newest_staged_batch(&self.inner.state.borrow());
         match newest {

@@ -13,6 +13,7 @@ use super::format::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::group_commit::{live_size, newest_staged_batch, StageRequest};
 use super::metrics::bump;
 use super::scan::{scan_segment, ScanLimits, SegmentLife};
+use super::value_buf::StageValue;
 use crate::limits::GC_RESERVED_SEGMENTS;
 
 /// A segment this empty is worth collecting even when space is plentiful.
@@ -171,12 +172,11 @@ impl<Q: BlockQueue> Store<Q> {
             let req = StageRequest {
                 key,
                 partition: h.partition,
-                value,
                 version: Some(h.version),
                 kind: h.kind,
                 moved_from: Some((victim, off)),
             };
-            match inner.stage(&mut st, &req) {
+            match inner.stage(&mut st, &req, &mut StageValue::Bytes(value)) {
                 Ok(done) => {
                     if !dones.iter().any(|d| Rc::ptr_eq(d, &done)) {
                         dones.push(done);

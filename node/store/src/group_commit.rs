@@ -22,7 +22,9 @@ use super::format::{
 };
 use super::index::IndexEntry;
 use super::metrics::bump;
+use super::value_buf::StageValue;
 use crate::limits::GC_RESERVED_SEGMENTS;
+use hotshard_nvme::limits::MAX_IOVECS;
 
 /// Batches sealed and waiting for their write; beyond this, puts answer Busy.
 const MAX_SEALED_BATCHES: usize = 8;
@@ -77,9 +79,13 @@ pub struct Batch {
     /// Segment header (if first), batch header, record headers, keys and inline values.
     pub meta: DmaBuffer,
     pub meta_used: usize,
-    /// Large values, each block aligned.
-    pub values: Option<DmaBuffer>,
+    /// The value area, written right behind `meta` as further iovecs: values received
+    /// into their own DMA buffers (handed over as they are) and buffers that copied values
+    /// share. Every length is a whole number of blocks.
+    pub values: Vec<DmaBuffer>,
     pub values_used: usize,
+    /// Room left in the last buffer of `values` if it takes copies (0 otherwise).
+    pub copy_room: usize,
     pub records: Vec<Staged>,
     pub first_lsn: u64,
     pub last_lsn: u64,
@@ -130,12 +136,11 @@ impl Writer {
     }
 }
 
-/// What to stage.
+/// What to stage (the value is passed beside it: staging may take its buffer).
 pub struct StageRequest<'a> {
     pub key: &'a [u8],
     /// The object's partition, as the writer named it (kept by GC moves).
     pub partition: u16,
-    pub value: &'a [u8],
     /// None: the record's own LSN becomes its version (new writes); Some: kept (GC moves).
     pub version: Option<u64>,
     pub kind: RecordKind,
@@ -149,7 +154,7 @@ fn round_up(v: u64, to: u64) -> u64 {
 impl<Q: BlockQueue> Inner<Q> {
     /// Values shorter than this ride inline behind their key; longer ones start on a block
     /// so that a get reads only their blocks.
-    fn inline_max(&self) -> usize {
+    pub(crate) fn inline_max(&self) -> usize {
         self.block as usize / 2
     }
 
@@ -161,22 +166,34 @@ impl<Q: BlockQueue> Inner<Q> {
     /// (which holds records) or opening a segment (which holds none until a batch is
     /// written). A batch it opened and could not fill is discarded, never sealed: an empty
     /// batch on the device once hid every later batch of its segment from recovery.
-    pub(crate) fn stage(&self, st: &mut State, req: &StageRequest<'_>) -> StoreResult<Rc<BatchDone>> {
-        let inline = req.value.len() < self.inline_max();
-        let meta_add = RECORD_HEADER_BYTES + req.key.len() + if inline { req.value.len() } else { 0 };
+    pub(crate) fn stage(
+        &self,
+        st: &mut State,
+        req: &StageRequest<'_>,
+        value: &mut StageValue<'_>,
+    ) -> StoreResult<Rc<BatchDone>> {
+        let value_len = value.bytes().len();
+        let inline = value_len < self.inline_max();
+        let meta_add = RECORD_HEADER_BYTES + req.key.len() + if inline { value_len } else { 0 };
         let values_add = if inline {
             0
         } else {
-            round_up(req.value.len() as u64, self.block) as usize
+            round_up(value_len as u64, self.block) as usize
         };
+        // A value received into its own buffer becomes an iovec of the batch; any other
+        // value that does not ride inline is copied into a buffer the batch's values share.
+        let in_place = !inline && matches!(value, StageValue::Buf(Some(_)));
+        let copied = !inline && !in_place;
         let seg_bytes = st.segments.segment_bytes();
         let block = self.block;
+        let batch_bytes = self.cfg.batch_bytes;
         let fits = |b: &Batch| {
             let meta_ok = b.meta_used + meta_add <= b.meta.capacity();
+            // The value area holds up to `batch_bytes`, or one larger value alone; one
+            // iovec per buffer, the meta buffer first.
             let values_ok = values_add == 0
-                || b.values
-                    .as_ref()
-                    .is_some_and(|v| b.values_used + values_add <= v.capacity());
+                || ((b.values_used == 0 || b.values_used + values_add <= batch_bytes)
+                    && b.values.len() + 2 <= MAX_IOVECS);
             let end = round_up(b.write_start + (b.meta_used + meta_add) as u64, block)
                 + (b.values_used + values_add) as u64;
             meta_ok && values_ok && end <= seg_bytes
@@ -184,27 +201,25 @@ impl<Q: BlockQueue> Inner<Q> {
         if st.writer.open.as_ref().is_some_and(|b| !fits(b)) {
             self.seal_open(st);
         }
-        // A batch that stays open fits the record, value buffer included. A new one takes
-        // its value buffer before it is opened, so that running out of DMA buffers leaves
-        // no batch behind.
-        let mut values = None;
-        if values_add > 0 && st.writer.open.is_none() {
-            let want = round_up(values_add.max(self.cfg.batch_bytes) as u64, block) as usize;
+        // A copied value needs room in the batch's copy buffer, or a new buffer, taken
+        // before a batch is opened so that running out of DMA buffers leaves no batch
+        // behind.
+        let mut copy_buf = None;
+        if copied && st.writer.open.as_ref().is_none_or(|b| b.copy_room < values_add) {
+            let used = st.writer.open.as_ref().map_or(0, |b| b.values_used);
+            let want = round_up(values_add.max(batch_bytes.saturating_sub(used)) as u64, block) as usize;
             let mut v = self
                 .queue
                 .pool()
                 .try_alloc(want)
                 .map_err(|_| StoreError::Busy("DMA buffers"))?;
             v.set_len(0).map_err(|_| StoreError::Busy("value buffer"))?;
-            values = Some(v);
+            copy_buf = Some(v);
         }
         if st.writer.open.is_none() {
             self.open_batch(st, meta_add, values_add, req.moved_from.is_some())?;
         }
         let batch = st.writer.open.as_mut().expect("opened above");
-        if values.is_some() {
-            batch.values = values;
-        }
         if !fits(batch) {
             // Only a batch opened for this record can be here (a full one was sealed): the
             // record cannot fit even an empty batch.
@@ -226,11 +241,11 @@ impl<Q: BlockQueue> Inner<Q> {
             kind: req.kind,
             inline,
             key_len: req.key.len() as u16,
-            value_len: req.value.len() as u32,
+            value_len: value_len as u32,
             lsn,
             version: req.version.unwrap_or(lsn),
             value_at,
-            value_crc: value_crc(req.value),
+            value_crc: value_crc(value.bytes()),
             partition: req.partition,
         };
         let at = batch.meta_used;
@@ -241,15 +256,32 @@ impl<Q: BlockQueue> Inner<Q> {
             .expect("meta capacity checked by fits");
         header.encode(req.key, &mut batch.meta[at..at + meta_add]);
         if inline {
-            batch.meta[at + RECORD_HEADER_BYTES + req.key.len()..at + meta_add].copy_from_slice(req.value);
-        } else {
-            let v = batch.values.as_mut().expect("value buffer checked by fits");
-            let vat = batch.values_used;
-            v.set_len(vat + values_add)
-                .expect("value capacity checked by fits");
-            v[vat..vat + req.value.len()].copy_from_slice(req.value);
-            v[vat + req.value.len()..vat + values_add].fill(0);
+            batch.meta[at + RECORD_HEADER_BYTES + req.key.len()..at + meta_add]
+                .copy_from_slice(value.bytes());
+            bump(&self.metrics.value_bytes_copied, value_len as u64);
+        } else if in_place {
+            let StageValue::Buf(slot) = value else {
+                unreachable!("in_place is a buffer")
+            };
+            let buf = slot.take().expect("in_place has a buffer");
+            debug_assert_eq!(buf.padded_len(), values_add);
+            batch.values.push(buf.into_padded());
+            batch.copy_room = 0;
             batch.values_used += values_add;
+            bump(&self.metrics.value_bytes_in_place, value_len as u64);
+        } else {
+            if let Some(v) = copy_buf {
+                batch.copy_room = v.capacity();
+                batch.values.push(v);
+            }
+            let v = batch.values.last_mut().expect("a copy buffer with room");
+            let vat = v.len();
+            v.set_len(vat + values_add).expect("copy room checked above");
+            v[vat..vat + value_len].copy_from_slice(value.bytes());
+            v[vat + value_len..vat + values_add].fill(0);
+            batch.copy_room -= values_add;
+            batch.values_used += values_add;
+            bump(&self.metrics.value_bytes_copied, value_len as u64);
         }
         batch.meta_used += meta_add;
         if batch.records.is_empty() {
@@ -366,8 +398,9 @@ impl<Q: BlockQueue> Inner<Q> {
             meta_base,
             meta,
             meta_used: meta_base + BATCH_HEADER_BYTES,
-            values: None,
+            values: Vec::new(),
             values_used: 0,
+            copy_room: 0,
             records: Vec::new(),
             first_lsn: 0,
             last_lsn: 0,
@@ -450,13 +483,13 @@ impl<Q: BlockQueue> Inner<Q> {
         let result = if !padded {
             Err("batch buffer too small for padding".to_string())
         } else {
-            let written = match values {
-                Some(v) if !v.is_empty() => self
-                    .queue
-                    .writev_at(offset, vec![meta, v], durability)
-                    .await
-                    .map(drop),
-                _ => self.queue.write_at(offset, meta, durability).await.map(drop),
+            let written = if values.is_empty() {
+                self.queue.write_at(offset, meta, durability).await.map(drop)
+            } else {
+                let mut iov = Vec::with_capacity(1 + values.len());
+                iov.push(meta);
+                iov.extend(values);
+                self.queue.writev_at(offset, iov, durability).await.map(drop)
             };
             match (written, self.cfg.durability) {
                 (Ok(()), CommitDurability::WriteThenFlush) => self.queue.flush().await,

@@ -17,6 +17,7 @@ pub mod recovery;
 pub mod scan;
 pub mod segments;
 pub mod value;
+mod value_buf;
 mod write_gate;
 
 pub use config::{CommitDurability, StoreConfig};
@@ -25,3 +26,4 @@ pub use error::{StoreError, StoreResult};
 pub use gc::GcOutcome;
 pub use recovery::RecoveryReport;
 pub use value::Value;
+pub use value_buf::ValueBuf;

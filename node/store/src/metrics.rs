@@ -28,6 +28,11 @@ pub struct StoreMetrics {
     pub busy: Cell<u64>,
     /// Batches replayed at open whose LSNs did not follow the ones before them.
     pub recovery_lsn_anomalies: Cell<u64>,
+    /// Value bytes staging copied into a batch (inline values, GC moves, values that did
+    /// not arrive in a buffer of the pool).
+    pub value_bytes_copied: Cell<u64>,
+    /// Value bytes a batch wrote from the buffer they were received into (no copy).
+    pub value_bytes_in_place: Cell<u64>,
 }
 
 pub fn bump(c: &Cell<u64>, by: u64) {
@@ -57,6 +62,8 @@ pub struct StoreCounters {
     pub write_stalls: u64,
     pub busy: u64,
     pub recovery_lsn_anomalies: u64,
+    pub value_bytes_copied: u64,
+    pub value_bytes_in_place: u64,
 }
 
 impl StoreMetrics {
@@ -82,6 +89,8 @@ impl StoreMetrics {
             write_stalls: self.write_stalls.get(),
             busy: self.busy.get(),
             recovery_lsn_anomalies: self.recovery_lsn_anomalies.get(),
+            value_bytes_copied: self.value_bytes_copied.get(),
+            value_bytes_in_place: self.value_bytes_in_place.get(),
         }
     }
 }

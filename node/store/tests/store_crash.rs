@@ -277,10 +277,19 @@ fn run_seed(seed: u64, durability: CommitDurability, profile: Profile) -> Result
                             h.len() - 1
                         };
                         let result = match put {
-                            Some(id) => store
-                                .put(&key, 0, &make_value(id, value_len(&mut rng, &profile)), None)
-                                .await
-                                .map(drop),
+                            // Half of the puts go as the node sends them: received into a
+                            // buffer of the pool and written from it (when the pool has
+                            // room and the value does not ride inline), the rest copied.
+                            Some(id) => {
+                                let value = make_value(id, value_len(&mut rng, &profile));
+                                match store.value_buffer(value.len()).filter(|_| id % 2 == 0) {
+                                    Some(mut buf) => {
+                                        buf.as_mut().copy_from_slice(&value);
+                                        store.put_buf(&key, 0, buf, None).await.map(drop)
+                                    }
+                                    None => store.put(&key, 0, &value, None).await.map(drop),
+                                }
+                            }
                             None => store.delete(&key, 0, None).await.map(drop),
                         };
                         let outcome = match &result {

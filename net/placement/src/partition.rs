@@ -1,4 +1,4 @@
-//! Placement: which partition a key belongs to. xxh3 over the raw key bytes, never a
+//! The partition of a key. xxh3 over the raw key bytes, never a
 //! hasher whose output can change between versions or machines.
 
 /// Default partitions per cluster: 2^12 = 4096.
@@ -9,9 +9,9 @@ pub fn key_hash(key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key)
 }
 
-/// Partition of `key` among `2^bits` partitions (`bits` in 1..=16).
+/// Partition of `key` among `2^bits` partitions (`bits` in 1..=`MAX_PARTITION_BITS`).
 pub fn partition_of(key: &[u8], bits: u8) -> u32 {
-    debug_assert!((1..=16).contains(&bits));
+    debug_assert!((1..=crate::limits::MAX_PARTITION_BITS).contains(&bits));
     (key_hash(key) >> (64 - bits as u32)) as u32
 }
 

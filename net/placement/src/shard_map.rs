@@ -5,9 +5,9 @@
 use rkyv::rancor::Error as RkyvError;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::error::WireError;
-use crate::limits::{MAX_REPLICAS, MAX_SHARD_MAP_BYTES};
-use crate::placement::partition_of;
+use crate::error::MapError;
+use crate::limits::{MAX_PARTITION_BITS, MAX_REPLICAS, MAX_SHARD_MAP_BYTES};
+use crate::partition::partition_of;
 
 /// One shard's address: a node and the shard's listener on it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
@@ -128,16 +128,15 @@ impl ShardMap {
         self.heads.iter().filter(|&&h| h as usize == index).count()
     }
 
-    pub fn to_bytes(&self) -> Result<Vec<u8>, WireError> {
-        let bytes = rkyv::to_bytes::<RkyvError>(self).map_err(|e| WireError::Malformed(e.to_string()))?;
+    pub fn to_bytes(&self) -> Result<Vec<u8>, MapError> {
+        let bytes = rkyv::to_bytes::<RkyvError>(self).map_err(|e| MapError::Malformed(e.to_string()))?;
         Ok(bytes.to_vec())
     }
 
     /// Checks a received map completely before trusting it.
-    pub fn from_bytes(bytes: &[u8]) -> Result<ShardMap, WireError> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<ShardMap, MapError> {
         if bytes.len() > MAX_SHARD_MAP_BYTES {
-            return Err(WireError::TooLarge {
-                what: "shard map",
+            return Err(MapError::TooLarge {
                 len: bytes.len(),
                 limit: MAX_SHARD_MAP_BYTES,
             });
@@ -145,10 +144,10 @@ impl ShardMap {
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
         let archived = rkyv::access::<ArchivedShardMap, RkyvError>(&aligned)
-            .map_err(|e| WireError::Malformed(format!("invalid shard map: {e}")))?;
+            .map_err(|e| MapError::Malformed(e.to_string()))?;
         let mut map: ShardMap = rkyv::deserialize::<ShardMap, RkyvError>(archived)
-            .map_err(|e| WireError::Malformed(e.to_string()))?;
-        let bits_ok = (1..=16).contains(&map.partition_bits);
+            .map_err(|e| MapError::Malformed(e.to_string()))?;
+        let bits_ok = (1..=MAX_PARTITION_BITS).contains(&map.partition_bits);
         // Every chain names known shards, each at most once, and has a serving replica.
         let chain_ok = |c: &Chain| {
             !c.replicas.is_empty()
@@ -160,7 +159,7 @@ impl ShardMap {
                 })
         };
         if !bits_ok || map.chains.len() != 1usize << map.partition_bits || !map.chains.iter().all(chain_ok) {
-            return Err(WireError::Malformed("shard map is inconsistent".into()));
+            return Err(MapError::Malformed("the map is inconsistent".into()));
         }
         map.refresh_heads();
         Ok(map)

@@ -1,0 +1,12 @@
+//! hotshard-placement: which partition a key belongs to (xxh3 of the key), and the shard
+//! map (per partition a chain of replicas with a version, and the map's epoch). Clients,
+//! nodes and the coordinator share it; it needs no executor and no socket.
+
+pub mod error;
+pub mod limits;
+pub mod partition;
+pub mod shard_map;
+
+pub use error::MapError;
+pub use partition::{key_hash, partition_of, DEFAULT_PARTITION_BITS};
+pub use shard_map::{Chain, Replica, ReplicaState, ShardAddr, ShardMap};
