@@ -29,7 +29,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # the share of its core it used.
 cpu_per_op() {
     awk -v t="$1" -v r="$2" -v hz="$(getconf CLK_TCK)" -v d="${d%s}" \
-        'BEGIN {s = t / hz; printf "node CPU %.2f us/op (%.0f%% of its core)", r > 0 ? s * 1e6 / (r * d) : 0, 100 * s / d}'
+        'BEGIN {s = t / hz; per = 0; if (r > 0) per = s * 1e6 / (r * d); printf "node CPU %.2f us/op (%.0f%% of its core)", per, 100 * s / d}'
 }
 
 # put_4k BIN: ops/s, p99 and p99.9 (us) of durable 4 KiB puts through that build's node,

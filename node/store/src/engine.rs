@@ -2,20 +2,23 @@
 //! put, get (with ranges), delete, stat, and the keys of a partition.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use hotshard_nvme::BlockQueue;
 
-use super::cache::{Cache, CacheStats};
+use super::cache::CacheStats;
 use super::config::StoreConfig;
 use super::error::{StoreError, StoreResult};
 use super::format::{value_crc, RecordKind};
 use super::gc_lock::GcLock;
-use super::group_commit::{done_pending, newest_staged_batch, StageRequest, Writer};
-use super::index::{Index, IndexEntry};
+use super::group_commit::{
+    commit, done_pending, inline_max, newest_staged_batch, stage, BatchDone, DurableBatch, LogHost,
+    LogRecord, Origin, StageRequest, Writer,
+};
+use super::index::IndexEntry;
 use super::metrics::{bump, StoreCounters, StoreMetrics};
 use super::segments::SegmentTable;
+use super::state::State;
 use super::value::Value;
 use super::value_buf::{StageValue, ValueBuf};
 use super::write_gate::WriteGate;
@@ -28,22 +31,6 @@ use super::write_gate::WriteGate;
 /// batches and ~400 of ~8,600 per 10 s were refused).
 const STAGE_ATTEMPTS: u32 = 64;
 
-/// Versions staged but not yet durable, per key.
-pub(crate) struct Pending {
-    pub version: u64,
-    pub tombstone: bool,
-    /// Staged records of this key still waiting for their batch.
-    pub count: u32,
-}
-
-pub(crate) struct State {
-    pub index: Index,
-    pub segments: SegmentTable,
-    pub pending: HashMap<Box<[u8]>, Pending, ahash::RandomState>,
-    pub writer: Writer,
-    pub cache: Cache,
-}
-
 pub(crate) struct Inner<Q: BlockQueue> {
     pub queue: Q,
     pub cfg: StoreConfig,
@@ -55,6 +42,57 @@ pub(crate) struct Inner<Q: BlockQueue> {
     pub gc_lock: GcLock,
     /// Writes stalled for space pass here in arrival order.
     pub write_gate: WriteGate,
+}
+
+impl<Q: BlockQueue> LogHost for Inner<Q> {
+    type Queue = Q;
+
+    fn queue(&self) -> &Q {
+        &self.queue
+    }
+
+    fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    fn uuid(&self) -> &[u8; 16] {
+        &self.uuid
+    }
+
+    fn block(&self) -> u64 {
+        self.block
+    }
+
+    fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    fn with_log<R>(&self, f: impl FnOnce(&mut Writer, &mut SegmentTable) -> R) -> R {
+        let mut st = self.state.borrow_mut();
+        let (w, segs) = st.log_mut();
+        f(w, segs)
+    }
+
+    fn publish(&self, batch: DurableBatch) {
+        self.state.borrow_mut().publish(batch);
+    }
+
+    fn forget(&self, records: &[LogRecord]) {
+        self.state.borrow_mut().forget(records);
+    }
+}
+
+impl<Q: BlockQueue> Inner<Q> {
+    /// Stages a record into the log (see `group_commit::stage`).
+    pub(crate) fn stage(
+        &self,
+        st: &mut State,
+        req: &StageRequest<'_>,
+        value: &mut StageValue<'_>,
+    ) -> StoreResult<Rc<BatchDone>> {
+        let (w, segs) = st.log_mut();
+        stage(self, w, segs, req, value)
+    }
 }
 
 /// One shard's store. Cheap to clone (a handle); not `Send`: it lives on its core.
@@ -99,12 +137,7 @@ struct ReadPin<'a, Q: BlockQueue> {
 
 impl<Q: BlockQueue> Drop for ReadPin<'_, Q> {
     fn drop(&mut self) {
-        self.inner
-            .state
-            .borrow_mut()
-            .segments
-            .get_mut(self.segment)
-            .readers -= 1;
+        self.inner.state.borrow_mut().unpin_reader(self.segment);
     }
 }
 
@@ -159,8 +192,8 @@ impl<Q: BlockQueue> Store<Q> {
     /// (version, exists) as of what is durable. `write` calls it only when no write of
     /// the key is pending.
     fn current(st: &State, key: &[u8]) -> (u64, bool) {
-        debug_assert!(!st.pending.contains_key(key), "decided on a pending version");
-        st.index
+        debug_assert!(!st.is_pending(key), "decided on a pending version");
+        st.index()
             .get(key)
             .map_or((0, false), |e| (e.version, !e.tombstone()))
     }
@@ -172,7 +205,7 @@ impl<Q: BlockQueue> Store<Q> {
         value: &mut StageValue<'_>,
         if_version: Option<u64>,
         kind: RecordKind,
-    ) -> StoreResult<(u64, Rc<super::group_commit::BatchDone>)> {
+    ) -> StoreResult<(u64, Rc<BatchDone>)> {
         let mut st = self.inner.state.borrow_mut();
         // An unconditional put does not depend on what is there: skipping the lookup saves
         // an index probe (three cache misses) per put.
@@ -194,9 +227,9 @@ impl<Q: BlockQueue> Store<Q> {
             return Err(StoreError::NotFound);
         }
         if kind == RecordKind::Put
-            && st.index.heap_bytes() >= self.inner.cfg.index_budget_bytes
-            && !st.pending.contains_key(key)
-            && st.index.get(key).is_none()
+            && st.index().heap_bytes() >= self.inner.cfg.index_budget_bytes
+            && !st.is_pending(key)
+            && st.index().get(key).is_none()
         {
             // The index is full: a new key would grow it, an indexed one does not.
             bump(&self.inner.metrics.no_space, 1);
@@ -204,14 +237,14 @@ impl<Q: BlockQueue> Store<Q> {
         }
         // The version is the record's LSN: it grows per key, never restarts (not even after
         // GC forgets a tombstone), and outranks every record already on the device.
-        let new_version = st.writer.next_lsn;
+        let new_version = st.writer().next_lsn;
         debug_assert!(new_version > version);
         let req = StageRequest {
             key,
             partition,
             version: None,
             kind,
-            moved_from: None,
+            origin: Origin::Write,
         };
         let done = if kind == RecordKind::Tombstone {
             let tomb_value = new_version.to_le_bytes();
@@ -220,14 +253,7 @@ impl<Q: BlockQueue> Store<Q> {
         } else {
             self.inner.stage(&mut st, &req, value)?
         };
-        let p = st.pending.entry(key.into()).or_insert(Pending {
-            version: 0,
-            tombstone: false,
-            count: 0,
-        });
-        p.version = new_version;
-        p.tombstone = kind == RecordKind::Tombstone;
-        p.count += 1;
+        st.note_staged(key, new_version);
         Ok((new_version, done))
     }
 
@@ -263,7 +289,7 @@ impl<Q: BlockQueue> Store<Q> {
     /// inline behind its key), when `len` is over the value limit, or when the pool has
     /// no room now (then receive it anywhere and `put` it: one copy, no refusal).
     pub fn value_buffer(&self, len: usize) -> Option<ValueBuf> {
-        if len < self.inner.inline_max() || len > self.inner.cfg.max_value_bytes {
+        if len < inline_max(self.inner.block) || len > self.inner.cfg.max_value_bytes {
             return None;
         }
         let padded = len.div_ceil(self.inner.block as usize) * self.inner.block as usize;
@@ -294,6 +320,78 @@ impl<Q: BlockQueue> Store<Q> {
             .await?;
         bump(&self.inner.metrics.puts, 1);
         Ok(version)
+    }
+
+    /// Writes a record first written elsewhere, keeping its `version`: a replica applying
+    /// what its predecessor in the chain wrote, or a resync. `value` None is a tombstone.
+    /// Skipped (`Ok(false)`, nothing written) when this store already has that version of
+    /// the key or a newer one, durable or staged; otherwise returns `Ok(true)` once it is
+    /// durable. Versions made here afterwards outrank it.
+    ///
+    /// A record older than a tombstone that GC has already forgotten looks like a new key:
+    /// whoever sends records must send what the source holds now, not a stale copy.
+    pub async fn apply_versioned(
+        &self,
+        key: &[u8],
+        partition: u16,
+        value: Option<&[u8]>,
+        version: u64,
+    ) -> StoreResult<bool> {
+        self.check_key(key)?;
+        self.check_partition(partition)?;
+        let len = value.map_or(0, <[u8]>::len);
+        if len > self.inner.cfg.max_value_bytes {
+            return Err(StoreError::TooLarge {
+                what: "value",
+                len,
+                limit: self.inner.cfg.max_value_bytes,
+            });
+        }
+        if version == 0 {
+            return Err(StoreError::BadRequest("version 0 means absent"));
+        }
+        let kind = if value.is_some() {
+            RecordKind::Put
+        } else {
+            RecordKind::Tombstone
+        };
+        let req = StageRequest {
+            key,
+            partition,
+            version: Some(version),
+            kind,
+            origin: Origin::Replica,
+        };
+        for _ in 0..STAGE_ATTEMPTS {
+            self.make_room_for_write().await;
+            // Nothing awaits from here until the record is staged.
+            let staged = {
+                let mut st = self.inner.state.borrow_mut();
+                let indexed = st.index().get(key).map_or(0, |e| e.version);
+                if version <= indexed.max(st.pending_version(key).unwrap_or(0)) {
+                    return Ok(false);
+                }
+                // A tombstone's value is the LSN it is written at (GC's test for when it
+                // may be forgotten); staging takes exactly the writer's next LSN.
+                let stamp = st.writer().next_lsn.to_le_bytes();
+                let mut v = StageValue::Bytes(value.unwrap_or(&stamp));
+                let r = self.inner.stage(&mut st, &req, &mut v);
+                if r.is_ok() {
+                    st.note_staged(key, version);
+                }
+                r
+            };
+            match staged {
+                Ok(done) => {
+                    commit(&self.inner, done).await?;
+                    bump(&self.inner.metrics.versioned_writes, 1);
+                    return Ok(true);
+                }
+                Err(StoreError::Busy(_)) => self.drain_staged_or_wait_for_buffers(len).await,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(self.busy("no room to stage a versioned record"))
     }
 
     /// Deletes `key` (with `if_version`, only at that version). Returns the tombstone's
@@ -340,7 +438,7 @@ impl<Q: BlockQueue> Store<Q> {
             }
             self.make_room_for_write().await;
             // Nothing awaits from here until the record is staged.
-            if decides && self.inner.state.borrow().pending.contains_key(key) {
+            if decides && self.inner.state.borrow().is_pending(key) {
                 // A write of the key was staged while this one waited for room.
                 attempts += 1;
                 if attempts >= STAGE_ATTEMPTS {
@@ -350,7 +448,7 @@ impl<Q: BlockQueue> Store<Q> {
             }
             match self.stage_versioned(key, partition, value, if_version, kind) {
                 Ok((version, done)) => {
-                    self.inner.commit(done).await?;
+                    commit(&self.inner, done).await?;
                     return Ok(version);
                 }
                 Err(StoreError::Busy(why)) => {
@@ -380,14 +478,14 @@ impl<Q: BlockQueue> Store<Q> {
         for _ in 0..STAGE_ATTEMPTS {
             let newest = {
                 let st = self.inner.state.borrow();
-                if !st.pending.contains_key(key) {
+                if !st.is_pending(key) {
                     return Ok(());
                 }
-                newest_staged_batch(&st)
+                newest_staged_batch(st.writer())
             };
             // A failed batch forgets its pending records: either way the key moves on.
             match newest {
-                Some(done) => drop(self.inner.commit(done).await),
+                Some(done) => drop(commit(&self.inner, done).await),
                 None => return Ok(()),
             }
         }
@@ -399,9 +497,9 @@ impl<Q: BlockQueue> Store<Q> {
     /// for a batch and a copied value of `value_len` bytes (reads and GC hold buffers only
     /// while they run).
     async fn drain_staged_or_wait_for_buffers(&self, value_len: usize) {
-        let newest = newest_staged_batch(&self.inner.state.borrow());
+        let newest = newest_staged_batch(self.inner.state.borrow().writer());
         match newest {
-            Some(done) if done_pending(&done) => drop(self.inner.commit(done).await),
+            Some(done) if done_pending(&done) => drop(commit(&self.inner, done).await),
             _ => {
                 let block = self.inner.block as usize;
                 let want = value_len.max(self.inner.cfg.batch_bytes).div_ceil(block) * block;
@@ -416,13 +514,13 @@ impl<Q: BlockQueue> Store<Q> {
         bump(&self.inner.metrics.gets, 1);
         let entry = {
             let mut st = self.inner.state.borrow_mut();
-            let Some(entry) = st.index.get_live(key).copied() else {
+            let Some(entry) = st.index().get_live(key).copied() else {
                 bump(&self.inner.metrics.not_found, 1);
                 return Err(StoreError::NotFound);
             };
             let value_len = entry.value_len() as u64;
             let (start, len) = clamp_range(range, value_len)?;
-            if let Some(bytes) = st.cache.get(key, entry.version) {
+            if let Some(bytes) = st.cached(key, entry.version) {
                 return Ok((
                     Value::Cached {
                         bytes,
@@ -432,7 +530,7 @@ impl<Q: BlockQueue> Store<Q> {
                     entry.version,
                 ));
             }
-            st.segments.get_mut(entry.segment).readers += 1;
+            st.pin_reader(entry.segment);
             entry
         };
         let (buf, value_at) = {
@@ -448,8 +546,7 @@ impl<Q: BlockQueue> Store<Q> {
             self.inner
                 .state
                 .borrow_mut()
-                .cache
-                .insert(key, entry.version, bytes);
+                .cache_insert(key, entry.version, bytes);
         }
         let (start, len) = clamp_range(range, value_len as u64)?;
         Ok((
@@ -470,7 +567,7 @@ impl<Q: BlockQueue> Store<Q> {
         entry: &IndexEntry,
     ) -> StoreResult<(hotshard_nvme::DmaBuffer, usize)> {
         let block = self.inner.block;
-        let seg_off = self.inner.state.borrow().segments.device_offset(entry.segment);
+        let seg_off = self.inner.state.borrow().segments().device_offset(entry.segment);
         let at = seg_off + entry.value_offset as u64;
         let len = entry.value_len() as u64;
         let first = at / block * block;
@@ -505,7 +602,7 @@ impl<Q: BlockQueue> Store<Q> {
     pub fn stat(&self, key: &[u8]) -> StoreResult<ObjectStat> {
         self.check_key(key)?;
         let st = self.inner.state.borrow();
-        let e = st.index.get_live(key).ok_or(StoreError::NotFound)?;
+        let e = st.index().get_live(key).ok_or(StoreError::NotFound)?;
         Ok(ObjectStat {
             len: e.value_len() as u64,
             version: e.version,
@@ -517,7 +614,7 @@ impl<Q: BlockQueue> Store<Q> {
     /// each object's partition (no key is hashed).
     pub fn keys_in_partition(&self, partition: u16) -> Vec<(Vec<u8>, u64)> {
         let st = self.inner.state.borrow();
-        st.index
+        st.index()
             .iter_partition(partition)
             .filter(|(_, e)| !e.tombstone())
             .map(|(k, e)| (k.to_vec(), e.version))
@@ -529,19 +626,19 @@ impl<Q: BlockQueue> Store<Q> {
     }
 
     pub fn cache_stats(&self) -> CacheStats {
-        self.inner.state.borrow().cache.stats()
+        self.inner.state.borrow().cache_stats()
     }
 
     pub fn space(&self) -> SpaceStats {
         let st = self.inner.state.borrow();
         SpaceStats {
-            objects: st.index.live_objects(),
-            index_entries: st.index.entries(),
-            index_heap_bytes: st.index.heap_bytes(),
-            live_bytes: st.segments.live_bytes(),
-            segments: st.segments.count(),
-            free_segments: st.segments.free_count(),
-            segment_bytes: st.segments.segment_bytes(),
+            objects: st.index().live_objects(),
+            index_entries: st.index().entries(),
+            index_heap_bytes: st.index().heap_bytes(),
+            live_bytes: st.segments().live_bytes(),
+            segments: st.segments().count(),
+            free_segments: st.segments().free_count(),
+            segment_bytes: st.segments().segment_bytes(),
         }
     }
 }

@@ -10,7 +10,7 @@ use super::engine::Store;
 use super::error::StoreResult;
 use super::format::{RecordKind, TOMBSTONE_VALUE_BYTES};
 use super::format::{SegmentHeader, SEGMENT_HEADER_BYTES};
-use super::group_commit::{live_size, newest_staged_batch, StageRequest};
+use super::group_commit::{commit, live_size, newest_staged_batch, Origin, StageRequest};
 use super::metrics::bump;
 use super::scan::{scan_segment, ScanLimits, SegmentLife};
 use super::value_buf::StageValue;
@@ -58,8 +58,9 @@ impl<Q: BlockQueue> Store<Q> {
     /// The caller must stage its write without awaiting anything after this returns.
     pub(crate) async fn make_room_for_write(&self) {
         let inner = &self.inner;
-        let has_room =
-            || inner.state.borrow().segments.free_count() > GC_RESERVED_SEGMENTS + WRITE_STALL_FREE_SEGMENTS;
+        let has_room = || {
+            inner.state.borrow().segments().free_count() > GC_RESERVED_SEGMENTS + WRITE_STALL_FREE_SEGMENTS
+        };
         if inner.write_gate.is_empty() && has_room() {
             return;
         }
@@ -90,20 +91,20 @@ impl<Q: BlockQueue> Store<Q> {
             // Moving live data costs device bandwidth: while free segments are plentiful,
             // only collect segments that are nearly empty; below the watermark, collect
             // anything under the configured live fraction.
-            let low_watermark = (GC_RESERVED_SEGMENTS * 2).max(st.segments.count() / 8);
-            let threshold = if st.segments.free_count() > low_watermark {
+            let low_watermark = (GC_RESERVED_SEGMENTS * 2).max(st.segments().count() / 8);
+            let threshold = if st.segments().free_count() > low_watermark {
                 inner.cfg.gc_max_live_fraction.min(CHEAP_LIVE_FRACTION)
             } else {
                 inner.cfg.gc_max_live_fraction
             };
             let threshold = urgent.map_or(threshold, |u| u.max(threshold));
-            let Some(victim) = st.segments.gc_candidate(threshold) else {
+            let Some(victim) = st.segments().gc_candidate(threshold) else {
                 return Ok(GcOutcome::Idle);
             };
-            let info = st.segments.get(victim);
+            let info = st.segments().get(victim);
             (
                 victim,
-                st.segments.device_offset(victim),
+                st.segments().device_offset(victim),
                 info.written.max(inner.block),
             )
         };
@@ -117,7 +118,7 @@ impl<Q: BlockQueue> Store<Q> {
         let image = inner.queue.read_at(seg_off, image).await?;
         let life = {
             let st = inner.state.borrow();
-            let info = st.segments.get(victim);
+            let info = st.segments().get(victim);
             SegmentLife {
                 uuid: inner.uuid,
                 seq: info.seq,
@@ -146,13 +147,13 @@ impl<Q: BlockQueue> Store<Q> {
             let value = &image[off as usize..off as usize + h.value_len as usize];
             let mut st = inner.state.borrow_mut();
             let points_here = st
-                .index
+                .index()
                 .get(key)
                 .is_some_and(|e| e.segment == victim && e.value_offset == off);
             if !points_here {
                 continue;
             }
-            if st.pending.contains_key(key) {
+            if st.is_pending(key) {
                 // A newer version is on its way; moving this one now could let its copy
                 // outrank the newer record in the log.
                 deferred = true;
@@ -161,10 +162,9 @@ impl<Q: BlockQueue> Store<Q> {
             let size = live_size(key, h.value_len);
             if h.kind == RecordKind::Tombstone && value.len() == TOMBSTONE_VALUE_BYTES {
                 let deleted_at = u64::from_le_bytes(value.try_into().expect("8 bytes"));
-                if deleted_at < st.segments.min_first_lsn_excluding(victim) {
+                if deleted_at < st.segments().min_first_lsn_excluding(victim) {
                     // Every segment that could hold an older version of the key is gone.
-                    st.index.remove(key);
-                    st.segments.sub_live(victim, size);
+                    st.drop_tombstone(key, victim, size);
                     dropped += 1;
                     continue;
                 }
@@ -174,7 +174,10 @@ impl<Q: BlockQueue> Store<Q> {
                 partition: h.partition,
                 version: Some(h.version),
                 kind: h.kind,
-                moved_from: Some((victim, off)),
+                origin: Origin::Moved {
+                    segment: victim,
+                    offset: off,
+                },
             };
             match inner.stage(&mut st, &req, &mut StageValue::Bytes(value)) {
                 Ok(done) => {
@@ -192,7 +195,7 @@ impl<Q: BlockQueue> Store<Q> {
         // left for someone else to drive.
         let mut failed = None;
         for done in dones {
-            if let Err(e) = inner.commit(done).await {
+            if let Err(e) = commit(inner, done).await {
                 failed.get_or_insert(e);
             }
         }
@@ -207,9 +210,9 @@ impl<Q: BlockQueue> Store<Q> {
             // records here are dead, and the retry frees the segment without reading it
             // again (instead of re-reading the whole segment while they are on their way).
             // (The state's borrow must end before the await: `commit` borrows it too.)
-            let newest = newest_staged_batch(&inner.state.borrow());
+            let newest = newest_staged_batch(inner.state.borrow().writer());
             if let Some(newest) = newest {
-                let _ = inner.commit(newest).await;
+                let _ = commit(inner, newest).await;
             }
         }
         if !self.nothing_live_in(victim) {
@@ -222,10 +225,10 @@ impl<Q: BlockQueue> Store<Q> {
     /// No indexed record is in `victim` and no read of it is in flight.
     fn nothing_live_in(&self, victim: u32) -> bool {
         let st = self.inner.state.borrow();
-        let info = st.segments.get(victim);
+        let info = st.segments().get(victim);
         let free = info.live_bytes == 0 && info.readers == 0;
         debug_assert!(
-            !free || st.index.iter().all(|(_, e)| e.segment != victim),
+            !free || st.index().iter().all(|(_, e)| e.segment != victim),
             "segment {victim} counted empty while the index points into it"
         );
         free
@@ -246,8 +249,8 @@ impl<Q: BlockQueue> Store<Q> {
         {
             let st = inner.state.borrow();
             SegmentHeader {
-                seq: st.segments.last_seq(),
-                first_lsn: st.writer.next_lsn,
+                seq: st.segments().last_seq(),
+                first_lsn: st.writer().next_lsn,
                 segment_index: victim,
                 uuid: inner.uuid,
                 freed: true,
@@ -255,7 +258,7 @@ impl<Q: BlockQueue> Store<Q> {
             .encode(&mut mark[..SEGMENT_HEADER_BYTES]);
         }
         inner.queue.write_at(seg_off, mark, Durability::Fua).await?;
-        inner.state.borrow_mut().segments.release(victim);
+        inner.state.borrow_mut().release_segment(victim);
         bump(&inner.metrics.gc_freed_segments, 1);
         let (moved_records, moved_bytes, dropped_tombstones) = moved;
         Ok(GcOutcome::Freed {

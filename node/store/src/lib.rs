@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod recovery;
 pub mod scan;
 pub mod segments;
+mod state;
 pub mod value;
 mod value_buf;
 mod write_gate;

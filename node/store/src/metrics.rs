@@ -33,6 +33,8 @@ pub struct StoreMetrics {
     pub value_bytes_copied: Cell<u64>,
     /// Value bytes a batch wrote from the buffer they were received into (no copy).
     pub value_bytes_in_place: Cell<u64>,
+    /// Records written with a version made elsewhere (`apply_versioned`).
+    pub versioned_writes: Cell<u64>,
 }
 
 pub fn bump(c: &Cell<u64>, by: u64) {
@@ -64,6 +66,7 @@ pub struct StoreCounters {
     pub recovery_lsn_anomalies: u64,
     pub value_bytes_copied: u64,
     pub value_bytes_in_place: u64,
+    pub versioned_writes: u64,
 }
 
 impl StoreMetrics {
@@ -91,6 +94,7 @@ impl StoreMetrics {
             recovery_lsn_anomalies: self.recovery_lsn_anomalies.get(),
             value_bytes_copied: self.value_bytes_copied.get(),
             value_bytes_in_place: self.value_bytes_in_place.get(),
+            versioned_writes: self.versioned_writes.get(),
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Opening a store: read (or write) the superblock, find the written segments, scan them
 //! in the order they were written, and rebuild the index.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use hotshard_nvme::queue::join_all;
@@ -9,7 +8,7 @@ use hotshard_nvme::{BlockQueue, Durability};
 
 use super::cache::Cache;
 use super::config::StoreConfig;
-use super::engine::{State, Store};
+use super::engine::Store;
 use super::error::{StoreError, StoreResult};
 use super::format::{RecordKind, SegmentHeader, Superblock, SEGMENTS_START, SUPERBLOCK_BYTES};
 use super::group_commit::live_size;
@@ -17,6 +16,7 @@ use super::group_commit::Writer;
 use super::index::{Index, IndexEntry, Upsert};
 use super::scan::{scan_segment, ScanEnd, ScanLimits, SegmentLife};
 use super::segments::SegmentTable;
+use super::state::State;
 
 /// What opening the store found.
 #[derive(Debug, Clone, Default)]
@@ -196,7 +196,9 @@ impl<Q: BlockQueue> Store<Q> {
                 };
                 let summary = scan_segment(&image, &life, limits, |r| {
                     report.records_replayed += 1;
-                    max_lsn = max_lsn.max(r.header.lsn);
+                    // A version kept from elsewhere may be ahead of every LSN here: new
+                    // versions must outrank it after a restart too.
+                    max_lsn = max_lsn.max(r.header.lsn).max(r.header.version);
                     let rh = &r.header;
                     let entry = IndexEntry::new(
                         rh.version,
@@ -248,13 +250,12 @@ impl<Q: BlockQueue> Store<Q> {
         }
         report.objects = index.live_objects();
         report.live_bytes = segments.live_bytes();
-        let state = State {
+        let state = State::new(
             index,
             segments,
-            pending: HashMap::default(),
-            writer: Writer::new(max_lsn + 1),
-            cache: Cache::new(cfg.cache_bytes),
-        };
+            Writer::new(max_lsn + 1),
+            Cache::new(cfg.cache_bytes),
+        );
         let store = Store::from_parts(queue, cfg, sb.uuid, state);
         store
             .inner

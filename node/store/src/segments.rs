@@ -76,8 +76,34 @@ impl SegmentTable {
         &self.segments[index as usize]
     }
 
-    pub fn get_mut(&mut self, index: u32) -> &mut SegmentInfo {
-        &mut self.segments[index as usize]
+    /// A read of segment `index` begins: GC does not reuse it until the read ends.
+    pub fn pin_reader(&mut self, index: u32) {
+        self.segments[index as usize].readers += 1;
+    }
+
+    pub fn unpin_reader(&mut self, index: u32) {
+        let s = &mut self.segments[index as usize];
+        debug_assert!(s.readers > 0, "segment {index}: a read ended that never began");
+        s.readers = s.readers.saturating_sub(1);
+    }
+
+    /// A batch is planned into segment `index` (GC leaves the segment alone until it ends).
+    pub fn batch_planned(&mut self, index: u32) {
+        self.segments[index as usize].batches_outstanding += 1;
+    }
+
+    /// A batch planned into segment `index` is written, failed or discarded; if written,
+    /// the segment holds valid data up to `written_to`.
+    pub fn batch_ended(&mut self, index: u32, written_to: Option<u64>) {
+        let s = &mut self.segments[index as usize];
+        debug_assert!(
+            s.batches_outstanding > 0,
+            "segment {index}: a batch ended that was never planned"
+        );
+        s.batches_outstanding = s.batches_outstanding.saturating_sub(1);
+        if let Some(end) = written_to {
+            s.written = s.written.max(end);
+        }
     }
 
     pub fn free_count(&self) -> u32 {
@@ -134,6 +160,11 @@ impl SegmentTable {
     }
 
     pub fn release(&mut self, index: u32) {
+        let s = &self.segments[index as usize];
+        debug_assert!(
+            s.readers == 0 && s.batches_outstanding == 0,
+            "segment {index} released with reads or batches in flight"
+        );
         self.segments[index as usize] = SegmentInfo::free();
     }
 

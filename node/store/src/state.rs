@@ -1,0 +1,190 @@
+//! The shard's in-memory state and the only code that changes it: the index, the hot-object
+//! cache, the versions staged but not yet durable, the segment table and the log writer.
+//! Every change goes through a method here, so that they stay consistent with one another:
+//! a live record's bytes are counted in exactly one segment, and every staged record of a
+//! key is counted pending until its batch is published or forgotten.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::cache::{Cache, CacheStats};
+use super::group_commit::{live_size, DurableBatch, LogRecord, Origin, Writer};
+use super::index::{Index, IndexEntry, Upsert};
+use super::segments::SegmentTable;
+
+/// Versions staged but not yet durable, for one key.
+struct Pending {
+    /// The newest staged version.
+    version: u64,
+    /// Staged records of this key still waiting for their batch.
+    count: u32,
+}
+
+pub(crate) struct State {
+    index: Index,
+    segments: SegmentTable,
+    pending: HashMap<Box<[u8]>, Pending, ahash::RandomState>,
+    writer: Writer,
+    cache: Cache,
+}
+
+impl State {
+    pub(crate) fn new(index: Index, segments: SegmentTable, writer: Writer, cache: Cache) -> Self {
+        State {
+            index,
+            segments,
+            pending: HashMap::default(),
+            writer,
+            cache,
+        }
+    }
+
+    pub(crate) fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub(crate) fn segments(&self) -> &SegmentTable {
+        &self.segments
+    }
+
+    pub(crate) fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// For group commit: the writer and the segment table it writes into.
+    pub(crate) fn log_mut(&mut self) -> (&mut Writer, &mut SegmentTable) {
+        (&mut self.writer, &mut self.segments)
+    }
+
+    pub(crate) fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// The cached value of `key` at `version`, if any.
+    pub(crate) fn cached(&mut self, key: &[u8], version: u64) -> Option<Rc<[u8]>> {
+        self.cache.get(key, version)
+    }
+
+    pub(crate) fn cache_insert(&mut self, key: &[u8], version: u64, bytes: Rc<[u8]>) {
+        self.cache.insert(key, version, bytes);
+    }
+
+    /// A read of `segment` begins (GC leaves it alone until `unpin_reader`).
+    pub(crate) fn pin_reader(&mut self, segment: u32) {
+        self.segments.pin_reader(segment);
+    }
+
+    pub(crate) fn unpin_reader(&mut self, segment: u32) {
+        self.segments.unpin_reader(segment);
+    }
+
+    pub(crate) fn is_pending(&self, key: &[u8]) -> bool {
+        self.pending.contains_key(key)
+    }
+
+    /// The newest version of `key` staged but not yet durable, if any.
+    pub(crate) fn pending_version(&self, key: &[u8]) -> Option<u64> {
+        self.pending.get(key).map(|p| p.version)
+    }
+
+    /// A record of `key` at `version` was staged; it stays pending until its batch is
+    /// published or forgotten.
+    pub(crate) fn note_staged(&mut self, key: &[u8], version: u64) {
+        let p = self
+            .pending
+            .entry(key.into())
+            .or_insert(Pending { version: 0, count: 0 });
+        p.version = p.version.max(version);
+        p.count += 1;
+    }
+
+    fn settle(&mut self, key: &[u8]) {
+        if let Some(p) = self.pending.get_mut(key) {
+            debug_assert!(p.count > 0);
+            p.count -= 1;
+            if p.count == 0 {
+                self.pending.remove(key);
+            }
+        }
+    }
+
+    /// The log's hand-over: a batch is durable. Each record goes into the index as its
+    /// origin says, moving its live bytes from the segment of the version it replaces.
+    pub(crate) fn publish(&mut self, batch: DurableBatch) {
+        let segment = batch.segment;
+        for r in batch.records {
+            let entry = IndexEntry::new(
+                r.version,
+                segment,
+                r.value_offset,
+                r.value_len,
+                r.value_crc,
+                r.tombstone,
+            );
+            let size = live_size(&r.key, r.value_len);
+            match r.origin {
+                Origin::Write => {
+                    if let Some(old) = self.index.insert(&r.key, r.partition, entry) {
+                        debug_assert!(old.version < entry.version, "versions grow per key");
+                        self.segments
+                            .sub_live(old.segment, live_size(&r.key, old.value_len()));
+                    }
+                    self.segments.add_live(segment, size);
+                    self.cache.remove(&r.key);
+                    self.settle(&r.key);
+                }
+                Origin::Replica => {
+                    match self.index.insert_unless_older(&r.key, r.partition, entry) {
+                        // A newer version was published first: this record is dead on arrival.
+                        Upsert::KeptNewer => {}
+                        Upsert::Replaced(old) => {
+                            if let Some(old) = old {
+                                self.segments
+                                    .sub_live(old.segment, live_size(&r.key, old.value_len()));
+                            }
+                            self.segments.add_live(segment, size);
+                            self.cache.remove(&r.key);
+                        }
+                    }
+                    self.settle(&r.key);
+                }
+                Origin::Moved {
+                    segment: from_seg,
+                    offset: from_off,
+                } => {
+                    let still_there = self
+                        .index
+                        .get(&r.key)
+                        .is_some_and(|e| e.segment == from_seg && e.value_offset == from_off);
+                    if still_there {
+                        self.index.insert(&r.key, r.partition, entry);
+                        self.segments.sub_live(from_seg, size);
+                        self.segments.add_live(segment, size);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The log's hand-back: these records will never be durable.
+    pub(crate) fn forget(&mut self, records: &[LogRecord]) {
+        for r in records {
+            if !matches!(r.origin, Origin::Moved { .. }) {
+                self.settle(&r.key);
+            }
+        }
+    }
+
+    /// GC: the tombstone of `key` in `segment` outlived every older version of the key; it
+    /// leaves the index, and its bytes the segment's live count.
+    pub(crate) fn drop_tombstone(&mut self, key: &[u8], segment: u32, size: u64) {
+        let removed = self.index.remove(key);
+        debug_assert!(removed.is_some_and(|e| e.tombstone() && e.segment == segment));
+        self.segments.sub_live(segment, size);
+    }
+
+    /// GC: `segment` holds nothing live and no read or batch is in flight in it.
+    pub(crate) fn release_segment(&mut self, segment: u32) {
+        self.segments.release(segment);
+    }
+}
