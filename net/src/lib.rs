@@ -1,8 +1,9 @@
 //! hotshard-net: the wire protocol (rkyv headers + raw payloads), framing, validation,
 //! error codes, and the shard-aware client. Placement and the shard map are
-//! `hotshard-placement` (re-exported here as `placement` and `shard_map`). The server driver and the readiness
-//! reactor need glommio (feature `glommio`, on by default); the wire format and the client
-//! do not (the client runs on tokio with `default-features = false, features = ["tokio"]`).
+//! `hotshard-placement` (re-exported here as `placement` and `shard_map`). The server
+//! driver needs glommio and reads through the readiness reactor (`hotshard-reactor`), both
+//! behind the feature `glommio` (on by default); the wire format and the client do not
+//! (the client runs on tokio with `default-features = false, features = ["tokio"]`).
 
 pub mod auth;
 pub mod blocking;
@@ -14,8 +15,6 @@ pub mod frame;
 pub mod frame_io;
 pub mod limits;
 pub mod message;
-#[cfg(feature = "glommio")]
-pub mod readiness;
 pub mod runtime;
 #[cfg(feature = "glommio")]
 pub mod server;

@@ -153,7 +153,7 @@ enum Outgoing<B> {
 struct Shared<B> {
     queue: RefCell<VecDeque<Outgoing<B>>>,
     /// Requests read and not yet answered (they keep the thread's readiness poller awake).
-    in_flight: crate::readiness::Outstanding,
+    in_flight: hotshard_reactor::Outstanding,
     reading_done: Cell<bool>,
     /// The writer gave up on the peer; the reader stops too.
     closed: Cell<bool>,
@@ -213,7 +213,7 @@ where
     let (reader, writer) = split(stream);
     let shared = Rc::new(Shared::<H::Out> {
         queue: RefCell::new(VecDeque::new()),
-        in_flight: crate::readiness::Outstanding::for_this_thread(),
+        in_flight: hotshard_reactor::Outstanding::for_this_thread(),
         reading_done: Cell::new(false),
         closed: Cell::new(false),
         stalled: Cell::new(false),
@@ -483,14 +483,14 @@ async fn read_payload_into<R: AsyncRead + Unpin>(
 /// A connection's read side: through the shard's readiness set (`readiness`), or, if that
 /// cannot be set up, through the executor's own stream.
 enum SocketReader<R> {
-    Ready(crate::readiness::ReadySocket<R>),
+    Ready(hotshard_reactor::ReadySocket<R>),
     Plain(R),
 }
 
 impl<R: AsyncRead + Unpin> SocketReader<R> {
     fn new(inner: R, fd: RawFd) -> Self {
-        match crate::readiness::Readiness::for_this_thread() {
-            Ok(set) => match crate::readiness::ReadySocket::new(inner, fd, set) {
+        match hotshard_reactor::Readiness::for_this_thread() {
+            Ok(set) => match hotshard_reactor::ReadySocket::new(inner, fd, set) {
                 Ok(s) => SocketReader::Ready(s),
                 Err((_, inner)) => SocketReader::Plain(inner),
             },

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWriteExt};
 use hdrhistogram::Histogram;
-use hotshard_net::readiness::Outstanding;
 use hotshard_net::shard_map::ShardMap;
+use hotshard_reactor::Outstanding;
 
 use super::progress::Progress;
 use super::reply_reader::ReplyReader;

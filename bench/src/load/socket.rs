@@ -1,5 +1,5 @@
 //! The generator's side of a connection, built like the node's: reads with a plain
-//! non-blocking `recv` and readiness from the thread's epoll set (`hotshard_net::readiness`),
+//! non-blocking `recv` and readiness from the thread's epoll set (`hotshard_reactor`),
 //! writes with a plain non-blocking `send`, and the executor's stream only when the socket
 //! is full. glommio's own read arms an io_uring poll after every short read, whose
 //! completions interrupt the busy generator; without this the generator spent 3.1 µs of
@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use futures_lite::io::{ReadHalf, WriteHalf};
 use futures_lite::AsyncWrite;
 use glommio::net::TcpStream;
-use hotshard_net::readiness::{Readiness, ReadySocket};
+use hotshard_reactor::{Readiness, ReadySocket};
 
 pub struct SendDirect<W> {
     inner: W,

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use hotshard_net::readiness::{Outstanding, Readiness};
+use hotshard_reactor::{Outstanding, Readiness};
 
 fn on_executor<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
     glommio::LocalExecutorBuilder::default()
