@@ -86,93 +86,22 @@ async fn open_queue(s: &ShardSetup) -> Result<AnyQueue, String> {
 
 /// Runs the shard until the shutdown flag is set; then stops accepting, lets requests in
 /// flight finish, and closes its store (every acknowledged write is already durable).
-pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
-    let fail = |e: String| {
-        let _ = s.ready.send(Err(format!("shard {}: {e}", s.index)));
-        e
-    };
-    let queue = open_queue(&s).await.map_err(fail)?;
-    let (store, report) = Store::open(queue, store_config(&s))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let (_gc_queue, gc) =
-        start_background_gc(store.clone(), GcPacing::default()).map_err(|e| fail(e.to_string()))?;
-    let (peers, receivers) = Peers::connect(s.index, s.peers).await;
-    let addr = format!(
-        "{}:{}",
-        s.cfg.node.listen,
-        s.cfg.node.base_port as usize + s.index
+pub async fn run_shard(mut s: ShardSetup) -> Result<(), String> {
+    let peer_ends = std::mem::replace(
+        &mut s.peers,
+        PeerEnds {
+            senders: Vec::new(),
+            receivers: Vec::new(),
+        },
     );
-    let listener = Listener::bind(&addr)
-        .await
-        .map_err(|e| fail(format!("listening on {addr}: {e}")))?;
-    let stats = Rc::new(ShardStats::default());
-    let handler = Rc::new(ShardHandler {
-        shard: s.index,
-        node_id: s.cfg.node.node_id,
-        store: store.clone(),
-        map: Rc::new(s.map.clone()),
-        peers: peers.clone(),
-        stats: stats.clone(),
-        in_flight: WaitableCount::default(),
-        admission: crate::admission::Admission::new(s.cfg.net.max_pending_requests, s.cfg.pending_bytes()),
-        secret: s.cfg.secret().map_err(fail)?,
-    });
-    for (from, rx) in receivers {
-        let (handler, peers) = (handler.clone(), peers.clone());
-        glommio::spawn_local(async move {
-            while let Some(msg) = rx.recv().await {
-                match msg {
-                    PeerMsg::Forward {
-                        token,
-                        request,
-                        payload,
-                        ..
-                    } => {
-                        // Counted from its arrival, so that a stopping shard that has heard
-                        // `Drained` from every peer still waits for it.
-                        handler.in_flight.add();
-                        let (handler, peers) = (handler.clone(), peers.clone());
-                        glommio::spawn_local(async move {
-                            let reply = handler.clone().answer_forwarded(request, payload).await;
-                            peers.reply(from, token, reply.0, reply.1).await;
-                            handler.in_flight.sub();
-                        })
-                        .detach();
-                    }
-                    PeerMsg::Drained => peers.drained.add(),
-                    PeerMsg::Reply {
-                        token,
-                        response,
-                        payload,
-                    } => peers.deliver(token, response, payload),
-                }
-            }
-        })
-        .detach();
-    }
-    let mut admin_task = None;
-    if s.index == 0 && s.cfg.node.admin_port != 0 {
-        let admin_addr = format!("{}:{}", s.cfg.node.listen, s.cfg.node.admin_port);
-        let admin = Listener::bind(&admin_addr)
-            .await
-            .map_err(|e| fail(format!("admin endpoint on {admin_addr}: {e}")))?;
-        admin_task = Some(glommio::spawn_local(crate::admin::serve_admin(
-            admin,
-            handler.clone(),
-            s.map.shards.len(),
-            s.shutdown.clone(),
-        )));
-    }
-    let _ = s.ready.send(Ok(format!(
-        "shard {} on {addr}: {} objects recovered ({:.1} MB scanned in {:.3} s){}",
-        s.index,
-        report.objects,
-        report.bytes_scanned as f64 / 1e6,
-        report.seconds,
-        if report.formatted { ", new store" } else { "" }
-    )));
-
+    let started = match start_shard(&s, peer_ends).await {
+        Ok(started) => started,
+        Err(e) => {
+            let _ = s.ready.send(Err(format!("shard {}: {e}", s.index)));
+            return Err(e);
+        }
+    };
+    let _ = s.ready.send(Ok(started.summary.clone()));
     // Fault injection for the process tests (debug builds only): a shard that panics
     // once it serves.
     #[cfg(debug_assertions)]
@@ -183,17 +112,148 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         })
         .detach();
     }
+    let connections = serve_connections(&s, &started).await;
+    drain_shard(&s, started, connections).await;
+    let _ = s.stopped.send(s.index);
+    Ok(())
+}
+
+/// A shard that is ready to serve.
+struct Started {
+    store: Store<AnyQueue>,
+    /// Background GC (its task queue and task) runs while this is held.
+    gc: (glommio::TaskQueueHandle, glommio::Task<()>),
+    peers: Rc<Peers>,
+    handler: Rc<ShardHandler<AnyQueue>>,
+    stats: Rc<ShardStats>,
+    listener: Listener,
+    admin: Option<glommio::Task<()>>,
+    /// What the shard says when it is ready.
+    summary: String,
+}
+
+/// The connections a shard is serving, and the signal that stops them.
+struct Connections {
+    open: Rc<WaitableCount>,
+    stop: Rc<StopSignal>,
+}
+
+/// Opens the store (recovering it), starts background GC, connects to the other shards,
+/// binds the listener (and shard 0's admin endpoint), and starts answering what other
+/// shards forward.
+async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, String> {
+    let queue = open_queue(s).await?;
+    let (store, report) = Store::open(queue, store_config(s))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (gc_queue, gc) =
+        start_background_gc(store.clone(), GcPacing::default()).map_err(|e| e.to_string())?;
+    let (peers, receivers) = Peers::connect(s.index, peer_ends).await;
+    let addr = format!(
+        "{}:{}",
+        s.cfg.node.listen,
+        s.cfg.node.base_port as usize + s.index
+    );
+    let listener = Listener::bind(&addr)
+        .await
+        .map_err(|e| format!("listening on {addr}: {e}"))?;
+    let stats = Rc::new(ShardStats::default());
+    let handler = Rc::new(ShardHandler {
+        shard: s.index,
+        node_id: s.cfg.node.node_id,
+        store: store.clone(),
+        map: Rc::new(s.map.clone()),
+        peers: peers.clone(),
+        stats: stats.clone(),
+        in_flight: WaitableCount::default(),
+        admission: crate::admission::Admission::new(s.cfg.net.max_pending_requests, s.cfg.pending_bytes()),
+        secret: s.cfg.secret()?,
+    });
+    for (from, rx) in receivers {
+        glommio::spawn_local(answer_peer(from, rx, handler.clone(), peers.clone())).detach();
+    }
+    let mut admin = None;
+    if s.index == 0 && s.cfg.node.admin_port != 0 {
+        let admin_addr = format!("{}:{}", s.cfg.node.listen, s.cfg.node.admin_port);
+        let admin_listener = Listener::bind(&admin_addr)
+            .await
+            .map_err(|e| format!("admin endpoint on {admin_addr}: {e}"))?;
+        admin = Some(glommio::spawn_local(crate::admin::serve_admin(
+            admin_listener,
+            handler.clone(),
+            s.map.shards.len(),
+            s.shutdown.clone(),
+        )));
+    }
+    let summary = format!(
+        "shard {} on {addr}: {} objects recovered ({:.1} MB scanned in {:.3} s){}",
+        s.index,
+        report.objects,
+        report.bytes_scanned as f64 / 1e6,
+        report.seconds,
+        if report.formatted { ", new store" } else { "" }
+    );
+    Ok(Started {
+        store,
+        gc: (gc_queue, gc),
+        peers,
+        handler,
+        stats,
+        listener,
+        admin,
+        summary,
+    })
+}
+
+/// Answers what shard `from` sends over its channel: forwarded requests (each on its own
+/// task, counted in flight from its arrival, so that a stopping shard that has heard
+/// `Drained` from every peer still waits for it), replies to what this shard forwarded,
+/// and `Drained`.
+async fn answer_peer(
+    from: usize,
+    rx: glommio::channels::shared_channel::ConnectedReceiver<PeerMsg>,
+    handler: Rc<ShardHandler<AnyQueue>>,
+    peers: Rc<Peers>,
+) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            PeerMsg::Forward {
+                token,
+                request,
+                payload,
+                ..
+            } => {
+                handler.in_flight.add();
+                let (handler, peers) = (handler.clone(), peers.clone());
+                glommio::spawn_local(async move {
+                    let reply = handler.clone().answer_forwarded(request, payload).await;
+                    peers.reply(from, token, reply.0, reply.1).await;
+                    handler.in_flight.sub();
+                })
+                .detach();
+            }
+            PeerMsg::Drained => peers.drained.add(),
+            PeerMsg::Reply {
+                token,
+                response,
+                payload,
+            } => peers.deliver(token, response, payload),
+        }
+    }
+}
+
+/// Accepts connections (up to the configured count) and serves each on its own task,
+/// until the shutdown flag is set; then the listener is closed.
+async fn serve_connections(s: &ShardSetup, started: &Started) -> Connections {
     let server_cfg = ServerConfig {
         max_in_flight: s.cfg.net.max_in_flight,
         frame_timeout: std::time::Duration::from_millis(s.cfg.net.frame_timeout_ms),
     };
     let max_connections = s.cfg.net.max_connections as u64;
+    let stats = &started.stats;
     let open = Rc::new(WaitableCount::default());
     let stop = StopSignal::new();
-    loop {
-        let Some(stream) = listener.next(&s.shutdown, &stats.accept_errors).await else {
-            break;
-        };
+    while let Some(stream) = started.listener.next(&s.shutdown, &stats.accept_errors).await {
         if open.get() as u64 >= max_connections {
             stats.connections_refused.set(stats.connections_refused.get() + 1);
             continue;
@@ -201,7 +261,8 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         let _ = stream.set_nodelay(true);
         stats.connections.set(stats.connections.get() + 1);
         open.add();
-        let (handler, open, stats, stop) = (handler.clone(), open.clone(), stats.clone(), stop.clone());
+        let (handler, open, stats, stop) =
+            (started.handler.clone(), open.clone(), stats.clone(), stop.clone());
         glommio::spawn_local(async move {
             let report = serve_connection_until(stream, handler, server_cfg, &stop).await;
             if report.protocol_error.is_some() {
@@ -217,36 +278,54 @@ pub async fn run_shard(s: ShardSetup) -> Result<(), String> {
         })
         .detach();
     }
-    listener.stop();
+    started.listener.stop();
+    Connections { open, stop }
+}
+
+/// Stops a shard that has stopped accepting, within `DRAIN_TIMEOUT` in all: each
+/// connection stops reading, answers what it has read (requests it forwarded to other
+/// shards included) and closes; a peer that does not read its replies holds it up to the
+/// frame timeout. Then the shard keeps answering requests forwarded from other shards
+/// until each of them says it forwards nothing more (a shard leaving earlier would strand
+/// them until the deadline), and every request here is answered. Every wait is on a
+/// count, none in a sleeping loop.
+async fn drain_shard(s: &ShardSetup, started: Started, connections: Connections) {
+    let Started {
+        store,
+        gc,
+        peers,
+        handler,
+        listener,
+        admin,
+        ..
+    } = started;
     drop(listener);
     // The admin endpoint sees the same flag and stops listening before the executor ends.
-    if let Some(admin) = admin_task {
+    if let Some(admin) = admin {
         admin.await;
     }
-    // Drain, at most DRAIN_TIMEOUT in all. First each connection stops reading, answers
-    // what it has read (requests it forwarded to other shards included) and closes; a peer
-    // that does not read its replies holds it up to the frame timeout.
-    stop.stop();
+    connections.stop.stop();
     let drained = async {
-        open.wait_until(|n| n == 0).await;
-        // Then keep answering requests forwarded from other shards until each of them
-        // says it forwards nothing more (a shard leaving earlier would strand them until
-        // the deadline), and every request here is answered.
+        connections.open.wait_until(|n| n == 0).await;
         peers.announce_drained().await;
         let others = peers.others();
         loop {
             peers.drained.wait_until(|n| n >= others).await;
             handler.in_flight.wait_until(|n| n == 0).await;
             if peers.drained.get() >= others && handler.in_flight.get() == 0 {
-                return Ok(());
+                return;
             }
         }
     };
-    if glommio::timer::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
+    if glommio::timer::timeout(DRAIN_TIMEOUT, async {
+        drained.await;
+        Ok(())
+    })
+    .await
+    .is_err()
+    {
         tracing::warn!(shard = s.index, "drain deadline passed with requests in flight");
     }
     drop(gc);
     tracing::info!(shard = s.index, "stopped; {} objects", store.space().objects);
-    let _ = s.stopped.send(s.index);
-    Ok(())
 }

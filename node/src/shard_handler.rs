@@ -1,5 +1,6 @@
-//! A shard's answer to each request: its own partitions from its store, other local
-//! shards' partitions forwarded to them, other nodes' partitions answered WrongShard.
+//! A shard's answer to each request, in named stages: `route` (this shard, a peer shard,
+//! or WrongShard; `route.rs`), `execute` on this shard's store, and the reply built from
+//! the store's result (`reply_*`). Forwarding between shards is in `forwarding.rs`.
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -7,12 +8,13 @@ use std::time::Instant;
 use hotshard_net::server::{Handler, Reply};
 use hotshard_net::{Request, Response, Status};
 use hotshard_nvme::BlockQueue;
-use hotshard_placement::shard_map::ShardMap;
+use hotshard_placement::ShardMap;
 
 use crate::peers::Peers;
 use crate::put_payload::PutPayload;
+use crate::route::{owns, route, store_partition, Route};
 use crate::shard_stats::ShardStats;
-use crate::store::{Store, StoreError, Value};
+use crate::store::{ObjectStat, Store, StoreError, StoreResult, Value};
 use crate::waitable_count::{Counted, WaitableCount};
 
 /// A response payload: a value straight from the store (DMA buffer or cache), or bytes.
@@ -46,24 +48,13 @@ pub struct ShardHandler<Q: BlockQueue> {
 }
 
 /// The key and target of a request that names a key.
-fn keyed(request: &Request) -> Option<(&[u8], hotshard_net::Target)> {
+pub(crate) fn keyed(request: &Request) -> Option<(&[u8], hotshard_net::Target)> {
     match request {
         Request::Put { key, target, .. }
         | Request::Get { key, target, .. }
         | Request::Delete { key, target, .. }
         | Request::Stat { key, target, .. } => Some((key.as_slice(), *target)),
         _ => None,
-    }
-}
-
-/// The partition as the store keeps it (16 bits: the most partitions a map may have).
-fn store_partition(partition: u32) -> Option<u16> {
-    u16::try_from(partition).ok()
-}
-
-fn partition_too_large(partition: u32) -> Status {
-    Status::BadRequest {
-        reason: format!("partition {partition} is beyond 2^16 partitions"),
     }
 }
 
@@ -102,7 +93,8 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         out
     }
 
-    /// Runs a keyed request on this shard's store.
+    /// Runs a request on this shard's store: a keyed one routed here (its target's
+    /// partition checked by `route`, or by the forwarding shard), or a control request.
     pub async fn execute(&self, request: Request, payload: Option<PutPayload>) -> Reply<OutBuf> {
         let started = Instant::now();
         let micros = || started.elapsed().as_micros() as u64;
@@ -112,8 +104,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 if_version,
                 target,
             } => {
-                let Some(partition) = store_partition(target.partition) else {
-                    return Reply::status(partition_too_large(target.partition));
+                let partition = match store_partition(target.partition) {
+                    Ok(p) => p,
+                    Err(status) => return Reply::status(status),
                 };
                 let len = payload.as_ref().map_or(0, PutPayload::len);
                 let r = match payload {
@@ -124,73 +117,45 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                     None => self.store.put(&key, partition, &[], if_version).await,
                 };
                 self.stats.put.record(micros(), len as u64, r.is_ok());
-                match r {
-                    Ok(v) => Reply {
-                        response: ok_with(v, len as u64, 0),
-                        payload: None,
-                    },
-                    Err(e) => Reply::status(status_of(&e)),
-                }
+                reply_written(r, len as u64)
             }
             Request::Get { key, range, .. } => {
                 let r = self.store.get(&key, range.map(|r| (r.offset, r.len))).await;
-                match r {
-                    Ok((value, version)) => {
-                        // The whole object's length: only a range read needs another lookup.
-                        let total = if range.is_some() {
-                            self.store.stat(&key).map(|s| s.len).unwrap_or(value.len() as u64)
-                        } else {
-                            value.len() as u64
-                        };
-                        self.stats.get.record(micros(), value.len() as u64, true);
-                        Reply {
-                            response: ok_with(version, total, 0),
-                            payload: Some(OutBuf::Value(value)),
-                        }
-                    }
-                    Err(e) => {
-                        self.stats
-                            .get
-                            .record(micros(), 0, matches!(e, StoreError::NotFound));
-                        Reply::status(status_of(&e))
-                    }
-                }
+                let bytes = r.as_ref().map_or(0, |(v, _)| v.len() as u64);
+                self.stats
+                    .get
+                    .record(micros(), bytes, matches!(r, Ok(_) | Err(StoreError::NotFound)));
+                reply_value(r)
             }
             Request::Delete {
                 key,
                 if_version,
                 target,
             } => {
-                let Some(partition) = store_partition(target.partition) else {
-                    return Reply::status(partition_too_large(target.partition));
+                let partition = match store_partition(target.partition) {
+                    Ok(p) => p,
+                    Err(status) => return Reply::status(status),
                 };
                 let r = self.store.delete(&key, partition, if_version).await;
                 self.stats.delete.record(micros(), 0, r.is_ok());
-                match r {
-                    Ok(v) => Reply {
-                        response: ok_with(v, 0, 0),
-                        payload: None,
-                    },
-                    Err(e) => Reply::status(status_of(&e)),
-                }
+                reply_written(r, 0)
             }
             Request::Stat { key, .. } => {
                 let r = self.store.stat(&key);
                 self.stats.stat.record(micros(), 0, r.is_ok());
-                match r {
-                    Ok(s) => Reply {
-                        response: ok_with(s.version, s.len, s.crc32c),
-                        payload: None,
-                    },
-                    Err(e) => Reply::status(status_of(&e)),
-                }
+                reply_stat(r)
             }
+            control => self.answer_control(control),
+        }
+    }
+
+    /// Requests that name no key: answered at once, whatever the shard's load.
+    fn answer_control(&self, request: Request) -> Reply<OutBuf> {
+        match request {
             Request::Stats => Reply {
                 response: Response::new(Status::Ok),
                 payload: Some(OutBuf::Bytes(self.render_metrics().into_bytes())),
             },
-            // Already authenticated, or no secret configured: nothing to prove.
-            Request::Ping | Request::AuthChallenge | Request::AuthProof { .. } => Reply::status(Status::Ok),
             Request::GetShardMap => match self.map.to_bytes() {
                 Ok(b) => Reply {
                     response: Response::new(Status::Ok),
@@ -198,69 +163,50 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 },
                 Err(_) => Reply::status(Status::Internal),
             },
+            // Already authenticated, or no secret configured: nothing to prove. (A keyed
+            // request never gets here: `execute` answers it.)
+            _ => Reply::status(Status::Ok),
         }
+    }
+
+    fn wrong_shard(&self) -> Reply<OutBuf> {
+        self.stats.wrong_shard.set(self.stats.wrong_shard.get() + 1);
+        Reply::status(Status::WrongShard {
+            epoch: self.map.epoch,
+        })
     }
 }
 
-impl<Q: BlockQueue + 'static> ShardHandler<Q> {
-    /// Answers a request another local shard forwarded here. It is admitted against this
-    /// shard's own budget, like a request from one of its connections (Busy over it), and
-    /// counted in flight while it is answered: otherwise one shard's clients could flood
-    /// another shard past its budget. The budget is held until the answer is ready (its body
-    /// then travels back as a copy, charged to the forwarding connection's shard).
-    pub async fn answer_forwarded(
-        self: Rc<Self>,
-        request: Request,
-        payload: Option<Vec<u8>>,
-    ) -> (Response, Vec<u8>) {
-        // The forwarding shard routed by its own copy of the map; this shard checks that
-        // it owns the partition by its copy. If they differ (a map change reached one
-        // first), the client is sent to refresh its map, and nothing is written here.
-        if let Some((_, target)) = keyed(&request) {
-            let mine = self
-                .map
-                .owner(target.partition)
-                .is_some_and(|o| o.node == self.node_id && o.shard as usize == self.shard);
-            if !mine {
-                self.stats.wrong_shard.set(self.stats.wrong_shard.get() + 1);
-                tracing::warn!(
-                    shard = self.shard,
-                    partition = target.partition,
-                    "a forwarded request for a partition this shard does not own"
-                );
-                return (
-                    Response::new(Status::WrongShard {
-                        epoch: self.map.epoch,
-                    }),
-                    Vec::new(),
-                );
-            }
-        }
-        let len = payload.as_ref().map_or(0, Vec::len);
-        let held = match self.admit(&request, len) {
-            Ok(held) => held,
-            Err(status) => return (Response::new(status), Vec::new()),
-        };
-        let _release = held.map(|bytes| Held {
-            admission: &self.admission,
-            bytes,
-        });
-        let _counted = Counted::new(&self.in_flight);
-        let reply = self.execute(request, payload.map(PutPayload::Heap)).await;
-        let body = reply.payload.map(|p| p.as_ref().to_vec()).unwrap_or_default();
-        (reply.response, body)
+/// The reply to a put or a delete: the new version, and the value's length.
+fn reply_written(r: StoreResult<u64>, len: u64) -> Reply<OutBuf> {
+    match r {
+        Ok(v) => Reply {
+            response: ok_with(v, len, 0),
+            payload: None,
+        },
+        Err(e) => Reply::status(status_of(&e)),
     }
 }
 
-/// Gives an admitted forwarded request's budget back, however its answer ends.
-struct Held<'a> {
-    admission: &'a crate::admission::Admission,
-    bytes: usize,
+/// The reply to a get: the value (or the range asked for) sent from where the store has it,
+/// and the whole object's length.
+fn reply_value(r: StoreResult<(Value, u64)>) -> Reply<OutBuf> {
+    match r {
+        Ok((value, version)) => Reply {
+            response: ok_with(version, value.object_len(), 0),
+            payload: Some(OutBuf::Value(value)),
+        },
+        Err(e) => Reply::status(status_of(&e)),
+    }
 }
 
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.admission.release(self.bytes);
+fn reply_stat(r: StoreResult<ObjectStat>) -> Reply<OutBuf> {
+    match r {
+        Ok(s) => Reply {
+            response: ok_with(s.version, s.len, s.crc32c),
+            payload: None,
+        },
+        Err(e) => Reply::status(status_of(&e)),
     }
 }
 
@@ -302,16 +248,14 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
     /// A PUT whose key this shard owns is received into a buffer of its DMA pool, which the
     /// batch writes from; any other payload (a key of another shard or node, a value short
     /// enough to ride inline, a pool with no room now) into an ordinary one. Nothing is
-    /// refused for want of a DMA buffer.
+    /// refused for want of a DMA buffer. The client's target is trusted only for this
+    /// choice: `route` checks it before anything is written.
     fn payload_buffer(&self, request: &Request, len: usize) -> Result<PutPayload, Status> {
         if len > self.store.config().max_value_bytes {
             return Err(Status::TooLarge);
         }
-        let mine = keyed(request).is_some_and(|(_, target)| {
-            self.map
-                .owner(target.partition)
-                .is_some_and(|o| o.node == self.node_id && o.shard as usize == self.shard)
-        });
+        let mine = keyed(request)
+            .is_some_and(|(_, target)| owns(&self.map, self.node_id, self.shard, target.partition));
         if mine {
             if let Some(buf) = self.store.value_buffer(len) {
                 return Ok(PutPayload::InPlace(buf));
@@ -331,37 +275,13 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
     async fn handle(self: Rc<Self>, request: Request, payload: Option<PutPayload>) -> Reply<OutBuf> {
         let _counted = Counted::new(&self.in_flight);
         let Some((key, target)) = keyed(&request) else {
-            return self.execute(request, payload).await;
+            return self.answer_control(request);
         };
-        let partition = self.map.partition(key);
-        if partition != target.partition {
-            return Reply::status(Status::BadRequest {
-                reason: format!("key is in partition {partition}, not {}", target.partition),
-            });
-        }
-        // Two integers of the owner, not a clone of its address (a String) per request.
-        let Some((owner_node, owner_shard)) = self.map.owner(partition).map(|o| (o.node, o.shard)) else {
-            return Reply::status(Status::Internal);
-        };
-        if owner_node != self.node_id {
-            self.stats.wrong_shard.set(self.stats.wrong_shard.get() + 1);
-            return Reply::status(Status::WrongShard {
-                epoch: self.map.epoch,
-            });
-        }
-        if owner_shard as usize == self.shard {
-            return self.execute(request, payload).await;
-        }
-        self.stats.forwarded.set(self.stats.forwarded.get() + 1);
-        // The peer channel crosses cores: the payload goes as an ordinary vector (received
-        // into one by `payload_buffer` unless the map changed in between).
-        let payload = payload.map(PutPayload::into_vec);
-        match self.peers.forward(owner_shard as usize, request, payload).await {
-            Some((response, body)) => Reply {
-                response,
-                payload: (!body.is_empty()).then_some(OutBuf::Bytes(body)),
-            },
-            None => Reply::status(Status::Busy),
+        match route(&self.map, self.node_id, self.shard, key, target) {
+            Ok(Route::Here) => self.execute(request, payload).await,
+            Ok(Route::Peer(to)) => self.forward(to, request, payload).await,
+            Ok(Route::Elsewhere) => self.wrong_shard(),
+            Err(status) => Reply::status(status),
         }
     }
 }

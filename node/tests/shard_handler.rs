@@ -33,8 +33,17 @@ async fn handler(dev: &SimDevice) -> Rc<ShardHandler<SimQueue>> {
 
 /// Shard `shard` of a node of `shards` shards, whose partitions are spread over them.
 async fn handler_of_shard(dev: &SimDevice, shard: u32, shards: u32) -> Rc<ShardHandler<SimQueue>> {
+    handler_with_cache(dev, shard, shards, 0).await
+}
+
+async fn handler_with_cache(
+    dev: &SimDevice,
+    shard: u32,
+    shards: u32,
+    cache_bytes: usize,
+) -> Rc<ShardHandler<SimQueue>> {
     let mut cfg = small_config(SIM_BYTES);
-    cfg.cache_bytes = 0;
+    cfg.cache_bytes = cache_bytes;
     let (store, _) = Store::open(dev.queue(4 << 20).unwrap(), cfg).await.unwrap();
     let map = ShardMap::spread(
         1,
@@ -181,5 +190,35 @@ fn a_forwarded_request_for_a_partition_the_shard_does_not_own_is_refused() {
         let (response, _) = h.clone().answer_forwarded(put(&mine), Some(b"v".to_vec())).await;
         assert_eq!(response.status(), Status::Ok);
         assert_eq!(h.store.stat(&mine).unwrap().len, 1);
+    });
+}
+
+/// Issue 17: a range GET looked the key up twice (the value, then a stat for the whole
+/// length). The reply names the whole object's length from the one lookup, from the device
+/// and from the cache alike.
+#[test]
+fn a_range_get_reports_the_whole_length_from_one_lookup() {
+    run(|| async {
+        let dev = SimDevice::new(SIM_BYTES, 4096, 4).unwrap();
+        let h = handler_with_cache(&dev, 0, 1, 256 << 10).await;
+        // Small enough for the cache (a 64th of its 256 KiB).
+        let value = make_value(9, 3_000);
+        assert_eq!(put(&h, b"ranged", value.clone()).await, Status::Ok);
+        for from in ["device", "cache"] {
+            let req = Request::Get {
+                key: b"ranged".to_vec(),
+                range: Some(hotshard_net::ByteRange { offset: 100, len: 50 }),
+                target: target(&h.map, b"ranged"),
+            };
+            let r = h.execute(req, None).await;
+            assert_eq!(r.response.status(), Status::Ok, "{from}");
+            assert_eq!(r.response.object_len, 3_000, "{from}");
+            assert_eq!(r.payload.unwrap().as_ref(), &value[100..150], "{from}");
+        }
+        assert_eq!(
+            h.store.cache_stats().hits,
+            1,
+            "the second read came from the cache"
+        );
     });
 }

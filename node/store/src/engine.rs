@@ -526,6 +526,7 @@ impl<Q: BlockQueue> Store<Q> {
                         bytes,
                         start: start as usize,
                         len: len as usize,
+                        object_len: entry.value_len(),
                     },
                     entry.version,
                 ));
@@ -554,6 +555,7 @@ impl<Q: BlockQueue> Store<Q> {
                 buf,
                 start: value_at + start as usize,
                 len: len as usize,
+                object_len: entry.value_len(),
             },
             entry.version,
         ))

@@ -5,32 +5,45 @@ use std::rc::Rc;
 
 use hotshard_nvme::DmaBuffer;
 
+/// `len` bytes from `start`: the whole value, or the range asked for; `object_len` is the
+/// whole value's length either way (a range read needs no second lookup for it).
 pub enum Value {
     /// Straight from the device.
     Dma {
         buf: DmaBuffer,
         start: usize,
         len: usize,
+        object_len: u32,
     },
     /// From the hot-object cache.
     Cached {
         bytes: Rc<[u8]>,
         start: usize,
         len: usize,
+        object_len: u32,
     },
 }
 
 impl Value {
     pub fn as_slice(&self) -> &[u8] {
         match self {
-            Value::Dma { buf, start, len } => &buf[*start..*start + *len],
-            Value::Cached { bytes, start, len } => &bytes[*start..*start + *len],
+            Value::Dma { buf, start, len, .. } => &buf[*start..*start + *len],
+            Value::Cached {
+                bytes, start, len, ..
+            } => &bytes[*start..*start + *len],
         }
     }
 
     pub fn len(&self) -> usize {
         match self {
             Value::Dma { len, .. } | Value::Cached { len, .. } => *len,
+        }
+    }
+
+    /// Length of the whole value (of which this may be a range).
+    pub fn object_len(&self) -> u64 {
+        match self {
+            Value::Dma { object_len, .. } | Value::Cached { object_len, .. } => u64::from(*object_len),
         }
     }
 

@@ -1,0 +1,63 @@
+//! The first stage of a keyed request: its key is hashed once (xxh3, placement's hash), the
+//! partition the client named is checked against it, and the request is sent where it is
+//! answered: this shard, another shard of this node (over the peer channel), or not this
+//! node (WrongShard, so that the client refreshes its map). Later stages take the checked
+//! partition from the request's target and never hash the key for placement again.
+
+use hotshard_net::{Status, Target};
+use hotshard_placement::ShardMap;
+
+/// Where a keyed request is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// This shard's store.
+    Here,
+    /// Shard `n` of this node, over the peer channel.
+    Peer(usize),
+    /// Another node: the client's map is out of date.
+    Elsewhere,
+}
+
+/// The partition as the store keeps it (16 bits: the most partitions a map may have).
+pub fn store_partition(partition: u32) -> Result<u16, Status> {
+    u16::try_from(partition).map_err(|_| Status::BadRequest {
+        reason: format!("partition {partition} is beyond 2^16 partitions"),
+    })
+}
+
+/// Routes a request for `key` that names `target`, by `map`, from shard `shard` of node
+/// `node_id`.
+pub fn route(
+    map: &ShardMap,
+    node_id: u32,
+    shard: usize,
+    key: &[u8],
+    target: Target,
+) -> Result<Route, Status> {
+    let partition = map.partition(key);
+    if partition != target.partition {
+        return Err(Status::BadRequest {
+            reason: format!("key is in partition {partition}, not {}", target.partition),
+        });
+    }
+    store_partition(partition)?;
+    // Two integers of the owner, not a clone of its address (a String) per request.
+    let (node, owner) = map
+        .owner(partition)
+        .map(|o| (o.node, o.shard as usize))
+        .ok_or(Status::Internal)?;
+    Ok(if node != node_id {
+        Route::Elsewhere
+    } else if owner == shard {
+        Route::Here
+    } else {
+        Route::Peer(owner)
+    })
+}
+
+/// Whether shard `shard` of node `node_id` takes `partition`'s writes by `map`: what a
+/// shard checks, by its own copy of the map, before it answers a forwarded request.
+pub fn owns(map: &ShardMap, node_id: u32, shard: usize, partition: u32) -> bool {
+    map.owner(partition)
+        .is_some_and(|o| o.node == node_id && o.shard as usize == shard)
+}
