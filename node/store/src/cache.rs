@@ -1,10 +1,16 @@
 //! The hot-object cache of one shard: S3-FIFO (Yang et al., SOSP 2023) with a byte budget.
 //! New objects enter a small FIFO; only those hit again move to the main FIFO, so a scan
 //! of cold keys cannot flush the hot set. A ghost FIFO remembers keys evicted from the
-//! small queue, and a key seen again there goes straight to main.
+//! small queue, and a key seen again there goes straight to main. Every call takes the
+//! key's hash (`KeyHash`, taken once per operation by the index), so that no key is hashed
+//! again here.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
+
+use hashbrown::HashTable;
+
+use crate::index::KeyHash;
 
 /// Per-entry bookkeeping bytes counted against the budget besides key and value.
 const ENTRY_OVERHEAD: usize = 96;
@@ -18,6 +24,8 @@ enum Queue {
 }
 
 struct Entry {
+    key: Box<[u8]>,
+    hash: u64,
     value: Rc<[u8]>,
     version: u64,
     freq: u8,
@@ -40,12 +48,14 @@ pub struct CacheStats {
 pub struct Cache {
     budget: usize,
     small_budget: usize,
-    map: HashMap<Box<[u8]>, Entry, ahash::RandomState>,
-    small: VecDeque<(Box<[u8]>, u64)>,
-    main: VecDeque<(Box<[u8]>, u64)>,
+    map: HashTable<Entry>,
+    /// FIFO slots: (key hash, generation); a slot whose generation no longer matches its
+    /// entry's is stale.
+    small: VecDeque<(u64, u64)>,
+    main: VecDeque<(u64, u64)>,
+    /// Hashes of keys evicted from the small FIFO.
     ghost: VecDeque<u64>,
     ghost_set: HashSet<u64, ahash::RandomState>,
-    ghost_hasher: ahash::RandomState,
     small_bytes: usize,
     main_bytes: usize,
     next_generation: u64,
@@ -61,12 +71,11 @@ impl Cache {
         Cache {
             budget,
             small_budget: (budget as f64 * SMALL_SHARE) as usize,
-            map: HashMap::default(),
+            map: HashTable::new(),
             small: VecDeque::new(),
             main: VecDeque::new(),
             ghost: VecDeque::new(),
             ghost_set: HashSet::default(),
-            ghost_hasher: ahash::RandomState::new(),
             small_bytes: 0,
             main_bytes: 0,
             next_generation: 0,
@@ -83,8 +92,8 @@ impl Cache {
     }
 
     /// The cached value if it is of `version`.
-    pub fn get(&mut self, key: &[u8], version: u64) -> Option<Rc<[u8]>> {
-        match self.map.get_mut(key) {
+    pub fn get(&mut self, key: &[u8], h: KeyHash, version: u64) -> Option<Rc<[u8]>> {
+        match self.map.find_mut(h.0, |e| *e.key == *key) {
             Some(e) if e.version == version => {
                 e.freq = (e.freq + 1).min(3);
                 self.stats.hits += 1;
@@ -97,14 +106,13 @@ impl Cache {
         }
     }
 
-    pub fn insert(&mut self, key: &[u8], version: u64, value: Rc<[u8]>) {
+    pub fn insert(&mut self, key: &[u8], h: KeyHash, version: u64, value: Rc<[u8]>) {
         let c = cost(key, &value);
         if c > self.budget / 4 || self.budget == 0 {
             return; // one object may not take over the cache
         }
-        self.remove(key);
-        let h = self.ghost_hasher.hash_one(key);
-        let queue = if self.ghost_set.remove(&h) {
+        self.remove(key, h);
+        let queue = if self.ghost_set.remove(&h.0) {
             Queue::Main
         } else {
             Queue::Small
@@ -113,31 +121,35 @@ impl Cache {
         self.next_generation += 1;
         match queue {
             Queue::Small => {
-                self.small.push_back((key.into(), generation));
+                self.small.push_back((h.0, generation));
                 self.small_bytes += c;
             }
             Queue::Main => {
-                self.main.push_back((key.into(), generation));
+                self.main.push_back((h.0, generation));
                 self.main_bytes += c;
             }
         }
-        self.map.insert(
-            key.into(),
+        self.map.insert_unique(
+            h.0,
             Entry {
+                key: key.into(),
+                hash: h.0,
                 value,
                 version,
                 freq: 0,
                 queue,
                 generation,
             },
+            |e| e.hash,
         );
         self.stats.inserts += 1;
         self.evict();
     }
 
     /// Drops `key` (a put or delete made the cached copy stale).
-    pub fn remove(&mut self, key: &[u8]) {
-        if let Some(e) = self.map.remove(key) {
+    pub fn remove(&mut self, key: &[u8], h: KeyHash) {
+        if let Ok(found) = self.map.find_entry(h.0, |e| *e.key == *key) {
+            let (e, _) = found.remove();
             let c = cost(key, &e.value);
             match e.queue {
                 Queue::Small => self.small_bytes -= c,
@@ -146,8 +158,16 @@ impl Cache {
         }
     }
 
-    fn live(&self, key: &[u8], generation: u64) -> bool {
-        self.map.get(key).is_some_and(|e| e.generation == generation)
+    /// The entry a FIFO slot (hash, generation) still owns, if any (generations are
+    /// unique, so the hash and the generation name one entry).
+    fn owned_by_slot(&mut self, hash: u64, generation: u64) -> Option<&mut Entry> {
+        self.map.find_mut(hash, |e| e.generation == generation)
+    }
+
+    fn drop_slot_entry(&mut self, hash: u64, generation: u64) {
+        if let Ok(found) = self.map.find_entry(hash, |e| e.generation == generation) {
+            found.remove();
+        }
     }
 
     fn evict(&mut self) {
@@ -161,22 +181,23 @@ impl Cache {
     }
 
     fn evict_small(&mut self) {
-        while let Some((key, generation)) = self.small.pop_front() {
-            if !self.live(&key, generation) {
+        while let Some((h, generation)) = self.small.pop_front() {
+            let Some(e) = self.owned_by_slot(h, generation) else {
                 continue;
-            }
-            let e = self.map.get_mut(&key).expect("live entry");
-            let c = cost(&key, &e.value);
-            self.small_bytes -= c;
-            if e.freq > 0 {
+            };
+            let c = cost(&e.key, &e.value);
+            let promote = e.freq > 0;
+            if promote {
                 e.freq = 0;
                 e.queue = Queue::Main;
+            }
+            self.small_bytes -= c;
+            if promote {
                 self.main_bytes += c;
-                self.main.push_back((key, generation));
+                self.main.push_back((h, generation));
             } else {
-                self.map.remove(&key);
+                self.drop_slot_entry(h, generation);
                 self.stats.evictions += 1;
-                let h = self.ghost_hasher.hash_one(&*key);
                 self.ghost.push_back(h);
                 self.ghost_set.insert(h);
                 // The ghost remembers about as many keys as main holds.
@@ -191,19 +212,18 @@ impl Cache {
     }
 
     fn evict_main(&mut self) {
-        while let Some((key, generation)) = self.main.pop_front() {
-            if !self.live(&key, generation) {
+        while let Some((h, generation)) = self.main.pop_front() {
+            let Some(e) = self.owned_by_slot(h, generation) else {
                 continue;
-            }
-            let e = self.map.get_mut(&key).expect("live entry");
+            };
             if e.freq > 0 {
                 e.freq -= 1;
-                self.main.push_back((key, generation));
+                self.main.push_back((h, generation));
                 continue;
             }
-            let c = cost(&key, &e.value);
+            let c = cost(&e.key, &e.value);
             self.main_bytes -= c;
-            self.map.remove(&key);
+            self.drop_slot_entry(h, generation);
             self.stats.evictions += 1;
             return;
         }
@@ -218,15 +238,19 @@ mod tests {
         vec![7u8; n].into()
     }
 
+    fn h(key: &[u8]) -> KeyHash {
+        KeyHash(ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(key))
+    }
+
     #[test]
     fn hits_misses_and_versions() {
         let mut c = Cache::new(1 << 20);
-        assert!(c.get(b"a", 1).is_none());
-        c.insert(b"a", 1, v(100));
-        assert_eq!(c.get(b"a", 1).unwrap().len(), 100);
-        assert!(c.get(b"a", 2).is_none(), "a newer version is a miss");
-        c.remove(b"a");
-        assert!(c.get(b"a", 1).is_none());
+        assert!(c.get(b"a", h(b"a"), 1).is_none());
+        c.insert(b"a", h(b"a"), 1, v(100));
+        assert_eq!(c.get(b"a", h(b"a"), 1).unwrap().len(), 100);
+        assert!(c.get(b"a", h(b"a"), 2).is_none(), "a newer version is a miss");
+        c.remove(b"a", h(b"a"));
+        assert!(c.get(b"a", h(b"a"), 1).is_none());
         let s = c.stats();
         assert_eq!((s.hits, s.misses, s.objects, s.bytes), (1, 3, 0, 0));
     }
@@ -235,7 +259,7 @@ mod tests {
     fn the_budget_holds() {
         let mut c = Cache::new(64 * 1024);
         for i in 0..10_000u32 {
-            c.insert(&i.to_le_bytes(), 1, v(500));
+            c.insert(&i.to_le_bytes(), h(&i.to_le_bytes()), 1, v(500));
             assert!(c.stats().bytes <= 64 * 1024);
         }
         assert!(c.stats().evictions > 9_000);
@@ -247,16 +271,19 @@ mod tests {
         let hot: Vec<[u8; 4]> = (0..100u32).map(|i| i.to_le_bytes()).collect();
         for _ in 0..3 {
             for k in &hot {
-                if c.get(k, 1).is_none() {
-                    c.insert(k, 1, v(600));
+                if c.get(k, h(k), 1).is_none() {
+                    c.insert(k, h(k), 1, v(600));
                 }
             }
         }
         // A one-pass scan of 5,000 cold keys.
         for i in 1_000_000..1_005_000u32 {
-            c.insert(&i.to_le_bytes(), 1, v(600));
+            c.insert(&i.to_le_bytes(), h(&i.to_le_bytes()), 1, v(600));
         }
-        let still = hot.iter().filter(|k| c.get(&k[..], 1).is_some()).count();
+        let still = hot
+            .iter()
+            .filter(|k| c.get(&k[..], h(&k[..]), 1).is_some())
+            .count();
         assert!(still >= 90, "only {still} of 100 hot keys survived a scan");
     }
 }

@@ -15,7 +15,7 @@ use super::group_commit::{
     commit, done_pending, inline_max, newest_staged_batch, stage, BatchDone, DurableBatch, LogHost,
     LogRecord, Origin, StageRequest, Writer,
 };
-use super::index::IndexEntry;
+use super::index::{IndexEntry, KeyHash};
 use super::metrics::{bump, StoreCounters, StoreMetrics};
 use super::segments::SegmentTable;
 use super::state::State;
@@ -166,6 +166,11 @@ impl<Q: BlockQueue> Store<Q> {
         &self.inner.queue
     }
 
+    /// The key's hash for the shard's in-memory tables: taken once per operation.
+    fn hash(&self, key: &[u8]) -> KeyHash {
+        self.inner.state.borrow().index().hash(key)
+    }
+
     fn check_key(&self, key: &[u8]) -> StoreResult<()> {
         if key.is_empty() {
             return Err(StoreError::BadRequest("empty key"));
@@ -191,16 +196,17 @@ impl<Q: BlockQueue> Store<Q> {
 
     /// (version, exists) as of what is durable. `write` calls it only when no write of
     /// the key is pending.
-    fn current(st: &State, key: &[u8]) -> (u64, bool) {
-        debug_assert!(!st.is_pending(key), "decided on a pending version");
+    fn current(st: &State, key: &[u8], h: KeyHash) -> (u64, bool) {
+        debug_assert!(!st.is_pending(key, h), "decided on a pending version");
         st.index()
-            .get(key)
+            .get_hashed(key, h)
             .map_or((0, false), |e| (e.version, !e.tombstone()))
     }
 
     fn stage_versioned(
         &self,
         key: &[u8],
+        h: KeyHash,
         partition: u16,
         value: &mut StageValue<'_>,
         if_version: Option<u64>,
@@ -213,7 +219,7 @@ impl<Q: BlockQueue> Store<Q> {
         let (version, exists) = if unconditional_put {
             (0, false)
         } else {
-            Self::current(&st, key)
+            Self::current(&st, key, h)
         };
         let live_version = if exists { version } else { 0 };
         if let Some(expected) = if_version {
@@ -228,8 +234,8 @@ impl<Q: BlockQueue> Store<Q> {
         }
         if kind == RecordKind::Put
             && st.index().heap_bytes() >= self.inner.cfg.index_budget_bytes
-            && !st.is_pending(key)
-            && st.index().get(key).is_none()
+            && !st.is_pending(key, h)
+            && st.index().get_hashed(key, h).is_none()
         {
             // The index is full: a new key would grow it, an indexed one does not.
             bump(&self.inner.metrics.no_space, 1);
@@ -241,6 +247,7 @@ impl<Q: BlockQueue> Store<Q> {
         debug_assert!(new_version > version);
         let req = StageRequest {
             key,
+            hash: h,
             partition,
             version: None,
             kind,
@@ -253,7 +260,7 @@ impl<Q: BlockQueue> Store<Q> {
         } else {
             self.inner.stage(&mut st, &req, value)?
         };
-        st.note_staged(key, new_version);
+        st.note_staged(key, h, new_version);
         Ok((new_version, done))
     }
 
@@ -355,8 +362,10 @@ impl<Q: BlockQueue> Store<Q> {
         } else {
             RecordKind::Tombstone
         };
+        let h = self.hash(key);
         let req = StageRequest {
             key,
+            hash: h,
             partition,
             version: Some(version),
             kind,
@@ -367,8 +376,8 @@ impl<Q: BlockQueue> Store<Q> {
             // Nothing awaits from here until the record is staged.
             let staged = {
                 let mut st = self.inner.state.borrow_mut();
-                let indexed = st.index().get(key).map_or(0, |e| e.version);
-                if version <= indexed.max(st.pending_version(key).unwrap_or(0)) {
+                let indexed = st.index().get_hashed(key, h).map_or(0, |e| e.version);
+                if version <= indexed.max(st.pending_version(key, h).unwrap_or(0)) {
                     return Ok(false);
                 }
                 // A tombstone's value is the LSN it is written at (GC's test for when it
@@ -377,7 +386,7 @@ impl<Q: BlockQueue> Store<Q> {
                 let mut v = StageValue::Bytes(value.unwrap_or(&stamp));
                 let r = self.inner.stage(&mut st, &req, &mut v);
                 if r.is_ok() {
-                    st.note_staged(key, version);
+                    st.note_staged(key, h, version);
                 }
                 r
             };
@@ -431,14 +440,16 @@ impl<Q: BlockQueue> Store<Q> {
         kind: RecordKind,
     ) -> StoreResult<u64> {
         let decides = if_version.is_some() || kind == RecordKind::Tombstone;
+        // One hash of the key for every in-memory table this write touches, to the end.
+        let h = self.hash(key);
         let mut attempts = 0;
         loop {
             if decides {
-                self.wait_until_not_pending(key).await?;
+                self.wait_until_not_pending(key, h).await?;
             }
             self.make_room_for_write().await;
             // Nothing awaits from here until the record is staged.
-            if decides && self.inner.state.borrow().is_pending(key) {
+            if decides && self.inner.state.borrow().is_pending(key, h) {
                 // A write of the key was staged while this one waited for room.
                 attempts += 1;
                 if attempts >= STAGE_ATTEMPTS {
@@ -446,7 +457,7 @@ impl<Q: BlockQueue> Store<Q> {
                 }
                 continue;
             }
-            match self.stage_versioned(key, partition, value, if_version, kind) {
+            match self.stage_versioned(key, h, partition, value, if_version, kind) {
                 Ok((version, done)) => {
                     commit(&self.inner, done).await?;
                     return Ok(version);
@@ -474,11 +485,11 @@ impl<Q: BlockQueue> Store<Q> {
     }
 
     /// Waits until every staged write of `key` has reached the device (or failed).
-    async fn wait_until_not_pending(&self, key: &[u8]) -> StoreResult<()> {
+    async fn wait_until_not_pending(&self, key: &[u8], h: KeyHash) -> StoreResult<()> {
         for _ in 0..STAGE_ATTEMPTS {
             let newest = {
                 let st = self.inner.state.borrow();
-                if !st.is_pending(key) {
+                if !st.is_pending(key, h) {
                     return Ok(());
                 }
                 newest_staged_batch(st.writer())
@@ -512,15 +523,17 @@ impl<Q: BlockQueue> Store<Q> {
     pub async fn get(&self, key: &[u8], range: Option<(u64, u64)>) -> StoreResult<(Value, u64)> {
         self.check_key(key)?;
         bump(&self.inner.metrics.gets, 1);
-        let entry = {
+        let (entry, h) = {
             let mut st = self.inner.state.borrow_mut();
-            let Some(entry) = st.index().get_live(key).copied() else {
+            // One hash of the key for the index and the cache.
+            let h = st.index().hash(key);
+            let Some(entry) = st.index().get_hashed(key, h).filter(|e| !e.tombstone()).copied() else {
                 bump(&self.inner.metrics.not_found, 1);
                 return Err(StoreError::NotFound);
             };
             let value_len = entry.value_len() as u64;
             let (start, len) = clamp_range(range, value_len)?;
-            if let Some(bytes) = st.cached(key, entry.version) {
+            if let Some(bytes) = st.cached(key, h, entry.version) {
                 return Ok((
                     Value::Cached {
                         bytes,
@@ -532,7 +545,7 @@ impl<Q: BlockQueue> Store<Q> {
                 ));
             }
             st.pin_reader(entry.segment);
-            entry
+            (entry, h)
         };
         let (buf, value_at) = {
             let _pin = ReadPin {
@@ -547,7 +560,7 @@ impl<Q: BlockQueue> Store<Q> {
             self.inner
                 .state
                 .borrow_mut()
-                .cache_insert(key, entry.version, bytes);
+                .cache_insert(key, h, entry.version, bytes);
         }
         let (start, len) = clamp_range(range, value_len as u64)?;
         Ok((

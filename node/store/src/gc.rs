@@ -146,14 +146,15 @@ impl<Q: BlockQueue> Store<Q> {
             let key = &image[key_at..key_at + h.key_len as usize];
             let value = &image[off as usize..off as usize + h.value_len as usize];
             let mut st = inner.state.borrow_mut();
+            let kh = st.index().hash(key);
             let points_here = st
                 .index()
-                .get(key)
+                .get_hashed(key, kh)
                 .is_some_and(|e| e.segment == victim && e.value_offset == off);
             if !points_here {
                 continue;
             }
-            if st.is_pending(key) {
+            if st.is_pending(key, kh) {
                 // A newer version is on its way; moving this one now could let its copy
                 // outrank the newer record in the log.
                 deferred = true;
@@ -164,13 +165,14 @@ impl<Q: BlockQueue> Store<Q> {
                 let deleted_at = u64::from_le_bytes(value.try_into().expect("8 bytes"));
                 if deleted_at < st.segments().min_first_lsn_excluding(victim) {
                     // Every segment that could hold an older version of the key is gone.
-                    st.drop_tombstone(key, victim, size);
+                    st.drop_tombstone(key, kh, victim, size);
                     dropped += 1;
                     continue;
                 }
             }
             let req = StageRequest {
                 key,
+                hash: kh,
                 partition: h.partition,
                 version: Some(h.version),
                 kind: h.kind,

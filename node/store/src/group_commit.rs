@@ -26,6 +26,7 @@ use super::format::{
     value_crc, BatchHeader, RecordHeader, RecordKind, SegmentHeader, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES,
     SEGMENT_HEADER_BYTES,
 };
+use super::index::KeyHash;
 use super::metrics::{bump, StoreMetrics};
 use super::segments::SegmentTable;
 use super::value_buf::StageValue;
@@ -66,6 +67,8 @@ pub enum Origin {
 #[derive(Debug)]
 pub struct LogRecord {
     pub key: Box<[u8]>,
+    /// The key's hash for the in-memory tables, taken once when the write began.
+    pub hash: KeyHash,
     pub partition: u16,
     pub version: u64,
     pub tombstone: bool,
@@ -189,6 +192,8 @@ impl Writer {
 /// What to stage (the value is passed beside it: staging may take its buffer).
 pub struct StageRequest<'a> {
     pub key: &'a [u8],
+    /// `key`'s hash for the in-memory tables (`Index::hash`).
+    pub hash: KeyHash,
     /// The object's partition, as the writer named it (kept by GC moves and replicas).
     pub partition: u16,
     /// None: the record's own LSN becomes its version (new writes); Some: kept.
@@ -344,6 +349,7 @@ pub(crate) fn stage<H: LogHost>(
     batch.records.push(Staged {
         record: LogRecord {
             key: req.key.into(),
+            hash: req.hash,
             partition: req.partition,
             version,
             tombstone: req.kind == RecordKind::Tombstone,

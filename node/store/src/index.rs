@@ -68,6 +68,13 @@ struct Slot {
     partition: u16,
 }
 
+/// A key's hash for the shard's in-memory tables (index, cache, pending writes): computed
+/// once per operation by `Index::hash` and carried to each of them. Seeded per process
+/// (ahash), so that clients cannot pick keys that collide; never stored or routed (that is
+/// placement's xxh3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyHash(pub u64);
+
 /// Key bytes to entry. ahash is fine here: nothing about it is stored or routed.
 pub struct Index {
     /// (slot id, 32 bits of the key's hash).
@@ -104,16 +111,16 @@ impl Index {
         &keys[slot.key_at as usize..slot.key_at as usize + slot.key_len as usize]
     }
 
-    /// The 32 stored hash bits, and the 64-bit hash the table uses, built from them so
-    /// that growing the table needs only what the table holds.
-    fn hash(&self, key: &[u8]) -> (u32, u64) {
-        let h32 = self.hasher.hash_one(key) as u32;
-        (h32, table_hash(h32))
+    /// The hash of `key` for this shard's in-memory tables.
+    pub fn hash(&self, key: &[u8]) -> KeyHash {
+        KeyHash(self.hasher.hash_one(key))
     }
 
-    fn find(&self, key: &[u8]) -> Option<u32> {
-        let (h32, hash) = self.hash(key);
-        self.find_hashed(key, h32, hash)
+    /// The 32 stored hash bits, and the 64-bit hash the table uses, built from them so
+    /// that growing the table needs only what the table holds.
+    fn split(h: KeyHash) -> (u32, u64) {
+        let h32 = h.0 as u32;
+        (h32, table_hash(h32))
     }
 
     fn find_hashed(&self, key: &[u8], h32: u32, hash: u64) -> Option<u32> {
@@ -126,7 +133,14 @@ impl Index {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&IndexEntry> {
-        self.find(key).map(|id| &self.slots[id as usize].entry)
+        self.get_hashed(key, self.hash(key))
+    }
+
+    /// `get` with the key's hash already taken.
+    pub fn get_hashed(&self, key: &[u8], h: KeyHash) -> Option<&IndexEntry> {
+        let (h32, hash) = Self::split(h);
+        self.find_hashed(key, h32, hash)
+            .map(|id| &self.slots[id as usize].entry)
     }
 
     /// A live (not deleted) entry.
@@ -136,7 +150,19 @@ impl Index {
 
     /// Inserts or replaces; returns the previous entry.
     pub fn insert(&mut self, key: &[u8], partition: u16, entry: IndexEntry) -> Option<IndexEntry> {
-        match self.insert_unless_older(key, partition, entry) {
+        let h = self.hash(key);
+        self.insert_hashed(key, h, partition, entry)
+    }
+
+    /// `insert` with the key's hash already taken.
+    pub fn insert_hashed(
+        &mut self,
+        key: &[u8],
+        h: KeyHash,
+        partition: u16,
+        entry: IndexEntry,
+    ) -> Option<IndexEntry> {
+        match self.insert_unless_older_hashed(key, h, partition, entry) {
             Upsert::Replaced(old) => old,
             Upsert::KeptNewer => None,
         }
@@ -145,7 +171,19 @@ impl Index {
     /// Like `insert`, but leaves a newer existing version in place. One lookup: recovery
     /// calls this for every record it replays.
     pub fn insert_unless_older(&mut self, key: &[u8], partition: u16, entry: IndexEntry) -> Upsert {
-        let (h32, hash) = self.hash(key);
+        let h = self.hash(key);
+        self.insert_unless_older_hashed(key, h, partition, entry)
+    }
+
+    /// `insert_unless_older` with the key's hash already taken.
+    pub fn insert_unless_older_hashed(
+        &mut self,
+        key: &[u8],
+        h: KeyHash,
+        partition: u16,
+        entry: IndexEntry,
+    ) -> Upsert {
+        let (h32, hash) = Self::split(h);
         let found = self.find_hashed(key, h32, hash);
         if let Some(id) = found {
             if self.slots[id as usize].entry.version > entry.version {
@@ -196,7 +234,12 @@ impl Index {
     }
 
     pub fn remove(&mut self, key: &[u8]) -> Option<IndexEntry> {
-        let (h32, hash) = self.hash(key);
+        self.remove_hashed(key, self.hash(key))
+    }
+
+    /// `remove` with the key's hash already taken.
+    pub fn remove_hashed(&mut self, key: &[u8], h: KeyHash) -> Option<IndexEntry> {
+        let (h32, hash) = Self::split(h);
         let (slots, keys) = (&self.slots, &self.keys);
         let found = self
             .table
@@ -208,7 +251,8 @@ impl Index {
         let last = self.slots.len() as u32 - 1;
         if id != last {
             // The last slot moves into the hole: repoint its table entry.
-            let (moved_h32, moved_hash) = self.hash(Self::key_of(&self.keys, &self.slots[last as usize]));
+            let (moved_h32, moved_hash) =
+                Self::split(self.hash(Self::key_of(&self.keys, &self.slots[last as usize])));
             if let Some(t) = self
                 .table
                 .find_mut(moved_hash, |&(i, h)| i == last && h == moved_h32)

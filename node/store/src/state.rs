@@ -4,16 +4,19 @@
 //! a live record's bytes are counted in exactly one segment, and every staged record of a
 //! key is counted pending until its batch is published or forgotten.
 
-use std::collections::HashMap;
 use std::rc::Rc;
+
+use hashbrown::HashTable;
 
 use super::cache::{Cache, CacheStats};
 use super::group_commit::{live_size, DurableBatch, LogRecord, Origin, Writer};
-use super::index::{Index, IndexEntry, Upsert};
+use super::index::{Index, IndexEntry, KeyHash, Upsert};
 use super::segments::SegmentTable;
 
 /// Versions staged but not yet durable, for one key.
 struct Pending {
+    key: Box<[u8]>,
+    hash: u64,
     /// The newest staged version.
     version: u64,
     /// Staged records of this key still waiting for their batch.
@@ -23,7 +26,7 @@ struct Pending {
 pub(crate) struct State {
     index: Index,
     segments: SegmentTable,
-    pending: HashMap<Box<[u8]>, Pending, ahash::RandomState>,
+    pending: HashTable<Pending>,
     writer: Writer,
     cache: Cache,
 }
@@ -33,7 +36,7 @@ impl State {
         State {
             index,
             segments,
-            pending: HashMap::default(),
+            pending: HashTable::new(),
             writer,
             cache,
         }
@@ -61,12 +64,12 @@ impl State {
     }
 
     /// The cached value of `key` at `version`, if any.
-    pub(crate) fn cached(&mut self, key: &[u8], version: u64) -> Option<Rc<[u8]>> {
-        self.cache.get(key, version)
+    pub(crate) fn cached(&mut self, key: &[u8], h: KeyHash, version: u64) -> Option<Rc<[u8]>> {
+        self.cache.get(key, h, version)
     }
 
-    pub(crate) fn cache_insert(&mut self, key: &[u8], version: u64, bytes: Rc<[u8]>) {
-        self.cache.insert(key, version, bytes);
+    pub(crate) fn cache_insert(&mut self, key: &[u8], h: KeyHash, version: u64, bytes: Rc<[u8]>) {
+        self.cache.insert(key, h, version, bytes);
     }
 
     /// A read of `segment` begins (GC leaves it alone until `unpin_reader`).
@@ -78,32 +81,45 @@ impl State {
         self.segments.unpin_reader(segment);
     }
 
-    pub(crate) fn is_pending(&self, key: &[u8]) -> bool {
-        self.pending.contains_key(key)
+    pub(crate) fn is_pending(&self, key: &[u8], h: KeyHash) -> bool {
+        self.pending_version(key, h).is_some()
     }
 
     /// The newest version of `key` staged but not yet durable, if any.
-    pub(crate) fn pending_version(&self, key: &[u8]) -> Option<u64> {
-        self.pending.get(key).map(|p| p.version)
+    pub(crate) fn pending_version(&self, key: &[u8], h: KeyHash) -> Option<u64> {
+        self.pending.find(h.0, |p| *p.key == *key).map(|p| p.version)
     }
 
     /// A record of `key` at `version` was staged; it stays pending until its batch is
     /// published or forgotten.
-    pub(crate) fn note_staged(&mut self, key: &[u8], version: u64) {
-        let p = self
-            .pending
-            .entry(key.into())
-            .or_insert(Pending { version: 0, count: 0 });
-        p.version = p.version.max(version);
-        p.count += 1;
+    pub(crate) fn note_staged(&mut self, key: &[u8], h: KeyHash, version: u64) {
+        match self.pending.find_mut(h.0, |p| *p.key == *key) {
+            Some(p) => {
+                p.version = p.version.max(version);
+                p.count += 1;
+            }
+            None => {
+                self.pending.insert_unique(
+                    h.0,
+                    Pending {
+                        key: key.into(),
+                        hash: h.0,
+                        version,
+                        count: 1,
+                    },
+                    |p| p.hash,
+                );
+            }
+        }
     }
 
-    fn settle(&mut self, key: &[u8]) {
-        if let Some(p) = self.pending.get_mut(key) {
+    fn settle(&mut self, key: &[u8], h: KeyHash) {
+        if let Ok(mut found) = self.pending.find_entry(h.0, |p| *p.key == *key) {
+            let p = found.get_mut();
             debug_assert!(p.count > 0);
             p.count -= 1;
             if p.count == 0 {
-                self.pending.remove(key);
+                found.remove();
             }
         }
     }
@@ -122,19 +138,23 @@ impl State {
                 r.tombstone,
             );
             let size = live_size(&r.key, r.value_len);
+            let h = r.hash;
             match r.origin {
                 Origin::Write => {
-                    if let Some(old) = self.index.insert(&r.key, r.partition, entry) {
+                    if let Some(old) = self.index.insert_hashed(&r.key, h, r.partition, entry) {
                         debug_assert!(old.version < entry.version, "versions grow per key");
                         self.segments
                             .sub_live(old.segment, live_size(&r.key, old.value_len()));
                     }
                     self.segments.add_live(segment, size);
-                    self.cache.remove(&r.key);
-                    self.settle(&r.key);
+                    self.cache.remove(&r.key, h);
+                    self.settle(&r.key, h);
                 }
                 Origin::Replica => {
-                    match self.index.insert_unless_older(&r.key, r.partition, entry) {
+                    match self
+                        .index
+                        .insert_unless_older_hashed(&r.key, h, r.partition, entry)
+                    {
                         // A newer version was published first: this record is dead on arrival.
                         Upsert::KeptNewer => {}
                         Upsert::Replaced(old) => {
@@ -143,10 +163,10 @@ impl State {
                                     .sub_live(old.segment, live_size(&r.key, old.value_len()));
                             }
                             self.segments.add_live(segment, size);
-                            self.cache.remove(&r.key);
+                            self.cache.remove(&r.key, h);
                         }
                     }
-                    self.settle(&r.key);
+                    self.settle(&r.key, h);
                 }
                 Origin::Moved {
                     segment: from_seg,
@@ -154,10 +174,10 @@ impl State {
                 } => {
                     let still_there = self
                         .index
-                        .get(&r.key)
+                        .get_hashed(&r.key, h)
                         .is_some_and(|e| e.segment == from_seg && e.value_offset == from_off);
                     if still_there {
-                        self.index.insert(&r.key, r.partition, entry);
+                        self.index.insert_hashed(&r.key, h, r.partition, entry);
                         self.segments.sub_live(from_seg, size);
                         self.segments.add_live(segment, size);
                     }
@@ -170,15 +190,15 @@ impl State {
     pub(crate) fn forget(&mut self, records: &[LogRecord]) {
         for r in records {
             if !matches!(r.origin, Origin::Moved { .. }) {
-                self.settle(&r.key);
+                self.settle(&r.key, r.hash);
             }
         }
     }
 
     /// GC: the tombstone of `key` in `segment` outlived every older version of the key; it
     /// leaves the index, and its bytes the segment's live count.
-    pub(crate) fn drop_tombstone(&mut self, key: &[u8], segment: u32, size: u64) {
-        let removed = self.index.remove(key);
+    pub(crate) fn drop_tombstone(&mut self, key: &[u8], h: KeyHash, segment: u32, size: u64) {
+        let removed = self.index.remove_hashed(key, h);
         debug_assert!(removed.is_some_and(|e| e.tombstone() && e.segment == segment));
         self.segments.sub_live(segment, size);
     }
