@@ -288,8 +288,12 @@ impl NodeConfig {
                 "two segments must fit in queue.pool_mib (recovery reads ahead)",
             ));
         }
-        if s.batch_kib < 4 || s.batch_kib > 8192 {
-            return Err(bad("store.batch_kib", "must be between 4 and 8192"));
+        let max_batch_kib = crate::limits::MAX_BATCH_BYTES >> 10;
+        if s.batch_kib < 4 || s.batch_kib > max_batch_kib {
+            return Err(bad(
+                "store.batch_kib",
+                format!("must be between 4 and {max_batch_kib}"),
+            ));
         }
         if s.durability != "fua" && s.durability != "flush" {
             return Err(bad(

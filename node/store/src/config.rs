@@ -92,6 +92,13 @@ impl StoreConfig {
                 self.segment_bytes
             ));
         }
+        if self.batch_bytes == 0 || self.batch_bytes > crate::limits::MAX_BATCH_BYTES {
+            return bad(format!(
+                "batch size {} must be 1..={}",
+                self.batch_bytes,
+                crate::limits::MAX_BATCH_BYTES
+            ));
+        }
         if self.max_key_bytes == 0 || self.max_key_bytes > u16::MAX as usize {
             return bad(format!("key limit {} must be 1..=65535", self.max_key_bytes));
         }

@@ -22,6 +22,29 @@ pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 /// the latency of the first put in the batch.
 pub const DEFAULT_BATCH_BYTES: usize = 1 << 20;
 
+/// Largest batch the config accepts: a batch write is its meta buffer (up to a quarter of
+/// the batch size, or one record's headers and key) and its value area (up to the batch
+/// size, or one largest value alone), and it must stay one device I/O.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+
+// The largest batch write fits the device layer's largest I/O, whichever fills it.
+const _: () = {
+    let block = hotshard_nvme::limits::IO_ALIGN;
+    let meta = (MAX_BATCH_BYTES / 4).div_ceil(block) * block
+        + (crate::format::SEGMENT_HEADER_BYTES
+            + crate::format::BATCH_HEADER_BYTES
+            + crate::format::RECORD_HEADER_BYTES
+            + MAX_KEY_BYTES)
+            .div_ceil(block)
+            * block;
+    let values = if MAX_BATCH_BYTES > MAX_VALUE_BYTES {
+        MAX_BATCH_BYTES
+    } else {
+        MAX_VALUE_BYTES.div_ceil(block) * block
+    };
+    assert!(meta + values <= hotshard_nvme::limits::MAX_IO_BYTES);
+};
+
 /// Free segments kept back from foreground writes so that GC can always move data and
 /// make progress when the device is full.
 pub const GC_RESERVED_SEGMENTS: u32 = 2;
