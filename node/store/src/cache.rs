@@ -107,11 +107,12 @@ impl Cache {
     }
 
     pub fn insert(&mut self, key: &[u8], h: KeyHash, version: u64, value: Rc<[u8]>) {
+        // Whatever happens to the new value, a stale copy never stays.
+        self.remove(key, h);
         let c = cost(key, &value);
         if c > self.budget / 4 || self.budget == 0 {
             return; // one object may not take over the cache
         }
-        self.remove(key, h);
         let queue = if self.ghost_set.remove(&h.0) {
             Queue::Main
         } else {

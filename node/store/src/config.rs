@@ -60,6 +60,13 @@ impl StoreConfig {
         }
     }
 
+    /// Whether values of `len` bytes enter the cache (on a read, and when a write of one
+    /// is durable): at most a 64th of its budget each, so that no few large values flush
+    /// the hot set.
+    pub fn caches(&self, len: usize) -> bool {
+        len <= self.cache_bytes / 64
+    }
+
     /// Segments that fit in the region.
     pub fn segment_count(&self) -> u32 {
         (self.region_bytes.saturating_sub(SEGMENTS_START) / self.segment_bytes) as u32

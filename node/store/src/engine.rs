@@ -555,7 +555,7 @@ impl<Q: BlockQueue> Store<Q> {
             self.read_record(key, &entry).await?
         };
         let value_len = entry.value_len() as usize;
-        if value_len <= self.inner.cfg.cache_bytes / 64 {
+        if self.inner.cfg.caches(value_len) {
             let bytes: Rc<[u8]> = buf[value_at..value_at + value_len].into();
             self.inner
                 .state

@@ -77,6 +77,9 @@ pub struct LogRecord {
     pub value_len: u32,
     pub value_crc: u32,
     pub origin: Origin,
+    /// A copy of the value once the batch is durable, if the engine caches values of this
+    /// length (`StoreConfig::caches`): a write leaves its value in the cache.
+    pub value: Option<Rc<[u8]>>,
 }
 
 /// A batch on the device: its segment and its records in log order.
@@ -357,6 +360,7 @@ pub(crate) fn stage<H: LogHost>(
             value_len: header.value_len,
             value_crc: header.value_crc,
             origin: req.origin,
+            value: None,
         },
         inline,
         value_at,
@@ -551,28 +555,31 @@ async fn write_batch<H: LogHost>(host: &Rc<H>, mut batch: Batch) {
         CommitDurability::WriteThenFlush => Durability::Volatile,
     };
     let queue = host.queue();
-    let result = if !padded {
+    let written = if !padded {
         Err("batch buffer too small for padding".to_string())
     } else {
         let written = if values.is_empty() {
-            queue.write_at(offset, meta, durability).await.map(drop)
+            queue.write_at(offset, meta, durability).await.map(|b| vec![b])
         } else {
             let mut iov = Vec::with_capacity(1 + values.len());
             iov.push(meta);
             iov.extend(values);
-            queue.writev_at(offset, iov, durability).await.map(drop)
+            queue.writev_at(offset, iov, durability).await
         };
         match (written, host.config().durability) {
-            (Ok(()), CommitDurability::WriteThenFlush) => queue.flush().await,
+            (Ok(bufs), CommitDurability::WriteThenFlush) => queue.flush().await.map(|()| bufs),
             (other, _) => other,
         }
         .map_err(|e| e.to_string())
     };
-    let records = guard
+    let mut records = guard
         .records
         .take()
         .expect("records present until the write ends");
     drop(guard);
+    let result = written.map(|bufs| {
+        copy_cacheable_values(&bufs, write_start, &mut records, |len| host.config().caches(len));
+    });
     let metrics = host.metrics();
     let (queued, doomed) = host.with_log(|w, segs| {
         w.in_flight = false;
@@ -635,6 +642,33 @@ impl<H: LogHost> Drop for LeaderGuard<H> {
             .finish(Err("the write was abandoned before it completed".into()));
         for next in queued {
             next.wake_all();
+        }
+    }
+}
+
+/// Copies out of a written batch (`bufs`, laid out from segment offset `write_start`) the
+/// values of new writes and replicas that the engine caches. A value never spans two
+/// buffers: inline ones sit in the meta buffer, others in one value buffer each.
+fn copy_cacheable_values(
+    bufs: &[DmaBuffer],
+    write_start: u64,
+    records: &mut [LogRecord],
+    caches: impl Fn(usize) -> bool,
+) {
+    let wanted = |r: &LogRecord| {
+        !r.tombstone && !matches!(r.origin, Origin::Moved { .. }) && caches(r.value_len as usize)
+    };
+    for r in records.iter_mut().filter(|r| wanted(r)) {
+        let len = r.value_len as usize;
+        let mut at = (u64::from(r.value_offset) - write_start) as usize;
+        for b in bufs {
+            if at < b.len() {
+                if at + len <= b.len() {
+                    r.value = Some(b[at..at + len].into());
+                }
+                break;
+            }
+            at -= b.len();
         }
     }
 }

@@ -147,7 +147,7 @@ impl State {
                             .sub_live(old.segment, live_size(&r.key, old.value_len()));
                     }
                     self.segments.add_live(segment, size);
-                    self.cache.remove(&r.key, h);
+                    self.cache_written(&r.key, h, r.version, r.value);
                     self.settle(&r.key, h);
                 }
                 Origin::Replica => {
@@ -163,7 +163,7 @@ impl State {
                                     .sub_live(old.segment, live_size(&r.key, old.value_len()));
                             }
                             self.segments.add_live(segment, size);
-                            self.cache.remove(&r.key, h);
+                            self.cache_written(&r.key, h, r.version, r.value);
                         }
                     }
                     self.settle(&r.key, h);
@@ -183,6 +183,16 @@ impl State {
                     }
                 }
             }
+        }
+    }
+
+    /// Write-through: the cache takes the value just made durable (its small FIFO first,
+    /// like a value read once, so that a stream of writes cannot flush the hot set); a
+    /// delete, or a value too large to cache, drops the key's stale copy.
+    fn cache_written(&mut self, key: &[u8], h: KeyHash, version: u64, value: Option<Rc<[u8]>>) {
+        match value {
+            Some(v) => self.cache.insert(key, h, version, v),
+            None => self.cache.remove(key, h),
         }
     }
 
