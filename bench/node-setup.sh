@@ -45,12 +45,20 @@ start_node() {
 }
 
 # build_old REV: builds the node and the harness at commit REV into target/ab-old/release
-# (through a temporary worktree), for the A/B scripts.
+# (through a temporary worktree), for the A/B scripts; kept for the next run on the same REV.
 build_old() {
+    # Already built for this commit (target/ab-old/REV names it): reuse it.
+    local want
+    want=$(git rev-parse "$1")
+    if [ -x target/ab-old/release/hotshard ] && [ "$(cat target/ab-old/REV 2>/dev/null)" = "$want" ]; then
+        return
+    fi
+    rm -f target/ab-old/REV
     git worktree remove --force target/ab-src 2>/dev/null || true
     git worktree add -q --detach target/ab-src "$1"
     (cd target/ab-src && CARGO_TARGET_DIR=../ab-old cargo build --release -q -p hotshard-bench -p hotshard-node)
     git worktree remove --force target/ab-src
+    echo "$want" > target/ab-old/REV
 }
 
 # fio_randread: fio randread 4 KiB QD 32 on the node's data file, core 0, for $d; prints IOPS.

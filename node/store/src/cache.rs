@@ -106,6 +106,39 @@ impl Cache {
         }
     }
 
+    /// Whether a write of `key` should leave its value here: the key is cached, or was
+    /// evicted from the small FIFO recently (the ghost). A write to any other key does not
+    /// allocate: a stream of writes to cold keys costs the cache nothing and flushes
+    /// nothing, and a key read again and again stays cached across its writes.
+    pub fn admits_write(&self, key: &[u8], h: KeyHash) -> bool {
+        self.budget > 0 && (self.ghost_set.contains(&h.0) || self.map.find(h.0, |e| *e.key == *key).is_some())
+    }
+
+    /// A write of `key` is durable: a cached copy takes the new value in place (keeping
+    /// its queue and its hits); a key in the ghost goes in as a read would put it.
+    pub fn update_written(&mut self, key: &[u8], h: KeyHash, version: u64, value: Rc<[u8]>) {
+        let new_cost = cost(key, &value);
+        if new_cost > self.budget / 4 {
+            self.remove(key, h);
+            return;
+        }
+        match self.map.find_mut(h.0, |e| *e.key == *key) {
+            Some(e) => {
+                let old_cost = cost(key, &e.value);
+                let queue = e.queue;
+                e.value = value;
+                e.version = version;
+                let bytes = match queue {
+                    Queue::Small => &mut self.small_bytes,
+                    Queue::Main => &mut self.main_bytes,
+                };
+                *bytes = *bytes - old_cost + new_cost;
+                self.evict();
+            }
+            None => self.insert(key, h, version, value),
+        }
+    }
+
     pub fn insert(&mut self, key: &[u8], h: KeyHash, version: u64, value: Rc<[u8]>) {
         // Whatever happens to the new value, a stale copy never stays.
         self.remove(key, h);
@@ -254,6 +287,21 @@ mod tests {
         assert!(c.get(b"a", h(b"a"), 1).is_none());
         let s = c.stats();
         assert_eq!((s.hits, s.misses, s.objects, s.bytes), (1, 3, 0, 0));
+    }
+
+    #[test]
+    fn a_write_updates_a_cached_key_in_place_and_keeps_the_budget() {
+        let mut c = Cache::new(1 << 20);
+        assert!(!c.admits_write(b"a", h(b"a")), "never seen: no room taken");
+        c.insert(b"a", h(b"a"), 1, v(100));
+        assert!(c.admits_write(b"a", h(b"a")));
+        c.get(b"a", h(b"a"), 1);
+        c.update_written(b"a", h(b"a"), 2, v(300));
+        assert!(c.get(b"a", h(b"a"), 1).is_none(), "the old version is gone");
+        assert_eq!(c.get(b"a", h(b"a"), 2).unwrap().len(), 300);
+        assert_eq!(c.stats().bytes, cost(b"a", &v(300)));
+        c.update_written(b"a", h(b"a"), 3, v(300 << 10));
+        assert_eq!((c.stats().objects, c.stats().bytes), (0, 0), "too large: dropped");
     }
 
     #[test]

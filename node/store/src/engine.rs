@@ -67,6 +67,10 @@ impl<Q: BlockQueue> LogHost for Inner<Q> {
         &self.metrics
     }
 
+    fn caches_written(&self, key: &[u8], hash: KeyHash, len: usize) -> bool {
+        self.cfg.caches(len) && self.state.borrow().cache_admits_write(key, hash)
+    }
+
     fn with_log<R>(&self, f: impl FnOnce(&mut Writer, &mut SegmentTable) -> R) -> R {
         let mut st = self.state.borrow_mut();
         let (w, segs) = st.log_mut();

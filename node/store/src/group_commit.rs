@@ -42,6 +42,9 @@ pub(crate) trait LogHost {
     /// The unit of I/O and alignment (at least 4 KiB).
     fn block(&self) -> u64;
     fn metrics(&self) -> &StoreMetrics;
+    /// Whether the value of a durable write of `key` (`len` bytes) should be copied out
+    /// for the engine's cache.
+    fn caches_written(&self, key: &[u8], hash: KeyHash, len: usize) -> bool;
     /// Runs `f` on the log's writer and the segment table it writes into.
     fn with_log<R>(&self, f: impl FnOnce(&mut Writer, &mut SegmentTable) -> R) -> R;
     /// A batch is on the device: apply its records (in order).
@@ -77,8 +80,8 @@ pub struct LogRecord {
     pub value_len: u32,
     pub value_crc: u32,
     pub origin: Origin,
-    /// A copy of the value once the batch is durable, if the engine caches values of this
-    /// length (`StoreConfig::caches`): a write leaves its value in the cache.
+    /// A copy of the value once the batch is durable, if the engine's cache takes it
+    /// (`LogHost::caches_written`): a write leaves its value in the cache.
     pub value: Option<Rc<[u8]>>,
 }
 
@@ -578,7 +581,9 @@ async fn write_batch<H: LogHost>(host: &Rc<H>, mut batch: Batch) {
         .expect("records present until the write ends");
     drop(guard);
     let result = written.map(|bufs| {
-        copy_cacheable_values(&bufs, write_start, &mut records, |len| host.config().caches(len));
+        copy_cacheable_values(&bufs, write_start, &mut records, |r| {
+            host.caches_written(&r.key, r.hash, r.value_len as usize)
+        });
     });
     let metrics = host.metrics();
     let (queued, doomed) = host.with_log(|w, segs| {
@@ -653,11 +658,9 @@ fn copy_cacheable_values(
     bufs: &[DmaBuffer],
     write_start: u64,
     records: &mut [LogRecord],
-    caches: impl Fn(usize) -> bool,
+    caches: impl Fn(&LogRecord) -> bool,
 ) {
-    let wanted = |r: &LogRecord| {
-        !r.tombstone && !matches!(r.origin, Origin::Moved { .. }) && caches(r.value_len as usize)
-    };
+    let wanted = |r: &LogRecord| !r.tombstone && !matches!(r.origin, Origin::Moved { .. }) && caches(r);
     for r in records.iter_mut().filter(|r| wanted(r)) {
         let len = r.value_len as usize;
         let mut at = (u64::from(r.value_offset) - write_start) as usize;

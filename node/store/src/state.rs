@@ -186,14 +186,20 @@ impl State {
         }
     }
 
-    /// Write-through: the cache takes the value just made durable (its small FIFO first,
-    /// like a value read once, so that a stream of writes cannot flush the hot set); a
-    /// delete, or a value too large to cache, drops the key's stale copy.
+    /// Write-through: a cached key takes the value just made durable in place, a key in the
+    /// cache's ghost enters as a read would put it (`Cache::admits_write` chose which
+    /// values were copied out for this); a delete, or a write whose value was not kept,
+    /// drops the key's stale copy.
     fn cache_written(&mut self, key: &[u8], h: KeyHash, version: u64, value: Option<Rc<[u8]>>) {
         match value {
-            Some(v) => self.cache.insert(key, h, version, v),
+            Some(v) => self.cache.update_written(key, h, version, v),
             None => self.cache.remove(key, h),
         }
+    }
+
+    /// Whether a durable write of `key` (`len` bytes) should leave its value in the cache.
+    pub(crate) fn cache_admits_write(&self, key: &[u8], h: KeyHash) -> bool {
+        self.cache.admits_write(key, h)
     }
 
     /// The log's hand-back: these records will never be durable.

@@ -1,7 +1,8 @@
-//! Issue 18's write-through cache: a written value is in the cache once its batch is
-//! durable (copied or received in place, a new write or a replica's), an overwrite replaces
-//! it, a delete drops it, a value too large to cache is not kept, and a stream of writes to
-//! cold keys does not flush keys that are read again and again.
+//! Issue 18's write-through cache: a write of a cached key leaves its new value in the
+//! cache once its batch is durable (copied or received in place, a new write or a
+//! replica's), a delete drops it, writes to keys nobody reads take no room, a value too
+//! large to cache is not kept, and a stream of writes to cold keys does not flush keys
+//! that are read again and again.
 
 mod common;
 
@@ -29,26 +30,32 @@ fn read_from_cache(s: &Store<SimQueue>, key: &[u8], id: u64) -> bool {
 }
 
 #[test]
-fn a_written_value_is_read_from_the_cache_until_it_is_overwritten_or_deleted() {
+fn a_cached_key_keeps_its_place_across_writes_and_a_delete_drops_it() {
     let s = store();
     block_on(s.put(b"k", 0, &make_value(1, 3000), None)).unwrap();
     assert!(
-        read_from_cache(&s, b"k", 1),
-        "the first read after a write hits the cache"
+        !read_from_cache(&s, b"k", 1),
+        "a key never read is not cached by its write"
     );
+    assert!(read_from_cache(&s, b"k", 1), "its first read cached it");
     block_on(s.put(b"k", 0, &make_value(2, 3000), None)).unwrap();
-    assert!(
-        read_from_cache(&s, b"k", 2),
-        "an overwrite replaces the cached value"
-    );
-    // Received in place, then written from the pool's buffer: cached the same way.
+    assert!(read_from_cache(&s, b"k", 2), "the write updated the cached copy");
+    // Received in place, then written from the pool's buffer: the same.
     let mut buf = s.value_buffer(2500).unwrap();
     buf.as_mut().copy_from_slice(&make_value(3, 2500));
     block_on(s.put_buf(b"k", 0, buf, None)).unwrap();
     assert!(read_from_cache(&s, b"k", 3));
-    // A replica's record too.
+    // A replica's record too, once its key is cached.
     assert!(block_on(s.apply_versioned(b"r", 0, Some(&make_value(4, 3000)), 1 << 40)).unwrap());
-    assert!(read_from_cache(&s, b"r", 4));
+    assert!(!read_from_cache(&s, b"r", 4));
+    assert!(block_on(s.apply_versioned(b"r", 0, Some(&make_value(5, 3000)), 1 << 41)).unwrap());
+    assert!(read_from_cache(&s, b"r", 5));
+    // Writes to keys nobody reads take no room.
+    let objects = s.cache_stats().objects;
+    for k in 0..50u64 {
+        block_on(s.put(format!("w{k}").as_bytes(), 0, &make_value(k, 3000), None)).unwrap();
+    }
+    assert_eq!(s.cache_stats().objects, objects);
     block_on(s.delete(b"k", 0, None)).unwrap();
     assert!(matches!(block_on(s.get(b"k", None)), Err(StoreError::NotFound)));
     assert_eq!(s.cache_stats().objects, 1, "only r is left in the cache");
