@@ -1,6 +1,7 @@
 //! Garbage collection: move the live records out of a mostly-dead segment, drop
 //! tombstones that nothing older can outlive, then erase the segment's header so that it
-//! is free (and recovery never replays it again).
+//! is free (and recovery never replays it again). The index says what is live in a victim
+//! and where; GC reads only those records' blocks, not the whole segment.
 
 use std::rc::Rc;
 
@@ -8,13 +9,14 @@ use hotshard_nvme::{BlockQueue, Durability};
 
 use super::engine::Store;
 use super::error::StoreResult;
-use super::format::{RecordKind, TOMBSTONE_VALUE_BYTES};
+use super::format::{value_crc, RecordKind, TOMBSTONE_VALUE_BYTES};
 use super::format::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::group_commit::{commit, live_size, newest_staged_batch, Origin, StageRequest};
+use super::index::IndexEntry;
 use super::metrics::bump;
-use super::scan::{scan_segment, ScanLimits, SegmentLife};
 use super::value_buf::StageValue;
 use crate::limits::GC_RESERVED_SEGMENTS;
+use hotshard_nvme::queue::join_all;
 
 /// A segment this empty is worth collecting even when space is plentiful.
 const CHEAP_LIVE_FRACTION: f64 = 0.1;
@@ -26,6 +28,47 @@ const URGENT_LIVE_FRACTION: f64 = 0.9;
 const WRITE_STALL_FREE_SEGMENTS: u32 = 1;
 /// GC steps a stalled write runs (or waits for) before it lets the write fail.
 const WRITE_STALL_MAX_STEPS: u32 = 64;
+
+/// Live records closer than this in a victim are read together (one read of the gap is
+/// cheaper than a second read).
+const GC_COALESCE_GAP: u64 = 64 << 10;
+/// Largest single GC read.
+const GC_MAX_READ: u64 = 1 << 20;
+/// GC reads of one victim in flight at once.
+const GC_READS_IN_FLIGHT: usize = 8;
+
+/// A live record of a victim, as the index has it.
+struct LiveRecord {
+    key: Box<[u8]>,
+    partition: u16,
+    entry: IndexEntry,
+}
+
+/// A block-aligned byte range of a segment to read.
+struct ReadRange {
+    start: u64,
+    end: u64,
+}
+
+/// The reads that cover every live record's value (`live` sorted by offset): each value's
+/// blocks, neighbours closer than `GC_COALESCE_GAP` merged, no read over `GC_MAX_READ`
+/// unless one value is larger, nothing past `written`.
+fn coalesce(live: &[LiveRecord], block: u64, written: u64) -> Vec<ReadRange> {
+    let mut ranges: Vec<ReadRange> = Vec::new();
+    for r in live {
+        let at = u64::from(r.entry.value_offset);
+        let start = at / block * block;
+        let end = (at + u64::from(r.entry.value_len())).div_ceil(block).max(1) * block;
+        let end = end.max(start + block).min(written.max(start + block));
+        match ranges.last_mut() {
+            Some(last) if start <= last.end + GC_COALESCE_GAP && end - last.start <= GC_MAX_READ => {
+                last.end = last.end.max(end);
+            }
+            _ => ranges.push(ReadRange { start, end }),
+        }
+    }
+    ranges
+}
 
 /// What one GC step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,44 +156,60 @@ impl<Q: BlockQueue> Store<Q> {
             // Every record in it is superseded: nothing to read or move.
             return self.free_segment(victim, seg_off, (0, 0, 0)).await;
         }
-        bump(&inner.metrics.gc_read_bytes, written);
-        let image = inner.queue.pool().alloc(written as usize).await?;
-        let image = inner.queue.read_at(seg_off, image).await?;
-        let life = {
+        // What is live in the victim, from the index (no read of the segment), in log order.
+        let mut live: Vec<LiveRecord> = {
             let st = inner.state.borrow();
-            let info = st.segments().get(victim);
-            SegmentLife {
-                uuid: inner.uuid,
-                seq: info.seq,
-                first_lsn: info.first_lsn,
+            st.index()
+                .iter_segment(victim)
+                .map(|(key, partition, e)| LiveRecord {
+                    key: key.into(),
+                    partition,
+                    entry: *e,
+                })
+                .collect()
+        };
+        live.sort_unstable_by_key(|r| r.entry.value_offset);
+        // Read only their bytes: neighbours coalesced, a few reads in flight at once.
+        let ranges = coalesce(&live, inner.block, written);
+        let read_bytes: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        bump(&inner.metrics.gc_read_bytes, read_bytes);
+        let mut images = Vec::with_capacity(ranges.len());
+        for chunk in ranges.chunks(GC_READS_IN_FLIGHT) {
+            let reads = chunk.iter().map(|r| async move {
+                let buf = inner.queue.pool().alloc((r.end - r.start) as usize).await?;
+                inner.queue.read_at(seg_off + r.start, buf).await
+            });
+            for (r, image) in chunk.iter().zip(join_all(reads.collect()).await) {
+                images.push((r.start, image?));
             }
+        }
+        let value_of = |e: &IndexEntry| -> &[u8] {
+            let at = u64::from(e.value_offset);
+            let i = images.partition_point(|(start, _)| *start <= at) - 1;
+            let (start, image) = &images[i];
+            let from = (at - start) as usize;
+            &image[from..from + e.value_len() as usize]
         };
 
-        // Find what is still live, in log order.
-        let limits = ScanLimits {
-            block: inner.block as usize,
-            max_key: inner.cfg.max_key_bytes,
-            max_value: inner.cfg.max_value_bytes,
-        };
-        // Where each record's key and value sit in the image; only live ones are copied,
-        // and only by staging them.
-        let mut live = Vec::new();
-        let base = image.as_ptr() as usize;
-        scan_segment(&image, &life, limits, |r| {
-            let key_at = r.key.as_ptr() as usize - base;
-            live.push((r.value_offset, r.header, key_at));
-        });
         let mut dones = Vec::new();
         let (mut moved_records, mut moved_bytes, mut dropped, mut deferred) = (0u64, 0u64, 0u64, false);
-        for (off, h, key_at) in live {
-            let key = &image[key_at..key_at + h.key_len as usize];
-            let value = &image[off as usize..off as usize + h.value_len as usize];
+        for r in &live {
+            let (key, e) = (&r.key[..], &r.entry);
+            let value = value_of(e);
+            if value_crc(value) != e.value_crc {
+                // The device returned other bytes than were written: moving them would
+                // give them a fresh checksum. The record stays (the segment is not freed)
+                // and a read of it answers Corrupt, as before.
+                bump(&inner.metrics.corrupt_reads, 1);
+                deferred = true;
+                continue;
+            }
             let mut st = inner.state.borrow_mut();
             let kh = st.index().hash(key);
             let points_here = st
                 .index()
                 .get_hashed(key, kh)
-                .is_some_and(|e| e.segment == victim && e.value_offset == off);
+                .is_some_and(|now| now.segment == victim && now.value_offset == e.value_offset);
             if !points_here {
                 continue;
             }
@@ -160,8 +219,8 @@ impl<Q: BlockQueue> Store<Q> {
                 deferred = true;
                 continue;
             }
-            let size = live_size(key, h.value_len);
-            if h.kind == RecordKind::Tombstone && value.len() == TOMBSTONE_VALUE_BYTES {
+            let size = live_size(key, e.value_len());
+            if e.tombstone() && value.len() == TOMBSTONE_VALUE_BYTES {
                 let deleted_at = u64::from_le_bytes(value.try_into().expect("8 bytes"));
                 if deleted_at < st.segments().min_first_lsn_excluding(victim) {
                     // Every segment that could hold an older version of the key is gone.
@@ -173,12 +232,16 @@ impl<Q: BlockQueue> Store<Q> {
             let req = StageRequest {
                 key,
                 hash: kh,
-                partition: h.partition,
-                version: Some(h.version),
-                kind: h.kind,
+                partition: r.partition,
+                version: Some(e.version),
+                kind: if e.tombstone() {
+                    RecordKind::Tombstone
+                } else {
+                    RecordKind::Put
+                },
                 origin: Origin::Moved {
                     segment: victim,
-                    offset: off,
+                    offset: e.value_offset,
                 },
             };
             match inner.stage(&mut st, &req, &mut StageValue::Bytes(value)) {
@@ -192,7 +255,7 @@ impl<Q: BlockQueue> Store<Q> {
                 Err(_) => deferred = true,
             }
         }
-        drop(image);
+        drop(images);
         // Every batch is awaited even after one fails, so that no batch of this step is
         // left for someone else to drive.
         let mut failed = None;

@@ -298,6 +298,15 @@ impl Index {
         self.slots.iter().map(|s| (Self::key_of(&self.keys, s), &s.entry))
     }
 
+    /// Every entry in `segment` (tombstones included) with its key and partition: a walk
+    /// of the slots, for GC to find what is live in a victim without reading it.
+    pub fn iter_segment(&self, segment: u32) -> impl Iterator<Item = (&[u8], u16, &IndexEntry)> {
+        self.slots
+            .iter()
+            .filter(move |s| s.entry.segment == segment)
+            .map(|s| (Self::key_of(&self.keys, s), s.partition, &s.entry))
+    }
+
     /// Every entry of `partition` (tombstones included): a walk of the slots.
     pub fn iter_partition(&self, partition: u16) -> impl Iterator<Item = (&[u8], &IndexEntry)> {
         self.slots
