@@ -22,10 +22,10 @@ load() {
         --duration "$1" --quiet --allow-errors | awk '$1 ~ /^hotshard:/ {print $2, $6, $8}'
 }
 gc() {
-    target/release/hotshard stats --addr 127.0.0.1:$port | awk '
+    "$BIN/hotshard" stats --addr 127.0.0.1:$port | awk '
         /^hotshard_gc_read_bytes_total/ {r += $2} /^hotshard_gc_moved_bytes_total/ {m += $2}
         /^hotshard_gc_freed_segments_total/ {f += $2} /^hotshard_write_stalls_total/ {w += $2}
-        /^hotshard_store_busy_total/ {b += $2} END {print r + 0, m + 0, f + 0, w + 0, b + 0}'
+        /^hotshard_store_busy_total/ {b += $2} END {printf "%.0f %.0f %.0f %.0f %.0f\n", r, m, f, w, b}'
 }
 read -r fresh_ops fresh_p999 fresh_err <<< "$(load "$d")"
 echo "fresh store: $fresh_ops ops/s, p99.9 $fresh_p999 us, $fresh_err error replies"
