@@ -52,6 +52,9 @@ fn store_config(s: &ShardSetup) -> StoreConfig {
         CommitDurability::Fua
     };
     sc.gc_max_live_fraction = c.gc_max_live_fraction;
+    // A write waits inside the engine for buffers or a batch slot as long as a client's
+    // frame may take to arrive: past that, the client has likely given up.
+    sc.max_write_wait = std::time::Duration::from_millis(s.cfg.net.frame_timeout_ms);
     sc.partition_bits = s.cfg.node.partition_bits;
     sc.shard_index = s.index as u32;
     sc.shard_count = s.map.shards.len() as u32;

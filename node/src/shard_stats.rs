@@ -162,6 +162,13 @@ impl ShardStats {
         for (name, v) in gauges {
             let _ = writeln!(out, "{name}{{{l}}} {v}");
         }
+        // Why the engine answered Busy (each a write that waited `max_write_wait`).
+        for (why, n) in &c.busy_reasons {
+            let _ = writeln!(
+                out,
+                "hotshard_store_busy_by_reason_total{{{l},reason=\"{why}\"}} {n}"
+            );
+        }
         out
     }
 }

@@ -38,6 +38,10 @@ pub struct StoreConfig {
     pub gc_max_live_fraction: f64,
     /// Format the region if it holds no superblock.
     pub format_if_empty: bool,
+    /// How long a write may wait inside the engine for buffers or batch slots (in arrival
+    /// order) before it is answered `Busy`: only a device that stops completing writes
+    /// should reach it. The node sets it to its frame timeout.
+    pub max_write_wait: std::time::Duration,
 }
 
 impl StoreConfig {
@@ -57,6 +61,7 @@ impl StoreConfig {
             durability: CommitDurability::Fua,
             gc_max_live_fraction: 0.5,
             format_if_empty: true,
+            max_write_wait: crate::limits::DEFAULT_MAX_WRITE_WAIT,
         }
     }
 

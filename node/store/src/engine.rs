@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Instant;
 
 use hotshard_nvme::BlockQueue;
 
@@ -22,14 +23,6 @@ use super::state::State;
 use super::value::Value;
 use super::value_buf::{StageValue, ValueBuf};
 use super::write_gate::WriteGate;
-
-/// Tries a write makes at staging before it answers `Busy`; also how many batches a write
-/// that depends on a key's version waits for that key to settle. Between two tries the
-/// write waits until every batch queued before it is on the device, so the bound bites
-/// only when the device makes no progress: an admitted request should wait its turn, not
-/// be refused from inside (with 8, 1 MiB puts at 12 x 2 in flight met the queue of 8
-/// batches and ~400 of ~8,600 per 10 s were refused).
-const STAGE_ATTEMPTS: u32 = 64;
 
 pub(crate) struct Inner<Q: BlockQueue> {
     pub queue: Q,
@@ -375,8 +368,14 @@ impl<Q: BlockQueue> Store<Q> {
             kind,
             origin: Origin::Replica,
         };
-        for _ in 0..STAGE_ATTEMPTS {
-            self.make_room_for_write().await;
+        let deadline = Instant::now() + self.inner.cfg.max_write_wait;
+        let mut pass = None;
+        while Instant::now() < deadline {
+            if pass.is_none() {
+                self.make_room_for_write().await;
+            } else {
+                self.collect_until_room().await;
+            }
             // Nothing awaits from here until the record is staged.
             let staged = {
                 let mut st = self.inner.state.borrow_mut();
@@ -396,11 +395,17 @@ impl<Q: BlockQueue> Store<Q> {
             };
             match staged {
                 Ok(done) => {
+                    drop(pass);
                     commit(&self.inner, done).await?;
                     bump(&self.inner.metrics.versioned_writes, 1);
                     return Ok(true);
                 }
-                Err(StoreError::Busy(_)) => self.drain_staged_or_wait_for_buffers(len).await,
+                Err(StoreError::Busy(_)) => {
+                    if pass.is_none() {
+                        pass = Some(self.inner.write_gate.enter().await);
+                    }
+                    self.drain_staged_or_wait_for_buffers(len).await
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -433,8 +438,10 @@ impl<Q: BlockQueue> Store<Q> {
     /// and a write acknowledged on the strength of it would then rest on nothing.
     ///
     /// `Busy` from inside the engine (every DMA buffer taken, too many batches queued) is
-    /// a wait, not an answer: the write drives the queued batches to the device (or waits
-    /// for buffers to come back) and tries again, up to `STAGE_ATTEMPTS` times.
+    /// a wait, not an answer: the write takes its place at the write gate (later writes
+    /// queue behind it, so waiting writes go in arrival order), drives the queued batches
+    /// to the device (or waits for buffers to come back) and tries again, for up to
+    /// `max_write_wait`; only then is it answered `Busy`, counted with its reason.
     async fn write(
         &self,
         key: &[u8],
@@ -446,30 +453,39 @@ impl<Q: BlockQueue> Store<Q> {
         let decides = if_version.is_some() || kind == RecordKind::Tombstone;
         // One hash of the key for every in-memory table this write touches, to the end.
         let h = self.hash(key);
-        let mut attempts = 0;
+        let deadline = Instant::now() + self.inner.cfg.max_write_wait;
+        // Held once this write has had to wait for buffers or a batch slot: later writes
+        // queue behind it at the gate, so that waiting writes go in arrival order.
+        let mut pass = None;
         loop {
             if decides {
-                self.wait_until_not_pending(key, h).await?;
+                self.wait_until_not_pending(key, h, deadline).await?;
             }
-            self.make_room_for_write().await;
+            if pass.is_none() {
+                self.make_room_for_write().await;
+            } else {
+                self.collect_until_room().await;
+            }
             // Nothing awaits from here until the record is staged.
             if decides && self.inner.state.borrow().is_pending(key, h) {
                 // A write of the key was staged while this one waited for room.
-                attempts += 1;
-                if attempts >= STAGE_ATTEMPTS {
+                if Instant::now() >= deadline {
                     return Err(self.busy("writes of the key keep arriving"));
                 }
                 continue;
             }
             match self.stage_versioned(key, h, partition, value, if_version, kind) {
                 Ok((version, done)) => {
+                    drop(pass);
                     commit(&self.inner, done).await?;
                     return Ok(version);
                 }
                 Err(StoreError::Busy(why)) => {
-                    attempts += 1;
-                    if attempts >= STAGE_ATTEMPTS {
+                    if Instant::now() >= deadline {
                         return Err(self.busy(why));
+                    }
+                    if pass.is_none() {
+                        pass = Some(self.inner.write_gate.enter().await);
                     }
                     // A value in its own buffer needs none for itself, only the batch's.
                     let copied_len = match value {
@@ -484,13 +500,13 @@ impl<Q: BlockQueue> Store<Q> {
     }
 
     fn busy(&self, why: &'static str) -> StoreError {
-        bump(&self.inner.metrics.busy, 1);
+        self.inner.metrics.count_busy(why);
         StoreError::Busy(why)
     }
 
     /// Waits until every staged write of `key` has reached the device (or failed).
-    async fn wait_until_not_pending(&self, key: &[u8], h: KeyHash) -> StoreResult<()> {
-        for _ in 0..STAGE_ATTEMPTS {
+    async fn wait_until_not_pending(&self, key: &[u8], h: KeyHash, deadline: Instant) -> StoreResult<()> {
+        while Instant::now() < deadline {
             let newest = {
                 let st = self.inner.state.borrow();
                 if !st.is_pending(key, h) {

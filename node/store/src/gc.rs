@@ -111,6 +111,15 @@ impl<Q: BlockQueue> Store<Q> {
             return;
         }
         let _pass = inner.write_gate.enter().await;
+        self.collect_until_room().await;
+    }
+
+    /// `make_room_for_write` for a write that already holds the gate.
+    pub(crate) async fn collect_until_room(&self) {
+        let inner = &self.inner;
+        let has_room = || {
+            inner.state.borrow().segments().free_count() > GC_RESERVED_SEGMENTS + WRITE_STALL_FREE_SEGMENTS
+        };
         for _ in 0..WRITE_STALL_MAX_STEPS {
             if has_room() {
                 break;

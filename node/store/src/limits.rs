@@ -45,6 +45,10 @@ const _: () = {
     assert!(meta + values <= hotshard_nvme::limits::MAX_IO_BYTES);
 };
 
+/// How long a write waits inside the engine for buffers or a batch slot before it is
+/// refused: long enough that only a stuck device reaches it (the node's frame timeout).
+pub const DEFAULT_MAX_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Free segments kept back from foreground writes so that GC can always move data and
 /// make progress when the device is full.
 pub const GC_RESERVED_SEGMENTS: u32 = 2;

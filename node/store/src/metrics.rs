@@ -24,8 +24,10 @@ pub struct StoreMetrics {
     pub gc_dropped_tombstones: Cell<u64>,
     /// GC steps a write ran (or waited for) because free space was down to the reserve.
     pub write_stalls: Cell<u64>,
-    /// Writes answered Busy by the engine after waiting for buffers or batches.
+    /// Writes answered Busy by the engine after waiting `max_write_wait` for buffers or
+    /// batches, in all and by reason.
     pub busy: Cell<u64>,
+    pub busy_reasons: std::cell::RefCell<Vec<(&'static str, u64)>>,
     /// Batches replayed at open whose LSNs did not follow the ones before them.
     pub recovery_lsn_anomalies: Cell<u64>,
     /// Value bytes staging copied into a batch (inline values, GC moves, values that did
@@ -35,6 +37,18 @@ pub struct StoreMetrics {
     pub value_bytes_in_place: Cell<u64>,
     /// Records written with a version made elsewhere (`apply_versioned`).
     pub versioned_writes: Cell<u64>,
+}
+
+impl StoreMetrics {
+    /// Counts a `Busy` answered from inside the engine, and its reason.
+    pub fn count_busy(&self, why: &'static str) {
+        bump(&self.busy, 1);
+        let mut reasons = self.busy_reasons.borrow_mut();
+        match reasons.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, n)) => *n += 1,
+            None => reasons.push((why, 1)),
+        }
+    }
 }
 
 pub fn bump(c: &Cell<u64>, by: u64) {
@@ -63,6 +77,7 @@ pub struct StoreCounters {
     pub gc_dropped_tombstones: u64,
     pub write_stalls: u64,
     pub busy: u64,
+    pub busy_reasons: Vec<(&'static str, u64)>,
     pub recovery_lsn_anomalies: u64,
     pub value_bytes_copied: u64,
     pub value_bytes_in_place: u64,
@@ -91,6 +106,7 @@ impl StoreMetrics {
             gc_dropped_tombstones: self.gc_dropped_tombstones.get(),
             write_stalls: self.write_stalls.get(),
             busy: self.busy.get(),
+            busy_reasons: self.busy_reasons.borrow().clone(),
             recovery_lsn_anomalies: self.recovery_lsn_anomalies.get(),
             value_bytes_copied: self.value_bytes_copied.get(),
             value_bytes_in_place: self.value_bytes_in_place.get(),
