@@ -7,6 +7,7 @@
 #   3. steady: a run of DURATION, with the GC counters read before and after it.
 # Prints throughput and p99.9 of both runs and their ratios, and GC's bytes read per byte
 # reclaimed during the steady run (reclaimed = freed segments x segment size - bytes moved).
+# DIST=zipfian:0.99 (any --dist of hotshard-bench) overwrites hot keys more often.
 # Usage: bench/steady-state.sh [DURATION] [KEYS] [OVERWRITES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ trap 'kill $node 2>/dev/null || true; wait 2>/dev/null || true; remove_node_data
 start_node
 load() {
     $B run --target hotshard://127.0.0.1:$port --mix put --keys "$keys" --pipeline 8 --stream \
-        --duration "$1" --quiet --allow-errors | awk '$1 ~ /^hotshard:/ {print $2, $6, $8}'
+        --dist "${DIST:-uniform}" --duration "$1" --quiet --allow-errors | awk '$1 ~ /^hotshard:/ {print $2, $6, $8}'
 }
 gc() {
     "$BIN/hotshard" stats --addr 127.0.0.1:$port | awk '
