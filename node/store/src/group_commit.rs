@@ -91,6 +91,11 @@ pub struct DurableBatch {
     pub records: Vec<LogRecord>,
 }
 
+/// Copied values share buffers of this size (or one value's, if larger): a batch that
+/// copies a few values takes a few pages, not `batch_bytes` at once (a 1 MiB buffer for a
+/// batch of one 4 KiB put cost a 256-page search of the pool's bitmap each time).
+const COPY_BUFFER_BYTES: usize = 64 << 10;
+
 /// Batches sealed and waiting for their write; beyond this, puts answer Busy.
 const MAX_SEALED_BATCHES: usize = 8;
 
@@ -267,7 +272,8 @@ pub(crate) fn stage<H: LogHost>(
     let mut copy_buf = None;
     if copied && w.open.as_ref().is_none_or(|b| b.copy_room < values_add) {
         let used = w.open.as_ref().map_or(0, |b| b.values_used);
-        let want = round_up(values_add.max(batch_bytes.saturating_sub(used)) as u64, block) as usize;
+        let room = batch_bytes.saturating_sub(used).min(COPY_BUFFER_BYTES);
+        let want = round_up(values_add.max(room) as u64, block) as usize;
         let mut v = host
             .queue()
             .pool()
