@@ -55,14 +55,15 @@ struct ReadRange {
 
 /// The reads that cover every live record's value (`live` sorted by offset): each value's
 /// blocks, neighbours closer than `GC_COALESCE_GAP` merged, no read over `GC_MAX_READ`
-/// unless one value is larger, nothing past `written`.
-fn coalesce(live: &[LiveRecord], block: u64, written: u64) -> Vec<ReadRange> {
+/// unless one value is larger. Every indexed value lies in the written part of its
+/// segment, so the reads do too.
+fn coalesce(live: &[LiveRecord], block: u64) -> Vec<ReadRange> {
     let mut ranges: Vec<ReadRange> = Vec::new();
     for r in live {
         let at = u64::from(r.entry.value_offset);
         let start = at / block * block;
-        let end = (at + u64::from(r.entry.value_len())).div_ceil(block).max(1) * block;
-        let end = end.max(start + block).min(written.max(start + block));
+        // At least one block: an empty value still has its block read.
+        let end = ((at + u64::from(r.entry.value_len())).div_ceil(block) * block).max(start + block);
         match ranges.last_mut() {
             Some(last) if start <= last.end + GC_COALESCE_GAP && end - last.start <= GC_MAX_READ => {
                 last.end = last.end.max(end);
@@ -141,7 +142,7 @@ impl<Q: BlockQueue> Store<Q> {
         // One step at a time: two steps on one victim would both release it.
         let _step = self.inner.gc_lock.lock().await;
         let inner = &self.inner;
-        let (victim, seg_off, written) = {
+        let (victim, seg_off) = {
             let st = inner.state.borrow();
             // Moving live data costs device bandwidth: while free segments are plentiful,
             // only collect segments that are nearly empty; below the watermark, collect
@@ -156,12 +157,7 @@ impl<Q: BlockQueue> Store<Q> {
             let Some(victim) = st.segments().gc_candidate(threshold) else {
                 return Ok(GcOutcome::Idle);
             };
-            let info = st.segments().get(victim);
-            (
-                victim,
-                st.segments().device_offset(victim),
-                info.written.max(inner.block),
-            )
+            (victim, st.segments().device_offset(victim))
         };
         bump(&inner.metrics.gc_runs, 1);
         if self.nothing_live_in(victim) {
@@ -182,7 +178,7 @@ impl<Q: BlockQueue> Store<Q> {
         };
         live.sort_unstable_by_key(|r| r.entry.value_offset);
         // Read only their bytes: neighbours coalesced, a few reads in flight at once.
-        let ranges = coalesce(&live, inner.block, written);
+        let ranges = coalesce(&live, inner.block);
         let read_bytes: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         bump(&inner.metrics.gc_read_bytes, read_bytes);
         let mut images = Vec::with_capacity(ranges.len());

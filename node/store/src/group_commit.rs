@@ -616,7 +616,7 @@ async fn write_batch<H: LogHost>(host: &Rc<H>, mut batch: Batch) {
         Err(_) => {
             bump(&metrics.write_errors, 1);
             host.forget(&records);
-            fail_batches(&*host.clone(), doomed, "an earlier batch in its segment failed");
+            fail_batches(&**host, doomed, "an earlier batch in its segment failed");
         }
     }
     done.finish(result);
