@@ -134,6 +134,9 @@ pub struct StoreSection {
     /// "fua" or "flush".
     pub durability: String,
     pub gc_max_live_fraction: f64,
+    /// Batch writes in flight at once: small batches go one at a time, large ones (a
+    /// quarter of batch_kib or more) overlap up to this many.
+    pub writes_in_flight: usize,
 }
 
 impl Default for StoreSection {
@@ -145,6 +148,7 @@ impl Default for StoreSection {
             index_mib: 0,
             durability: "fua".into(),
             gc_max_live_fraction: 0.5,
+            writes_in_flight: hotshard_store::limits::DEFAULT_WRITES_IN_FLIGHT,
         }
     }
 }
@@ -293,6 +297,13 @@ impl NodeConfig {
             return Err(bad(
                 "store.batch_kib",
                 format!("must be between 4 and {max_batch_kib}"),
+            ));
+        }
+        let max_writes = hotshard_store::limits::MAX_WRITES_IN_FLIGHT;
+        if s.writes_in_flight == 0 || s.writes_in_flight > max_writes {
+            return Err(bad(
+                "store.writes_in_flight",
+                format!("must be between 1 and {max_writes}"),
             ));
         }
         if s.durability != "fua" && s.durability != "flush" {

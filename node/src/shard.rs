@@ -52,6 +52,7 @@ fn store_config(s: &ShardSetup) -> StoreConfig {
         CommitDurability::Fua
     };
     sc.gc_max_live_fraction = c.gc_max_live_fraction;
+    sc.writes_in_flight = c.writes_in_flight;
     // A write waits inside the engine for buffers or a batch slot as long as a client's
     // frame may take to arrive: past that, the client has likely given up.
     sc.max_write_wait = std::time::Duration::from_millis(s.cfg.net.frame_timeout_ms);

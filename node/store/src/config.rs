@@ -42,6 +42,9 @@ pub struct StoreConfig {
     /// order) before it is answered `Busy`: only a device that stops completing writes
     /// should reach it. The node sets it to its frame timeout.
     pub max_write_wait: std::time::Duration,
+    /// Batch writes the log keeps in flight at once. Small batches go one at a time (so
+    /// that records gather behind a write); large ones overlap, up to this many.
+    pub writes_in_flight: usize,
 }
 
 impl StoreConfig {
@@ -62,6 +65,7 @@ impl StoreConfig {
             gc_max_live_fraction: 0.5,
             format_if_empty: true,
             max_write_wait: crate::limits::DEFAULT_MAX_WRITE_WAIT,
+            writes_in_flight: crate::limits::DEFAULT_WRITES_IN_FLIGHT,
         }
     }
 
@@ -126,6 +130,13 @@ impl StoreConfig {
                 self.region_bytes,
                 self.segment_count(),
                 self.segment_bytes
+            ));
+        }
+        if self.writes_in_flight == 0 || self.writes_in_flight > crate::limits::MAX_WRITES_IN_FLIGHT {
+            return bad(format!(
+                "writes in flight {} must be 1..={}",
+                self.writes_in_flight,
+                crate::limits::MAX_WRITES_IN_FLIGHT
             ));
         }
         if !(0.0..1.0).contains(&self.gc_max_live_fraction) {

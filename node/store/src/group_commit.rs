@@ -1,8 +1,11 @@
-//! Group commit: records are staged into the open batch (aligned DMA buffers); one
-//! batch at a time is written with FUA (or write + flush), and every record in it is
-//! acknowledged only when that write completes. Batches are written strictly in order, so
-//! an acknowledged batch never sits behind a torn one. Whoever waits for a batch while no
-//! write is in flight becomes the leader and writes the next batch.
+//! Group commit: records are staged into the open batch (aligned DMA buffers) and each
+//! batch is written with FUA (or write + flush). Small batches go one at a time, so that
+//! records arriving during a write are grouped behind it; a large batch (a quarter of
+//! `batch_bytes` or more: large values) is written at once, beside the writes in flight,
+//! up to `writes_in_flight`. Batches are retired strictly in log order whatever order the
+//! device completes them in: a batch is acknowledged (and published) only once every
+//! batch before it is durable, so an acknowledged batch never sits behind a torn one.
+//! Whoever waits for a batch while the device may take another becomes its leader.
 //!
 //! The log knows nothing of the index, the cache or pending versions: it reaches the
 //! engine through `LogHost` only. A durable batch is handed over whole (`publish`), a
@@ -96,8 +99,28 @@ pub struct DurableBatch {
 /// batch of one 4 KiB put cost a 256-page search of the pool's bitmap each time).
 const COPY_BUFFER_BYTES: usize = 64 << 10;
 
-/// Batches sealed and waiting for their write; beyond this, puts answer Busy.
+/// Batches sealed and waiting for their write; beyond this, puts wait (then answer Busy).
 const MAX_SEALED_BATCHES: usize = 8;
+
+/// A batch written while others are in flight: issued, and retired (acknowledged or
+/// failed) only after every batch issued before it.
+pub struct Writing {
+    segment: u32,
+    /// Segment offsets where the batch starts and just past it.
+    start: u64,
+    end: u64,
+    done: Rc<BatchDone>,
+    /// Set when the device answers (or the write is abandoned).
+    outcome: RefCell<Option<WriteOutcome>>,
+    /// An earlier batch of the same segment failed: this one fails too, whatever the
+    /// device says (recovery would stop before it).
+    doomed: std::cell::Cell<bool>,
+}
+
+struct WriteOutcome {
+    result: Result<(), String>,
+    records: Vec<LogRecord>,
+}
 
 /// Outcome of one batch, shared by everyone waiting on it.
 #[derive(Default)]
@@ -171,6 +194,12 @@ impl Batch {
     fn end(&self, block: u64) -> u64 {
         self.value_area_at(block) + self.values_used as u64
     }
+
+    /// Whether the batch is large enough to be written beside the writes in flight
+    /// instead of waiting to be grouped behind them.
+    fn overlaps(&self, block: u64, batch_bytes: usize) -> bool {
+        self.end(block) - self.write_start >= (batch_bytes / 4) as u64
+    }
 }
 
 /// Where the log goes next.
@@ -181,7 +210,8 @@ pub struct Writer {
     pub plan_pos: u64,
     pub open: Option<Batch>,
     pub sealed: VecDeque<Batch>,
-    pub in_flight: bool,
+    /// Batches issued to the device and not yet retired, in log order.
+    pub writing: VecDeque<Rc<Writing>>,
     /// The completion of the batch sealed last (it may be written already).
     pub last_sealed: Option<Rc<BatchDone>>,
 }
@@ -194,7 +224,7 @@ impl Writer {
             plan_pos: 0,
             open: None,
             sealed: VecDeque::new(),
-            in_flight: false,
+            writing: VecDeque::new(),
             last_sealed: None,
         }
     }
@@ -481,33 +511,54 @@ fn open_batch<H: LogHost>(
     Ok(())
 }
 
-/// Waits until the batch behind `done` is durable, writing batches while nobody else is.
+/// Waits until the batch behind `done` is durable, writing batches while the device may
+/// take them.
 pub(crate) async fn commit<H: LogHost>(host: &Rc<H>, done: Rc<BatchDone>) -> StoreResult<()> {
     loop {
         if let Some(r) = done.result() {
             return r.map_err(StoreError::WriteFailed);
         }
         let block = host.block();
+        let (limit, batch_bytes) = (host.config().writes_in_flight, host.config().batch_bytes);
         let next = host.with_log(|w, segs| {
-            if w.in_flight {
-                None
-            } else {
+            if w.writing.len() >= limit {
+                return None;
+            }
+            if w.writing.is_empty() {
                 if w.sealed.is_empty() {
                     seal_open(w, segs, block);
                 }
-                let b = w.sealed.pop_front();
-                w.in_flight = b.is_some();
-                b
+            } else {
+                // Beside writes in flight only a large batch goes; small records keep
+                // gathering behind them.
+                if w.sealed.is_empty() && w.open.as_ref().is_some_and(|b| b.overlaps(block, batch_bytes)) {
+                    seal_open(w, segs, block);
+                }
+                if !w.sealed.front().is_some_and(|b| b.overlaps(block, batch_bytes)) {
+                    return None;
+                }
             }
+            let batch = w.sealed.pop_front()?;
+            // Issued in log order, under the same borrow that took it from the queue.
+            let writing = Rc::new(Writing {
+                segment: batch.segment,
+                start: batch.write_start,
+                end: batch.end(block),
+                done: batch.done.clone(),
+                outcome: RefCell::new(None),
+                doomed: std::cell::Cell::new(false),
+            });
+            w.writing.push_back(writing.clone());
+            Some((batch, writing))
         });
         match next {
-            Some(batch) => write_batch(host, batch).await,
+            Some((batch, writing)) => write_batch(host, batch, writing).await,
             None => WaitForWake::new(&done).await,
         }
     }
 }
 
-async fn write_batch<H: LogHost>(host: &Rc<H>, mut batch: Batch) {
+async fn write_batch<H: LogHost>(host: &Rc<H>, mut batch: Batch, writing: Rc<Writing>) {
     let block = host.block();
     let (batch_at, value_area_at, end) = (batch.batch_at(), batch.value_area_at(block), batch.end(block));
     assert!(
@@ -533,7 +584,6 @@ async fn write_batch<H: LogHost>(host: &Rc<H>, mut batch: Batch) {
         meta_used,
         values,
         records,
-        done,
         ..
     } = batch;
     // Where each value landed, now that the batch's place is fixed.
@@ -553,11 +603,10 @@ async fn write_batch<H: LogHost>(host: &Rc<H>, mut batch: Batch) {
         meta[meta_used..].fill(0);
     }
     let offset = host.with_log(|_, segs| segs.device_offset(segment)) + write_start;
-    let mut guard = LeaderGuard {
+    let mut guard = WriteGuard {
         host: host.clone(),
-        segment,
+        writing,
         records: Some(records),
-        done: done.clone(),
     };
     let durability = match host.config().durability {
         CommitDurability::Fua => Durability::Fua,
@@ -585,75 +634,96 @@ async fn write_batch<H: LogHost>(host: &Rc<H>, mut batch: Batch) {
         .records
         .take()
         .expect("records present until the write ends");
-    drop(guard);
     let result = written.map(|bufs| {
         copy_cacheable_values(&bufs, write_start, &mut records, |r| {
             host.caches_written(&r.key, r.hash, r.value_len as usize)
         });
     });
-    let metrics = host.metrics();
-    let (queued, doomed) = host.with_log(|w, segs| {
-        w.in_flight = false;
-        match &result {
+    debug_assert_eq!(end, guard.writing.end);
+    guard.finish(result, records);
+}
+
+/// Retires written batches from the front of the log, in order, while their writes have
+/// ended: a durable one is published and acknowledged; a failed one (or one behind a
+/// failure in its segment) is forgotten and answered with the error, and the batches
+/// still planned in its segment fail with it. Then wakes whoever waits to write next.
+fn retire_written<H: LogHost>(host: &H) {
+    loop {
+        let next = host.with_log(|w, segs| {
+            let front = w.writing.front()?;
+            let outcome = front.outcome.borrow_mut().take()?;
+            let writing = w.writing.pop_front().expect("front exists");
+            let failed = outcome.result.is_err() || writing.doomed.get();
+            let doomed = if failed {
+                segs.batch_ended(writing.segment, None);
+                fail_segment(w, segs, writing.segment)
+            } else {
+                segs.batch_ended(writing.segment, Some(writing.end));
+                Vec::new()
+            };
+            Some((writing, outcome, doomed))
+        });
+        let Some((writing, WriteOutcome { result, records }, doomed)) = next else {
+            break;
+        };
+        let metrics = host.metrics();
+        let result = match result {
+            Ok(()) if writing.doomed.get() => {
+                host.forget(&records);
+                Err("an earlier batch in its segment failed".to_string())
+            }
             Ok(()) => {
-                segs.batch_ended(segment, Some(end));
-                (queued_batch_dones(w), Vec::new())
+                bump(&metrics.batches, 1);
+                bump(&metrics.batched_records, records.len() as u64);
+                bump(&metrics.bytes_written, writing.end - writing.start);
+                host.publish(DurableBatch {
+                    segment: writing.segment,
+                    records,
+                });
+                Ok(())
             }
-            Err(_) => {
-                segs.batch_ended(segment, None);
-                let doomed = fail_segment(w, segs, segment);
-                (queued_batch_dones(w), doomed)
+            Err(e) => {
+                bump(&metrics.write_errors, 1);
+                host.forget(&records);
+                Err(e)
             }
-        }
-    });
-    match &result {
-        Ok(()) => {
-            bump(&metrics.batches, 1);
-            bump(&metrics.batched_records, records.len() as u64);
-            bump(&metrics.bytes_written, end - write_start);
-            host.publish(DurableBatch { segment, records });
-        }
-        Err(_) => {
-            bump(&metrics.write_errors, 1);
-            host.forget(&records);
-            fail_batches(&**host, doomed, "an earlier batch in its segment failed");
-        }
+        };
+        fail_batches(host, doomed, "an earlier batch in its segment failed");
+        writing.done.finish(result);
     }
-    done.finish(result);
+    let queued = host.with_log(|w, _| queued_batch_dones(w));
     for next in queued {
         next.wake_all();
     }
 }
 
-/// Runs the failure path if the leader's future is dropped while its write is in flight:
-/// the outcome of that write is unknown, so nothing in it is acknowledged and its segment
-/// takes no more batches.
-struct LeaderGuard<H: LogHost> {
+/// Hands the outcome of one batch write to the retiring order. If the writer's future is
+/// dropped while its write is in flight, the outcome is unknown: nothing in the batch is
+/// acknowledged and its segment takes no more batches.
+struct WriteGuard<H: LogHost> {
     host: Rc<H>,
-    segment: u32,
+    writing: Rc<Writing>,
     records: Option<Vec<LogRecord>>,
-    done: Rc<BatchDone>,
 }
 
-impl<H: LogHost> Drop for LeaderGuard<H> {
+impl<H: LogHost> WriteGuard<H> {
+    fn finish(mut self, result: Result<(), String>, records: Vec<LogRecord>) {
+        self.records = None;
+        *self.writing.outcome.borrow_mut() = Some(WriteOutcome { result, records });
+        retire_written(&*self.host);
+    }
+}
+
+impl<H: LogHost> Drop for WriteGuard<H> {
     fn drop(&mut self) {
         let Some(records) = self.records.take() else {
             return;
         };
-        let segment = self.segment;
-        let (queued, doomed) = self.host.with_log(|w, segs| {
-            w.in_flight = false;
-            segs.batch_ended(segment, None);
-            let doomed = fail_segment(w, segs, segment);
-            (queued_batch_dones(w), doomed)
+        *self.writing.outcome.borrow_mut() = Some(WriteOutcome {
+            result: Err("the write was abandoned before it completed".into()),
+            records,
         });
-        self.host.forget(&records);
-        fail_batches(&*self.host, doomed, "the write of an earlier batch was abandoned");
-        self.done
-            .finish(Err("the write was abandoned before it completed".into()));
-        for next in queued {
-            next.wake_all();
-        }
+        retire_written(&*self.host);
     }
 }
 
@@ -737,6 +807,10 @@ fn fail_segment(w: &mut Writer, segs: &mut SegmentTable, segment: u32) -> Vec<Ba
     }
     for b in &doomed {
         segs.batch_ended(b.segment, None);
+    }
+    // Batches of the segment already on their way fail when they are retired.
+    for b in w.writing.iter().filter(|b| b.segment == segment) {
+        b.doomed.set(true);
     }
     doomed
 }

@@ -49,6 +49,14 @@ const _: () = {
 /// refused: long enough that only a stuck device reaches it (the node's frame timeout).
 pub const DEFAULT_MAX_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Batch writes in flight at once by default: enough to keep a device busy with large
+/// values (fio's randwrite reaches its bandwidth here from QD 8), while small batches
+/// still go one at a time.
+pub const DEFAULT_WRITES_IN_FLIGHT: usize = 8;
+
+/// Most batch writes in flight the config accepts: each pins up to a batch of DMA memory.
+pub const MAX_WRITES_IN_FLIGHT: usize = 64;
+
 /// Free segments kept back from foreground writes so that GC can always move data and
 /// make progress when the device is full.
 pub const GC_RESERVED_SEGMENTS: u32 = 2;

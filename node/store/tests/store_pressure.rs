@@ -179,7 +179,10 @@ fn a_refused_large_put_never_hides_later_writes_from_recovery() {
 #[test]
 fn a_batch_without_waiters_does_not_strand_the_ones_behind_it() {
     let seed = seed();
-    let cfg = small_config(SIM_BYTES);
+    let mut cfg = small_config(SIM_BYTES);
+    // One write at a time, so that B's batch queues behind A's without a leader of its
+    // own (overlapped writes: `overlapped_writes.rs`).
+    cfg.writes_in_flight = 1;
     let dev = SimDevice::new(SIM_BYTES, 4096, seed).unwrap();
     let store = open(&dev, 4 << 20, &cfg);
     let noop = futures::task::noop_waker();

@@ -57,7 +57,11 @@ fn a_value_in_its_own_buffer_is_written_without_a_copy_and_reads_back_after_reop
 #[test]
 fn batches_mixing_copied_inline_and_in_place_values_survive_a_power_cut() {
     let dev = SimDevice::new(SIM_BYTES, 4096, 1).unwrap();
-    let s = sim_store(&dev, small_config(SIM_BYTES));
+    // One write at a time, so that records group into mixed batches: with 32 KiB batches
+    // two 5 KiB values already make a batch large enough to go beside the one in flight.
+    let mut cfg = small_config(SIM_BYTES);
+    cfg.writes_in_flight = 1;
+    let s = sim_store(&dev, cfg);
     let mut pool = pool();
     for w in 0..12u64 {
         let s = s.clone();

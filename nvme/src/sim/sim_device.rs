@@ -52,6 +52,8 @@ struct SimState {
     cut_at_op: Option<u64>,
     read_faults: Vec<Range<u64>>,
     write_faults: Vec<Range<u64>>,
+    /// Writes overlapping a range take this many more turns of the executor to complete.
+    slow_writes: Vec<(Range<u64>, u32)>,
     rng: SplitMix64,
     stats: SimStats,
 }
@@ -129,6 +131,7 @@ impl SimDevice {
                 cut_at_op: None,
                 read_faults: Vec::new(),
                 write_faults: Vec::new(),
+                slow_writes: Vec::new(),
                 rng: SplitMix64::new(seed),
                 stats: SimStats::default(),
             })),
@@ -201,6 +204,12 @@ impl SimDevice {
         s.powered = true;
     }
 
+    /// Writes overlapping `range` complete `turns` turns of the executor later than others,
+    /// so that a later write can complete first.
+    pub fn slow_writes(&self, range: Range<u64>, turns: u32) {
+        self.state.borrow_mut().slow_writes.push((range, turns));
+    }
+
     /// Reads overlapping `range` fail with EIO.
     pub fn fail_reads(&self, range: Range<u64>) {
         self.state.borrow_mut().read_faults.push(range);
@@ -216,6 +225,7 @@ impl SimDevice {
         let mut s = self.state.borrow_mut();
         s.read_faults.clear();
         s.write_faults.clear();
+        s.slow_writes.clear();
     }
 
     /// Flips one bit of the stored medium (both what reads see and what is durable).
@@ -273,7 +283,8 @@ impl SimQueue {
     }
 
     async fn write_bytes(&self, offset: u64, data: Vec<u8>, durability: Durability) -> Result<()> {
-        let id = {
+        let len = data.len();
+        let (id, turns) = {
             let mut s = self.device.state.borrow_mut();
             s.start_op()?;
             s.stats.writes += 1;
@@ -292,9 +303,19 @@ impl SimQueue {
                 completed: false,
                 durable: false,
             });
-            id
+            // Writes in flight together complete in any order: each takes 1 to 3 turns,
+            // more if it falls in a slow range.
+            let slow: u32 = s
+                .slow_writes
+                .iter()
+                .filter(|(r, _)| SimState::overlaps(std::slice::from_ref(r), offset, len))
+                .map(|(_, turns)| turns)
+                .sum();
+            (id, 1 + s.rng.below(3) as u32 + slow)
         };
-        futures_lite::future::yield_now().await;
+        for _ in 0..turns {
+            futures_lite::future::yield_now().await;
+        }
         let mut s = self.device.state.borrow_mut();
         if !s.powered {
             return Err(NvmeError::PoweredOff);
