@@ -25,11 +25,17 @@ for r in $(seq "$rounds"); do
 import json, sys
 rows = json.load(sys.stdin)
 fio, ours = rows[0], rows[1]
-print(f"round {sys.argv[1]} {sys.argv[2]:<7} fio {fio[\"iops\"]:>9.0f} IOPS {fio[\"cpu_us_per_op\"]:5.2f} us/op | ours {ours[\"iops\"]:>9.0f} IOPS {ours[\"cpu_us_per_op\"]:5.2f} us/op | ratio {ours[\"iops\"] / fio[\"iops\"]:.3f}")
+print("round %s %-7s fio %9.0f IOPS %5.2f us/op | ours %9.0f IOPS %5.2f us/op | ratio %.3f" % (
+    sys.argv[1], sys.argv[2], fio["iops"], fio["cpu_us_per_op"], ours["iops"], ours["cpu_us_per_op"],
+    ours["iops"] / fio["iops"]))
 ' "$r" "$mode"
     done
-done | tee /dev/stderr | awk '{ratio[$3] = ratio[$3] " " $NF} END {
-    for (m in ratio) {
-        n = split(substr(ratio[m], 2), v, " "); asort(v)
-        printf "%s: median ratio %.3f of %d rounds (bar >= 0.95)\n", m, (n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2), n
-    }}'
+done | tee /dev/stderr | python3 -c '
+import sys, statistics
+by_mode = {}
+for line in sys.stdin:
+    f = line.split()
+    by_mode.setdefault(f[2], []).append(float(f[-1]))
+for mode, r in by_mode.items():
+    print("%s: median ratio %.3f of %d rounds (bar >= 0.95)" % (mode, statistics.median(r), len(r)))
+'
