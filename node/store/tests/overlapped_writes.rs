@@ -106,7 +106,10 @@ fn a_power_cut_before_the_earlier_batch_is_durable_acknowledges_nothing_behind_i
     let got = answers.borrow().clone();
     assert_eq!(got.len(), 2);
     for (k, r) in &got {
-        assert!(r.is_err(), "{k} was acknowledged, but a's batch before it never became durable");
+        assert!(
+            r.is_err(),
+            "{k} was acknowledged, but a's batch before it never became durable"
+        );
     }
     drop(store);
     dev.clear_faults();
