@@ -2,11 +2,13 @@
 //! map (per partition a chain of replicas with a version, and the map's epoch). Clients,
 //! nodes and the coordinator share it; it needs no executor and no socket.
 
+pub mod chain_plan;
 pub mod error;
 pub mod limits;
 pub mod partition;
 pub mod shard_map;
 
+pub use chain_plan::{build_chains, health, take_node_offline, ChainHealth, PlanError};
 pub use error::MapError;
 pub use partition::{key_hash, partition_of, DEFAULT_PARTITION_BITS};
 pub use shard_map::{Chain, Replica, ReplicaState, ShardAddr, ShardMap};

@@ -1,0 +1,295 @@
+//! The coordinator's chain arithmetic, with no etcd, executor or socket: building the
+//! chains of a cluster that forms, taking a lost node's replicas out of them, and saying
+//! which chains are short of replicas. The coordinator (issue 19) writes what these return
+//! into etcd; tests check them directly.
+
+use std::collections::BTreeMap;
+
+use crate::shard_map::{Chain, Replica, ReplicaState, ShardAddr};
+
+/// Why chains cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanError {
+    /// No shard to place anything on.
+    NoShards,
+    /// Replicas name shards by a u16 index.
+    TooManyShards(usize),
+    /// A replication factor of 0 places nothing.
+    NoReplicas,
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlanError::NoShards => write!(f, "the cluster has no shard to place partitions on"),
+            PlanError::TooManyShards(n) => write!(f, "{n} shards: at most {} fit the map", u16::MAX),
+            PlanError::NoReplicas => write!(f, "the replication factor must be at least 1"),
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+/// The shards of `shards` (indexes) interleaved by node: the first shard of every node
+/// (nodes in id order), then every node's second shard, and so on. Consecutive entries sit
+/// on different nodes wherever the nodes have shards left.
+fn interleaved_by_node(shards: &[ShardAddr]) -> Vec<u16> {
+    let mut by_node: BTreeMap<u32, Vec<u16>> = BTreeMap::new();
+    for (i, s) in shards.iter().enumerate() {
+        by_node.entry(s.node).or_default().push(i as u16);
+    }
+    for list in by_node.values_mut() {
+        list.sort_by_key(|&i| shards[i as usize].shard);
+    }
+    let rounds = by_node.values().map(Vec::len).max().unwrap_or(0);
+    (0..rounds)
+        .flat_map(|r| by_node.values().filter_map(move |list| list.get(r).copied()))
+        .collect()
+}
+
+/// A chain for each of `partitions` partitions over `shards` (every shard of every node),
+/// each of `replication` serving replicas on distinct nodes (fewer if the cluster has
+/// fewer nodes: those chains are degraded, see `health`), chain version 1.
+///
+/// Partition p's chain starts at entry p of the shards interleaved by node and takes the
+/// next entries on nodes it does not use yet. With the same shard count on every node,
+/// every shard holds each position of a chain (head, each middle, tail) equally often over
+/// any run of `shards.len()` partitions: heads, middles and tails are spread evenly.
+pub fn build_chains(
+    shards: &[ShardAddr],
+    partitions: usize,
+    replication: usize,
+) -> Result<Vec<Chain>, PlanError> {
+    if shards.is_empty() {
+        return Err(PlanError::NoShards);
+    }
+    if shards.len() > u16::MAX as usize {
+        return Err(PlanError::TooManyShards(shards.len()));
+    }
+    if replication == 0 {
+        return Err(PlanError::NoReplicas);
+    }
+    let order = interleaved_by_node(shards);
+    let n = order.len();
+    let chains = (0..partitions)
+        .map(|p| {
+            let mut replicas: Vec<Replica> = Vec::with_capacity(replication);
+            for i in 0..n {
+                let shard = order[(p + i) % n];
+                let node = shards[shard as usize].node;
+                if replicas.iter().all(|r| shards[r.shard as usize].node != node) {
+                    replicas.push(Replica {
+                        shard,
+                        state: ReplicaState::Serving,
+                    });
+                    if replicas.len() == replication {
+                        break;
+                    }
+                }
+            }
+            Chain { version: 1, replicas }
+        })
+        .collect();
+    Ok(chains)
+}
+
+/// Takes every replica on `node` out of service: each chain that had one there gets it
+/// marked offline and moved behind its serving replicas (which keep their order, so the
+/// chain shrinks to them), and its version grows. Returns how many chains changed.
+pub fn take_node_offline(chains: &mut [Chain], shards: &[ShardAddr], node: u32) -> usize {
+    let on_node = |r: &Replica| shards.get(r.shard as usize).is_some_and(|s| s.node == node);
+    let mut changed = 0;
+    for chain in chains.iter_mut() {
+        if !chain
+            .replicas
+            .iter()
+            .any(|r| on_node(r) && r.state != ReplicaState::Offline)
+        {
+            continue;
+        }
+        for r in chain.replicas.iter_mut().filter(|r| on_node(r)) {
+            r.state = ReplicaState::Offline;
+        }
+        // Stable: serving (and syncing) replicas first in their order, offline ones last.
+        chain.replicas.sort_by_key(|r| r.state == ReplicaState::Offline);
+        chain.version += 1;
+        changed += 1;
+    }
+    changed
+}
+
+/// Chains short of replicas, by partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainHealth {
+    /// Fewer serving replicas than the replication factor, but at least one.
+    pub degraded: Vec<u32>,
+    /// No serving replica: the partition can be neither read nor written. Reported, never
+    /// reassigned to an empty replica.
+    pub unavailable: Vec<u32>,
+}
+
+pub fn health(chains: &[Chain], replication: usize) -> ChainHealth {
+    let mut h = ChainHealth::default();
+    for (p, c) in chains.iter().enumerate() {
+        let serving = c
+            .replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Serving)
+            .count();
+        if serving == 0 {
+            h.unavailable.push(p as u32);
+        } else if serving < replication {
+            h.degraded.push(p as u32);
+        }
+    }
+    h
+}
+
+/// How many chains give each shard each position among their serving replicas:
+/// `roles[shard][i]` counts chains where the shard is the i-th serving replica (0 = head;
+/// the last index of a chain of that length is its tail).
+pub fn positions_per_shard(chains: &[Chain], shard_count: usize, replication: usize) -> Vec<Vec<usize>> {
+    let mut roles = vec![vec![0usize; replication.max(1)]; shard_count];
+    for c in chains {
+        let serving = c.replicas.iter().filter(|r| r.state == ReplicaState::Serving);
+        for (i, r) in serving.enumerate() {
+            if let Some(row) = roles.get_mut(r.shard as usize) {
+                if let Some(n) = row.get_mut(i) {
+                    *n += 1;
+                }
+            }
+        }
+    }
+    roles
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `per_node[i]` shards on node i (ids 10, 11, ...), each with its own address.
+    fn cluster(per_node: &[u32]) -> Vec<ShardAddr> {
+        per_node
+            .iter()
+            .enumerate()
+            .flat_map(|(n, &count)| {
+                (0..count).map(move |s| ShardAddr {
+                    node: 10 + n as u32,
+                    shard: s,
+                    addr: format!("10.0.0.{n}:{}", 7400 + s),
+                })
+            })
+            .collect()
+    }
+
+    fn assert_distinct_nodes(chains: &[Chain], shards: &[ShardAddr]) {
+        for (p, c) in chains.iter().enumerate() {
+            for (i, r) in c.replicas.iter().enumerate() {
+                let node = shards[r.shard as usize].node;
+                assert!(
+                    c.replicas[..i]
+                        .iter()
+                        .all(|o| shards[o.shard as usize].node != node),
+                    "partition {p}: two replicas on node {node}: {c:?}"
+                );
+            }
+        }
+    }
+
+    /// Every count of every position is within `slack` of the mean of that position.
+    fn assert_even(roles: &[Vec<usize>], slack: usize) {
+        for pos in 0..roles[0].len() {
+            let counts: Vec<usize> = roles.iter().map(|r| r[pos]).collect();
+            let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+            assert!(hi - lo <= slack, "position {pos}: counts {counts:?}");
+        }
+    }
+
+    #[test]
+    fn three_nodes_of_one_shard_take_every_role_equally() {
+        let shards = cluster(&[1, 1, 1]);
+        let chains = build_chains(&shards, 4096, 3).unwrap();
+        assert!(chains.iter().all(|c| c.replicas.len() == 3 && c.version == 1));
+        assert_distinct_nodes(&chains, &shards);
+        assert_even(&positions_per_shard(&chains, 3, 3), 1);
+        assert_eq!(health(&chains, 3), ChainHealth::default());
+    }
+
+    #[test]
+    fn several_shards_per_node_spread_roles_over_shards_and_nodes() {
+        for per_node in [&[2, 2, 2][..], &[2, 2, 2, 2, 2], &[4, 4, 4, 4]] {
+            let shards = cluster(per_node);
+            let chains = build_chains(&shards, 4096, 3).unwrap();
+            assert_distinct_nodes(&chains, &shards);
+            assert_even(&positions_per_shard(&chains, shards.len(), 3), 1);
+        }
+    }
+
+    #[test]
+    fn uneven_nodes_still_never_put_two_replicas_on_one_node() {
+        let shards = cluster(&[3, 1, 1, 2]);
+        let chains = build_chains(&shards, 1024, 3).unwrap();
+        assert!(chains.iter().all(|c| c.replicas.len() == 3));
+        assert_distinct_nodes(&chains, &shards);
+    }
+
+    #[test]
+    fn fewer_nodes_than_the_replication_factor_give_degraded_chains_not_an_error() {
+        let shards = cluster(&[2, 2]);
+        let chains = build_chains(&shards, 64, 3).unwrap();
+        assert!(chains.iter().all(|c| c.replicas.len() == 2));
+        assert_distinct_nodes(&chains, &shards);
+        let h = health(&chains, 3);
+        assert_eq!(h.degraded.len(), 64);
+        assert!(h.unavailable.is_empty());
+        assert_eq!(build_chains(&[], 64, 3), Err(PlanError::NoShards));
+        assert_eq!(build_chains(&shards, 64, 0), Err(PlanError::NoReplicas));
+    }
+
+    #[test]
+    fn a_lost_node_leaves_its_chains_with_the_serving_ones_in_order_and_a_newer_version() {
+        let shards = cluster(&[1, 1, 1]);
+        let mut chains = build_chains(&shards, 96, 3).unwrap();
+        let before = chains.clone();
+        let lost = 11;
+        assert_eq!(take_node_offline(&mut chains, &shards, lost), 96);
+        for (b, a) in before.iter().zip(&chains) {
+            assert_eq!(a.version, b.version + 1);
+            let serving: Vec<u16> = a
+                .replicas
+                .iter()
+                .filter(|r| r.state == ReplicaState::Serving)
+                .map(|r| r.shard)
+                .collect();
+            let kept: Vec<u16> = b
+                .replicas
+                .iter()
+                .filter(|r| shards[r.shard as usize].node != lost)
+                .map(|r| r.shard)
+                .collect();
+            assert_eq!(serving, kept, "the survivors keep their order");
+            let last = a.replicas.last().unwrap();
+            assert_eq!(last.state, ReplicaState::Offline);
+            assert_eq!(shards[last.shard as usize].node, lost);
+        }
+        assert_eq!(health(&chains, 3).degraded.len(), 96);
+        // Losing it again changes nothing; losing the others makes every chain unavailable.
+        assert_eq!(take_node_offline(&mut chains, &shards, lost), 0);
+        take_node_offline(&mut chains, &shards, 10);
+        take_node_offline(&mut chains, &shards, 12);
+        let h = health(&chains, 3);
+        assert_eq!(h.unavailable.len(), 96);
+        assert!(h.degraded.is_empty());
+    }
+
+    #[test]
+    fn a_node_holding_no_replica_changes_no_chain() {
+        let shards = cluster(&[1, 1, 1, 1]);
+        let mut chains = build_chains(&shards, 4, 1).unwrap();
+        // With one replica each, partition p sits on node 10 + p.
+        let before = chains.clone();
+        chains.truncate(3);
+        assert_eq!(take_node_offline(&mut chains, &shards, 13), 0);
+        assert_eq!(&chains[..], &before[..3]);
+    }
+}
