@@ -1,0 +1,68 @@
+//! Where the cluster's state lives in etcd: every key under one prefix per cluster, so that
+//! several clusters (or test runs) share an etcd without touching each other.
+
+/// The keys of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterKeys {
+    prefix: String,
+}
+
+impl ClusterKeys {
+    /// Keys under `/hotshard/<cluster>/`. `cluster` names the cluster (letters, digits,
+    /// `-` and `_`), so that a key cannot escape its prefix.
+    pub fn new(cluster: &str) -> Result<ClusterKeys, String> {
+        let ok = !cluster.is_empty()
+            && cluster.len() <= 64
+            && cluster
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(format!(
+                "cluster name {cluster:?}: 1 to 64 letters, digits, '-' or '_'"
+            ));
+        }
+        Ok(ClusterKeys {
+            prefix: format!("/hotshard/{cluster}/"),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Held (bound to its lease) by the acting coordinator; its value names it.
+    pub fn coordinator(&self) -> String {
+        format!("{}coordinator", self.prefix)
+    }
+
+    /// The cluster map: written only by the acting coordinator, in guarded transactions.
+    pub fn map(&self) -> String {
+        format!("{}map", self.prefix)
+    }
+
+    /// A node's registration, bound to the node's lease: gone when the node is.
+    pub fn node(&self, id: u32) -> String {
+        format!("{}nodes/{id:08}", self.prefix)
+    }
+
+    /// Prefix of every node's registration.
+    pub fn nodes(&self) -> String {
+        format!("{}nodes/", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_leave_the_prefix_are_refused() {
+        let k = ClusterKeys::new("prod-1").unwrap();
+        assert_eq!(k.coordinator(), "/hotshard/prod-1/coordinator");
+        assert_eq!(k.node(7), "/hotshard/prod-1/nodes/00000007");
+        assert!(k.node(7).starts_with(&k.nodes()));
+        for bad in ["", "a/b", "..", "a b", &"x".repeat(65)] {
+            assert!(ClusterKeys::new(bad).is_err(), "{bad:?}");
+        }
+    }
+}
