@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::shard_map::{Chain, Replica, ReplicaState, ShardAddr};
+use crate::shard_map::{Chain, Replica, ReplicaState, ShardAddr, ShardMap};
 
 /// Why chains cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +163,51 @@ pub fn positions_per_shard(chains: &[Chain], shard_count: usize, replication: us
     roles
 }
 
+/// The map of a cluster that forms: `nodes` as (id, each shard's listener address), in any
+/// order; shards listed by node id, then shard index; chains by `build_chains`; epoch 1.
+pub fn form_map(
+    nodes: &[(u32, Vec<String>)],
+    partition_bits: u8,
+    replication: usize,
+) -> Result<ShardMap, PlanError> {
+    let mut nodes = nodes.to_vec();
+    nodes.sort_by_key(|(id, _)| *id);
+    let shards: Vec<ShardAddr> = nodes
+        .iter()
+        .flat_map(|(id, addrs)| {
+            addrs.iter().enumerate().map(|(s, addr)| ShardAddr {
+                node: *id,
+                shard: s as u32,
+                addr: addr.clone(),
+            })
+        })
+        .collect();
+    let chains = build_chains(&shards, 1usize << partition_bits, replication)?;
+    Ok(ShardMap::with_chains(1, partition_bits, shards, chains))
+}
+
+/// `map` with every replica on a node not in `alive` taken offline, and a newer epoch; None
+/// if no chain changes.
+pub fn without_lost_nodes(map: &ShardMap, alive: &std::collections::BTreeSet<u32>) -> Option<ShardMap> {
+    let lost: std::collections::BTreeSet<u32> = map
+        .shards
+        .iter()
+        .map(|s| s.node)
+        .filter(|n| !alive.contains(n))
+        .collect();
+    let mut next = map.clone();
+    let changed: usize = lost
+        .iter()
+        .map(|&n| take_node_offline(&mut next.chains, &map.shards, n))
+        .sum();
+    if changed == 0 {
+        return None;
+    }
+    next.epoch += 1;
+    next.refresh_heads();
+    Some(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,5 +336,27 @@ mod tests {
         chains.truncate(3);
         assert_eq!(take_node_offline(&mut chains, &shards, 13), 0);
         assert_eq!(&chains[..], &before[..3]);
+    }
+    #[test]
+    fn a_formed_map_changes_only_when_a_node_in_it_is_lost() {
+        let nodes: Vec<(u32, Vec<String>)> = [7u32, 3, 5]
+            .iter()
+            .map(|&id| (id, vec![format!("10.0.0.{id}:7400"), format!("10.0.0.{id}:7401")]))
+            .collect();
+        let map = form_map(&nodes, 6, 3).unwrap();
+        assert_eq!((map.epoch, map.chains.len(), map.shards.len()), (1, 64, 6));
+        // Shards listed by node id, then shard index.
+        let order: Vec<(u32, u32)> = map.shards.iter().map(|s| (s.node, s.shard)).collect();
+        assert_eq!(order, vec![(3, 0), (3, 1), (5, 0), (5, 1), (7, 0), (7, 1)]);
+        let all = [3, 5, 7].into_iter().collect();
+        assert!(without_lost_nodes(&map, &all).is_none());
+        // An unknown node alive, or one more registered, changes nothing either.
+        let more = [3, 5, 7, 9].into_iter().collect();
+        assert!(without_lost_nodes(&map, &more).is_none());
+        let next = without_lost_nodes(&map, &[3, 7].into_iter().collect()).unwrap();
+        assert_eq!(next.epoch, 2);
+        assert!(next.chains.iter().all(|c| c.version == 2));
+        assert!((0..64).all(|p| next.owner(p).is_some_and(|o| o.node != 5)));
+        assert!(without_lost_nodes(&next, &[3, 7].into_iter().collect()).is_none());
     }
 }

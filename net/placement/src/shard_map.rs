@@ -93,6 +93,24 @@ impl ShardMap {
         map
     }
 
+    /// A map of the given chains (a cluster's, built by the coordinator).
+    pub fn with_chains(
+        epoch: u64,
+        partition_bits: u8,
+        shards: Vec<ShardAddr>,
+        chains: Vec<Chain>,
+    ) -> ShardMap {
+        let mut map = ShardMap {
+            epoch,
+            partition_bits,
+            shards,
+            chains,
+            heads: Vec::new(),
+        };
+        map.refresh_heads();
+        map
+    }
+
     /// Recomputes the head of every chain (its first serving replica; `u16::MAX` if none).
     pub fn refresh_heads(&mut self) {
         self.heads = self
@@ -148,11 +166,12 @@ impl ShardMap {
         let mut map: ShardMap = rkyv::deserialize::<ShardMap, RkyvError>(archived)
             .map_err(|e| MapError::Malformed(e.to_string()))?;
         let bits_ok = (1..=MAX_PARTITION_BITS).contains(&map.partition_bits);
-        // Every chain names known shards, each at most once, and has a serving replica.
+        // Every chain names known shards, each at most once. A chain with no serving
+        // replica is kept (unavailable: reported, and requests for it refused), never
+        // silently reassigned.
         let chain_ok = |c: &Chain| {
             !c.replicas.is_empty()
                 && c.replicas.len() <= MAX_REPLICAS
-                && c.replicas.iter().any(|r| r.state == ReplicaState::Serving)
                 && c.replicas.iter().enumerate().all(|(i, r)| {
                     (r.shard as usize) < map.shards.len()
                         && !c.replicas[..i].iter().any(|o| o.shard == r.shard)
@@ -187,9 +206,9 @@ mod tests {
         assert_eq!(map.chain(p).unwrap().version, 1);
         assert_eq!(map.partitions_headed_by(0), 4096usize.div_ceil(3));
         // Refused on arrival: an unknown shard, a shard twice in a chain, an empty chain, a
-        // chain with no serving replica, a missing chain.
+        // missing chain.
         let replica = |shard, state| Replica { shard, state };
-        let broken: [&dyn Fn(&mut ShardMap); 5] = [
+        let broken: [&dyn Fn(&mut ShardMap); 4] = [
             &|m| m.chains[5].replicas[0].shard = 9,
             &|m| {
                 let head = m.chains[5].replicas[0];
@@ -198,7 +217,6 @@ mod tests {
                     .push(replica(head.shard, ReplicaState::Syncing))
             },
             &|m| m.chains[5].replicas.clear(),
-            &|m| m.chains[5].replicas[0].state = ReplicaState::Syncing,
             &|m| {
                 m.chains.pop();
             },
@@ -240,5 +258,13 @@ mod tests {
         ];
         let m = ShardMap::from_bytes(&m.to_bytes().unwrap()).unwrap();
         assert_eq!(m.owner(7).unwrap().shard, 2);
+        // A chain with no serving replica arrives intact and has no owner.
+        let mut m = map.clone();
+        m.chains[7].replicas = vec![
+            replica(1, ReplicaState::Offline),
+            replica(2, ReplicaState::Syncing),
+        ];
+        let m = ShardMap::from_bytes(&m.to_bytes().unwrap()).unwrap();
+        assert!(m.owner(7).is_none());
     }
 }

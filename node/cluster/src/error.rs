@@ -17,6 +17,15 @@ pub enum ClusterError {
     /// A guarded write found that this coordinator no longer leads: nothing was written.
     #[error("deposed: another coordinator acts now; nothing was written")]
     Deposed,
+    /// Another live process is registered with this node id.
+    #[error("node id {0} is already registered by a live node: two processes cannot be one node")]
+    NodeIdTaken(u32),
+    /// The map changed between reading it and writing it: read it again.
+    #[error("the cluster map changed while this coordinator was updating it")]
+    MapChanged,
+    /// What etcd holds cannot be used (a map that does not decode, chains that cannot form).
+    #[error("cluster state: {0}")]
+    BadState(String),
     #[error("lease TTL {0} s: etcd's minimum is 2 s")]
     TtlTooShort(i64),
 }

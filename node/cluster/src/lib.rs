@@ -4,10 +4,12 @@
 //! a deposed coordinator cannot write. Runs on one tokio thread, off the shard cores; no
 //! home-made consensus and no home-made failure detector.
 
+pub mod coordinator;
 pub mod error;
 pub mod keys;
 pub mod leadership;
 pub mod lease;
+pub mod registration;
 
 pub use error::{ClusterError, ClusterResult};
 pub use keys::ClusterKeys;

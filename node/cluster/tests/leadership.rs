@@ -9,21 +9,6 @@ use hotshard_cluster::{ClusterError, ClusterKeys, Leadership};
 
 const TTL: i64 = 2;
 
-async fn connect(endpoint: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let answered = match Client::connect([endpoint], None).await {
-            Ok(c) => c.clone().status().await.map(|_| c),
-            Err(e) => Err(e),
-        };
-        match answered {
-            Ok(c) => return c,
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(e) => panic!("etcd at {endpoint} does not answer: {e}"),
-        }
-    }
-}
-
 async fn map_value(client: &Client, keys: &ClusterKeys) -> Option<String> {
     let got = client.clone().get(keys.map(), None).await.unwrap();
     got.kvs()
@@ -34,7 +19,7 @@ async fn map_value(client: &Client, keys: &ClusterKeys) -> Option<String> {
 #[tokio::test(flavor = "current_thread")]
 async fn one_coordinator_acts_and_a_deposed_one_cannot_write() {
     let etcd = common::Etcd::start();
-    let client = connect(&etcd.endpoint).await;
+    let client = common::connect(&etcd.endpoint).await;
     let keys = ClusterKeys::new("leadership-test").unwrap();
 
     let a = Leadership::campaign(&client, &keys, "a", TTL).await.unwrap();

@@ -7,6 +7,8 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use etcd_client::Client;
+
 pub struct Etcd {
     child: Child,
     pub endpoint: String,
@@ -68,5 +70,21 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A client of `endpoint`, once etcd answers.
+pub async fn connect(endpoint: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answered = match Client::connect([endpoint], None).await {
+            Ok(c) => c.clone().status().await.map(|_| c),
+            Err(e) => Err(e),
+        };
+        match answered {
+            Ok(c) => return c,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("etcd at {endpoint} does not answer: {e}"),
+        }
     }
 }

@@ -1,0 +1,162 @@
+//! The coordinator: stateless, any number may run, exactly one acts (`Leadership`). The
+//! acting one forms the cluster map once the expected nodes have registered, then keeps
+//! it true as nodes' leases expire (their replicas go offline, chain versions and the
+//! epoch grow). Every write is guarded by its term and by the map's revision, so neither a
+//! deposed coordinator nor a lost update can change the map. Never on the data path.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use hotshard_placement::chain_plan::{form_map, without_lost_nodes};
+use hotshard_placement::ShardMap;
+
+use crate::error::{ClusterError, ClusterResult};
+use crate::keys::ClusterKeys;
+use crate::leadership::Leadership;
+use crate::registration::NodeRecord;
+
+/// What the coordinator needs to know about the cluster it keeps.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub keys: ClusterKeys,
+    /// Names this coordinator in etcd (for `cluster status`).
+    pub name: String,
+    pub lease_ttl_secs: i64,
+    /// The cluster is formed only once this many nodes have registered, so that two
+    /// half-started clusters cannot form.
+    pub expect_nodes: usize,
+    pub replication: usize,
+    pub partition_bits: u8,
+    /// How often the acting coordinator compares the map with the registered nodes.
+    pub check_every: Duration,
+}
+
+/// The registered nodes (their leases alive), by id.
+pub async fn registered_nodes(client: &Client, keys: &ClusterKeys) -> ClusterResult<Vec<NodeRecord>> {
+    let got = client
+        .clone()
+        .get(keys.nodes(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let mut nodes = Vec::new();
+    for kv in got.kvs() {
+        match NodeRecord::decode(kv.value()) {
+            Ok(n) => nodes.push(n),
+            Err(e) => {
+                tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "ignoring a malformed node record: {e}")
+            }
+        }
+    }
+    nodes.sort_by_key(|n| n.id);
+    Ok(nodes)
+}
+
+/// The map in etcd and the revision it was last written at (0: none yet).
+pub async fn read_map(client: &Client, keys: &ClusterKeys) -> ClusterResult<Option<(ShardMap, i64)>> {
+    let got = client.clone().get(keys.map(), None).await?;
+    let Some(kv) = got.kvs().first() else {
+        return Ok(None);
+    };
+    let map = ShardMap::from_bytes(kv.value())
+        .map_err(|e| ClusterError::BadState(format!("the cluster map: {e}")))?;
+    Ok(Some((map, kv.mod_revision())))
+}
+
+/// Writes `map` if this coordinator still acts and the map is still the one it read
+/// (`read_revision`, 0 for none).
+async fn write_map(
+    leader: &Leadership,
+    keys: &ClusterKeys,
+    map: &ShardMap,
+    read_revision: i64,
+) -> ClusterResult<()> {
+    let bytes = map
+        .to_bytes()
+        .map_err(|e| ClusterError::BadState(format!("encoding the map: {e}")))?;
+    let same = Compare::mod_revision(keys.map(), CompareOp::Equal, read_revision);
+    let txn_ops = vec![TxnOp::txn(Txn::new().when([same]).and_then([TxnOp::put(
+        keys.map(),
+        bytes,
+        None,
+    )]))];
+    let answer = leader.guarded(txn_ops).await?;
+    // The inner transaction's outcome: someone else changed the map in between.
+    let inner_ok = answer.op_responses().iter().all(|r| match r {
+        etcd_client::TxnOpResponse::Txn(t) => t.succeeded(),
+        _ => true,
+    });
+    if !inner_ok {
+        return Err(ClusterError::MapChanged);
+    }
+    Ok(())
+}
+
+/// One pass of the acting coordinator: forms the map if there is none and enough nodes
+/// registered; otherwise takes lost nodes' replicas out of their chains. Returns the map
+/// now in etcd (None while waiting for nodes).
+pub async fn reconcile_once(
+    client: &Client,
+    leader: &Leadership,
+    cfg: &CoordinatorConfig,
+) -> ClusterResult<Option<ShardMap>> {
+    let nodes = registered_nodes(client, &cfg.keys).await?;
+    match read_map(client, &cfg.keys).await? {
+        None => {
+            if nodes.len() < cfg.expect_nodes {
+                tracing::info!(
+                    registered = nodes.len(),
+                    expected = cfg.expect_nodes,
+                    "waiting for nodes"
+                );
+                return Ok(None);
+            }
+            let shards: Vec<(u32, Vec<String>)> = nodes.iter().map(|n| (n.id, n.shards.clone())).collect();
+            let map = form_map(&shards, cfg.partition_bits, cfg.replication)
+                .map_err(|e| ClusterError::BadState(format!("forming the cluster: {e}")))?;
+            write_map(leader, &cfg.keys, &map, 0).await?;
+            tracing::info!(nodes = nodes.len(), epoch = map.epoch, "cluster formed");
+            Ok(Some(map))
+        }
+        Some((map, revision)) => {
+            let alive: BTreeSet<u32> = nodes.iter().map(|n| n.id).collect();
+            match without_lost_nodes(&map, &alive) {
+                None => Ok(Some(map)),
+                Some(next) => {
+                    write_map(leader, &cfg.keys, &next, revision).await?;
+                    tracing::warn!(epoch = next.epoch, "replicas of lost nodes taken offline");
+                    Ok(Some(next))
+                }
+            }
+        }
+    }
+}
+
+/// Runs a coordinator for ever: campaigns, acts while it leads, campaigns again when
+/// deposed. Errors from etcd are retried after a pause.
+pub async fn run_coordinator(client: Client, cfg: CoordinatorConfig) {
+    loop {
+        let leader = match Leadership::campaign(&client, &cfg.keys, &cfg.name, cfg.lease_ttl_secs).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("campaign: {e}; retrying");
+                tokio::time::sleep(cfg.check_every).await;
+                continue;
+            }
+        };
+        while leader.is_acting() {
+            match reconcile_once(&client, &leader, &cfg).await {
+                Ok(_) => {}
+                Err(ClusterError::MapChanged) => {
+                    tracing::info!("the map changed while updating it; reading it again")
+                }
+                Err(ClusterError::Deposed) => break,
+                Err(e) => tracing::warn!("reconcile: {e}"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.check_every) => {}
+                _ = leader.lost() => break,
+            }
+        }
+        tracing::warn!(name = %cfg.name, "no longer acting");
+    }
+}

@@ -1,0 +1,74 @@
+//! A node in etcd: its record (id, advertised address, one listener per shard) under
+//! `nodes/<id>`, bound to the node's lease, so that the record goes when the node does.
+//! A node id already registered (another process alive with it) is refused.
+
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ClusterError, ClusterResult};
+use crate::keys::ClusterKeys;
+use crate::lease::KeptLease;
+
+/// Longest node record accepted from etcd (a few hundred shards' addresses).
+pub const MAX_NODE_RECORD_BYTES: usize = 64 << 10;
+
+/// What a node says of itself in etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: u32,
+    /// `host:port` clients use for the node (its first shard's listener).
+    pub addr: String,
+    /// `host:port` of each shard's listener, by shard index.
+    pub shards: Vec<String>,
+}
+
+impl NodeRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a node record always encodes")
+    }
+
+    /// Checked before use: a record from etcd is input like any other.
+    pub fn decode(bytes: &[u8]) -> Result<NodeRecord, String> {
+        if bytes.len() > MAX_NODE_RECORD_BYTES {
+            return Err(format!(
+                "{} bytes, more than {MAX_NODE_RECORD_BYTES}",
+                bytes.len()
+            ));
+        }
+        let r: NodeRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if r.shards.is_empty() || r.shards.len() > u16::MAX as usize {
+            return Err(format!("node {}: {} shards", r.id, r.shards.len()));
+        }
+        Ok(r)
+    }
+}
+
+/// A node's registration: alive as long as its lease.
+pub struct Registration {
+    pub record: NodeRecord,
+    pub lease: KeptLease,
+}
+
+/// Registers `record` under a new lease of `ttl_secs`. Refused if a live node holds the
+/// same id: two processes must never answer as one node.
+pub async fn register(
+    client: &Client,
+    keys: &ClusterKeys,
+    record: NodeRecord,
+    ttl_secs: i64,
+) -> ClusterResult<Registration> {
+    let lease = KeptLease::grant(client, ttl_secs).await?;
+    let key = keys.node(record.id);
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key,
+            record.encode(),
+            Some(PutOptions::new().with_lease(lease.id())),
+        )]);
+    if !client.clone().txn(txn).await?.succeeded() {
+        let _ = lease.revoke().await;
+        return Err(ClusterError::NodeIdTaken(record.id));
+    }
+    Ok(Registration { record, lease })
+}
