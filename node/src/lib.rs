@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod cluster_cli;
 pub mod config;
 pub mod data_lock;
 pub mod fd_limit;

@@ -72,11 +72,32 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Run a coordinator of a cluster whose state lives in etcd (several may run; exactly
+    /// one acts). Never on the data path.
+    Coordinator(hotshard_node::cluster_cli::CoordinatorArgs),
+    /// Operate a cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Open a device (creating a file of --size bytes if asked) and print what it supports.
     Probe {
         path: PathBuf,
         #[arg(long)]
         size: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The acting coordinator, every node, the map's epoch, chains per node by role, and
+    /// degraded or unavailable chains.
+    Status {
+        #[command(flatten)]
+        etcd: hotshard_node::cluster_cli::EtcdArgs,
+        /// The replication factor chains are held to.
+        #[arg(long, default_value_t = 3)]
+        replication: usize,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -172,6 +193,12 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Coordinator(args) => hotshard_node::cluster_cli::coordinator(args),
+        Command::Cluster(ClusterCommand::Status {
+            etcd,
+            replication,
+            json,
+        }) => hotshard_node::cluster_cli::status(etcd, replication, json),
         Command::Probe { path, size } => {
             let mut opts = DeviceOptions::new(&path);
             opts.file_size = size;

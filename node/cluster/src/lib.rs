@@ -10,8 +10,30 @@ pub mod keys;
 pub mod leadership;
 pub mod lease;
 pub mod registration;
+pub mod status;
 
 pub use error::{ClusterError, ClusterResult};
 pub use keys::ClusterKeys;
 pub use leadership::Leadership;
 pub use lease::KeptLease;
+pub use status::{cluster_status, ClusterStatus};
+
+/// A client of the cluster's etcd (`endpoints`: one or more `http://host:port`), once one
+/// answers; the error names every endpoint tried.
+pub async fn connect(endpoints: &[String]) -> ClusterResult<etcd_client::Client> {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(std::time::Duration::from_secs(3))
+        .with_timeout(std::time::Duration::from_secs(5));
+    let named = || endpoints.join(",");
+    let mut client = etcd_client::Client::connect(endpoints, Some(options))
+        .await
+        .map_err(|source| ClusterError::Etcd {
+            endpoints: named(),
+            source,
+        })?;
+    client.status().await.map_err(|source| ClusterError::Etcd {
+        endpoints: named(),
+        source,
+    })?;
+    Ok(client)
+}

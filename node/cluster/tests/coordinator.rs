@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hotshard_cluster::coordinator::{read_map, run_coordinator, CoordinatorConfig};
 use hotshard_cluster::registration::{register, NodeRecord, Registration};
-use hotshard_cluster::{ClusterError, ClusterKeys};
+use hotshard_cluster::{cluster_status, ClusterError, ClusterKeys};
 use hotshard_placement::{health, ReplicaState, ShardMap};
 
 const TTL: i64 = 2;
@@ -108,6 +108,22 @@ async fn the_coordinator_forms_the_map_repairs_it_and_hands_over() {
         took <= Duration::from_secs(TTL as u64 + 2),
         "repair took {took:?}"
     );
+    let status = cluster_status(&client, &keys, "coordinator-test", 3)
+        .await
+        .unwrap();
+    assert_eq!(status.coordinator.as_deref(), Some("a"));
+    assert_eq!(status.epoch, Some(2));
+    assert_eq!(status.degraded.len(), 16);
+    let by_id = |id: u32| status.nodes.iter().find(|n| n.id == id).unwrap().clone();
+    assert!(!by_id(2).alive && by_id(1).alive && by_id(3).alive);
+    assert_eq!(by_id(2).chains.offline, 16);
+    let (n1, n3) = (by_id(1).chains, by_id(3).chains);
+    // Two serving replicas per chain: each chain has one head and one tail among 1 and 3.
+    assert_eq!(
+        (n1.head + n3.head, n1.tail + n3.tail, n1.middle + n3.middle),
+        (16, 16, 0)
+    );
+    assert!(status.to_string().contains("chains degraded: 16, unavailable: 0"));
 
     // Coordinator a dies; b, waiting, acts once a's lease expires, and repairs the next
     // loss.
@@ -119,5 +135,9 @@ async fn the_coordinator_forms_the_map_repairs_it_and_hands_over() {
     assert_eq!(offline_nodes(&map), BTreeSet::from([1, 2]));
     // Node 3 alone serves every chain, as their head and tail.
     assert!((0..16).all(|p| map.owner(p).is_some_and(|o| o.node == 3)));
+    let status = cluster_status(&client, &keys, "coordinator-test", 3)
+        .await
+        .unwrap();
+    assert_eq!(status.coordinator.as_deref(), Some("b"));
     b.abort();
 }

@@ -1,0 +1,111 @@
+//! The control-plane commands of the `hotshard` binary: `coordinator` (run one; exactly one
+//! of those running acts) and `cluster status`. Each runs a tokio runtime on this thread;
+//! no shard runs in these processes.
+
+use std::time::Duration;
+
+use hotshard_cluster::coordinator::{run_coordinator, CoordinatorConfig};
+use hotshard_cluster::{cluster_status, connect, ClusterKeys};
+
+/// Where the cluster's state lives.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated: http://host:port[,http://host:port...]
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// The cluster's name: its state lives under /hotshard/<name>/ in etcd.
+    #[arg(long, default_value = "hotshard")]
+    pub cluster: String,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Form the cluster only once this many nodes have registered (so that two
+    /// half-started clusters cannot form).
+    #[arg(long)]
+    pub expect_nodes: usize,
+    #[arg(long, default_value_t = 3)]
+    pub replication: usize,
+    /// 2^bits partitions; fixed when the cluster forms (the nodes' stores must agree).
+    #[arg(long, default_value_t = hotshard_placement::DEFAULT_PARTITION_BITS)]
+    pub partition_bits: u8,
+    /// The coordinator's lease, seconds (etcd's minimum is 2).
+    #[arg(long, default_value_t = 3)]
+    pub lease_ttl: i64,
+    /// Names this coordinator in `cluster status` (default: host name and process id).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the control runtime: {e}"))
+}
+
+fn keys(a: &EtcdArgs) -> Result<ClusterKeys, String> {
+    ClusterKeys::new(&a.cluster)
+}
+
+/// Runs a coordinator until the process is stopped.
+pub fn coordinator(a: CoordinatorArgs) -> Result<(), String> {
+    if a.expect_nodes == 0 || a.replication == 0 {
+        return Err("--expect-nodes and --replication must be at least 1".into());
+    }
+    if !(1..=hotshard_placement::limits::MAX_PARTITION_BITS).contains(&a.partition_bits) {
+        return Err(format!(
+            "--partition-bits must be 1..={}",
+            hotshard_placement::limits::MAX_PARTITION_BITS
+        ));
+    }
+    if a.lease_ttl < hotshard_cluster::lease::MIN_TTL_SECS {
+        return Err(format!(
+            "--lease-ttl must be at least {} s (etcd's minimum)",
+            hotshard_cluster::lease::MIN_TTL_SECS
+        ));
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = a
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", host.trim(), std::process::id()));
+    let cfg = CoordinatorConfig {
+        keys: keys(&a.etcd)?,
+        name,
+        lease_ttl_secs: a.lease_ttl,
+        expect_nodes: a.expect_nodes,
+        replication: a.replication,
+        partition_bits: a.partition_bits,
+        check_every: Duration::from_millis((a.lease_ttl as u64 * 1000 / 6).max(100)),
+    };
+    runtime()?.block_on(async {
+        let client = connect(&a.etcd.etcd).await.map_err(|e| e.to_string())?;
+        eprintln!(
+            "coordinator {} for cluster {} on etcd {}: campaigning",
+            cfg.name,
+            a.etcd.cluster,
+            a.etcd.etcd.join(",")
+        );
+        run_coordinator(client, cfg).await;
+        Ok(())
+    })
+}
+
+/// Prints the cluster's state (text, or JSON with `json`).
+pub fn status(a: EtcdArgs, replication: usize, json: bool) -> Result<(), String> {
+    runtime()?.block_on(async {
+        let client = connect(&a.etcd).await.map_err(|e| e.to_string())?;
+        let s = cluster_status(&client, &keys(&a)?, &a.cluster, replication)
+            .await
+            .map_err(|e| e.to_string())?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?);
+        } else {
+            print!("{s}");
+        }
+        Ok(())
+    })
+}
