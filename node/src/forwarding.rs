@@ -49,7 +49,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         payload: Option<Vec<u8>>,
     ) -> (Response, Vec<u8>) {
         if let Some((_, target)) = keyed(&request) {
-            if !owns(&self.map, self.node_id, self.shard, target.partition) {
+            if !owns(&self.map.borrow(), self.node_id, self.shard, target.partition) {
                 self.stats.wrong_shard.set(self.stats.wrong_shard.get() + 1);
                 tracing::warn!(
                     shard = self.shard,
@@ -58,7 +58,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 );
                 return (
                     Response::new(Status::WrongShard {
-                        epoch: self.map.epoch,
+                        epoch: self.map.epoch(),
                     }),
                     Vec::new(),
                 );

@@ -11,6 +11,7 @@ pub mod forwarding;
 pub mod gc_task;
 pub mod limits;
 pub mod listener;
+pub mod map_cell;
 pub mod peers;
 pub mod put_payload;
 pub mod route;

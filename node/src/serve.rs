@@ -153,6 +153,8 @@ pub fn serve(cfg: NodeConfig) -> Result<(), String> {
             region_offset: index as u64 * region,
             region_bytes: region,
             map: map.clone(),
+            shard_count: shards,
+            board: None,
             peers,
             shutdown: shutdown.clone(),
             ready: ready_tx.clone(),

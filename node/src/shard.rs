@@ -31,7 +31,13 @@ pub struct ShardSetup {
     pub device: PathBuf,
     pub region_offset: u64,
     pub region_bytes: u64,
+    /// The map the shard starts with (the node's own; in a cluster, until the cluster's
+    /// arrives on `board`).
     pub map: ShardMap,
+    /// Shards on this node (the map may name other nodes' too).
+    pub shard_count: usize,
+    /// Where the control thread posts newer maps (in a cluster).
+    pub board: Option<Arc<crate::map_cell::MapBoard>>,
     pub peers: PeerEnds,
     pub shutdown: Arc<AtomicBool>,
     pub ready: std::sync::mpsc::Sender<Result<String, String>>,
@@ -58,7 +64,7 @@ fn store_config(s: &ShardSetup) -> StoreConfig {
     sc.max_write_wait = std::time::Duration::from_millis(s.cfg.net.frame_timeout_ms);
     sc.partition_bits = s.cfg.node.partition_bits;
     sc.shard_index = s.index as u32;
-    sc.shard_count = s.map.shards.len() as u32;
+    sc.shard_count = s.shard_count as u32;
     sc
 }
 
@@ -122,6 +128,27 @@ pub async fn run_shard(mut s: ShardSetup) -> Result<(), String> {
     Ok(())
 }
 
+/// How often a shard looks for a newer map on the board (one atomic load when there is
+/// none): far below the lease TTL that bounds how stale a map may be.
+const MAP_CHECK_EVERY: Duration = Duration::from_millis(20);
+
+/// Adopts every newer map the control thread posts, until the shard stops.
+async fn adopt_posted_maps(
+    board: Arc<crate::map_cell::MapBoard>,
+    cell: Rc<crate::map_cell::MapCell>,
+    shutdown: Arc<AtomicBool>,
+) {
+    while !shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(map) = board.newer_than(cell.epoch()) {
+            let epoch = map.epoch;
+            if cell.adopt((*map).clone()) {
+                tracing::info!(epoch, "shard adopted a newer map");
+            }
+        }
+        glommio::timer::sleep(MAP_CHECK_EVERY).await;
+    }
+}
+
 /// A shard that is ready to serve.
 struct Started {
     store: Store<AnyQueue>,
@@ -166,7 +193,7 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         shard: s.index,
         node_id: s.cfg.node.node_id,
         store: store.clone(),
-        map: Rc::new(s.map.clone()),
+        map: Rc::new(crate::map_cell::MapCell::new(s.map.clone())),
         peers: peers.clone(),
         stats: stats.clone(),
         in_flight: WaitableCount::default(),
@@ -175,6 +202,9 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
     });
     for (from, rx) in receivers {
         glommio::spawn_local(answer_peer(from, rx, handler.clone(), peers.clone())).detach();
+    }
+    if let Some(board) = s.board.clone() {
+        glommio::spawn_local(adopt_posted_maps(board, handler.map.clone(), s.shutdown.clone())).detach();
     }
     let mut admin = None;
     if s.index == 0 && s.cfg.node.admin_port != 0 {
@@ -185,7 +215,7 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         admin = Some(glommio::spawn_local(crate::admin::serve_admin(
             admin_listener,
             handler.clone(),
-            s.map.shards.len(),
+            s.shard_count,
             s.shutdown.clone(),
         )));
     }

@@ -8,7 +8,6 @@ use std::time::Instant;
 use hotshard_net::server::{Handler, Reply};
 use hotshard_net::{Request, Response, Status};
 use hotshard_nvme::BlockQueue;
-use hotshard_placement::ShardMap;
 
 use crate::peers::Peers;
 use crate::put_payload::PutPayload;
@@ -36,7 +35,8 @@ pub struct ShardHandler<Q: BlockQueue> {
     pub shard: usize,
     pub node_id: u32,
     pub store: Store<Q>,
-    pub map: Rc<ShardMap>,
+    /// This shard's copy of the map (replaced by newer epochs from the control thread).
+    pub map: Rc<crate::map_cell::MapCell>,
     pub peers: Rc<Peers>,
     pub stats: Rc<ShardStats>,
     /// Requests being answered right now (a stopping shard waits for them).
@@ -156,7 +156,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 response: Response::new(Status::Ok),
                 payload: Some(OutBuf::Bytes(self.render_metrics().into_bytes())),
             },
-            Request::GetShardMap => match self.map.to_bytes() {
+            Request::GetShardMap => match self.map.current().to_bytes() {
                 Ok(b) => Reply {
                     response: Response::new(Status::Ok),
                     payload: Some(OutBuf::Bytes(b)),
@@ -172,7 +172,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     fn wrong_shard(&self) -> Reply<OutBuf> {
         self.stats.wrong_shard.set(self.stats.wrong_shard.get() + 1);
         Reply::status(Status::WrongShard {
-            epoch: self.map.epoch,
+            epoch: self.map.epoch(),
         })
     }
 }
@@ -255,7 +255,7 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
             return Err(Status::TooLarge);
         }
         let mine = keyed(request)
-            .is_some_and(|(_, target)| owns(&self.map, self.node_id, self.shard, target.partition));
+            .is_some_and(|(_, target)| owns(&self.map.borrow(), self.node_id, self.shard, target.partition));
         if mine {
             if let Some(buf) = self.store.value_buffer(len) {
                 return Ok(PutPayload::InPlace(buf));
@@ -277,7 +277,10 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
         let Some((key, target)) = keyed(&request) else {
             return self.answer_control(request);
         };
-        match route(&self.map, self.node_id, self.shard, key, target) {
+        // Routed under a short borrow of the map, released before any await: the map may
+        // be replaced while the request waits.
+        let routed = route(&self.map.borrow(), self.node_id, self.shard, key, target);
+        match routed {
             Ok(Route::Here) => self.execute(request, payload).await,
             Ok(Route::Peer(to)) => self.forward(to, request, payload).await,
             Ok(Route::Elsewhere) => self.wrong_shard(),

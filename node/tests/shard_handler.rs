@@ -62,7 +62,7 @@ async fn handler_with_cache(
         shard: shard as usize,
         node_id: 0,
         store,
-        map: Rc::new(map),
+        map: Rc::new(hotshard_node::map_cell::MapCell::new(map)),
         peers,
         stats: Rc::new(ShardStats::default()),
         in_flight: WaitableCount::default(),
@@ -75,7 +75,7 @@ async fn put(h: &ShardHandler<SimQueue>, key: &[u8], value: Vec<u8>) -> Status {
     let req = Request::Put {
         key: key.to_vec(),
         if_version: None,
-        target: target(&h.map, key),
+        target: target(&h.map.current(), key),
     };
     h.execute(req, Some(hotshard_node::put_payload::PutPayload::Heap(value)))
         .await
@@ -87,7 +87,7 @@ async fn get(h: &ShardHandler<SimQueue>, key: &[u8]) -> (Status, Option<Vec<u8>>
     let req = Request::Get {
         key: key.to_vec(),
         range: None,
-        target: target(&h.map, key),
+        target: target(&h.map.current(), key),
     };
     let r = h.execute(req, None).await;
     (r.response.status(), r.payload.map(|p| p.as_ref().to_vec()))
@@ -168,20 +168,25 @@ fn a_forwarded_request_for_a_partition_the_shard_does_not_own_is_refused() {
         let key_of = |shard: u32| {
             (0..)
                 .map(|i| format!("k{i}").into_bytes())
-                .find(|k| h.map.owner(h.map.partition(k)).is_some_and(|o| o.shard == shard))
+                .find(|k| {
+                    h.map
+                        .current()
+                        .owner(h.map.current().partition(k))
+                        .is_some_and(|o| o.shard == shard)
+                })
                 .unwrap()
         };
         let (theirs, mine) = (key_of(1), key_of(0));
         let put = |key: &[u8]| Request::Put {
             key: key.to_vec(),
             if_version: None,
-            target: target(&h.map, key),
+            target: target(&h.map.current(), key),
         };
         let (response, _) = h
             .clone()
             .answer_forwarded(put(&theirs), Some(b"v".to_vec()))
             .await;
-        assert_eq!(response.status(), Status::WrongShard { epoch: h.map.epoch });
+        assert_eq!(response.status(), Status::WrongShard { epoch: h.map.epoch() });
         assert!(
             h.store.stat(&theirs).is_err(),
             "nothing written for another shard's key"
@@ -205,7 +210,7 @@ fn a_range_get_reports_the_whole_length_from_one_lookup() {
         let ranged_get = |h: &ShardHandler<SimQueue>| Request::Get {
             key: b"ranged".to_vec(),
             range: Some(hotshard_net::ByteRange { offset: 100, len: 50 }),
-            target: target(&h.map, b"ranged"),
+            target: target(&h.map.current(), b"ranged"),
         };
         let h = handler_with_cache(&dev, 0, 1, 256 << 10).await;
         assert_eq!(put(&h, b"ranged", value.clone()).await, Status::Ok);
