@@ -25,6 +25,42 @@ pub struct NodeConfig {
     pub net: NetSection,
     #[serde(default)]
     pub auth: AuthSection,
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+/// Membership of a cluster whose state lives in etcd. With no endpoints the node runs
+/// alone (the Quick start), owning every partition.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// etcd endpoints (`http://host:port`); empty: no cluster.
+    pub etcd: Vec<String>,
+    /// The cluster's name: its state lives under /hotshard/<name>/ in etcd.
+    pub name: String,
+    /// The IP other nodes and clients reach this node at; empty: node.listen (which must
+    /// then not be a wildcard).
+    pub advertise: String,
+    /// The node's lease: if etcd hears nothing from it for this long, its replicas are
+    /// taken out of their chains. At least 2 (etcd's minimum).
+    pub lease_ttl_secs: i64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            etcd: Vec::new(),
+            name: "hotshard".into(),
+            advertise: String::new(),
+            lease_ttl_secs: 3,
+        }
+    }
+}
+
+impl ClusterSection {
+    pub fn enabled(&self) -> bool {
+        !self.etcd.is_empty()
+    }
 }
 
 /// An optional shared secret: when set, every connection must prove it (HMAC
@@ -220,6 +256,37 @@ impl NodeConfig {
         if self.auth.secret.is_some() {
             self.secret()?;
         }
+        let c = &self.cluster;
+        if c.enabled() {
+            hotshard_cluster::ClusterKeys::new(&c.name).map_err(|e| bad("cluster.name", e))?;
+            if c.lease_ttl_secs < hotshard_cluster::lease::MIN_TTL_SECS {
+                return Err(bad(
+                    "cluster.lease_ttl_secs",
+                    "must be at least 2 (etcd's minimum)",
+                ));
+            }
+            if let Some(e) = c
+                .etcd
+                .iter()
+                .find(|e| !e.starts_with("http://") && !e.starts_with("https://"))
+            {
+                return Err(bad(
+                    "cluster.etcd",
+                    format!("'{e}' is not an http:// or https:// URL"),
+                ));
+            }
+            let host = self.advertised_host();
+            match host.parse::<std::net::IpAddr>() {
+                Ok(ip) if ip.is_unspecified() => {
+                    return Err(bad(
+                        "cluster.advertise",
+                        "set the address other nodes reach this node at (node.listen is a wildcard)",
+                    ))
+                }
+                Ok(_) => {}
+                Err(_) => return Err(bad("cluster.advertise", format!("'{host}' is not an IP address"))),
+            }
+        }
         let n = &self.node;
         if n.base_port == 0 {
             return Err(bad("node.base_port", "must be a port number above 0"));
@@ -387,6 +454,15 @@ impl NodeConfig {
     }
 
     /// The cores shards run on.
+    /// The IP this node's shards are reached at by other nodes and clients.
+    pub fn advertised_host(&self) -> String {
+        if self.cluster.advertise.is_empty() {
+            self.node.listen.clone()
+        } else {
+            self.cluster.advertise.clone()
+        }
+    }
+
     pub fn shard_cores(&self) -> Vec<usize> {
         if self.node.cores.is_empty() {
             (0..online_cores()).collect()

@@ -45,7 +45,9 @@ pub fn route(
     let (node, owner) = map
         .owner(partition)
         .map(|o| (o.node, o.shard as usize))
-        .ok_or(Status::Internal)?;
+        // No serving replica (the cluster has not given this partition out yet, or every
+        // replica of its chain is down): nothing can answer now; the client retries.
+        .ok_or(Status::Busy)?;
     Ok(if node != node_id {
         Route::Elsewhere
     } else if owner == shard {

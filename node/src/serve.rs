@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use glommio::{LocalExecutorBuilder, Placement};
 use hotshard_nvme::{Device, DeviceOptions};
-use hotshard_placement::shard_map::{ShardAddr, ShardMap};
+use hotshard_placement::shard_map::{Chain, Replica, ReplicaState, ShardAddr, ShardMap};
 
 use crate::config::{NodeConfig, DEFAULT_DATA_CAP_BYTES};
 use crate::data_lock::DataLock;
@@ -118,7 +118,24 @@ fn exit_on_panic() {
     }));
 }
 
-pub fn serve(cfg: NodeConfig) -> Result<(), String> {
+/// A map of this node's shards in which no partition has a serving replica (epoch 0): what
+/// a cluster node serves by until the cluster's map arrives, so that it answers for no
+/// partition the cluster has not given it.
+fn unassigned_map(partition_bits: u8, shard_addrs: Vec<ShardAddr>) -> ShardMap {
+    let n = shard_addrs.len().max(1);
+    let chains = (0..1usize << partition_bits)
+        .map(|p| Chain {
+            version: 0,
+            replicas: vec![Replica {
+                shard: (p % n) as u16,
+                state: ReplicaState::Offline,
+            }],
+        })
+        .collect();
+    ShardMap::with_chains(0, partition_bits, shard_addrs, chains)
+}
+
+pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
     exit_on_panic();
     hotshard_nvme::memlock::ensure_memlock()?;
     let _lock = DataLock::acquire(&cfg.node.data_dir)?;
@@ -130,15 +147,37 @@ pub fn serve(cfg: NodeConfig) -> Result<(), String> {
         eprintln!("hotshard: warning: {warning}");
     }
     let region = size / shards as u64 / 4096 * 4096;
+    let cluster = cfg.cluster.enabled();
+    if cluster {
+        // In a cluster the node is who its data says it is.
+        cfg.node.node_id = crate::node_identity::load_or_create(&cfg.node.data_dir)?;
+    }
+    let host = if cluster {
+        cfg.advertised_host()
+    } else {
+        cfg.node.listen.clone()
+    };
     let shard_addrs: Vec<ShardAddr> = (0..shards)
         .map(|i| ShardAddr {
             node: cfg.node.node_id,
             shard: i as u32,
-            addr: format!("{}:{}", cfg.node.listen, cfg.node.base_port as usize + i),
+            addr: format!("{host}:{}", cfg.node.base_port as usize + i),
         })
         .collect();
-    // The embedded coordinator: this node owns every partition, spread over its shards.
-    let map = ShardMap::spread(1, cfg.node.partition_bits, shard_addrs);
+    let record = hotshard_cluster::registration::NodeRecord {
+        id: cfg.node.node_id,
+        addr: shard_addrs[0].addr.clone(),
+        shards: shard_addrs.iter().map(|s| s.addr.clone()).collect(),
+    };
+    let (map, board) = if cluster {
+        (
+            unassigned_map(cfg.node.partition_bits, shard_addrs),
+            Some(Arc::new(crate::map_cell::MapBoard::default())),
+        )
+    } else {
+        // The embedded coordinator: this node owns every partition, spread over its shards.
+        (ShardMap::spread(1, cfg.node.partition_bits, shard_addrs), None)
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     watch_signals(shutdown.clone());
 
@@ -154,7 +193,7 @@ pub fn serve(cfg: NodeConfig) -> Result<(), String> {
             region_bytes: region,
             map: map.clone(),
             shard_count: shards,
-            board: None,
+            board: board.clone(),
             peers,
             shutdown: shutdown.clone(),
             ready: ready_tx.clone(),
@@ -182,6 +221,15 @@ pub fn serve(cfg: NodeConfig) -> Result<(), String> {
         }
         return Err(e);
     }
+    let control = match &board {
+        Some(board) => Some(crate::control_plane::start(
+            &cfg,
+            record,
+            board.clone(),
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
     println!(
         "hotshard serving {shards} shards on {}:{}..{}, data in {} ({} MB); Ctrl-C stops",
         cfg.node.listen,
@@ -198,6 +246,11 @@ pub fn serve(cfg: NodeConfig) -> Result<(), String> {
         if stopped_rx.recv().is_err() {
             return Err("a shard stopped without draining (see the log above)".into());
         }
+    }
+    // The control thread revokes the node's lease once it sees the stop, so that the
+    // cluster takes this node's replicas out of their chains at once.
+    if let Some(control) = control {
+        let _ = control.join();
     }
     println!("hotshard stopped");
     Ok(())

@@ -1,0 +1,133 @@
+//! A cluster node's control thread (tokio, off the shard cores): registers the node in
+//! etcd under its lease, keeps the lease alive, and posts every newer cluster map on the
+//! shards' `MapBoard`. Until the cluster's map arrives the shards serve nothing of it
+//! (their starting map has no serving replica).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hotshard_cluster::coordinator::read_map;
+use hotshard_cluster::registration::{register, NodeRecord};
+use hotshard_cluster::{connect, ClusterError, ClusterKeys};
+
+use crate::config::NodeConfig;
+use crate::map_cell::MapBoard;
+
+/// How long a node keeps trying to register an id that etcd says is alive: a node that
+/// restarts within its old lease's TTL finds its previous registration still there.
+fn id_taken_patience(ttl_secs: i64) -> Duration {
+    Duration::from_secs(2 * ttl_secs as u64 + 1)
+}
+
+/// Starts the control thread. It ends when `shutdown` is set (revoking the lease, so that
+/// the node's replicas leave their chains at once), or ends the process if another live
+/// node holds this node's id.
+pub fn start(
+    cfg: &NodeConfig,
+    record: NodeRecord,
+    board: Arc<MapBoard>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let c = cfg.cluster.clone();
+    let keys = ClusterKeys::new(&c.name)?;
+    let partition_bits = cfg.node.partition_bits;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("hotshard: control thread: {e}");
+                    std::process::exit(1);
+                }
+            };
+            rt.block_on(control_loop(c, keys, record, partition_bits, board, shutdown));
+        })
+        .map_err(|e| format!("starting the control thread: {e}"))
+}
+
+async fn control_loop(
+    c: crate::config::ClusterSection,
+    keys: ClusterKeys,
+    record: NodeRecord,
+    partition_bits: u8,
+    board: Arc<MapBoard>,
+    shutdown: Arc<AtomicBool>,
+) {
+    let every = Duration::from_millis((c.lease_ttl_secs as u64 * 1000 / 6).max(100));
+    let mut warned_unreachable = false;
+    let mut id_taken_since: Option<Instant> = None;
+    'connect: while !shutdown.load(Ordering::Relaxed) {
+        let client = match connect(&c.etcd).await {
+            Ok(client) => client,
+            Err(e) => {
+                if !warned_unreachable {
+                    eprintln!("hotshard: {e}; retrying (serving nothing of the cluster until registered)");
+                    warned_unreachable = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let registration = match register(&client, &keys, record.clone(), c.lease_ttl_secs).await {
+            Ok(r) => r,
+            Err(ClusterError::NodeIdTaken(id)) => {
+                let since = *id_taken_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > id_taken_patience(c.lease_ttl_secs) {
+                    eprintln!(
+                        "hotshard: node id {id} (from the data directory) is registered by another live node: \
+                         two processes cannot be one node; stopping"
+                    );
+                    std::process::exit(2);
+                }
+                tokio::time::sleep(every).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("registering: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        eprintln!(
+            "hotshard: node {} registered in cluster {} (etcd {})",
+            record.id,
+            c.name,
+            c.etcd.join(",")
+        );
+        warned_unreachable = false;
+        id_taken_since = None;
+        let mut warned_bits = false;
+        loop {
+            if shutdown.load(Ordering::Relaxed) {
+                let _ = registration.lease.revoke().await;
+                return;
+            }
+            if !registration.lease.is_alive() {
+                eprintln!("hotshard: node {}: lease lost; registering again", record.id);
+                continue 'connect;
+            }
+            match read_map(&client, &keys).await {
+                Ok(Some((map, _))) if map.partition_bits != partition_bits => {
+                    if !warned_bits {
+                        eprintln!(
+                            "hotshard: the cluster map has 2^{} partitions and this node's store 2^{}: not adopted",
+                            map.partition_bits, partition_bits
+                        );
+                        warned_bits = true;
+                    }
+                }
+                Ok(Some((map, _))) => {
+                    let epoch = map.epoch;
+                    if board.post(map) {
+                        tracing::info!(epoch, "cluster map posted to the shards");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("reading the cluster map: {e}"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
