@@ -130,3 +130,100 @@ fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
     });
     drop(coordinator);
 }
+
+fn signal(node: &Node, sig: i32) {
+    let pid = node.child.as_ref().expect("running").id() as i32;
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+/// Self-fencing: a node paused past its lease answers nothing when it wakes (the cluster
+/// may have given its chains away meanwhile), and a node that loses etcd stops answering
+/// within half its lease.
+#[test]
+fn a_node_that_cannot_confirm_its_lease_answers_nothing() {
+    let mut etcd = Some(etcd::Etcd::start());
+    let endpoint = etcd.as_ref().unwrap().endpoint.clone();
+    let dir = test_dir();
+    let port = ports();
+    let cluster = format!("[cluster]\netcd = [\"{endpoint}\"]\nname = \"proc\"\nlease_ttl_secs = 2\n");
+    let cfg = write_config_with(dir.path(), port, &cluster);
+    let node = start(&cfg, port);
+    let _coordinator = Coordinator(
+        Command::new(binary())
+            .args(["coordinator", "--etcd", &endpoint, "--cluster", "proc"])
+            .args(["--expect-nodes", "1", "--replication", "1", "--lease-ttl", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually(Duration::from_secs(10), "PUT once the map is formed", || {
+        put_works(&node.addr(0), b"k")
+    });
+
+    // Paused for twice its lease: the coordinator takes its chains offline meanwhile.
+    signal(&node, libc::SIGSTOP);
+    eventually(
+        Duration::from_secs(10),
+        "the paused node's chains offline",
+        || {
+            status(&endpoint)["unavailable"]
+                .as_array()
+                .is_some_and(|u| u.len() == 4096)
+        },
+    );
+    // A client already waiting when it wakes: its first answer must not be the old value.
+    let addr = node.addr(0);
+    let reader = std::thread::spawn(move || {
+        let mut c = BlockingClient::connect(&addr, Duration::from_secs(10)).unwrap();
+        c.get(b"k", None)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&node, libc::SIGCONT);
+    let first = reader.join().unwrap();
+    assert!(
+        first.is_err(),
+        "a node woken after its lease expired answered: {first:?}"
+    );
+
+    // Back and registered again (a new lease), but its chains stay offline: nothing served
+    // until it has resynced (issue 20).
+    eventually(Duration::from_secs(10), "the woken node registered again", || {
+        status(&endpoint)["nodes"][0]["alive"] == true
+    });
+    assert!(!put_works(&node.addr(0), b"k2"));
+
+    // etcd goes away: a serving node stops answering within half its lease. A second
+    // cluster on the same etcd, so that its node serves before etcd goes.
+    drop(node);
+    let dir2 = test_dir();
+    let port2 = ports();
+    let cluster2 = format!("[cluster]\netcd = [\"{endpoint}\"]\nname = \"proc2\"\nlease_ttl_secs = 2\n");
+    let node2 = start(&write_config_with(dir2.path(), port2, &cluster2), port2);
+    let _coordinator2 = Coordinator(
+        Command::new(binary())
+            .args(["coordinator", "--etcd", &endpoint, "--cluster", "proc2"])
+            .args(["--expect-nodes", "1", "--replication", "1", "--lease-ttl", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually(Duration::from_secs(10), "node 2 serves", || {
+        put_works(&node2.addr(0), b"k")
+    });
+    let get = |addr: &str| {
+        BlockingClient::connect(addr, Duration::from_secs(2)).and_then(|mut c| c.get(b"k", None))
+    };
+    assert!(get(&node2.addr(0)).unwrap().is_some());
+    drop(etcd.take());
+    let fenced_after = eventually(Duration::from_secs(5), "node 2 fenced once etcd is gone", || {
+        get(&node2.addr(0)).is_err()
+    });
+    // Half the 2 s lease after its last renewal (at most 2/3 s before etcd went).
+    assert!(
+        fenced_after <= Duration::from_millis(1500),
+        "fenced after {fenced_after:?}"
+    );
+}

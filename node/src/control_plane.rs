@@ -47,6 +47,50 @@ pub fn start(
         .map_err(|e| format!("starting the control thread: {e}"))
 }
 
+/// Reads the cluster map and posts it for the shards if it is newer and its partition
+/// count matches the store's. Returns whether etcd answered.
+async fn post_map(
+    client: &hotshard_cluster::etcd_client::Client,
+    keys: &ClusterKeys,
+    partition_bits: u8,
+    board: &MapBoard,
+    warned_bits: &mut bool,
+) -> bool {
+    match read_map(client, keys).await {
+        Ok(Some((map, _))) if map.partition_bits != partition_bits => {
+            if !*warned_bits {
+                eprintln!(
+                    "hotshard: the cluster map has 2^{} partitions and this node's store 2^{}: not adopted",
+                    map.partition_bits, partition_bits
+                );
+                *warned_bits = true;
+            }
+            true
+        }
+        Ok(Some((map, _))) => {
+            let epoch = map.epoch;
+            if board.post(map) {
+                tracing::info!(epoch, "cluster map posted to the shards");
+            }
+            true
+        }
+        Ok(None) => true,
+        Err(e) => {
+            tracing::warn!("reading the cluster map: {e}");
+            false
+        }
+    }
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn control_loop(
     c: crate::config::ClusterSection,
     keys: ClusterKeys,
@@ -98,7 +142,24 @@ async fn control_loop(
         );
         warned_unreachable = false;
         id_taken_since = None;
+        // The map as the cluster has it now, posted before the shards may answer again
+        // under this lease: the one they hold may be from before a lost lease.
         let mut warned_bits = false;
+        if !post_map(&client, &keys, partition_bits, &board, &mut warned_bits).await {
+            continue 'connect;
+        }
+        // Tells the shards how fresh the lease is, apart from the loop below (which may
+        // wait on etcd): they fence themselves once it is older than half the TTL.
+        let stamp = {
+            let (board, confirmations) = (board.clone(), registration.lease.confirmations());
+            tokio::spawn(async move {
+                loop {
+                    board.lease_confirmed(confirmations.since_confirmed());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        let _stop_stamping = AbortOnDrop(stamp);
         loop {
             if shutdown.load(Ordering::Relaxed) {
                 let _ = registration.lease.revoke().await;
@@ -108,25 +169,7 @@ async fn control_loop(
                 eprintln!("hotshard: node {}: lease lost; registering again", record.id);
                 continue 'connect;
             }
-            match read_map(&client, &keys).await {
-                Ok(Some((map, _))) if map.partition_bits != partition_bits => {
-                    if !warned_bits {
-                        eprintln!(
-                            "hotshard: the cluster map has 2^{} partitions and this node's store 2^{}: not adopted",
-                            map.partition_bits, partition_bits
-                        );
-                        warned_bits = true;
-                    }
-                }
-                Ok(Some((map, _))) => {
-                    let epoch = map.epoch;
-                    if board.post(map) {
-                        tracing::info!(epoch, "cluster map posted to the shards");
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!("reading the cluster map: {e}"),
-            }
+            post_map(&client, &keys, partition_bits, &board, &mut warned_bits).await;
             tokio::time::sleep(every).await;
         }
     }

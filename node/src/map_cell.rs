@@ -11,12 +11,27 @@ use std::sync::{Arc, Mutex};
 
 use hotshard_placement::ShardMap;
 
-/// A shard's own map.
-pub struct MapCell(RefCell<Rc<ShardMap>>);
+/// A shard's own map, and the board it is fenced by (in a cluster).
+pub struct MapCell(RefCell<Rc<ShardMap>>, Option<Arc<MapBoard>>);
 
 impl MapCell {
     pub fn new(map: ShardMap) -> MapCell {
-        MapCell(RefCell::new(Rc::new(map)))
+        MapCell(RefCell::new(Rc::new(map)), None)
+    }
+
+    /// A cluster shard's map: it answers nothing while `board` says the node's lease is
+    /// not confirmed recently enough (`MapBoard::fenced`).
+    pub fn fenced_by(map: ShardMap, board: Arc<MapBoard>) -> MapCell {
+        MapCell(RefCell::new(Rc::new(map)), Some(board))
+    }
+
+    /// Whether the shard must not answer keyed requests now: the node's lease is not
+    /// confirmed recently enough, or a newer map is posted than the one this shard holds
+    /// (it adopts it within `MAP_CHECK_EVERY`; until then it could route by a stale one).
+    pub fn fenced(&self) -> bool {
+        self.1
+            .as_ref()
+            .is_some_and(|b| b.fenced() || b.epoch.load(Ordering::Acquire) > self.epoch())
     }
 
     /// The map as it is now (a request keeps this one to its end).
@@ -45,14 +60,58 @@ impl MapCell {
     }
 }
 
-/// The newest map the control thread knows, for the shards to pick up.
+/// The newest map the control thread knows, for the shards to pick up, and when etcd last
+/// confirmed the node's lease (for self-fencing).
 #[derive(Default)]
 pub struct MapBoard {
     epoch: AtomicU64,
     map: Mutex<Option<Arc<ShardMap>>>,
+    /// Coarse monotonic milliseconds of the last confirmation of the lease; 0: never.
+    lease_confirmed_ms: AtomicU64,
+    /// Fence once the last confirmation is older than this; 0: never fence.
+    fence_after_ms: AtomicU64,
+}
+
+/// CLOCK_MONOTONIC_COARSE in milliseconds: a few nanoseconds to read, a few milliseconds of
+/// resolution, and it keeps counting while the process is stopped (SIGSTOP), so a node
+/// that wakes after its lease expired fences itself before answering anything.
+pub fn coarse_now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 impl MapBoard {
+    /// A board whose shards fence themselves once the lease is unconfirmed for `after`
+    /// (half the lease TTL: before the coordinator could give the node's chains away).
+    pub fn fencing_after(after: std::time::Duration) -> MapBoard {
+        let board = MapBoard::default();
+        board
+            .fence_after_ms
+            .store(after.as_millis().max(1) as u64, Ordering::Relaxed);
+        board
+    }
+
+    /// etcd confirmed the lease `ago` before now.
+    pub fn lease_confirmed(&self, ago: std::time::Duration) {
+        let at = coarse_now_ms().saturating_sub(ago.as_millis() as u64).max(1);
+        self.lease_confirmed_ms.fetch_max(at, Ordering::Release);
+    }
+
+    /// Whether the node's lease is unconfirmed for longer than the fencing limit.
+    pub fn fenced(&self) -> bool {
+        let after = self.fence_after_ms.load(Ordering::Relaxed);
+        if after == 0 {
+            return false;
+        }
+        let at = self.lease_confirmed_ms.load(Ordering::Acquire);
+        at == 0 || coarse_now_ms().saturating_sub(at) > after
+    }
+
     /// Posts `map` if it is newer than the one posted; says whether it was.
     pub fn post(&self, map: ShardMap) -> bool {
         let Ok(mut slot) = self.map.lock() else {
@@ -108,5 +167,30 @@ mod tests {
         assert!(board.newer_than(cell.epoch()).is_none());
         assert!(!cell.adopt(map(2)));
         assert_eq!(cell.epoch(), 3);
+    }
+
+    #[test]
+    fn a_shard_is_fenced_until_the_lease_is_confirmed_and_once_it_is_stale() {
+        assert!(
+            !MapBoard::default().fenced(),
+            "a board without fencing never fences"
+        );
+        let board = Arc::new(MapBoard::fencing_after(std::time::Duration::from_millis(200)));
+        let cell = MapCell::fenced_by(map(1), board.clone());
+        assert!(cell.fenced(), "never confirmed");
+        board.lease_confirmed(std::time::Duration::ZERO);
+        assert!(!cell.fenced());
+        board.lease_confirmed(std::time::Duration::from_millis(500));
+        assert!(!cell.fenced(), "an older confirmation never moves the mark back");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(cell.fenced(), "unconfirmed for longer than the limit");
+        assert!(!MapCell::new(map(1)).fenced());
+        // Fresh lease, but a newer map posted than the shard holds: fenced until adopted.
+        board.lease_confirmed(std::time::Duration::ZERO);
+        assert!(!cell.fenced());
+        board.post(map(2));
+        assert!(cell.fenced());
+        cell.adopt((*board.newer_than(cell.epoch()).unwrap()).clone());
+        assert!(!cell.fenced());
     }
 }

@@ -172,7 +172,10 @@ pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
     let (map, board) = if cluster {
         (
             unassigned_map(cfg.node.partition_bits, shard_addrs),
-            Some(Arc::new(crate::map_cell::MapBoard::default())),
+            // Fenced at half the lease: before the coordinator could give its chains away.
+            Some(Arc::new(crate::map_cell::MapBoard::fencing_after(
+                std::time::Duration::from_millis(cfg.cluster.lease_ttl_secs as u64 * 500),
+            ))),
         )
     } else {
         // The embedded coordinator: this node owns every partition, spread over its shards.

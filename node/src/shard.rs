@@ -193,7 +193,10 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         shard: s.index,
         node_id: s.cfg.node.node_id,
         store: store.clone(),
-        map: Rc::new(crate::map_cell::MapCell::new(s.map.clone())),
+        map: Rc::new(match &s.board {
+            Some(board) => crate::map_cell::MapCell::fenced_by(s.map.clone(), board.clone()),
+            None => crate::map_cell::MapCell::new(s.map.clone()),
+        }),
         peers: peers.clone(),
         stats: stats.clone(),
         in_flight: WaitableCount::default(),

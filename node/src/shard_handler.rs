@@ -277,6 +277,11 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
         let Some((key, target)) = keyed(&request) else {
             return self.answer_control(request);
         };
+        if self.map.fenced() {
+            // The node's lease is not confirmed: the cluster may have given its chains
+            // to others already, so it answers nothing it holds (reads included).
+            return Reply::status(Status::Busy);
+        }
         // Routed under a short borrow of the map, released before any await: the map may
         // be replaced while the request waits.
         let routed = route(&self.map.borrow(), self.node_id, self.shard, key, target);

@@ -15,6 +15,16 @@ use crate::error::{ClusterError, ClusterResult};
 /// etcd refuses shorter leases (its minimum TTL).
 pub const MIN_TTL_SECS: i64 = 2;
 
+/// When etcd last confirmed a lease, readable apart from the lease.
+#[derive(Clone)]
+pub struct Confirmations(Arc<Mutex<Instant>>);
+
+impl Confirmations {
+    pub fn since_confirmed(&self) -> Duration {
+        self.0.lock().map(|t| t.elapsed()).unwrap_or(Duration::MAX)
+    }
+}
+
 /// A granted lease and the task that keeps it alive.
 pub struct KeptLease {
     id: i64,
@@ -68,6 +78,11 @@ impl KeptLease {
             .lock()
             .map(|t| t.elapsed())
             .unwrap_or(Duration::MAX)
+    }
+
+    /// A handle that reads `since_confirmed` from another task.
+    pub fn confirmations(&self) -> Confirmations {
+        Confirmations(self.confirmed.clone())
     }
 
     /// Resolves when the lease is known lost.

@@ -37,3 +37,6 @@ pub async fn connect(endpoints: &[String]) -> ClusterResult<etcd_client::Client>
     })?;
     Ok(client)
 }
+
+/// The etcd client this crate speaks through (its `Client` appears in the API).
+pub use etcd_client;
