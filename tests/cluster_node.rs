@@ -18,6 +18,21 @@ use hotshard_net::blocking::BlockingClient;
 /// A coordinator process, killed when dropped.
 struct Coordinator(Child);
 
+impl Coordinator {
+    /// A coordinator of cluster `name` that forms it with one node, replication 1.
+    fn start(endpoint: &str, name: &str) -> Coordinator {
+        Coordinator(
+            Command::new(binary())
+                .args(["coordinator", "--etcd", endpoint, "--cluster", name])
+                .args(["--expect-nodes", "1", "--replication", "1", "--lease-ttl", "2"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
 impl Drop for Coordinator {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -88,15 +103,7 @@ fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
         "served before the cluster gave it partitions"
     );
 
-    let coordinator = Coordinator(
-        Command::new(binary())
-            .args(["coordinator", "--etcd", &etcd.endpoint, "--cluster", "proc"])
-            .args(["--expect-nodes", "1", "--replication", "1", "--lease-ttl", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let coordinator = Coordinator::start(&etcd.endpoint, "proc");
     eventually(Duration::from_secs(10), "PUT once the map is formed", || {
         put_works(&node.addr(0), b"k")
     });
@@ -149,15 +156,7 @@ fn a_node_that_cannot_confirm_its_lease_answers_nothing() {
     let cluster = format!("[cluster]\netcd = [\"{endpoint}\"]\nname = \"proc\"\nlease_ttl_secs = 2\n");
     let cfg = write_config_with(dir.path(), port, &cluster);
     let node = start(&cfg, port);
-    let _coordinator = Coordinator(
-        Command::new(binary())
-            .args(["coordinator", "--etcd", &endpoint, "--cluster", "proc"])
-            .args(["--expect-nodes", "1", "--replication", "1", "--lease-ttl", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _coordinator = Coordinator::start(&endpoint, "proc");
     eventually(Duration::from_secs(10), "PUT once the map is formed", || {
         put_works(&node.addr(0), b"k")
     });
@@ -201,15 +200,7 @@ fn a_node_that_cannot_confirm_its_lease_answers_nothing() {
     let port2 = ports();
     let cluster2 = format!("[cluster]\netcd = [\"{endpoint}\"]\nname = \"proc2\"\nlease_ttl_secs = 2\n");
     let node2 = start(&write_config_with(dir2.path(), port2, &cluster2), port2);
-    let _coordinator2 = Coordinator(
-        Command::new(binary())
-            .args(["coordinator", "--etcd", &endpoint, "--cluster", "proc2"])
-            .args(["--expect-nodes", "1", "--replication", "1", "--lease-ttl", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _coordinator2 = Coordinator::start(&endpoint, "proc2");
     eventually(Duration::from_secs(10), "node 2 serves", || {
         put_works(&node2.addr(0), b"k")
     });

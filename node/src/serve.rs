@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use glommio::{LocalExecutorBuilder, Placement};
 use hotshard_nvme::{Device, DeviceOptions};
-use hotshard_placement::shard_map::{Chain, Replica, ReplicaState, ShardAddr, ShardMap};
+use hotshard_placement::shard_map::{ShardAddr, ShardMap};
 
 use crate::config::{NodeConfig, DEFAULT_DATA_CAP_BYTES};
 use crate::data_lock::DataLock;
@@ -118,23 +118,6 @@ fn exit_on_panic() {
     }));
 }
 
-/// A map of this node's shards in which no partition has a serving replica (epoch 0): what
-/// a cluster node serves by until the cluster's map arrives, so that it answers for no
-/// partition the cluster has not given it.
-fn unassigned_map(partition_bits: u8, shard_addrs: Vec<ShardAddr>) -> ShardMap {
-    let n = shard_addrs.len().max(1);
-    let chains = (0..1usize << partition_bits)
-        .map(|p| Chain {
-            version: 0,
-            replicas: vec![Replica {
-                shard: (p % n) as u16,
-                state: ReplicaState::Offline,
-            }],
-        })
-        .collect();
-    ShardMap::with_chains(0, partition_bits, shard_addrs, chains)
-}
-
 pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
     exit_on_panic();
     hotshard_nvme::memlock::ensure_memlock()?;
@@ -171,7 +154,7 @@ pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
     };
     let (map, board) = if cluster {
         (
-            unassigned_map(cfg.node.partition_bits, shard_addrs),
+            ShardMap::unassigned(cfg.node.partition_bits, shard_addrs),
             // Fenced at half the lease: before the coordinator could give its chains away.
             Some(Arc::new(crate::map_cell::MapBoard::fencing_after(
                 std::time::Duration::from_millis(cfg.cluster.lease_ttl_secs as u64 * 500),

@@ -68,29 +68,34 @@ pub struct ShardMap {
     heads: Vec<u16>,
 }
 
+/// One replica per partition, partition p on shard p mod `shards`, all in `state`.
+fn round_robin(partition_bits: u8, shards: usize, state: ReplicaState, version: u64) -> Vec<Chain> {
+    let n = shards.max(1);
+    (0..1usize << partition_bits)
+        .map(|p| Chain {
+            version,
+            replicas: vec![Replica {
+                shard: (p % n) as u16,
+                state,
+            }],
+        })
+        .collect()
+}
+
 impl ShardMap {
     /// A map that spreads `2^bits` partitions over `shards` round-robin, one serving
     /// replica each.
     pub fn spread(epoch: u64, partition_bits: u8, shards: Vec<ShardAddr>) -> ShardMap {
-        let n = shards.len().max(1);
-        let chains = (0..1usize << partition_bits)
-            .map(|p| Chain {
-                version: 1,
-                replicas: vec![Replica {
-                    shard: (p % n) as u16,
-                    state: ReplicaState::Serving,
-                }],
-            })
-            .collect();
-        let mut map = ShardMap {
-            epoch,
-            partition_bits,
-            shards,
-            chains,
-            heads: Vec::new(),
-        };
-        map.refresh_heads();
-        map
+        let chains = round_robin(partition_bits, shards.len(), ReplicaState::Serving, 1);
+        ShardMap::with_chains(epoch, partition_bits, shards, chains)
+    }
+
+    /// A map of `shards` in which no partition has a serving replica (epoch 0): what a
+    /// cluster node serves by until the cluster's map arrives, so that it answers for no
+    /// partition the cluster has not given it.
+    pub fn unassigned(partition_bits: u8, shards: Vec<ShardAddr>) -> ShardMap {
+        let chains = round_robin(partition_bits, shards.len(), ReplicaState::Offline, 0);
+        ShardMap::with_chains(0, partition_bits, shards, chains)
     }
 
     /// A map of the given chains (a cluster's, built by the coordinator).

@@ -52,15 +52,20 @@ fn slow_first_batch(dev: &SimDevice, turns: u32) {
     dev.slow_writes(SEGMENTS_START..SEGMENTS_START + 4096, turns);
 }
 
-#[test]
-fn a_later_batch_that_lands_first_is_acknowledged_after_the_earlier_one() {
+/// A fresh store on a seeded SimDevice whose first batch is slow, an executor, and the
+/// list its puts answer into.
+fn setup(seed: u64) -> (StoreConfig, SimDevice, Store<SimQueue>, LocalPool, Answers) {
     let cfg = small_config(SIM_BYTES);
-    assert!(cfg.writes_in_flight > 1);
-    let dev = SimDevice::new(SIM_BYTES, 4096, 21).unwrap();
+    let dev = SimDevice::new(SIM_BYTES, 4096, seed).unwrap();
     let store = open(&dev, &cfg);
     slow_first_batch(&dev, 40);
-    let mut pool = LocalPool::new();
-    let answers: Answers = Rc::default();
+    (cfg, dev, store, LocalPool::new(), Rc::default())
+}
+
+#[test]
+fn a_later_batch_that_lands_first_is_acknowledged_after_the_earlier_one() {
+    let (cfg, dev, store, mut pool, answers) = setup(21);
+    assert!(cfg.writes_in_flight > 1);
     // Each 20 KiB value fills most of a 32 KiB batch: three batches, written at once.
     spawn_put(&pool, &store, &answers, "a", 1);
     spawn_put(&pool, &store, &answers, "b", 2);
@@ -82,12 +87,7 @@ fn a_later_batch_that_lands_first_is_acknowledged_after_the_earlier_one() {
 
 #[test]
 fn a_power_cut_before_the_earlier_batch_is_durable_acknowledges_nothing_behind_it() {
-    let cfg = small_config(SIM_BYTES);
-    let dev = SimDevice::new(SIM_BYTES, 4096, 22).unwrap();
-    let store = open(&dev, &cfg);
-    slow_first_batch(&dev, 40);
-    let mut pool = LocalPool::new();
-    let answers: Answers = Rc::default();
+    let (cfg, dev, store, mut pool, answers) = setup(22);
     spawn_put(&pool, &store, &answers, "a", 1);
     spawn_put(&pool, &store, &answers, "b", 2);
     // Power goes while a's write is still in flight and b's has landed (FUA: durable).
@@ -122,15 +122,10 @@ fn a_power_cut_before_the_earlier_batch_is_durable_acknowledges_nothing_behind_i
 
 #[test]
 fn an_abandoned_write_fails_the_batches_behind_it_in_its_segment_and_strands_none() {
-    let cfg = small_config(SIM_BYTES);
-    let dev = SimDevice::new(SIM_BYTES, 4096, 23).unwrap();
-    let store = open(&dev, &cfg);
-    slow_first_batch(&dev, 40);
+    let (_, dev, store, mut pool, answers) = setup(23);
     // b's and c's writes (behind a's in the first segment) take long enough for b's
     // request to be dropped while its write is in flight.
     dev.slow_writes(SEGMENTS_START + 4096..SEGMENTS_START + SIM_SEGMENT, 20);
-    let mut pool = LocalPool::new();
-    let answers: Answers = Rc::default();
     spawn_put(&pool, &store, &answers, "a", 1);
     // b leads its own write and is dropped while it is in flight: its outcome is unknown,
     // so c, behind it in the same segment, cannot be acknowledged either.
