@@ -59,6 +59,16 @@ fn status(endpoint: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The node's Prometheus text from its admin port.
+fn scrape(admin_port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
 /// Polls `f` every 100 ms until it returns true, for at most `within`.
 fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
@@ -110,6 +120,22 @@ fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
     let s = status(&etcd.endpoint);
     assert_eq!(s["epoch"], 1);
     assert_eq!(s["nodes"][0]["chains"]["head"], 4096);
+    // The node's metrics say the same, shard by shard.
+    let metrics = scrape(node.port + 3);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from {metrics}"))
+    };
+    assert_eq!(value("hotshard_map_epoch{shard=\"0\"}"), 1.0);
+    assert_eq!(value("hotshard_fenced{shard=\"1\"}"), 0.0);
+    let heads = value("hotshard_chains{shard=\"0\",role=\"head\"}")
+        + value("hotshard_chains{shard=\"1\",role=\"head\"}");
+    assert_eq!(heads, 4096.0);
+    assert!(value("hotshard_lease_age_seconds{shard=\"0\"}") < 1.0);
 
     // A clean stop revokes the lease: the coordinator takes the node's chains offline
     // without waiting for the TTL.

@@ -25,6 +25,12 @@ impl MapCell {
         MapCell(RefCell::new(Rc::new(map)), Some(board))
     }
 
+    /// Seconds since etcd last confirmed the node's lease (None: not in a cluster, or never).
+    pub fn lease_age_secs(&self) -> Option<f64> {
+        let at = self.1.as_ref()?.lease_confirmed_ms.load(Ordering::Acquire);
+        (at != 0).then(|| coarse_now_ms().saturating_sub(at) as f64 / 1000.0)
+    }
+
     /// Whether the shard must not answer keyed requests now: the node's lease is not
     /// confirmed recently enough, or a newer map is posted than the one this shard holds
     /// (it adopts it within `MAP_CHECK_EVERY`; until then it could route by a stale one).

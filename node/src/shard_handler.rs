@@ -90,6 +90,43 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         out.push_str(&format!(
             "hotshard_pending_requests{{{l}}} {requests}\nhotshard_pending_bytes{{{l}}} {bytes}\n"
         ));
+        out.push_str(&self.render_cluster_metrics(&l));
+        out
+    }
+
+    /// The shard's place in the cluster: its map's epoch, whether it is fenced, the age of
+    /// the node's lease, and its chains by role (position among the serving replicas).
+    fn render_cluster_metrics(&self, l: &str) -> String {
+        let map = self.map.current();
+        let me = map
+            .shards
+            .iter()
+            .position(|s| s.node == self.node_id && s.shard as usize == self.shard);
+        let (mut head, mut middle, mut tail) = (0, 0, 0);
+        for c in map.chains.iter() {
+            let serving: Vec<u16> = c
+                .replicas
+                .iter()
+                .filter(|r| r.state == hotshard_placement::ReplicaState::Serving)
+                .map(|r| r.shard)
+                .collect();
+            match serving.iter().position(|&s| Some(s as usize) == me) {
+                Some(0) => head += 1,
+                Some(i) if i + 1 == serving.len() => tail += 1,
+                Some(_) => middle += 1,
+                None => {}
+            }
+        }
+        let mut out = format!(
+            "hotshard_map_epoch{{{l}}} {}\nhotshard_fenced{{{l}}} {}\n\
+             hotshard_chains{{{l},role=\"head\"}} {head}\nhotshard_chains{{{l},role=\"middle\"}} {middle}\n\
+             hotshard_chains{{{l},role=\"tail\"}} {tail}\n",
+            map.epoch,
+            u8::from(self.map.fenced()),
+        );
+        if let Some(age) = self.map.lease_age_secs() {
+            out.push_str(&format!("hotshard_lease_age_seconds{{{l}}} {age:.3}\n"));
+        }
         out
     }
 
