@@ -112,11 +112,17 @@ fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
         !put_works(&node.addr(0), b"early"),
         "served before the cluster gave it partitions"
     );
+    // A client that fetched the map before the cluster formed (no owner for anything).
+    let mut early = BlockingClient::connect(&node.addr(0), Duration::from_secs(5)).unwrap();
+    assert_eq!(early.shard_map().epoch, 0);
 
     let coordinator = Coordinator::start(&etcd.endpoint, "proc");
     eventually(Duration::from_secs(10), "PUT once the map is formed", || {
         put_works(&node.addr(0), b"k")
     });
+    // It refreshes its map on finding no owner, and goes on without reconnecting.
+    early.put(b"late", b"v").unwrap();
+    assert_eq!(early.shard_map().epoch, 1);
     let s = status(&etcd.endpoint);
     assert_eq!(s["epoch"], 1);
     assert_eq!(s["nodes"][0]["chains"]["head"], 4096);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_lite::future::block_on;
 use futures_lite::io::AssertAsync;
 
-use crate::client::{expect_ok, found, ClientError};
+use crate::client::{expect_ok, found, retry_after, ClientError};
 use crate::connection::{Answer, Connection};
 use crate::message::{ByteRange, Request, Target};
 use crate::shard_map::ShardMap;
@@ -18,6 +18,8 @@ pub struct BlockingClient {
     timeout: Duration,
     secret: Option<Vec<u8>>,
     map: ShardMap,
+    /// The address it was given: asked first for a newer map.
+    seeds: Vec<String>,
     conns: std::collections::HashMap<String, Connection<AssertAsync<TcpStream>>>,
 }
 
@@ -37,6 +39,7 @@ impl BlockingClient {
             timeout,
             secret,
             map: ShardMap::spread(0, 1, Vec::new()),
+            seeds: vec![addr.to_string()],
             conns: Default::default(),
         };
         let (resp, body) = c.call(addr, &Request::GetShardMap, &[])?;
@@ -79,24 +82,72 @@ impl BlockingClient {
         })
     }
 
+    /// Fetches the map again from the shards it names (first the one that answered
+    /// first), keeping it only if it is not older.
+    fn refresh_map(&mut self) -> Result<(), ClientError> {
+        let mut last = ClientError::NoOwner(0);
+        let addrs: Vec<String> = self
+            .seeds
+            .iter()
+            .cloned()
+            .chain(self.map.shards.iter().map(|s| s.addr.clone()))
+            .collect();
+        for addr in addrs {
+            match self.call(&addr, &Request::GetShardMap, &[]) {
+                Ok((resp, body)) if resp.status() == crate::Status::Ok => {
+                    let map = ShardMap::from_bytes(&body).map_err(crate::WireError::from)?;
+                    if map.epoch >= self.map.epoch {
+                        self.map = map;
+                    }
+                    return Ok(());
+                }
+                Ok((resp, _)) => last = ClientError::Status(resp.status()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends a keyed request to the key's owner, with the async client's retry rules
+    /// (`Client::keyed`): a refresh and one more try on no owner, WrongShard, an owner
+    /// that cannot be reached, or a lost answer to a read; a write is never sent twice.
     fn keyed(
         &mut self,
         key: &[u8],
         payload: &[u8],
         make: impl Fn(Target) -> Request,
     ) -> Result<Answer, ClientError> {
-        let partition = self.map.partition(key);
-        let addr = self
-            .map
-            .owner(partition)
-            .ok_or(ClientError::NoOwner(partition))?
-            .addr
-            .clone();
-        let target = Target {
-            partition,
+        for attempt in 0..2 {
+            let last = attempt == 1;
+            let partition = self.map.partition(key);
+            let target = Target {
+                partition,
+                epoch: self.map.epoch,
+            };
+            let Some(addr) = self.map.owner(partition).map(|o| o.addr.clone()) else {
+                if last {
+                    return Err(ClientError::NoOwner(partition));
+                }
+                self.refresh_map()?;
+                continue;
+            };
+            let request = make(target);
+            match self.call(&addr, &request, payload) {
+                Ok((resp, _)) if !last && matches!(resp.status(), crate::Status::WrongShard { .. }) => {
+                    self.refresh_map()?
+                }
+                Ok(answer) => return Ok(answer),
+                Err(e) if !last && retry_after(&e, &request) => {
+                    if self.refresh_map().is_err() {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Status(crate::Status::WrongShard {
             epoch: self.map.epoch,
-        };
-        self.call(&addr, &make(target), payload)
+        }))
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {

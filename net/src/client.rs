@@ -40,6 +40,14 @@ pub enum ClientError {
     NoOwner(u32),
 }
 
+/// Whether a request that failed with `e` may be sent again after a map refresh: always if
+/// it was never sent (no connection), otherwise only if it is a read.
+pub(crate) fn retry_after(e: &ClientError, request: &Request) -> bool {
+    matches!(e, ClientError::Connect { .. })
+        || (matches!(request, Request::Get { .. } | Request::Stat { .. })
+            && matches!(e, ClientError::Timeout(_) | ClientError::Wire(_)))
+}
+
 /// `Ok` for a successful response, the status as an error otherwise.
 pub(crate) fn expect_ok(resp: &Response) -> Result<(), ClientError> {
     match resp.status() {
@@ -172,8 +180,11 @@ impl<R: Runtime> Client<R> {
         Err(last)
     }
 
-    /// Sends a keyed request to the key's owner; on WrongShard refreshes the map and
-    /// retries once.
+    /// Sends a keyed request to the key's owner. Refreshes the map and tries once more
+    /// when the map names no owner for the key, when the owner answers WrongShard, when
+    /// the owner cannot be reached (nothing was sent), and, for reads only, when the
+    /// answer is lost: a write whose answer was lost may have been applied, and is never
+    /// sent twice.
     async fn keyed(
         &self,
         key: &[u8],
@@ -181,22 +192,35 @@ impl<R: Runtime> Client<R> {
         make: impl Fn(Target) -> Request,
     ) -> Result<Answer, ClientError> {
         for attempt in 0..2 {
-            let (addr, target) = {
+            let last = attempt == 1;
+            let (owner, partition, target) = {
                 let map = self.map.borrow();
                 let partition = map.partition(key);
-                let owner = map.owner(partition).ok_or(ClientError::NoOwner(partition))?;
-                (
-                    owner.addr.clone(),
-                    Target {
-                        partition,
-                        epoch: map.epoch,
-                    },
-                )
+                let target = Target {
+                    partition,
+                    epoch: map.epoch,
+                };
+                (map.owner(partition).map(|o| o.addr.clone()), partition, target)
             };
-            let (resp, body) = self.call_addr(&addr, &make(target), payload).await?;
-            match resp.status() {
-                Status::WrongShard { .. } if attempt == 0 => self.refresh_map().await?,
-                _ => return Ok((resp, body)),
+            let Some(addr) = owner else {
+                if last {
+                    return Err(ClientError::NoOwner(partition));
+                }
+                self.refresh_map().await?;
+                continue;
+            };
+            let request = make(target);
+            match self.call_addr(&addr, &request, payload).await {
+                Ok((resp, _)) if !last && matches!(resp.status(), Status::WrongShard { .. }) => {
+                    self.refresh_map().await?
+                }
+                Ok(answer) => return Ok(answer),
+                Err(e) if !last && retry_after(&e, &request) => {
+                    if self.refresh_map().await.is_err() {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
         Err(ClientError::Status(Status::WrongShard {
