@@ -160,14 +160,43 @@ fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
     );
 
     // Restarted on the same data: the same node id, registered again.
-    let _node = start(&cfg, port);
+    let node = start(&cfg, port);
     eventually(Duration::from_secs(10), "the node back as itself", || {
         let s = status(&etcd.endpoint);
         s["nodes"]
             .as_array()
             .is_some_and(|n| n.len() == 1 && n[0]["id"] == id && n[0]["alive"] == true)
     });
-    drop(coordinator);
+    drop((node, coordinator));
+
+    // The same data pointed at another cluster (a new etcd, formed anew): refused before
+    // it serves anything, naming both clusters.
+    let other = etcd::Etcd::start();
+    let _other_coordinator = Coordinator::start(&other.endpoint, "proc");
+    let cfg = write_config_with(
+        dir.path(),
+        port,
+        &format!(
+            "[cluster]\netcd = [\"{}\"]\nname = \"proc\"\nlease_ttl_secs = 2\n",
+            other.endpoint
+        ),
+    );
+    let mut refused = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut exit = None;
+    eventually(Duration::from_secs(15), "a node of another cluster stops", || {
+        exit = refused.try_wait().unwrap();
+        exit.is_some()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(refused.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(exit.unwrap().code(), Some(2), "{err}");
+    assert!(err.contains("belongs to cluster"), "{err}");
 }
 
 fn signal(node: &Node, sig: i32) {

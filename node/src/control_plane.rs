@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hotshard_cluster::coordinator::read_map;
+use hotshard_cluster::coordinator::{read_cluster_id, read_map};
 use hotshard_cluster::registration::{register, NodeRecord};
 use hotshard_cluster::{connect, ClusterError, ClusterKeys};
 
@@ -32,6 +32,7 @@ pub fn start(
     let c = cfg.cluster.clone();
     let keys = ClusterKeys::new(&c.name)?;
     let partition_bits = cfg.node.partition_bits;
+    let data_dir = cfg.node.data_dir.clone();
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -42,44 +43,64 @@ pub fn start(
                     std::process::exit(1);
                 }
             };
-            rt.block_on(control_loop(c, keys, record, partition_bits, board, shutdown));
+            let ctx = Context {
+                keys,
+                partition_bits,
+                data_dir,
+                board,
+            };
+            rt.block_on(control_loop(c, ctx, record, shutdown));
         })
         .map_err(|e| format!("starting the control thread: {e}"))
 }
 
 /// Reads the cluster map and posts it for the shards if it is newer and its partition
-/// count matches the store's. Returns whether etcd answered.
+/// count matches the store's; the first time, the cluster's id is kept with the data, and
+/// data of another cluster ends the process before anything is served. Returns whether
+/// etcd answered.
 async fn post_map(
     client: &hotshard_cluster::etcd_client::Client,
-    keys: &ClusterKeys,
-    partition_bits: u8,
-    board: &MapBoard,
+    ctx: &Context,
     warned_bits: &mut bool,
 ) -> bool {
-    match read_map(client, keys).await {
-        Ok(Some((map, _))) if map.partition_bits != partition_bits => {
-            if !*warned_bits {
-                eprintln!(
-                    "hotshard: the cluster map has 2^{} partitions and this node's store 2^{}: not adopted",
-                    map.partition_bits, partition_bits
-                );
-                *warned_bits = true;
-            }
-            true
-        }
-        Ok(Some((map, _))) => {
-            let epoch = map.epoch;
-            if board.post(map) {
-                tracing::info!(epoch, "cluster map posted to the shards");
-            }
-            true
-        }
-        Ok(None) => true,
+    let map = match read_map(client, &ctx.keys).await {
+        Ok(Some((map, _))) => map,
+        Ok(None) => return true,
         Err(e) => {
             tracing::warn!("reading the cluster map: {e}");
-            false
+            return false;
+        }
+    };
+    if map.partition_bits != ctx.partition_bits {
+        if !*warned_bits {
+            eprintln!(
+                "hotshard: the cluster map has 2^{} partitions and this node's store 2^{}: not adopted",
+                map.partition_bits, ctx.partition_bits
+            );
+            *warned_bits = true;
+        }
+        return true;
+    }
+    if map.epoch > ctx.board.epoch() {
+        match read_cluster_id(client, &ctx.keys).await {
+            Ok(Some(id)) => {
+                if let Err(e) = crate::node_identity::check_cluster(&ctx.data_dir, &id) {
+                    eprintln!("hotshard: {e}");
+                    std::process::exit(2);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("reading the cluster id: {e}");
+                return false;
+            }
         }
     }
+    let epoch = map.epoch;
+    if ctx.board.post(map) {
+        tracing::info!(epoch, "cluster map posted to the shards");
+    }
+    true
 }
 
 /// Stops a task when dropped.
@@ -91,14 +112,23 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What the control loop works with besides the cluster section.
+struct Context {
+    keys: ClusterKeys,
+    /// The store's partition count: a map with another is not adopted.
+    partition_bits: u8,
+    /// Where the cluster id is kept with the data.
+    data_dir: std::path::PathBuf,
+    board: Arc<MapBoard>,
+}
+
 async fn control_loop(
     c: crate::config::ClusterSection,
-    keys: ClusterKeys,
+    ctx: Context,
     record: NodeRecord,
-    partition_bits: u8,
-    board: Arc<MapBoard>,
     shutdown: Arc<AtomicBool>,
 ) {
+    let (keys, board) = (&ctx.keys, &ctx.board);
     let every = Duration::from_millis((c.lease_ttl_secs as u64 * 1000 / 6).max(100));
     let mut warned_unreachable = false;
     let mut id_taken_since: Option<Instant> = None;
@@ -114,7 +144,7 @@ async fn control_loop(
                 continue;
             }
         };
-        let registration = match register(&client, &keys, record.clone(), c.lease_ttl_secs).await {
+        let registration = match register(&client, keys, record.clone(), c.lease_ttl_secs).await {
             Ok(r) => r,
             Err(ClusterError::NodeIdTaken(id)) => {
                 let since = *id_taken_since.get_or_insert_with(Instant::now);
@@ -145,7 +175,7 @@ async fn control_loop(
         // The map as the cluster has it now, posted before the shards may answer again
         // under this lease: the one they hold may be from before a lost lease.
         let mut warned_bits = false;
-        if !post_map(&client, &keys, partition_bits, &board, &mut warned_bits).await {
+        if !post_map(&client, &ctx, &mut warned_bits).await {
             continue 'connect;
         }
         // Tells the shards how fresh the lease is, apart from the loop below (which may
@@ -169,7 +199,7 @@ async fn control_loop(
                 eprintln!("hotshard: node {}: lease lost; registering again", record.id);
                 continue 'connect;
             }
-            post_map(&client, &keys, partition_bits, &board, &mut warned_bits).await;
+            post_map(&client, &ctx, &mut warned_bits).await;
             tokio::time::sleep(every).await;
         }
     }

@@ -131,6 +131,11 @@ impl MapBoard {
         true
     }
 
+    /// The epoch of the map posted last (0: none).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// The posted map if it is newer than `epoch` (one atomic load when it is not).
     pub fn newer_than(&self, epoch: u64) -> Option<Arc<ShardMap>> {
         if self.epoch.load(Ordering::Acquire) <= epoch {

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 const ID_FILE: &str = "node.id";
+const CLUSTER_FILE: &str = "cluster.id";
 
 /// The id in `data_dir/node.id`, made (and made durable) if the file is missing.
 pub fn load_or_create(data_dir: &Path) -> Result<u32, String> {
@@ -32,18 +33,42 @@ pub fn load_or_create(data_dir: &Path) -> Result<u32, String> {
             break id;
         }
     };
-    // Written whole under another name, synced, renamed, and the directory synced: a crash
-    // leaves either no id or this one.
-    let tmp = data_dir.join(format!("{ID_FILE}.tmp"));
+    write_durably(data_dir, ID_FILE, &format!("{id}\n"))?;
+    Ok(id)
+}
+
+/// Checks the cluster `data_dir` belongs to: the first cluster id seen is kept with the
+/// data; a node whose data belongs to another cluster is refused (its objects are not
+/// this cluster's, and its id could collide with one of this cluster's nodes).
+pub fn check_cluster(data_dir: &Path, cluster_id: &str) -> Result<(), String> {
+    let path = data_dir.join(CLUSTER_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(kept) if kept.trim() == cluster_id => Ok(()),
+        Ok(kept) => Err(format!(
+            "the data in {} belongs to cluster {}, and etcd holds cluster {cluster_id}: refusing to serve \
+             (give this node an empty data directory to join as a new node)",
+            data_dir.display(),
+            kept.trim()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write_durably(data_dir, CLUSTER_FILE, &format!("{cluster_id}\n"))
+        }
+        Err(e) => Err(format!("reading {}: {e}", path.display())),
+    }
+}
+
+/// Writes `name` in `dir` whole under another name, syncs it, renames it, and syncs the
+/// directory: a crash leaves either no file or this one.
+fn write_durably(dir: &Path, name: &str, contents: &str) -> Result<(), String> {
+    let (tmp, path) = (dir.join(format!("{name}.tmp")), dir.join(name));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{id}")?;
+        f.write_all(contents.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(data_dir)?.sync_all()
+        std::fs::File::open(dir)?.sync_all()
     };
-    write().map_err(|e| format!("writing {}: {e}", path.display()))?;
-    Ok(id)
+    write().map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -51,6 +51,24 @@ pub async fn registered_nodes(client: &Client, keys: &ClusterKeys) -> ClusterRes
     Ok(nodes)
 }
 
+/// A new cluster's id: 128 random bits in hex.
+fn new_cluster_id() -> ClusterResult<String> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .map_err(|e| ClusterError::BadState(format!("reading /dev/urandom: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// The cluster's id in etcd (None until it forms).
+pub async fn read_cluster_id(client: &Client, keys: &ClusterKeys) -> ClusterResult<Option<String>> {
+    let got = client.clone().get(keys.cluster_id(), None).await?;
+    Ok(got
+        .kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+}
+
 /// The map in etcd and the revision it was last written at (0: none yet).
 pub async fn read_map(client: &Client, keys: &ClusterKeys) -> ClusterResult<Option<(ShardMap, i64)>> {
     let got = client.clone().get(keys.map(), None).await?;
@@ -64,21 +82,21 @@ pub async fn read_map(client: &Client, keys: &ClusterKeys) -> ClusterResult<Opti
 
 /// Writes `map` if this coordinator still acts and the map is still the one it read
 /// (`read_revision`, 0 for none).
+/// With `also`, more writes in the same transaction (the cluster id, when it forms).
 async fn write_map(
     leader: &Leadership,
     keys: &ClusterKeys,
     map: &ShardMap,
     read_revision: i64,
+    also: Vec<TxnOp>,
 ) -> ClusterResult<()> {
     let bytes = map
         .to_bytes()
         .map_err(|e| ClusterError::BadState(format!("encoding the map: {e}")))?;
     let same = Compare::mod_revision(keys.map(), CompareOp::Equal, read_revision);
-    let txn_ops = vec![TxnOp::txn(Txn::new().when([same]).and_then([TxnOp::put(
-        keys.map(),
-        bytes,
-        None,
-    )]))];
+    let mut writes = vec![TxnOp::put(keys.map(), bytes, None)];
+    writes.extend(also);
+    let txn_ops = vec![TxnOp::txn(Txn::new().when([same]).and_then(writes))];
     let answer = leader.guarded(txn_ops).await?;
     // The inner transaction's outcome: someone else changed the map in between.
     let inner_ok = answer.op_responses().iter().all(|r| match r {
@@ -113,7 +131,9 @@ pub async fn reconcile_once(
             let shards: Vec<(u32, Vec<String>)> = nodes.iter().map(|n| (n.id, n.shards.clone())).collect();
             let map = form_map(&shards, cfg.partition_bits, cfg.replication)
                 .map_err(|e| ClusterError::BadState(format!("forming the cluster: {e}")))?;
-            write_map(leader, &cfg.keys, &map, 0).await?;
+            let id = new_cluster_id()?;
+            let also = vec![TxnOp::put(cfg.keys.cluster_id(), id.as_str(), None)];
+            write_map(leader, &cfg.keys, &map, 0, also).await?;
             tracing::info!(nodes = nodes.len(), epoch = map.epoch, "cluster formed");
             Ok(Some(map))
         }
@@ -122,7 +142,7 @@ pub async fn reconcile_once(
             match without_lost_nodes(&map, &alive) {
                 None => Ok(Some(map)),
                 Some(next) => {
-                    write_map(leader, &cfg.keys, &next, revision).await?;
+                    write_map(leader, &cfg.keys, &next, revision, Vec::new()).await?;
                     tracing::warn!(epoch = next.epoch, "replicas of lost nodes taken offline");
                     Ok(Some(next))
                 }

@@ -40,6 +40,12 @@ impl ClusterKeys {
         format!("{}map", self.prefix)
     }
 
+    /// The cluster's id, made when it forms: every node keeps it with its data and refuses
+    /// to serve a cluster with another.
+    pub fn cluster_id(&self) -> String {
+        format!("{}cluster_id", self.prefix)
+    }
+
     /// A node's registration, bound to the node's lease: gone when the node is.
     pub fn node(&self, id: u32) -> String {
         format!("{}nodes/{id:08}", self.prefix)
