@@ -90,4 +90,13 @@ mod tests {
             "an emptied directory is a new node"
         );
     }
+
+    #[test]
+    fn data_of_another_cluster_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        check_cluster(dir.path(), "aa").unwrap();
+        check_cluster(dir.path(), "aa").unwrap();
+        let err = check_cluster(dir.path(), "bb").unwrap_err();
+        assert!(err.contains("belongs to cluster aa"), "{err}");
+    }
 }
