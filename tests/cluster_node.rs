@@ -59,6 +59,11 @@ fn status(endpoint: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The `[cluster]` section of a node of cluster `name` on `endpoint`, with a 2 s lease.
+fn cluster_section(endpoint: &str, name: &str) -> String {
+    format!("[cluster]\netcd = [\"{endpoint}\"]\nname = \"{name}\"\nlease_ttl_secs = 2\n")
+}
+
 /// The node's Prometheus text from its admin port.
 fn scrape(admin_port: u16) -> String {
     use std::io::{Read, Write};
@@ -90,10 +95,7 @@ fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
     let etcd = etcd::Etcd::start();
     let dir = test_dir();
     let port = ports();
-    let cluster = format!(
-        "[cluster]\netcd = [\"{}\"]\nname = \"proc\"\nlease_ttl_secs = 2\n",
-        etcd.endpoint
-    );
+    let cluster = cluster_section(&etcd.endpoint, "proc");
     let cfg = write_config_with(dir.path(), port, &cluster);
     let mut node = start(&cfg, port);
     let id: u64 = std::fs::read_to_string(dir.path().join("data/node.id"))
@@ -173,14 +175,7 @@ fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
     // it serves anything, naming both clusters.
     let other = etcd::Etcd::start();
     let _other_coordinator = Coordinator::start(&other.endpoint, "proc");
-    let cfg = write_config_with(
-        dir.path(),
-        port,
-        &format!(
-            "[cluster]\netcd = [\"{}\"]\nname = \"proc\"\nlease_ttl_secs = 2\n",
-            other.endpoint
-        ),
-    );
+    let cfg = write_config_with(dir.path(), port, &cluster_section(&other.endpoint, "proc"));
     let mut refused = Command::new(binary())
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -214,7 +209,7 @@ fn a_node_that_cannot_confirm_its_lease_answers_nothing() {
     let endpoint = etcd.as_ref().unwrap().endpoint.clone();
     let dir = test_dir();
     let port = ports();
-    let cluster = format!("[cluster]\netcd = [\"{endpoint}\"]\nname = \"proc\"\nlease_ttl_secs = 2\n");
+    let cluster = cluster_section(&endpoint, "proc");
     let cfg = write_config_with(dir.path(), port, &cluster);
     let node = start(&cfg, port);
     let _coordinator = Coordinator::start(&endpoint, "proc");
@@ -259,7 +254,7 @@ fn a_node_that_cannot_confirm_its_lease_answers_nothing() {
     drop(node);
     let dir2 = test_dir();
     let port2 = ports();
-    let cluster2 = format!("[cluster]\netcd = [\"{endpoint}\"]\nname = \"proc2\"\nlease_ttl_secs = 2\n");
+    let cluster2 = cluster_section(&endpoint, "proc2");
     let node2 = start(&write_config_with(dir2.path(), port2, &cluster2), port2);
     let _coordinator2 = Coordinator::start(&endpoint, "proc2");
     eventually(Duration::from_secs(10), "node 2 serves", || {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hotshard_cluster::coordinator::{read_cluster_id, read_map};
+use hotshard_cluster::coordinator::{map_revision, read_cluster_id, read_map};
 use hotshard_cluster::registration::{register, NodeRecord};
 use hotshard_cluster::{connect, ClusterError, ClusterKeys};
 
@@ -48,6 +48,7 @@ pub fn start(
                 partition_bits,
                 data_dir,
                 board,
+                seen_revision: std::cell::Cell::new(0),
             };
             rt.block_on(control_loop(c, ctx, record, shutdown));
         })
@@ -63,8 +64,20 @@ async fn post_map(
     ctx: &Context,
     warned_bits: &mut bool,
 ) -> bool {
+    // The map is fetched and decoded only when it was written since the last look.
+    match map_revision(client, &ctx.keys).await {
+        Ok(rev) if rev == ctx.seen_revision.get() => return true,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!("reading the cluster map's revision: {e}");
+            return false;
+        }
+    }
     let map = match read_map(client, &ctx.keys).await {
-        Ok(Some((map, _))) => map,
+        Ok(Some((map, rev))) => {
+            ctx.seen_revision.set(rev);
+            map
+        }
         Ok(None) => return true,
         Err(e) => {
             tracing::warn!("reading the cluster map: {e}");
@@ -120,6 +133,8 @@ struct Context {
     /// Where the cluster id is kept with the data.
     data_dir: std::path::PathBuf,
     board: Arc<MapBoard>,
+    /// Revision of the map last fetched (0: none).
+    seen_revision: std::cell::Cell<i64>,
 }
 
 async fn control_loop(

@@ -48,10 +48,10 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         request: Request,
         payload: Option<Vec<u8>>,
     ) -> (Response, Vec<u8>) {
-        if keyed(&request).is_some() && self.map.fenced() {
-            return (Response::new(Status::Busy), Vec::new());
-        }
         if let Some((_, target)) = keyed(&request) {
+            if self.map.fenced() {
+                return (Response::new(Status::Busy), Vec::new());
+            }
             if !owns(&self.map.borrow(), self.node_id, self.shard, target.partition) {
                 self.stats.wrong_shard.set(self.stats.wrong_shard.get() + 1);
                 tracing::warn!(

@@ -147,12 +147,14 @@ pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
             addr: format!("{host}:{}", cfg.node.base_port as usize + i),
         })
         .collect();
-    let record = hotshard_cluster::registration::NodeRecord {
-        id: cfg.node.node_id,
-        addr: shard_addrs[0].addr.clone(),
-        shards: shard_addrs.iter().map(|s| s.addr.clone()).collect(),
-    };
+    // In a cluster: what the node registers, and the board its shards take maps from.
+    let mut record = None;
     let (map, board) = if cluster {
+        record = Some(hotshard_cluster::registration::NodeRecord {
+            id: cfg.node.node_id,
+            addr: shard_addrs[0].addr.clone(),
+            shards: shard_addrs.iter().map(|s| s.addr.clone()).collect(),
+        });
         (
             ShardMap::unassigned(cfg.node.partition_bits, shard_addrs),
             // Fenced at half the lease: before the coordinator could give its chains away.
@@ -207,14 +209,14 @@ pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
         }
         return Err(e);
     }
-    let control = match &board {
-        Some(board) => Some(crate::control_plane::start(
+    let control = match (record, &board) {
+        (Some(record), Some(board)) => Some(crate::control_plane::start(
             &cfg,
             record,
             board.clone(),
             shutdown.clone(),
         )?),
-        None => None,
+        _ => None,
     };
     println!(
         "hotshard serving {shards} shards on {}:{}..{}, data in {} ({} MB); Ctrl-C stops",

@@ -69,6 +69,16 @@ pub async fn read_cluster_id(client: &Client, keys: &ClusterKeys) -> ClusterResu
         .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
 }
 
+/// The revision the map was last written at (0: none yet), without fetching the map: a
+/// node polling for changes fetches and decodes the map only when this moves.
+pub async fn map_revision(client: &Client, keys: &ClusterKeys) -> ClusterResult<i64> {
+    let got = client
+        .clone()
+        .get(keys.map(), Some(GetOptions::new().with_keys_only()))
+        .await?;
+    Ok(got.kvs().first().map_or(0, |kv| kv.mod_revision()))
+}
+
 /// The map in etcd and the revision it was last written at (0: none yet).
 pub async fn read_map(client: &Client, keys: &ClusterKeys) -> ClusterResult<Option<(ShardMap, i64)>> {
     let got = client.clone().get(keys.map(), None).await?;
