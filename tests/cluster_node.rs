@@ -6,39 +6,18 @@
 
 mod common;
 
+#[path = "common/cluster_bed.rs"]
+mod cluster_bed;
+
 #[path = "../node/cluster/tests/common/mod.rs"]
 mod etcd;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use cluster_bed::*;
 use common::*;
 use hotshard_net::blocking::BlockingClient;
-
-/// A coordinator process, killed when dropped.
-struct Coordinator(Child);
-
-impl Coordinator {
-    /// A coordinator of cluster `name` that forms it with one node, replication 1.
-    fn start(endpoint: &str, name: &str) -> Coordinator {
-        Coordinator(
-            Command::new(binary())
-                .args(["coordinator", "--etcd", endpoint, "--cluster", name])
-                .args(["--expect-nodes", "1", "--replication", "1", "--lease-ttl", "2"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn status(endpoint: &str) -> serde_json::Value {
     let out = Command::new(binary())
@@ -57,31 +36,6 @@ fn status(endpoint: &str) -> serde_json::Value {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// The `[cluster]` section of a node of cluster `name` on `endpoint`, with a 2 s lease.
-fn cluster_section(endpoint: &str, name: &str) -> String {
-    format!("[cluster]\netcd = [\"{endpoint}\"]\nname = \"{name}\"\nlease_ttl_secs = 2\n")
-}
-
-/// The node's Prometheus text from its admin port.
-fn scrape(admin_port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
-/// Polls `f` every 100 ms until it returns true, for at most `within`.
-fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !f() {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    started.elapsed()
 }
 
 fn put_works(addr: &str, key: &[u8]) -> bool {

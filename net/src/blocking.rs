@@ -52,6 +52,12 @@ impl BlockingClient {
         &self.map
     }
 
+    /// Sends `request` to the shard at `addr` as it is, with no routing and no retry: for
+    /// tools and tests that ask one replica of a chain.
+    pub fn call_at(&mut self, addr: &str, request: &Request, payload: &[u8]) -> Result<Answer, ClientError> {
+        self.call(addr, request, payload)
+    }
+
     fn call(&mut self, addr: &str, request: &Request, payload: &[u8]) -> Result<Answer, ClientError> {
         if self.conns.get(addr).is_none_or(|c| c.is_broken()) {
             let sock = addr

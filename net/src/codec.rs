@@ -131,12 +131,17 @@ fn check_key(key: &[u8]) -> Result<(), WireError> {
 pub fn access_request(header: &HeaderBuf, payload_len: u32) -> Result<&ArchivedRequest, WireError> {
     let req = rkyv::access::<ArchivedRequest, RkyvError>(header)
         .map_err(|e| WireError::Malformed(format!("invalid request header: {e}")))?;
-    let wants_payload = matches!(req, ArchivedRequest::Put { .. });
+    let wants_payload = match req {
+        ArchivedRequest::Put { .. } => true,
+        ArchivedRequest::Replicate { tombstone, .. } => !*tombstone,
+        _ => false,
+    };
     match req {
         ArchivedRequest::Put { key, .. }
         | ArchivedRequest::Get { key, .. }
         | ArchivedRequest::Delete { key, .. }
-        | ArchivedRequest::Stat { key, .. } => check_key(key.as_slice())?,
+        | ArchivedRequest::Stat { key, .. }
+        | ArchivedRequest::Replicate { key, .. } => check_key(key.as_slice())?,
         ArchivedRequest::AuthProof { proof } => {
             if proof.len() > 64 {
                 return Err(WireError::Malformed(format!(
@@ -271,9 +276,27 @@ mod tests {
             Request::Stats,
             Request::AuthChallenge,
             Request::AuthProof { proof: vec![1; 32] },
+            Request::Replicate {
+                key: b"e".to_vec(),
+                partition: 1,
+                chain_version: 4,
+                version: 99,
+                tombstone: false,
+            },
+            Request::Replicate {
+                key: b"f".to_vec(),
+                partition: 1,
+                chain_version: 4,
+                version: 100,
+                tombstone: true,
+            },
         ];
         for (i, req) in all.into_iter().enumerate() {
-            let payload = if matches!(req, Request::Put { .. }) { 3 } else { 0 };
+            let carries_value = matches!(
+                req,
+                Request::Put { .. } | Request::Replicate { tombstone: false, .. }
+            );
+            let payload = if carries_value { 3 } else { 0 };
             let mut bytes = encode_request(i as u64, &req, payload).unwrap();
             bytes.extend_from_slice(&vec![9u8; payload]);
             let f = parse_frame(&bytes).unwrap().unwrap();
@@ -350,6 +373,21 @@ mod tests {
         assert!(matches!(
             access_request(&f.header, 0),
             Err(WireError::TooLarge { what: "key", .. })
+        ));
+        // A tombstone carries no value.
+        let tomb = Request::Replicate {
+            key: b"k".to_vec(),
+            partition: 0,
+            chain_version: 1,
+            version: 2,
+            tombstone: true,
+        };
+        let mut bytes = encode_request(1, &tomb, 1).unwrap();
+        bytes.push(0);
+        let f = parse_frame(&bytes).unwrap().unwrap();
+        assert!(matches!(
+            access_request(&f.header, 1),
+            Err(WireError::Malformed(_))
         ));
         let empty = Request::Stat {
             key: vec![],

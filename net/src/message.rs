@@ -51,6 +51,17 @@ pub enum Request {
     AuthProof {
         proof: Vec<u8>,
     },
+    /// From one replica of a chain to the next: apply this record with the version the
+    /// head gave it (the value is the payload; none for a tombstone), forward it down the
+    /// chain, and answer once every replica after this one has it durably. Refused
+    /// (`WrongShard`) unless the receiver's chain for `partition` has `chain_version`.
+    Replicate {
+        key: Vec<u8>,
+        partition: u32,
+        chain_version: u64,
+        version: u64,
+        tombstone: bool,
+    },
 }
 
 impl Request {
@@ -65,6 +76,7 @@ impl Request {
             Request::Stats => "stats",
             Request::AuthChallenge => "auth_challenge",
             Request::AuthProof { .. } => "auth_proof",
+            Request::Replicate { .. } => "replicate",
         }
     }
 }
@@ -90,15 +102,24 @@ pub struct Response {
 pub enum Status {
     Ok,
     NotFound,
-    WrongShard { epoch: u64 },
-    VersionMismatch { current: u64 },
+    WrongShard {
+        epoch: u64,
+    },
+    VersionMismatch {
+        current: u64,
+    },
     TooLarge,
     NoSpace,
     Busy,
     Corrupt,
-    BadRequest { reason: String },
+    BadRequest {
+        reason: String,
+    },
     Internal,
     Unauthorized,
+    /// A write was handed down its chain and no answer came back in time: it may or may
+    /// not have been applied (it never is twice). Read the key to find out.
+    OutcomeUnknown,
 }
 
 impl Status {
@@ -115,6 +136,7 @@ impl Status {
             Status::BadRequest { .. } => 8,
             Status::Internal => 9,
             Status::Unauthorized => 10,
+            Status::OutcomeUnknown => 11,
         }
     }
 
@@ -133,6 +155,7 @@ impl Status {
                 reason: reason.to_string(),
             },
             10 => Status::Unauthorized,
+            11 => Status::OutcomeUnknown,
             _ => Status::Internal,
         }
     }

@@ -392,7 +392,13 @@ where
         };
         let buffer = match refused {
             Some(status) => Err(status),
-            None if matches!(request, Request::Put { .. }) => handler.payload_buffer(&request, len).map(Some),
+            None if matches!(
+                request,
+                Request::Put { .. } | Request::Replicate { tombstone: false, .. }
+            ) =>
+            {
+                handler.payload_buffer(&request, len).map(Some)
+            }
             None => Ok(None),
         };
         let payload = match buffer {

@@ -31,6 +31,18 @@ impl Admission {
         true
     }
 
+    /// Takes room for a record from a chain predecessor: up to twice the budget, so that
+    /// the clients' writes a shard holds (each waiting on another node's replica) never
+    /// leave that node's replicas without room, a cycle that would stall both.
+    pub fn try_admit_replica(&self, payload: usize) -> bool {
+        if self.requests.get() >= 2 * self.max_requests || self.bytes.get() + payload > 2 * self.max_bytes {
+            return false;
+        }
+        self.requests.set(self.requests.get() + 1);
+        self.bytes.set(self.bytes.get() + payload);
+        true
+    }
+
     /// Counts bytes an admitted request holds from now on (a reply's value), without a
     /// check: the request is already being answered. New requests see them.
     pub fn hold(&self, bytes: usize) {
@@ -67,5 +79,15 @@ mod tests {
         assert!(!a.try_admit(0), "a large reply held counts against the budget");
         a.release(40 + 80);
         assert_eq!(a.in_use(), (0, 0));
+    }
+
+    #[test]
+    fn records_from_a_chain_find_room_past_the_clients_budget() {
+        let a = Admission::new(2, 100);
+        assert!(a.try_admit(50) && a.try_admit(50));
+        assert!(!a.try_admit(0), "the clients' budget is full");
+        assert!(a.try_admit_replica(100), "a replica record still gets in");
+        assert!(a.try_admit_replica(0));
+        assert!(!a.try_admit_replica(1), "up to twice the budget, no further");
     }
 }

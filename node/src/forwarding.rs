@@ -10,7 +10,7 @@ use hotshard_net::{Request, Response, Status};
 use hotshard_nvme::BlockQueue;
 
 use crate::put_payload::PutPayload;
-use crate::route::owns;
+use crate::route::{owns, serves};
 use crate::shard_handler::{keyed, OutBuf, ShardHandler};
 use crate::waitable_count::Counted;
 
@@ -52,7 +52,16 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             if self.map.fenced() {
                 return (Response::new(Status::Busy), Vec::new());
             }
-            if !owns(&self.map.borrow(), self.node_id, self.shard, target.partition) {
+            let reads = matches!(request, Request::Get { .. } | Request::Stat { .. });
+            let answers = {
+                let map = self.map.borrow();
+                if reads {
+                    serves(&map, self.node_id, self.shard, target.partition)
+                } else {
+                    owns(&map, self.node_id, self.shard, target.partition)
+                }
+            };
+            if !answers {
                 self.stats.wrong_shard.set(self.stats.wrong_shard.get() + 1);
                 tracing::warn!(
                     shard = self.shard,

@@ -3,10 +3,13 @@
 
 pub mod admin;
 pub mod admission;
+pub mod chain_links;
+pub mod chain_view;
 pub mod cluster_cli;
 pub mod config;
 pub mod control_plane;
 pub mod data_lock;
+pub mod dirty_keys;
 pub mod fd_limit;
 pub mod forwarding;
 pub mod gc_task;
@@ -16,6 +19,7 @@ pub mod map_cell;
 pub mod node_identity;
 pub mod peers;
 pub mod put_payload;
+pub mod replication;
 pub mod route;
 pub mod serve;
 pub mod shard;

@@ -5,7 +5,7 @@
 //! partition from the request's target and never hash the key for placement again.
 
 use hotshard_net::{Status, Target};
-use hotshard_placement::ShardMap;
+use hotshard_placement::{ReplicaState, ShardMap};
 
 /// Where a keyed request is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,13 +26,15 @@ pub fn store_partition(partition: u32) -> Result<u16, Status> {
 }
 
 /// Routes a request for `key` that names `target`, by `map`, from shard `shard` of node
-/// `node_id`.
+/// `node_id`. Writes go to the partition's head; `reads` go to any of its serving replicas
+/// (this shard if it is one, else one on this node).
 pub fn route(
     map: &ShardMap,
     node_id: u32,
     shard: usize,
     key: &[u8],
     target: Target,
+    reads: bool,
 ) -> Result<Route, Status> {
     let partition = map.partition(key);
     if partition != target.partition {
@@ -41,6 +43,14 @@ pub fn route(
         });
     }
     store_partition(partition)?;
+    if reads && has_replicas(map, partition) {
+        if serves(map, node_id, shard, partition) {
+            return Ok(Route::Here);
+        }
+        if let Some(local) = crate::chain_view::local_replica(map, partition, node_id) {
+            return Ok(Route::Peer(local));
+        }
+    }
     // Two integers of the owner, not a clone of its address (a String) per request.
     let (node, owner) = map
         .owner(partition)
@@ -54,6 +64,31 @@ pub fn route(
         Route::Here
     } else {
         Route::Peer(owner)
+    })
+}
+
+/// Whether `partition`'s chain has more than one serving replica by `map`.
+pub fn has_replicas(map: &ShardMap, partition: u32) -> bool {
+    map.chain(partition).is_some_and(|c| {
+        c.replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Serving)
+            .nth(1)
+            .is_some()
+    })
+}
+
+/// Whether shard `shard` of node `node_id` is a serving replica of `partition` by `map`:
+/// it may answer the partition's reads.
+pub fn serves(map: &ShardMap, node_id: u32, shard: usize, partition: u32) -> bool {
+    map.chain(partition).is_some_and(|c| {
+        c.replicas.iter().any(|r| {
+            r.state == ReplicaState::Serving
+                && map
+                    .shards
+                    .get(r.shard as usize)
+                    .is_some_and(|s| s.node == node_id && s.shard as usize == shard)
+        })
     })
 }
 

@@ -202,6 +202,9 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         in_flight: WaitableCount::default(),
         admission: crate::admission::Admission::new(s.cfg.net.max_pending_requests, s.cfg.pending_bytes()),
         secret: s.cfg.secret()?,
+        dirty: crate::dirty_keys::DirtyKeys::default(),
+        links: crate::chain_links::ChainLinks::new(s.cfg.secret()?),
+        answer_wait: Duration::from_millis(s.cfg.net.frame_timeout_ms),
     });
     for (from, rx) in receivers {
         glommio::spawn_local(answer_peer(from, rx, handler.clone(), peers.clone())).detach();

@@ -11,7 +11,7 @@ use hotshard_nvme::BlockQueue;
 
 use crate::peers::Peers;
 use crate::put_payload::PutPayload;
-use crate::route::{owns, route, store_partition, Route};
+use crate::route::{has_replicas, owns, route, store_partition, Route};
 use crate::shard_stats::ShardStats;
 use crate::store::{ObjectStat, Store, StoreError, StoreResult, Value};
 use crate::waitable_count::{Counted, WaitableCount};
@@ -45,6 +45,13 @@ pub struct ShardHandler<Q: BlockQueue> {
     pub admission: crate::admission::Admission,
     /// The shared secret connections must prove, if any.
     pub secret: Option<Vec<u8>>,
+    /// Keys with a write on its way down their chain (reads of them wait).
+    pub dirty: crate::dirty_keys::DirtyKeys,
+    /// Connections to the replicas after this shard in its chains.
+    pub links: crate::chain_links::ChainLinks,
+    /// How long a write waits for the rest of its chain before it is answered
+    /// OutcomeUnknown (the frame timeout).
+    pub answer_wait: std::time::Duration,
 }
 
 /// The key and target of a request that names a key.
@@ -58,7 +65,7 @@ pub(crate) fn keyed(request: &Request) -> Option<(&[u8], hotshard_net::Target)> 
     }
 }
 
-fn status_of(e: &StoreError) -> Status {
+pub(crate) fn status_of(e: &StoreError) -> Status {
     match e {
         StoreError::NotFound => Status::NotFound,
         StoreError::VersionMismatch { current } => Status::VersionMismatch { current: *current },
@@ -73,7 +80,7 @@ fn status_of(e: &StoreError) -> Status {
     }
 }
 
-fn ok_with(version: u64, object_len: u64, crc32c: u32) -> Response {
+pub(crate) fn ok_with(version: u64, object_len: u64, crc32c: u32) -> Response {
     let mut r = Response::new(Status::Ok);
     r.version = version;
     r.object_len = object_len;
@@ -102,7 +109,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             .shards
             .iter()
             .position(|s| s.node == self.node_id && s.shard as usize == self.shard);
-        let (mut head, mut middle, mut tail) = (0, 0, 0);
+        let (mut head, mut middle, mut tail, mut degraded) = (0, 0, 0, 0);
         for c in map.chains.iter() {
             let serving: Vec<u16> = c
                 .replicas
@@ -110,7 +117,11 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 .filter(|r| r.state == hotshard_placement::ReplicaState::Serving)
                 .map(|r| r.shard)
                 .collect();
-            match serving.iter().position(|&s| Some(s as usize) == me) {
+            let mine = serving.iter().position(|&s| Some(s as usize) == me);
+            if mine.is_some() && serving.len() < c.replicas.len() {
+                degraded += 1;
+            }
+            match mine {
                 Some(0) => head += 1,
                 Some(i) if i + 1 == serving.len() => tail += 1,
                 Some(_) => middle += 1,
@@ -120,10 +131,17 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         let mut out = format!(
             "hotshard_map_epoch{{{l}}} {}\nhotshard_fenced{{{l}}} {}\n\
              hotshard_chains{{{l},role=\"head\"}} {head}\nhotshard_chains{{{l},role=\"middle\"}} {middle}\n\
-             hotshard_chains{{{l},role=\"tail\"}} {tail}\n",
+             hotshard_chains{{{l},role=\"tail\"}} {tail}\nhotshard_chains_degraded{{{l}}} {degraded}\n",
             map.epoch,
             u8::from(self.map.fenced()),
         );
+        out.push_str(&format!(
+            "hotshard_writes_waiting_on_successor{{{l}}} {}\nhotshard_dirty_keys{{{l}}} {}\n\
+             hotshard_chain_links{{{l}}} {}\n",
+            self.stats.waiting_on_successor.get(),
+            self.dirty.len(),
+            self.links.open(),
+        ));
         if let Some(age) = self.map.lease_age_secs() {
             out.push_str(&format!("hotshard_lease_age_seconds{{{l}}} {age:.3}\n"));
         }
@@ -132,10 +150,26 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
 
     /// Runs a request on this shard's store: a keyed one routed here (its target's
     /// partition checked by `route`, or by the forwarding shard), or a control request.
-    pub async fn execute(&self, request: Request, payload: Option<PutPayload>) -> Reply<OutBuf> {
+    pub async fn execute(self: &Rc<Self>, request: Request, payload: Option<PutPayload>) -> Reply<OutBuf> {
         let started = Instant::now();
         let micros = || started.elapsed().as_micros() as u64;
         match request {
+            Request::Put {
+                key,
+                if_version,
+                target,
+            } if self.passes_writes_down(target.partition) => {
+                self.write_down_chain(key, target.partition, payload, if_version, false)
+                    .await
+            }
+            Request::Delete {
+                key,
+                if_version,
+                target,
+            } if self.passes_writes_down(target.partition) => {
+                self.write_down_chain(key, target.partition, None, if_version, true)
+                    .await
+            }
             Request::Put {
                 key,
                 if_version,
@@ -157,6 +191,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 reply_written(r, len as u64)
             }
             Request::Get { key, range, .. } => {
+                if let Err(status) = self.wait_until_clean(&key).await {
+                    return Reply::status(status);
+                }
                 let r = self.store.get(&key, range.map(|r| (r.offset, r.len))).await;
                 let bytes = r.as_ref().map_or(0, |(v, _)| v.len() as u64);
                 self.stats
@@ -178,12 +215,35 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 reply_written(r, 0)
             }
             Request::Stat { key, .. } => {
+                if let Err(status) = self.wait_until_clean(&key).await {
+                    return Reply::status(status);
+                }
                 let r = self.store.stat(&key);
                 self.stats.stat.record(micros(), 0, r.is_ok());
                 reply_stat(r)
             }
+            replicate @ Request::Replicate { .. } => self.answer_replicate(replicate, payload).await,
             control => self.answer_control(control),
         }
+    }
+
+    /// Whether this shard heads `partition`'s chain with replicas after it: its writes go
+    /// down the chain (`replication`).
+    fn passes_writes_down(&self, partition: u32) -> bool {
+        crate::chain_view::ChainPlace::of(&self.map.borrow(), partition, self.node_id, self.shard)
+            .has_successor()
+    }
+
+    /// Waits until no write of `key` is on its way down its chain (at once when none is),
+    /// for up to the frame timeout: Busy past it.
+    async fn wait_until_clean(&self, key: &[u8]) -> Result<(), Status> {
+        if self.dirty.is_empty() || !self.dirty.is_dirty(key) {
+            return Ok(());
+        }
+        use hotshard_net::runtime::Runtime;
+        hotshard_net::runtime::Glommio::timeout(self.answer_wait, self.dirty.clean(key))
+            .await
+            .ok_or(Status::Busy)
     }
 
     /// Requests that name no key: answered at once, whatever the shard's load.
@@ -254,6 +314,14 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
     fn admit(&self, request: &Request, payload_len: usize) -> Result<Option<usize>, Status> {
         // Control requests (ping, shard map, stats, auth) carry nothing and are always
         // answered, so a client can still find its way while the shard sheds load.
+        if let Request::Replicate { .. } = request {
+            return if self.admission.try_admit_replica(payload_len) {
+                Ok(Some(payload_len))
+            } else {
+                self.stats.busy.set(self.stats.busy.get() + 1);
+                Err(Status::Busy)
+            };
+        }
         if !matches!(
             request,
             Request::Put { .. } | Request::Get { .. } | Request::Delete { .. } | Request::Stat { .. }
@@ -291,8 +359,11 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
         if len > self.store.config().max_value_bytes {
             return Err(Status::TooLarge);
         }
-        let mine = keyed(request)
-            .is_some_and(|(_, target)| owns(&self.map.borrow(), self.node_id, self.shard, target.partition));
+        // A value that goes down a chain is sent on from an ordinary buffer.
+        let mine = keyed(request).is_some_and(|(_, target)| {
+            let map = self.map.borrow();
+            owns(&map, self.node_id, self.shard, target.partition) && !has_replicas(&map, target.partition)
+        });
         if mine {
             if let Some(buf) = self.store.value_buffer(len) {
                 return Ok(PutPayload::InPlace(buf));
@@ -311,6 +382,9 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
 
     async fn handle(self: Rc<Self>, request: Request, payload: Option<PutPayload>) -> Reply<OutBuf> {
         let _counted = Counted::new(&self.in_flight);
+        if let Request::Replicate { .. } = request {
+            return self.answer_replicate(request, payload).await;
+        }
         let Some((key, target)) = keyed(&request) else {
             return self.answer_control(request);
         };
@@ -321,7 +395,8 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
         }
         // Routed under a short borrow of the map, released before any await: the map may
         // be replaced while the request waits.
-        let routed = route(&self.map.borrow(), self.node_id, self.shard, key, target);
+        let reads = matches!(request, Request::Get { .. } | Request::Stat { .. });
+        let routed = route(&self.map.borrow(), self.node_id, self.shard, key, target, reads);
         match routed {
             Ok(Route::Here) => self.execute(request, payload).await,
             Ok(Route::Peer(to)) => self.forward(to, request, payload).await,

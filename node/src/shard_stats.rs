@@ -43,6 +43,12 @@ pub struct ShardStats {
     pub get: OpStats,
     pub delete: OpStats,
     pub stat: OpStats,
+    /// Records applied for a predecessor in a chain (time: until the tail had them).
+    pub replicate: OpStats,
+    /// Round trips to the next replica of a chain.
+    pub pass_down: OpStats,
+    /// Records this shard has written and is waiting for its successor to acknowledge.
+    pub waiting_on_successor: Cell<u64>,
     pub forwarded: Cell<u64>,
     pub wrong_shard: Cell<u64>,
     pub connections: Cell<u64>,
@@ -73,6 +79,8 @@ impl ShardStats {
             ("get", &self.get),
             ("delete", &self.delete),
             ("stat", &self.stat),
+            ("replicate", &self.replicate),
+            ("pass_down", &self.pass_down),
         ] {
             let _ = writeln!(out, "hotshard_ops_total{{{l},op=\"{name}\"}} {}", op.count.get());
             let _ = writeln!(

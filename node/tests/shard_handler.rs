@@ -68,10 +68,13 @@ async fn handler_with_cache(
         in_flight: WaitableCount::default(),
         admission: Admission::new(64, 1 << 20),
         secret: None,
+        dirty: Default::default(),
+        links: hotshard_node::chain_links::ChainLinks::new(None),
+        answer_wait: std::time::Duration::from_secs(5),
     })
 }
 
-async fn put(h: &ShardHandler<SimQueue>, key: &[u8], value: Vec<u8>) -> Status {
+async fn put(h: &Rc<ShardHandler<SimQueue>>, key: &[u8], value: Vec<u8>) -> Status {
     let req = Request::Put {
         key: key.to_vec(),
         if_version: None,
@@ -83,7 +86,7 @@ async fn put(h: &ShardHandler<SimQueue>, key: &[u8], value: Vec<u8>) -> Status {
         .status()
 }
 
-async fn get(h: &ShardHandler<SimQueue>, key: &[u8]) -> (Status, Option<Vec<u8>>) {
+async fn get(h: &Rc<ShardHandler<SimQueue>>, key: &[u8]) -> (Status, Option<Vec<u8>>) {
     let req = Request::Get {
         key: key.to_vec(),
         range: None,

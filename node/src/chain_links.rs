@@ -1,0 +1,78 @@
+//! A shard's connections to the shards after it in its chains, on other nodes: one
+//! pipelined connection per address, opened (and authenticated with the node's secret)
+//! on first use, dropped when it breaks or an answer does not come in time, and opened
+//! again by the next call.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use glommio::net::TcpStream;
+use hotshard_net::connection::{Answer, Connection};
+use hotshard_net::runtime::{Glommio, Runtime};
+use hotshard_net::Request;
+
+/// Why a call to another node got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkError {
+    Connect(String),
+    Broken(String),
+    Timeout,
+}
+
+pub struct ChainLinks {
+    conns: RefCell<HashMap<String, Connection<TcpStream>>>,
+    secret: Option<Vec<u8>>,
+}
+
+impl ChainLinks {
+    pub fn new(secret: Option<Vec<u8>>) -> ChainLinks {
+        ChainLinks {
+            conns: RefCell::new(HashMap::new()),
+            secret,
+        }
+    }
+
+    async fn connection(&self, addr: &str, limit: Duration) -> Result<Connection<TcpStream>, LinkError> {
+        if let Some(c) = self.conns.borrow().get(addr).filter(|c| !c.is_broken()) {
+            return Ok(c.clone());
+        }
+        let stream = Glommio::timeout(limit, Glommio::connect(addr))
+            .await
+            .ok_or(LinkError::Timeout)?
+            .map_err(|e| LinkError::Connect(format!("{addr}: {e}")))?;
+        let conn = Connection::new(stream);
+        if let Some(secret) = &self.secret {
+            Glommio::timeout(limit, hotshard_net::client::authenticate(&conn, secret))
+                .await
+                .ok_or(LinkError::Timeout)?
+                .map_err(|e| LinkError::Connect(format!("{addr}: {e}")))?;
+        }
+        self.conns.borrow_mut().insert(addr.to_string(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends `request` to `addr` and waits up to `limit` for its answer. On a timeout or a
+    /// broken connection the connection is dropped (a late answer goes nowhere).
+    pub async fn call(
+        &self,
+        addr: &str,
+        request: &Request,
+        payload: &[u8],
+        limit: Duration,
+    ) -> Result<Answer, LinkError> {
+        let conn = self.connection(addr, limit).await?;
+        let answer = match Glommio::timeout(limit, conn.call(request, payload)).await {
+            Some(Ok(answer)) => return Ok(answer),
+            Some(Err(e)) => LinkError::Broken(e.to_string()),
+            None => LinkError::Timeout,
+        };
+        self.conns.borrow_mut().remove(addr);
+        Err(answer)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.conns.borrow().len()
+    }
+}

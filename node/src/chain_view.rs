@@ -1,0 +1,183 @@
+//! A shard's place in one partition's chain, read from its copy of the map: whether it
+//! serves the partition at all, whether it takes writes (the head), and where a write goes
+//! next (its successor among the serving replicas). Pure: no I/O, no executor.
+
+use hotshard_placement::{ReplicaState, ShardMap};
+
+/// Where shard `shard` of node `node` stands in a partition's chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainPlace {
+    /// Not a serving replica of the partition (offline, syncing, or not in the chain).
+    Outside,
+    /// A serving replica: `is_head` if it takes the partition's writes, the chain's
+    /// version, and the next serving replica's address (None: this is the tail).
+    Serving {
+        is_head: bool,
+        version: u64,
+        successor: Option<String>,
+    },
+}
+
+impl ChainPlace {
+    /// The place of (`node`, `shard`) in `partition`'s chain by `map`.
+    pub fn of(map: &ShardMap, partition: u32, node: u32, shard: usize) -> ChainPlace {
+        let Some(chain) = map.chain(partition) else {
+            return ChainPlace::Outside;
+        };
+        let is_me = |i: u16| {
+            map.shards
+                .get(i as usize)
+                .is_some_and(|s| s.node == node && s.shard as usize == shard)
+        };
+        let mut serving = chain
+            .replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Serving)
+            .map(|r| r.shard);
+        let mut is_head = true;
+        while let Some(i) = serving.next() {
+            if is_me(i) {
+                let successor = serving
+                    .next()
+                    .and_then(|n| map.shards.get(n as usize))
+                    .map(|s| s.addr.clone());
+                return ChainPlace::Serving {
+                    is_head,
+                    version: chain.version,
+                    successor,
+                };
+            }
+            is_head = false;
+        }
+        ChainPlace::Outside
+    }
+
+    /// Whether this place has replicas after it (a write here must be passed down).
+    pub fn has_successor(&self) -> bool {
+        matches!(
+            self,
+            ChainPlace::Serving {
+                successor: Some(_),
+                ..
+            }
+        )
+    }
+}
+
+/// The shard of node `node` that is a serving replica of `partition`, if any: where a read
+/// that reached another shard of the node is sent.
+pub fn local_replica(map: &ShardMap, partition: u32, node: u32) -> Option<usize> {
+    let chain = map.chain(partition)?;
+    chain
+        .replicas
+        .iter()
+        .filter(|r| r.state == ReplicaState::Serving)
+        .filter_map(|r| map.shards.get(r.shard as usize))
+        .find(|s| s.node == node)
+        .map(|s| s.shard as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hotshard_placement::{Chain, Replica, ShardAddr};
+
+    fn map(states: [ReplicaState; 3]) -> ShardMap {
+        let shards = (0..3)
+            .map(|n| ShardAddr {
+                node: n + 1,
+                shard: 0,
+                addr: format!("10.0.0.{n}:7400"),
+            })
+            .collect();
+        let replicas = states
+            .iter()
+            .enumerate()
+            .map(|(i, &state)| Replica {
+                shard: i as u16,
+                state,
+            })
+            .collect();
+        ShardMap::with_chains(
+            5,
+            1,
+            shards,
+            vec![
+                Chain { version: 7, replicas },
+                Chain {
+                    version: 1,
+                    replicas: vec![Replica {
+                        shard: 2,
+                        state: ReplicaState::Serving,
+                    }],
+                },
+            ],
+        )
+    }
+
+    use ReplicaState::{Offline, Serving};
+
+    #[test]
+    fn head_middle_tail_and_outside() {
+        let m = map([Serving, Serving, Serving]);
+        let place = |node| ChainPlace::of(&m, 0, node, 0);
+        assert_eq!(
+            place(1),
+            ChainPlace::Serving {
+                is_head: true,
+                version: 7,
+                successor: Some("10.0.0.1:7400".into())
+            }
+        );
+        assert_eq!(
+            place(2),
+            ChainPlace::Serving {
+                is_head: false,
+                version: 7,
+                successor: Some("10.0.0.2:7400".into())
+            }
+        );
+        assert_eq!(
+            place(3),
+            ChainPlace::Serving {
+                is_head: false,
+                version: 7,
+                successor: None
+            }
+        );
+        assert_eq!(place(4), ChainPlace::Outside);
+        assert_eq!(ChainPlace::of(&m, 1, 1, 0), ChainPlace::Outside);
+        assert_eq!(
+            ChainPlace::of(&m, 9, 1, 0),
+            ChainPlace::Outside,
+            "no such partition"
+        );
+        assert_eq!(
+            ChainPlace::of(&m, 0, 1, 1),
+            ChainPlace::Outside,
+            "another shard of the node"
+        );
+    }
+
+    #[test]
+    fn offline_replicas_are_skipped() {
+        let m = map([Offline, Serving, Serving]);
+        assert_eq!(ChainPlace::of(&m, 0, 1, 0), ChainPlace::Outside);
+        assert!(matches!(
+            ChainPlace::of(&m, 0, 2, 0),
+            ChainPlace::Serving { is_head: true, .. }
+        ));
+        let m = map([Serving, Offline, Serving]);
+        assert_eq!(
+            ChainPlace::of(&m, 0, 1, 0),
+            ChainPlace::Serving {
+                is_head: true,
+                version: 7,
+                successor: Some("10.0.0.2:7400".into())
+            },
+            "the head passes writes to the next serving replica"
+        );
+        assert_eq!(local_replica(&m, 0, 2), None);
+        assert_eq!(local_replica(&m, 0, 3), Some(0));
+    }
+}

@@ -1,0 +1,256 @@
+//! Chain replication on the data path. The head writes a PUT or DELETE durably (the engine
+//! gives it its version) and passes the record down the chain; each replica applies it
+//! with that same version through the engine's seam for versioned records, passes it on,
+//! and answers upstream only once its successor has; the head answers the client once the
+//! tail has the record durably. Each hop names the chain version it routed by, and a
+//! replica whose chain differs refuses it: the sender waits for the newer map and sends
+//! again to whoever follows it then, so a record is never lost between a chain's old shape
+//! and its new one, nor applied by a replica the chain has dropped.
+//!
+//! Passing down runs as its own task, which neither a client's disconnect nor the head's
+//! answer deadline cancels: it ends when the record is acknowledged downstream, or when
+//! this shard is no longer a serving replica of the partition. While it runs the key is
+//! dirty (`dirty_keys`), and reads of it wait.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hotshard_net::runtime::{Glommio, Runtime};
+use hotshard_net::server::Reply;
+use hotshard_net::{Request, Status};
+use hotshard_nvme::BlockQueue;
+
+use crate::chain_view::ChainPlace;
+use crate::dirty_keys::DirtyGuard;
+use crate::put_payload::PutPayload;
+use crate::route::store_partition;
+use crate::shard_handler::{ok_with, status_of, OutBuf, ShardHandler};
+use crate::waitable_count::Counted;
+
+/// How long one hop may take to answer before the connection is dropped and the record
+/// sent again (to the same replica, or to whoever follows this one by then).
+const HOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pauses between tries of a hop, doubling up to the last.
+const FIRST_PAUSE: Duration = Duration::from_millis(1);
+const LAST_PAUSE: Duration = Duration::from_millis(50);
+
+/// A record on its way down a chain.
+pub struct ChainRecord {
+    pub key: Vec<u8>,
+    pub partition: u32,
+    pub version: u64,
+    /// None: a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+impl<Q: BlockQueue + 'static> ShardHandler<Q> {
+    /// A PUT or DELETE at the head of a chain with replicas after it: written here, then
+    /// passed down. Answered Ok once the tail has it, or OutcomeUnknown if that takes
+    /// longer than the frame timeout (passing down goes on).
+    pub(crate) async fn write_down_chain(
+        self: &Rc<Self>,
+        key: Vec<u8>,
+        partition: u32,
+        payload: Option<PutPayload>,
+        if_version: Option<u64>,
+        delete: bool,
+    ) -> Reply<OutBuf> {
+        let started = Instant::now();
+        let sp = match store_partition(partition) {
+            Ok(p) => p,
+            Err(status) => return Reply::status(status),
+        };
+        // Dirty before anything is written here: a read must not see this version until
+        // the tail has it.
+        let dirty = self.dirty.mark(&key);
+        let value = (!delete).then(|| payload.map(PutPayload::into_vec).unwrap_or_default());
+        let r = match &value {
+            Some(v) => self.store.put(&key, sp, v, if_version).await,
+            None => self.store.delete(&key, sp, if_version).await,
+        };
+        let len = value.as_ref().map_or(0, Vec::len) as u64;
+        let op = if delete {
+            &self.stats.delete
+        } else {
+            &self.stats.put
+        };
+        let version = match r {
+            Ok(v) => v,
+            Err(e) => {
+                op.record(started.elapsed().as_micros() as u64, len, false);
+                return Reply::status(status_of(&e));
+            }
+        };
+        let record = ChainRecord {
+            key,
+            partition,
+            version,
+            value,
+        };
+        let acknowledged = self.pass_down_and_wait(record, dirty).await;
+        op.record(started.elapsed().as_micros() as u64, len, acknowledged);
+        if acknowledged {
+            Reply {
+                response: ok_with(version, len, 0),
+                payload: None,
+            }
+        } else {
+            Reply::status(Status::OutcomeUnknown)
+        }
+    }
+
+    /// A record from this shard's predecessor in the chain: applied here with its version
+    /// (skipped if this replica already has it or a newer one), passed down, and answered
+    /// Ok once every replica after this one has it.
+    pub(crate) async fn answer_replicate(
+        self: &Rc<Self>,
+        request: Request,
+        payload: Option<PutPayload>,
+    ) -> Reply<OutBuf> {
+        let Request::Replicate {
+            key,
+            partition,
+            chain_version,
+            version,
+            tombstone,
+        } = request
+        else {
+            return Reply::status(Status::Internal);
+        };
+        let started = Instant::now();
+        if self.map.fenced() {
+            return Reply::status(Status::Busy);
+        }
+        let mine = {
+            let map = self.map.borrow();
+            ChainPlace::of(&map, partition, self.node_id, self.shard)
+        };
+        match mine {
+            ChainPlace::Serving { version: v, .. } if v == chain_version => {}
+            // A chain of another shape: the sender's map or this one is behind. The
+            // answer carries this replica's chain version; the sender tries again once
+            // the maps agree.
+            other => {
+                self.stats.wrong_shard.set(self.stats.wrong_shard.get() + 1);
+                let mut reply = Reply::status(Status::WrongShard {
+                    epoch: self.map.epoch(),
+                });
+                if let ChainPlace::Serving { version: v, .. } = other {
+                    reply.response.version = v;
+                }
+                return reply;
+            }
+        }
+        let sp = match store_partition(partition) {
+            Ok(p) => p,
+            Err(status) => return Reply::status(status),
+        };
+        let dirty = self.dirty.mark(&key);
+        let value = (!tombstone).then(|| payload.map(PutPayload::into_vec).unwrap_or_default());
+        let len = value.as_ref().map_or(0, Vec::len) as u64;
+        let applied = self
+            .store
+            .apply_versioned(&key, sp, value.as_deref(), version)
+            .await;
+        if let Err(e) = applied {
+            self.stats
+                .replicate
+                .record(started.elapsed().as_micros() as u64, len, false);
+            return Reply::status(status_of(&e));
+        }
+        let record = ChainRecord {
+            key,
+            partition,
+            version,
+            value,
+        };
+        let acknowledged = self.pass_down_and_wait(record, dirty).await;
+        self.stats
+            .replicate
+            .record(started.elapsed().as_micros() as u64, len, acknowledged);
+        if acknowledged {
+            Reply {
+                response: ok_with(version, len, 0),
+                payload: None,
+            }
+        } else {
+            Reply::status(Status::OutcomeUnknown)
+        }
+    }
+
+    /// Passes `record` down in its own task and waits for it up to the frame timeout:
+    /// true once every replica after this one has it.
+    async fn pass_down_and_wait(self: &Rc<Self>, record: ChainRecord, dirty: DirtyGuard) -> bool {
+        let task = glommio::spawn_local(Rc::clone(self).pass_down(record, dirty)).detach();
+        matches!(Glommio::timeout(self.answer_wait, task).await, Some(Some(true)))
+    }
+
+    /// Sends `record` to this shard's successor in the partition's chain until it is
+    /// acknowledged (true; at once if this is the tail) or this shard no longer serves the
+    /// partition (false). Each try routes by the map as it is then.
+    async fn pass_down(self: Rc<Self>, record: ChainRecord, dirty: DirtyGuard) -> bool {
+        let _counted = Counted::new(&self.in_flight);
+        let _waiting = Waiting::new(&self.stats.waiting_on_successor);
+        let _dirty = dirty;
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let place = {
+                let map = self.map.borrow();
+                ChainPlace::of(&map, record.partition, self.node_id, self.shard)
+            };
+            let (chain_version, successor) = match place {
+                ChainPlace::Outside => return false,
+                ChainPlace::Serving { successor: None, .. } => return true,
+                ChainPlace::Serving {
+                    version,
+                    successor: Some(addr),
+                    ..
+                } => (version, addr),
+            };
+            if !self.map.fenced() {
+                let request = Request::Replicate {
+                    key: record.key.clone(),
+                    partition: record.partition,
+                    chain_version,
+                    version: record.version,
+                    tombstone: record.value.is_none(),
+                };
+                let value = record.value.as_deref().unwrap_or(&[]);
+                let sent = Instant::now();
+                let answer = self.links.call(&successor, &request, value, HOP_TIMEOUT).await;
+                let ok = matches!(&answer, Ok((r, _)) if r.status() == Status::Ok);
+                self.stats
+                    .pass_down
+                    .record(sent.elapsed().as_micros() as u64, value.len() as u64, ok);
+                match answer {
+                    Ok(_) if ok => return true,
+                    Ok((r, _)) => tracing::debug!(
+                        to = %successor,
+                        status = ?r.status(),
+                        partition = record.partition,
+                        "replica refused a record; trying again"
+                    ),
+                    Err(e) => tracing::debug!(to = %successor, error = ?e, "no answer from the next replica"),
+                }
+            }
+            glommio::timer::sleep(pause).await;
+            pause = (pause * 2).min(LAST_PAUSE);
+        }
+    }
+}
+
+/// Counts a record waiting on a successor while it lives.
+struct Waiting<'a>(&'a std::cell::Cell<u64>);
+
+impl<'a> Waiting<'a> {
+    fn new(c: &'a std::cell::Cell<u64>) -> Waiting<'a> {
+        c.set(c.get() + 1);
+        Waiting(c)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}

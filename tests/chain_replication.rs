@@ -1,0 +1,199 @@
+//! Chain replication across three node processes (etcd and a coordinator as processes
+//! too, replication factor 3): every acknowledged write is on every serving replica with
+//! the version the head gave it, any replica answers reads, and when a node is killed
+//! with kill -9 its chains shrink, writes go on within seconds, and nothing acknowledged
+//! is lost.
+
+mod common;
+
+#[path = "common/cluster_bed.rs"]
+mod cluster_bed;
+
+#[path = "../node/cluster/tests/common/mod.rs"]
+mod etcd;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use cluster_bed::*;
+use common::*;
+use hotshard_net::blocking::BlockingClient;
+use hotshard_net::{Request, Status, Target};
+use hotshard_placement::{ReplicaState, ShardMap};
+
+struct Bed {
+    _etcd: etcd::Etcd,
+    _coordinator: Coordinator,
+    nodes: Vec<Node>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+/// Three nodes of two shards each, formed into one cluster with replication factor 3.
+fn three_nodes() -> Bed {
+    let etcd = etcd::Etcd::start();
+    let section = cluster_section(&etcd.endpoint, "chains");
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..3 {
+        let dir = test_dir();
+        let port = ports();
+        nodes.push(start(&write_config_with(dir.path(), port, &section), port));
+        dirs.push(dir);
+    }
+    let coordinator = Coordinator::forming(&etcd.endpoint, "chains", 3, 3);
+    let addr = nodes[0].addr(0);
+    eventually(Duration::from_secs(20), "the cluster serves", || {
+        BlockingClient::connect(&addr, Duration::from_secs(2))
+            .and_then(|mut c| c.put(b"first", b"v"))
+            .is_ok()
+    });
+    Bed {
+        _etcd: etcd,
+        _coordinator: coordinator,
+        nodes,
+        _dirs: dirs,
+    }
+}
+
+/// An object as a replica holds it: its version and value, or None if it has none.
+type Held = Option<(u64, Vec<u8>)>;
+
+/// What each serving replica of `key`'s chain holds, by address.
+fn on_every_replica(c: &mut BlockingClient, map: &ShardMap, key: &[u8]) -> Vec<(String, Held)> {
+    let partition = map.partition(key);
+    let chain = map.chain(partition).unwrap();
+    chain
+        .replicas
+        .iter()
+        .filter(|r| r.state == ReplicaState::Serving)
+        .map(|r| {
+            let addr = map.shards[r.shard as usize].addr.clone();
+            let get = Request::Get {
+                key: key.to_vec(),
+                range: None,
+                target: Target {
+                    partition,
+                    epoch: map.epoch,
+                },
+            };
+            let (resp, body) = c.call_at(&addr, &get, &[]).unwrap();
+            let held = match resp.status() {
+                Status::Ok => Some((resp.version, body)),
+                Status::NotFound => None,
+                other => panic!("{addr} answered {other:?} for a read"),
+            };
+            (addr, held)
+        })
+        .collect()
+}
+
+fn serving_replicas(map: &ShardMap, partition: u32) -> usize {
+    map.chain(partition)
+        .unwrap()
+        .replicas
+        .iter()
+        .filter(|r| r.state == ReplicaState::Serving)
+        .count()
+}
+
+#[test]
+fn writes_reach_every_replica_and_survive_a_killed_node() {
+    let mut bed = three_nodes();
+    let mut c = BlockingClient::connect(&bed.nodes[1].addr(0), Duration::from_secs(5)).unwrap();
+    let map = c.shard_map().clone();
+    assert!((0..map.chains.len() as u32).all(|p| serving_replicas(&map, p) == 3));
+
+    // Acknowledged writes, a delete among them: each on all three replicas, same version.
+    let mut acked = BTreeMap::new();
+    for i in 0..300 {
+        let key = format!("key-{i}").into_bytes();
+        let value = format!("value-{i}-{}", "x".repeat(i * 37 % 9000)).into_bytes();
+        let version = match c.put(&key, &value) {
+            Ok(v) => v,
+            Err(e) => {
+                for d in &bed._dirs {
+                    eprintln!(
+                        "{}",
+                        std::fs::read_to_string(d.path().join("node.log")).unwrap_or_default()
+                    );
+                }
+                panic!("put {i}: {e}");
+            }
+        };
+        acked.insert(key, Some((version, value)));
+    }
+    let version = c.delete(b"key-7").unwrap();
+    assert!(version > acked[&b"key-7".to_vec()].as_ref().unwrap().0);
+    acked.insert(b"key-7".to_vec(), None);
+    for (key, want) in &acked {
+        for (addr, held) in on_every_replica(&mut c, &map, key) {
+            assert_eq!(
+                &held,
+                want,
+                "{addr} holds another version of {}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+    // The replicas took them from their predecessors, and said so.
+    let metrics: String = bed.nodes.iter().map(|n| scrape(n.port + 3)).collect();
+    let replicated: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("hotshard_ops_total{") && l.contains("op=\"replicate\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(replicated >= 2.0 * 301.0, "{replicated} records replicated");
+
+    // kill -9 of node 0: every chain it was in goes on with the other two.
+    let dead_node = map
+        .shards
+        .iter()
+        .find(|s| s.addr == bed.nodes[0].addr(0))
+        .unwrap()
+        .node;
+    bed.nodes[0].kill9();
+    let killed = Instant::now();
+    let headed_by_dead = |m: &ShardMap, p: u32| m.owner(p).is_some_and(|o| o.node == dead_node);
+    let probe = (0..)
+        .map(|i| format!("probe-{i}").into_bytes())
+        .find(|k| headed_by_dead(&map, map.partition(k)))
+        .unwrap();
+    let mut writes_back = None;
+    while killed.elapsed() < Duration::from_secs(15) {
+        let ok = BlockingClient::connect(&bed.nodes[1].addr(0), Duration::from_secs(2))
+            .and_then(|mut c| c.put(&probe, b"after"))
+            .is_ok();
+        if ok {
+            writes_back = Some(killed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let writes_back = writes_back.expect("writes to the dead head's partitions never came back");
+    eprintln!("writes to a killed head's partitions back after {writes_back:?}");
+    assert!(writes_back < Duration::from_secs(8), "{writes_back:?}");
+
+    // Nothing acknowledged is lost, and the two survivors agree.
+    let mut c = BlockingClient::connect(&bed.nodes[2].addr(0), Duration::from_secs(5)).unwrap();
+    let map = c.shard_map().clone();
+    assert!(map
+        .owner(map.partition(&probe))
+        .is_some_and(|o| o.node != dead_node));
+    for (key, want) in &acked {
+        let replicas = on_every_replica(&mut c, &map, key);
+        assert_eq!(replicas.len(), 2);
+        for (addr, held) in replicas {
+            assert_eq!(
+                &held,
+                want,
+                "{addr} after the kill, {}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+    // New writes still reach both survivors.
+    let version = c.put(b"key-1", b"new").unwrap();
+    for (addr, held) in on_every_replica(&mut c, &map, b"key-1") {
+        assert_eq!(held, Some((version, b"new".to_vec())), "{addr}");
+    }
+}
