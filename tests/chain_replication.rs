@@ -16,44 +16,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cluster_bed::*;
-use common::*;
 use hotshard_net::blocking::BlockingClient;
 use hotshard_net::{Request, Status, Target};
 use hotshard_placement::{ReplicaState, ShardMap};
-
-struct Bed {
-    _etcd: etcd::Etcd,
-    _coordinator: Coordinator,
-    nodes: Vec<Node>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-/// Three nodes of two shards each, formed into one cluster with replication factor 3.
-fn three_nodes() -> Bed {
-    let etcd = etcd::Etcd::start();
-    let section = cluster_section(&etcd.endpoint, "chains");
-    let mut nodes = Vec::new();
-    let mut dirs = Vec::new();
-    for _ in 0..3 {
-        let dir = test_dir();
-        let port = ports();
-        nodes.push(start(&write_config_with(dir.path(), port, &section), port));
-        dirs.push(dir);
-    }
-    let coordinator = Coordinator::forming(&etcd.endpoint, "chains", 3, 3);
-    let addr = nodes[0].addr(0);
-    eventually(Duration::from_secs(20), "the cluster serves", || {
-        BlockingClient::connect(&addr, Duration::from_secs(2))
-            .and_then(|mut c| c.put(b"first", b"v"))
-            .is_ok()
-    });
-    Bed {
-        _etcd: etcd,
-        _coordinator: coordinator,
-        nodes,
-        _dirs: dirs,
-    }
-}
 
 /// An object as a replica holds it: its version and value, or None if it has none.
 type Held = Option<(u64, Vec<u8>)>;
@@ -98,7 +63,7 @@ fn serving_replicas(map: &ShardMap, partition: u32) -> usize {
 
 #[test]
 fn writes_reach_every_replica_and_survive_a_killed_node() {
-    let mut bed = three_nodes();
+    let mut bed = Bed::start("chains", 3, 3, 1, &[]);
     let mut c = BlockingClient::connect(&bed.nodes[1].addr(0), Duration::from_secs(5)).unwrap();
     let map = c.shard_map().clone();
     assert!((0..map.chains.len() as u32).all(|p| serving_replicas(&map, p) == 3));
@@ -108,18 +73,9 @@ fn writes_reach_every_replica_and_survive_a_killed_node() {
     for i in 0..300 {
         let key = format!("key-{i}").into_bytes();
         let value = format!("value-{i}-{}", "x".repeat(i * 37 % 9000)).into_bytes();
-        let version = match c.put(&key, &value) {
-            Ok(v) => v,
-            Err(e) => {
-                for d in &bed._dirs {
-                    eprintln!(
-                        "{}",
-                        std::fs::read_to_string(d.path().join("node.log")).unwrap_or_default()
-                    );
-                }
-                panic!("put {i}: {e}");
-            }
-        };
+        let version = c
+            .put(&key, &value)
+            .unwrap_or_else(|e| panic!("put {i}: {e}\n{}", bed.logs()));
         acked.insert(key, Some((version, value)));
     }
     let version = c.delete(b"key-7").unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_lite::future::block_on;
 use futures_lite::io::AssertAsync;
 
-use crate::client::{expect_ok, found, retry_after, ClientError};
+use crate::client::{answer_lost, expect_ok, found, is_read, retry_after, ClientError};
 use crate::connection::{Answer, Connection};
 use crate::message::{ByteRange, Request, Target};
 use crate::shard_map::ShardMap;
@@ -21,6 +21,8 @@ pub struct BlockingClient {
     /// The address it was given: asked first for a newer map.
     seeds: Vec<String>,
     conns: std::collections::HashMap<String, Connection<AssertAsync<TcpStream>>>,
+    /// Turns with every read: which serving replica of a chain it goes to.
+    reads: usize,
 }
 
 impl BlockingClient {
@@ -41,6 +43,7 @@ impl BlockingClient {
             map: ShardMap::spread(0, 1, Vec::new()),
             seeds: vec![addr.to_string()],
             conns: Default::default(),
+            reads: 0,
         };
         let (resp, body) = c.call(addr, &Request::GetShardMap, &[])?;
         expect_ok(&resp)?;
@@ -114,7 +117,8 @@ impl BlockingClient {
         Err(last)
     }
 
-    /// Sends a keyed request to the key's owner, with the async client's retry rules
+    /// Sends a keyed request to the key's owner (a read: to its chain's serving replicas in
+    /// turn), with the async client's retry rules
     /// (`Client::keyed`): a refresh and one more try on no owner, WrongShard, an owner
     /// that cannot be reached, or a lost answer to a read; a write is never sent twice.
     fn keyed(
@@ -130,14 +134,20 @@ impl BlockingClient {
                 partition,
                 epoch: self.map.epoch,
             };
-            let Some(addr) = self.map.owner(partition).map(|o| o.addr.clone()) else {
+            let request = make(target);
+            let to = if is_read(&request) {
+                self.reads = self.reads.wrapping_add(1);
+                self.map.reader(partition, self.reads)
+            } else {
+                self.map.owner(partition)
+            };
+            let Some(addr) = to.map(|o| o.addr.clone()) else {
                 if last {
                     return Err(ClientError::NoOwner(partition));
                 }
                 self.refresh_map()?;
                 continue;
             };
-            let request = make(target);
             match self.call(&addr, &request, payload) {
                 Ok((resp, _)) if !last && matches!(resp.status(), crate::Status::WrongShard { .. }) => {
                     self.refresh_map()?
@@ -148,7 +158,14 @@ impl BlockingClient {
                         return Err(e);
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The node may be gone: the next request routes by a fresh map (this
+                    // one is not sent again).
+                    if answer_lost(&e) {
+                        let _ = self.refresh_map();
+                    }
+                    return Err(e);
+                }
             }
         }
         Err(ClientError::Status(crate::Status::WrongShard {

@@ -44,8 +44,17 @@ pub enum ClientError {
 /// it was never sent (no connection), otherwise only if it is a read.
 pub(crate) fn retry_after(e: &ClientError, request: &Request) -> bool {
     matches!(e, ClientError::Connect { .. })
-        || (matches!(request, Request::Get { .. } | Request::Stat { .. })
-            && matches!(e, ClientError::Timeout(_) | ClientError::Wire(_)))
+        || (is_read(request) && matches!(e, ClientError::Timeout(_) | ClientError::Wire(_)))
+}
+
+/// The request went out and no answer came back: its node may be gone.
+pub(crate) fn answer_lost(e: &ClientError) -> bool {
+    matches!(e, ClientError::Timeout(_) | ClientError::Wire(_))
+}
+
+/// A request that changes nothing: any serving replica answers it, and it may be sent again.
+pub(crate) fn is_read(request: &Request) -> bool {
+    matches!(request, Request::Get { .. } | Request::Stat { .. })
 }
 
 /// `Ok` for a successful response, the status as an error otherwise.
@@ -111,6 +120,8 @@ pub struct Client<R: Runtime> {
     cfg: ClientConfig,
     map: RefCell<ShardMap>,
     conns: RefCell<HashMap<String, Connection<R::Stream>>>,
+    /// Turns with every read: which serving replica of a chain it goes to.
+    reads: std::cell::Cell<usize>,
 }
 
 impl<R: Runtime> Client<R> {
@@ -121,6 +132,7 @@ impl<R: Runtime> Client<R> {
             cfg,
             map: RefCell::new(ShardMap::spread(0, 1, Vec::new())),
             conns: RefCell::new(HashMap::new()),
+            reads: std::cell::Cell::new(0),
         };
         client.refresh_map().await?;
         Ok(client)
@@ -180,7 +192,8 @@ impl<R: Runtime> Client<R> {
         Err(last)
     }
 
-    /// Sends a keyed request to the key's owner. Refreshes the map and tries once more
+    /// Sends a keyed request to the key's owner (a read: to one of its chain's serving
+    /// replicas, in turn). Refreshes the map and tries once more
     /// when the map names no owner for the key, when the owner answers WrongShard, when
     /// the owner cannot be reached (nothing was sent), and, for reads only, when the
     /// answer is lost: a write whose answer was lost may have been applied, and is never
@@ -193,14 +206,22 @@ impl<R: Runtime> Client<R> {
     ) -> Result<Answer, ClientError> {
         for attempt in 0..2 {
             let last = attempt == 1;
-            let (owner, partition, target) = {
+            let (owner, partition, request) = {
                 let map = self.map.borrow();
                 let partition = map.partition(key);
                 let target = Target {
                     partition,
                     epoch: map.epoch,
                 };
-                (map.owner(partition).map(|o| o.addr.clone()), partition, target)
+                let request = make(target);
+                let to = if is_read(&request) {
+                    let pick = self.reads.get();
+                    self.reads.set(pick.wrapping_add(1));
+                    map.reader(partition, pick)
+                } else {
+                    map.owner(partition)
+                };
+                (to.map(|o| o.addr.clone()), partition, request)
             };
             let Some(addr) = owner else {
                 if last {
@@ -209,7 +230,6 @@ impl<R: Runtime> Client<R> {
                 self.refresh_map().await?;
                 continue;
             };
-            let request = make(target);
             match self.call_addr(&addr, &request, payload).await {
                 Ok((resp, _)) if !last && matches!(resp.status(), Status::WrongShard { .. }) => {
                     self.refresh_map().await?
@@ -220,7 +240,14 @@ impl<R: Runtime> Client<R> {
                         return Err(e);
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The node may be gone: the next request routes by a fresh map (this
+                    // one is not sent again).
+                    if answer_lost(&e) {
+                        let _ = self.refresh_map().await;
+                    }
+                    return Err(e);
+                }
             }
         }
         Err(ClientError::Status(Status::WrongShard {

@@ -87,6 +87,13 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             version,
             value,
         };
+        if planted_early_ack() {
+            glommio::spawn_local(Rc::clone(self).pass_down(record, dirty)).detach();
+            return Reply {
+                response: ok_with(version, len, 0),
+                payload: None,
+            };
+        }
         let acknowledged = self.pass_down_and_wait(record, dirty).await;
         op.record(started.elapsed().as_micros() as u64, len, acknowledged);
         if acknowledged {
@@ -237,6 +244,17 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             pause = (pause * 2).min(LAST_PAUSE);
         }
     }
+}
+
+/// A planted bug, for proving that the cluster's history checker catches one: with
+/// `HOTSHARD_PLANTED_BUG=ack-at-head` a head answers a write as soon as it has it, before
+/// the tail does. Only in builds with debug assertions (the tests' builds); a release
+/// build has no such switch.
+fn planted_early_ack() -> bool {
+    static PLANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    cfg!(debug_assertions)
+        && *PLANTED
+            .get_or_init(|| std::env::var_os("HOTSHARD_PLANTED_BUG").is_some_and(|v| v == "ack-at-head"))
 }
 
 /// Counts a record waiting on a successor while it lives.

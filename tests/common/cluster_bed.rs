@@ -20,9 +20,14 @@ impl Coordinator {
     /// A coordinator of cluster `name` that forms it once `nodes` nodes are registered,
     /// with chains of `replication` replicas (2 s leases).
     pub fn forming(endpoint: &str, name: &str, nodes: usize, replication: usize) -> Coordinator {
+        Coordinator::named(endpoint, name, nodes, replication, "coordinator")
+    }
+
+    /// `forming`, naming itself `me` in the cluster's state.
+    pub fn named(endpoint: &str, name: &str, nodes: usize, replication: usize, me: &str) -> Coordinator {
         Coordinator(
             Command::new(binary())
-                .args(["coordinator", "--etcd", endpoint, "--cluster", name])
+                .args(["coordinator", "--etcd", endpoint, "--cluster", name, "--name", me])
                 .args(["--expect-nodes", &nodes.to_string()])
                 .args(["--replication", &replication.to_string(), "--lease-ttl", "2"])
                 .stdout(Stdio::null())
@@ -73,4 +78,64 @@ pub fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> 
         std::thread::sleep(Duration::from_millis(100));
     }
     started.elapsed()
+}
+
+/// A cluster of node processes on loopback: etcd, coordinators and nodes of two shards
+/// each, all stopped when dropped.
+pub struct Bed {
+    pub etcd: crate::etcd::Etcd,
+    pub coordinators: Vec<Coordinator>,
+    pub nodes: Vec<crate::common::Node>,
+    pub dirs: Vec<tempfile::TempDir>,
+}
+
+impl Bed {
+    /// `nodes` nodes (with `env` in their environment) formed into cluster `name` with
+    /// replication factor `replication` by `coordinators` coordinators (named c0, c1, ...),
+    /// once a client can write.
+    pub fn start(
+        name: &str,
+        nodes: usize,
+        replication: usize,
+        coordinators: usize,
+        env: &[(&str, &str)],
+    ) -> Bed {
+        use crate::common::{ports, start_with_env, test_dir, write_config_with};
+        let etcd = crate::etcd::Etcd::start();
+        let section = cluster_section(&etcd.endpoint, name);
+        let mut bed = Bed {
+            coordinators: Vec::new(),
+            nodes: Vec::new(),
+            dirs: Vec::new(),
+            etcd,
+        };
+        for _ in 0..nodes {
+            let dir = test_dir();
+            let port = ports();
+            let cfg = write_config_with(dir.path(), port, &section);
+            bed.nodes.push(start_with_env(&cfg, port, env));
+            bed.dirs.push(dir);
+        }
+        for i in 0..coordinators {
+            let me = format!("c{i}");
+            let c = Coordinator::named(&bed.etcd.endpoint, name, nodes, replication, &me);
+            bed.coordinators.push(c);
+        }
+        let addr = bed.nodes[0].addr(0);
+        eventually(Duration::from_secs(20), "the cluster serves", || {
+            hotshard_net::blocking::BlockingClient::connect(&addr, Duration::from_secs(2))
+                .and_then(|mut c| c.put(b"first", b"v"))
+                .is_ok()
+        });
+        bed
+    }
+
+    /// Every node's log so far.
+    pub fn logs(&self) -> String {
+        self.dirs
+            .iter()
+            .map(|d| std::fs::read_to_string(d.path().join("node.log")).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }

@@ -98,21 +98,32 @@ pub fn write_config_with(dir: &Path, port: u16, extra: &str) -> PathBuf {
 
 /// Starts the node and waits until both shards accept connections.
 pub fn start(cfg: &Path, port: u16) -> Node {
-    start_inner(cfg, port, None, None)
+    start_inner(cfg, port, None, None, &[])
+}
+
+/// Starts the node with `env` added to its environment.
+pub fn start_with_env(cfg: &Path, port: u16, env: &[(&str, &str)]) -> Node {
+    start_inner(cfg, port, None, None, env)
 }
 
 /// Starts the node with at most `limit` open files (soft and hard: it cannot raise it).
 pub fn start_with_fd_limit(cfg: &Path, port: u16, limit: u64) -> Node {
-    start_inner(cfg, port, None, Some(limit))
+    start_inner(cfg, port, None, Some(limit), &[])
 }
 
 /// Starts a node that requires `secret`, logging at debug level (so a test can check that
 /// the log never holds the secret).
 pub fn start_with_secret(cfg: &Path, port: u16, secret: &str) -> Node {
-    start_inner(cfg, port, Some(secret), None)
+    start_inner(cfg, port, Some(secret), None, &[])
 }
 
-fn start_inner(cfg: &Path, port: u16, secret: Option<&str>, fd_limit: Option<u64>) -> Node {
+fn start_inner(
+    cfg: &Path,
+    port: u16,
+    secret: Option<&str>,
+    fd_limit: Option<u64>,
+    env: &[(&str, &str)],
+) -> Node {
     let log_path = cfg.with_extension("log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut cmd = Command::new(binary());
@@ -120,6 +131,7 @@ fn start_inner(cfg: &Path, port: u16, secret: Option<&str>, fd_limit: Option<u64
         .arg(cfg)
         .env("RUST_LOG", if secret.is_some() { "debug" } else { "warn" })
         .stdout(Stdio::null())
+        .envs(env.iter().copied())
         .stderr(log);
     if let Some(limit) = fd_limit {
         use std::os::unix::process::CommandExt;

@@ -146,6 +146,20 @@ impl ShardMap {
         self.shards.get(head as usize)
     }
 
+    /// A serving replica of `partition` to read from: the `pick`-th (modulo their number),
+    /// so that a client turning `pick` spreads its reads over the chain. Every serving
+    /// replica answers reads linearizably (a key with a write in flight waits).
+    pub fn reader(&self, partition: u32, pick: usize) -> Option<&ShardAddr> {
+        let chain = self.chains.get(partition as usize)?;
+        let serving = chain.replicas.iter().filter(|r| r.state == ReplicaState::Serving);
+        let n = serving.clone().count();
+        if n <= 1 {
+            return self.owner(partition);
+        }
+        let r = serving.clone().nth(pick % n)?;
+        self.shards.get(r.shard as usize)
+    }
+
     /// How many partitions shard `index` (of `shards`) heads.
     pub fn partitions_headed_by(&self, index: usize) -> usize {
         self.heads.iter().filter(|&&h| h as usize == index).count()
@@ -193,6 +207,31 @@ impl ShardMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_turn_over_the_serving_replicas() {
+        let shards: Vec<ShardAddr> = (0..3)
+            .map(|s| ShardAddr {
+                node: s,
+                shard: 0,
+                addr: format!("10.0.0.{s}:7400"),
+            })
+            .collect();
+        let replica = |shard, state| Replica { shard, state };
+        let chain = Chain {
+            version: 3,
+            replicas: vec![
+                replica(0, ReplicaState::Offline),
+                replica(1, ReplicaState::Serving),
+                replica(2, ReplicaState::Serving),
+            ],
+        };
+        let map = ShardMap::with_chains(2, 1, shards, vec![chain.clone(), chain]);
+        let picked: Vec<u32> = (0..4).map(|i| map.reader(1, i).unwrap().node).collect();
+        assert_eq!(picked, [1, 2, 1, 2], "never the offline replica");
+        assert_eq!(map.owner(1).unwrap().node, 1);
+        assert!(map.reader(2, 0).is_none(), "no such partition");
+    }
 
     #[test]
     fn round_trip_and_routing() {

@@ -12,6 +12,8 @@ use etcd_client::Client;
 pub struct Etcd {
     child: Child,
     pub endpoint: String,
+    peer_url: String,
+    client_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -22,6 +24,30 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Starts etcd on `endpoint` with its data in `dir` (a restart finds its data there).
+fn spawn(dir: &std::path::Path, endpoint: &str, peer_url: &str) -> Child {
+    Command::new("etcd")
+        .args(["--name", "t", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            endpoint,
+            "--advertise-client-urls",
+            endpoint,
+        ])
+        .args([
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+        ])
+        .args(["--initial-cluster", &format!("t={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd is not installed: apt-get install etcd-server (.ci/run does)")
+}
+
 impl Etcd {
     /// Starts etcd (Debian's `etcd-server`; `.ci/run` installs it) and waits until it
     /// answers.
@@ -29,40 +55,36 @@ impl Etcd {
         let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
         std::fs::create_dir_all(base).unwrap();
         let dir = tempfile::tempdir_in(base).unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
+        let (client_port, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.path().join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("t={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd is not installed: apt-get install etcd-server (.ci/run does)");
+        let child = spawn(dir.path(), &endpoint, &peer_url);
         let etcd = Etcd {
             child,
             endpoint,
+            peer_url,
+            client_port,
             _dir: dir,
         };
+        etcd.wait_listening();
+        etcd
+    }
+
+    fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_err() {
             assert!(Instant::now() < deadline, "etcd did not start listening");
             std::thread::sleep(Duration::from_millis(50));
         }
-        etcd
+    }
+
+    /// Kills etcd (kill -9), waits `down`, and starts it again on the same data and ports.
+    pub fn restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = spawn(self._dir.path(), &self.endpoint, &self.peer_url);
+        self.wait_listening();
     }
 }
 
