@@ -153,3 +153,89 @@ fn writes_reach_every_replica_and_survive_a_killed_node() {
         assert_eq!(held, Some((version, b"new".to_vec())), "{addr}");
     }
 }
+
+/// One failover: the head of a probe key's chain is killed (kill -9) while a client
+/// writes the key and another reads it every 20 ms. Returns how long after the kill the
+/// first write succeeded, and how many reads failed after their one retry.
+fn one_failover(ttl: u64) -> (Duration, usize) {
+    let mut bed = Bed::start_with_ttl("failover", 3, 3, 1, &[], ttl);
+    let seed = bed.nodes[1].addr(0);
+    let map = BlockingClient::connect(&seed, Duration::from_secs(5))
+        .unwrap()
+        .shard_map()
+        .clone();
+    let victim = map
+        .shards
+        .iter()
+        .find(|s| s.addr == bed.nodes[0].addr(0))
+        .unwrap()
+        .node;
+    let probe = (0..)
+        .map(|i| format!("probe-{i}").into_bytes())
+        .find(|k| map.owner(map.partition(k)).is_some_and(|o| o.node == victim))
+        .unwrap();
+    let started = Instant::now();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawn = |write: bool| {
+        let (stop, seed, probe) = (stop.clone(), seed.clone(), probe.clone());
+        std::thread::spawn(move || {
+            let mut c = BlockingClient::connect(&seed, Duration::from_secs(1)).unwrap();
+            let mut outcomes = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ok = if write {
+                    c.put(&probe, b"v").is_ok()
+                } else {
+                    let r = c.get(&probe, None);
+                    if let Err(e) = &r {
+                        eprintln!("read failed at {:?}: {e}", started.elapsed());
+                    }
+                    r.is_ok()
+                };
+                outcomes.push((started.elapsed(), ok));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            outcomes
+        })
+    };
+    let (writer, reader) = (spawn(true), spawn(false));
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = started.elapsed();
+    bed.nodes[0].kill9();
+    std::thread::sleep(Duration::from_secs(3 * ttl));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    let reads = reader.join().unwrap();
+    let back = writes
+        .iter()
+        .find(|(at, ok)| *at > killed && *ok)
+        .map(|(at, _)| *at - killed)
+        .expect("no write succeeded after the kill");
+    let failed_reads = reads.iter().filter(|(at, ok)| *at > killed && !ok).count();
+    (back, failed_reads)
+}
+
+/// Failover timing with the default 3 s lease, over `HOTSHARD_FAILOVER_KILLS` kills (10
+/// by default): `cargo test --release --test chain_replication -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn failover_window_over_many_kills() {
+    let kills: usize = std::env::var("HOTSHARD_FAILOVER_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let mut windows = Vec::new();
+    let mut failed_reads = 0;
+    for i in 0..kills {
+        let (back, failed) = one_failover(3);
+        eprintln!("kill {i}: writes back after {back:?}, {failed} reads failed");
+        windows.push(back);
+        failed_reads += failed;
+    }
+    windows.sort();
+    let p50 = windows[windows.len() / 2];
+    let max = *windows.last().unwrap();
+    eprintln!(
+        "failover over {kills} kills (lease TTL 3 s): writes back p50 {p50:?}, max {max:?}; {failed_reads} reads failed"
+    );
+    assert!(max < Duration::from_secs(5), "writes came back after {max:?}");
+}

@@ -15,6 +15,8 @@ pub mod frame;
 pub mod frame_io;
 pub mod limits;
 pub mod message;
+#[cfg(feature = "glommio")]
+pub mod ready_stream;
 pub mod runtime;
 #[cfg(feature = "glommio")]
 pub mod server;

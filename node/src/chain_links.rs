@@ -7,9 +7,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use glommio::net::TcpStream;
 use hotshard_net::connection::{Answer, Connection};
-use hotshard_net::runtime::{Glommio, Runtime};
+use hotshard_net::ready_stream::{GlommioReady, Outstanding, ReadyStream};
+use hotshard_net::runtime::Runtime;
 use hotshard_net::Request;
 
 /// Why a call to another node got no answer.
@@ -21,8 +21,11 @@ pub enum LinkError {
 }
 
 pub struct ChainLinks {
-    conns: RefCell<HashMap<String, Connection<TcpStream>>>,
+    conns: RefCell<HashMap<String, Connection<ReadyStream>>>,
     secret: Option<Vec<u8>>,
+    /// Calls waiting for an answer, counted on the shard's readiness set so that its
+    /// poller keeps polling (made on first use: it must be on the shard's executor).
+    waiting: std::cell::OnceCell<Outstanding>,
 }
 
 impl ChainLinks {
@@ -30,20 +33,21 @@ impl ChainLinks {
         ChainLinks {
             conns: RefCell::new(HashMap::new()),
             secret,
+            waiting: std::cell::OnceCell::new(),
         }
     }
 
-    async fn connection(&self, addr: &str, limit: Duration) -> Result<Connection<TcpStream>, LinkError> {
+    async fn connection(&self, addr: &str, limit: Duration) -> Result<Connection<ReadyStream>, LinkError> {
         if let Some(c) = self.conns.borrow().get(addr).filter(|c| !c.is_broken()) {
             return Ok(c.clone());
         }
-        let stream = Glommio::timeout(limit, Glommio::connect(addr))
+        let stream = GlommioReady::timeout(limit, GlommioReady::connect(addr))
             .await
             .ok_or(LinkError::Timeout)?
             .map_err(|e| LinkError::Connect(format!("{addr}: {e}")))?;
         let conn = Connection::new(stream);
         if let Some(secret) = &self.secret {
-            Glommio::timeout(limit, hotshard_net::client::authenticate(&conn, secret))
+            GlommioReady::timeout(limit, hotshard_net::client::authenticate(&conn, secret))
                 .await
                 .ok_or(LinkError::Timeout)?
                 .map_err(|e| LinkError::Connect(format!("{addr}: {e}")))?;
@@ -62,7 +66,11 @@ impl ChainLinks {
         limit: Duration,
     ) -> Result<Answer, LinkError> {
         let conn = self.connection(addr, limit).await?;
-        let answer = match Glommio::timeout(limit, conn.call(request, payload)).await {
+        let waiting = self.waiting.get_or_init(Outstanding::for_this_thread);
+        waiting.add(1);
+        let answered = GlommioReady::timeout(limit, conn.call(request, payload)).await;
+        waiting.sub(1);
+        let answer = match answered {
             Some(Ok(answer)) => return Ok(answer),
             Some(Err(e)) => LinkError::Broken(e.to_string()),
             None => LinkError::Timeout,

@@ -201,6 +201,10 @@ pub struct NetSection {
     pub max_pending_mib: usize,
     /// A begun frame must arrive whole, and replies must be read, within this time.
     pub frame_timeout_ms: u64,
+    /// While a shard polls its sockets with nothing to do, let any other thread ready on
+    /// its core run first (`sched_yield`). For hosts where shards share cores (several
+    /// nodes on one machine, as in the test bed); off when each shard owns its core.
+    pub yield_when_idle: bool,
 }
 
 impl Default for NetSection {
@@ -211,6 +215,7 @@ impl Default for NetSection {
             max_pending_requests: 4096,
             max_pending_mib: 0,
             frame_timeout_ms: 10_000,
+            yield_when_idle: false,
         }
     }
 }

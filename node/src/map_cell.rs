@@ -32,12 +32,28 @@ impl MapCell {
     }
 
     /// Whether the shard must not answer keyed requests now: the node's lease is not
-    /// confirmed recently enough, or a newer map is posted than the one this shard holds
-    /// (it adopts it within `MAP_CHECK_EVERY`; until then it could route by a stale one).
+    /// confirmed recently enough. A newer map posted than the one this shard holds is
+    /// adopted here first (the shard also picks it up every `MAP_CHECK_EVERY`), so that
+    /// nothing is routed by a stale map and nothing is refused for the moment in between;
+    /// only if the cell is borrowed right now (it never is when this is called) does a
+    /// newer map fence instead.
     pub fn fenced(&self) -> bool {
-        self.1
-            .as_ref()
-            .is_some_and(|b| b.fenced() || b.epoch.load(Ordering::Acquire) > self.epoch())
+        let Some(board) = self.1.as_ref() else {
+            return false;
+        };
+        if board.fenced() {
+            return true;
+        }
+        let posted = board.epoch.load(Ordering::Acquire);
+        let Ok(mut cur) = self.0.try_borrow_mut() else {
+            return posted > self.epoch();
+        };
+        if posted > cur.epoch {
+            if let Some(map) = board.newer_than(cur.epoch) {
+                *cur = Rc::new((*map).clone());
+            }
+        }
+        false
     }
 
     /// The map as it is now (a request keeps this one to its end).
@@ -196,12 +212,19 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(300));
         assert!(cell.fenced(), "unconfirmed for longer than the limit");
         assert!(!MapCell::new(map(1)).fenced());
-        // Fresh lease, but a newer map posted than the shard holds: fenced until adopted.
+        // Fresh lease, and a newer map posted than the shard holds: adopted by the check
+        // itself, never answered from the older one.
         board.lease_confirmed(std::time::Duration::ZERO);
         assert!(!cell.fenced());
         board.post(map(2));
-        assert!(cell.fenced());
-        cell.adopt((*board.newer_than(cell.epoch()).unwrap()).clone());
         assert!(!cell.fenced());
+        assert_eq!(cell.epoch(), 2, "the posted map adopted by the check");
+        // While the cell is borrowed it cannot adopt: a newer map fences instead.
+        board.post(map(3));
+        let held = cell.borrow();
+        assert!(cell.fenced());
+        drop(held);
+        assert!(!cell.fenced());
+        assert_eq!(cell.epoch(), 3);
     }
 }

@@ -185,6 +185,11 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         s.cfg.node.listen,
         s.cfg.node.base_port as usize + s.index
     );
+    if s.cfg.net.yield_when_idle {
+        hotshard_net::ready_stream::Readiness::for_this_thread()
+            .map_err(|e| format!("socket readiness set: {e}"))?
+            .set_yield_when_idle(true);
+    }
     let listener = Listener::bind(&addr)
         .await
         .map_err(|e| format!("listening on {addr}: {e}"))?;

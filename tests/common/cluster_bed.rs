@@ -20,16 +20,24 @@ impl Coordinator {
     /// A coordinator of cluster `name` that forms it once `nodes` nodes are registered,
     /// with chains of `replication` replicas (2 s leases).
     pub fn forming(endpoint: &str, name: &str, nodes: usize, replication: usize) -> Coordinator {
-        Coordinator::named(endpoint, name, nodes, replication, "coordinator")
+        Coordinator::named(endpoint, name, nodes, replication, "coordinator", 2)
     }
 
-    /// `forming`, naming itself `me` in the cluster's state.
-    pub fn named(endpoint: &str, name: &str, nodes: usize, replication: usize, me: &str) -> Coordinator {
+    /// `forming`, naming itself `me` in the cluster's state, with leases of `ttl` seconds.
+    pub fn named(
+        endpoint: &str,
+        name: &str,
+        nodes: usize,
+        replication: usize,
+        me: &str,
+        ttl: u64,
+    ) -> Coordinator {
         Coordinator(
             Command::new(binary())
                 .args(["coordinator", "--etcd", endpoint, "--cluster", name, "--name", me])
                 .args(["--expect-nodes", &nodes.to_string()])
-                .args(["--replication", &replication.to_string(), "--lease-ttl", "2"])
+                .args(["--replication", &replication.to_string()])
+                .args(["--lease-ttl", &ttl.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -47,7 +55,12 @@ impl Drop for Coordinator {
 
 /// The `[cluster]` section of a node of cluster `name` on `endpoint`, with a 2 s lease.
 pub fn cluster_section(endpoint: &str, name: &str) -> String {
-    format!("[cluster]\netcd = [\"{endpoint}\"]\nname = \"{name}\"\nlease_ttl_secs = 2\n")
+    cluster_section_ttl(endpoint, name, 2)
+}
+
+/// `cluster_section` with a lease of `ttl` seconds.
+pub fn cluster_section_ttl(endpoint: &str, name: &str, ttl: u64) -> String {
+    format!("[cluster]\netcd = [\"{endpoint}\"]\nname = \"{name}\"\nlease_ttl_secs = {ttl}\n")
 }
 
 /// The node's Prometheus text from its admin port.
@@ -100,9 +113,21 @@ impl Bed {
         coordinators: usize,
         env: &[(&str, &str)],
     ) -> Bed {
+        Bed::start_with_ttl(name, nodes, replication, coordinators, env, 2)
+    }
+
+    /// `start` with leases of `ttl` seconds.
+    pub fn start_with_ttl(
+        name: &str,
+        nodes: usize,
+        replication: usize,
+        coordinators: usize,
+        env: &[(&str, &str)],
+        ttl: u64,
+    ) -> Bed {
         use crate::common::{ports, start_with_env, test_dir, write_config_with};
         let etcd = crate::etcd::Etcd::start();
-        let section = cluster_section(&etcd.endpoint, name);
+        let section = cluster_section_ttl(&etcd.endpoint, name, ttl);
         let mut bed = Bed {
             coordinators: Vec::new(),
             nodes: Vec::new(),
@@ -118,7 +143,7 @@ impl Bed {
         }
         for i in 0..coordinators {
             let me = format!("c{i}");
-            let c = Coordinator::named(&bed.etcd.endpoint, name, nodes, replication, &me);
+            let c = Coordinator::named(&bed.etcd.endpoint, name, nodes, replication, &me, ttl);
             bed.coordinators.push(c);
         }
         let addr = bed.nodes[0].addr(0);
