@@ -10,6 +10,7 @@ use hotshard_net::blocking::BlockingClient;
 
 /// The history checker of the cluster tests (`linearizability_checker.rs` shows it fails).
 pub mod linearizability;
+pub mod nemesis;
 
 /// The `hotshard` binary next to this test, built once per test process with the test's
 /// own profile, so that a narrow command (`cargo test --release --test auth`) never runs a

@@ -1,0 +1,235 @@
+//! The nemesis runs' workload and checks, shared by the loopback runs
+//! (`chain_nemesis.rs`) and the network-namespace runs (`cluster_bed_nemesis.rs`): clients
+//! write unique values to a few keys and read them, every operation recorded with its
+//! invocation and response times and what it returned; each key's history is checked for
+//! linearizability, and the serving replicas of every key must agree at the end.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::linearizability::{check, Event, Op};
+use hotshard_net::blocking::BlockingClient;
+use hotshard_net::client::ClientError;
+use hotshard_net::{Request, Status, Target};
+use hotshard_nvme::SplitMix64;
+use hotshard_placement::ReplicaState;
+
+pub const KEYS: usize = 6;
+pub const CLIENTS: u64 = 4;
+
+/// Operations by key, and how writes ended.
+#[derive(Default)]
+pub struct History {
+    pub by_key: Vec<Vec<Event>>,
+    pub acked: usize,
+    pub unknown: usize,
+    pub refused: usize,
+    pub reads: usize,
+}
+
+/// A refusal that wrote nothing: the write is left out of the history.
+pub fn definitely_not_applied(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { .. } | ClientError::NoOwner(_) => true,
+        ClientError::Status(s) => matches!(
+            s,
+            Status::Busy
+                | Status::WrongShard { .. }
+                | Status::NoSpace
+                | Status::TooLarge
+                | Status::BadRequest { .. }
+                | Status::Unauthorized
+        ),
+        _ => false,
+    }
+}
+
+/// `KEYS` keys of `run`, the same number headed by each node (so that a fault on any node
+/// hits writes in flight).
+pub fn keys(seed: &str, run: &str) -> Vec<Vec<u8>> {
+    let map = BlockingClient::connect(seed, Duration::from_secs(5))
+        .unwrap()
+        .shard_map()
+        .clone();
+    let nodes: Vec<u32> = {
+        let mut n: Vec<u32> = map.shards.iter().map(|s| s.node).collect();
+        n.dedup();
+        n
+    };
+    let per_node = KEYS / nodes.len();
+    let mut chosen = Vec::new();
+    for node in nodes {
+        let headed = (0..1_000_000)
+            .map(|i| format!("{run}-{i}").into_bytes())
+            .filter(|k| map.owner(map.partition(k)).is_some_and(|o| o.node == node));
+        chosen.extend(headed.take(per_node));
+    }
+    assert_eq!(
+        chosen.len(),
+        KEYS,
+        "the map of {seed} does not give every node partitions"
+    );
+    chosen
+}
+
+/// What one client did: its operations by key index, and its counts of writes
+/// acknowledged, unknown and refused, and of reads answered.
+pub type ClientRecord = (Vec<(usize, Event)>, [usize; 4]);
+
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    clients: Vec<JoinHandle<ClientRecord>>,
+}
+
+/// Clients writing unique values to and reading `keys` through any of `seeds`.
+pub fn workload(keys: Vec<Vec<u8>>, seeds: Vec<String>) -> Workload {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let clients = (0..CLIENTS)
+        .map(|c| {
+            let (stop, seeds, keys) = (stop.clone(), seeds.clone(), keys.clone());
+            std::thread::spawn(move || {
+                let now = || started.elapsed().as_micros() as u64;
+                let mut rng = SplitMix64::new(c * 7919 + 1);
+                let mut events = Vec::new();
+                let mut counts = [0usize; 4];
+                let mut client = None;
+                let mut written = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if client.is_none() {
+                        let seed = &seeds[rng.next_u64() as usize % seeds.len()];
+                        client = BlockingClient::connect(seed, Duration::from_secs(5)).ok();
+                        if client.is_none() {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    }
+                    let cl = client.as_mut().unwrap();
+                    let k = rng.next_u64() as usize % KEYS;
+                    let call = now();
+                    if rng.next_u64().is_multiple_of(2) {
+                        written += 1;
+                        let value = (c + 1) << 32 | written;
+                        match cl.put(&keys[k], value.to_string().as_bytes()) {
+                            Ok(_) => {
+                                counts[0] += 1;
+                                events.push((
+                                    k,
+                                    Event {
+                                        op: Op::Put(value),
+                                        call,
+                                        ret: Some(now()),
+                                    },
+                                ));
+                            }
+                            Err(e) if definitely_not_applied(&e) => counts[2] += 1,
+                            Err(_) => {
+                                counts[1] += 1;
+                                events.push((
+                                    k,
+                                    Event {
+                                        op: Op::Put(value),
+                                        call,
+                                        ret: None,
+                                    },
+                                ));
+                            }
+                        }
+                    } else {
+                        // A failed read shows nothing.
+                        if let Ok(found) = cl.get(&keys[k], None) {
+                            counts[3] += 1;
+                            let seen =
+                                found.map(|(v, _)| std::str::from_utf8(&v).unwrap().parse::<u64>().unwrap());
+                            events.push((
+                                k,
+                                Event {
+                                    op: Op::Get(seen),
+                                    call,
+                                    ret: Some(now()),
+                                },
+                            ));
+                        }
+                    }
+                }
+                (events, counts)
+            })
+        })
+        .collect();
+    Workload { stop, clients }
+}
+
+impl Workload {
+    pub fn finish(self) -> History {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut h = History {
+            by_key: vec![Vec::new(); KEYS],
+            ..History::default()
+        };
+        for c in self.clients {
+            let (events, counts) = c.join().unwrap();
+            for (k, e) in events {
+                h.by_key[k].push(e);
+            }
+            h.acked += counts[0];
+            h.unknown += counts[1];
+            h.refused += counts[2];
+            h.reads += counts[3];
+        }
+        h
+    }
+}
+
+/// Keys whose history no order explains.
+pub fn violations(h: &History) -> Vec<usize> {
+    (0..KEYS).filter(|&k| !check(&h.by_key[k], None)).collect()
+}
+
+/// Every serving replica of each of `keys` holds the same version and value, by the map
+/// of the first of `seeds` that has a cluster's map.
+pub fn replicas_agree(seeds: &[String], keys: &[Vec<u8>]) {
+    let seed = seeds
+        .iter()
+        .find(|a| BlockingClient::connect(a, Duration::from_secs(2)).is_ok_and(|c| c.shard_map().epoch > 1))
+        .expect("a serving node");
+    let mut c = BlockingClient::connect(seed, Duration::from_secs(5)).unwrap();
+    let map = c.shard_map().clone();
+    for key in keys {
+        let key = key.clone();
+        let partition = map.partition(&key);
+        let mut held = Vec::new();
+        for r in &map.chain(partition).unwrap().replicas {
+            if r.state != ReplicaState::Serving {
+                continue;
+            }
+            let addr = map.shards[r.shard as usize].addr.clone();
+            let get = Request::Get {
+                key: key.clone(),
+                range: None,
+                target: Target {
+                    partition,
+                    epoch: map.epoch,
+                },
+            };
+            let (resp, body) = c.call_at(&addr, &get, &[]).unwrap();
+            held.push((addr, resp.status(), resp.version, body));
+        }
+        assert!(
+            held.windows(2)
+                .all(|w| (w[0].1.clone(), w[0].2, &w[0].3) == (w[1].1.clone(), w[1].2, &w[1].3)),
+            "replicas of {} differ: {held:?}",
+            String::from_utf8_lossy(&key)
+        );
+    }
+}
+
+pub fn report(run: &str, h: &History) {
+    eprintln!(
+        "{run}: {} writes acknowledged, {} unknown, {} refused; {} reads",
+        h.acked, h.unknown, h.refused, h.reads
+    );
+}
