@@ -253,13 +253,17 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 response: Response::new(Status::Ok),
                 payload: Some(OutBuf::Bytes(self.render_metrics().into_bytes())),
             },
-            Request::GetShardMap => match self.map.current().to_bytes() {
-                Ok(b) => Reply {
-                    response: Response::new(Status::Ok),
-                    payload: Some(OutBuf::Bytes(b)),
-                },
-                Err(_) => Reply::status(Status::Internal),
-            },
+            Request::GetShardMap => {
+                // The newest map the node has (`fenced` adopts one posted since the last look).
+                self.map.fenced();
+                match self.map.current().to_bytes() {
+                    Ok(b) => Reply {
+                        response: Response::new(Status::Ok),
+                        payload: Some(OutBuf::Bytes(b)),
+                    },
+                    Err(_) => Reply::status(Status::Internal),
+                }
+            }
             // Already authenticated, or no secret configured: nothing to prove. (A keyed
             // request never gets here: `execute` answers it.)
             _ => Reply::status(Status::Ok),
