@@ -116,3 +116,79 @@ fn a_head_that_acknowledges_early_is_caught() {
         h.reads
     );
 }
+
+/// The soak: `HOTSHARD_NEMESIS_MINUTES` minutes (1 by default) of fresh three-node
+/// clusters, each under the workload for two random faults of the list above on distinct
+/// nodes (a node killed, a node paused past its lease, the acting coordinator killed,
+/// etcd restarted), every history checked and the replicas compared after each.
+/// `HOTSHARD_NEMESIS_MINUTES=10 cargo test --release --test chain_nemesis soak -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn soak() {
+    let minutes: u64 = std::env::var("HOTSHARD_NEMESIS_MINUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let seed: u64 = std::env::var("HOTSHARD_NEMESIS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut rng = hotshard_nvme::SplitMix64::new(seed);
+    let started = std::time::Instant::now();
+    let (mut runs, mut faults, mut total) = (0, 0, History::default());
+    while started.elapsed() < Duration::from_secs(60 * minutes) {
+        let run = format!("soak{runs}");
+        let mut bed = Bed::start(&run, 3, 3, 2, &[]);
+        let keys = keys(&bed.nodes[0].addr(0), &run);
+        let load = workload(keys.clone(), seeds(&bed));
+        std::thread::sleep(Duration::from_secs(2));
+        let first = (rng.next_u64() % 3) as usize;
+        let mut done = Vec::new();
+        for node in [first, (first + 1) % 3] {
+            let fault = rng.next_u64() % 4;
+            match fault {
+                0 => bed.nodes[node].kill9(),
+                1 => {
+                    signal(&bed.nodes[node], libc::SIGSTOP);
+                    std::thread::sleep(Duration::from_secs(5));
+                    signal(&bed.nodes[node], libc::SIGCONT);
+                }
+                2 => {
+                    if let Some(c) = acting_coordinator(&bed, &run) {
+                        let i: usize = c.trim_start_matches('c').parse().unwrap();
+                        let _ = bed.coordinators[i].0.kill();
+                        let _ = bed.coordinators[i].0.wait();
+                        // A coordinator again for the next fault.
+                        bed.coordinators[i] = Coordinator::named(&bed.etcd.endpoint, &run, 3, 3, &c, 2);
+                    }
+                }
+                _ => bed.etcd.restart(Duration::from_secs(1)),
+            }
+            done.push(["kill -9", "pause", "coordinator", "etcd"][fault as usize]);
+            faults += 1;
+            std::thread::sleep(Duration::from_secs(4));
+        }
+        let h = load.finish();
+        report(&format!("{run} ({})", done.join(", ")), &h);
+        assert_eq!(
+            violations(&h),
+            Vec::<usize>::new(),
+            "seed {seed}, {run}\n{}",
+            bed.logs()
+        );
+        replicas_agree(&seeds(&bed), &keys);
+        total.acked += h.acked;
+        total.unknown += h.unknown;
+        total.refused += h.refused;
+        total.reads += h.reads;
+        runs += 1;
+    }
+    eprintln!(
+        "soak: {runs} clusters, {faults} faults in {:?}: {} writes acknowledged, {} unknown, {} refused, {} reads, 0 violations, replicas agree",
+        started.elapsed(),
+        total.acked,
+        total.unknown,
+        total.refused,
+        total.reads
+    );
+}
