@@ -149,8 +149,12 @@ impl BlockingClient {
                 continue;
             };
             match self.call(&addr, &request, payload) {
-                Ok((resp, _)) if !last && matches!(resp.status(), crate::Status::WrongShard { .. }) => {
-                    self.refresh_map()?
+                Ok((resp, body)) if !last && matches!(resp.status(), crate::Status::WrongShard { .. }) => {
+                    // The answer carries the node's map: one round trip, no GetShardMap.
+                    match ShardMap::from_bytes(&body) {
+                        Ok(map) if map.epoch >= self.map.epoch => self.map = map,
+                        _ => self.refresh_map()?,
+                    }
                 }
                 Ok(answer) => return Ok(answer),
                 Err(e) if !last && retry_after(&e, &request) => {

@@ -171,6 +171,18 @@ impl<R: Runtime> Client<R> {
             .map_err(ClientError::from)
     }
 
+    /// Takes the map a WrongShard answer carried, if it is one and not older than this
+    /// client's; says whether it did.
+    fn take_map(&self, body: &[u8]) -> bool {
+        match ShardMap::from_bytes(body) {
+            Ok(map) if map.epoch >= self.map.borrow().epoch => {
+                *self.map.borrow_mut() = map;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Asks the seeds (then every known shard) for the current map.
     pub async fn refresh_map(&self) -> Result<(), ClientError> {
         let mut addrs = self.seeds.clone();
@@ -231,8 +243,10 @@ impl<R: Runtime> Client<R> {
                 continue;
             };
             match self.call_addr(&addr, &request, payload).await {
-                Ok((resp, _)) if !last && matches!(resp.status(), Status::WrongShard { .. }) => {
-                    self.refresh_map().await?
+                Ok((resp, body)) if !last && matches!(resp.status(), Status::WrongShard { .. }) => {
+                    if !self.take_map(&body) {
+                        self.refresh_map().await?
+                    }
                 }
                 Ok(answer) => return Ok(answer),
                 Err(e) if !last && retry_after(&e, &request) => {

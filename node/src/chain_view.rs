@@ -10,11 +10,12 @@ pub enum ChainPlace {
     /// Not a serving replica of the partition (offline, syncing, or not in the chain).
     Outside,
     /// A serving replica: `is_head` if it takes the partition's writes, the chain's
-    /// version, and the next serving replica's address (None: this is the tail).
+    /// version, and the next serving replica (an index into the map's shards; None: this
+    /// is the tail).
     Serving {
         is_head: bool,
         version: u64,
-        successor: Option<String>,
+        successor: Option<u16>,
     },
 }
 
@@ -37,10 +38,7 @@ impl ChainPlace {
         let mut is_head = true;
         while let Some(i) = serving.next() {
             if is_me(i) {
-                let successor = serving
-                    .next()
-                    .and_then(|n| map.shards.get(n as usize))
-                    .map(|s| s.addr.clone());
+                let successor = serving.next().filter(|&n| (n as usize) < map.shards.len());
                 return ChainPlace::Serving {
                     is_head,
                     version: chain.version,
@@ -126,7 +124,7 @@ mod tests {
             ChainPlace::Serving {
                 is_head: true,
                 version: 7,
-                successor: Some("10.0.0.1:7400".into())
+                successor: Some(1)
             }
         );
         assert_eq!(
@@ -134,7 +132,7 @@ mod tests {
             ChainPlace::Serving {
                 is_head: false,
                 version: 7,
-                successor: Some("10.0.0.2:7400".into())
+                successor: Some(2)
             }
         );
         assert_eq!(
@@ -173,7 +171,7 @@ mod tests {
             ChainPlace::Serving {
                 is_head: true,
                 version: 7,
-                successor: Some("10.0.0.2:7400".into())
+                successor: Some(2)
             },
             "the head passes writes to the next serving replica"
         );

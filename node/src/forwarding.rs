@@ -62,18 +62,14 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 }
             };
             if !answers {
-                self.stats.wrong_shard.set(self.stats.wrong_shard.get() + 1);
                 tracing::warn!(
                     shard = self.shard,
                     partition = target.partition,
                     "a forwarded request for a partition this shard does not own"
                 );
-                return (
-                    Response::new(Status::WrongShard {
-                        epoch: self.map.epoch(),
-                    }),
-                    Vec::new(),
-                );
+                let reply = self.wrong_shard();
+                let map = reply.payload.map(|p| p.as_ref().to_vec()).unwrap_or_default();
+                return (reply.response, map);
             }
         }
         let len = payload.as_ref().map_or(0, Vec::len);

@@ -11,18 +11,23 @@ use std::sync::{Arc, Mutex};
 
 use hotshard_placement::ShardMap;
 
-/// A shard's own map, and the board it is fenced by (in a cluster).
-pub struct MapCell(RefCell<Rc<ShardMap>>, Option<Arc<MapBoard>>);
+/// A shard's own map, the board it is fenced by (in a cluster), and the map's encoding
+/// once asked for (the map a WrongShard or GetShardMap answer carries), with its epoch.
+pub struct MapCell(
+    RefCell<Rc<ShardMap>>,
+    Option<Arc<MapBoard>>,
+    RefCell<Option<(u64, Rc<Vec<u8>>)>>,
+);
 
 impl MapCell {
     pub fn new(map: ShardMap) -> MapCell {
-        MapCell(RefCell::new(Rc::new(map)), None)
+        MapCell(RefCell::new(Rc::new(map)), None, RefCell::new(None))
     }
 
     /// A cluster shard's map: it answers nothing while `board` says the node's lease is
     /// not confirmed recently enough (`MapBoard::fenced`).
     pub fn fenced_by(map: ShardMap, board: Arc<MapBoard>) -> MapCell {
-        MapCell(RefCell::new(Rc::new(map)), Some(board))
+        MapCell(RefCell::new(Rc::new(map)), Some(board), RefCell::new(None))
     }
 
     /// Seconds since etcd last confirmed the node's lease (None: not in a cluster, or never).
@@ -69,6 +74,20 @@ impl MapCell {
 
     pub fn epoch(&self) -> u64 {
         self.0.borrow().epoch
+    }
+
+    /// The current map encoded for the wire, encoded once per epoch (a map of 4,096
+    /// chains is about 100 KB).
+    pub fn encoded(&self) -> Result<Rc<Vec<u8>>, hotshard_placement::MapError> {
+        let map = self.current();
+        if let Some((epoch, bytes)) = &*self.2.borrow() {
+            if *epoch == map.epoch {
+                return Ok(bytes.clone());
+            }
+        }
+        let bytes = Rc::new(map.to_bytes()?);
+        *self.2.borrow_mut() = Some((map.epoch, bytes.clone()));
+        Ok(bytes)
     }
 
     /// Takes `map` if its epoch is newer than the current one's; says whether it did.

@@ -152,7 +152,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             Ok(p) => p,
             Err(status) => return Reply::status(status),
         };
-        let dirty = self.dirty.mark(&key);
+        // The tail needs no dirty mark: a read there sees the record once it is durable,
+        // and then it is the chain's (the replicas before it wait for its answer).
+        let dirty = mine.has_successor().then(|| self.dirty.mark(&key));
         let value = (!tombstone).then(|| payload.map(PutPayload::into_vec).unwrap_or_default());
         let len = value.as_ref().map_or(0, Vec::len) as u64;
         let applied = self
@@ -171,7 +173,14 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             version,
             value,
         };
-        let acknowledged = self.pass_down_and_wait(record, dirty).await;
+        // Still the tail (the chain only shrinks while a record is applied, but a replica
+        // appended behind it must get the record too): done.
+        let acknowledged = if !self.passes_writes_down(partition) {
+            true
+        } else {
+            let dirty = dirty.unwrap_or_else(|| self.dirty.mark(&record.key));
+            self.pass_down_and_wait(record, dirty).await
+        };
         self.stats
             .replicate
             .record(started.elapsed().as_micros() as u64, len, acknowledged);
@@ -201,19 +210,18 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         let _dirty = dirty;
         let mut pause = FIRST_PAUSE;
         loop {
-            let place = {
-                let map = self.map.borrow();
-                ChainPlace::of(&map, record.partition, self.node_id, self.shard)
-            };
-            let (chain_version, successor) = match place {
-                ChainPlace::Outside => return false,
-                ChainPlace::Serving { successor: None, .. } => return true,
-                ChainPlace::Serving {
-                    version,
-                    successor: Some(addr),
-                    ..
-                } => (version, addr),
-            };
+            // Held as an Rc across the call: the successor's address is borrowed from it.
+            let map = self.map.current();
+            let (chain_version, successor) =
+                match ChainPlace::of(&map, record.partition, self.node_id, self.shard) {
+                    ChainPlace::Outside => return false,
+                    ChainPlace::Serving { successor: None, .. } => return true,
+                    ChainPlace::Serving {
+                        version,
+                        successor: Some(next),
+                        ..
+                    } => (version, map.shards[next as usize].addr.as_str()),
+                };
             if !self.map.fenced() {
                 let request = Request::Replicate {
                     key: record.key.clone(),
@@ -224,7 +232,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 };
                 let value = record.value.as_deref().unwrap_or(&[]);
                 let sent = Instant::now();
-                let answer = self.links.call(&successor, &request, value, HOP_TIMEOUT).await;
+                let answer = self.links.call(successor, &request, value, HOP_TIMEOUT).await;
                 let ok = matches!(&answer, Ok((r, _)) if r.status() == Status::Ok);
                 self.stats
                     .pass_down

@@ -16,10 +16,12 @@ use crate::shard_stats::ShardStats;
 use crate::store::{ObjectStat, Store, StoreError, StoreResult, Value};
 use crate::waitable_count::{Counted, WaitableCount};
 
-/// A response payload: a value straight from the store (DMA buffer or cache), or bytes.
+/// A response payload: a value straight from the store (DMA buffer or cache), bytes, or
+/// the shard's encoded map (shared, encoded once per epoch).
 pub enum OutBuf {
     Value(Value),
     Bytes(Vec<u8>),
+    Map(Rc<Vec<u8>>),
 }
 
 impl AsRef<[u8]> for OutBuf {
@@ -27,6 +29,7 @@ impl AsRef<[u8]> for OutBuf {
         match self {
             OutBuf::Value(v) => v.as_slice(),
             OutBuf::Bytes(b) => b,
+            OutBuf::Map(b) => b,
         }
     }
 }
@@ -229,7 +232,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
 
     /// Whether this shard heads `partition`'s chain with replicas after it: its writes go
     /// down the chain (`replication`).
-    fn passes_writes_down(&self, partition: u32) -> bool {
+    pub(crate) fn passes_writes_down(&self, partition: u32) -> bool {
         crate::chain_view::ChainPlace::of(&self.map.borrow(), partition, self.node_id, self.shard)
             .has_successor()
     }
@@ -256,10 +259,10 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             Request::GetShardMap => {
                 // The newest map the node has (`fenced` adopts one posted since the last look).
                 self.map.fenced();
-                match self.map.current().to_bytes() {
+                match self.map.encoded() {
                     Ok(b) => Reply {
                         response: Response::new(Status::Ok),
-                        payload: Some(OutBuf::Bytes(b)),
+                        payload: Some(OutBuf::Map(b)),
                     },
                     Err(_) => Reply::status(Status::Internal),
                 }
@@ -270,11 +273,15 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         }
     }
 
-    fn wrong_shard(&self) -> Reply<OutBuf> {
+    /// WrongShard, with the shard's current map as the payload: the client takes it and
+    /// sends again, one round trip (no GetShardMap).
+    pub(crate) fn wrong_shard(&self) -> Reply<OutBuf> {
         self.stats.wrong_shard.set(self.stats.wrong_shard.get() + 1);
-        Reply::status(Status::WrongShard {
+        let mut reply = Reply::status(Status::WrongShard {
             epoch: self.map.epoch(),
-        })
+        });
+        reply.payload = self.map.encoded().ok().map(OutBuf::Map);
+        reply
     }
 }
 

@@ -185,11 +185,16 @@ fn a_forwarded_request_for_a_partition_the_shard_does_not_own_is_refused() {
             if_version: None,
             target: target(&h.map.current(), key),
         };
-        let (response, _) = h
+        let (response, map) = h
             .clone()
             .answer_forwarded(put(&theirs), Some(b"v".to_vec()))
             .await;
         assert_eq!(response.status(), Status::WrongShard { epoch: h.map.epoch() });
+        assert_eq!(
+            ShardMap::from_bytes(&map).unwrap(),
+            *h.map.current(),
+            "WrongShard carries the shard's map, so the client needs no second round trip"
+        );
         assert!(
             h.store.stat(&theirs).is_err(),
             "nothing written for another shard's key"

@@ -189,14 +189,15 @@ pub fn violations(h: &History) -> Vec<usize> {
     (0..KEYS).filter(|&k| !check(&h.by_key[k], None)).collect()
 }
 
-/// Every serving replica of each of `keys` holds the same version and value, by the map
-/// of the first of `seeds` that has a cluster's map.
+/// Every serving replica of each of `keys` holds the same version and value, by the newest
+/// map any of `seeds` answers with.
 pub fn replicas_agree(seeds: &[String], keys: &[Vec<u8>]) {
-    let seed = seeds
+    let mut c = seeds
         .iter()
-        .find(|a| BlockingClient::connect(a, Duration::from_secs(2)).is_ok_and(|c| c.shard_map().epoch > 1))
-        .expect("a serving node");
-    let mut c = BlockingClient::connect(seed, Duration::from_secs(5)).unwrap();
+        .filter_map(|a| BlockingClient::connect(a, Duration::from_secs(2)).ok())
+        .max_by_key(|c| c.shard_map().epoch)
+        .filter(|c| c.shard_map().epoch >= 1)
+        .expect("a node with the cluster's map");
     let map = c.shard_map().clone();
     for key in keys {
         let key = key.clone();
