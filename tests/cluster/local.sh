@@ -48,6 +48,9 @@ admin_port = 7480
 cores = [$(( (i - 1) % $(nproc) ))]
 [queue]
 pool_mib = 64
+wait_after_idle_polls = 1
+[net]
+yield_when_idle = true
 [store]
 segment_mib = 16
 cache_mib = 16

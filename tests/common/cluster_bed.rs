@@ -58,9 +58,13 @@ pub fn cluster_section(endpoint: &str, name: &str) -> String {
     cluster_section_ttl(endpoint, name, 2)
 }
 
-/// `cluster_section` with a lease of `ttl` seconds.
+/// `cluster_section` with a lease of `ttl` seconds. The nodes of a test share two cores,
+/// so their shards yield while they poll idle (`net.yield_when_idle`).
 pub fn cluster_section_ttl(endpoint: &str, name: &str, ttl: u64) -> String {
-    format!("[cluster]\netcd = [\"{endpoint}\"]\nname = \"{name}\"\nlease_ttl_secs = {ttl}\n")
+    format!(
+        "[cluster]\netcd = [\"{endpoint}\"]\nname = \"{name}\"\nlease_ttl_secs = {ttl}\n\
+         [net]\nyield_when_idle = true\n"
+    )
 }
 
 /// The node's Prometheus text from its admin port.

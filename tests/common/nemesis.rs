@@ -184,9 +184,28 @@ impl Workload {
     }
 }
 
-/// Keys whose history no order explains.
+/// Keys whose history no order explains; each one's history is printed (by call time).
 pub fn violations(h: &History) -> Vec<usize> {
-    (0..KEYS).filter(|&k| !check(&h.by_key[k], None)).collect()
+    let bad: Vec<usize> = (0..KEYS).filter(|&k| !check(&h.by_key[k], None)).collect();
+    for &k in &bad {
+        let mut events = h.by_key[k].clone();
+        events.sort_by_key(|e| e.call);
+        let text: String = events
+            .iter()
+            .map(|e| {
+                let ret = e.ret.map_or("unknown".into(), |r| r.to_string());
+                format!("{:>10} .. {:>10}  {:?}\n", e.call, ret, e.op)
+            })
+            .collect();
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("history-key{k}.txt"));
+        let _ = std::fs::write(&path, text);
+        eprintln!(
+            "key {k}: not linearizable; its {} operations (µs, by call) are in {}",
+            events.len(),
+            path.display()
+        );
+    }
+    bad
 }
 
 /// Every serving replica of each of `keys` holds the same version and value, by the newest

@@ -329,8 +329,13 @@ impl<Q: BlockQueue> Store<Q> {
     /// Writes a record first written elsewhere, keeping its `version`: a replica applying
     /// what its predecessor in the chain wrote, or a resync. `value` None is a tombstone.
     /// Skipped (`Ok(false)`, nothing written) when this store already has that version of
-    /// the key or a newer one, durable or staged; otherwise returns `Ok(true)` once it is
-    /// durable. Versions made here afterwards outrank it.
+    /// the key or a newer one durably: if the newer one is only staged, it first waits for
+    /// that write to end (and looks again if it failed), so that either answer means a
+    /// read here now sees this version or a newer one. A replica acknowledges a record on
+    /// the strength of this: answering for a version staged behind a newer one that is
+    /// not yet durable let a read at the tail return an older value than one already
+    /// acknowledged (the nemesis test's history caught it). Otherwise returns `Ok(true)`
+    /// once it is durable. Versions made here afterwards outrank it.
     ///
     /// A record older than a tombstone that GC has already forgotten looks like a new key:
     /// whoever sends records must send what the source holds now, not a stale copy.
@@ -380,8 +385,21 @@ impl<Q: BlockQueue> Store<Q> {
             let staged = {
                 let mut st = self.inner.state.borrow_mut();
                 let indexed = st.index().get_hashed(key, h).map_or(0, |e| e.version);
-                if version <= indexed.max(st.pending_version(key, h).unwrap_or(0)) {
+                if version <= indexed {
                     return Ok(false);
+                }
+                if version <= st.pending_version(key, h).unwrap_or(0) {
+                    // A newer record of the key is staged: once the newest batch (and so
+                    // every one before it) has ended, the index says whether this one is
+                    // covered. Only that batch is waited for, not every later write of
+                    // the key.
+                    let newest = newest_staged_batch(st.writer());
+                    drop(st);
+                    match newest {
+                        Some(done) => drop(commit(&self.inner, done).await),
+                        None => self.wait_until_not_pending(key, h, deadline).await?,
+                    }
+                    continue;
                 }
                 // A tombstone's value is the LSN it is written at (GC's test for when it
                 // may be forgotten); staging takes exactly the writer's next LSN.
