@@ -381,25 +381,29 @@ impl<Q: BlockQueue> Store<Q> {
             } else {
                 self.collect_until_room().await;
             }
+            // A newer record of the key is staged: once the newest batch (and so every one
+            // before it) has ended, the index says whether this one is covered. Only that
+            // batch is waited for, not every later write of the key.
+            let behind_staged = {
+                let st = self.inner.state.borrow();
+                if version <= st.index().get_hashed(key, h).map_or(0, |e| e.version) {
+                    return Ok(false);
+                }
+                (version <= st.pending_version(key, h).unwrap_or(0)).then(|| newest_staged_batch(st.writer()))
+            };
+            if let Some(newest) = behind_staged {
+                match newest {
+                    Some(done) => drop(commit(&self.inner, done).await),
+                    None => self.wait_until_not_pending(key, h, deadline).await?,
+                }
+                continue;
+            }
             // Nothing awaits from here until the record is staged.
             let staged = {
                 let mut st = self.inner.state.borrow_mut();
                 let indexed = st.index().get_hashed(key, h).map_or(0, |e| e.version);
                 if version <= indexed {
                     return Ok(false);
-                }
-                if version <= st.pending_version(key, h).unwrap_or(0) {
-                    // A newer record of the key is staged: once the newest batch (and so
-                    // every one before it) has ended, the index says whether this one is
-                    // covered. Only that batch is waited for, not every later write of
-                    // the key.
-                    let newest = newest_staged_batch(st.writer());
-                    drop(st);
-                    match newest {
-                        Some(done) => drop(commit(&self.inner, done).await),
-                        None => self.wait_until_not_pending(key, h, deadline).await?,
-                    }
-                    continue;
                 }
                 // A tombstone's value is the LSN it is written at (GC's test for when it
                 // may be forgotten); staging takes exactly the writer's next LSN.
