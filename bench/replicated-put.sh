@@ -38,7 +38,7 @@ start_cluster() {
         cat > "$work/n$i/node.toml" <<TOML
 [node]
 data_dir = "$work/n$i/data"
-data_bytes = 1073741824
+data_bytes = 2147483648
 cores = [${cores[$i]}]
 base_port = $((7900 + 10 * i))
 admin_port = $((7905 + 10 * i))
@@ -53,8 +53,15 @@ TOML
     "$B/hotshard" coordinator --etcd "http://127.0.0.1:$etcd_port" --cluster "$name" \
         --expect-nodes 3 --replication "$rf" > "$work/coordinator-$name.log" 2>&1 &
     pids+=($!)
+    # Every node has the cluster's map (each polls etcd on its own; one without it yet
+    # answers Busy, which the generator would count as errors).
     for _ in $(seq 300); do
-        "$B/hotshard" put probe v --addr 127.0.0.1:7900 >/dev/null 2>&1 && return
+        local ready=0
+        for i in 0 1 2; do
+            "$B/hotshard" map --addr "127.0.0.1:$((7900 + 10 * i))" 2>/dev/null | grep -q "^epoch [1-9]" \
+                && ready=$((ready + 1))
+        done
+        [ $ready = 3 ] && "$B/hotshard" put probe v --addr 127.0.0.1:7900 >/dev/null 2>&1 && return
         sleep 0.1
     done
     echo "cluster $name did not form" >&2
@@ -64,7 +71,7 @@ TOML
 # load MIX: the generator on core 1 against the cluster; prints "ops/s p50 p99".
 load() {
     local extra=()
-    [ "$1" = get ] && extra=(--preload --keys 20000) || extra=(--keys 200000)
+    [ "$1" = get ] && extra=(--preload --keys 20000) || extra=(--keys 100000)
     taskset -c 1 "$B/hotshard-bench" run --target hotshard://127.0.0.1:7900 --mix "$1" \
         --connections "${CONNS:-4}" --pipeline "${PIPELINE:-8}" --stream --duration "$d" --quiet "${extra[@]}" \
         | awk '$1 ~ /^hotshard:/ {print $2, $4, $5}'

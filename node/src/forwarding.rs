@@ -50,6 +50,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     ) -> (Response, Vec<u8>) {
         if let Some((_, target)) = keyed(&request) {
             if self.map.fenced() {
+                self.stats.fenced.set(self.stats.fenced.get() + 1);
                 return (Response::new(Status::Busy), Vec::new());
             }
             let reads = matches!(request, Request::Get { .. } | Request::Stat { .. });

@@ -126,6 +126,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         };
         let started = Instant::now();
         if self.map.fenced() {
+            self.stats.fenced.set(self.stats.fenced.get() + 1);
             return Reply::status(Status::Busy);
         }
         let mine = {

@@ -400,6 +400,7 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
             return self.answer_control(request);
         };
         if self.map.fenced() {
+            self.stats.fenced.set(self.stats.fenced.get() + 1);
             // The node's lease is not confirmed: the cluster may have given its chains
             // to others already, so it answers nothing it holds (reads included).
             return Reply::status(Status::Busy);

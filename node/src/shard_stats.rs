@@ -58,6 +58,9 @@ pub struct ShardStats {
     pub protocol_errors: Cell<u64>,
     /// Requests answered Busy (over the shard's pending budget).
     pub busy: Cell<u64>,
+    /// Keyed requests answered Busy because the node could not confirm its lease recently
+    /// enough (self-fencing).
+    pub fenced: Cell<u64>,
     /// Connections closed because a frame or a reply stalled past the frame timeout.
     pub frame_timeouts: Cell<u64>,
     /// Connections refused for a missing or wrong proof of the shared secret.
@@ -121,7 +124,7 @@ impl ShardStats {
         let c = store.counters();
         let cache = store.cache_stats();
         let space = store.space();
-        let gauges: [(&str, u64); 32] = [
+        let gauges: [(&str, u64); 33] = [
             ("hotshard_forwarded_total", self.forwarded.get()),
             ("hotshard_wrong_shard_total", self.wrong_shard.get()),
             ("hotshard_connections_total", self.connections.get()),
@@ -132,6 +135,7 @@ impl ShardStats {
             ("hotshard_accept_errors_total", self.accept_errors.get()),
             ("hotshard_protocol_errors_total", self.protocol_errors.get()),
             ("hotshard_busy_total", self.busy.get()),
+            ("hotshard_fenced_refusals_total", self.fenced.get()),
             ("hotshard_frame_timeouts_total", self.frame_timeouts.get()),
             ("hotshard_auth_failures_total", self.auth_failures.get()),
             ("hotshard_cache_hits_total", cache.hits),
