@@ -75,11 +75,7 @@ fn kill_a_node_the_coordinator_and_etcd_under_load() {
     bed.nodes[0].kill9();
     std::thread::sleep(Duration::from_secs(6));
 
-    let h = load.finish();
-    report(run, &h);
-    assert!(h.acked > 100, "too few acknowledged writes to mean anything");
-    assert_eq!(violations(&h), Vec::<usize>::new(), "{}", bed.logs());
-    replicas_agree(&seeds(&bed), &keys);
+    verify_run(run, load, &seeds(&bed), &keys, || bed.logs());
 }
 
 #[test]
@@ -93,11 +89,7 @@ fn a_node_paused_past_its_lease_answers_nothing_stale() {
     std::thread::sleep(Duration::from_secs(5));
     signal(&bed.nodes[1], libc::SIGCONT);
     std::thread::sleep(Duration::from_secs(4));
-    let h = load.finish();
-    report(run, &h);
-    assert!(h.acked > 100, "too few acknowledged writes to mean anything");
-    assert_eq!(violations(&h), Vec::<usize>::new(), "{}", bed.logs());
-    replicas_agree(&seeds(&bed), &keys);
+    verify_run(run, load, &seeds(&bed), &keys, || bed.logs());
 }
 
 /// The checker on this workload catches a head that acknowledges before the tail has the
@@ -168,15 +160,8 @@ fn soak() {
             faults += 1;
             std::thread::sleep(Duration::from_secs(4));
         }
-        let h = load.finish();
-        report(&format!("{run} ({})", done.join(", ")), &h);
-        assert_eq!(
-            violations(&h),
-            Vec::<usize>::new(),
-            "seed {seed}, {run}\n{}",
-            bed.logs()
-        );
-        replicas_agree(&seeds(&bed), &keys);
+        let name = format!("{run} (seed {seed}: {})", done.join(", "));
+        let h = verify_run(&name, load, &seeds(&bed), &keys, || bed.logs());
         total.acked += h.acked;
         total.unknown += h.unknown;
         total.refused += h.refused;

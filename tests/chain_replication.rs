@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cluster_bed::*;
+use common::nemesis::held_by_replicas;
 use hotshard_net::blocking::BlockingClient;
-use hotshard_net::{Request, Status, Target};
+use hotshard_net::Status;
 use hotshard_placement::{ReplicaState, ShardMap};
 
 /// An object as a replica holds it: its version and value, or None if it has none.
@@ -25,25 +26,11 @@ type Held = Option<(u64, Vec<u8>)>;
 
 /// What each serving replica of `key`'s chain holds, by address.
 fn on_every_replica(c: &mut BlockingClient, map: &ShardMap, key: &[u8]) -> Vec<(String, Held)> {
-    let partition = map.partition(key);
-    let chain = map.chain(partition).unwrap();
-    chain
-        .replicas
-        .iter()
-        .filter(|r| r.state == ReplicaState::Serving)
-        .map(|r| {
-            let addr = map.shards[r.shard as usize].addr.clone();
-            let get = Request::Get {
-                key: key.to_vec(),
-                range: None,
-                target: Target {
-                    partition,
-                    epoch: map.epoch,
-                },
-            };
-            let (resp, body) = c.call_at(&addr, &get, &[]).unwrap();
-            let held = match resp.status() {
-                Status::Ok => Some((resp.version, body)),
+    held_by_replicas(c, map, key)
+        .into_iter()
+        .map(|(addr, status, version, body)| {
+            let held = match status {
+                Status::Ok => Some((version, body)),
                 Status::NotFound => None,
                 other => panic!("{addr} answered {other:?} for a read"),
             };

@@ -84,14 +84,7 @@ fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
     assert_eq!(s["nodes"][0]["chains"]["head"], 4096);
     // The node's metrics say the same, shard by shard.
     let metrics = scrape(node.port + 3);
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from {metrics}"))
-    };
+    let value = |name: &str| metric(&metrics, name);
     assert_eq!(value("hotshard_map_epoch{shard=\"0\"}"), 1.0);
     assert_eq!(value("hotshard_fenced{shard=\"1\"}"), 0.0);
     let heads = value("hotshard_chains{shard=\"0\",role=\"head\"}")

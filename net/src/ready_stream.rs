@@ -17,30 +17,21 @@ use hotshard_reactor::ReadySocket;
 
 pub use hotshard_reactor::{Outstanding, Readiness};
 
-/// A connected TCP stream read through the thread's readiness set.
-pub struct ReadyStream {
-    reader: ReadySocket<()>,
-    stream: TcpStream,
+/// A socket's write side: a plain non-blocking `send` first, and `inner` (the executor's
+/// stream) only when the socket is full.
+pub struct SendDirect<W> {
+    inner: W,
     fd: RawFd,
 }
 
-impl ReadyStream {
-    /// Wraps a connected stream (on a glommio executor).
-    pub fn new(stream: TcpStream) -> io::Result<ReadyStream> {
-        let fd = stream.as_raw_fd();
-        let set = Readiness::for_this_thread()?;
-        let reader = ReadySocket::new((), fd, set).map_err(|(e, _)| e)?;
-        Ok(ReadyStream { reader, stream, fd })
+impl<W> SendDirect<W> {
+    /// Writes to `fd`, which `inner` owns.
+    pub fn new(inner: W, fd: RawFd) -> SendDirect<W> {
+        SendDirect { inner, fd }
     }
 }
 
-impl AsyncRead for ReadyStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.reader).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ReadyStream {
+impl<W: AsyncWrite + Unpin> AsyncWrite for SendDirect<W> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         // SAFETY: send reads at most buf.len() bytes from buf.
         let n = unsafe {
@@ -58,15 +49,54 @@ impl AsyncWrite for ReadyStream {
         if err.kind() != io::ErrorKind::WouldBlock {
             return Poll::Ready(Err(err));
         }
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_close(cx)
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// A connected TCP stream read through the thread's readiness set.
+pub struct ReadyStream {
+    reader: ReadySocket<()>,
+    writer: SendDirect<TcpStream>,
+}
+
+impl ReadyStream {
+    /// Wraps a connected stream (on a glommio executor).
+    pub fn new(stream: TcpStream) -> io::Result<ReadyStream> {
+        let fd = stream.as_raw_fd();
+        let set = Readiness::for_this_thread()?;
+        let reader = ReadySocket::new((), fd, set).map_err(|(e, _)| e)?;
+        Ok(ReadyStream {
+            reader,
+            writer: SendDirect::new(stream, fd),
+        })
+    }
+}
+
+impl AsyncRead for ReadyStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.reader).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadyStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.writer).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.writer).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.writer).poll_close(cx)
     }
 }
 

@@ -89,21 +89,11 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         };
         if planted_early_ack() {
             glommio::spawn_local(Rc::clone(self).pass_down(record, dirty)).detach();
-            return Reply {
-                response: ok_with(version, len, 0),
-                payload: None,
-            };
+            return chain_reply(true, version, len);
         }
         let acknowledged = self.pass_down_and_wait(record, dirty).await;
         op.record(started.elapsed().as_micros() as u64, len, acknowledged);
-        if acknowledged {
-            Reply {
-                response: ok_with(version, len, 0),
-                payload: None,
-            }
-        } else {
-            Reply::status(Status::OutcomeUnknown)
-        }
+        chain_reply(acknowledged, version, len)
     }
 
     /// A record from this shard's predecessor in the chain: applied here with its version
@@ -185,14 +175,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         self.stats
             .replicate
             .record(started.elapsed().as_micros() as u64, len, acknowledged);
-        if acknowledged {
-            Reply {
-                response: ok_with(version, len, 0),
-                payload: None,
-            }
-        } else {
-            Reply::status(Status::OutcomeUnknown)
-        }
+        chain_reply(acknowledged, version, len)
     }
 
     /// Passes `record` down in its own task and waits for it up to the frame timeout:
@@ -252,6 +235,18 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             glommio::timer::sleep(pause).await;
             pause = (pause * 2).min(LAST_PAUSE);
         }
+    }
+}
+
+/// The answer to a write passed down a chain: Ok with its version and length once every
+/// replica after this one has it, OutcomeUnknown if that did not come in time.
+fn chain_reply(acknowledged: bool, version: u64, len: u64) -> Reply<OutBuf> {
+    if !acknowledged {
+        return Reply::status(Status::OutcomeUnknown);
+    }
+    Reply {
+        response: ok_with(version, len, 0),
+        payload: None,
     }
 }
 

@@ -219,30 +219,12 @@ pub fn replicas_agree(seeds: &[String], keys: &[Vec<u8>]) {
         .expect("a node with the cluster's map");
     let map = c.shard_map().clone();
     for key in keys {
-        let key = key.clone();
-        let partition = map.partition(&key);
-        let mut held = Vec::new();
-        for r in &map.chain(partition).unwrap().replicas {
-            if r.state != ReplicaState::Serving {
-                continue;
-            }
-            let addr = map.shards[r.shard as usize].addr.clone();
-            let get = Request::Get {
-                key: key.clone(),
-                range: None,
-                target: Target {
-                    partition,
-                    epoch: map.epoch,
-                },
-            };
-            let (resp, body) = c.call_at(&addr, &get, &[]).unwrap();
-            held.push((addr, resp.status(), resp.version, body));
-        }
+        let held = held_by_replicas(&mut c, &map, key);
         assert!(
             held.windows(2)
                 .all(|w| (w[0].1.clone(), w[0].2, &w[0].3) == (w[1].1.clone(), w[1].2, &w[1].3)),
             "replicas of {} differ: {held:?}",
-            String::from_utf8_lossy(&key)
+            String::from_utf8_lossy(key)
         );
     }
 }
@@ -252,4 +234,51 @@ pub fn report(run: &str, h: &History) {
         "{run}: {} writes acknowledged, {} unknown, {} refused; {} reads",
         h.acked, h.unknown, h.refused, h.reads
     );
+}
+
+/// What every serving replica of `key`'s chain by `map` answers to a GET sent to it
+/// directly: its address, status, version and value.
+pub fn held_by_replicas(
+    c: &mut BlockingClient,
+    map: &hotshard_placement::ShardMap,
+    key: &[u8],
+) -> Vec<(String, Status, u64, Vec<u8>)> {
+    let partition = map.partition(key);
+    let chain = map.chain(partition).expect("the key's chain");
+    chain
+        .replicas
+        .iter()
+        .filter(|r| r.state == ReplicaState::Serving)
+        .map(|r| {
+            let addr = map.shards[r.shard as usize].addr.clone();
+            let get = Request::Get {
+                key: key.to_vec(),
+                range: None,
+                target: Target {
+                    partition,
+                    epoch: map.epoch,
+                },
+            };
+            let (resp, body) = c.call_at(&addr, &get, &[]).unwrap();
+            (addr, resp.status(), resp.version, body)
+        })
+        .collect()
+}
+
+/// Ends a nemesis run: stops `load`, reports it as `run`, and checks that it meant
+/// something (enough acknowledged writes), that every key's history is linearizable
+/// (printing `logs` if not) and that the serving replicas agree.
+pub fn verify_run(
+    run: &str,
+    load: Workload,
+    seeds: &[String],
+    keys: &[Vec<u8>],
+    logs: impl FnOnce() -> String,
+) -> History {
+    let h = load.finish();
+    report(run, &h);
+    assert!(h.acked > 100, "too few acknowledged writes to mean anything");
+    assert_eq!(violations(&h), Vec::<usize>::new(), "{run}\n{}", logs());
+    replicas_agree(seeds, keys);
+    h
 }
