@@ -1,6 +1,7 @@
 //! The coordinator's chain arithmetic, with no etcd, executor or socket: building the
-//! chains of a cluster that forms, taking a lost node's replicas out of them, and saying
-//! which chains are short of replicas. The coordinator (issue 19) writes what these return
+//! chains of a cluster that forms, taking a lost node's replicas out of them, bringing a
+//! returning node's replicas back as syncing and promoting them once caught up (issue 20;
+//! not yet called by the coordinator), and saying which chains are short of replicas. The coordinator (issue 19) writes what these return
 //! into etcd; tests check them directly.
 
 use std::collections::BTreeMap;
@@ -118,6 +119,69 @@ pub fn take_node_offline(chains: &mut [Chain], shards: &[ShardAddr], node: u32) 
     changed
 }
 
+/// A returning node's replicas rejoin their chains (issue 20's one mechanism for moving
+/// data): each offline replica on `node` becomes syncing and moves behind the serving and
+/// syncing replicas already there, so that it receives every new write of the chain from
+/// the replica before it while it catches up, and serves no reads; the chain version
+/// grows. A chain with no serving replica is left as it is (there is nothing to sync from:
+/// it stays unavailable, reported). Returns how many chains changed.
+pub fn rejoin_as_syncing(chains: &mut [Chain], shards: &[ShardAddr], node: u32) -> usize {
+    let on_node = |r: &Replica| shards.get(r.shard as usize).is_some_and(|s| s.node == node);
+    let mut changed = 0;
+    for chain in chains.iter_mut() {
+        let serving = chain.replicas.iter().any(|r| r.state == ReplicaState::Serving);
+        let returning = chain
+            .replicas
+            .iter()
+            .any(|r| on_node(r) && r.state == ReplicaState::Offline);
+        if !serving || !returning {
+            continue;
+        }
+        for r in chain.replicas.iter_mut().filter(|r| on_node(r)) {
+            if r.state == ReplicaState::Offline {
+                r.state = ReplicaState::Syncing;
+            }
+        }
+        // Stable: serving first, then syncing (the rejoined one last), offline at the end.
+        chain.replicas.sort_by_key(|r| match r.state {
+            ReplicaState::Serving => 0,
+            ReplicaState::Syncing => 1,
+            ReplicaState::Offline => 2,
+        });
+        chain.version += 1;
+        changed += 1;
+    }
+    changed
+}
+
+/// A syncing replica (`shard`, an index into the map's shards) that has caught up with the
+/// chain as it was at `chain_version` becomes serving, behind the serving replicas (the
+/// chain's new tail); the chain version grows. Refused (false, nothing changed) if the
+/// replica is not syncing in `chain`, or if the chain has changed since `chain_version`: a
+/// catch-up reported against another shape of the chain proves nothing about this one.
+pub fn promote_synced(chain: &mut Chain, shard: u16, chain_version: u64) -> bool {
+    if chain.version != chain_version {
+        return false;
+    }
+    let Some(at) = chain
+        .replicas
+        .iter()
+        .position(|r| r.shard == shard && r.state == ReplicaState::Syncing)
+    else {
+        return false;
+    };
+    let mut replica = chain.replicas.remove(at);
+    replica.state = ReplicaState::Serving;
+    let behind_serving = chain
+        .replicas
+        .iter()
+        .take_while(|r| r.state == ReplicaState::Serving)
+        .count();
+    chain.replicas.insert(behind_serving, replica);
+    chain.version += 1;
+    true
+}
+
 /// Chains short of replicas, by partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChainHealth {
@@ -211,6 +275,50 @@ pub fn without_lost_nodes(map: &ShardMap, alive: &std::collections::BTreeSet<u32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_returning_node_rejoins_as_syncing_and_serves_once_caught_up() {
+        use ReplicaState::{Offline, Serving, Syncing};
+        let shards = cluster(&[1, 1, 1]);
+        let replica = |shard, state| Replica { shard, state };
+        let mut chains = build_chains(&shards, 6, 3).unwrap();
+        assert_eq!(take_node_offline(&mut chains, &shards, 11), 6);
+        // One chain has lost its other replicas too: nothing to sync from.
+        chains[5].replicas.iter_mut().for_each(|r| r.state = Offline);
+        let before = chains.clone();
+
+        assert_eq!(rejoin_as_syncing(&mut chains, &shards, 11), 5);
+        for (c, b) in chains.iter().zip(&before).take(5) {
+            assert_eq!(c.version, b.version + 1);
+            let states: Vec<ReplicaState> = c.replicas.iter().map(|r| r.state).collect();
+            assert_eq!(states, [Serving, Serving, Syncing], "behind the serving replicas");
+            assert_eq!(c.replicas[2].shard, 1, "node 11's shard");
+        }
+        assert_eq!(chains[5], before[5], "an unavailable chain is left alone");
+        assert_eq!(rejoin_as_syncing(&mut chains, &shards, 11), 0, "already rejoined");
+
+        let mut chain = chains[0].clone();
+        let v = chain.version;
+        assert!(
+            !promote_synced(&mut chain, 1, v - 1),
+            "caught up with an older chain"
+        );
+        assert!(!promote_synced(&mut chain, 0, v), "not syncing");
+        assert!(promote_synced(&mut chain, 1, v));
+        assert_eq!(chain.version, v + 1);
+        assert!(chain.replicas.iter().all(|r| r.state == Serving));
+        assert_eq!(chain.replicas[2], replica(1, Serving), "the new tail");
+        // Behind the serving replicas, ahead of another syncing one.
+        let mut chain = Chain {
+            version: 4,
+            replicas: vec![replica(0, Serving), replica(1, Syncing), replica(2, Syncing)],
+        };
+        assert!(promote_synced(&mut chain, 2, 4));
+        assert_eq!(
+            chain.replicas,
+            [replica(0, Serving), replica(2, Serving), replica(1, Syncing)]
+        );
+    }
 
     /// `per_node[i]` shards on node i (ids 10, 11, ...), each with its own address.
     fn cluster(per_node: &[u32]) -> Vec<ShardAddr> {

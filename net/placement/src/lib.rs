@@ -8,7 +8,9 @@ pub mod limits;
 pub mod partition;
 pub mod shard_map;
 
-pub use chain_plan::{build_chains, health, take_node_offline, ChainHealth, PlanError};
+pub use chain_plan::{
+    build_chains, health, promote_synced, rejoin_as_syncing, take_node_offline, ChainHealth, PlanError,
+};
 pub use error::MapError;
 pub use partition::{key_hash, partition_of, DEFAULT_PARTITION_BITS};
 pub use shard_map::{Chain, Replica, ReplicaState, ShardAddr, ShardMap};
