@@ -205,6 +205,10 @@ async fn control_loop(
             })
         };
         let _stop_stamping = AbortOnDrop(stamp);
+        // Told as soon as the map changes, so that a repaired chain reaches the shards
+        // without waiting for the next look; the look every TTL/6 stays, in case the
+        // watch is lost.
+        let mut map_watch = client.clone().watch(keys.map(), None).await.ok();
         loop {
             if shutdown.load(Ordering::Relaxed) {
                 let _ = registration.lease.revoke().await;
@@ -215,7 +219,17 @@ async fn control_loop(
                 continue 'connect;
             }
             post_map(&client, &ctx, &mut warned_bits).await;
-            tokio::time::sleep(every).await;
+            match map_watch.as_mut() {
+                Some(watch) => tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    event = watch.message() => {
+                        if !matches!(event, Ok(Some(_))) {
+                            map_watch = None;
+                        }
+                    }
+                },
+                None => tokio::time::sleep(every).await,
+            }
         }
     }
 }

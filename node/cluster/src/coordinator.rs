@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
 use hotshard_placement::chain_plan::{form_map, without_lost_nodes};
 use hotshard_placement::ShardMap;
 
@@ -173,6 +173,11 @@ pub async fn run_coordinator(client: Client, cfg: CoordinatorConfig) {
                 continue;
             }
         };
+        // Told as soon as a node registers or its lease expires (its key goes), so that a
+        // lost node's chains are repaired without waiting for the next check; the check
+        // every `check_every` stays, in case the watch is lost.
+        let nodes = WatchOptions::new().with_prefix();
+        let mut node_watch = client.clone().watch(cfg.keys.nodes(), Some(nodes)).await.ok();
         while leader.is_acting() {
             match reconcile_once(&client, &leader, &cfg).await {
                 Ok(_) => {}
@@ -182,8 +187,21 @@ pub async fn run_coordinator(client: Client, cfg: CoordinatorConfig) {
                 Err(ClusterError::Deposed) => break,
                 Err(e) => tracing::warn!("reconcile: {e}"),
             }
+            let changed = async {
+                match node_watch.as_mut() {
+                    Some(watch) => match watch.message().await {
+                        Ok(Some(_)) => {}
+                        _ => {
+                            node_watch = None;
+                            std::future::pending::<()>().await
+                        }
+                    },
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(cfg.check_every) => {}
+                _ = changed => {}
                 _ = leader.lost() => break,
             }
         }
