@@ -111,7 +111,9 @@ fn a_connection_that_never_proves_the_secret_is_closed_and_frees_its_slot() {
     let cfg = write_config_with(
         dir.path(),
         port,
-        &format!("[auth]\nsecret = \"{SECRET}\"\n[net]\nmax_connections = 2\nframe_timeout_ms = 500\n"),
+        // 2 s: with 500 ms, a loaded CI machine once closed the stalled connection before
+        // the node had read its challenge request (a reset, read as "stayed open").
+        &format!("[auth]\nsecret = \"{SECRET}\"\n[net]\nmax_connections = 2\nframe_timeout_ms = 2000\n"),
     );
     let node = start_with_secret(&cfg, port, SECRET);
     // Fill shard 0's slots: one says nothing, one asks for a challenge and stops there.
