@@ -66,10 +66,10 @@ impl ChainLinks {
         limit: Duration,
     ) -> Result<Answer, LinkError> {
         let conn = self.connection(addr, limit).await?;
-        let waiting = self.waiting.get_or_init(Outstanding::for_this_thread);
-        waiting.add(1);
-        let answered = GlommioReady::timeout(limit, conn.call(request, payload)).await;
-        waiting.sub(1);
+        let answered = {
+            let _waiting = Waiting::on(self.waiting.get_or_init(Outstanding::for_this_thread));
+            GlommioReady::timeout(limit, conn.call(request, payload)).await
+        };
         let answer = match answered {
             Some(Ok(answer)) => return Ok(answer),
             Some(Err(e)) => LinkError::Broken(e.to_string()),
@@ -82,5 +82,22 @@ impl ChainLinks {
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.conns.borrow().len()
+    }
+}
+
+/// One call counted as waiting while it lives, however the call ends (a dropped future
+/// included: a count left behind would keep the shard's poller spinning).
+struct Waiting<'a>(&'a Outstanding);
+
+impl<'a> Waiting<'a> {
+    fn on(count: &'a Outstanding) -> Waiting<'a> {
+        count.add(1);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.sub(1);
     }
 }
