@@ -17,22 +17,28 @@ struct Entry {
 /// One shard's dirty keys. Cheap to clone (shared).
 #[derive(Clone, Default)]
 pub struct DirtyKeys {
-    keys: Rc<RefCell<HashMap<Box<[u8]>, Entry>>>,
+    keys: Rc<RefCell<HashMap<Rc<[u8]>, Entry>>>,
 }
 
 /// A write of one key in flight; the key is clean again when every guard of it is gone.
+/// It shares the table's copy of the key (one allocation per dirty key, not per write).
 pub struct DirtyGuard {
     keys: DirtyKeys,
-    key: Box<[u8]>,
+    key: Rc<[u8]>,
 }
 
 impl DirtyKeys {
     /// Marks `key` dirty until the returned guard is dropped.
     pub fn mark(&self, key: &[u8]) -> DirtyGuard {
-        self.keys.borrow_mut().entry(key.into()).or_default().writes += 1;
+        let mut keys = self.keys.borrow_mut();
+        let key = match keys.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => Rc::from(key),
+        };
+        keys.entry(key.clone()).or_default().writes += 1;
         DirtyGuard {
             keys: self.clone(),
-            key: key.into(),
+            key,
         }
     }
 

@@ -192,29 +192,39 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         let _counted = Counted::new(&self.in_flight);
         let _waiting = Waiting::new(&self.stats.waiting_on_successor);
         let _dirty = dirty;
+        let ChainRecord {
+            key,
+            partition,
+            version,
+            value,
+        } = record;
+        // Built once (the key moved in, not copied per try); each try sets the chain
+        // version it routes by.
+        let mut request = Request::Replicate {
+            key,
+            partition,
+            chain_version: 0,
+            version,
+            tombstone: value.is_none(),
+        };
+        let value = value.as_deref().unwrap_or(&[]);
         let mut pause = FIRST_PAUSE;
         loop {
             // Held as an Rc across the call: the successor's address is borrowed from it.
             let map = self.map.current();
-            let (chain_version, successor) =
-                match ChainPlace::of(&map, record.partition, self.node_id, self.shard) {
-                    ChainPlace::Outside => return false,
-                    ChainPlace::Serving { successor: None, .. } => return true,
-                    ChainPlace::Serving {
-                        version,
-                        successor: Some(next),
-                        ..
-                    } => (version, map.shards[next as usize].addr.as_str()),
-                };
+            let (chain_version, successor) = match ChainPlace::of(&map, partition, self.node_id, self.shard) {
+                ChainPlace::Outside => return false,
+                ChainPlace::Serving { successor: None, .. } => return true,
+                ChainPlace::Serving {
+                    version,
+                    successor: Some(next),
+                    ..
+                } => (version, map.shards[next as usize].addr.as_str()),
+            };
             if !self.map.fenced() {
-                let request = Request::Replicate {
-                    key: record.key.clone(),
-                    partition: record.partition,
-                    chain_version,
-                    version: record.version,
-                    tombstone: record.value.is_none(),
-                };
-                let value = record.value.as_deref().unwrap_or(&[]);
+                if let Request::Replicate { chain_version: v, .. } = &mut request {
+                    *v = chain_version;
+                }
                 let sent = Instant::now();
                 let answer = self.links.call(successor, &request, value, HOP_TIMEOUT).await;
                 let ok = matches!(&answer, Ok((r, _)) if r.status() == Status::Ok);
@@ -226,7 +236,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                     Ok((r, _)) => tracing::debug!(
                         to = %successor,
                         status = ?r.status(),
-                        partition = record.partition,
+                        partition,
                         "replica refused a record; trying again"
                     ),
                     Err(e) => tracing::debug!(to = %successor, error = ?e, "no answer from the next replica"),
