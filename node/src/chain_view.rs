@@ -7,20 +7,27 @@ use hotshard_placement::{ReplicaState, ShardMap};
 /// Where shard `shard` of node `node` stands in a partition's chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainPlace {
-    /// Not a serving replica of the partition (offline, syncing, or not in the chain).
+    /// Not in the chain, or offline in it.
     Outside,
     /// A serving replica: `is_head` if it takes the partition's writes, the chain's
-    /// version, and the next serving replica (an index into the map's shards; None: this
-    /// is the tail).
+    /// version, and the replica a write goes to next (an index into the map's shards;
+    /// None: this is the last replica taking writes).
     Serving {
         is_head: bool,
         version: u64,
         successor: Option<u16>,
     },
+    /// A syncing replica (issue 20): it takes every write passed down the chain and is
+    /// being filled with what it lacks, but answers no reads. `successor` as above (another
+    /// syncing replica).
+    Syncing { version: u64, successor: Option<u16> },
 }
 
 impl ChainPlace {
-    /// The place of (`node`, `shard`) in `partition`'s chain by `map`.
+    /// The place of (`node`, `shard`) in `partition`'s chain by `map`. Writes go down
+    /// the serving replicas, then the syncing ones (the chain keeps them in that order):
+    /// the last serving replica passes each write on to the first syncing one, and waits
+    /// for it, so that a write acknowledged after a replica joined is on that replica.
     pub fn of(map: &ShardMap, partition: u32, node: u32, shard: usize) -> ChainPlace {
         let Some(chain) = map.chain(partition) else {
             return ChainPlace::Outside;
@@ -30,22 +37,26 @@ impl ChainPlace {
                 .get(i as usize)
                 .is_some_and(|s| s.node == node && s.shard as usize == shard)
         };
-        let mut serving = chain
+        let mut taking_writes = chain
             .replicas
             .iter()
-            .filter(|r| r.state == ReplicaState::Serving)
-            .map(|r| r.shard);
+            .filter(|r| r.state != ReplicaState::Offline)
+            .filter(|r| (r.shard as usize) < map.shards.len());
         let mut is_head = true;
-        while let Some(i) = serving.next() {
-            if is_me(i) {
-                let successor = serving.next().filter(|&n| (n as usize) < map.shards.len());
-                return ChainPlace::Serving {
-                    is_head,
-                    version: chain.version,
-                    successor,
+        while let Some(r) = taking_writes.next() {
+            if is_me(r.shard) {
+                let successor = taking_writes.next().map(|n| n.shard);
+                let version = chain.version;
+                return match r.state {
+                    ReplicaState::Serving => ChainPlace::Serving {
+                        is_head,
+                        version,
+                        successor,
+                    },
+                    _ => ChainPlace::Syncing { version, successor },
                 };
             }
-            is_head = false;
+            is_head &= r.state != ReplicaState::Serving;
         }
         ChainPlace::Outside
     }
@@ -57,8 +68,22 @@ impl ChainPlace {
             ChainPlace::Serving {
                 successor: Some(_),
                 ..
+            } | ChainPlace::Syncing {
+                successor: Some(_),
+                ..
             }
         )
+    }
+
+    /// The chain version and the next replica, for a place that takes writes.
+    pub fn takes_writes(&self) -> Option<(u64, Option<u16>)> {
+        match *self {
+            ChainPlace::Outside => None,
+            ChainPlace::Serving {
+                version, successor, ..
+            }
+            | ChainPlace::Syncing { version, successor } => Some((version, successor)),
+        }
     }
 }
 
@@ -113,7 +138,7 @@ mod tests {
         )
     }
 
-    use ReplicaState::{Offline, Serving};
+    use ReplicaState::{Offline, Serving, Syncing};
 
     #[test]
     fn head_middle_tail_and_outside() {
@@ -177,5 +202,33 @@ mod tests {
         );
         assert_eq!(local_replica(&m, 0, 2), None);
         assert_eq!(local_replica(&m, 0, 3), Some(0));
+    }
+
+    #[test]
+    fn writes_pass_from_the_last_serving_replica_to_the_syncing_ones() {
+        let m = map([Serving, Serving, Syncing]);
+        assert_eq!(
+            ChainPlace::of(&m, 0, 2, 0),
+            ChainPlace::Serving {
+                is_head: false,
+                version: 7,
+                successor: Some(2)
+            },
+            "the last serving replica passes writes on"
+        );
+        assert_eq!(
+            ChainPlace::of(&m, 0, 3, 0),
+            ChainPlace::Syncing {
+                version: 7,
+                successor: None
+            }
+        );
+        assert_eq!(local_replica(&m, 0, 3), None, "a syncing replica serves no reads");
+        // A syncing replica ahead of a serving one in the list is never the head.
+        let m = map([Syncing, Serving, Offline]);
+        assert!(matches!(
+            ChainPlace::of(&m, 0, 2, 0),
+            ChainPlace::Serving { is_head: true, .. }
+        ));
     }
 }

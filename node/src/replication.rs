@@ -123,17 +123,17 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             let map = self.map.borrow();
             ChainPlace::of(&map, partition, self.node_id, self.shard)
         };
-        match mine {
-            ChainPlace::Serving { version: v, .. } if v == chain_version => {}
-            // A chain of another shape: the sender's map or this one is behind. The
-            // answer carries this replica's chain version; the sender tries again once
-            // the maps agree.
+        // A serving or a syncing replica takes the record if its chain has the sender's
+        // shape. Otherwise the sender's map or this one is behind: the answer carries this
+        // replica's chain version, and the sender tries again once the maps agree.
+        match mine.takes_writes() {
+            Some((v, _)) if v == chain_version => {}
             other => {
                 self.stats.wrong_shard.set(self.stats.wrong_shard.get() + 1);
                 let mut reply = Reply::status(Status::WrongShard {
                     epoch: self.map.epoch(),
                 });
-                if let ChainPlace::Serving { version: v, .. } = other {
+                if let Some((v, _)) = other {
                     reply.response.version = v;
                 }
                 return reply;
@@ -185,9 +185,10 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         matches!(Glommio::timeout(self.answer_wait, task).await, Some(Some(true)))
     }
 
-    /// Sends `record` to this shard's successor in the partition's chain until it is
-    /// acknowledged (true; at once if this is the tail) or this shard no longer serves the
-    /// partition (false). Each try routes by the map as it is then.
+    /// Sends `record` to this shard's successor in the partition's chain (the next serving
+    /// replica, or after the last one the first syncing replica) until it is acknowledged
+    /// (true; at once if none follows) or this shard has left the chain (false). Each try
+    /// routes by the map as it is then.
     async fn pass_down(self: Rc<Self>, record: ChainRecord, dirty: DirtyGuard) -> bool {
         let _counted = Counted::new(&self.in_flight);
         let _waiting = Waiting::new(&self.stats.waiting_on_successor);
@@ -212,15 +213,12 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         loop {
             // Held as an Rc across the call: the successor's address is borrowed from it.
             let map = self.map.current();
-            let (chain_version, successor) = match ChainPlace::of(&map, partition, self.node_id, self.shard) {
-                ChainPlace::Outside => return false,
-                ChainPlace::Serving { successor: None, .. } => return true,
-                ChainPlace::Serving {
-                    version,
-                    successor: Some(next),
-                    ..
-                } => (version, map.shards[next as usize].addr.as_str()),
-            };
+            let (chain_version, successor) =
+                match ChainPlace::of(&map, partition, self.node_id, self.shard).takes_writes() {
+                    None => return false,
+                    Some((_, None)) => return true,
+                    Some((version, Some(next))) => (version, map.shards[next as usize].addr.as_str()),
+                };
             if !self.map.fenced() {
                 if let Request::Replicate { chain_version: v, .. } = &mut request {
                     *v = chain_version;

@@ -105,6 +105,16 @@ impl<Q: BlockQueue> Clone for Store<Q> {
     }
 }
 
+/// One key of a partition as a replica holds it (`Store::partition_manifest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub key: Vec<u8>,
+    pub version: u64,
+    /// CRC32C of the value (of the tombstone's stamp for a tombstone).
+    pub crc32c: u32,
+    pub tombstone: bool,
+}
+
 /// What `stat` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ObjectStat {
@@ -208,6 +218,7 @@ impl<Q: BlockQueue> Store<Q> {
         value: &mut StageValue<'_>,
         if_version: Option<u64>,
         kind: RecordKind,
+        absent_ok: bool,
     ) -> StoreResult<(u64, Rc<BatchDone>)> {
         let mut st = self.inner.state.borrow_mut();
         // An unconditional put does not depend on what is there: skipping the lookup saves
@@ -226,7 +237,7 @@ impl<Q: BlockQueue> Store<Q> {
                 });
             }
         }
-        if kind == RecordKind::Tombstone && !exists {
+        if kind == RecordKind::Tombstone && !exists && !absent_ok {
             return Err(StoreError::NotFound);
         }
         if kind == RecordKind::Put
@@ -320,7 +331,7 @@ impl<Q: BlockQueue> Store<Q> {
             });
         }
         let version = self
-            .write(key, partition, &mut value, if_version, RecordKind::Put)
+            .write(key, partition, &mut value, if_version, RecordKind::Put, false)
             .await?;
         bump(&self.inner.metrics.puts, 1);
         Ok(version)
@@ -446,10 +457,36 @@ impl<Q: BlockQueue> Store<Q> {
                 &mut StageValue::Bytes(&[]),
                 if_version,
                 RecordKind::Tombstone,
+                false,
             )
             .await?;
         bump(&self.inner.metrics.deletes, 1);
         Ok(version)
+    }
+
+    /// Writes a tombstone for `key` only if it has no live version (a live one:
+    /// `VersionMismatch`), with a new version: how the head of a chain tells a replica
+    /// that holds a copy the chain never had (a write that reached it and no further) to
+    /// drop it. Returns the tombstone's version once it is durable.
+    pub async fn bury_if_absent(&self, key: &[u8], partition: u16) -> StoreResult<u64> {
+        self.check_key(key)?;
+        self.check_partition(partition)?;
+        let empty = &mut StageValue::Bytes(&[]);
+        let version = self
+            .write(key, partition, empty, Some(0), RecordKind::Tombstone, true)
+            .await?;
+        bump(&self.inner.metrics.deletes, 1);
+        Ok(version)
+    }
+
+    /// Makes every version written here from now on greater than `version`: a head about
+    /// to rewrite a key that a replica holds at `version` (`bury_if_absent`, or a put of the
+    /// same value) so that the replica takes the rewrite. The same rule as a versioned
+    /// record's (the next LSN moves past it); nothing is written.
+    pub fn raise_versions_past(&self, version: u64) {
+        let mut st = self.inner.state.borrow_mut();
+        let (writer, _) = st.log_mut();
+        writer.next_lsn = writer.next_lsn.max(version.saturating_add(1));
     }
 
     /// Stages one write and waits until it is durable.
@@ -471,6 +508,7 @@ impl<Q: BlockQueue> Store<Q> {
         value: &mut StageValue<'_>,
         if_version: Option<u64>,
         kind: RecordKind,
+        absent_ok: bool,
     ) -> StoreResult<u64> {
         let decides = if_version.is_some() || kind == RecordKind::Tombstone;
         // One hash of the key for every in-memory table this write touches, to the end.
@@ -496,7 +534,7 @@ impl<Q: BlockQueue> Store<Q> {
                 }
                 continue;
             }
-            match self.stage_versioned(key, h, partition, value, if_version, kind) {
+            match self.stage_versioned(key, h, partition, value, if_version, kind, absent_ok) {
                 Ok((version, done)) => {
                     drop(pass);
                     commit(&self.inner, done).await?;
@@ -676,6 +714,25 @@ impl<Q: BlockQueue> Store<Q> {
             .filter(|(_, e)| !e.tombstone())
             .map(|(k, e)| (k.to_vec(), e.version))
             .collect()
+    }
+
+    /// Every key of `partition` the index holds, tombstones included, with version and
+    /// value checksum, in key order: what a replica compares with another's to resync
+    /// (issue 20). A walk of the index slots (no key is hashed).
+    pub fn partition_manifest(&self, partition: u16) -> Vec<ManifestEntry> {
+        let st = self.inner.state.borrow();
+        let mut entries: Vec<ManifestEntry> = st
+            .index()
+            .iter_partition(partition)
+            .map(|(k, e)| ManifestEntry {
+                key: k.to_vec(),
+                version: e.version,
+                crc32c: e.value_crc,
+                tombstone: e.tombstone(),
+            })
+            .collect();
+        entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        entries
     }
 
     pub fn counters(&self) -> StoreCounters {

@@ -22,7 +22,7 @@ mod value_buf;
 mod write_gate;
 
 pub use config::{CommitDurability, StoreConfig};
-pub use engine::{ObjectStat, SpaceStats, Store};
+pub use engine::{ManifestEntry, ObjectStat, SpaceStats, Store};
 pub use error::{StoreError, StoreResult};
 pub use gc::GcOutcome;
 pub use recovery::RecoveryReport;

@@ -127,3 +127,45 @@ fn a_record_behind_a_newer_staged_one_is_answered_once_that_one_is_readable() {
     assert!(skipped, "the older record is covered by the newer one");
     assert_eq!(seen, Some(20), "answered before the newer record was readable");
 }
+
+/// What a resync uses: the partition's manifest (tombstones included, in key order), a
+/// head raising its versions past a replica's copy, and a tombstone written only where the
+/// key is absent; the raised versions and the tombstone hold after a power cut.
+#[test]
+fn manifest_raised_versions_and_burying_an_absent_key() {
+    let dev = sim();
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    block_on(s.put(b"b", 2, &make_value(1, 300), None)).unwrap();
+    block_on(s.put(b"a", 2, &make_value(2, 300), None)).unwrap();
+    block_on(s.put(b"c", 2, &make_value(3, 300), None)).unwrap();
+    block_on(s.delete(b"c", 2, None)).unwrap();
+    block_on(s.put(b"z", 1, &make_value(4, 300), None)).unwrap();
+    let m = s.partition_manifest(2);
+    let keys: Vec<&[u8]> = m.iter().map(|e| e.key.as_slice()).collect();
+    assert_eq!(keys, [&b"a"[..], b"b", b"c"], "key order, the tombstone kept");
+    assert_eq!(
+        m.iter().map(|e| e.tombstone).collect::<Vec<_>>(),
+        [false, false, true]
+    );
+    let stat = s.stat(b"a").unwrap();
+    assert_eq!((m[0].version, m[0].crc32c), (stat.version, stat.crc32c));
+
+    // A live key is not buried; an absent one gets a tombstone with a new version.
+    assert!(matches!(
+        block_on(s.bury_if_absent(b"a", 2)),
+        Err(StoreError::VersionMismatch { .. })
+    ));
+    s.raise_versions_past(1 << 40);
+    let buried = block_on(s.bury_if_absent(b"never", 2)).unwrap();
+    assert!(buried > 1 << 40, "{buried}");
+    let s = power_cycle(&dev, s);
+    let m = s.partition_manifest(2);
+    let never = m
+        .iter()
+        .find(|e| e.key == b"never")
+        .expect("the tombstone is kept");
+    assert!(never.tombstone && never.version == buried);
+    let next = block_on(s.put(b"a", 2, &make_value(5, 300), None)).unwrap();
+    assert!(next > buried, "versions stay raised after a restart: {next}");
+    assert_eq!(version_of(&s, b"never"), None);
+}
