@@ -141,7 +141,14 @@ pub fn access_request(header: &HeaderBuf, payload_len: u32) -> Result<&ArchivedR
         | ArchivedRequest::Get { key, .. }
         | ArchivedRequest::Delete { key, .. }
         | ArchivedRequest::Stat { key, .. }
-        | ArchivedRequest::Replicate { key, .. } => check_key(key.as_slice())?,
+        | ArchivedRequest::Replicate { key, .. }
+        | ArchivedRequest::Reassert { key, .. } => check_key(key.as_slice())?,
+        // Empty: from the partition's first key.
+        ArchivedRequest::SyncManifest { after, .. } => {
+            if !after.is_empty() {
+                check_key(after.as_slice())?
+            }
+        }
         ArchivedRequest::AuthProof { proof } => {
             if proof.len() > 64 {
                 return Err(WireError::Malformed(format!(
@@ -289,6 +296,21 @@ mod tests {
                 chain_version: 4,
                 version: 100,
                 tombstone: true,
+            },
+            Request::SyncManifest {
+                partition: 2,
+                chain_version: 5,
+                after: b"g".to_vec(),
+            },
+            Request::SyncManifest {
+                partition: 2,
+                chain_version: 5,
+                after: Vec::new(),
+            },
+            Request::Reassert {
+                key: b"h".to_vec(),
+                partition: 2,
+                floor: 77,
             },
         ];
         for (i, req) in all.into_iter().enumerate() {

@@ -62,6 +62,26 @@ pub enum Request {
         version: u64,
         tombstone: bool,
     },
+    /// From a syncing replica to the serving replica it catches up from (issue 20): a page
+    /// of the partition's keys after `after` (key order; empty: from the start), each with
+    /// version, value checksum and whether it is a tombstone, as the payload of the answer
+    /// (`arg` 1: more pages follow). Refused (`WrongShard`) unless the receiver serves
+    /// `partition` in a chain at `chain_version`.
+    SyncManifest {
+        partition: u32,
+        chain_version: u64,
+        after: Vec<u8>,
+    },
+    /// From a syncing replica to its chain's head: the replica holds `key` at `floor`, a
+    /// version the serving replicas do not have (a write that reached it and no further
+    /// before it left the chain). The head writes the key again as it has it (its value,
+    /// or a tombstone if it has none) with a version past `floor`, down the whole chain,
+    /// and answers once the chain has it.
+    Reassert {
+        key: Vec<u8>,
+        partition: u32,
+        floor: u64,
+    },
 }
 
 impl Request {
@@ -77,6 +97,8 @@ impl Request {
             Request::AuthChallenge => "auth_challenge",
             Request::AuthProof { .. } => "auth_proof",
             Request::Replicate { .. } => "replicate",
+            Request::SyncManifest { .. } => "sync_manifest",
+            Request::Reassert { .. } => "reassert",
         }
     }
 }
@@ -87,7 +109,8 @@ impl Request {
 #[rkyv(derive(Debug))]
 pub struct Response {
     pub code: u16,
-    /// WrongShard: the server's epoch. VersionMismatch: the current version.
+    /// WrongShard: the server's epoch. VersionMismatch: the current version. SyncManifest:
+    /// 1 if more pages follow.
     pub arg: u64,
     /// BadRequest: why.
     pub reason: String,

@@ -44,6 +44,9 @@ pub struct ClusterSection {
     /// The node's lease: if etcd hears nothing from it for this long, its replicas are
     /// taken out of their chains. At least 2 (etcd's minimum).
     pub lease_ttl_secs: i64,
+    /// The most bytes per second a shard copies while it catches up with a chain it
+    /// rejoined (0: no limit), so that the foreground keeps most of the device.
+    pub sync_bytes_per_sec: u64,
 }
 
 impl Default for ClusterSection {
@@ -53,6 +56,7 @@ impl Default for ClusterSection {
             name: "hotshard".into(),
             advertise: String::new(),
             lease_ttl_secs: 3,
+            sync_bytes_per_sec: 64 << 20,
         }
     }
 }

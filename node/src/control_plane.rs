@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hotshard_cluster::coordinator::{map_revision, read_cluster_id, read_map};
+use hotshard_cluster::etcd_client::{Txn, TxnOp};
 use hotshard_cluster::registration::{register, NodeRecord};
 use hotshard_cluster::{connect, ClusterError, ClusterKeys};
 
@@ -205,6 +206,38 @@ async fn control_loop(
             })
         };
         let _stop_stamping = AbortOnDrop(stamp);
+        // Chains the shards caught up with, written to etcd for the coordinator (kept and
+        // tried again while etcd does not answer).
+        let reports = {
+            let (board, client, keys) = (board.clone(), client.clone(), keys.clone());
+            tokio::spawn(async move {
+                let mut unwritten = Vec::new();
+                loop {
+                    unwritten.extend(board.take_caught_up());
+                    // Many at once (a node back after a crash catches up thousands of
+                    // chains), in transactions of at most 100 writes (etcd's limit: 128).
+                    while !unwritten.is_empty() {
+                        let n = unwritten.len().min(100);
+                        let puts: Vec<TxnOp> = unwritten[..n]
+                            .iter()
+                            .map(|c| {
+                                let key = keys.caught_up(c.partition, c.node, c.shard);
+                                TxnOp::put(key, c.chain_version.to_string(), None)
+                            })
+                            .collect();
+                        match client.clone().txn(Txn::new().and_then(puts)).await {
+                            Ok(_) => drop(unwritten.drain(..n)),
+                            Err(e) => {
+                                tracing::warn!("reporting caught-up chains: {e}");
+                                break;
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        let _stop_reporting = AbortOnDrop(reports);
         // Told as soon as the map changes, so that a repaired chain reaches the shards
         // without waiting for the next look; the look every TTL/6 stays, in case the
         // watch is lost.

@@ -111,6 +111,17 @@ pub struct MapBoard {
     lease_confirmed_ms: AtomicU64,
     /// Fence once the last confirmation is older than this; 0: never fence.
     fence_after_ms: AtomicU64,
+    /// Chains the shards have caught up with, for the control thread to report in etcd.
+    caught_up: Mutex<Vec<CaughtUp>>,
+}
+
+/// A shard caught up with a partition's chain at a chain version (issue 20's resync).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaughtUp {
+    pub partition: u32,
+    pub node: u32,
+    pub shard: u32,
+    pub chain_version: u64,
 }
 
 /// CLOCK_MONOTONIC_COARSE in milliseconds: a few nanoseconds to read, a few milliseconds of
@@ -164,6 +175,21 @@ impl MapBoard {
         self.epoch.store(map.epoch, Ordering::Release);
         *slot = Some(Arc::new(map));
         true
+    }
+
+    /// A shard reports a chain caught up with.
+    pub fn report_caught_up(&self, c: CaughtUp) {
+        if let Ok(mut list) = self.caught_up.lock() {
+            list.push(c);
+        }
+    }
+
+    /// The reports not yet written to etcd, taken.
+    pub fn take_caught_up(&self) -> Vec<CaughtUp> {
+        self.caught_up
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
     }
 
     /// The epoch of the map posted last (0: none).

@@ -43,6 +43,20 @@ pub struct ChainRecord {
     pub value: Option<Vec<u8>>,
 }
 
+/// What the head of a chain writes and passes down.
+pub enum ChainWrite {
+    Put {
+        payload: Option<PutPayload>,
+        if_version: Option<u64>,
+    },
+    Delete {
+        if_version: Option<u64>,
+    },
+    /// A tombstone only if the key has no live version (`Store::bury_if_absent`): a
+    /// reassertion of a key the head does not have.
+    Bury,
+}
+
 impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     /// A PUT or DELETE at the head of a chain with replicas after it: written here, then
     /// passed down. Answered Ok once the tail has it, or OutcomeUnknown if that takes
@@ -51,9 +65,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         self: &Rc<Self>,
         key: Vec<u8>,
         partition: u32,
-        payload: Option<PutPayload>,
-        if_version: Option<u64>,
-        delete: bool,
+        write: ChainWrite,
     ) -> Reply<OutBuf> {
         let started = Instant::now();
         let sp = match store_partition(partition) {
@@ -63,13 +75,17 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         // Dirty before anything is written here: a read must not see this version until
         // the tail has it.
         let dirty = self.dirty.mark(&key);
-        let value = (!delete).then(|| payload.map(PutPayload::into_vec).unwrap_or_default());
-        let r = match &value {
-            Some(v) => self.store.put(&key, sp, v, if_version).await,
-            None => self.store.delete(&key, sp, if_version).await,
+        let (value, r) = match write {
+            ChainWrite::Put { payload, if_version } => {
+                let v = payload.map(PutPayload::into_vec).unwrap_or_default();
+                let r = self.store.put(&key, sp, &v, if_version).await;
+                (Some(v), r)
+            }
+            ChainWrite::Delete { if_version } => (None, self.store.delete(&key, sp, if_version).await),
+            ChainWrite::Bury => (None, self.store.bury_if_absent(&key, sp).await),
         };
         let len = value.as_ref().map_or(0, Vec::len) as u64;
-        let op = if delete {
+        let op = if value.is_none() {
             &self.stats.delete
         } else {
             &self.stats.put

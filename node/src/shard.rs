@@ -210,12 +210,20 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         dirty: crate::dirty_keys::DirtyKeys::default(),
         links: crate::chain_links::ChainLinks::new(s.cfg.secret()?),
         answer_wait: Duration::from_millis(s.cfg.net.frame_timeout_ms),
+        sync: Default::default(),
+        sync_bytes_per_sec: s.cfg.cluster.sync_bytes_per_sec,
     });
     for (from, rx) in receivers {
         glommio::spawn_local(answer_peer(from, rx, handler.clone(), peers.clone())).detach();
     }
     if let Some(board) = s.board.clone() {
-        glommio::spawn_local(adopt_posted_maps(board, handler.map.clone(), s.shutdown.clone())).detach();
+        glommio::spawn_local(adopt_posted_maps(
+            board.clone(),
+            handler.map.clone(),
+            s.shutdown.clone(),
+        ))
+        .detach();
+        glommio::spawn_local(handler.clone().keep_syncing(board, s.shutdown.clone())).detach();
     }
     let mut admin = None;
     if s.index == 0 && s.cfg.node.admin_port != 0 {

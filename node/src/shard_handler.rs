@@ -55,6 +55,10 @@ pub struct ShardHandler<Q: BlockQueue> {
     /// How long a write waits for the rest of its chain before it is answered
     /// OutcomeUnknown (the frame timeout).
     pub answer_wait: std::time::Duration,
+    /// Resync progress (`partition_sync`).
+    pub sync: crate::partition_sync::SyncCounters,
+    /// The most a resync copies per second (0: no limit).
+    pub sync_bytes_per_sec: u64,
 }
 
 /// The key and target of a request that names a key.
@@ -145,6 +149,18 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             self.dirty.len(),
             self.links.open(),
         ));
+        let y = &self.sync;
+        out.push_str(&format!(
+            "hotshard_syncing_chains{{{l}}} {}\nhotshard_sync_passes_total{{{l}}} {}\n\
+             hotshard_sync_objects_copied_total{{{l}}} {}\nhotshard_sync_bytes_copied_total{{{l}}} {}\n\
+             hotshard_sync_reasserted_total{{{l}}} {}\nhotshard_sync_unchanged_total{{{l}}} {}\n",
+            y.syncing.get(),
+            y.passes.get(),
+            y.objects_copied.get(),
+            y.bytes_copied.get(),
+            y.reasserted.get(),
+            y.unchanged.get(),
+        ));
         if let Some(age) = self.map.lease_age_secs() {
             out.push_str(&format!("hotshard_lease_age_seconds{{{l}}} {age:.3}\n"));
         }
@@ -162,16 +178,16 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 if_version,
                 target,
             } if self.passes_writes_down(target.partition) => {
-                self.write_down_chain(key, target.partition, payload, if_version, false)
-                    .await
+                let write = crate::replication::ChainWrite::Put { payload, if_version };
+                self.write_down_chain(key, target.partition, write).await
             }
             Request::Delete {
                 key,
                 if_version,
                 target,
             } if self.passes_writes_down(target.partition) => {
-                self.write_down_chain(key, target.partition, None, if_version, true)
-                    .await
+                let write = crate::replication::ChainWrite::Delete { if_version };
+                self.write_down_chain(key, target.partition, write).await
             }
             Request::Put {
                 key,
@@ -325,7 +341,7 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
     fn admit(&self, request: &Request, payload_len: usize) -> Result<Option<usize>, Status> {
         // Control requests (ping, shard map, stats, auth) carry nothing and are always
         // answered, so a client can still find its way while the shard sheds load.
-        if let Request::Replicate { .. } = request {
+        if let Request::Replicate { .. } | Request::Reassert { .. } | Request::SyncManifest { .. } = request {
             return if self.admission.try_admit_replica(payload_len) {
                 Ok(Some(payload_len))
             } else {
@@ -393,8 +409,11 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
 
     async fn handle(self: Rc<Self>, request: Request, payload: Option<PutPayload>) -> Reply<OutBuf> {
         let _counted = Counted::new(&self.in_flight);
-        if let Request::Replicate { .. } = request {
-            return self.answer_replicate(request, payload).await;
+        match request {
+            Request::Replicate { .. } => return self.answer_replicate(request, payload).await,
+            Request::SyncManifest { .. } => return self.answer_sync_manifest(request),
+            Request::Reassert { .. } => return self.answer_reassert(request).await,
+            _ => {}
         }
         let Some((key, target)) = keyed(&request) else {
             return self.answer_control(request);

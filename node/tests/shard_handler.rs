@@ -71,6 +71,8 @@ async fn handler_with_cache(
         dirty: Default::default(),
         links: hotshard_node::chain_links::ChainLinks::new(None),
         answer_wait: std::time::Duration::from_secs(5),
+        sync: Default::default(),
+        sync_bytes_per_sec: 0,
     })
 }
 

@@ -159,11 +159,51 @@ impl Bed {
         bed
     }
 
+    /// Starts node `i` again (after a kill) on its data directory, config and ports.
+    pub fn restart(&mut self, i: usize) {
+        let cfg = self.dirs[i].path().join("node.toml");
+        let port = self.nodes[i].port;
+        self.nodes[i].kill9();
+        // The log of the run before is kept beside the new one.
+        let log = self.dirs[i].path().join("node.log");
+        let before = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut kept = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dirs[i].path().join("node.before.log"))
+            .unwrap();
+        std::io::Write::write_all(&mut kept, before.as_bytes()).unwrap();
+        self.nodes[i] = crate::common::start_with_env(&cfg, port, &[]);
+    }
+
+    /// The newest map any node answers with (epoch 0 if none answers).
+    pub fn map(&self) -> hotshard_placement::ShardMap {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .filter_map(|n| {
+                hotshard_net::blocking::BlockingClient::connect(&n.addr(0), Duration::from_secs(2)).ok()
+            })
+            .map(|c| c.shard_map().clone())
+            .max_by_key(|m| m.epoch)
+            .unwrap_or_else(|| hotshard_placement::ShardMap::unassigned(1, Vec::new()))
+    }
+
+    /// Node `i`'s metric `name`, summed over its shards.
+    pub fn node_metric(&self, i: usize, name: &str) -> f64 {
+        let text = scrape(self.nodes[i].port + 3);
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Every node's log so far.
     pub fn logs(&self) -> String {
         self.dirs
             .iter()
-            .map(|d| std::fs::read_to_string(d.path().join("node.log")).unwrap_or_default())
+            .flat_map(|d| ["node.before.log", "node.log"].map(|f| d.path().join(f)))
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
             .collect::<Vec<_>>()
             .join("\n")
     }

@@ -4,11 +4,10 @@
 //! epoch grow). Every write is guarded by its term and by the map's revision, so neither a
 //! deposed coordinator nor a lost update can change the map. Never on the data path.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
-use hotshard_placement::chain_plan::{form_map, without_lost_nodes};
+use hotshard_placement::chain_plan::{form_map, reconcile_map, CaughtUpReport};
 use hotshard_placement::ShardMap;
 
 use crate::error::{ClusterError, ClusterResult};
@@ -148,17 +147,65 @@ pub async fn reconcile_once(
             Ok(Some(map))
         }
         Some((map, revision)) => {
-            let alive: BTreeSet<u32> = nodes.iter().map(|n| n.id).collect();
-            match without_lost_nodes(&map, &alive) {
-                None => Ok(Some(map)),
+            let alive: Vec<(u32, Vec<String>)> = nodes.iter().map(|n| (n.id, n.shards.clone())).collect();
+            let (reports, report_keys) = caught_up_reports(client, &cfg.keys).await?;
+            match reconcile_map(&map, &alive, &reports) {
+                None => {
+                    remove_reports(leader, report_keys).await?;
+                    Ok(Some(map))
+                }
                 Some(next) => {
                     write_map(leader, &cfg.keys, &next, revision, Vec::new()).await?;
-                    tracing::warn!(epoch = next.epoch, "replicas of lost nodes taken offline");
+                    remove_reports(leader, report_keys).await?;
+                    let h = hotshard_placement::chain_plan::health(&next.chains, cfg.replication);
+                    tracing::warn!(
+                        epoch = next.epoch,
+                        degraded = h.degraded.len(),
+                        unavailable = h.unavailable.len(),
+                        "cluster map changed (lost, returning or caught-up replicas)"
+                    );
                     Ok(Some(next))
                 }
             }
         }
     }
+}
+
+/// The caught-up reports in etcd (malformed ones are dropped with a warning) and the keys
+/// they were read from.
+async fn caught_up_reports(
+    client: &Client,
+    keys: &ClusterKeys,
+) -> ClusterResult<(Vec<CaughtUpReport>, Vec<String>)> {
+    let got = client
+        .clone()
+        .get(keys.caught_up_prefix(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let mut reports = Vec::new();
+    let mut read = Vec::new();
+    for kv in got.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let version = std::str::from_utf8(kv.value())
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok());
+        match (keys.parse_caught_up(&key), version) {
+            (Some((p, n, s)), Some(v)) => reports.push((p, n, s, v)),
+            _ => tracing::warn!(%key, "dropping a malformed caught-up report"),
+        }
+        read.push(key);
+    }
+    Ok((reports, read))
+}
+
+/// Removes the caught-up reports read (applied, or stale), 100 to a transaction (etcd
+/// takes at most 128 operations in one). A report written again meanwhile by a replica
+/// still syncing is removed unapplied; the replica makes it again (`partition_sync`).
+async fn remove_reports(leader: &Leadership, keys: Vec<String>) -> ClusterResult<()> {
+    for chunk in keys.chunks(100) {
+        let ops: Vec<TxnOp> = chunk.iter().map(|k| TxnOp::delete(k.as_str(), None)).collect();
+        leader.guarded(ops).await?;
+    }
+    Ok(())
 }
 
 /// Runs a coordinator for ever: campaigns, acts while it leads, campaigns again when
@@ -178,6 +225,13 @@ pub async fn run_coordinator(client: Client, cfg: CoordinatorConfig) {
         // every `check_every` stays, in case the watch is lost.
         let nodes = WatchOptions::new().with_prefix();
         let mut node_watch = client.clone().watch(cfg.keys.nodes(), Some(nodes)).await.ok();
+        // And as soon as a syncing replica reports it caught up.
+        let reports = WatchOptions::new().with_prefix();
+        let mut report_watch = client
+            .clone()
+            .watch(cfg.keys.caught_up_prefix(), Some(reports))
+            .await
+            .ok();
         while leader.is_acting() {
             match reconcile_once(&client, &leader, &cfg).await {
                 Ok(_) => {}
@@ -187,24 +241,28 @@ pub async fn run_coordinator(client: Client, cfg: CoordinatorConfig) {
                 Err(ClusterError::Deposed) => break,
                 Err(e) => tracing::warn!("reconcile: {e}"),
             }
-            let changed = async {
-                match node_watch.as_mut() {
-                    Some(watch) => match watch.message().await {
-                        Ok(Some(_)) => {}
-                        _ => {
-                            node_watch = None;
-                            std::future::pending::<()>().await
-                        }
-                    },
-                    None => std::future::pending::<()>().await,
-                }
-            };
             tokio::select! {
                 _ = tokio::time::sleep(cfg.check_every) => {}
-                _ = changed => {}
+                _ = told(&mut node_watch) => {}
+                _ = told(&mut report_watch) => {}
                 _ = leader.lost() => break,
             }
         }
         tracing::warn!(name = %cfg.name, "no longer acting");
+    }
+}
+
+/// Waits for the watch's next event; a watch that ends is dropped (and then waits for
+/// ever: the periodic check goes on).
+async fn told(watch: &mut Option<etcd_client::WatchStream>) {
+    match watch.as_mut() {
+        Some(stream) => match stream.message().await {
+            Ok(Some(_)) => {}
+            _ => {
+                *watch = None;
+                std::future::pending::<()>().await
+            }
+        },
+        None => std::future::pending::<()>().await,
     }
 }

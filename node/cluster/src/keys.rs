@@ -51,6 +51,25 @@ impl ClusterKeys {
         format!("{}nodes/{id:08}", self.prefix)
     }
 
+    /// A syncing replica's report that it caught up with `partition`'s chain (value: the
+    /// chain version it caught up under), read and removed by the acting coordinator.
+    pub fn caught_up(&self, partition: u32, node: u32, shard: u32) -> String {
+        format!("{}caught_up/{partition:05}/{node:08}/{shard:04}", self.prefix)
+    }
+
+    /// Prefix of every caught-up report.
+    pub fn caught_up_prefix(&self) -> String {
+        format!("{}caught_up/", self.prefix)
+    }
+
+    /// (partition, node, shard) of a caught-up report's key; None for any other key.
+    pub fn parse_caught_up(&self, key: &str) -> Option<(u32, u32, u32)> {
+        let rest = key.strip_prefix(&self.caught_up_prefix())?;
+        let mut parts = rest.split('/').map(str::parse::<u32>);
+        let (p, n, s) = (parts.next()?.ok()?, parts.next()?.ok()?, parts.next()?.ok()?);
+        parts.next().is_none().then_some((p, n, s))
+    }
+
     /// Prefix of every node's registration.
     pub fn nodes(&self) -> String {
         format!("{}nodes/", self.prefix)
@@ -67,6 +86,10 @@ mod tests {
         assert_eq!(k.coordinator(), "/hotshard/prod-1/coordinator");
         assert_eq!(k.node(7), "/hotshard/prod-1/nodes/00000007");
         assert!(k.node(7).starts_with(&k.nodes()));
+        let c = k.caught_up(12, 3, 1);
+        assert_eq!(k.parse_caught_up(&c), Some((12, 3, 1)));
+        assert_eq!(k.parse_caught_up(&k.node(3)), None);
+        assert_eq!(k.parse_caught_up(&format!("{c}/9")), None);
         for bad in ["", "a/b", "..", "a b", &"x".repeat(65)] {
             assert!(ClusterKeys::new(bad).is_err(), "{bad:?}");
         }

@@ -105,6 +105,25 @@ impl<Q: BlockQueue> Clone for Store<Q> {
     }
 }
 
+/// What a local write does: a put, a delete (of a live key: `NotFound` otherwise), or a
+/// tombstone whether or not the key is live (`bury_if_absent`, whose `if_version` of 0
+/// leaves a live key alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intent {
+    Put,
+    Delete,
+    Bury,
+}
+
+impl Intent {
+    fn kind(self) -> RecordKind {
+        match self {
+            Intent::Put => RecordKind::Put,
+            Intent::Delete | Intent::Bury => RecordKind::Tombstone,
+        }
+    }
+}
+
 /// One key of a partition as a replica holds it (`Store::partition_manifest`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestEntry {
@@ -217,9 +236,9 @@ impl<Q: BlockQueue> Store<Q> {
         partition: u16,
         value: &mut StageValue<'_>,
         if_version: Option<u64>,
-        kind: RecordKind,
-        absent_ok: bool,
+        intent: Intent,
     ) -> StoreResult<(u64, Rc<BatchDone>)> {
+        let kind = intent.kind();
         let mut st = self.inner.state.borrow_mut();
         // An unconditional put does not depend on what is there: skipping the lookup saves
         // an index probe (three cache misses) per put.
@@ -237,7 +256,7 @@ impl<Q: BlockQueue> Store<Q> {
                 });
             }
         }
-        if kind == RecordKind::Tombstone && !exists && !absent_ok {
+        if intent == Intent::Delete && !exists {
             return Err(StoreError::NotFound);
         }
         if kind == RecordKind::Put
@@ -331,7 +350,7 @@ impl<Q: BlockQueue> Store<Q> {
             });
         }
         let version = self
-            .write(key, partition, &mut value, if_version, RecordKind::Put, false)
+            .write(key, partition, &mut value, if_version, Intent::Put)
             .await?;
         bump(&self.inner.metrics.puts, 1);
         Ok(version)
@@ -456,8 +475,7 @@ impl<Q: BlockQueue> Store<Q> {
                 partition,
                 &mut StageValue::Bytes(&[]),
                 if_version,
-                RecordKind::Tombstone,
-                false,
+                Intent::Delete,
             )
             .await?;
         bump(&self.inner.metrics.deletes, 1);
@@ -472,9 +490,7 @@ impl<Q: BlockQueue> Store<Q> {
         self.check_key(key)?;
         self.check_partition(partition)?;
         let empty = &mut StageValue::Bytes(&[]);
-        let version = self
-            .write(key, partition, empty, Some(0), RecordKind::Tombstone, true)
-            .await?;
+        let version = self.write(key, partition, empty, Some(0), Intent::Bury).await?;
         bump(&self.inner.metrics.deletes, 1);
         Ok(version)
     }
@@ -507,9 +523,9 @@ impl<Q: BlockQueue> Store<Q> {
         partition: u16,
         value: &mut StageValue<'_>,
         if_version: Option<u64>,
-        kind: RecordKind,
-        absent_ok: bool,
+        intent: Intent,
     ) -> StoreResult<u64> {
+        let kind = intent.kind();
         let decides = if_version.is_some() || kind == RecordKind::Tombstone;
         // One hash of the key for every in-memory table this write touches, to the end.
         let h = self.hash(key);
@@ -534,7 +550,7 @@ impl<Q: BlockQueue> Store<Q> {
                 }
                 continue;
             }
-            match self.stage_versioned(key, h, partition, value, if_version, kind, absent_ok) {
+            match self.stage_versioned(key, h, partition, value, if_version, intent) {
                 Ok((version, done)) => {
                     drop(pass);
                     commit(&self.inner, done).await?;
@@ -733,6 +749,18 @@ impl<Q: BlockQueue> Store<Q> {
             .collect();
         entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         entries
+    }
+
+    /// `key` as the index holds it (a tombstone included), for comparing with another
+    /// replica's manifest entry.
+    pub fn manifest_entry(&self, key: &[u8]) -> Option<ManifestEntry> {
+        let st = self.inner.state.borrow();
+        st.index().get(key).map(|e| ManifestEntry {
+            key: key.to_vec(),
+            version: e.version,
+            crc32c: e.value_crc,
+            tombstone: e.tombstone(),
+        })
     }
 
     pub fn counters(&self) -> StoreCounters {

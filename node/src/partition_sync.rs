@@ -1,0 +1,461 @@
+//! Resync (issue 20): a replica the coordinator put back into a chain as syncing catches up
+//! with the chain's last serving replica (its source), then reports it, and the
+//! coordinator makes it serving. New writes reach it down the chain from the moment it
+//! joined (`chain_view`); the catch-up brings what it missed before.
+//!
+//! A pass compares the partition's manifest at the source (key, version, checksum, page by
+//! page) with this replica's own index, key by key:
+//! - the same version and checksum: nothing moves (a node back from a short absence moves
+//!   only what changed);
+//! - the source's is newer: its record is copied (a tombstone as a tombstone), through the
+//!   engine's seam for versioned records, at a bounded rate;
+//! - this replica's is newer, or the key is here and not at the source, and it has not
+//!   changed since the pass began: it is a write that reached this replica and no further
+//!   before it left the chain (never acknowledged). Versions only grow, so it cannot be
+//!   undone here: the chain's head is asked to write the key again as it has it
+//!   (`Reassert`), with a version past this one, down the whole chain.
+//!
+//! Every page and the report name the chain version the pass runs under; if the chain
+//! changes meanwhile, the pass is done again under the new one.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hotshard_net::server::Reply;
+use hotshard_net::{Request, Response, Status, Target};
+use hotshard_nvme::BlockQueue;
+use hotshard_placement::{ReplicaState, ShardMap};
+
+use crate::chain_view::ChainPlace;
+use crate::manifest_page::{decode_page, encode_page};
+use crate::map_cell::{CaughtUp, MapBoard};
+use crate::route::{owns, store_partition};
+use crate::shard_handler::{status_of, OutBuf, ShardHandler};
+use crate::store::{ManifestEntry, StoreError};
+
+/// Most bytes in one page of a manifest.
+const PAGE_BYTES: usize = 256 << 10;
+/// How often a shard looks for chains it has to catch up with.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+/// Passes a shard runs at once (a pass with nothing to copy is one round trip per page).
+const SYNCS_AT_ONCE: usize = 4;
+/// How long a caught-up report waits for the coordinator before it is made again.
+const REPORT_AGAIN: Duration = Duration::from_secs(5);
+/// How long one call to the source or the head may take.
+const CALL_LIMIT: Duration = Duration::from_secs(5);
+
+/// A shard's resync counters (for metrics and `cluster status`).
+#[derive(Default)]
+pub struct SyncCounters {
+    /// Chains this shard is syncing in now.
+    pub syncing: std::cell::Cell<u64>,
+    pub passes: std::cell::Cell<u64>,
+    pub objects_copied: std::cell::Cell<u64>,
+    pub bytes_copied: std::cell::Cell<u64>,
+    /// Keys the head was asked to write again.
+    pub reasserted: std::cell::Cell<u64>,
+    /// Keys compared and found the same.
+    pub unchanged: std::cell::Cell<u64>,
+    /// Partition -> the chain version this shard last reported caught up under, and when.
+    reported: std::cell::RefCell<HashMap<u32, (u64, Instant)>>,
+    /// The map epoch of the last look that found nothing to do.
+    idle_epoch: std::cell::Cell<u64>,
+    pace: Pace,
+}
+
+impl std::fmt::Display for PassError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PassError::ChainMoved => write!(f, "the chain changed"),
+            PassError::Call(why) => write!(f, "{why}"),
+            PassError::Store(e) => write!(f, "store: {e}"),
+        }
+    }
+}
+
+fn add(c: &std::cell::Cell<u64>, n: u64) {
+    c.set(c.get() + n);
+}
+
+/// Why a pass stopped early (it is tried again).
+#[derive(Debug)]
+enum PassError {
+    /// The chain changed or this shard is no longer syncing in it.
+    ChainMoved,
+    Call(String),
+    Store(StoreError),
+}
+
+/// The serving replicas' addresses of `partition`'s chain: (head, last).
+fn serving_ends(map: &ShardMap, partition: u32) -> Option<(String, String)> {
+    let chain = map.chain(partition)?;
+    let mut serving = chain
+        .replicas
+        .iter()
+        .filter(|r| r.state == ReplicaState::Serving)
+        .filter_map(|r| map.shards.get(r.shard as usize));
+    let head = serving.next()?;
+    let last = serving.next_back().unwrap_or(head);
+    Some((head.addr.clone(), last.addr.clone()))
+}
+
+fn same(a: &ManifestEntry, b: &ManifestEntry) -> bool {
+    a.version == b.version && a.crc32c == b.crc32c && a.tombstone == b.tombstone
+}
+
+/// Spaces a shard's copies so that they average at most `bytes_per_sec` (shared by its
+/// passes): each copy books its share of time after the ones before it.
+#[derive(Default)]
+struct Pace {
+    next_free: std::cell::Cell<Option<Instant>>,
+}
+
+impl Pace {
+    async fn copied(&self, bytes: u64, bytes_per_sec: u64) {
+        if bytes_per_sec == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let start = self.next_free.get().filter(|&t| t > now).unwrap_or(now);
+        let share = Duration::from_secs_f64(bytes as f64 / bytes_per_sec as f64);
+        self.next_free.set(Some(start + share));
+        if start > now {
+            glommio::timer::sleep(start - now).await;
+        }
+    }
+}
+
+impl<Q: BlockQueue + 'static> ShardHandler<Q> {
+    /// The source's side: a page of `partition`'s manifest after `after`, if this shard
+    /// serves the partition in a chain at `chain_version`.
+    pub(crate) fn answer_sync_manifest(&self, request: Request) -> Reply<OutBuf> {
+        let Request::SyncManifest {
+            partition,
+            chain_version,
+            after,
+        } = request
+        else {
+            return Reply::status(Status::Internal);
+        };
+        if self.map.fenced() {
+            add(&self.stats.fenced, 1);
+            return Reply::status(Status::Busy);
+        }
+        let place = ChainPlace::of(&self.map.borrow(), partition, self.node_id, self.shard);
+        match place {
+            ChainPlace::Serving { version, .. } if version == chain_version => {}
+            other => {
+                let mut reply = self.wrong_shard();
+                reply.response.version = other.takes_writes().map_or(0, |(v, _)| v);
+                return reply;
+            }
+        }
+        let sp = match store_partition(partition) {
+            Ok(p) => p,
+            Err(status) => return Reply::status(status),
+        };
+        let (page, more) = encode_page(&self.store.partition_manifest(sp), &after, PAGE_BYTES);
+        let mut response = Response::new(Status::Ok);
+        response.arg = u64::from(more);
+        Reply {
+            response,
+            payload: Some(OutBuf::Bytes(page)),
+        }
+    }
+
+    /// The head's side: `key` written again as the head has it, with a version past
+    /// `floor`, down the chain (see the module's comment).
+    pub(crate) async fn answer_reassert(self: &Rc<Self>, request: Request) -> Reply<OutBuf> {
+        let Request::Reassert {
+            key,
+            partition,
+            floor,
+        } = request
+        else {
+            return Reply::status(Status::Internal);
+        };
+        if self.map.fenced() {
+            add(&self.stats.fenced, 1);
+            return Reply::status(Status::Busy);
+        }
+        if !owns(&self.map.borrow(), self.node_id, self.shard, partition) {
+            return self.wrong_shard();
+        }
+        self.store.raise_versions_past(floor);
+        let write = match self.store.get(&key, None).await {
+            Ok((value, version)) => crate::replication::ChainWrite::Put {
+                payload: Some(crate::put_payload::PutPayload::Heap(value.as_slice().to_vec())),
+                if_version: Some(version),
+            },
+            Err(StoreError::NotFound) => crate::replication::ChainWrite::Bury,
+            Err(e) => return Reply::status(status_of(&e)),
+        };
+        let reply = self.write_down_chain(key, partition, write).await;
+        // A write of the key got in first: it has a version past `floor` as well.
+        if matches!(reply.response.status(), Status::VersionMismatch { .. }) {
+            return Reply::status(Status::Ok);
+        }
+        reply
+    }
+
+    /// Runs for the shard's life in a cluster: catches up every chain this shard is
+    /// syncing in, `SYNCS_AT_ONCE` at a time, and reports each on `board` for the control
+    /// thread to write to etcd.
+    pub async fn keep_syncing(
+        self: Rc<Self>,
+        board: Arc<MapBoard>,
+        shutdown: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        while !shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+            let due = self.due_passes();
+            if due.is_empty() {
+                glommio::timer::sleep(LOOK_EVERY).await;
+                continue;
+            }
+            let queue = Rc::new(std::cell::RefCell::new(due));
+            let workers: Vec<_> = (0..SYNCS_AT_ONCE)
+                .map(|_| {
+                    let (me, queue, board) = (self.clone(), queue.clone(), board.clone());
+                    glommio::spawn_local(async move {
+                        loop {
+                            let next = queue.borrow_mut().pop();
+                            let Some((partition, chain_version)) = next else {
+                                break;
+                            };
+                            me.pass_and_report(partition, chain_version, &board).await;
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.await;
+            }
+        }
+    }
+
+    async fn pass_and_report(self: &Rc<Self>, partition: u32, chain_version: u64, board: &MapBoard) {
+        let started = Instant::now();
+        let already = self
+            .sync
+            .reported
+            .borrow()
+            .get(&partition)
+            .is_some_and(|&(v, _)| v == chain_version);
+        let pass = if already {
+            Ok(())
+        } else {
+            self.catch_up(partition, chain_version).await
+        };
+        match pass {
+            Ok(()) => {
+                self.sync
+                    .reported
+                    .borrow_mut()
+                    .insert(partition, (chain_version, Instant::now()));
+                tracing::debug!(
+                    partition,
+                    chain_version,
+                    ms = started.elapsed().as_millis() as u64,
+                    "caught up; reporting"
+                );
+                board.report_caught_up(CaughtUp {
+                    partition,
+                    node: self.node_id,
+                    shard: self.shard as u32,
+                    chain_version,
+                });
+            }
+            Err(e) => {
+                tracing::info!(partition, chain_version, "resync pass stopped: {e}; trying again");
+                glommio::timer::sleep(LOOK_EVERY * 5).await;
+            }
+        }
+    }
+
+    /// The chains this shard syncs in and has not reported caught up under their version
+    /// (or reported long enough ago that the report may have been lost).
+    fn due_passes(&self) -> Vec<(u32, u64)> {
+        let map = self.map.current();
+        if self.sync.idle_epoch.get() == map.epoch && self.sync.syncing.get() == 0 {
+            return Vec::new();
+        }
+        let reported = self.sync.reported.borrow();
+        let mut syncing = 0;
+        let mut due = Vec::new();
+        for p in (0..map.chains.len() as u32).rev() {
+            if let ChainPlace::Syncing { version, .. } = ChainPlace::of(&map, p, self.node_id, self.shard) {
+                syncing += 1;
+                // Reported under this version: still caught up (every write since went
+                // through this replica). Reported again now and then, in case the report
+                // was lost (a control thread that reconnected, a coordinator that died).
+                let fresh = reported
+                    .get(&p)
+                    .is_some_and(|&(v, at)| v == version && at.elapsed() < REPORT_AGAIN);
+                if !fresh {
+                    due.push((p, version));
+                }
+            }
+        }
+        self.sync.syncing.set(syncing);
+        if syncing == 0 {
+            self.sync.idle_epoch.set(map.epoch);
+        }
+        due
+    }
+
+    fn still_syncing(&self, partition: u32, chain_version: u64) -> Result<(), PassError> {
+        match ChainPlace::of(&self.map.borrow(), partition, self.node_id, self.shard) {
+            ChainPlace::Syncing { version, .. } if version == chain_version => Ok(()),
+            _ => Err(PassError::ChainMoved),
+        }
+    }
+
+    /// One pass over `partition` under `chain_version` (see the module's comment).
+    async fn catch_up(self: &Rc<Self>, partition: u32, chain_version: u64) -> Result<(), PassError> {
+        self.still_syncing(partition, chain_version)?;
+        let sp = store_partition(partition).map_err(|s| PassError::Call(format!("{s:?}")))?;
+        let (head, source) = serving_ends(&self.map.borrow(), partition).ok_or(PassError::ChainMoved)?;
+        add(&self.sync.passes, 1);
+        // This replica's keys as the pass begins: a key still as it was then, and not at
+        // the source, is a write the chain never had.
+        let mut before: HashMap<Vec<u8>, ManifestEntry> = self
+            .store
+            .partition_manifest(sp)
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        let mut after = Vec::new();
+        loop {
+            self.still_syncing(partition, chain_version)?;
+            let request = Request::SyncManifest {
+                partition,
+                chain_version,
+                after: std::mem::take(&mut after),
+            };
+            let (response, page) = self.call(&source, &request).await?;
+            let entries = decode_page(&page, hotshard_net::limits::MAX_KEY_BYTES).map_err(PassError::Call)?;
+            for theirs in &entries {
+                let was = before.remove(&theirs.key);
+                self.sync_key(theirs, was, partition, &head, &source).await?;
+            }
+            match entries.last() {
+                Some(last) if response.arg == 1 => after = last.key.clone(),
+                _ => break,
+            }
+        }
+        // Here and not at the source (nor a tombstone there).
+        for (key, was) in before {
+            if was.tombstone {
+                continue;
+            }
+            if self
+                .store
+                .manifest_entry(&key)
+                .is_some_and(|now| same(&now, &was))
+            {
+                self.reassert(&head, key, partition, was.version).await?;
+            }
+        }
+        self.still_syncing(partition, chain_version)
+    }
+
+    /// Brings one key in line with the source's entry `theirs`; `was` is this replica's
+    /// entry as the pass began.
+    async fn sync_key(
+        self: &Rc<Self>,
+        theirs: &ManifestEntry,
+        was: Option<ManifestEntry>,
+        partition: u32,
+        head: &str,
+        source: &str,
+    ) -> Result<(), PassError> {
+        let sp = partition as u16;
+        let now = self.store.manifest_entry(&theirs.key);
+        if now.as_ref().is_some_and(|n| same(n, theirs)) {
+            add(&self.sync.unchanged, 1);
+            return Ok(());
+        }
+        let mine = now.as_ref().map_or(0, |n| n.version);
+        if theirs.version > mine {
+            if theirs.tombstone {
+                self.store
+                    .apply_versioned(&theirs.key, sp, None, theirs.version)
+                    .await
+                    .map_err(PassError::Store)?;
+                add(&self.sync.objects_copied, 1);
+                return Ok(());
+            }
+            let get = Request::Get {
+                key: theirs.key.clone(),
+                range: None,
+                target: Target {
+                    partition,
+                    epoch: self.map.epoch(),
+                },
+            };
+            let (response, value) = self.call(source, &get).await?;
+            match response.status() {
+                Status::Ok => {}
+                // Deleted since the page was made: the tombstone comes down the chain.
+                Status::NotFound => return Ok(()),
+                other => return Err(PassError::Call(format!("get from {source}: {other:?}"))),
+            }
+            self.store
+                .apply_versioned(&theirs.key, sp, Some(&value), response.version)
+                .await
+                .map_err(PassError::Store)?;
+            add(&self.sync.objects_copied, 1);
+            add(&self.sync.bytes_copied, value.len() as u64);
+            self.sync
+                .pace
+                .copied(value.len() as u64, self.sync_bytes_per_sec)
+                .await;
+            return Ok(());
+        }
+        // This replica's version is newer than the source's, or the same version differs.
+        // Changed since the pass began: it came down the chain, the source has it too.
+        let unchanged = match (&now, &was) {
+            (Some(n), Some(w)) => same(n, w),
+            _ => false,
+        };
+        if unchanged {
+            self.reassert(head, theirs.key.clone(), partition, mine).await?;
+        }
+        Ok(())
+    }
+
+    async fn reassert(&self, head: &str, key: Vec<u8>, partition: u32, floor: u64) -> Result<(), PassError> {
+        let request = Request::Reassert {
+            key,
+            partition,
+            floor,
+        };
+        let (response, _) = self.call(head, &request).await?;
+        if response.status() != Status::Ok {
+            return Err(PassError::Call(format!(
+                "reassert at {head}: {:?}",
+                response.status()
+            )));
+        }
+        add(&self.sync.reasserted, 1);
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        addr: &str,
+        request: &Request,
+    ) -> Result<hotshard_net::connection::Answer, PassError> {
+        let answer = self
+            .links
+            .call(addr, request, &[], CALL_LIMIT)
+            .await
+            .map_err(|e| PassError::Call(format!("{addr}: {e:?}")))?;
+        match answer.0.status() {
+            Status::WrongShard { .. } => Err(PassError::ChainMoved),
+            _ => Ok(answer),
+        }
+    }
+}
