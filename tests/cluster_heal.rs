@@ -114,3 +114,115 @@ fn a_killed_node_comes_back_resyncs_what_changed_and_serves_again() {
     );
     assert!(unchanged >= 200.0, "{unchanged} compared equal");
 }
+
+/// Replicas per shard of the nodes in `on` are within 5 % (or one replica) of even, and no
+/// other shard holds any.
+fn balanced_over(map: &ShardMap, on: &[u32]) -> bool {
+    let load = hotshard_placement::healing::replicas_per_shard(map);
+    let mine: Vec<usize> = map
+        .shards
+        .iter()
+        .zip(&load)
+        .filter(|(s, _)| on.contains(&s.node))
+        .map(|(_, &l)| l)
+        .collect();
+    let others: usize = map
+        .shards
+        .iter()
+        .zip(&load)
+        .filter(|(s, _)| !on.contains(&s.node))
+        .map(|(_, &l)| l)
+        .sum();
+    let mean = mine.iter().sum::<usize>() as f64 / mine.len().max(1) as f64;
+    others == 0
+        && mine
+            .iter()
+            .all(|&l| (l as f64 - mean).abs() <= (0.05 * mean).max(1.0))
+}
+
+/// A fourth node joins a three-node cluster under load and gets its share; then a node is
+/// drained (bad requests refused first) and stopped once removable.
+#[test]
+fn a_node_joins_then_one_is_drained_and_removed_under_load() {
+    let mut bed = Bed::start("grow", 3, 3, 1, &[]);
+    let partitions = bed.map().chains.len();
+    let objects = write_objects(&bed, "obj", 200, 4096);
+    let run = "grow";
+    let keys = keys(&bed.nodes[0].addr(0), run);
+    let load = workload(keys.clone(), seeds(&bed));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let fourth = bed.add_node();
+    let ids: Vec<u32> = (0..4).map(|i| bed.node_id(i)).collect();
+    let took = eventually(Duration::from_secs(120), "the new node holds its share", || {
+        let map = bed.map();
+        whole_chains(&map, 3) == partitions && balanced_over(&map, &ids)
+    });
+    eprintln!(
+        "grow: node {} joined; balanced {took:?} after it started",
+        ids[fourth]
+    );
+
+    // Bad requests, refused with a reason and changing nothing.
+    let (ok, said) = bed.cluster_cli(&["drain", "12345"]);
+    assert!(!ok && said.contains("not in the cluster"), "{said}");
+    let (ok, said) = bed.cluster_cli(&["drain", &ids[1].to_string()]);
+    assert!(ok, "{said}");
+    let (ok, said) = bed.cluster_cli(&["drain", &ids[2].to_string()]);
+    assert!(!ok && said.contains("one drain at a time"), "{said}");
+    let took = eventually(Duration::from_secs(120), "node 1 drained", || {
+        let map = bed.map();
+        whole_chains(&map, 3) == partitions && balanced_over(&map, &[ids[0], ids[2], ids[3]])
+    });
+    let (_, status) = bed.cluster_cli(&["status"]);
+    assert!(status.contains("drained: removable"), "{status}");
+    eprintln!("grow: node {} drained in {took:?}", ids[1]);
+    let (ok, said) = bed.cluster_cli(&["drain", &ids[2].to_string()]);
+    assert!(!ok && said.contains("replication factor"), "{said}");
+    bed.nodes[1].kill9();
+
+    std::thread::sleep(Duration::from_secs(2));
+    let live: Vec<String> = [0, 2, 3].iter().map(|&i| bed.nodes[i].addr(0)).collect();
+    verify_run(run, load, &live, &keys, || bed.logs());
+    replicas_agree(&live, &objects);
+}
+
+/// A node that stays dead past `--down-out` has its replicas rebuilt on the others; its
+/// disk replaced (data directory emptied), it comes back as a new node and is filled.
+#[test]
+fn a_dead_node_is_rebuilt_elsewhere_and_a_wiped_one_filled_as_new() {
+    let mut bed = Bed::start_with_args("rebuild", 4, 3, 1, &[], 2, &["--down-out", "3"]);
+    let partitions = bed.map().chains.len();
+    let objects = write_objects(&bed, "obj", 200, 4096);
+    let run = "rebuild";
+    let keys = keys(&bed.nodes[0].addr(0), run);
+    let load = workload(keys.clone(), seeds(&bed)[..3].to_vec());
+    std::thread::sleep(Duration::from_secs(1));
+
+    let old_id = bed.node_id(3);
+    bed.nodes[3].kill9();
+    let others: Vec<u32> = (0..3).map(|i| bed.node_id(i)).collect();
+    let took = eventually(
+        Duration::from_secs(120),
+        "the dead node's replicas rebuilt",
+        || {
+            let map = bed.map();
+            whole_chains(&map, 3) == partitions && balanced_over(&map, &others)
+        },
+    );
+    eprintln!("rebuild: node {old_id} rebuilt elsewhere {took:?} after its kill");
+
+    bed.wipe(3);
+    let new_id = bed.node_id(3);
+    assert_ne!(new_id, old_id, "an emptied data directory is a new node");
+    let mut all = others.clone();
+    all.push(new_id);
+    let took = eventually(Duration::from_secs(120), "the new node filled", || {
+        let map = bed.map();
+        whole_chains(&map, 3) == partitions && balanced_over(&map, &all)
+    });
+    eprintln!("rebuild: node {new_id} (the wiped disk) filled {took:?} after it started");
+    std::thread::sleep(Duration::from_secs(1));
+    verify_run(run, load, &seeds(&bed), &keys, || bed.logs());
+    replicas_agree(&seeds(&bed), &objects);
+}

@@ -1,5 +1,5 @@
 //! The control-plane commands of the `hotshard` binary: `coordinator` (run one; exactly one
-//! of those running acts) and `cluster status`. Each runs a tokio runtime on this thread;
+//! of those running acts), `cluster status`, and `cluster drain` / `undrain`. Each runs a tokio runtime on this thread;
 //! no shard runs in these processes.
 
 use std::time::Duration;
@@ -37,6 +37,13 @@ pub struct CoordinatorArgs {
     /// Names this coordinator in `cluster status` (default: host name and process id).
     #[arg(long)]
     pub name: Option<String>,
+    /// Seconds a node may stay gone before its replicas are rebuilt on the other nodes
+    /// (`cluster.down_out`).
+    #[arg(long, default_value_t = 600)]
+    pub down_out: u64,
+    /// Most replicas syncing onto one node at a time.
+    #[arg(long, default_value_t = 128)]
+    pub max_syncing_per_node: usize,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -80,6 +87,8 @@ pub fn coordinator(a: CoordinatorArgs) -> Result<(), String> {
         replication: a.replication,
         partition_bits: a.partition_bits,
         check_every: Duration::from_millis((a.lease_ttl as u64 * 1000 / 6).max(100)),
+        down_out: Duration::from_secs(a.down_out),
+        max_syncing_per_node: a.max_syncing_per_node.max(1),
     };
     runtime()?.block_on(async {
         let client = connect(&a.etcd.etcd).await.map_err(|e| e.to_string())?;
@@ -106,6 +115,21 @@ pub fn status(a: EtcdArgs, replication: usize, json: bool) -> Result<(), String>
         } else {
             print!("{s}");
         }
+        Ok(())
+    })
+}
+
+/// `cluster drain NODE` (with the replication factor) or `cluster undrain NODE` (None).
+pub fn drain(a: EtcdArgs, node: u32, replication: Option<usize>) -> Result<(), String> {
+    runtime()?.block_on(async {
+        let client = connect(&a.etcd).await.map_err(|e| e.to_string())?;
+        let keys = keys(&a)?;
+        let said = match replication {
+            Some(rf) => hotshard_cluster::drain::drain(&client, &keys, node, rf).await,
+            None => hotshard_cluster::drain::undrain(&client, &keys, node).await,
+        }
+        .map_err(|e| e.to_string())?;
+        println!("{said}");
         Ok(())
     })
 }

@@ -99,6 +99,23 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Move every replica off node NODE (its id, as `cluster status` lists it); the node is
+    /// removable once it holds none. Refused for an unknown node, below the replication
+    /// factor, or while another drain is under way.
+    Drain {
+        node: u32,
+        #[command(flatten)]
+        etcd: hotshard_node::cluster_cli::EtcdArgs,
+        /// The replication factor chains are held to.
+        #[arg(long, default_value_t = 3)]
+        replication: usize,
+    },
+    /// Cancel a drain.
+    Undrain {
+        node: u32,
+        #[command(flatten)]
+        etcd: hotshard_node::cluster_cli::EtcdArgs,
+    },
 }
 
 /// The CLI proves the node's secret when `HOTSHARD_SECRET` holds it (never an argument:
@@ -199,6 +216,14 @@ fn run(cli: Cli) -> Result<(), String> {
             replication,
             json,
         }) => hotshard_node::cluster_cli::status(etcd, replication, json),
+        Command::Cluster(ClusterCommand::Drain {
+            node,
+            etcd,
+            replication,
+        }) => hotshard_node::cluster_cli::drain(etcd, node, Some(replication)),
+        Command::Cluster(ClusterCommand::Undrain { node, etcd }) => {
+            hotshard_node::cluster_cli::drain(etcd, node, None)
+        }
         Command::Probe { path, size } => {
             let mut opts = DeviceOptions::new(&path);
             opts.file_size = size;

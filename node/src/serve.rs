@@ -154,6 +154,7 @@ pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
             id: cfg.node.node_id,
             addr: shard_addrs[0].addr.clone(),
             shards: shard_addrs.iter().map(|s| s.addr.clone()).collect(),
+            lease: 0,
         });
         (
             ShardMap::unassigned(cfg.node.partition_bits, shard_addrs),

@@ -32,12 +32,26 @@ impl Coordinator {
         me: &str,
         ttl: u64,
     ) -> Coordinator {
+        Coordinator::with_args(endpoint, name, nodes, replication, me, ttl, &[])
+    }
+
+    /// `named` with more arguments (`--down-out 3`, ...).
+    pub fn with_args(
+        endpoint: &str,
+        name: &str,
+        nodes: usize,
+        replication: usize,
+        me: &str,
+        ttl: u64,
+        extra: &[&str],
+    ) -> Coordinator {
         Coordinator(
             Command::new(binary())
                 .args(["coordinator", "--etcd", endpoint, "--cluster", name, "--name", me])
                 .args(["--expect-nodes", &nodes.to_string()])
                 .args(["--replication", &replication.to_string()])
                 .args(["--lease-ttl", &ttl.to_string()])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -104,6 +118,9 @@ pub struct Bed {
     pub coordinators: Vec<Coordinator>,
     pub nodes: Vec<crate::common::Node>,
     pub dirs: Vec<tempfile::TempDir>,
+    /// The cluster's name and the nodes' `[cluster]` section.
+    pub name: String,
+    pub section: String,
 }
 
 impl Bed {
@@ -129,6 +146,19 @@ impl Bed {
         env: &[(&str, &str)],
         ttl: u64,
     ) -> Bed {
+        Bed::start_with_args(name, nodes, replication, coordinators, env, ttl, &[])
+    }
+
+    /// `start_with_ttl` with more arguments for the coordinators.
+    pub fn start_with_args(
+        name: &str,
+        nodes: usize,
+        replication: usize,
+        coordinators: usize,
+        env: &[(&str, &str)],
+        ttl: u64,
+        coordinator_args: &[&str],
+    ) -> Bed {
         use crate::common::{ports, start_with_env, test_dir, write_config_with};
         let etcd = crate::etcd::Etcd::start();
         let section = cluster_section_ttl(&etcd.endpoint, name, ttl);
@@ -137,6 +167,8 @@ impl Bed {
             nodes: Vec::new(),
             dirs: Vec::new(),
             etcd,
+            name: name.to_string(),
+            section: section.clone(),
         };
         for _ in 0..nodes {
             let dir = test_dir();
@@ -147,7 +179,15 @@ impl Bed {
         }
         for i in 0..coordinators {
             let me = format!("c{i}");
-            let c = Coordinator::named(&bed.etcd.endpoint, name, nodes, replication, &me, ttl);
+            let c = Coordinator::with_args(
+                &bed.etcd.endpoint,
+                name,
+                nodes,
+                replication,
+                &me,
+                ttl,
+                coordinator_args,
+            );
             bed.coordinators.push(c);
         }
         let addr = bed.nodes[0].addr(0);
@@ -174,6 +214,48 @@ impl Bed {
             .unwrap();
         std::io::Write::write_all(&mut kept, before.as_bytes()).unwrap();
         self.nodes[i] = crate::common::start_with_env(&cfg, port, &[]);
+    }
+
+    /// Starts one more node of the cluster (a new id, empty); returns its index.
+    pub fn add_node(&mut self) -> usize {
+        use crate::common::{ports, start_with_env, test_dir, write_config_with};
+        let dir = test_dir();
+        let port = ports();
+        let cfg = write_config_with(dir.path(), port, &self.section);
+        self.nodes.push(start_with_env(&cfg, port, &[]));
+        self.dirs.push(dir);
+        self.nodes.len() - 1
+    }
+
+    /// Stops node `i`, empties its data directory (a replaced disk: it comes back with a
+    /// new id) and starts it again.
+    pub fn wipe(&mut self, i: usize) {
+        self.nodes[i].kill9();
+        let data = self.dirs[i].path().join("data");
+        std::fs::remove_dir_all(&data).unwrap();
+        self.restart(i);
+    }
+
+    /// `hotshard cluster ARGS --etcd ... --cluster ...`: (succeeded, stdout + stderr).
+    pub fn cluster_cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(binary())
+            .arg("cluster")
+            .args(args)
+            .args(["--etcd", &self.etcd.endpoint, "--cluster", &self.name])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// The node id of node `i`, as the cluster knows it.
+    pub fn node_id(&self, i: usize) -> u32 {
+        let id = std::fs::read_to_string(self.dirs[i].path().join("data").join("node.id")).unwrap();
+        id.trim().parse().unwrap()
     }
 
     /// The newest map any node answers with (epoch 0 if none answers).

@@ -48,7 +48,7 @@ pub fn definitely_not_applied(e: &ClientError) -> bool {
     }
 }
 
-/// `KEYS` keys of `run`, the same number headed by each node (so that a fault on any node
+/// `KEYS` keys of `run`, as many headed by each node as `KEYS` allows (so that a fault on any node
 /// hits writes in flight).
 pub fn keys(seed: &str, run: &str) -> Vec<Vec<u8>> {
     let map = BlockingClient::connect(seed, Duration::from_secs(5))
@@ -60,7 +60,7 @@ pub fn keys(seed: &str, run: &str) -> Vec<Vec<u8>> {
         n.dedup();
         n
     };
-    let per_node = KEYS / nodes.len();
+    let per_node = KEYS.div_ceil(nodes.len());
     let mut chosen = Vec::new();
     for node in nodes {
         let headed = (0..1_000_000)
@@ -68,6 +68,7 @@ pub fn keys(seed: &str, run: &str) -> Vec<Vec<u8>> {
             .filter(|k| map.owner(map.partition(k)).is_some_and(|o| o.node == node));
         chosen.extend(headed.take(per_node));
     }
+    chosen.truncate(KEYS);
     assert_eq!(
         chosen.len(),
         KEYS,

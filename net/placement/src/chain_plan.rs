@@ -276,84 +276,9 @@ pub fn without_lost_nodes(map: &ShardMap, alive: &std::collections::BTreeSet<u32
 /// shard of the node, chain version it caught up under).
 pub type CaughtUpReport = (u32, u32, u32, u64);
 
-/// One look of the coordinator at a formed cluster: `map` with the replicas of nodes not in
-/// `alive` (id, each shard's listener) taken offline, the offline replicas of alive nodes
-/// rejoining as syncing (their listeners' addresses refreshed), and the replicas in
-/// `caught_up` made serving where the chain still has the version they caught up under;
-/// the epoch grows by one. None if nothing changes.
-pub fn reconcile_map(
-    map: &ShardMap,
-    alive: &[(u32, Vec<String>)],
-    caught_up: &[CaughtUpReport],
-) -> Option<ShardMap> {
-    let ids: std::collections::BTreeSet<u32> = alive.iter().map(|(id, _)| *id).collect();
-    let mut next = without_lost_nodes(map, &ids).unwrap_or_else(|| map.clone());
-    for (id, addrs) in alive {
-        for s in next.shards.iter_mut().filter(|s| s.node == *id) {
-            if let Some(addr) = addrs.get(s.shard as usize) {
-                if *addr != s.addr {
-                    s.addr = addr.clone();
-                }
-            }
-        }
-        rejoin_as_syncing(&mut next.chains, &next.shards, *id);
-    }
-    for &(partition, node, shard, chain_version) in caught_up {
-        let index = next
-            .shards
-            .iter()
-            .position(|s| s.node == node && s.shard == shard);
-        if let (Some(i), Some(chain)) = (index, next.chains.get_mut(partition as usize)) {
-            promote_synced(chain, i as u16, chain_version);
-        }
-    }
-    if next.chains == map.chains && next.shards == map.shards {
-        return None;
-    }
-    next.epoch = map.epoch + 1;
-    next.refresh_heads();
-    Some(next)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_node_that_returns_syncs_and_serves_once_it_reports_caught_up() {
-        use ReplicaState::{Offline, Serving, Syncing};
-        let nodes: Vec<(u32, Vec<String>)> = [1u32, 2, 3]
-            .iter()
-            .map(|&id| (id, vec![format!("10.0.0.{id}:7400")]))
-            .collect();
-        let map = form_map(&nodes, 3, 3).unwrap();
-        assert!(reconcile_map(&map, &nodes, &[]).is_none(), "nothing to do");
-        let lost = reconcile_map(&map, &nodes[..2], &[]).unwrap();
-        assert_eq!(lost.epoch, 2);
-        assert!(lost.chains.iter().all(|c| c.replicas[2].state == Offline));
-        // Back on another port: syncing, address refreshed.
-        let mut back = nodes.clone();
-        back[2].1[0] = "10.0.0.3:7500".into();
-        let syncing = reconcile_map(&lost, &back, &[]).unwrap();
-        assert_eq!(syncing.epoch, 3);
-        assert_eq!(syncing.shards[2].addr, "10.0.0.3:7500");
-        assert!(syncing.chains.iter().all(|c| c.replicas[2]
-            == Replica {
-                shard: 2,
-                state: Syncing
-            }));
-        // Reports: one stale (an older chain version), one from an unknown node, one good.
-        let v0 = syncing.chains[0].version;
-        let reports = [(0, 3, 0, v0 - 1), (1, 9, 0, 1), (0, 3, 0, v0)];
-        let served = reconcile_map(&syncing, &back, &reports).unwrap();
-        assert_eq!(served.chains[0].replicas[2].state, Serving);
-        assert_eq!(served.chains[0].version, v0 + 1);
-        assert_eq!(served.chains[1], syncing.chains[1], "no report for it");
-        assert!(
-            reconcile_map(&served, &back, &reports).is_none(),
-            "reports are not applied twice"
-        );
-    }
 
     #[test]
     fn a_returning_node_rejoins_as_syncing_and_serves_once_caught_up() {

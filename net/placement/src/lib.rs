@@ -4,6 +4,7 @@
 
 pub mod chain_plan;
 pub mod error;
+pub mod healing;
 pub mod limits;
 pub mod partition;
 pub mod shard_map;
@@ -13,4 +14,4 @@ pub use chain_plan::{
 };
 pub use error::MapError;
 pub use partition::{key_hash, partition_of, DEFAULT_PARTITION_BITS};
-pub use shard_map::{Chain, Replica, ReplicaState, ShardAddr, ShardMap};
+pub use shard_map::{Chain, NodeIncarnation, Replica, ReplicaState, ShardAddr, ShardMap};

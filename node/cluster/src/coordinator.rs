@@ -7,8 +7,10 @@
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
-use hotshard_placement::chain_plan::{form_map, reconcile_map, CaughtUpReport};
+use hotshard_placement::chain_plan::{form_map, CaughtUpReport};
+use hotshard_placement::healing::{next_map, ClusterView, Member, Policy};
 use hotshard_placement::ShardMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{ClusterError, ClusterResult};
 use crate::keys::ClusterKeys;
@@ -29,6 +31,10 @@ pub struct CoordinatorConfig {
     pub partition_bits: u8,
     /// How often the acting coordinator compares the map with the registered nodes.
     pub check_every: Duration,
+    /// How long a node may stay gone before its replicas are rebuilt on the others.
+    pub down_out: Duration,
+    /// Most replicas syncing onto one node at a time.
+    pub max_syncing_per_node: usize,
 }
 
 /// The registered nodes (their leases alive), by id.
@@ -40,7 +46,10 @@ pub async fn registered_nodes(client: &Client, keys: &ClusterKeys) -> ClusterRes
     let mut nodes = Vec::new();
     for kv in got.kvs() {
         match NodeRecord::decode(kv.value()) {
-            Ok(n) => nodes.push(n),
+            Ok(mut n) => {
+                n.lease = kv.lease();
+                nodes.push(n)
+            }
             Err(e) => {
                 tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "ignoring a malformed node record: {e}")
             }
@@ -138,8 +147,15 @@ pub async fn reconcile_once(
                 return Ok(None);
             }
             let shards: Vec<(u32, Vec<String>)> = nodes.iter().map(|n| (n.id, n.shards.clone())).collect();
-            let map = form_map(&shards, cfg.partition_bits, cfg.replication)
+            let mut map = form_map(&shards, cfg.partition_bits, cfg.replication)
                 .map_err(|e| ClusterError::BadState(format!("forming the cluster: {e}")))?;
+            map.incarnations = nodes
+                .iter()
+                .map(|n| hotshard_placement::NodeIncarnation {
+                    node: n.id,
+                    incarnation: n.lease as u64,
+                })
+                .collect();
             let id = new_cluster_id()?;
             let also = vec![TxnOp::put(cfg.keys.cluster_id(), id.as_str(), None)];
             write_map(leader, &cfg.keys, &map, 0, also).await?;
@@ -147,9 +163,28 @@ pub async fn reconcile_once(
             Ok(Some(map))
         }
         Some((map, revision)) => {
-            let alive: Vec<(u32, Vec<String>)> = nodes.iter().map(|n| (n.id, n.shards.clone())).collect();
-            let (reports, report_keys) = caught_up_reports(client, &cfg.keys).await?;
-            match reconcile_map(&map, &alive, &reports) {
+            let (caught_up, report_keys) = caught_up_reports(client, &cfg.keys).await?;
+            let view = ClusterView {
+                members: nodes
+                    .iter()
+                    .map(|n| Member {
+                        id: n.id,
+                        shards: n.shards.clone(),
+                        incarnation: n.lease as u64,
+                    })
+                    .collect(),
+                draining: node_ids_under(client, &cfg.keys, &cfg.keys.draining_prefix())
+                    .await?
+                    .into_keys()
+                    .collect(),
+                down_out: down_for_good(client, leader, cfg, &map, &nodes).await?,
+                caught_up,
+            };
+            let policy = Policy {
+                replication: cfg.replication,
+                max_syncing_per_node: cfg.max_syncing_per_node,
+            };
+            match next_map(&map, &view, &policy) {
                 None => {
                     remove_reports(leader, report_keys).await?;
                     Ok(Some(map))
@@ -169,6 +204,67 @@ pub async fn reconcile_once(
             }
         }
     }
+}
+
+/// The node ids of the keys under `prefix`, with their values.
+async fn node_ids_under(
+    client: &Client,
+    keys: &ClusterKeys,
+    prefix: &str,
+) -> ClusterResult<BTreeMap<u32, String>> {
+    let got = client
+        .clone()
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    Ok(got
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let id = keys.node_of(&key, prefix)?;
+            Some((id, String::from_utf8_lossy(kv.value()).into_owned()))
+        })
+        .collect())
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The nodes of `map` gone for longer than `cfg.down_out`. Keeps `down_since/<id>` in
+/// etcd: written when a node of the map is first seen gone, removed when it is back, so
+/// that a coordinator taking over counts from when the node went, not from its own start.
+async fn down_for_good(
+    client: &Client,
+    leader: &Leadership,
+    cfg: &CoordinatorConfig,
+    map: &ShardMap,
+    nodes: &[NodeRecord],
+) -> ClusterResult<BTreeSet<u32>> {
+    let alive: BTreeSet<u32> = nodes.iter().map(|n| n.id).collect();
+    let in_map: BTreeSet<u32> = map.shards.iter().map(|s| s.node).collect();
+    let since = node_ids_under(client, &cfg.keys, &cfg.keys.down_since_prefix()).await?;
+    let now = unix_secs();
+    let mut ops = Vec::new();
+    let mut out = BTreeSet::new();
+    for &n in in_map.difference(&alive) {
+        match since.get(&n).and_then(|v| v.parse::<u64>().ok()) {
+            Some(t) if now.saturating_sub(t) >= cfg.down_out.as_secs() => {
+                out.insert(n);
+            }
+            Some(_) => {}
+            None => ops.push(TxnOp::put(cfg.keys.down_since(n), now.to_string(), None)),
+        }
+    }
+    for n in since.keys().filter(|n| alive.contains(n) || !in_map.contains(n)) {
+        ops.push(TxnOp::delete(cfg.keys.down_since(*n), None));
+    }
+    for chunk in ops.chunks(100) {
+        leader.guarded(chunk.to_vec()).await?;
+    }
+    Ok(out)
 }
 
 /// The caught-up reports in etcd (malformed ones are dropped with a warning) and the keys

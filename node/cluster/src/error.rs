@@ -26,6 +26,9 @@ pub enum ClusterError {
     /// What etcd holds cannot be used (a map that does not decode, chains that cannot form).
     #[error("cluster state: {0}")]
     BadState(String),
+    /// An operator's command that would do harm or makes no sense; nothing was written.
+    #[error("{0}")]
+    Refused(String),
     #[error("lease TTL {0} s: etcd's minimum is 2 s")]
     TtlTooShort(i64),
 }

@@ -70,6 +70,30 @@ impl ClusterKeys {
         parts.next().is_none().then_some((p, n, s))
     }
 
+    /// When the coordinator first saw node `id` gone (unix seconds): kept while it stays
+    /// gone, so that a coordinator taking over knows how long it has been down.
+    pub fn down_since(&self, id: u32) -> String {
+        format!("{}down_since/{id:08}", self.prefix)
+    }
+
+    pub fn down_since_prefix(&self) -> String {
+        format!("{}down_since/", self.prefix)
+    }
+
+    /// Set by `hotshard cluster drain`: the node's replicas move elsewhere.
+    pub fn draining(&self, id: u32) -> String {
+        format!("{}draining/{id:08}", self.prefix)
+    }
+
+    pub fn draining_prefix(&self) -> String {
+        format!("{}draining/", self.prefix)
+    }
+
+    /// The node id at the end of a key under one of the per-node prefixes.
+    pub fn node_of(&self, key: &str, prefix: &str) -> Option<u32> {
+        key.strip_prefix(prefix)?.parse().ok()
+    }
+
     /// Prefix of every node's registration.
     pub fn nodes(&self) -> String {
         format!("{}nodes/", self.prefix)

@@ -5,6 +5,7 @@
 //! home-made consensus and no home-made failure detector.
 
 pub mod coordinator;
+pub mod drain;
 pub mod error;
 pub mod keys;
 pub mod leadership;

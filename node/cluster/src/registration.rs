@@ -20,6 +20,11 @@ pub struct NodeRecord {
     pub addr: String,
     /// `host:port` of each shard's listener, by shard index.
     pub shards: Vec<String>,
+    /// The lease the record is bound to, as etcd reports it (not stored): a new one after
+    /// every start of the node, so the coordinator tells a restarted node from one that
+    /// stayed up.
+    #[serde(skip)]
+    pub lease: i64,
 }
 
 impl NodeRecord {

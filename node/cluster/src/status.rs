@@ -29,6 +29,10 @@ pub struct NodeStatus {
     pub alive: bool,
     pub shards: usize,
     pub chains: Roles,
+    /// Marked draining (`hotshard cluster drain`).
+    pub draining: bool,
+    /// Draining and holding no replica any more: the node may be stopped for good.
+    pub removable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -108,6 +112,8 @@ pub async fn cluster_status(
                     alive: true,
                     shards: n.shards.len(),
                     chains: Roles::default(),
+                    draining: false,
+                    removable: false,
                 },
             )
         })
@@ -127,8 +133,17 @@ pub async fn cluster_status(
                 alive: false,
                 shards: in_map,
                 chains: Roles::default(),
+                draining: false,
+                removable: false,
             });
             n.chains = roles;
+        }
+        for id in crate::drain::draining_nodes(client, keys).await? {
+            if let Some(n) = nodes.get_mut(&id) {
+                let c = &n.chains;
+                n.draining = true;
+                n.removable = c.head + c.middle + c.tail + c.syncing == 0;
+            }
         }
         let h = health(&map.chains, replication);
         degraded = h.degraded;
@@ -159,14 +174,19 @@ impl std::fmt::Display for ClusterStatus {
         }
         writeln!(
             f,
-            "{:>10}  {:<22} {:>5} {:>6}  {:>6} {:>6} {:>6} {:>7} {:>7}",
+            "{:>10}  {:<22} {:>5} {:>6}  {:>6} {:>6} {:>6} {:>7} {:>7}  state",
             "node", "address", "alive", "shards", "head", "middle", "tail", "syncing", "offline"
         )?;
         for n in &self.nodes {
             let c = &n.chains;
+            let state = match (n.draining, n.removable) {
+                (true, true) => "drained: removable",
+                (true, false) => "draining",
+                _ => "",
+            };
             writeln!(
                 f,
-                "{:>10}  {:<22} {:>5} {:>6}  {:>6} {:>6} {:>6} {:>7} {:>7}",
+                "{:>10}  {:<22} {:>5} {:>6}  {:>6} {:>6} {:>6} {:>7} {:>7}  {state}",
                 n.id,
                 n.addr,
                 if n.alive { "yes" } else { "NO" },

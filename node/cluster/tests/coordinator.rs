@@ -20,6 +20,7 @@ fn record(id: u32) -> NodeRecord {
         id,
         addr: format!("10.0.0.{id}:7400"),
         shards: vec![format!("10.0.0.{id}:7400")],
+        lease: 0,
     }
 }
 
@@ -32,6 +33,8 @@ fn config(keys: &ClusterKeys, name: &str) -> CoordinatorConfig {
         replication: 3,
         partition_bits: 4,
         check_every: Duration::from_millis(200),
+        down_out: Duration::from_secs(600),
+        max_syncing_per_node: 128,
     }
 }
 

@@ -1,0 +1,528 @@
+//! The acting coordinator's rules for a formed cluster (issue 20), with no etcd, executor
+//! or socket: `next_map` takes the map and what etcd says of the nodes and returns the
+//! next map. Every placement change (a node lost, back, restarted, new, drained, or gone
+//! for good, and shards out of balance) is made by one mechanism: a replica is added to a
+//! chain as syncing, made serving once it reports caught up, and only then is a replica it
+//! replaces removed. A chain never has fewer serving replicas than before a change began.
+//!
+//! The rules are stateless (they look only at the map and the view), so a coordinator that
+//! takes over from one that died mid-move resumes where the map says it is.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::chain_plan::{promote_synced, rejoin_as_syncing, take_node_offline, CaughtUpReport};
+use crate::limits::MAX_REPLICAS;
+use crate::shard_map::{Chain, NodeIncarnation, Replica, ReplicaState, ShardAddr, ShardMap};
+
+/// A registered node: its id, each shard's listener, and its registration (a new one
+/// after every start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: u32,
+    pub shards: Vec<String>,
+    pub incarnation: u64,
+}
+
+/// What etcd says of the cluster besides the map.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// Registered nodes (their leases alive).
+    pub members: Vec<Member>,
+    /// Nodes an operator asked to drain: their replicas move elsewhere.
+    pub draining: BTreeSet<u32>,
+    /// Nodes down for longer than `cluster.down_out`: their replicas are rebuilt elsewhere.
+    pub down_out: BTreeSet<u32>,
+    pub caught_up: Vec<CaughtUpReport>,
+}
+
+/// The cluster's placement settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub replication: usize,
+    /// Most replicas syncing onto one node at a time (its shards run a few passes at once
+    /// each; this bounds how many chains wait on it).
+    pub max_syncing_per_node: usize,
+}
+
+/// The next map (epoch + 1), or None if nothing changes. In order: nodes lost (replicas
+/// offline); nodes restarted (offline, then back as syncing), new (shards added) or back
+/// (syncing); caught-up replicas made serving; then `settle`.
+pub fn next_map(map: &ShardMap, view: &ClusterView, policy: &Policy) -> Option<ShardMap> {
+    let mut next = map.clone();
+    let alive: BTreeSet<u32> = view.members.iter().map(|m| m.id).collect();
+    let in_map: BTreeSet<u32> = next.shards.iter().map(|s| s.node).collect();
+    for &n in in_map.difference(&alive) {
+        take_node_offline(&mut next.chains, &next.shards, n);
+    }
+    for m in &view.members {
+        match next.incarnations.iter_mut().find(|i| i.node == m.id) {
+            Some(known) if known.incarnation != m.incarnation => {
+                // Restarted since the map last saw it (it may have lost writes it held
+                // but never passed on): its replicas sync before they serve again.
+                take_node_offline(&mut next.chains, &next.shards, m.id);
+                known.incarnation = m.incarnation;
+            }
+            Some(_) => {}
+            None => next.incarnations.push(NodeIncarnation {
+                node: m.id,
+                incarnation: m.incarnation,
+            }),
+        }
+        if in_map.contains(&m.id) {
+            for s in next.shards.iter_mut().filter(|s| s.node == m.id) {
+                if let Some(addr) = m.shards.get(s.shard as usize) {
+                    if *addr != s.addr {
+                        s.addr = addr.clone();
+                    }
+                }
+            }
+        } else if next.shards.len() + m.shards.len() <= u16::MAX as usize {
+            // A new node: its shards join the map, empty; `settle` moves chains onto them.
+            next.shards
+                .extend(m.shards.iter().enumerate().map(|(s, addr)| ShardAddr {
+                    node: m.id,
+                    shard: s as u32,
+                    addr: addr.clone(),
+                }));
+        }
+        rejoin_as_syncing(&mut next.chains, &next.shards, m.id);
+    }
+    for &(partition, node, shard, chain_version) in &view.caught_up {
+        let index = next
+            .shards
+            .iter()
+            .position(|s| s.node == node && s.shard == shard);
+        if let (Some(i), Some(chain)) = (index, next.chains.get_mut(partition as usize)) {
+            promote_synced(chain, i as u16, chain_version);
+        }
+    }
+    settle(&mut next, view, policy);
+    if next.chains == map.chains && next.shards == map.shards && next.incarnations == map.incarnations {
+        return None;
+    }
+    next.epoch = map.epoch + 1;
+    next.refresh_heads();
+    Some(next)
+}
+
+/// The shards' states as `settle` sees them.
+struct Shards<'a> {
+    shards: &'a [ShardAddr],
+    view: &'a ClusterView,
+    alive: BTreeSet<u32>,
+    /// Serving and syncing replicas per shard.
+    load: Vec<usize>,
+    syncing_per_node: BTreeMap<u32, usize>,
+}
+
+impl Shards<'_> {
+    fn node(&self, shard: u16) -> u32 {
+        self.shards[shard as usize].node
+    }
+
+    /// May take replicas: alive and not draining.
+    fn usable(&self, shard: u16) -> bool {
+        let n = self.node(shard);
+        self.alive.contains(&n) && !self.view.draining.contains(&n)
+    }
+
+    /// Counts towards the chain's replication: serving or syncing on a usable shard, or
+    /// offline on a node that may come back (not down for good, not draining).
+    fn counts(&self, r: &Replica) -> bool {
+        let n = self.node(r.shard);
+        match r.state {
+            ReplicaState::Serving | ReplicaState::Syncing => self.usable(r.shard),
+            ReplicaState::Offline => !self.view.down_out.contains(&n) && !self.view.draining.contains(&n),
+        }
+    }
+
+    /// A usable shard, not on a node of `chain`, whose node may take one more syncing
+    /// replica, with the least load.
+    fn least_loaded_for(&self, chain: &Chain, policy: &Policy) -> Option<u16> {
+        let in_chain: BTreeSet<u32> = chain.replicas.iter().map(|r| self.node(r.shard)).collect();
+        (0..self.shards.len() as u16)
+            .filter(|&i| self.usable(i) && !in_chain.contains(&self.node(i)))
+            .filter(|&i| {
+                self.syncing_per_node.get(&self.node(i)).copied().unwrap_or(0) < policy.max_syncing_per_node
+            })
+            .min_by_key(|&i| (self.load[i as usize], i))
+    }
+
+    fn add_syncing(&mut self, chain: &mut Chain, shard: u16) {
+        chain.replicas.push(Replica {
+            shard,
+            state: ReplicaState::Syncing,
+        });
+        order(chain);
+        chain.version += 1;
+        self.load[shard as usize] += 1;
+        *self.syncing_per_node.entry(self.node(shard)).or_default() += 1;
+    }
+}
+
+/// Serving replicas first (in their order), then syncing, then offline.
+fn order(chain: &mut Chain) {
+    chain.replicas.sort_by_key(|r| match r.state {
+        ReplicaState::Serving => 0,
+        ReplicaState::Syncing => 1,
+        ReplicaState::Offline => 2,
+    });
+}
+
+fn serving(chain: &Chain) -> usize {
+    chain
+        .replicas
+        .iter()
+        .filter(|r| r.state == ReplicaState::Serving)
+        .count()
+}
+
+/// Trims, fills and balances the chains of `map`:
+/// - trim: a chain with more serving replicas than the replication factor (a move or a
+///   rebuild done) loses one: on a draining node first, else on the most loaded shard,
+///   the head last; a chain with enough serving replicas drops its offline replicas of
+///   nodes down for good, and syncing replicas on draining nodes go;
+/// - fill: a chain with fewer replicas than the factor that may come back (a node down
+///   for good, a drained one, or a cluster that grew to enough nodes) gets a syncing
+///   replica on the least loaded usable shard of a node not in it;
+/// - balance: while the most and least loaded usable shards are more than 5 % (and more
+///   than one replica) from even, a chain on the most loaded gets a syncing replica on
+///   the least loaded (the trim removes the other once it serves).
+fn settle(map: &mut ShardMap, view: &ClusterView, policy: &Policy) {
+    let rf = policy.replication.max(1);
+    let mut load = vec![0usize; map.shards.len()];
+    let mut syncing_per_node: BTreeMap<u32, usize> = BTreeMap::new();
+    for c in &map.chains {
+        for r in c.replicas.iter().filter(|r| r.state != ReplicaState::Offline) {
+            load[r.shard as usize] += 1;
+            if r.state == ReplicaState::Syncing {
+                *syncing_per_node
+                    .entry(map.shards[r.shard as usize].node)
+                    .or_default() += 1;
+            }
+        }
+    }
+    let alive = view.members.iter().map(|m| m.id).collect();
+    let mut s = Shards {
+        shards: &map.shards,
+        view,
+        alive,
+        load,
+        syncing_per_node,
+    };
+    for chain in map.chains.iter_mut() {
+        while serving(chain) > rf {
+            let leaving = chain
+                .replicas
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.state == ReplicaState::Serving)
+                .max_by_key(|&(i, r)| (!s.usable(r.shard), s.load[r.shard as usize], i > 0, i))
+                .map(|(i, _)| i);
+            let Some(i) = leaving else { break };
+            let r = chain.replicas.remove(i);
+            s.load[r.shard as usize] -= 1;
+            chain.version += 1;
+        }
+        let before = chain.replicas.len();
+        let enough = serving(chain) >= rf;
+        chain.replicas.retain(|r| {
+            let n = s.node(r.shard);
+            let gone_for_good = r.state == ReplicaState::Offline
+                && (view.down_out.contains(&n) || view.draining.contains(&n));
+            let syncing_away = r.state == ReplicaState::Syncing && view.draining.contains(&n);
+            !((enough && gone_for_good) || syncing_away)
+        });
+        if chain.replicas.len() != before {
+            chain.version += 1;
+        }
+    }
+    for chain in map.chains.iter_mut() {
+        let present = chain.replicas.iter().filter(|r| s.counts(r)).count();
+        if present >= rf || serving(chain) == 0 || chain.replicas.len() >= MAX_REPLICAS {
+            continue;
+        }
+        if let Some(to) = s.least_loaded_for(chain, policy) {
+            s.add_syncing(chain, to);
+        }
+    }
+    balance(&mut map.chains, &mut s, policy);
+}
+
+/// The balance step of `settle`.
+fn balance(chains: &mut [Chain], s: &mut Shards<'_>, policy: &Policy) {
+    let usable: Vec<u16> = (0..s.shards.len() as u16).filter(|&i| s.usable(i)).collect();
+    if usable.len() < 2 {
+        return;
+    }
+    // Replicas already on their way off a shard (moves not yet trimmed), so that one
+    // shard is not picked again and again.
+    let mut leaving = vec![0usize; s.shards.len()];
+    for c in chains.iter() {
+        if c.replicas.iter().any(|r| r.state == ReplicaState::Syncing) {
+            if let Some(top) = c
+                .replicas
+                .iter()
+                .filter(|r| r.state == ReplicaState::Serving)
+                .max_by_key(|r| s.load[r.shard as usize])
+            {
+                leaving[top.shard as usize] += 1;
+            }
+        }
+    }
+    loop {
+        let effective = |i: u16| s.load[i as usize] - leaving[i as usize].min(s.load[i as usize]);
+        let total: usize = usable.iter().map(|&i| effective(i)).sum();
+        let mean = total as f64 / usable.len() as f64;
+        let slack = (0.05 * mean).max(1.0);
+        let (Some(&most), Some(&least)) = (
+            usable.iter().max_by_key(|&&i| (effective(i), i)),
+            usable.iter().min_by_key(|&&i| (effective(i), i)),
+        ) else {
+            return;
+        };
+        let (hi, lo) = (effective(most), effective(least));
+        if hi <= lo + 1 || (hi as f64 <= mean + slack && lo as f64 >= mean - slack) {
+            return;
+        }
+        let least_node = s.node(least);
+        if s.syncing_per_node.get(&least_node).copied().unwrap_or(0) >= policy.max_syncing_per_node {
+            return;
+        }
+        let chain = chains.iter_mut().find(|c| {
+            c.replicas.len() < MAX_REPLICAS
+                && c.replicas.iter().all(|r| r.state == ReplicaState::Serving)
+                && c.replicas.iter().any(|r| r.shard == most)
+                && c.replicas.iter().all(|r| s.node(r.shard) != least_node)
+        });
+        let Some(chain) = chain else { return };
+        s.add_syncing(chain, least);
+        leaving[most as usize] += 1;
+    }
+}
+
+/// Replicas (serving or syncing) per shard of `map`.
+pub fn replicas_per_shard(map: &ShardMap) -> Vec<usize> {
+    let mut load = vec![0usize; map.shards.len()];
+    for c in &map.chains {
+        for r in c.replicas.iter().filter(|r| r.state != ReplicaState::Offline) {
+            if let Some(l) = load.get_mut(r.shard as usize) {
+                *l += 1;
+            }
+        }
+    }
+    load
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain_plan::form_map;
+
+    fn member(id: u32, shards: usize) -> Member {
+        Member {
+            id,
+            shards: (0..shards).map(|s| format!("10.0.0.{id}:{}", 7400 + s)).collect(),
+            incarnation: 1,
+        }
+    }
+
+    fn formed(nodes: &[Member], bits: u8) -> ShardMap {
+        let list: Vec<(u32, Vec<String>)> = nodes.iter().map(|m| (m.id, m.shards.clone())).collect();
+        let mut map = form_map(&list, bits, 3).unwrap();
+        map.incarnations = nodes
+            .iter()
+            .map(|m| NodeIncarnation {
+                node: m.id,
+                incarnation: m.incarnation,
+            })
+            .collect();
+        map
+    }
+
+    const POLICY: Policy = Policy {
+        replication: 3,
+        max_syncing_per_node: 8,
+    };
+
+    /// Applies `next_map` until nothing changes, every syncing replica reporting caught up
+    /// under its chain's version at each step (as the shards do). Returns the steps taken.
+    fn settle_fully(map: &mut ShardMap, view: &mut ClusterView) -> usize {
+        for step in 0..1000 {
+            view.caught_up = Vec::new();
+            for (p, c) in map.chains.iter().enumerate() {
+                for r in c.replicas.iter().filter(|r| r.state == ReplicaState::Syncing) {
+                    let s = &map.shards[r.shard as usize];
+                    view.caught_up.push((p as u32, s.node, s.shard, c.version));
+                }
+            }
+            match next_map(map, view, &POLICY) {
+                Some(next) => {
+                    assert_eq!(next.epoch, map.epoch + 1);
+                    check_invariants(map, &next);
+                    *map = next;
+                }
+                None => return step,
+            }
+        }
+        panic!("no fixpoint after 1000 steps");
+    }
+
+    /// No chain loses serving replicas from one map to the next unless a node was lost;
+    /// no chain has two replicas on one node; chains fit the limit.
+    fn check_invariants(before: &ShardMap, after: &ShardMap) {
+        for (b, a) in before.chains.iter().zip(&after.chains) {
+            assert!(a.replicas.len() <= MAX_REPLICAS, "{a:?}");
+            let nodes: BTreeSet<u32> = a
+                .replicas
+                .iter()
+                .map(|r| after.shards[r.shard as usize].node)
+                .collect();
+            assert_eq!(nodes.len(), a.replicas.len(), "two replicas on one node: {a:?}");
+            if a != b {
+                assert!(
+                    a.version > b.version,
+                    "a changed chain keeps its version: {b:?} -> {a:?}"
+                );
+            }
+        }
+    }
+
+    fn assert_whole_and_even(map: &ShardMap, away: &[u32]) {
+        for c in &map.chains {
+            assert_eq!(serving(c), 3, "{c:?}");
+            assert_eq!(c.replicas.len(), 3, "{c:?}");
+            for r in &c.replicas {
+                assert!(!away.contains(&map.shards[r.shard as usize].node), "{c:?}");
+            }
+        }
+        let load = replicas_per_shard(map);
+        let usable: Vec<usize> = map
+            .shards
+            .iter()
+            .zip(&load)
+            .filter(|(s, _)| !away.contains(&s.node))
+            .map(|(_, &l)| l)
+            .collect();
+        let mean = usable.iter().sum::<usize>() as f64 / usable.len() as f64;
+        for &l in &usable {
+            assert!(
+                (l as f64 - mean).abs() <= (0.05 * mean).max(1.0),
+                "loads {usable:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fourth_node_joins_and_takes_its_share_moving_little() {
+        let nodes: Vec<Member> = (1..=3).map(|id| member(id, 2)).collect();
+        let mut map = formed(&nodes, 8);
+        let mut view = ClusterView {
+            members: nodes.clone(),
+            ..Default::default()
+        };
+        assert_eq!(
+            settle_fully(&mut map, &mut view),
+            0,
+            "a formed cluster is settled"
+        );
+        let before = map.clone();
+        view.members.push(member(4, 2));
+        settle_fully(&mut map, &mut view);
+        assert_eq!(map.shards.len(), 8);
+        assert_whole_and_even(&map, &[]);
+        // Moved: about a quarter of the replicas (the new node's share), not more.
+        let moved: usize = before
+            .chains
+            .iter()
+            .zip(&map.chains)
+            .map(|(b, a)| {
+                a.replicas
+                    .iter()
+                    .filter(|r| !b.replicas.iter().any(|o| o.shard == r.shard))
+                    .count()
+            })
+            .sum();
+        let share = 256 * 3 / 4;
+        assert!(
+            moved >= share - 8 && moved <= share + 8,
+            "moved {moved}, share {share}"
+        );
+    }
+
+    #[test]
+    fn a_node_down_for_good_is_rebuilt_elsewhere_and_a_drained_one_emptied() {
+        let nodes: Vec<Member> = (1..=5).map(|id| member(id, 1)).collect();
+        let mut map = formed(&nodes, 6);
+        let mut view = ClusterView {
+            members: nodes.clone(),
+            ..Default::default()
+        };
+        // Node 5 dies: its replicas go offline, and nothing is rebuilt yet.
+        view.members.retain(|m| m.id != 5);
+        settle_fully(&mut map, &mut view);
+        let offline = map
+            .chains
+            .iter()
+            .flat_map(|c| &c.replicas)
+            .filter(|r| r.state == ReplicaState::Offline)
+            .count();
+        assert!(offline > 0);
+        assert!(map
+            .chains
+            .iter()
+            .all(|c| c.replicas.iter().all(|r| r.state != ReplicaState::Syncing)));
+        // Down for good: rebuilt on the other four, evenly.
+        view.down_out.insert(5);
+        settle_fully(&mut map, &mut view);
+        assert_whole_and_even(&map, &[5]);
+        // Node 2 drained: emptied, the rest even.
+        view.draining.insert(2);
+        settle_fully(&mut map, &mut view);
+        assert_whole_and_even(&map, &[2, 5]);
+        // Undrained: it takes its share again.
+        view.draining.clear();
+        settle_fully(&mut map, &mut view);
+        assert_whole_and_even(&map, &[5]);
+    }
+
+    #[test]
+    fn a_restarted_node_syncs_before_serving_and_a_returning_one_too() {
+        let nodes: Vec<Member> = (1..=3).map(|id| member(id, 1)).collect();
+        let map = formed(&nodes, 4);
+        let mut view = ClusterView {
+            members: nodes.clone(),
+            ..Default::default()
+        };
+        view.members[1].incarnation = 2;
+        let next = next_map(&map, &view, &POLICY).unwrap();
+        for c in &next.chains {
+            let r = c
+                .replicas
+                .iter()
+                .find(|r| next.shards[r.shard as usize].node == 2)
+                .unwrap();
+            assert_eq!(r.state, ReplicaState::Syncing, "{c:?}");
+            assert_eq!(c.replicas.last(), Some(r));
+        }
+        assert_eq!(next.incarnation(2), Some(2));
+        assert!(next_map(&next, &view, &POLICY).is_none(), "until it reports");
+        // Reports: one under an older chain version, one from an unknown node, one good;
+        // and the node's listener moved.
+        let v0 = next.chains[0].version;
+        view.caught_up = vec![(0, 2, 0, v0 - 1), (1, 9, 0, 1), (0, 2, 0, v0)];
+        view.members[1].shards[0] = "10.0.0.2:7500".into();
+        let served = next_map(&next, &view, &POLICY).unwrap();
+        assert_eq!(served.shards[1].addr, "10.0.0.2:7500");
+        assert!(served.chains[0]
+            .replicas
+            .iter()
+            .all(|r| r.state == ReplicaState::Serving));
+        assert_eq!(served.chains[0].version, v0 + 1);
+        assert_eq!(served.chains[1], next.chains[1], "no report for it");
+        assert!(
+            next_map(&served, &view, &POLICY).is_none(),
+            "reports are not applied twice"
+        );
+    }
+}
