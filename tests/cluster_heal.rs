@@ -140,11 +140,19 @@ fn balanced_over(map: &ShardMap, on: &[u32]) -> bool {
             .all(|&l| (l as f64 - mean).abs() <= (0.05 * mean).max(1.0))
 }
 
-/// A fourth node joins a three-node cluster under load and gets its share; then a node is
-/// drained (bad requests refused first) and stopped once removable.
+/// The acting coordinator's name.
+fn acting_coordinator(bed: &Bed) -> Option<String> {
+    let (_, out) = bed.cluster_cli(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_str(&out).ok()?;
+    s["coordinator"].as_str().map(str::to_string)
+}
+
+/// A fourth node joins a three-node cluster under load and gets its share, the acting
+/// coordinator killed in the middle of the move (the other one finishes it); then a node
+/// is drained (bad requests refused first) and stopped once removable.
 #[test]
 fn a_node_joins_then_one_is_drained_and_removed_under_load() {
-    let mut bed = Bed::start("grow", 3, 3, 1, &[]);
+    let mut bed = Bed::start("grow", 3, 3, 2, &[]);
     let partitions = bed.map().chains.len();
     let objects = write_objects(&bed, "obj", 200, 4096);
     let run = "grow";
@@ -154,6 +162,22 @@ fn a_node_joins_then_one_is_drained_and_removed_under_load() {
 
     let fourth = bed.add_node();
     let ids: Vec<u32> = (0..4).map(|i| bed.node_id(i)).collect();
+    eventually(
+        Duration::from_secs(30),
+        "chains syncing onto the new node",
+        || {
+            let map = bed.map();
+            map.chains
+                .iter()
+                .flat_map(|c| &c.replicas)
+                .any(|r| r.state == ReplicaState::Syncing)
+        },
+    );
+    let acting = acting_coordinator(&bed).expect("a coordinator acts");
+    let i: usize = acting.trim_start_matches('c').parse().unwrap();
+    let _ = bed.coordinators[i].0.kill();
+    let _ = bed.coordinators[i].0.wait();
+    eprintln!("grow: coordinator {acting} killed in the middle of the move");
     let took = eventually(Duration::from_secs(120), "the new node holds its share", || {
         let map = bed.map();
         whole_chains(&map, 3) == partitions && balanced_over(&map, &ids)

@@ -41,8 +41,9 @@ pub struct CoordinatorArgs {
     /// (`cluster.down_out`).
     #[arg(long, default_value_t = 600)]
     pub down_out: u64,
-    /// Most replicas syncing onto one node at a time.
-    #[arg(long, default_value_t = 128)]
+    /// Most replicas syncing onto one node at a time (each of its shards runs 16 passes at
+    /// once; copies are paced by `cluster.sync_bytes_per_sec` while it has foreground work).
+    #[arg(long, default_value_t = 512)]
     pub max_syncing_per_node: usize,
 }
 

@@ -40,7 +40,9 @@ const PAGE_BYTES: usize = 256 << 10;
 /// How often a shard looks for chains it has to catch up with.
 const LOOK_EVERY: Duration = Duration::from_millis(100);
 /// Passes a shard runs at once (a pass with nothing to copy is one round trip per page).
-const SYNCS_AT_ONCE: usize = 4;
+const SYNCS_AT_ONCE: usize = 16;
+/// Keys a pass compares and copies at once.
+const KEYS_AT_ONCE: usize = 8;
 /// How long a caught-up report waits for the coordinator before it is made again.
 const REPORT_AGAIN: Duration = Duration::from_secs(5);
 /// How long one call to the source or the head may take.
@@ -105,14 +107,43 @@ fn same(a: &ManifestEntry, b: &ManifestEntry) -> bool {
     a.version == b.version && a.crc32c == b.crc32c && a.tombstone == b.tombstone
 }
 
-/// Spaces a shard's copies so that they average at most `bytes_per_sec` (shared by its
-/// passes): each copy books its share of time after the ones before it.
-#[derive(Default)]
+/// Spaces a shard's copies while it has foreground work (client requests, or writes
+/// coming down its chains, in the last `BUSY_WITHIN`): one copy at a time, each followed by
+/// its share of time at `bytes_per_sec`, so that a burst of copies never queues ahead of a
+/// foreground write on the device. With none, copies go at full speed, many at once.
 struct Pace {
     next_free: std::cell::Cell<Option<Instant>>,
+    /// The shard's foreground operation count at the last look, and when it last moved.
+    foreground_seen: std::cell::Cell<(u64, Option<Instant>)>,
+    /// Held by the one copy allowed at a time while busy.
+    one_at_a_time: glommio::sync::Semaphore,
 }
 
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace {
+            next_free: Default::default(),
+            foreground_seen: Default::default(),
+            one_at_a_time: glommio::sync::Semaphore::new(1),
+        }
+    }
+}
+
+/// Foreground work this recent makes a shard busy.
+const BUSY_WITHIN: Duration = Duration::from_millis(100);
+
 impl Pace {
+    /// Whether the shard has had foreground work lately (`foreground_ops`: its count now).
+    fn busy(&self, foreground_ops: u64) -> bool {
+        let (seen, mut moved) = self.foreground_seen.get();
+        if seen != foreground_ops {
+            moved = Some(Instant::now());
+        }
+        self.foreground_seen.set((foreground_ops, moved));
+        moved.is_some_and(|t| t.elapsed() < BUSY_WITHIN)
+    }
+
+    /// After a copy of `bytes` made while busy: waits out its share of time.
     async fn copied(&self, bytes: u64, bytes_per_sec: u64) {
         if bytes_per_sec == 0 {
             return;
@@ -121,9 +152,7 @@ impl Pace {
         let start = self.next_free.get().filter(|&t| t > now).unwrap_or(now);
         let share = Duration::from_secs_f64(bytes as f64 / bytes_per_sec as f64);
         self.next_free.set(Some(start + share));
-        if start > now {
-            glommio::timer::sleep(start - now).await;
-        }
+        glommio::timer::sleep(start + share - now).await;
     }
 }
 
@@ -336,12 +365,27 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             };
             let (response, page) = self.call(&source, &request).await?;
             let entries = decode_page(&page, hotshard_net::limits::MAX_KEY_BYTES).map_err(PassError::Call)?;
-            for theirs in &entries {
+            let last = entries.last().map(|e| e.key.clone());
+            // `KEYS_AT_ONCE` keys in flight (each a round trip to the source and a durable
+            // write here when it differs).
+            let mut copies = Vec::with_capacity(KEYS_AT_ONCE);
+            for theirs in entries {
                 let was = before.remove(&theirs.key);
-                self.sync_key(theirs, was, partition, &head, &source).await?;
+                let (me, head, source) = (self.clone(), head.clone(), source.clone());
+                copies.push(glommio::spawn_local(async move {
+                    me.sync_key(&theirs, was, partition, &head, &source).await
+                }));
+                if copies.len() == KEYS_AT_ONCE {
+                    for c in copies.drain(..) {
+                        c.await?;
+                    }
+                }
             }
-            match entries.last() {
-                Some(last) if response.arg == 1 => after = last.key.clone(),
+            for c in copies {
+                c.await?;
+            }
+            match last {
+                Some(last) if response.arg == 1 => after = last,
                 _ => break,
             }
         }
@@ -387,6 +431,16 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 add(&self.sync.objects_copied, 1);
                 return Ok(());
             }
+            let st = &self.stats;
+            let foreground = [&st.put, &st.get, &st.delete, &st.stat, &st.replicate]
+                .iter()
+                .map(|o| o.count.get())
+                .sum();
+            let paced = self.sync_bytes_per_sec > 0 && self.sync.pace.busy(foreground);
+            let _turn = match paced {
+                true => self.sync.pace.one_at_a_time.acquire_permit(1).await.ok(),
+                false => None,
+            };
             let get = Request::Get {
                 key: theirs.key.clone(),
                 range: None,
@@ -408,10 +462,12 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 .map_err(PassError::Store)?;
             add(&self.sync.objects_copied, 1);
             add(&self.sync.bytes_copied, value.len() as u64);
-            self.sync
-                .pace
-                .copied(value.len() as u64, self.sync_bytes_per_sec)
-                .await;
+            if paced {
+                self.sync
+                    .pace
+                    .copied(value.len() as u64, self.sync_bytes_per_sec)
+                    .await;
+            }
             return Ok(());
         }
         // This replica's version is newer than the source's, or the same version differs.

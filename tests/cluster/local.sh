@@ -8,10 +8,15 @@
 #   tests/cluster/local.sh status     hotshard cluster status
 #   tests/cluster/local.sh kill I     kill -9 node I          start I   start it again
 #   tests/cluster/local.sh stop-net I cut host I off           start-net I   reconnect it
+#   tests/cluster/local.sh add        one more host and node (it joins; chains move onto it)
+#   tests/cluster/local.sh wipe I     stop node I, empty its data directory, start it again
+#                                     (a replaced disk: it comes back as a new node)
+#   tests/cluster/local.sh drain I    hotshard cluster drain on node I's id   undrain I
 #   tests/cluster/local.sh down       stop everything it started, remove the namespaces
 #
 # Data and logs live in $HOTSHARD_BED (default target/cluster-bed). Replication factor
-# $REPLICATION (default 3, at most N), lease TTL $LEASE_TTL s (default 3).
+# $REPLICATION (default 3, at most N), lease TTL $LEASE_TTL s (default 3), nodes gone for
+# $DOWN_OUT s (default 600) are rebuilt elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bed=${HOTSHARD_BED:-$PWD/target/cluster-bed}
@@ -93,7 +98,7 @@ up)
     for _ in $(seq 100); do "$bin" cluster status --etcd "$etcd_url" --cluster bed >/dev/null 2>&1 && break; sleep 0.1; done
     rf=${REPLICATION:-3}; [ "$rf" -le "$n" ] || rf=$n
     "$bin" coordinator --etcd "$etcd_url" --cluster bed --expect-nodes "$n" --replication "$rf" \
-        --lease-ttl "$lease" > "$bed/coordinator.log" 2>&1 &
+        --lease-ttl "$lease" --down-out "${DOWN_OUT:-600}" > "$bed/coordinator.log" 2>&1 &
     echo $! > "$(pidfile coordinator)"
     for i in $(seq "$n"); do start_node "$i"; done
     for _ in $(seq 300); do
@@ -109,6 +114,24 @@ status)
     ;;
 kill) need_root; stop_pid "node${2:?}" KILL ;;
 start) need_root; alive "node${2:?}" || start_node "$2" ;;
+add)
+    need_root
+    n=$(( $(cat "$bed/nodes") + 1 ))
+    add_host "$n"
+    echo "$n" > "$bed/nodes"
+    start_node "$n"
+    echo "node $n: $(node_ip "$n"):7400 (metrics :7480)"
+    ;;
+wipe)
+    need_root
+    stop_pid "node${2:?}" KILL
+    rm -rf "$bed/node$2/data"
+    start_node "$2"
+    ;;
+drain | undrain)
+    id=$(cat "$bed/node${2:?}/data/node.id")
+    "$bin" cluster "$cmd" "$id" --etcd "$etcd_url" --cluster bed
+    ;;
 stop-net) need_root; ip link set "hs-v${2:?}" down ;;
 start-net) need_root; ip link set "hs-v${2:?}" up ;;
 down)
@@ -122,7 +145,7 @@ down)
     rm -rf "$bed"
     ;;
 *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -233,7 +233,8 @@ fn unix_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The nodes of `map` gone for longer than `cfg.down_out`. Keeps `down_since/<id>` in
+/// The nodes of `map` gone for longer than `cfg.down_out`, or replaced on their host (every
+/// listener of theirs held by another live node: a replaced disk). Keeps `down_since/<id>` in
 /// etcd: written when a node of the map is first seen gone, removed when it is back, so
 /// that a coordinator taking over counts from when the node went, not from its own start.
 async fn down_for_good(
@@ -249,7 +250,21 @@ async fn down_for_good(
     let now = unix_secs();
     let mut ops = Vec::new();
     let mut out = BTreeSet::new();
+    // Listeners a live node holds now: a gone node whose every listener another node holds
+    // was replaced on its host (a new disk, a new id) and will not come back.
+    let taken: BTreeSet<&str> = nodes
+        .iter()
+        .flat_map(|n| n.shards.iter().map(String::as_str))
+        .collect();
     for &n in in_map.difference(&alive) {
+        let replaced = map
+            .shards
+            .iter()
+            .filter(|s| s.node == n)
+            .all(|s| taken.contains(s.addr.as_str()));
+        if replaced {
+            out.insert(n);
+        }
         match since.get(&n).and_then(|v| v.parse::<u64>().ok()) {
             Some(t) if now.saturating_sub(t) >= cfg.down_out.as_secs() => {
                 out.insert(n);
