@@ -133,7 +133,7 @@ if [[ " $modes " == *" idle "* ]]; then
 echo "== idle: $objects objects of $value bytes, replication 3"
 start_cluster
 t0=$(python3 -c "import time;print(time.time())")
-start_node 3 1
+start_node 3 "${NEW_CORE:-1}"
 secs=$(wait_balanced "$t0")
 bytes=$(copied_bytes)
 awk -v b="$bytes" -v s="$secs" -v f="$fio_mbs" 'BEGIN {
@@ -184,7 +184,7 @@ start_cluster
 before=$(foreground before)
 echo "before: $before   (ops/s p99)"
 t0=$(python3 -c "import time;print(time.time())")
-start_node 3 1
+start_node 3 "${NEW_CORE:-1}"
 during=$(foreground during)
 echo "during: $during   (ops/s p99)"
 secs=$(wait_balanced "$t0")

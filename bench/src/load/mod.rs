@@ -367,15 +367,17 @@ async fn thread_load(
     let mut zipfs: HashMap<usize, zipf::Zipf> = HashMap::new();
     let my_conns: Vec<usize> = (t..spec.connections).step_by(threads).collect();
     let mut tasks = Vec::new();
+    // Listeners that take none of this thread's keys (a node of the map that heads no
+    // chain: down, or joined and not yet moved up a chain) get no connection.
+    let with_keys: Vec<usize> = (0..addrs.len()).filter(|&s| !lists[s].is_empty()).collect();
+    anyhow::ensure!(
+        !with_keys.is_empty(),
+        "generator thread {t} has none of the {} keys on any listener",
+        spec.keys
+    );
     for (j, &c) in my_conns.iter().enumerate() {
-        let shard = j % addrs.len();
+        let shard = with_keys[j % with_keys.len()];
         let keys = lists[shard].clone();
-        anyhow::ensure!(
-            !keys.is_empty(),
-            "generator thread {t} has none of the {} keys for listener {}",
-            spec.keys,
-            addrs[shard]
-        );
         let z = match spec.dist {
             KeyDist::Zipfian(theta) => Some(match zipfs.get(&keys.len()) {
                 Some(z) => z.clone(),
