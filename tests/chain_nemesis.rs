@@ -112,7 +112,8 @@ fn a_head_that_acknowledges_early_is_caught() {
 /// The soak: `HOTSHARD_NEMESIS_MINUTES` minutes (1 by default) of fresh three-node
 /// clusters, each under the workload for two random faults of the list above on distinct
 /// nodes (a node killed, a node paused past its lease, the acting coordinator killed,
-/// etcd restarted), every history checked and the replicas compared after each.
+/// etcd restarted, a node killed and started again, a node's disk replaced), every history
+/// checked and the replicas compared after each.
 /// `HOTSHARD_NEMESIS_MINUTES=10 cargo test --release --test chain_nemesis soak -- --ignored --nocapture`
 #[test]
 #[ignore]
@@ -137,7 +138,7 @@ fn soak() {
         let first = (rng.next_u64() % 3) as usize;
         let mut done = Vec::new();
         for node in [first, (first + 1) % 3] {
-            let fault = rng.next_u64() % 4;
+            let fault = rng.next_u64() % 6;
             match fault {
                 0 => bed.nodes[node].kill9(),
                 1 => {
@@ -154,9 +155,17 @@ fn soak() {
                         bed.coordinators[i] = Coordinator::named(&bed.etcd.endpoint, &run, 3, 3, &c, 2);
                     }
                 }
-                _ => bed.etcd.restart(Duration::from_secs(1)),
+                3 => bed.etcd.restart(Duration::from_secs(1)),
+                // Issue 20: back after a crash (resync), or with its disk replaced (a new
+                // node, filled; the old one is down for good).
+                4 => {
+                    bed.nodes[node].kill9();
+                    std::thread::sleep(Duration::from_secs(3));
+                    bed.restart(node);
+                }
+                _ => bed.wipe(node),
             }
-            done.push(["kill -9", "pause", "coordinator", "etcd"][fault as usize]);
+            done.push(["kill -9", "pause", "coordinator", "etcd", "restart", "wipe"][fault as usize]);
             faults += 1;
             std::thread::sleep(Duration::from_secs(4));
         }
