@@ -168,9 +168,8 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         else {
             return Reply::status(Status::Internal);
         };
-        if self.map.fenced() {
-            add(&self.stats.fenced, 1);
-            return Reply::status(Status::Busy);
+        if let Some(busy) = self.fenced_reply() {
+            return busy;
         }
         let place = ChainPlace::of(&self.map.borrow(), partition, self.node_id, self.shard);
         match place {
@@ -205,9 +204,8 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         else {
             return Reply::status(Status::Internal);
         };
-        if self.map.fenced() {
-            add(&self.stats.fenced, 1);
-            return Reply::status(Status::Busy);
+        if let Some(busy) = self.fenced_reply() {
+            return busy;
         }
         if !owns(&self.map.borrow(), self.node_id, self.shard, partition) {
             return self.wrong_shard();

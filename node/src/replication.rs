@@ -131,9 +131,8 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             return Reply::status(Status::Internal);
         };
         let started = Instant::now();
-        if self.map.fenced() {
-            self.stats.fenced.set(self.stats.fenced.get() + 1);
-            return Reply::status(Status::Busy);
+        if let Some(busy) = self.fenced_reply() {
+            return busy;
         }
         let mine = {
             let map = self.map.borrow();

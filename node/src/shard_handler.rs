@@ -289,6 +289,16 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         }
     }
 
+    /// Busy (counted) while the node's lease is unconfirmed (`MapCell::fenced`): the
+    /// cluster may have given its chains to others already, so it answers nothing it holds.
+    pub(crate) fn fenced_reply(&self) -> Option<Reply<OutBuf>> {
+        if !self.map.fenced() {
+            return None;
+        }
+        self.stats.fenced.set(self.stats.fenced.get() + 1);
+        Some(Reply::status(Status::Busy))
+    }
+
     /// WrongShard, with the shard's current map as the payload: the client takes it and
     /// sends again, one round trip (no GetShardMap).
     pub(crate) fn wrong_shard(&self) -> Reply<OutBuf> {
@@ -418,11 +428,8 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
         let Some((key, target)) = keyed(&request) else {
             return self.answer_control(request);
         };
-        if self.map.fenced() {
-            self.stats.fenced.set(self.stats.fenced.get() + 1);
-            // The node's lease is not confirmed: the cluster may have given its chains
-            // to others already, so it answers nothing it holds (reads included).
-            return Reply::status(Status::Busy);
+        if let Some(busy) = self.fenced_reply() {
+            return busy;
         }
         // Routed under a short borrow of the map, released before any await: the map may
         // be replaced while the request waits.
