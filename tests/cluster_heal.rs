@@ -113,6 +113,8 @@ fn a_killed_node_comes_back_resyncs_what_changed_and_serves_again() {
         "{copied} copied: more than changed"
     );
     assert!(unchanged >= 200.0, "{unchanged} compared equal");
+    assert_eq!(bed.node_metric(1, "hotshard_sync_chains_to_go"), 0.0);
+    assert_eq!(bed.node_metric(1, "hotshard_syncing_chains"), 0.0);
 }
 
 /// Replicas per shard of the nodes in `on` are within 5 % (or one replica) of even, and no

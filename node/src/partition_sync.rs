@@ -53,6 +53,8 @@ const CALL_LIMIT: Duration = Duration::from_secs(5);
 pub struct SyncCounters {
     /// Chains this shard is syncing in now.
     pub syncing: std::cell::Cell<u64>,
+    /// Of those, the ones not yet caught up under their chain's version.
+    pub to_go: std::cell::Cell<u64>,
     pub passes: std::cell::Cell<u64>,
     pub objects_copied: std::cell::Cell<u64>,
     pub bytes_copied: std::cell::Cell<u64>,
@@ -309,11 +311,12 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             return Vec::new();
         }
         let reported = self.sync.reported.borrow();
-        let mut syncing = 0;
+        let (mut syncing, mut to_go) = (0, 0);
         let mut due = Vec::new();
         for p in (0..map.chains.len() as u32).rev() {
             if let ChainPlace::Syncing { version, .. } = ChainPlace::of(&map, p, self.node_id, self.shard) {
                 syncing += 1;
+                to_go += u64::from(reported.get(&p).is_none_or(|&(v, _)| v != version));
                 // Reported under this version: still caught up (every write since went
                 // through this replica). Reported again now and then, in case the report
                 // was lost (a control thread that reconnected, a coordinator that died).
@@ -326,6 +329,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             }
         }
         self.sync.syncing.set(syncing);
+        self.sync.to_go.set(to_go);
         if syncing == 0 {
             self.sync.idle_epoch.set(map.epoch);
         }

@@ -151,10 +151,12 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         ));
         let y = &self.sync;
         out.push_str(&format!(
-            "hotshard_syncing_chains{{{l}}} {}\nhotshard_sync_passes_total{{{l}}} {}\n\
+            "hotshard_syncing_chains{{{l}}} {}\nhotshard_sync_chains_to_go{{{l}}} {}\n\
+             hotshard_sync_passes_total{{{l}}} {}\n\
              hotshard_sync_objects_copied_total{{{l}}} {}\nhotshard_sync_bytes_copied_total{{{l}}} {}\n\
              hotshard_sync_reasserted_total{{{l}}} {}\nhotshard_sync_unchanged_total{{{l}}} {}\n",
             y.syncing.get(),
+            y.to_go.get(),
             y.passes.get(),
             y.objects_copied.get(),
             y.bytes_copied.get(),
