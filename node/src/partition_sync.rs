@@ -9,8 +9,8 @@
 //!   only what changed);
 //! - the source's is newer: its record is copied (a tombstone as a tombstone), through the
 //!   engine's seam for versioned records, at a bounded rate;
-//! - this replica's is newer, or the key is here and not at the source, and it has not
-//!   changed since the pass began: it is a write that reached this replica and no further
+//! - this replica's is newer, or the key (a tombstone included) is here and not at the
+//!   source, and it has not changed since the pass began: it is a write that reached this replica and no further
 //!   before it left the chain (never acknowledged). Versions only grow, so it cannot be
 //!   undone here: the chain's head is asked to write the key again as it has it
 //!   (`Reassert`), with a version past this one, down the whole chain.
@@ -391,11 +391,11 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 _ => break,
             }
         }
-        // Here and not at the source (nor a tombstone there).
+        // Here and not at the source (nor a tombstone there). A tombstone too: one the
+        // chain never had may carry a version above the head's (a delete that went no
+        // further before this replica left), and a later write of the key with a smaller
+        // version would be skipped here.
         for (key, was) in before {
-            if was.tombstone {
-                continue;
-            }
             if self
                 .store
                 .manifest_entry(&key)
