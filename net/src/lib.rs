@@ -17,6 +17,7 @@ pub mod limits;
 pub mod message;
 #[cfg(feature = "glommio")]
 pub mod ready_stream;
+pub mod resp;
 pub mod runtime;
 #[cfg(feature = "glommio")]
 pub mod server;
