@@ -107,6 +107,12 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             glommio::spawn_local(Rc::clone(self).pass_down(record, dirty)).detach();
             return chain_reply(true, version, len);
         }
+        if stopped_at_head(&record) {
+            // As if the head died here: written locally, never passed on, never answered
+            // Ok, and dirty for good (reads here wait) until the process ends.
+            std::mem::forget(dirty);
+            return chain_reply(false, version, len);
+        }
         let acknowledged = self.pass_down_and_wait(record, dirty).await;
         op.record(started.elapsed().as_micros() as u64, len, acknowledged);
         chain_reply(acknowledged, version, len)
@@ -282,6 +288,26 @@ fn planted_early_ack() -> bool {
     cfg!(debug_assertions)
         && *PLANTED
             .get_or_init(|| std::env::var_os("HOTSHARD_PLANTED_BUG").is_some_and(|v| v == "ack-at-head"))
+}
+
+/// A planted fault, for the resync test: with `HOTSHARD_PLANTED_BUG=stop-at-head:P,Q` a
+/// head keeps a PUT of a key starting with P, and a DELETE of a key starting with Q, to
+/// itself (a write that reached one replica and no further: what a head that dies at that
+/// instant leaves behind). Only in builds with debug assertions.
+fn stopped_at_head(record: &ChainRecord) -> bool {
+    static PREFIXES: std::sync::OnceLock<Option<(Vec<u8>, Vec<u8>)>> = std::sync::OnceLock::new();
+    if !cfg!(debug_assertions) {
+        return false;
+    }
+    let prefixes = PREFIXES.get_or_init(|| {
+        let v = std::env::var("HOTSHARD_PLANTED_BUG").ok()?;
+        let (put, delete) = v.strip_prefix("stop-at-head:")?.split_once(',')?;
+        Some((put.as_bytes().to_vec(), delete.as_bytes().to_vec()))
+    });
+    prefixes.as_ref().is_some_and(|(put, delete)| match record.value {
+        Some(_) => !put.is_empty() && record.key.starts_with(put),
+        None => !delete.is_empty() && record.key.starts_with(delete),
+    })
 }
 
 /// Counts a record waiting on a successor while it lives.

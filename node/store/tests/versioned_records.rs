@@ -165,6 +165,8 @@ fn manifest_raised_versions_and_burying_an_absent_key() {
         .find(|e| e.key == b"never")
         .expect("the tombstone is kept");
     assert!(never.tombstone && never.version == buried);
+    let c = s.manifest_entry(b"c").expect("a delete's tombstone is kept");
+    assert!(c.tombstone, "{c:?}");
     let next = block_on(s.put(b"a", 2, &make_value(5, 300), None)).unwrap();
     assert!(next > buried, "versions stay raised after a restart: {next}");
     assert_eq!(version_of(&s, b"never"), None);
