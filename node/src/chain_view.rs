@@ -63,16 +63,7 @@ impl ChainPlace {
 
     /// Whether this place has replicas after it (a write here must be passed down).
     pub fn has_successor(&self) -> bool {
-        matches!(
-            self,
-            ChainPlace::Serving {
-                successor: Some(_),
-                ..
-            } | ChainPlace::Syncing {
-                successor: Some(_),
-                ..
-            }
-        )
+        self.takes_writes().is_some_and(|(_, next)| next.is_some())
     }
 
     /// The chain version and the next replica, for a place that takes writes.
