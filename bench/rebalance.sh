@@ -56,6 +56,7 @@ data_bytes = 2147483648
 cores = [$core]
 base_port = $((7900 + 10 * i))
 admin_port = $((7905 + 10 * i))
+resp_port = $((7906 + 10 * i))
 # Four nodes and the generator share two cores: shards yield instead of spinning idle.
 [queue]
 wait_after_idle_polls = 1

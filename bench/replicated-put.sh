@@ -42,6 +42,7 @@ data_bytes = 2147483648
 cores = [${cores[$i]}]
 base_port = $((7900 + 10 * i))
 admin_port = $((7905 + 10 * i))
+resp_port = $((7906 + 10 * i))
 [cluster]
 etcd = ["http://127.0.0.1:$etcd_port"]
 name = "$name"

@@ -7,7 +7,7 @@ use rkyv::util::AlignedVec;
 
 use crate::error::WireError;
 use crate::frame::{FrameKind, Preamble, PREAMBLE_BYTES};
-use crate::limits::{MAX_HEADER_BYTES, MAX_KEY_BYTES, MAX_PAYLOAD_BYTES};
+use crate::limits::{MAX_HEADER_BYTES, MAX_KEY_BYTES, MAX_LIST_PARTITIONS, MAX_PAYLOAD_BYTES};
 use crate::message::{ArchivedRequest, ArchivedResponse, Request, Response};
 
 /// Header bytes aligned for rkyv.
@@ -134,6 +134,7 @@ pub fn access_request(header: &HeaderBuf, payload_len: u32) -> Result<&ArchivedR
     let wants_payload = match req {
         ArchivedRequest::Put { .. } => true,
         ArchivedRequest::Replicate { tombstone, .. } => !*tombstone,
+        ArchivedRequest::Update { op, .. } => op.carries_value(),
         _ => false,
     };
     match req {
@@ -142,7 +143,8 @@ pub fn access_request(header: &HeaderBuf, payload_len: u32) -> Result<&ArchivedR
         | ArchivedRequest::Delete { key, .. }
         | ArchivedRequest::Stat { key, .. }
         | ArchivedRequest::Replicate { key, .. }
-        | ArchivedRequest::Reassert { key, .. } => check_key(key.as_slice())?,
+        | ArchivedRequest::Reassert { key, .. }
+        | ArchivedRequest::Update { key, .. } => check_key(key.as_slice())?,
         // Empty: from the partition's first key.
         ArchivedRequest::SyncManifest { after, .. } => {
             if !after.is_empty() {
@@ -154,6 +156,15 @@ pub fn access_request(header: &HeaderBuf, payload_len: u32) -> Result<&ArchivedR
                 return Err(WireError::Malformed(format!(
                     "auth proof of {} bytes",
                     proof.len()
+                )));
+            }
+        }
+        ArchivedRequest::ListKeys { partitions, pattern } => {
+            if partitions.len() > MAX_LIST_PARTITIONS || pattern.len() > MAX_KEY_BYTES {
+                return Err(WireError::Malformed(format!(
+                    "a key listing of {} partitions with a pattern of {} bytes",
+                    partitions.len(),
+                    pattern.len()
                 )));
             }
         }
@@ -312,12 +323,36 @@ mod tests {
                 partition: 2,
                 floor: 77,
             },
+            Request::ListKeys {
+                partitions: vec![0, 7, 4095],
+                pattern: b"user:*".to_vec(),
+            },
+            Request::Update {
+                key: b"i".to_vec(),
+                target: Target {
+                    partition: 3,
+                    epoch: 1,
+                },
+                op: crate::message::UpdateOp::Set {
+                    only_if: 1,
+                    get: true,
+                },
+            },
+            Request::Update {
+                key: b"j".to_vec(),
+                target: Target {
+                    partition: 3,
+                    epoch: 1,
+                },
+                op: crate::message::UpdateOp::IncrBy(-5),
+            },
         ];
         for (i, req) in all.into_iter().enumerate() {
-            let carries_value = matches!(
-                req,
-                Request::Put { .. } | Request::Replicate { tombstone: false, .. }
-            );
+            let carries_value = match &req {
+                Request::Put { .. } | Request::Replicate { tombstone: false, .. } => true,
+                Request::Update { op, .. } => op.carries_value(),
+                _ => false,
+            };
             let payload = if carries_value { 3 } else { 0 };
             let mut bytes = encode_request(i as u64, &req, payload).unwrap();
             bytes.extend_from_slice(&vec![9u8; payload]);

@@ -16,3 +16,7 @@ pub use hotshard_placement::limits::{MAX_REPLICAS, MAX_SHARD_MAP_BYTES};
 
 /// Requests in flight per connection before the server stops reading (backpressure).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
+
+/// Most partitions one key listing (`Request::ListKeys`) names: with a pattern of the
+/// largest key's size it still fits a header (4 bytes each).
+pub const MAX_LIST_PARTITIONS: usize = 512;

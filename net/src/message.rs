@@ -82,6 +82,53 @@ pub enum Request {
         partition: u32,
         floor: u64,
     },
+    /// The live keys of `partitions` that match `pattern` (Redis's glob; empty: every key),
+    /// for SCAN and KEYS (issue 21): the answer's payload is each key as a 2-byte
+    /// little-endian length and its bytes; `arg` is how many of `partitions`, from the
+    /// first, it covers whole (ask again for the rest). Refused (`WrongShard`) unless the
+    /// receiver serves every one of them.
+    ListKeys {
+        partitions: Vec<u32>,
+        pattern: Vec<u8>,
+    },
+    /// A read-modify-write of one key (RESP's INCR, APPEND, SET with NX/XX/GET, GETDEL),
+    /// run at the key's head, one at a time per key there, as a read and a write
+    /// conditional on the version read. The answer's `arg` is the result (see `UpdateOp`);
+    /// its `version` is the version the key had before (0: none), and its payload that
+    /// value where the op gives it back.
+    Update {
+        key: Vec<u8>,
+        target: Target,
+        op: UpdateOp,
+    },
+}
+
+/// What an `Update` does to its key.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum UpdateOp {
+    /// Adds to the decimal integer stored (absent: 0). `arg`: the new integer (as i64).
+    IncrBy(i64),
+    /// Appends the payload (absent: the payload alone). `arg`: the new length.
+    Append,
+    /// Stores the payload if the key is (`only_if` 1) absent or (2) present, or (0)
+    /// always. `arg`: 1 if it was stored. With `get`, the old value comes back.
+    Set { only_if: u8, get: bool },
+    /// Deletes the key and gives its value back. `arg`: 1 if there was one.
+    GetDel,
+}
+
+impl UpdateOp {
+    /// Whether the request carries a value (the frame's payload).
+    pub fn carries_value(&self) -> bool {
+        matches!(self, UpdateOp::Append | UpdateOp::Set { .. })
+    }
+}
+
+impl ArchivedUpdateOp {
+    pub fn carries_value(&self) -> bool {
+        matches!(self, ArchivedUpdateOp::Append | ArchivedUpdateOp::Set { .. })
+    }
 }
 
 impl Request {
@@ -99,6 +146,8 @@ impl Request {
             Request::Replicate { .. } => "replicate",
             Request::SyncManifest { .. } => "sync_manifest",
             Request::Reassert { .. } => "reassert",
+            Request::ListKeys { .. } => "list_keys",
+            Request::Update { .. } => "update",
         }
     }
 }

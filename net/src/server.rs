@@ -392,10 +392,11 @@ where
         };
         let buffer = match refused {
             Some(status) => Err(status),
-            None if matches!(
-                request,
-                Request::Put { .. } | Request::Replicate { tombstone: false, .. }
-            ) =>
+            None if match &request {
+                Request::Put { .. } | Request::Replicate { tombstone: false, .. } => true,
+                Request::Update { op, .. } => op.carries_value(),
+                _ => false,
+            } =>
             {
                 handler.payload_buffer(&request, len).map(Some)
             }
@@ -488,13 +489,13 @@ async fn read_payload_into<R: AsyncRead + Unpin>(
 
 /// A connection's read side: through the shard's readiness set (`readiness`), or, if that
 /// cannot be set up, through the executor's own stream.
-enum SocketReader<R> {
+pub(crate) enum SocketReader<R> {
     Ready(hotshard_reactor::ReadySocket<R>),
     Plain(R),
 }
 
 impl<R: AsyncRead + Unpin> SocketReader<R> {
-    fn new(inner: R, fd: RawFd) -> Self {
+    pub(crate) fn new(inner: R, fd: RawFd) -> Self {
         match hotshard_reactor::Readiness::for_this_thread() {
             Ok(set) => match hotshard_reactor::ReadySocket::new(inner, fd, set) {
                 Ok(s) => SocketReader::Ready(s),

@@ -27,6 +27,27 @@ pub struct NodeConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub cluster: ClusterSection,
+    #[serde(default)]
+    pub resp: RespSection,
+}
+
+/// The Redis-protocol front (issue 21): every shard accepts on `node.resp_port`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RespSection {
+    /// KEYS is refused when the node holds more keys than this (SCAN walks any number).
+    pub keys_limit: u64,
+    /// Whether FLUSHALL may delete every key (off: it is refused).
+    pub allow_flushall: bool,
+}
+
+impl Default for RespSection {
+    fn default() -> Self {
+        RespSection {
+            keys_limit: 10_000,
+            allow_flushall: false,
+        }
+    }
 }
 
 /// Membership of a cluster whose state lives in etcd. With no endpoints the node runs
@@ -105,6 +126,8 @@ pub struct NodeSection {
     pub base_port: u16,
     /// Prometheus metrics and health on this port; 0 = off.
     pub admin_port: u16,
+    /// The Redis protocol (RESP2) on this port, one socket every shard accepts from; 0 = off.
+    pub resp_port: u16,
     /// Cores to run shards on; empty = every core.
     pub cores: Vec<usize>,
     /// 2^bits partitions in the cluster, fixed at creation.
@@ -122,6 +145,7 @@ impl Default for NodeSection {
             listen: "127.0.0.1".into(),
             base_port: 7400,
             admin_port: 7480,
+            resp_port: 6400,
             cores: Vec::new(),
             partition_bits: crate::limits::DEFAULT_PARTITION_BITS,
             node_id: 0,

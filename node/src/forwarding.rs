@@ -90,9 +90,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
 }
 
 /// Gives an admitted forwarded request's budget back, however its answer ends.
-struct Held<'a> {
-    admission: &'a crate::admission::Admission,
-    bytes: usize,
+pub(crate) struct Held<'a> {
+    pub(crate) admission: &'a crate::admission::Admission,
+    pub(crate) bytes: usize,
 }
 
 impl Drop for Held<'_> {

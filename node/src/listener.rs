@@ -62,14 +62,36 @@ impl Listener {
                 Err(e) => return Err(e),
             }
         };
+        Ok(Listener::from_std(std_listener))
+    }
+
+    /// Binds a socket to share between the shards (each accepting from a copy of it),
+    /// without SO_REUSEPORT, for the reasons `bind` gives; a port still held by a killed
+    /// process is retried for a while. For the main thread, before the shards start.
+    pub fn bind_shared(addr: &str) -> std::io::Result<std::net::TcpListener> {
+        let deadline = std::time::Instant::now() + BIND_RETRY;
+        loop {
+            match std::net::TcpListener::bind(addr) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                bound => return bound,
+            }
+        }
+    }
+
+    /// Accepts from a listening socket bound elsewhere (a shard's copy of a shared one).
+    pub fn from_std(std_listener: std::net::TcpListener) -> Listener {
         let fd = std_listener.into_raw_fd();
-        Ok(Listener {
+        Listener {
             // SAFETY: `fd` is a bound, listening TCP socket we own; ownership moves to the
             // glommio listener, which closes it.
             inner: unsafe { TcpListener::from_raw_fd(fd) },
             fd,
             spare: RefCell::new(std::fs::File::open("/dev/null").ok()),
-        })
+        }
     }
 
     /// The next connection, or `None` once the shutdown flag is set. Accept errors are

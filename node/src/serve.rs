@@ -167,6 +167,17 @@ pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
         // The embedded coordinator: this node owns every partition, spread over its shards.
         (ShardMap::spread(1, cfg.node.partition_bits, shard_addrs), None)
     };
+    // The RESP port: one socket, bound here, that every shard accepts from.
+    let resp = match cfg.node.resp_port {
+        0 => None,
+        port => {
+            let addr = format!("{}:{port}", cfg.node.listen);
+            let l = crate::listener::Listener::bind_shared(&addr).map_err(|e| {
+                format!("the RESP port {addr}: {e} (set node.resp_port, or 0 to turn it off)")
+            })?;
+            Some(Arc::new(l))
+        }
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     watch_signals(shutdown.clone());
 
@@ -184,6 +195,7 @@ pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
             shard_count: shards,
             board: board.clone(),
             peers,
+            resp: resp.clone(),
             shutdown: shutdown.clone(),
             ready: ready_tx.clone(),
             stopped: stopped_tx.clone(),
@@ -219,8 +231,12 @@ pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
         )?),
         _ => None,
     };
+    let resp_note = match cfg.node.resp_port {
+        0 => String::new(),
+        port => format!(", Redis protocol on {}:{port}", cfg.node.listen),
+    };
     println!(
-        "hotshard serving {shards} shards on {}:{}..{}, data in {} ({} MB); Ctrl-C stops",
+        "hotshard serving {shards} shards on {}:{}..{}{resp_note}, data in {} ({} MB); Ctrl-C stops",
         cfg.node.listen,
         cfg.node.base_port,
         cfg.node.base_port as usize + shards - 1,

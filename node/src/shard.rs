@@ -39,6 +39,8 @@ pub struct ShardSetup {
     /// Where the control thread posts newer maps (in a cluster).
     pub board: Option<Arc<crate::map_cell::MapBoard>>,
     pub peers: PeerEnds,
+    /// The node's RESP socket, which every shard accepts from (None: RESP is off).
+    pub resp: Option<Arc<std::net::TcpListener>>,
     pub shutdown: Arc<AtomicBool>,
     pub ready: std::sync::mpsc::Sender<Result<String, String>>,
     /// Told when the shard has stopped serving and drained its requests.
@@ -158,6 +160,8 @@ struct Started {
     handler: Rc<ShardHandler<AnyQueue>>,
     stats: Rc<ShardStats>,
     listener: Listener,
+    /// This shard's copy of the RESP socket, and what answers its commands.
+    resp: Option<(Rc<Listener>, Rc<crate::resp_front::RespFront<AnyQueue>>)>,
     admin: Option<glommio::Task<()>>,
     /// What the shard says when it is ready.
     summary: String,
@@ -210,6 +214,7 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         dirty: crate::dirty_keys::DirtyKeys::default(),
         links: crate::chain_links::ChainLinks::new(s.cfg.secret()?),
         answer_wait: Duration::from_millis(s.cfg.net.frame_timeout_ms),
+        updating: Default::default(),
         sync: Default::default(),
         sync_bytes_per_sec: s.cfg.cluster.sync_bytes_per_sec,
     });
@@ -225,6 +230,23 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         .detach();
         glommio::spawn_local(handler.clone().keep_syncing(board, s.shutdown.clone())).detach();
     }
+    let resp = match &s.resp {
+        Some(shared) => {
+            let copy = shared
+                .try_clone()
+                .map_err(|e| format!("a copy of the RESP socket: {e}"))?;
+            let front = crate::resp_front::RespFront {
+                shard: handler.clone(),
+                shards: s.shard_count,
+                cfg: s.cfg.resp.clone(),
+                port: s.cfg.node.resp_port,
+                started: std::time::Instant::now(),
+                durability: s.cfg.store.durability.clone(),
+            };
+            Some((Rc::new(Listener::from_std(copy)), Rc::new(front)))
+        }
+        None => None,
+    };
     let mut admin = None;
     if s.index == 0 && s.cfg.node.admin_port != 0 {
         let admin_addr = format!("{}:{}", s.cfg.node.listen, s.cfg.node.admin_port);
@@ -253,6 +275,7 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         handler,
         stats,
         listener,
+        resp,
         admin,
         summary,
     })
@@ -306,6 +329,22 @@ async fn serve_connections(s: &ShardSetup, started: &Started) -> Connections {
     let stats = &started.stats;
     let open = Rc::new(WaitableCount::default());
     let stop = StopSignal::new();
+    let resp = started.resp.as_ref().map(|(listener, front)| {
+        glommio::spawn_local(serve_resp(
+            listener.clone(),
+            front.clone(),
+            RespLoop {
+                shard: s.index,
+                shards: s.shard_count,
+                max_connections,
+                frame_timeout: server_cfg.frame_timeout,
+                max_in_flight: server_cfg.max_in_flight,
+            },
+            s.shutdown.clone(),
+            open.clone(),
+            stop.clone(),
+        ))
+    });
     while let Some(stream) = started.listener.next(&s.shutdown, &stats.accept_errors).await {
         if open.get() as u64 >= max_connections {
             stats.connections_refused.set(stats.connections_refused.get() + 1);
@@ -332,7 +371,74 @@ async fn serve_connections(s: &ShardSetup, started: &Started) -> Connections {
         .detach();
     }
     started.listener.stop();
+    if let Some(resp) = resp {
+        resp.await;
+    }
     Connections { open, stop }
+}
+
+/// What a shard's RESP accept loop needs to know.
+struct RespLoop {
+    shard: usize,
+    shards: usize,
+    max_connections: u64,
+    frame_timeout: Duration,
+    max_in_flight: usize,
+}
+
+/// Accepts RESP connections from this shard's copy of the node's RESP socket and serves
+/// each on its own task (counted with the native ones in `open`), until the node stops.
+async fn serve_resp(
+    listener: Rc<Listener>,
+    front: Rc<crate::resp_front::RespFront<AnyQueue>>,
+    how: RespLoop,
+    shutdown: Arc<AtomicBool>,
+    open: Rc<WaitableCount>,
+    stop: Rc<StopSignal>,
+) {
+    use hotshard_net::resp::server::{serve_resp_connection, RespServerConfig};
+    let stats = front.shard.stats.clone();
+    let mut accepted = 0u64;
+    while let Some(stream) = listener.next(&shutdown, &stats.accept_errors).await {
+        if open.get() as u64 >= how.max_connections {
+            stats.connections_refused.set(stats.connections_refused.get() + 1);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        accepted += 1;
+        let cfg = RespServerConfig {
+            limits: hotshard_net::resp::RespLimits::default(),
+            max_in_flight: how.max_in_flight,
+            frame_timeout: how.frame_timeout,
+            max_command_bytes: hotshard_net::limits::MAX_PAYLOAD_BYTES + (1 << 20),
+            // Unique on the node: the shard's index, then its own count.
+            client_id: accepted * how.shards as u64 + how.shard as u64,
+        };
+        stats.resp_connections.set(stats.resp_connections.get() + 1);
+        stats
+            .resp_connections_open
+            .set(stats.resp_connections_open.get() + 1);
+        open.add();
+        let (front, open, stats, stop) = (front.clone(), open.clone(), stats.clone(), stop.clone());
+        glommio::spawn_local(async move {
+            let report = serve_resp_connection(stream, front, cfg, &stop).await;
+            if report.protocol_error.is_some() {
+                stats.protocol_errors.set(stats.protocol_errors.get() + 1);
+            }
+            if report.timed_out {
+                stats.frame_timeouts.set(stats.frame_timeouts.get() + 1);
+            }
+            stats
+                .auth_failures
+                .set(stats.auth_failures.get() + report.auth_failures);
+            stats
+                .resp_connections_open
+                .set(stats.resp_connections_open.get() - 1);
+            open.sub();
+        })
+        .detach();
+    }
+    listener.stop();
 }
 
 /// Stops a shard that has stopped accepting, within `DRAIN_TIMEOUT` in all: each

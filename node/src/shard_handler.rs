@@ -55,6 +55,8 @@ pub struct ShardHandler<Q: BlockQueue> {
     /// How long a write waits for the rest of its chain before it is answered
     /// OutcomeUnknown (the frame timeout).
     pub answer_wait: std::time::Duration,
+    /// Keys with an `Update` running here: the next one waits (`key_update`).
+    pub updating: crate::dirty_keys::DirtyKeys,
     /// Resync progress (`partition_sync`).
     pub sync: crate::partition_sync::SyncCounters,
     /// The most a resync copies per second (0: no limit).
@@ -67,7 +69,8 @@ pub(crate) fn keyed(request: &Request) -> Option<(&[u8], hotshard_net::Target)> 
         Request::Put { key, target, .. }
         | Request::Get { key, target, .. }
         | Request::Delete { key, target, .. }
-        | Request::Stat { key, target, .. } => Some((key.as_slice(), *target)),
+        | Request::Stat { key, target, .. }
+        | Request::Update { key, target, .. } => Some((key.as_slice(), *target)),
         _ => None,
     }
 }
@@ -243,6 +246,10 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 self.stats.stat.record(micros(), 0, r.is_ok());
                 reply_stat(r)
             }
+            // Boxed: an update runs `execute` for its read and its write.
+            Request::Update { key, target, op } => {
+                Box::pin(self.answer_update(key, target, op, payload)).await
+            }
             replicate @ Request::Replicate { .. } => self.answer_replicate(replicate, payload).await,
             control => self.answer_control(control),
         }
@@ -268,7 +275,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     }
 
     /// Requests that name no key: answered at once, whatever the shard's load.
-    fn answer_control(&self, request: Request) -> Reply<OutBuf> {
+    pub(crate) fn answer_control(&self, request: Request) -> Reply<OutBuf> {
         match request {
             Request::Stats => Reply {
                 response: Response::new(Status::Ok),
@@ -285,6 +292,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                     Err(_) => Reply::status(Status::Internal),
                 }
             }
+            Request::ListKeys { partitions, pattern } => self.answer_list_keys(&partitions, &pattern),
             // Already authenticated, or no secret configured: nothing to prove. (A keyed
             // request never gets here: `execute` answers it.)
             _ => Reply::status(Status::Ok),
@@ -363,7 +371,11 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
         }
         if !matches!(
             request,
-            Request::Put { .. } | Request::Get { .. } | Request::Delete { .. } | Request::Stat { .. }
+            Request::Put { .. }
+                | Request::Get { .. }
+                | Request::Delete { .. }
+                | Request::Stat { .. }
+                | Request::Update { .. }
         ) {
             return Ok(None);
         }

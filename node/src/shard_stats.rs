@@ -70,9 +70,22 @@ pub struct ShardStats {
     pub payload_bytes_buffered: Cell<u64>,
     /// PUT payload bytes received from the socket straight into the payload's buffer.
     pub payload_bytes_direct: Cell<u64>,
+    /// RESP connections accepted, and open now.
+    pub resp_connections: Cell<u64>,
+    pub resp_connections_open: Cell<u64>,
+    /// RESP commands by name (COMMAND's names; "unknown" for the rest): (calls, errors).
+    resp_commands: RefCell<std::collections::BTreeMap<&'static str, (u64, u64)>>,
 }
 
 impl ShardStats {
+    /// Counts one RESP command, and whether its reply was an error.
+    pub fn count_resp(&self, name: &'static str, ok: bool) {
+        let mut m = self.resp_commands.borrow_mut();
+        let e = m.entry(name).or_default();
+        e.0 += 1;
+        e.1 += u64::from(!ok);
+    }
+
     /// Prometheus text for this shard.
     pub fn render<Q: BlockQueue>(&self, shard: usize, store: &Store<Q>) -> String {
         let mut out = String::new();
@@ -173,6 +186,27 @@ impl ShardStats {
         ];
         for (name, v) in gauges {
             let _ = writeln!(out, "{name}{{{l}}} {v}");
+        }
+        let _ = writeln!(
+            out,
+            "hotshard_resp_connections_total{{{l}}} {}",
+            self.resp_connections.get()
+        );
+        let _ = writeln!(
+            out,
+            "hotshard_resp_connections_open{{{l}}} {}",
+            self.resp_connections_open.get()
+        );
+        for (name, (calls, errors)) in self.resp_commands.borrow().iter() {
+            let name = name.to_ascii_lowercase();
+            let _ = writeln!(
+                out,
+                "hotshard_resp_commands_total{{{l},command=\"{name}\"}} {calls}"
+            );
+            let _ = writeln!(
+                out,
+                "hotshard_resp_command_errors_total{{{l},command=\"{name}\"}} {errors}"
+            );
         }
         // Why the engine answered Busy (each a write that waited `max_write_wait`).
         for (why, n) in &c.busy_reasons {

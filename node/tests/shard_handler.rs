@@ -71,6 +71,7 @@ async fn handler_with_cache(
         dirty: Default::default(),
         links: hotshard_node::chain_links::ChainLinks::new(None),
         answer_wait: std::time::Duration::from_secs(5),
+        updating: Default::default(),
         sync: Default::default(),
         sync_bytes_per_sec: 0,
     })
@@ -245,5 +246,87 @@ fn a_range_get_reports_the_whole_length_from_one_lookup() {
             0,
             "the reopened store read the device"
         );
+    });
+}
+
+async fn update(
+    h: &Rc<ShardHandler<SimQueue>>,
+    key: &[u8],
+    op: hotshard_net::UpdateOp,
+    value: Option<&[u8]>,
+) -> (Status, i64, u64, Option<Vec<u8>>) {
+    let req = Request::Update {
+        key: key.to_vec(),
+        target: target(&h.map.current(), key),
+        op,
+    };
+    let payload = value.map(|v| hotshard_node::put_payload::PutPayload::Heap(v.to_vec()));
+    let r = h.execute(req, payload).await;
+    (
+        r.response.status(),
+        r.response.arg as i64,
+        r.response.version,
+        r.payload.map(|p| p.as_ref().to_vec()),
+    )
+}
+
+/// Updates (RESP's INCR, APPEND, SET NX/XX/GET, GETDEL) at the key's shard: many at once
+/// on one key lose none, and each op answers as Redis's command does.
+#[test]
+fn updates_of_one_key_at_once_lose_nothing_and_answer_as_redis_does() {
+    use hotshard_net::UpdateOp;
+    run(|| async {
+        let dev = SimDevice::new(SIM_BYTES, 4096, 9).unwrap();
+        let h = handler(&dev).await;
+        let tasks: Vec<_> = (0..40)
+            .map(|_| {
+                let h = h.clone();
+                glommio::spawn_local(async move { update(&h, b"n", UpdateOp::IncrBy(1), None).await })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for t in tasks {
+            let (status, n, _, _) = t.await;
+            assert_eq!(status, Status::Ok);
+            seen.push(n);
+        }
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (1..=40).collect::<Vec<_>>(),
+            "each increment saw its own value"
+        );
+        assert_eq!(get(&h, b"n").await.1.unwrap(), b"40");
+
+        assert_eq!(put(&h, b"s", b"abc".to_vec()).await, Status::Ok);
+        let (status, ..) = update(&h, b"s", UpdateOp::IncrBy(1), None).await;
+        assert!(matches!(status, Status::BadRequest { reason } if reason.contains("not an integer")));
+        assert_eq!(update(&h, b"s", UpdateOp::Append, Some(b"de")).await.1, 5);
+        // NX on a present key: not stored; the old value only with GET.
+        let nx = UpdateOp::Set {
+            only_if: 1,
+            get: true,
+        };
+        let (status, stored, version, old) = update(&h, b"s", nx, Some(b"zz")).await;
+        assert_eq!(
+            (status, stored, old.as_deref()),
+            (Status::Ok, 0, Some(&b"abcde"[..]))
+        );
+        assert!(version > 0);
+        let xx = UpdateOp::Set {
+            only_if: 2,
+            get: false,
+        };
+        assert_eq!(update(&h, b"absent", xx, Some(b"v")).await.1, 0);
+        assert_eq!(get(&h, b"absent").await.0, Status::NotFound);
+        let (_, deleted, _, old) = update(&h, b"s", UpdateOp::GetDel, None).await;
+        assert_eq!((deleted, old.as_deref()), (1, Some(&b"abcde"[..])));
+        assert_eq!(update(&h, b"s", UpdateOp::GetDel, None).await.1, 0);
+        assert_eq!(
+            put(&h, b"max", i64::MAX.to_string().into_bytes()).await,
+            Status::Ok
+        );
+        let (status, ..) = update(&h, b"max", UpdateOp::IncrBy(1), None).await;
+        assert!(matches!(status, Status::BadRequest { reason } if reason.contains("overflow")));
     });
 }

@@ -50,6 +50,7 @@ data_bytes = 268435456
 listen = "$ip"
 base_port = 7400
 admin_port = 7480
+resp_port = 6400
 cores = [$(( (i - 1) % $(nproc) ))]
 [queue]
 pool_mib = 64

@@ -87,10 +87,11 @@ pub fn write_config_with(dir: &Path, port: u16, extra: &str) -> PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "[node]\ndata_dir = \"{}\"\ndata_bytes = 134217728\nbase_port = {port}\nadmin_port = {}\ncores = [0, 1]\n\
+            "[node]\ndata_dir = \"{}\"\ndata_bytes = 134217728\nbase_port = {port}\nadmin_port = {}\nresp_port = {}\ncores = [0, 1]\n\
              [queue]\npool_mib = 64\n[store]\nsegment_mib = 9\ncache_mib = 8\n{extra}",
             dir.join("data").display(),
-            port + 3
+            port + 3,
+            port + 2
         ),
     )
     .unwrap();

@@ -96,6 +96,77 @@ pub enum RespCommand<'a> {
     FlushAll,
 }
 
+/// Every command this front answers, as COMMAND lists it: name, Redis's arity (negative:
+/// at least that many), whether it writes, first and last key position (0: no key; -1:
+/// the last argument).
+pub const TABLE: &[(&str, i64, bool, i64, i64)] = &[
+    ("PING", -1, false, 0, 0),
+    ("ECHO", 2, false, 0, 0),
+    ("HELLO", -1, false, 0, 0),
+    ("AUTH", -2, false, 0, 0),
+    ("SELECT", 2, false, 0, 0),
+    ("QUIT", -1, false, 0, 0),
+    ("CLIENT", -2, false, 0, 0),
+    ("COMMAND", -1, false, 0, 0),
+    ("INFO", -1, false, 0, 0),
+    ("DBSIZE", 1, false, 0, 0),
+    ("GET", 2, false, 1, 1),
+    ("SET", -3, true, 1, 1),
+    ("SETNX", 3, true, 1, 1),
+    ("SETEX", 4, true, 1, 1),
+    ("PSETEX", 4, true, 1, 1),
+    ("GETDEL", 2, true, 1, 1),
+    ("GETEX", -2, true, 1, 1),
+    ("GETRANGE", 4, false, 1, 1),
+    ("STRLEN", 2, false, 1, 1),
+    ("APPEND", 3, true, 1, 1),
+    ("INCR", 2, true, 1, 1),
+    ("DECR", 2, true, 1, 1),
+    ("INCRBY", 3, true, 1, 1),
+    ("DECRBY", 3, true, 1, 1),
+    ("DEL", -2, true, 1, -1),
+    ("UNLINK", -2, true, 1, -1),
+    ("EXISTS", -2, false, 1, -1),
+    ("MGET", -2, false, 1, -1),
+    ("MSET", -3, true, 1, -1),
+    ("EXPIRE", -3, true, 1, 1),
+    ("PEXPIRE", -3, true, 1, 1),
+    ("EXPIREAT", -3, true, 1, 1),
+    ("PEXPIREAT", -3, true, 1, 1),
+    ("TTL", 2, false, 1, 1),
+    ("PTTL", 2, false, 1, 1),
+    ("PERSIST", 2, true, 1, 1),
+    ("TYPE", 2, false, 1, 1),
+    ("SCAN", -2, false, 0, 0),
+    ("KEYS", 2, false, 0, 0),
+    ("FLUSHALL", -1, true, 0, 0),
+];
+
+impl RespCommand<'_> {
+    /// The keys the command names, or None when it reads or changes the whole keyspace.
+    pub fn keys(&self) -> Option<Vec<&[u8]>> {
+        use RespCommand as C;
+        Some(match self {
+            C::Get(k)
+            | C::Set { key: k, .. }
+            | C::GetDel(k)
+            | C::GetEx(k, _)
+            | C::GetRange(k, _, _)
+            | C::StrLen(k)
+            | C::Append(k, _)
+            | C::IncrBy(k, _)
+            | C::Expire(k, _, _)
+            | C::Ttl(k, _)
+            | C::Persist(k)
+            | C::Type(k) => vec![*k],
+            C::Del(ks) | C::Exists(ks) | C::MGet(ks) => ks.clone(),
+            C::MSet(pairs) => pairs.iter().map(|(k, _)| *k).collect(),
+            C::Scan { .. } | C::Keys(_) | C::DbSize | C::FlushAll | C::Info(_) => return None,
+            _ => Vec::new(),
+        })
+    }
+}
+
 fn wrong_args(name: &str) -> String {
     format!(
         "ERR wrong number of arguments for '{}' command",

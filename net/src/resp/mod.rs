@@ -4,6 +4,9 @@
 
 pub mod command;
 pub mod frame;
+pub mod glob;
 pub mod reply;
+#[cfg(feature = "glommio")]
+pub mod server;
 
 pub use frame::{parse_command, Arg, Command, Parsed, RespLimits};

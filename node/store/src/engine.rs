@@ -732,6 +732,47 @@ impl<Q: BlockQueue> Store<Q> {
             .collect()
     }
 
+    /// The live keys of `partitions` that `keep` accepts, grouped by partition in the
+    /// order given: one walk of the index slots. Whole partitions only, in order, until
+    /// their keys together pass `max_bytes` (the partition that passes it is the last one
+    /// given back, so at least one always is); returns the keys and how many partitions
+    /// they cover.
+    pub fn keys_of_partitions(
+        &self,
+        partitions: &[u16],
+        keep: impl Fn(&[u8]) -> bool,
+        max_bytes: usize,
+    ) -> (Vec<Vec<u8>>, usize) {
+        let mut wanted: std::collections::HashMap<u16, usize> = std::collections::HashMap::new();
+        for (i, p) in partitions.iter().enumerate() {
+            wanted.entry(*p).or_insert(i);
+        }
+        let mut by_partition: Vec<Vec<Vec<u8>>> = vec![Vec::new(); partitions.len()];
+        {
+            let st = self.inner.state.borrow();
+            for (k, p, e) in st.index().iter_with_partition() {
+                if e.tombstone() {
+                    continue;
+                }
+                if let Some(&i) = wanted.get(&p) {
+                    if keep(k) {
+                        by_partition[i].push(k.to_vec());
+                    }
+                }
+            }
+        }
+        let (mut keys, mut bytes, mut done) = (Vec::new(), 0usize, 0usize);
+        for group in by_partition {
+            if bytes >= max_bytes && done > 0 {
+                break;
+            }
+            bytes += group.iter().map(|k| k.len() + 2).sum::<usize>();
+            keys.extend(group);
+            done += 1;
+        }
+        (keys, done)
+    }
+
     /// Every key of `partition` the index holds, tombstones included, with version and
     /// value checksum, in key order: what a replica compares with another's to resync
     /// (issue 20). A walk of the index slots (no key is hashed).

@@ -307,6 +307,13 @@ impl Index {
             .map(|s| (Self::key_of(&self.keys, s), s.partition, &s.entry))
     }
 
+    /// Every entry with its key and partition (tombstones included): a walk of the slots.
+    pub fn iter_with_partition(&self) -> impl Iterator<Item = (&[u8], u16, &IndexEntry)> {
+        self.slots
+            .iter()
+            .map(|s| (Self::key_of(&self.keys, s), s.partition, &s.entry))
+    }
+
     /// Every entry of `partition` (tombstones included): a walk of the slots.
     pub fn iter_partition(&self, partition: u16) -> impl Iterator<Item = (&[u8], &IndexEntry)> {
         self.slots

@@ -1,0 +1,756 @@
+//! The server side of a RESP connection, on glommio: reads commands (pipelined or not),
+//! answers the connection's own commands (AUTH, HELLO, CLIENT, SELECT, QUIT, COMMAND)
+//! itself, hands every other command to the handler on its own task, and writes the
+//! replies in the order the commands came, each value straight from the handler's buffer.
+//! Commands of one connection run at once unless they share a key (then each waits for
+//! the ones before it), so a pipeline of writes to many keys is one group commit, and
+//! `SET k 1` then `INCR k` still runs in order. Every length is checked before anything
+//! is allocated (`frame`); a malformed stream gets Redis's protocol error and the
+//! connection closes; a command that has begun must arrive within the frame timeout and
+//! replies must be read within it; at most `max_in_flight` commands wait for their
+//! replies before the connection stops reading.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_lite::io::{split, WriteHalf};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::command::{parse, RespCommand};
+use super::frame::{parse_command, Arg, Parsed, RespLimits};
+use super::reply;
+use crate::server::SocketReader;
+use crate::stop::{StopSignal, StopWatch};
+use crate::vectored::{try_sendmsg, MAX_SLICES};
+
+/// Socket reads go through a buffer at least this big.
+const READ_BYTES: usize = 64 << 10;
+/// Replies ready together leave in one `sendmsg` up to about this many bytes.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
+
+/// One command's bytes, copied out of the read buffer so that it can run on its own task
+/// while the connection reads on.
+pub struct OwnedCommand {
+    bytes: Vec<u8>,
+    args: Vec<Arg>,
+}
+
+impl OwnedCommand {
+    pub fn args(&self) -> Vec<&[u8]> {
+        self.args.iter().map(|a| a.bytes(&self.bytes)).collect()
+    }
+
+    /// The command read into what it asks (Err: the error reply).
+    pub fn parse(&self) -> Result<RespCommand<'_>, String> {
+        parse(&self.args())
+    }
+
+    /// The command's name, upper case.
+    pub fn name(&self) -> String {
+        self.args
+            .first()
+            .map(|a| String::from_utf8_lossy(a.bytes(&self.bytes)).to_ascii_uppercase())
+            .unwrap_or_default()
+    }
+}
+
+/// A reply: bytes already encoded, a bulk string sent from the handler's buffer, or
+/// several of these one after another (an array's header is a `Raw` of its own).
+pub enum RespReply<B> {
+    Raw(Vec<u8>),
+    Bulk(B),
+    /// Nothing: `$-1` in RESP2, `_` in RESP3 (the connection's protocol decides).
+    Null,
+    Many(Vec<RespReply<B>>),
+}
+
+impl<B> RespReply<B> {
+    pub fn ok() -> Self {
+        RespReply::Raw(b"+OK\r\n".to_vec())
+    }
+
+    pub fn error(e: &str) -> Self {
+        let mut out = Vec::with_capacity(e.len() + 3);
+        reply::error(&mut out, e);
+        RespReply::Raw(out)
+    }
+
+    pub fn integer(n: i64) -> Self {
+        let mut out = Vec::with_capacity(8);
+        reply::integer(&mut out, n);
+        RespReply::Raw(out)
+    }
+
+    pub fn null() -> Self {
+        RespReply::Null
+    }
+
+    pub fn bulk_bytes(b: &[u8]) -> Self {
+        let mut out = Vec::with_capacity(b.len() + 16);
+        reply::bulk(&mut out, b);
+        RespReply::Raw(out)
+    }
+}
+
+/// The node's side: what the connection cannot answer by itself.
+pub trait RespHandler: 'static {
+    /// A buffer a value is sent from (the store's, or the cache's).
+    type Out: AsRef<[u8]> + 'static;
+    /// The password AUTH must give, if any.
+    fn secret(&self) -> Option<&[u8]>;
+    /// Runs `command` (every command but the connection's own).
+    fn call(self: Rc<Self>, command: OwnedCommand) -> impl Future<Output = RespReply<Self::Out>> + 'static;
+    /// Counts a command the connection answered itself.
+    fn count(&self, _name: &str, _ok: bool) {}
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RespServerConfig {
+    pub limits: RespLimits,
+    /// Commands read and not yet answered before the connection stops reading.
+    pub max_in_flight: usize,
+    /// A command that has begun must arrive within this; replies must be read within it.
+    pub frame_timeout: Duration,
+    /// The most bytes one command may take (its values together).
+    pub max_command_bytes: usize,
+    /// The connection's id (CLIENT ID).
+    pub client_id: u64,
+}
+
+/// How a connection ended.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RespReport {
+    pub commands: u64,
+    pub protocol_error: Option<String>,
+    pub timed_out: bool,
+    pub auth_failures: u64,
+    pub stopped: bool,
+}
+
+/// A reply's place in command order, filled when its command is answered, and the
+/// protocol it is written in (the one in force when its command was read).
+struct SlotInner<B> {
+    reply: RefCell<Option<RespReply<B>>>,
+    resp3: bool,
+}
+
+type Slot<B> = Rc<SlotInner<B>>;
+
+struct Outbox<B> {
+    slots: RefCell<VecDeque<Slot<B>>>,
+    /// Close the connection after the reply in the last slot (QUIT, a protocol error).
+    close_after: Cell<bool>,
+    /// HELLO 3 has switched the connection to RESP3.
+    resp3: Cell<bool>,
+    reading_done: Cell<bool>,
+    closed: Cell<bool>,
+    stalled: Cell<bool>,
+    writer_waker: RefCell<Option<Waker>>,
+    reader_waker: RefCell<Option<Waker>>,
+    /// Commands read and not yet written, on the thread's readiness set (they keep its
+    /// poller awake).
+    in_flight: hotshard_reactor::Outstanding,
+}
+
+impl<B> Outbox<B> {
+    fn wake_writer(&self) {
+        if let Some(w) = self.writer_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn wake_reader(&self) {
+        if let Some(w) = self.reader_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn push(&self, reply: Option<RespReply<B>>) -> Slot<B> {
+        let slot = Rc::new(SlotInner {
+            reply: RefCell::new(reply),
+            resp3: self.resp3.get(),
+        });
+        self.slots.borrow_mut().push_back(slot.clone());
+        self.in_flight.add(1);
+        self.wake_writer();
+        slot
+    }
+}
+
+/// Commands running now and the keys they touch (as hashes): a command that touches one
+/// of them waits until the running ones are done.
+struct Running {
+    count: Rc<Cell<usize>>,
+    keys: HashSet<u64>,
+    waker: Rc<RefCell<Option<Waker>>>,
+}
+
+fn key_hash(key: &[u8]) -> u64 {
+    // FNV-1a: the set only needs to tell keys apart most of the time (a collision makes a
+    // command wait, nothing more).
+    key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The keys a command touches (as hashes), or None when it must wait for everything
+/// before it (it reads or changes the whole keyspace).
+fn keys_of(c: &RespCommand<'_>) -> Option<Vec<u64>> {
+    c.keys().map(|ks| ks.iter().map(|k| key_hash(k)).collect())
+}
+
+/// Per-connection state the connection's own commands read and change.
+struct Session {
+    authenticated: bool,
+    name: Vec<u8>,
+}
+
+/// Serves one RESP connection until the peer closes it, sends something malformed, says
+/// QUIT, or `stop` fires (then it answers what it has read and closes).
+pub async fn serve_resp_connection<S, H>(
+    stream: S,
+    handler: Rc<H>,
+    cfg: RespServerConfig,
+    stop: &Rc<StopSignal>,
+) -> RespReport
+where
+    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + 'static,
+    H: RespHandler,
+{
+    let fd = stream.as_raw_fd();
+    let (reader, writer) = split(stream);
+    let outbox = Rc::new(Outbox::<H::Out> {
+        slots: RefCell::new(VecDeque::new()),
+        close_after: Cell::new(false),
+        resp3: Cell::new(false),
+        reading_done: Cell::new(false),
+        closed: Cell::new(false),
+        stalled: Cell::new(false),
+        writer_waker: RefCell::new(None),
+        reader_waker: RefCell::new(None),
+        in_flight: hotshard_reactor::Outstanding::for_this_thread(),
+    });
+    let writer_task = glommio::spawn_local(write_loop(writer, fd, outbox.clone(), cfg.frame_timeout));
+    let mut reader = SocketReader::new(reader, fd);
+    let mut report = read_loop(&mut reader, handler, outbox.clone(), cfg, stop.watch()).await;
+    report.timed_out |= outbox.stalled.get();
+    outbox.reading_done.set(true);
+    outbox.wake_writer();
+    writer_task.await;
+    report
+}
+
+/// What ended a wait for bytes.
+enum Filled {
+    Read(std::io::Result<usize>),
+    Stopped,
+    TimedOut,
+}
+
+async fn read_loop<R, H>(
+    r: &mut R,
+    handler: Rc<H>,
+    outbox: Rc<Outbox<H::Out>>,
+    cfg: RespServerConfig,
+    stop: StopWatch,
+) -> RespReport
+where
+    R: AsyncRead + Unpin,
+    H: RespHandler,
+{
+    let mut report = RespReport::default();
+    let mut session = Session {
+        authenticated: handler.secret().is_none(),
+        name: Vec::new(),
+    };
+    let mut running = Running {
+        count: Rc::new(Cell::new(0)),
+        keys: HashSet::new(),
+        waker: Rc::new(RefCell::new(None)),
+    };
+    let max_in_flight = cfg.max_in_flight.max(1);
+    let mut buf: Vec<u8> = vec![0; READ_BYTES];
+    let mut len = 0usize;
+    // When the command at the front of the buffer began to arrive.
+    let mut begun: Option<Instant> = None;
+    loop {
+        // Every whole command in the buffer, in order.
+        let mut at = 0usize;
+        loop {
+            match parse_command(&buf[at..len], &cfg.limits) {
+                Parsed::Command(c) => {
+                    let bytes = buf[at..at + c.consumed].to_vec();
+                    at += c.consumed;
+                    begun = None;
+                    if c.args.is_empty() {
+                        continue;
+                    }
+                    // Ranges are relative to where the command started.
+                    let command = OwnedCommand { bytes, args: c.args };
+                    report.commands += 1;
+                    let go_on = dispatch(
+                        command,
+                        &handler,
+                        &outbox,
+                        &mut session,
+                        &mut running,
+                        &cfg,
+                        &mut report,
+                    )
+                    .await;
+                    if !go_on {
+                        return report;
+                    }
+                    // Backpressure: read nothing more until a reply has gone out.
+                    wait_for_room(&outbox, max_in_flight).await;
+                    if outbox.closed.get() {
+                        report.timed_out = true;
+                        return report;
+                    }
+                }
+                Parsed::Incomplete { need } => {
+                    if need > cfg.max_command_bytes {
+                        let e = format!(
+                            "ERR Protocol error: a command of more than {} bytes",
+                            cfg.max_command_bytes
+                        );
+                        return fail(&outbox, &mut report, e);
+                    }
+                    if at < len && begun.is_none() {
+                        begun = Some(Instant::now());
+                    }
+                    // Make room for the whole command (at least a read's worth).
+                    buf.copy_within(at..len, 0);
+                    len -= at;
+                    let want = need.max(len + READ_BYTES);
+                    if buf.len() < want {
+                        buf.resize(want, 0);
+                    } else if buf.len() > 4 * READ_BYTES && want <= READ_BYTES {
+                        // A large command has gone: give its memory back.
+                        buf.truncate(READ_BYTES);
+                        buf.shrink_to_fit();
+                    }
+                    break;
+                }
+                Parsed::Error(e) => return fail(&outbox, &mut report, e),
+            }
+        }
+        if stop.is_stopped() {
+            report.stopped = true;
+            return report;
+        }
+        let deadline = begun.map(|b| b + cfg.frame_timeout);
+        let filled = {
+            let read = async { Filled::Read(r.read(&mut buf[len..]).await) };
+            let stopped = async {
+                stop.stopped().await;
+                Filled::Stopped
+            };
+            let late = async {
+                match deadline {
+                    Some(d) => glommio::timer::sleep(d.saturating_duration_since(Instant::now())).await,
+                    None => std::future::pending::<()>().await,
+                }
+                Filled::TimedOut
+            };
+            futures_lite::future::or(read, futures_lite::future::or(stopped, late)).await
+        };
+        match filled {
+            Filled::Read(Ok(0)) | Filled::Read(Err(_)) => return report,
+            Filled::Read(Ok(n)) => len += n,
+            Filled::Stopped => {
+                report.stopped = true;
+                return report;
+            }
+            Filled::TimedOut => {
+                report.timed_out = true;
+                return report;
+            }
+        }
+    }
+}
+
+/// A protocol error: its reply goes out, then the connection closes.
+fn fail<B>(outbox: &Outbox<B>, report: &mut RespReport, e: String) -> RespReport {
+    outbox.push(Some(RespReply::error(&e)));
+    outbox.close_after.set(true);
+    report.protocol_error = Some(e);
+    report.clone()
+}
+
+async fn wait_for_room<B>(outbox: &Outbox<B>, max: usize) {
+    futures_lite::future::poll_fn(|cx| {
+        if outbox.slots.borrow().len() < max || outbox.closed.get() {
+            Poll::Ready(())
+        } else {
+            *outbox.reader_waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Waits until no command is running.
+async fn wait_idle(running: &mut Running) {
+    futures_lite::future::poll_fn(|cx| {
+        if running.count.get() == 0 {
+            Poll::Ready(())
+        } else {
+            *running.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await;
+    running.keys.clear();
+}
+
+/// Answers one command, or starts it; false when the connection is to close after it.
+async fn dispatch<H: RespHandler>(
+    command: OwnedCommand,
+    handler: &Rc<H>,
+    outbox: &Rc<Outbox<H::Out>>,
+    session: &mut Session,
+    running: &mut Running,
+    cfg: &RespServerConfig,
+    report: &mut RespReport,
+) -> bool {
+    let parsed = command.parse();
+    let name = command.name();
+    let own = match &parsed {
+        Err(e) => {
+            handler.count(&name, false);
+            // Before AUTH, even an unknown command is answered NOAUTH (as Redis does).
+            let e = if session.authenticated {
+                e.clone()
+            } else {
+                NOAUTH.to_string()
+            };
+            outbox.push(Some(RespReply::error(&e)));
+            return true;
+        }
+        Ok(c) => own_command(c, handler, session, &outbox.resp3, cfg, report),
+    };
+    if let Some((reply, close)) = own {
+        handler.count(&name, true);
+        outbox.push(Some(reply));
+        if close {
+            outbox.close_after.set(true);
+        }
+        return !close;
+    }
+    if !session.authenticated {
+        outbox.push(Some(RespReply::error(NOAUTH)));
+        return true;
+    }
+    let keys = parsed.as_ref().ok().and_then(keys_of);
+    drop(parsed);
+    match &keys {
+        None => wait_idle(running).await,
+        Some(ks) if ks.iter().any(|k| running.keys.contains(k)) => wait_idle(running).await,
+        Some(_) => {}
+    }
+    if running.count.get() == 0 {
+        running.keys.clear();
+    }
+    if let Some(ks) = keys {
+        running.keys.extend(ks);
+    }
+    let slot = outbox.push(None);
+    // Poll once here: a command that needs no I/O (a cache hit) is answered without a
+    // task of its own.
+    let mut answer = Box::pin(handler.clone().call(command));
+    if let Some(reply) = futures_lite::future::poll_once(answer.as_mut()).await {
+        *slot.reply.borrow_mut() = Some(reply);
+        outbox.wake_writer();
+        return true;
+    }
+    running.count.set(running.count.get() + 1);
+    let (count, waker, outbox) = (running.count.clone(), running.waker.clone(), outbox.clone());
+    glommio::spawn_local(async move {
+        let reply = answer.await;
+        *slot.reply.borrow_mut() = Some(reply);
+        count.set(count.get() - 1);
+        if let Some(w) = waker.borrow_mut().take() {
+            w.wake();
+        }
+        outbox.wake_writer();
+    })
+    .detach();
+    true
+}
+
+const NOAUTH: &str = "NOAUTH Authentication required.";
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/// Compares in time that depends on the lengths only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// The connection's own commands: (reply, close after it); None for the handler's.
+fn own_command<H: RespHandler>(
+    c: &RespCommand<'_>,
+    handler: &Rc<H>,
+    session: &mut Session,
+    resp3: &Cell<bool>,
+    cfg: &RespServerConfig,
+    report: &mut RespReport,
+) -> Option<(RespReply<H::Out>, bool)> {
+    use RespCommand as C;
+    let check = |password: &[u8], user: Option<&[u8]>, session: &mut Session, report: &mut RespReport| {
+        let user_ok = user.is_none_or(|u| u == b"default");
+        match handler.secret() {
+            None => Err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?".to_string()),
+            Some(s) if user_ok && same_secret(s, password) => {
+                session.authenticated = true;
+                Ok(())
+            }
+            Some(_) => {
+                report.auth_failures += 1;
+                Err(WRONGPASS.to_string())
+            }
+        }
+    };
+    Some(match c {
+        C::Auth { user, password } => match check(password, *user, session, report) {
+            Ok(()) => (RespReply::ok(), false),
+            Err(e) => (RespReply::error(&e), false),
+        },
+        C::Hello { protover, auth } => {
+            if let Some((user, password)) = auth {
+                if let Err(e) = check(password, Some(user), session, report) {
+                    return Some((RespReply::error(&e), false));
+                }
+            }
+            if !session.authenticated {
+                return Some((RespReply::error(NOAUTH), false));
+            }
+            let three = match protover {
+                None => resp3.get(),
+                Some(2) => false,
+                Some(3) => true,
+                Some(_) => {
+                    return Some((
+                        RespReply::error("NOPROTO sorry, this protocol version is not supported"),
+                        false,
+                    ))
+                }
+            };
+            // The reply to HELLO is already in the protocol it asks for.
+            resp3.set(three);
+            (hello_reply(cfg.client_id, three), false)
+        }
+        C::Quit => (RespReply::ok(), true),
+        _ if !session.authenticated => return None,
+        C::Ping(None) => (RespReply::Raw(b"+PONG\r\n".to_vec()), false),
+        C::Ping(Some(m)) | C::Echo(m) => (RespReply::bulk_bytes(m), false),
+        C::Select(0) => (RespReply::ok(), false),
+        C::Select(_) => (RespReply::error("ERR DB index is out of range"), false),
+        C::ClientSetName(n) => {
+            if n.iter().any(|&b| b <= b' ' || b > b'~') {
+                return Some((
+                    RespReply::error(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    ),
+                    false,
+                ));
+            }
+            session.name = n.to_vec();
+            (RespReply::ok(), false)
+        }
+        C::ClientGetName if session.name.is_empty() => (RespReply::null(), false),
+        C::ClientGetName => (RespReply::bulk_bytes(&session.name), false),
+        C::ClientSetInfo => (RespReply::ok(), false),
+        C::ClientId => (RespReply::integer(cfg.client_id as i64), false),
+        C::Command(sub) => (command_reply(*sub), false),
+        _ => return None,
+    })
+}
+
+/// HELLO's map: a map in RESP3, a flat array of names and values in RESP2.
+fn hello_reply<B>(client_id: u64, resp3: bool) -> RespReply<B> {
+    let mut out = Vec::new();
+    if resp3 {
+        out.extend_from_slice(b"%7\r\n");
+    } else {
+        reply::array_header(&mut out, 14);
+    }
+    for (k, v) in [("server", "hotshard"), ("version", env!("CARGO_PKG_VERSION"))] {
+        reply::bulk(&mut out, k.as_bytes());
+        reply::bulk(&mut out, v.as_bytes());
+    }
+    reply::bulk(&mut out, b"proto");
+    reply::integer(&mut out, if resp3 { 3 } else { 2 });
+    reply::bulk(&mut out, b"id");
+    reply::integer(&mut out, client_id as i64);
+    reply::bulk(&mut out, b"mode");
+    reply::bulk(&mut out, b"standalone");
+    reply::bulk(&mut out, b"role");
+    reply::bulk(&mut out, b"master");
+    reply::bulk(&mut out, b"modules");
+    reply::array_header(&mut out, 0);
+    RespReply::Raw(out)
+}
+
+/// COMMAND, COMMAND COUNT, COMMAND DOCS: what clients ask at connect. COMMAND lists each
+/// command with Redis's arity and flags; DOCS has no documents (an empty map).
+fn command_reply<B>(sub: Option<&[u8]>) -> RespReply<B> {
+    let sub = sub.map(|s| String::from_utf8_lossy(s).to_ascii_uppercase());
+    let mut out = Vec::new();
+    match sub.as_deref() {
+        Some("COUNT") => reply::integer(&mut out, super::command::TABLE.len() as i64),
+        Some("DOCS") => reply::array_header(&mut out, 0),
+        None | Some("INFO") => {
+            reply::array_header(&mut out, super::command::TABLE.len());
+            for (name, arity, write, first_key, last_key) in super::command::TABLE {
+                reply::array_header(&mut out, 6);
+                reply::bulk(&mut out, name.to_ascii_lowercase().as_bytes());
+                reply::integer(&mut out, *arity);
+                reply::array_header(&mut out, 1);
+                reply::simple(&mut out, if *write { "write" } else { "readonly" });
+                reply::integer(&mut out, *first_key);
+                reply::integer(&mut out, *last_key);
+                reply::integer(&mut out, i64::from(*first_key > 0));
+            }
+        }
+        Some(other) => reply::error(
+            &mut out,
+            &format!("ERR unknown subcommand '{other}'. Try COMMAND HELP."),
+        ),
+    }
+    RespReply::Raw(out)
+}
+
+/// Appends `r` to the batch: encoded bytes into `heads`, values by reference. Returns the
+/// bytes it adds to the batch.
+fn encode<B: AsRef<[u8]>>(
+    r: RespReply<B>,
+    resp3: bool,
+    heads: &mut Vec<u8>,
+    parts: &mut Vec<Part<B>>,
+) -> usize {
+    match r {
+        RespReply::Null => {
+            let start = heads.len();
+            heads.extend_from_slice(if resp3 { b"_\r\n" } else { b"$-1\r\n" });
+            parts.push(Part::Head(start..heads.len()));
+            heads.len() - start
+        }
+        RespReply::Raw(b) => {
+            let start = heads.len();
+            heads.extend_from_slice(&b);
+            parts.push(Part::Head(start..heads.len()));
+            b.len()
+        }
+        RespReply::Bulk(v) => {
+            let start = heads.len();
+            let len = v.as_ref().len();
+            reply::bulk_header(heads, len);
+            parts.push(Part::Head(start..heads.len()));
+            parts.push(Part::Value(v));
+            let value_end = heads.len();
+            heads.extend_from_slice(reply::CRLF);
+            parts.push(Part::Head(value_end..heads.len()));
+            heads.len() - start + len
+        }
+        RespReply::Many(rs) => rs.into_iter().map(|r| encode(r, resp3, heads, parts)).sum(),
+    }
+}
+
+enum Part<B> {
+    Head(std::ops::Range<usize>),
+    Value(B),
+}
+
+async fn write_loop<S, B>(mut w: WriteHalf<S>, fd: RawFd, outbox: Rc<Outbox<B>>, timeout: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: AsRef<[u8]>,
+{
+    let mut heads: Vec<u8> = Vec::new();
+    let mut parts: Vec<Part<B>> = Vec::new();
+    'outer: loop {
+        // Wait until the reply at the front is ready (or nothing more will come).
+        let ready = futures_lite::future::poll_fn(|cx| {
+            let slots = outbox.slots.borrow();
+            match slots.front() {
+                Some(s) if s.reply.borrow().is_some() => return Poll::Ready(true),
+                None if outbox.reading_done.get() => return Poll::Ready(false),
+                _ => {}
+            }
+            *outbox.writer_waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        if !ready {
+            break;
+        }
+        // Let other ready commands finish first, then send every ready reply at once.
+        futures_lite::future::yield_now().await;
+        let mut bytes = 0;
+        loop {
+            let front = {
+                let mut slots = outbox.slots.borrow_mut();
+                match slots.front() {
+                    Some(s) if s.reply.borrow().is_some() => slots.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some(slot) = front else { break };
+            let r = slot.reply.borrow_mut().take().expect("filled");
+            bytes += encode(r, slot.resp3, &mut heads, &mut parts);
+            outbox.in_flight.sub(1);
+            if bytes >= WRITE_BATCH_BYTES || parts.len() + 3 >= MAX_SLICES {
+                break;
+            }
+        }
+        let last_batch = outbox.close_after.get() && outbox.slots.borrow().is_empty();
+        let slices: Vec<&[u8]> = parts
+            .iter()
+            .map(|p| match p {
+                Part::Head(r) => &heads[r.clone()],
+                Part::Value(v) => v.as_ref(),
+            })
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut sent = match try_sendmsg(fd, &slices) {
+            Ok(n) => n,
+            Err(_) => break,
+        };
+        for s in &slices {
+            if sent >= s.len() {
+                sent -= s.len();
+                continue;
+            }
+            let rest = &s[sent..];
+            let wrote = glommio::timer::timeout(timeout, async { Ok(w.write_all(rest).await) }).await;
+            if !matches!(wrote, Ok(Ok(()))) {
+                // SAFETY: shutdown on the connection's own descriptor, still open.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                outbox.stalled.set(true);
+                outbox.closed.set(true);
+                outbox.wake_reader();
+                break 'outer;
+            }
+            sent = 0;
+        }
+        drop(slices);
+        parts.clear();
+        heads.clear();
+        outbox.wake_reader();
+        if w.flush().await.is_err() || last_batch {
+            break;
+        }
+    }
+    outbox.closed.set(true);
+    outbox.wake_reader();
+    let unsent = std::mem::take(&mut *outbox.slots.borrow_mut());
+    outbox.in_flight.sub(unsent.len());
+    drop(unsent);
+    let _ = w.close().await;
+}

@@ -1,0 +1,643 @@
+//! The Redis protocol on a shard (issue 21): each RESP command becomes the native requests
+//! a native client would send (Get, Put, Delete, Stat, ListKeys), routed the same way: to
+//! this shard's store, to another shard of this node over the peer channel, or, in a
+//! cluster, proxied to the node that owns the key. So both protocols see the same objects.
+//! Read-modify-write commands (INCR, APPEND, SET NX/XX/GET, GETDEL) are a read and a write
+//! conditional on the version read, retried when another write came in between: atomic
+//! at the key's head without a lock.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use hotshard_net::resp::command::{RespCommand, SetIf, TABLE};
+use hotshard_net::resp::server::{OwnedCommand, RespHandler, RespReply};
+use hotshard_net::server::{Handler, Reply};
+use hotshard_net::{Request, Response, Status, Target, UpdateOp};
+use hotshard_nvme::BlockQueue;
+
+use crate::config::RespSection;
+use crate::key_listing::decode_keys;
+use crate::route::{route, Route};
+use crate::shard_handler::{keyed, OutBuf, ShardHandler};
+
+type R = RespReply<OutBuf>;
+
+/// Most partitions one SCAN call covers.
+const SCAN_SPAN: u32 = hotshard_net::limits::MAX_LIST_PARTITIONS as u32;
+
+pub struct RespFront<Q: BlockQueue> {
+    pub shard: Rc<ShardHandler<Q>>,
+    /// Shards on this node.
+    pub shards: usize,
+    pub cfg: RespSection,
+    pub port: u16,
+    pub started: Instant,
+    /// The durability the store acknowledges with (INFO says it).
+    pub durability: String,
+}
+
+/// How a conditional write ended.
+enum Wrote {
+    Done,
+    /// Another write came first.
+    Mismatch,
+    /// A delete found nothing.
+    Absent,
+}
+
+/// The error reply for a status that is not the command's own outcome.
+pub fn status_error(s: &Status) -> String {
+    match s {
+        Status::Busy | Status::WrongShard { .. } => {
+            "TRYAGAIN the node is busy or the key is moving; retry".into()
+        }
+        Status::TooLarge => format!(
+            "ERR value is larger than this node's limit of {} bytes",
+            hotshard_net::limits::MAX_PAYLOAD_BYTES
+        ),
+        Status::NoSpace => "OOM no space left on the node's device".into(),
+        Status::Corrupt => "ERR the stored value failed its checksum".into(),
+        Status::OutcomeUnknown => {
+            "ERR outcome unknown: the write may or may not have been applied; read the key".into()
+        }
+        Status::BadRequest { reason } => format!("ERR {reason}"),
+        Status::Unauthorized => "NOAUTH Authentication required.".into(),
+        Status::NotFound => "ERR no such key".into(),
+        Status::VersionMismatch { .. } => "TRYAGAIN the key changed; retry".into(),
+        Status::Ok | Status::Internal => "ERR internal error".into(),
+    }
+}
+
+/// The command's name as COMMAND lists it, for the metrics (one label per known command).
+fn metric_name(name: &str) -> &'static str {
+    TABLE
+        .iter()
+        .find(|(n, ..)| *n == name)
+        .map_or("unknown", |(n, ..)| *n)
+}
+
+/// GETRANGE's inclusive `start..=end` with negative ends counted from the back.
+fn byte_range(len: usize, start: i64, end: i64) -> Option<std::ops::Range<usize>> {
+    let len = len as i64;
+    let start = if start < 0 { (len + start).max(0) } else { start };
+    let end = if end < 0 { len + end } else { end.min(len - 1) };
+    (len > 0 && start <= end && start < len).then(|| start as usize..end as usize + 1)
+}
+
+impl<Q: BlockQueue + 'static> RespFront<Q> {
+    fn target(&self, key: &[u8]) -> Target {
+        let map = self.shard.map.borrow();
+        Target {
+            partition: map.partition(key),
+            epoch: map.epoch,
+        }
+    }
+
+    /// Sends one native request (and its value) where it is answered, within this shard's
+    /// admission budget, as a request from a native connection would be.
+    async fn native(&self, request: Request, value: Option<&[u8]>) -> Reply<OutBuf> {
+        let h = &self.shard;
+        let len = value.map_or(0, <[u8]>::len);
+        let held = match Handler::admit(&**h, &request, len) {
+            Ok(held) => held,
+            Err(status) => return Reply::status(status),
+        };
+        let _held = held.map(|bytes| crate::forwarding::Held {
+            admission: &h.admission,
+            bytes,
+        });
+        if let Some((key, target)) = keyed(&request) {
+            let reads = matches!(request, Request::Get { .. } | Request::Stat { .. });
+            let routed = route(&h.map.borrow(), h.node_id, h.shard, key, target, reads);
+            if routed == Ok(Route::Elsewhere) {
+                return self
+                    .proxy(&request, value.unwrap_or_default(), target.partition)
+                    .await;
+            }
+        }
+        let payload = match value {
+            Some(v) => match h.payload_buffer(&request, v.len()) {
+                Ok(mut buf) => {
+                    buf.as_mut()[..v.len()].copy_from_slice(v);
+                    Some(buf)
+                }
+                Err(status) => return Reply::status(status),
+            },
+            None => None,
+        };
+        h.clone().handle(request, payload).await
+    }
+
+    /// A request for a key another node owns, sent to that node (a standalone Redis client
+    /// may talk to any node of a cluster).
+    async fn proxy(&self, request: &Request, value: &[u8], partition: u32) -> Reply<OutBuf> {
+        let h = &self.shard;
+        let addr = match h.map.borrow().owner(partition) {
+            Some(o) => o.addr.clone(),
+            None => return Reply::status(Status::Busy),
+        };
+        let writes = matches!(request, Request::Put { .. } | Request::Delete { .. });
+        match h.links.call(&addr, request, value, h.answer_wait).await {
+            Ok((response, body)) => Reply {
+                response,
+                payload: (!body.is_empty()).then_some(OutBuf::Bytes(body)),
+            },
+            // A write handed over and not answered may have been applied.
+            Err(_) if writes => Reply::status(Status::OutcomeUnknown),
+            Err(_) => Reply::status(Status::Busy),
+        }
+    }
+
+    /// The value and version of `key`; None if it has none.
+    async fn get(&self, key: &[u8]) -> Result<Option<(OutBuf, u64)>, String> {
+        let request = Request::Get {
+            key: key.to_vec(),
+            range: None,
+            target: self.target(key),
+        };
+        let reply = self.native(request, None).await;
+        match reply.response.status() {
+            Status::Ok => Ok(Some((
+                reply.payload.unwrap_or(OutBuf::Bytes(Vec::new())),
+                reply.response.version,
+            ))),
+            Status::NotFound => Ok(None),
+            s => Err(status_error(&s)),
+        }
+    }
+
+    /// The length and version of `key`; None if it has none.
+    async fn stat(&self, key: &[u8]) -> Result<Option<(u64, u64)>, String> {
+        let request = Request::Stat {
+            key: key.to_vec(),
+            target: self.target(key),
+        };
+        let r = self.native(request, None).await.response;
+        match r.status() {
+            Status::Ok => Ok(Some((r.object_len, r.version))),
+            Status::NotFound => Ok(None),
+            s => Err(status_error(&s)),
+        }
+    }
+
+    /// Writes `value` (with `if_version`: only over that version; 0: only if absent).
+    async fn put(&self, key: &[u8], value: &[u8], if_version: Option<u64>) -> Result<Wrote, String> {
+        let request = Request::Put {
+            key: key.to_vec(),
+            if_version,
+            target: self.target(key),
+        };
+        match self.native(request, Some(value)).await.response.status() {
+            Status::Ok => Ok(Wrote::Done),
+            Status::VersionMismatch { .. } => Ok(Wrote::Mismatch),
+            s => Err(status_error(&s)),
+        }
+    }
+
+    async fn delete(&self, key: &[u8], if_version: Option<u64>) -> Result<Wrote, String> {
+        let request = Request::Delete {
+            key: key.to_vec(),
+            if_version,
+            target: self.target(key),
+        };
+        match self.native(request, None).await.response.status() {
+            Status::Ok => Ok(Wrote::Done),
+            Status::NotFound => Ok(Wrote::Absent),
+            Status::VersionMismatch { .. } => Ok(Wrote::Mismatch),
+            s => Err(status_error(&s)),
+        }
+    }
+
+    async fn run(&self, c: RespCommand<'_>) -> Result<R, String> {
+        use RespCommand as C;
+        let max_key = hotshard_net::limits::MAX_KEY_BYTES;
+        if c.keys().unwrap_or_default().iter().any(|k| k.len() > max_key) {
+            return Err(format!(
+                "ERR key is longer than this node's limit of {max_key} bytes"
+            ));
+        }
+        Ok(match c {
+            C::Get(k) | C::GetEx(k, hotshard_net::resp::command::GetExpiry::Keep) => match self.get(k).await?
+            {
+                Some((v, _)) => RespReply::Bulk(v),
+                None => RespReply::null(),
+            },
+            C::Set {
+                key,
+                value,
+                cond,
+                expiry,
+                keep_ttl: _,
+                get,
+            } => {
+                if expiry.is_some() {
+                    return Err(NO_EXPIRY.into());
+                }
+                self.set(key, value, cond, get).await?
+            }
+            C::GetDel(k) => {
+                let (_, old) = self.update(k, UpdateOp::GetDel, None).await?;
+                old.map_or(RespReply::null(), RespReply::Bulk)
+            }
+            C::GetEx(..) => return Err(NO_EXPIRY.into()),
+            C::GetRange(k, start, end) => match self.get(k).await? {
+                Some((v, _)) => match byte_range(v.as_ref().len(), start, end) {
+                    Some(r) => RespReply::bulk_bytes(&v.as_ref()[r]),
+                    None => RespReply::bulk_bytes(b""),
+                },
+                None => RespReply::bulk_bytes(b""),
+            },
+            C::StrLen(k) => RespReply::integer(self.stat(k).await?.map_or(0, |(len, _)| len as i64)),
+            C::Append(k, tail) => RespReply::integer(self.update(k, UpdateOp::Append, Some(tail)).await?.0),
+            C::IncrBy(k, by) => RespReply::integer(self.update(k, UpdateOp::IncrBy(by), None).await?.0),
+            C::Del(keys) => {
+                let mut n = 0;
+                for k in keys {
+                    if let Wrote::Done = self.delete(k, None).await? {
+                        n += 1;
+                    }
+                }
+                RespReply::integer(n)
+            }
+            C::Exists(keys) => {
+                let mut n = 0;
+                for k in keys {
+                    n += i64::from(self.stat(k).await?.is_some());
+                }
+                RespReply::integer(n)
+            }
+            C::MGet(keys) => {
+                let mut head = Vec::new();
+                hotshard_net::resp::reply::array_header(&mut head, keys.len());
+                let mut parts = vec![RespReply::Raw(head)];
+                for k in keys {
+                    // A key that cannot be read is nil in MGET, as Redis gives for a
+                    // key of another type.
+                    parts.push(match self.get(k).await {
+                        Ok(Some((v, _))) => RespReply::Bulk(v),
+                        Ok(None) | Err(_) => RespReply::null(),
+                    });
+                }
+                RespReply::Many(parts)
+            }
+            C::MSet(pairs) => {
+                for (k, v) in pairs {
+                    self.put(k, v, None).await?;
+                }
+                RespReply::ok()
+            }
+            C::Expire(..) => return Err(NO_EXPIRY.into()),
+            C::Ttl(k, _) => RespReply::integer(if self.stat(k).await?.is_some() { -1 } else { -2 }),
+            C::Persist(k) => {
+                self.stat(k).await?;
+                RespReply::integer(0)
+            }
+            C::Type(k) => RespReply::Raw(match self.stat(k).await? {
+                Some(_) => b"+string\r\n".to_vec(),
+                None => b"+none\r\n".to_vec(),
+            }),
+            C::DbSize => RespReply::integer(self.node_metric("hotshard_objects").await as i64),
+            C::Scan {
+                cursor,
+                pattern,
+                count,
+            } => {
+                // Spans of partitions until COUNT keys (Redis's default: 10) or the end.
+                let (mut next, mut keys) = (cursor, Vec::new());
+                loop {
+                    let (after, mut page) = self.scan(next, pattern.unwrap_or_default()).await?;
+                    keys.append(&mut page);
+                    next = after;
+                    if next == 0 || keys.len() as u64 >= count.unwrap_or(10) {
+                        break;
+                    }
+                }
+                let mut out = Vec::new();
+                let reply = hotshard_net::resp::reply::array_header;
+                reply(&mut out, 2);
+                hotshard_net::resp::reply::bulk(&mut out, next.to_string().as_bytes());
+                reply(&mut out, keys.len());
+                for k in &keys {
+                    hotshard_net::resp::reply::bulk(&mut out, k);
+                }
+                RespReply::Raw(out)
+            }
+            C::Keys(pattern) => {
+                let held = self.node_metric("hotshard_objects").await;
+                if held > self.cfg.keys_limit {
+                    return Err(format!(
+                        "ERR KEYS is refused on a node holding more than {} keys (this one holds {held}): use SCAN",
+                        self.cfg.keys_limit
+                    ));
+                }
+                let keys = self.all_keys(pattern).await?;
+                let mut out = Vec::new();
+                hotshard_net::resp::reply::array_header(&mut out, keys.len());
+                for k in &keys {
+                    hotshard_net::resp::reply::bulk(&mut out, k);
+                }
+                RespReply::Raw(out)
+            }
+            C::FlushAll => {
+                if !self.cfg.allow_flushall {
+                    return Err(
+                        "ERR FLUSHALL is off on this node (set resp.allow_flushall = true to allow it)"
+                            .into(),
+                    );
+                }
+                for k in self.all_keys(b"").await? {
+                    self.delete(&k, None).await?;
+                }
+                RespReply::ok()
+            }
+            C::Info(section) => RespReply::bulk_bytes(self.info(section).await.as_bytes()),
+            // The connection answers the rest itself.
+            _ => return Err("ERR internal error: a connection command reached the store".into()),
+        })
+    }
+
+    /// SET: a plain write, or with NX / XX / GET an update at the key's head.
+    async fn set(&self, key: &[u8], value: &[u8], cond: SetIf, get: bool) -> Result<R, String> {
+        if let (SetIf::Always, false) = (cond, get) {
+            self.put(key, value, None).await?;
+            return Ok(RespReply::ok());
+        }
+        let only_if = match cond {
+            SetIf::Always => 0,
+            SetIf::Absent => 1,
+            SetIf::Present => 2,
+        };
+        let (stored, old) = self
+            .update(key, UpdateOp::Set { only_if, get }, Some(value))
+            .await?;
+        Ok(match (get, old) {
+            (true, Some(v)) => RespReply::Bulk(v),
+            (true, None) => RespReply::null(),
+            (false, _) if stored == 1 => RespReply::ok(),
+            (false, _) => RespReply::null(),
+        })
+    }
+
+    /// A read-modify-write at the key's head (`key_update`): its result and the old value
+    /// where the op gives it back.
+    async fn update(
+        &self,
+        key: &[u8],
+        op: UpdateOp,
+        value: Option<&[u8]>,
+    ) -> Result<(i64, Option<OutBuf>), String> {
+        let request = Request::Update {
+            key: key.to_vec(),
+            target: self.target(key),
+            op,
+        };
+        let reply = self
+            .native(request, value.or(op.carries_value().then_some(&[][..])))
+            .await;
+        match reply.response.status() {
+            Status::Ok => {
+                let old =
+                    (reply.response.version > 0).then(|| reply.payload.unwrap_or(OutBuf::Bytes(Vec::new())));
+                Ok((reply.response.arg as i64, old))
+            }
+            Status::Busy => Err(CONTENDED.into()),
+            s => Err(status_error(&s)),
+        }
+    }
+
+    /// One of a local shard's listings (or a remote node's): the keys and how many of
+    /// `partitions` they cover.
+    async fn list(
+        &self,
+        server: Server,
+        partitions: Vec<u32>,
+        pattern: &[u8],
+    ) -> Result<(Vec<Vec<u8>>, usize), String> {
+        let request = Request::ListKeys {
+            partitions,
+            pattern: pattern.to_vec(),
+        };
+        let h = &self.shard;
+        let (response, body): (Response, Vec<u8>) = match server {
+            Server::Shard(s) if s == h.shard => {
+                let reply = h.answer_control(request);
+                let body = reply.payload.map(|p| p.as_ref().to_vec()).unwrap_or_default();
+                (reply.response, body)
+            }
+            Server::Shard(s) => h
+                .peers
+                .forward(s, request, None)
+                .await
+                .ok_or_else(|| status_error(&Status::Busy))?,
+            Server::Node(addr) => h
+                .links
+                .call(&addr, &request, &[], h.answer_wait)
+                .await
+                .map_err(|_| status_error(&Status::Busy))?,
+        };
+        match response.status() {
+            Status::Ok => {
+                let keys = decode_keys(&body).ok_or("ERR a malformed key listing")?;
+                Ok((keys, response.arg as usize))
+            }
+            s => Err(status_error(&s)),
+        }
+    }
+
+    /// SCAN from `cursor` (a partition number; 0 at the start and at the end): the next
+    /// span of partitions, each listed whole by a shard that serves it, so a key present
+    /// for the whole scan is returned at least once whatever is written meanwhile.
+    async fn scan(&self, cursor: u64, pattern: &[u8]) -> Result<(u64, Vec<Vec<u8>>), String> {
+        let (total, groups) = {
+            let map = self.shard.map.borrow();
+            let total = 1u64 << map.partition_bits;
+            if cursor >= total {
+                return Ok((0, Vec::new()));
+            }
+            let end = (cursor + SCAN_SPAN as u64).min(total) as u32;
+            let mut groups: Vec<(Server, Vec<u32>)> = Vec::new();
+            for p in cursor as u32..end {
+                let server = match crate::chain_view::local_replica(&map, p, self.shard.node_id) {
+                    Some(s) => Server::Shard(s),
+                    None => match map.owner(p) {
+                        Some(o) => Server::Node(o.addr.clone()),
+                        None => return Err(status_error(&Status::Busy)),
+                    },
+                };
+                match groups.iter_mut().find(|(s, _)| *s == server) {
+                    Some((_, ps)) => ps.push(p),
+                    None => groups.push((server, vec![p])),
+                }
+            }
+            (total, groups)
+        };
+        let mut next = groups
+            .iter()
+            .flat_map(|(_, ps)| ps.last().copied())
+            .max()
+            .map_or(total, |p| p as u64 + 1);
+        let mut keys = Vec::new();
+        for (server, partitions) in groups {
+            let (mut listed, done) = self.list(server, partitions.clone(), pattern).await?;
+            if let Some(&first_left) = partitions.get(done.max(1)) {
+                next = next.min(first_left as u64);
+            }
+            keys.append(&mut listed);
+        }
+        Ok((if next >= total { 0 } else { next }, keys))
+    }
+
+    /// Every key matching `pattern` (KEYS, FLUSHALL): a whole SCAN, each key once.
+    async fn all_keys(&self, pattern: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        let (mut cursor, mut keys) = (0, Vec::new());
+        loop {
+            let (next, mut page) = self.scan(cursor, pattern).await?;
+            keys.append(&mut page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// A counter or gauge summed over this node's shards.
+    async fn node_metric(&self, name: &str) -> u64 {
+        let text = crate::admin::all_metrics(&self.shard, self.shards).await;
+        sum_metric(&text, name)
+    }
+
+    async fn info(&self, section: Option<&[u8]>) -> String {
+        let text = crate::admin::all_metrics(&self.shard, self.shards).await;
+        let m = |name: &str| sum_metric(&text, name);
+        let want = section.map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+        let show = |s: &str| match want.as_deref() {
+            None | Some("all") | Some("default") | Some("everything") => true,
+            Some(w) => w == s,
+        };
+        let mut out = String::new();
+        if show("server") {
+            out.push_str(&format!(
+                "# Server\r\nredis_version:7.0.0\r\nhotshard_version:{}\r\nredis_mode:standalone\r\n\
+                 os:Linux\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\
+                 hotshard_shards:{}\r\n\r\n",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id(),
+                self.port,
+                self.started.elapsed().as_secs(),
+                self.shards
+            ));
+        }
+        if show("clients") {
+            out.push_str(&format!(
+                "# Clients\r\nconnected_clients:{}\r\n\r\n",
+                m("hotshard_resp_connections_open")
+            ));
+        }
+        if show("memory") {
+            out.push_str(&format!(
+                "# Memory\r\nused_memory:{}\r\nhotshard_index_bytes:{}\r\nhotshard_cache_bytes:{}\r\n\r\n",
+                m("hotshard_index_bytes") + m("hotshard_cache_bytes"),
+                m("hotshard_index_bytes"),
+                m("hotshard_cache_bytes")
+            ));
+        }
+        if show("persistence") {
+            out.push_str(&format!(
+                "# Persistence\r\nloading:0\r\naof_enabled:0\r\nrdb_bgsave_in_progress:0\r\n\
+                 hotshard_durability:every write is on the device ({}) before it is acknowledged\r\n\r\n",
+                self.durability
+            ));
+        }
+        if show("stats") {
+            out.push_str(&format!(
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
+                 keyspace_hits:{}\r\nkeyspace_misses:{}\r\n\r\n",
+                m("hotshard_resp_connections_total"),
+                m("hotshard_resp_commands_total"),
+                m("hotshard_cache_hits_total"),
+                m("hotshard_cache_misses_total")
+            ));
+        }
+        if show("keyspace") {
+            out.push_str("# Keyspace\r\n");
+            let keys = m("hotshard_objects");
+            if keys > 0 {
+                out.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"));
+            }
+        }
+        out
+    }
+}
+
+/// Who lists a partition's keys: a shard of this node, or another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Server {
+    Shard(usize),
+    Node(String),
+}
+
+const NO_EXPIRY: &str = "ERR expiry is not supported yet";
+const CONTENDED: &str = "TRYAGAIN the node is busy, or other writes of the key kept coming first; retry";
+
+/// `name`'s samples summed (every label set) in Prometheus text.
+pub fn sum_metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+impl<Q: BlockQueue + 'static> RespHandler for RespFront<Q> {
+    type Out = OutBuf;
+
+    fn secret(&self) -> Option<&[u8]> {
+        self.shard.secret.as_deref()
+    }
+
+    async fn call(self: Rc<Self>, command: OwnedCommand) -> R {
+        let reply = match command.parse() {
+            Ok(c) => match self.run(c).await {
+                Ok(r) => r,
+                Err(e) => RespReply::error(&e),
+            },
+            Err(e) => RespReply::error(&e),
+        };
+        let failed = matches!(&reply, RespReply::Raw(b) if b.first() == Some(&b'-'));
+        self.count(&command.name(), !failed);
+        reply
+    }
+
+    fn count(&self, name: &str, ok: bool) {
+        self.shard.stats.count_resp(metric_name(name), ok);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_count_from_either_end() {
+        assert_eq!(byte_range(5, 0, -1), Some(0..5));
+        assert_eq!(byte_range(5, 1, 2), Some(1..3));
+        assert_eq!(byte_range(5, -3, -2), Some(2..4));
+        assert_eq!(byte_range(5, 3, 100), Some(3..5));
+        assert_eq!(byte_range(5, 4, 2), None);
+        assert_eq!(byte_range(5, 7, 9), None);
+        assert_eq!(byte_range(0, 0, -1), None);
+        assert_eq!(byte_range(5, -100, 0), Some(0..1));
+    }
+
+    #[test]
+    fn metrics_are_summed_over_label_sets() {
+        let text = "hotshard_objects{shard=\"0\"} 3\nhotshard_objects{shard=\"1\"} 4\nhotshard_objects_x 9\n";
+        assert_eq!(sum_metric(text, "hotshard_objects"), 7);
+        assert_eq!(sum_metric(text, "missing"), 0);
+    }
+}

@@ -1,0 +1,205 @@
+"""redis-py drives hotshard's RESP port (issue 21): every command the front answers, with
+pipelines, SCAN under concurrent writes, and Redis's error replies. Run by
+tests/resp_front.rs as `python3 tests/resp/redis_py_suite.py PORT`; exits non-zero (with
+the failed assertion) on the first difference from what Redis answers."""
+
+import socket
+import sys
+import threading
+
+import redis
+
+port = int(sys.argv[1])
+r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=20)
+raw = redis.Redis(host="127.0.0.1", port=port, socket_timeout=20, decode_responses=True)
+
+
+def expect_error(fn, *fragments):
+    try:
+        fn()
+    except (redis.ResponseError, redis.AuthenticationError) as e:
+        text = str(e)
+        for f in fragments:
+            assert f in text, f"error {text!r} lacks {f!r}"
+        return text
+    raise AssertionError("no error")
+
+
+# Connection commands.
+assert r.ping() is True
+assert r.echo(b"hi\r\nthere") == b"hi\r\nthere"
+assert r.execute_command("SELECT", 0) in (b"OK", True, "OK")
+expect_error(lambda: r.execute_command("SELECT", 1), "DB index is out of range")
+assert r.client_setname("suite") is True
+assert r.client_getname() in (b"suite", "suite")
+assert isinstance(r.client_id(), int)
+assert r.execute_command("CLIENT", "SETINFO", "LIB-NAME", "x") in (b"OK", True, "OK")
+assert r.command_count() >= 30
+assert "get" in r.command()
+hello = r.execute_command("HELLO", 2)
+assert b"hotshard" in hello or hello.get(b"server") == b"hotshard", hello
+expect_error(lambda: r.execute_command("HELLO", 4), "NOPROTO")
+resp2 = redis.Redis(host="127.0.0.1", port=port, socket_timeout=20, protocol=2)
+assert resp2.get("absent-before-anything") is None
+# (On a socket of its own: redis-py retries a failed AUTH with back-off.)
+with socket.create_connection(("127.0.0.1", port)) as s:
+    s.sendall(b"*2\r\n$4\r\nAUTH\r\n$1\r\nx\r\n")
+    assert b"without any password configured" in s.recv(1024)
+info = raw.info()
+assert info["redis_mode"] == "standalone"
+assert "every write is on the device" in raw.info("persistence")["hotshard_durability"]
+
+# Strings.
+assert r.set("k", b"v1") is True
+assert r.get("k") == b"v1"
+assert r.get("absent") is None
+assert r.set("k", b"v2", nx=True) is None
+assert r.get("k") == b"v2" or r.get("k") == b"v1"
+assert r.get("k") == b"v1"
+assert r.set("k", b"v2", xx=True) is True
+assert r.get("k") == b"v2"
+assert r.set("nx-new", b"a", nx=True) is True
+assert r.set("xx-absent", b"a", xx=True) is None
+assert r.get("xx-absent") is None
+assert r.set("k", b"v3", get=True) == b"v2"
+assert r.set("get-absent", b"x", get=True) is None
+assert r.setnx("k", b"no") is False
+assert r.setnx("setnx-new", b"yes") is True
+assert r.getdel("k") == b"v3"
+assert r.get("k") is None
+assert r.getdel("k") is None
+assert r.getex("setnx-new") == b"yes"
+r.set("s", b"Hello World")
+assert r.getrange("s", 0, 4) == b"Hello"
+assert r.getrange("s", -5, -1) == b"World"
+assert r.getrange("s", 20, 30) == b""
+assert r.getrange("absent", 0, -1) == b""
+assert r.strlen("s") == 11
+assert r.strlen("absent") == 0
+assert r.append("s", b"!") == 12
+assert r.append("new-append", b"ab") == 2
+assert r.get("s") == b"Hello World!"
+binary = bytes(range(256)) * 3
+r.set("bin", binary)
+assert r.get("bin") == binary
+big = b"x" * (3 << 20)
+r.set("big", big)
+assert r.get("big") == big
+r.set("empty", b"")
+assert r.get("empty") == b""
+
+# Counters.
+assert r.incr("n") == 1
+assert r.incrby("n", 41) == 42
+assert r.decr("n") == 41
+assert r.decrby("n", 50) == -9
+r.set("notnum", b"abc")
+expect_error(lambda: r.incr("notnum"), "not an integer")
+r.set("maxint", str(2**63 - 1))
+expect_error(lambda: r.incr("maxint"), "overflow")
+expect_error(lambda: r.execute_command("INCRBY", "n", "x"), "not an integer")
+
+# Counters are atomic at the owning shard: four clients, 250 increments each.
+def bump():
+    c = redis.Redis(host="127.0.0.1", port=port, socket_timeout=20)
+    for _ in range(250):
+        c.incr("shared-counter")
+
+threads = [threading.Thread(target=bump) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert r.get("shared-counter") == b"1000", r.get("shared-counter")
+
+# Several keys.
+assert r.mset({"m1": b"1", "m2": b"2", "m3": b"3"}) is True
+assert r.mget("m1", "m2", "absent", "m3") == [b"1", b"2", None, b"3"]
+assert r.exists("m1", "m2", "absent", "m1") == 3
+assert r.delete("m1", "absent", "m2") == 2
+assert r.unlink("m3") == 1
+assert r.exists("m1", "m2", "m3") == 0
+assert r.type("s") == b"string"
+assert r.type("absent") == b"none"
+
+# Expiry answers for keys that have none.
+assert r.ttl("s") == -1
+assert r.ttl("absent") == -2
+assert r.pttl("s") == -1
+
+# Pipelines: answered in order, a write then a read of the same key in order.
+p = r.pipeline(transaction=False)
+for i in range(200):
+    p.set(f"p{i}", f"v{i}")
+    p.get(f"p{i}")
+    p.incr("pipe-counter")
+out = p.execute()
+for i in range(200):
+    assert out[3 * i] is True
+    assert out[3 * i + 1] == f"v{i}".encode(), (i, out[3 * i + 1])
+    assert out[3 * i + 2] == i + 1
+p = r.pipeline(transaction=False)
+p.set("order", b"1")
+p.append("order", b"2")
+p.append("order", b"3")
+p.get("order")
+p.execute_command("NOSUCH")
+p.get("order")
+out = p.execute(raise_on_error=False)
+assert out[3] == b"123" and out[5] == b"123"
+assert isinstance(out[4], redis.ResponseError)
+
+# DBSIZE, KEYS, SCAN.
+n = r.dbsize()
+assert 210 <= n <= 260, n
+keys = set(r.keys("p1*"))
+assert keys == {f"p{i}".encode() for i in range(200) if str(i).startswith("1")}, sorted(keys)[:5]
+assert set(r.keys("p?")) == {f"p{i}".encode() for i in range(10)}
+
+# SCAN while other clients write and delete: every key present for the whole scan is
+# returned at least once.
+stable = {f"stable:{i}".encode() for i in range(3000)}
+p = r.pipeline(transaction=False)
+for k in stable:
+    p.set(k, b"s")
+p.execute()
+stop = threading.Event()
+
+def churn(seed):
+    c = redis.Redis(host="127.0.0.1", port=port, socket_timeout=20)
+    i = 0
+    while not stop.is_set():
+        c.set(f"churn:{seed}:{i}", b"c")
+        if i % 3 == 0:
+            c.delete(f"churn:{seed}:{i // 2}")
+        i += 1
+
+writers = [threading.Thread(target=churn, args=(s,)) for s in range(2)]
+for t in writers:
+    t.start()
+seen = set()
+cursor = 0
+pages = 0
+while True:
+    cursor, page = r.scan(cursor=cursor, match="stable:*", count=100)
+    seen.update(page)
+    pages += 1
+    if cursor == 0:
+        break
+stop.set()
+for t in writers:
+    t.join()
+assert stable <= seen, f"{len(stable - seen)} stable keys missed"
+assert all(k.startswith(b"stable:") for k in seen)
+assert pages >= 2, pages
+assert set(r.scan_iter(match="p19*")) == {b"p19", b"p190", b"p191", b"p192", b"p193", b"p194", b"p195", b"p196", b"p197", b"p198", b"p199"}
+
+# Errors: Redis's texts, and the connection goes on.
+expect_error(lambda: r.execute_command("NOSUCH", "a"), "unknown command 'NOSUCH'")
+expect_error(lambda: r.execute_command("GET"), "wrong number of arguments for 'get' command")
+expect_error(lambda: r.execute_command("SET", "k", "v", "NX", "XX"), "syntax error")
+expect_error(lambda: r.execute_command("FLUSHALL"), "FLUSHALL is off")
+expect_error(lambda: r.get("k" * 2000), "key is longer than this node's limit of 1024 bytes")
+assert r.ping() is True
+
+print("redis-py suite: all commands answered as Redis answers them")

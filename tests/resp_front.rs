@@ -1,0 +1,341 @@
+//! The Redis protocol on a whole node (issue 21), driven by Redis's own tools: redis-py
+//! through every command (`tests/resp/redis_py_suite.py`), redis-cli and redis-benchmark;
+//! native and RESP clients seeing the same objects; a corpus of malformed streams, each
+//! answered with a protocol error or closed, never a panic, with memory bounded under a
+//! client that never reads; and SETs acknowledged over RESP surviving kill -9.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hotshard_net::blocking::BlockingClient;
+
+/// The RESP port `write_config` gives a node on `port`.
+fn resp_port(port: u16) -> u16 {
+    port + 2
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", resp_port(port))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// A command as a RESP array of bulk strings.
+fn command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Reads one reply (simple, error, integer, bulk or null) whole.
+fn reply(s: &mut TcpStream) -> Vec<u8> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "the connection closed");
+        line.push(b[0]);
+    }
+    if line[0] != b'$' || line.starts_with(b"$-1") {
+        return line;
+    }
+    let len: usize = std::str::from_utf8(&line[1..line.len() - 2])
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; len + 2];
+    s.read_exact(&mut body).unwrap();
+    body.truncate(len);
+    body
+}
+
+fn call(s: &mut TcpStream, args: &[&[u8]]) -> Vec<u8> {
+    s.write_all(&command(args)).unwrap();
+    reply(s)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn redis_py_drives_every_command() {
+    let dir = test_dir();
+    let port = ports();
+    let _node = start(&write_config(dir.path(), port), port);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/resp/redis_py_suite.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(resp_port(port).to_string())
+        .output()
+        .expect("python3 (CI installs it, with redis-py from PyPI)");
+    assert!(
+        out.status.success(),
+        "redis-py suite failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn native_and_resp_clients_see_the_same_objects() {
+    let dir = test_dir();
+    let port = ports();
+    let node = start(&write_config(dir.path(), port), port);
+    let mut native = BlockingClient::connect(&node.addr(0), Duration::from_secs(5)).unwrap();
+    let mut resp = connect(port);
+    for i in 0..50 {
+        let key = format!("shared:{i}");
+        native
+            .put(key.as_bytes(), format!("native {i}").as_bytes())
+            .unwrap();
+        assert_eq!(
+            call(&mut resp, &[b"GET", key.as_bytes()]),
+            format!("native {i}").into_bytes()
+        );
+        let over = format!("resp {i}");
+        assert_eq!(
+            call(&mut resp, &[b"SET", key.as_bytes(), over.as_bytes()]),
+            b"+OK\r\n"
+        );
+        assert_eq!(
+            native.get(key.as_bytes(), None).unwrap().unwrap().0,
+            over.into_bytes()
+        );
+        native.delete(key.as_bytes()).unwrap();
+        assert_eq!(call(&mut resp, &[b"EXISTS", key.as_bytes()]), b":0\r\n");
+    }
+}
+
+#[test]
+fn redis_cli_and_redis_benchmark_run_against_the_node() {
+    let dir = test_dir();
+    let port = ports();
+    let _node = start(&write_config(dir.path(), port), port);
+    let p = resp_port(port).to_string();
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &p])
+            .args(args)
+            .output()
+            .expect("redis-cli (Debian's redis-tools)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(cli(&["PING"]), "PONG");
+    assert_eq!(cli(&["SET", "cli-key", "hello world"]), "OK");
+    assert_eq!(cli(&["GET", "cli-key"]), "hello world");
+    assert_eq!(cli(&["INCRBY", "cli-n", "5"]), "5");
+    assert!(cli(&["NOSUCH"]).contains("unknown command 'NOSUCH'"));
+    assert!(cli(&["INFO", "persistence"]).contains("hotshard_durability"));
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-p", &p, "-t", "set,get", "-n", "4000", "-c", "8", "-P", "4", "-r", "1000", "-d", "512", "-q",
+        ])
+        .output()
+        .expect("redis-benchmark (Debian's redis-tools)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for op in ["SET", "GET"] {
+        let line = text
+            .split(['\r', '\n'])
+            .find(|l| l.starts_with(&format!("{op}: ")) && l.contains("requests per second"))
+            .unwrap_or_else(|| panic!("no {op} result in {text}"));
+        let rps: f64 = line[op.len() + 2..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rps > 0.0, "{line}");
+    }
+    assert!(!text.contains("ERR"), "{text}");
+    // What redis-benchmark wrote is there: its keys are key:000000000000 ..
+    let keys: u64 = cli(&["DBSIZE"]).parse().unwrap();
+    assert!(keys > 100, "{keys} keys after the benchmark");
+}
+
+/// Each stream is answered with Redis's protocol error and closed, or (incomplete) closed
+/// when the frame timeout passes or the client goes; the node answers others throughout.
+#[test]
+fn malformed_streams_are_answered_or_closed_and_nothing_panics() {
+    let dir = test_dir();
+    let port = ports();
+    let cfg = write_config_with(dir.path(), port, "[net]\nframe_timeout_ms = 1000\n");
+    let node = start(&cfg, port);
+    let corpus: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        (
+            "a bad type byte in an array",
+            b"*1\r\n+PING\r\n".to_vec(),
+            Some("expected '$'"),
+        ),
+        (
+            "a negative bulk length",
+            b"*1\r\n$-5\r\n".to_vec(),
+            Some("invalid bulk length"),
+        ),
+        (
+            "a huge bulk length",
+            b"*1\r\n$99999999999\r\n".to_vec(),
+            Some("invalid bulk length"),
+        ),
+        (
+            "a bulk past the value limit",
+            b"*2\r\n$3\r\nSET\r\n$8388609\r\n".to_vec(),
+            Some("invalid bulk length"),
+        ),
+        (
+            "a huge array",
+            b"*99999999\r\n".to_vec(),
+            Some("invalid multibulk length"),
+        ),
+        (
+            "a count that is not a number",
+            b"*x\r\n".to_vec(),
+            Some("invalid multibulk length"),
+        ),
+        (
+            "an array of arrays",
+            b"*1\r\n*1\r\n*1\r\n*1\r\n".to_vec(),
+            Some("expected '$'"),
+        ),
+        (
+            "a bulk without its CRLF",
+            b"*1\r\n$4\r\nPINGxx".to_vec(),
+            Some("expected CRLF"),
+        ),
+        (
+            "unbalanced quotes",
+            b"SET \"k v\r\n".to_vec(),
+            Some("unbalanced quotes"),
+        ),
+        (
+            "an inline line with no newline",
+            vec![b'a'; 70 * 1024],
+            Some("too big inline request"),
+        ),
+        (
+            "a bulk that never ends",
+            b"*2\r\n$3\r\nGET\r\n$100\r\nabc".to_vec(),
+            None,
+        ),
+        ("a length line that never ends", b"*2\r\n$3".to_vec(), None),
+    ];
+    for (what, bytes, error) in corpus {
+        let mut s = connect(port);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&bytes).unwrap();
+        let mut got = Vec::new();
+        let started = Instant::now();
+        let _ = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        match error {
+            Some(e) => assert!(
+                text.starts_with("-ERR Protocol error") && text.contains(e),
+                "{what}: {text:?}"
+            ),
+            None => {
+                assert!(got.is_empty(), "{what}: {text:?}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(4),
+                    "{what}: not closed at the frame timeout"
+                );
+            }
+        }
+        let mut other = connect(port);
+        assert_eq!(call(&mut other, &[b"PING"]), b"+PONG\r\n", "after {what}");
+    }
+
+    // A client that pipelines reads of a large value and never reads a reply: the node
+    // stops reading from it (at most `max_in_flight` replies wait), its memory stays
+    // bounded, and other clients are answered.
+    let pid = node.child.as_ref().unwrap().id();
+    let mut s = connect(port);
+    let value = vec![b'v'; 256 << 10];
+    assert_eq!(call(&mut s, &[b"SET", b"flood", &value]), b"+OK\r\n");
+    let before = rss_kib(pid);
+    let mut flood = connect(port);
+    flood.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let get = command(&[b"GET", b"flood"]);
+    let mut sent = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if flood.write_all(&get).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let grown_mib = rss_kib(pid).saturating_sub(before) / 1024;
+    assert_eq!(call(&mut s, &[b"PING"]), b"+PONG\r\n");
+    assert!(
+        grown_mib < 200,
+        "the node grew by {grown_mib} MiB under {sent} unread GETs"
+    );
+    drop(flood);
+    assert_eq!(call(&mut s, &[b"PING"]), b"+PONG\r\n");
+}
+
+#[test]
+fn sets_acknowledged_over_resp_survive_kill_9() {
+    let dir = test_dir();
+    let port = ports();
+    let cfg = write_config(dir.path(), port);
+    let mut node = start(&cfg, port);
+    // Two writers pipelining SETs (values from bytes to 256 KiB) until the node is killed:
+    // every SET answered +OK must be there after the restart.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let acked = acked.clone();
+            std::thread::spawn(move || {
+                let mut s = connect(port);
+                for i in 0.. {
+                    let key = format!("crash:{w}:{i}");
+                    let len = [1usize, 100, 4096, 70_000, 256 << 10][i % 5];
+                    let value = vec![(i % 251) as u8; len];
+                    if s.write_all(&command(&[b"SET", key.as_bytes(), &value])).is_err() {
+                        return;
+                    }
+                    let mut line = [0u8; 5];
+                    match s.read_exact(&mut line) {
+                        Ok(()) if &line == b"+OK\r\n" => acked.lock().unwrap().push((key, value)),
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    node.kill9();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(
+        acked.len() > 50,
+        "only {} SETs acknowledged before the kill",
+        acked.len()
+    );
+    let _node = start(&cfg, port);
+    let mut s = connect(port);
+    for (key, value) in &acked {
+        assert_eq!(
+            &call(&mut s, &[b"GET", key.as_bytes()]),
+            value,
+            "{key} after kill -9"
+        );
+    }
+}
