@@ -65,10 +65,11 @@ impl Listener {
         Ok(Listener::from_std(std_listener))
     }
 
-    /// Binds a socket to share between the shards (each accepting from a copy of it),
-    /// without SO_REUSEPORT, for the reasons `bind` gives; a port still held by a killed
-    /// process is retried for a while. For the main thread, before the shards start.
-    pub fn bind_shared(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    /// Waits until nothing listens on `addr` (a killed process's socket may linger for a
+    /// moment; retried for a while), by binding it without SO_REUSEPORT and letting it go:
+    /// the main thread's check before the shards bind their `bind_reuseport` sockets, so
+    /// that a port held by another process is an error instead of a shared port.
+    pub fn check_free(addr: &str) -> std::io::Result<()> {
         let deadline = std::time::Instant::now() + BIND_RETRY;
         loop {
             match std::net::TcpListener::bind(addr) {
@@ -77,9 +78,29 @@ impl Listener {
                 {
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                bound => return bound,
+                bound => return bound.map(drop),
             }
         }
+    }
+
+    /// One of several sockets on `addr` with SO_REUSEPORT: each shard binds its own and the
+    /// kernel spreads new connections over them by their addresses. (One socket shared
+    /// through copies of its descriptor does not work: glommio switches O_NONBLOCK on and
+    /// off around each accept, the flag is shared by the copies, and a shard caught between
+    /// another's switches blocked its whole thread in `accept`.)
+    pub fn bind_reuseport(addr: &str) -> std::io::Result<Listener> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_port(true)?;
+        // As std's bind does: connections a killed node left closing on the port must not
+        // keep the next node from binding it.
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(Listener::from_std(socket.into()))
     }
 
     /// Accepts from a listening socket bound elsewhere (a shard's copy of a shared one).

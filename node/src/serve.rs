@@ -167,15 +167,15 @@ pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
         // The embedded coordinator: this node owns every partition, spread over its shards.
         (ShardMap::spread(1, cfg.node.partition_bits, shard_addrs), None)
     };
-    // The RESP port: one socket, bound here, that every shard accepts from.
+    // The RESP port: checked free here, then each shard binds a socket of its own on it.
     let resp = match cfg.node.resp_port {
         0 => None,
         port => {
             let addr = format!("{}:{port}", cfg.node.listen);
-            let l = crate::listener::Listener::bind_shared(&addr).map_err(|e| {
+            crate::listener::Listener::check_free(&addr).map_err(|e| {
                 format!("the RESP port {addr}: {e} (set node.resp_port, or 0 to turn it off)")
             })?;
-            Some(Arc::new(l))
+            Some(addr)
         }
     };
     let shutdown = Arc::new(AtomicBool::new(false));

@@ -39,8 +39,8 @@ pub struct ShardSetup {
     /// Where the control thread posts newer maps (in a cluster).
     pub board: Option<Arc<crate::map_cell::MapBoard>>,
     pub peers: PeerEnds,
-    /// The node's RESP socket, which every shard accepts from (None: RESP is off).
-    pub resp: Option<Arc<std::net::TcpListener>>,
+    /// The node's RESP address, on which every shard accepts (None: RESP is off).
+    pub resp: Option<String>,
     pub shutdown: Arc<AtomicBool>,
     pub ready: std::sync::mpsc::Sender<Result<String, String>>,
     /// Told when the shard has stopped serving and drained its requests.
@@ -231,10 +231,9 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         glommio::spawn_local(handler.clone().keep_syncing(board, s.shutdown.clone())).detach();
     }
     let resp = match &s.resp {
-        Some(shared) => {
-            let copy = shared
-                .try_clone()
-                .map_err(|e| format!("a copy of the RESP socket: {e}"))?;
+        Some(addr) => {
+            let listener =
+                Listener::bind_reuseport(addr).map_err(|e| format!("the RESP port {addr}: {e}"))?;
             let front = crate::resp_front::RespFront {
                 shard: handler.clone(),
                 shards: s.shard_count,
@@ -243,7 +242,7 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
                 started: std::time::Instant::now(),
                 durability: s.cfg.store.durability.clone(),
             };
-            Some((Rc::new(Listener::from_std(copy)), Rc::new(front)))
+            Some((Rc::new(listener), Rc::new(front)))
         }
         None => None,
     };
