@@ -283,6 +283,7 @@ fn a_thousand_pipelining_connections_get_busy_not_unbounded_memory() {
                             partition: *p,
                             epoch: 1,
                         },
+                        expires_ms: 0,
                     };
                     out.extend(encode_request(i as u64, &req, value.len()).unwrap());
                     out.extend_from_slice(&value);

@@ -207,6 +207,7 @@ fn a_misrouted_request_is_forwarded_and_answered() {
         key: key.clone().into_bytes(),
         if_version: None,
         target,
+        expires_ms: 0,
     };
     let (r, _) = futures_lite::future::block_on(conn.call(&put, b"forwarded")).unwrap();
     assert_eq!(r.status(), Status::Ok);
@@ -258,6 +259,7 @@ fn a_forwarded_request_is_admitted_by_the_owning_shard() {
         key: key.clone().into_bytes(),
         if_version: None,
         target,
+        expires_ms: 0,
     };
     // Shard 1's one slot: a put whose 1000-byte payload has only begun to arrive.
     let mut holder = StdTcp::connect(node.addr(1)).unwrap();
@@ -387,6 +389,7 @@ fn a_graceful_stop_answers_what_it_read_and_closes_cleanly() {
                     key,
                     if_version: None,
                     target: Target { partition, epoch: 1 },
+                    expires_ms: 0,
                 };
                 let mut frame = encode_request(i as u64, &req, value.len()).unwrap();
                 frame.extend_from_slice(&value);
@@ -608,6 +611,7 @@ fn a_value_for_the_receiving_shard_reaches_the_device_without_a_copy() {
             partition: map.partition(theirs.as_bytes()),
             epoch: map.epoch,
         },
+        expires_ms: 0,
     };
     let (r, _) = futures_lite::future::block_on(conn.call(&put, &[9u8; 65_536])).unwrap();
     assert_eq!(r.status(), Status::Ok);

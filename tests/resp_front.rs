@@ -339,3 +339,57 @@ fn sets_acknowledged_over_resp_survive_kill_9() {
         );
     }
 }
+
+/// Expiry is kept with the record: a restart (kill -9) keeps each key's expiry, and once it
+/// passes the key is gone for RESP, the native protocol and the CLI alike, including a key
+/// the CLI wrote with `--ttl`.
+#[test]
+fn expiry_survives_kill_9_and_holds_on_both_protocols() {
+    let dir = test_dir();
+    let port = ports();
+    let cfg = write_config(dir.path(), port);
+    let mut node = start(&cfg, port);
+    let mut s = connect(port);
+    let set_at = Instant::now();
+    assert_eq!(call(&mut s, &[b"SET", b"long", b"1", b"EX", b"100"]), b"+OK\r\n");
+    assert_eq!(
+        call(&mut s, &[b"SET", b"short", b"2", b"PX", b"2500"]),
+        b"+OK\r\n"
+    );
+    assert_eq!(call(&mut s, &[b"SET", b"plain", b"3"]), b"+OK\r\n");
+    let addr = node.addr(0);
+    let out = cli(&["put", "cli-key", "4", "--ttl", "2500ms", "--addr", &addr]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bad = cli(&["put", "cli-key", "4", "--ttl", "soon", "--addr", &addr]);
+    assert!(!bad.status.success());
+    node.kill9();
+    let node = start(&cfg, port);
+    let mut s = connect(port);
+    let ttl = |s: &mut TcpStream, key: &[u8]| -> i64 {
+        let r = call(s, &[b"PTTL", key]);
+        std::str::from_utf8(&r[1..r.len() - 2]).unwrap().parse().unwrap()
+    };
+    assert!(
+        (95_000..=100_000).contains(&ttl(&mut s, b"long")),
+        "{}",
+        ttl(&mut s, b"long")
+    );
+    assert!((1..=2500).contains(&ttl(&mut s, b"short")));
+    assert!((1..=2500).contains(&ttl(&mut s, b"cli-key")));
+    assert_eq!(ttl(&mut s, b"plain"), -1);
+    std::thread::sleep(Duration::from_millis(2600).saturating_sub(set_at.elapsed()));
+    let mut native = BlockingClient::connect(&node.addr(1), Duration::from_secs(5)).unwrap();
+    for key in [&b"short"[..], b"cli-key"] {
+        assert_eq!(call(&mut s, &[b"GET", key]), b"$-1\r\n");
+        assert_eq!(ttl(&mut s, key), -2);
+        assert_eq!(
+            native.get(key, None).unwrap(),
+            None,
+            "native GET of an expired key"
+        );
+    }
+    let out = cli(&["get", "cli-key", "--addr", &addr]);
+    assert!(!out.status.success(), "the CLI finds nothing");
+    assert_eq!(call(&mut s, &[b"GET", b"long"]), b"1");
+    assert_eq!(native.get(b"plain", None).unwrap().unwrap().0, b"3");
+}

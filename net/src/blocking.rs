@@ -178,10 +178,16 @@ impl BlockingClient {
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
+        self.put_expiring(key, value, 0)
+    }
+
+    /// `put` of an object that expires at `expires_ms` (Unix milliseconds; 0: never).
+    pub fn put_expiring(&mut self, key: &[u8], value: &[u8], expires_ms: u64) -> Result<u64, ClientError> {
         let (r, _) = self.keyed(key, value, |target| Request::Put {
             key: key.to_vec(),
             if_version: None,
             target,
+            expires_ms,
         })?;
         expect_ok(&r)?;
         Ok(r.version)

@@ -276,6 +276,7 @@ impl<R: Runtime> Client<R> {
                 key: key.to_vec(),
                 if_version,
                 target,
+                expires_ms: 0,
             })
             .await?;
         expect_ok(&resp)?;

@@ -250,6 +250,7 @@ mod tests {
                 partition: 9,
                 epoch: 3,
             },
+            expires_ms: 0,
         };
         let bytes = encode_request(1, &put, 4).unwrap();
         assert_eq!(hex(&bytes), "4853573101010000400000000400000001000000000000006b3100000000000001000000f4ffffff020000000000000001000000000000000500000000000000090000000000000003000000000000000000000000000000");
@@ -260,7 +261,8 @@ mod tests {
         let mut r = Response::new(Status::VersionMismatch { current: 42 });
         r.version = 41;
         let bytes = encode_response(2, &r, 0).unwrap();
-        assert_eq!(hex(&bytes), "48535731010200003000000000000000020000000000000003000000000000002a00000000000000ffffffffffffffff290000000000000000000000000000000000000000000000");
+        // Issue 21 added `expires_ms`: the header is 8 bytes longer (0x38), those 8 at its end.
+        assert_eq!(hex(&bytes), "48535731010200003800000000000000020000000000000003000000000000002a00000000000000ffffffffffffffff2900000000000000000000000000000000000000000000000000000000000000");
     }
 
     #[test]
@@ -275,6 +277,7 @@ mod tests {
                 key: b"a".to_vec(),
                 if_version: None,
                 target: t,
+                expires_ms: 0,
             },
             Request::Get {
                 key: b"b".to_vec(),
@@ -300,6 +303,7 @@ mod tests {
                 chain_version: 4,
                 version: 99,
                 tombstone: false,
+                expires_ms: 0,
             },
             Request::Replicate {
                 key: b"f".to_vec(),
@@ -307,6 +311,7 @@ mod tests {
                 chain_version: 4,
                 version: 100,
                 tombstone: true,
+                expires_ms: 0,
             },
             Request::SyncManifest {
                 partition: 2,
@@ -336,6 +341,8 @@ mod tests {
                 op: crate::message::UpdateOp::Set {
                     only_if: 1,
                     get: true,
+                    expires_ms: 1_800_000_000_000,
+                    keep_ttl: false,
                 },
             },
             Request::Update {
@@ -438,6 +445,7 @@ mod tests {
             chain_version: 1,
             version: 2,
             tombstone: true,
+            expires_ms: 0,
         };
         let mut bytes = encode_request(1, &tomb, 1).unwrap();
         bytes.push(0);

@@ -28,6 +28,8 @@ pub enum Request {
         key: Vec<u8>,
         if_version: Option<u64>,
         target: Target,
+        /// When the object expires, Unix milliseconds; 0: never (issue 21).
+        expires_ms: u64,
     },
     Get {
         key: Vec<u8>,
@@ -61,6 +63,8 @@ pub enum Request {
         chain_version: u64,
         version: u64,
         tombstone: bool,
+        /// The record's expiry, Unix milliseconds; 0: never.
+        expires_ms: u64,
     },
     /// From a syncing replica to the serving replica it catches up from (issue 20): a page
     /// of the partition's keys after `after` (key order; empty: from the start), each with
@@ -112,8 +116,20 @@ pub enum UpdateOp {
     /// Appends the payload (absent: the payload alone). `arg`: the new length.
     Append,
     /// Stores the payload if the key is (`only_if` 1) absent or (2) present, or (0)
-    /// always. `arg`: 1 if it was stored. With `get`, the old value comes back.
-    Set { only_if: u8, get: bool },
+    /// always, expiring at `expires_ms` (0: never), or with `keep_ttl` at the expiry the
+    /// key had. `arg`: 1 if it was stored. With `get`, the old value comes back.
+    Set {
+        only_if: u8,
+        get: bool,
+        expires_ms: u64,
+        keep_ttl: bool,
+    },
+    /// Gives the key the expiry `at_ms` (0: none; a time already past deletes the key) if
+    /// `cond` holds: 0 always, 1 it has none, 2 it has one, 3 `at_ms` is later than its
+    /// (none counts as never), 4 `at_ms` is sooner (none counts as never). The value is
+    /// written again with the new expiry. `arg`: 1 if changed. With `get`, the value
+    /// comes back (GETEX).
+    Expire { at_ms: u64, cond: u8, get: bool },
     /// Deletes the key and gives its value back. `arg`: 1 if there was one.
     GetDel,
 }
@@ -167,6 +183,8 @@ pub struct Response {
     /// Length of the whole object (Get and Stat).
     pub object_len: u64,
     pub crc32c: u32,
+    /// Get and Stat: when the object expires, Unix milliseconds; 0: never.
+    pub expires_ms: u64,
 }
 
 /// Outcomes with stable wire codes. Codes never change meaning; new ones are appended.
@@ -248,6 +266,7 @@ impl Response {
             version: 0,
             object_len: 0,
             crc32c: 0,
+            expires_ms: 0,
         }
     }
 

@@ -140,6 +140,7 @@ fn round_trips_and_pipelining() {
             key: b"k".to_vec(),
             if_version: None,
             target: target(),
+            expires_ms: 0,
         };
         assert_eq!(conn.call(&put, b"value").await.unwrap().0.status(), Status::Ok);
         let get = Request::Get {
@@ -169,6 +170,7 @@ fn round_trips_and_pipelining() {
                     key: key.clone(),
                     if_version: None,
                     target: target(),
+                    expires_ms: 0,
                 };
                 let value = i.to_le_bytes().repeat(100);
                 conn.call(&put, &value).await.unwrap();
@@ -205,6 +207,7 @@ fn a_small_in_flight_limit_still_answers_everything() {
                     key: format!("k{i}").into_bytes(),
                     if_version: None,
                     target: target(),
+                    expires_ms: 0,
                 };
                 conn.call(&put, b"v").await.unwrap().0.status()
             }));

@@ -72,15 +72,18 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 target,
             };
             let got = self.execute(read, None).await;
-            let (old, version) = match got.response.status() {
+            let (old, version, old_expiry) = match got.response.status() {
                 Status::Ok => (
                     Some(got.payload.unwrap_or(OutBuf::Bytes(Vec::new()))),
                     got.response.version,
+                    got.response.expires_ms,
                 ),
-                Status::NotFound => (None, 0),
+                Status::NotFound => (None, 0, 0),
                 s => return Reply::status(s),
             };
-            // What to write, and the answer once it is written.
+            // What to write (None: a delete), with which expiry, and the answer once it is
+            // written. INCR and APPEND keep the key's expiry, as Redis's do.
+            let mut expires_ms = old_expiry;
             let (new, arg) = match op {
                 UpdateOp::IncrBy(by) => {
                     let n = match &old {
@@ -101,7 +104,12 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                     let len = v.len() as i64;
                     (Some(v), len)
                 }
-                UpdateOp::Set { only_if, get } => {
+                UpdateOp::Set {
+                    only_if,
+                    get,
+                    expires_ms: at,
+                    keep_ttl,
+                } => {
                     let proceed = match only_if {
                         1 => old.is_none(),
                         2 => old.is_some(),
@@ -110,7 +118,31 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                     if !proceed {
                         return answer(0, version, old.filter(|_| get));
                     }
+                    if !keep_ttl {
+                        expires_ms = at;
+                    }
                     (Some(value.clone()), 1)
+                }
+                UpdateOp::Expire { at_ms, cond, get } => {
+                    let Some(v) = &old else {
+                        return answer(0, 0, None);
+                    };
+                    let applies = match cond {
+                        1 => old_expiry == 0,
+                        2 => old_expiry != 0,
+                        3 => old_expiry != 0 && at_ms > old_expiry,
+                        4 => old_expiry == 0 || at_ms < old_expiry,
+                        _ => true,
+                    };
+                    if !applies || (at_ms == 0 && old_expiry == 0) {
+                        return answer(0, version, old.filter(|_| get));
+                    }
+                    expires_ms = at_ms;
+                    if at_ms != 0 && at_ms <= hotshard_store::index::now_ms() {
+                        (None, 1)
+                    } else {
+                        (Some(v.as_ref().to_vec()), 1)
+                    }
                 }
                 UpdateOp::GetDel => {
                     if old.is_none() {
@@ -125,6 +157,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                         key: key.clone(),
                         if_version: Some(version),
                         target,
+                        expires_ms,
                     };
                     self.execute(put, Some(PutPayload::Heap(v))).await
                 }
@@ -140,7 +173,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             match write.response.status() {
                 Status::Ok => {
                     let give_back = match op {
-                        UpdateOp::Set { get, .. } => get,
+                        UpdateOp::Set { get, .. } | UpdateOp::Expire { get, .. } => get,
                         UpdateOp::GetDel => true,
                         _ => false,
                     };

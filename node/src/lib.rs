@@ -10,6 +10,7 @@ pub mod config;
 pub mod control_plane;
 pub mod data_lock;
 pub mod dirty_keys;
+pub mod expiry_sweep;
 pub mod fd_limit;
 pub mod forwarding;
 pub mod gc_task;

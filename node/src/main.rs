@@ -39,6 +39,10 @@ enum Command {
         value: Option<String>,
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Expire the object after this long (`60s`, `1500ms`, `2m`, `1h`): it then reads as
+        /// absent on every protocol, and GC reclaims it.
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<std::time::Duration>,
         #[command(flatten)]
         target: Target,
     },
@@ -142,6 +146,7 @@ fn run(cli: Cli) -> Result<(), String> {
             key,
             value,
             file,
+            ttl,
             target,
         } => {
             let bytes = match (value, file) {
@@ -149,8 +154,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 (None, Some(f)) => std::fs::read(&f).map_err(|e| format!("reading {}: {e}", f.display()))?,
                 _ => return Err("give either a VALUE or --file".into()),
             };
+            let expires_ms = match ttl {
+                Some(t) => hotshard_node::store::index::now_ms() + t.as_millis().max(1) as u64,
+                None => 0,
+            };
             let version = client(&target)?
-                .put(key.as_bytes(), &bytes)
+                .put_expiring(key.as_bytes(), &bytes, expires_ms)
                 .map_err(|e| e.to_string())?;
             println!("stored {} bytes, version {version}", bytes.len());
             Ok(())
@@ -256,5 +265,25 @@ fn main() -> ExitCode {
             eprintln!("hotshard: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A `--ttl`: a number and a unit (ms, s, m, h; seconds without one), more than zero and
+/// at most ten years.
+fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 60s, 1500ms, 2m or 1h"))?;
+    let ms = match &s[digits.len()..] {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        unit => return Err(format!("unknown unit '{unit}' in '{s}' (ms, s, m or h)")),
+    };
+    match ms {
+        Some(ms) if ms > 0 && ms <= 10 * 365 * 86_400_000 => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(format!("'{s}': a ttl is more than zero and at most ten years")),
     }
 }

@@ -217,6 +217,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             Ok((value, version)) => crate::replication::ChainWrite::Put {
                 payload: Some(crate::put_payload::PutPayload::Heap(value.as_slice().to_vec())),
                 if_version: Some(version),
+                expires_ms: value.expires_ms(),
             },
             Err(StoreError::NotFound) => crate::replication::ChainWrite::Bury,
             Err(e) => return Reply::status(status_of(&e)),
@@ -459,7 +460,13 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 other => return Err(PassError::Call(format!("get from {source}: {other:?}"))),
             }
             self.store
-                .apply_versioned(&theirs.key, sp, Some(&value), response.version)
+                .apply_versioned_expiring(
+                    &theirs.key,
+                    sp,
+                    Some(&value),
+                    response.version,
+                    response.expires_ms,
+                )
                 .await
                 .map_err(PassError::Store)?;
             add(&self.sync.objects_copied, 1);

@@ -41,6 +41,8 @@ pub struct ChainRecord {
     pub version: u64,
     /// None: a tombstone.
     pub value: Option<Vec<u8>>,
+    /// When the object expires, Unix milliseconds; 0: never.
+    pub expires_ms: u64,
 }
 
 /// What the head of a chain writes and passes down.
@@ -48,6 +50,7 @@ pub enum ChainWrite {
     Put {
         payload: Option<PutPayload>,
         if_version: Option<u64>,
+        expires_ms: u64,
     },
     Delete {
         if_version: Option<u64>,
@@ -75,14 +78,21 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         // Dirty before anything is written here: a read must not see this version until
         // the tail has it.
         let dirty = self.dirty.mark(&key);
-        let (value, r) = match write {
-            ChainWrite::Put { payload, if_version } => {
+        let (value, expires_ms, r) = match write {
+            ChainWrite::Put {
+                payload,
+                if_version,
+                expires_ms,
+            } => {
                 let v = payload.map(PutPayload::into_vec).unwrap_or_default();
-                let r = self.store.put(&key, sp, &v, if_version).await;
-                (Some(v), r)
+                let r = self
+                    .store
+                    .put_expiring(&key, sp, &v, if_version, expires_ms)
+                    .await;
+                (Some(v), expires_ms, r)
             }
-            ChainWrite::Delete { if_version } => (None, self.store.delete(&key, sp, if_version).await),
-            ChainWrite::Bury => (None, self.store.bury_if_absent(&key, sp).await),
+            ChainWrite::Delete { if_version } => (None, 0, self.store.delete(&key, sp, if_version).await),
+            ChainWrite::Bury => (None, 0, self.store.bury_if_absent(&key, sp).await),
         };
         let len = value.as_ref().map_or(0, Vec::len) as u64;
         let op = if value.is_none() {
@@ -102,6 +112,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             partition,
             version,
             value,
+            expires_ms,
         };
         if planted_early_ack() {
             glommio::spawn_local(Rc::clone(self).pass_down(record, dirty)).detach();
@@ -132,6 +143,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             chain_version,
             version,
             tombstone,
+            expires_ms,
         } = request
         else {
             return Reply::status(Status::Internal);
@@ -171,7 +183,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         let len = value.as_ref().map_or(0, Vec::len) as u64;
         let applied = self
             .store
-            .apply_versioned(&key, sp, value.as_deref(), version)
+            .apply_versioned_expiring(&key, sp, value.as_deref(), version, expires_ms)
             .await;
         if let Err(e) = applied {
             self.stats
@@ -184,6 +196,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             partition,
             version,
             value,
+            expires_ms,
         };
         // Still the tail (the chain only shrinks while a record is applied, but a replica
         // appended behind it must get the record too): done.
@@ -219,6 +232,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             partition,
             version,
             value,
+            expires_ms,
         } = record;
         // Built once (the key moved in, not copied per try); each try sets the chain
         // version it routes by.
@@ -228,6 +242,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             chain_version: 0,
             version,
             tombstone: value.is_none(),
+            expires_ms,
         };
         let value = value.as_deref().unwrap_or(&[]);
         let mut pause = FIRST_PAUSE;

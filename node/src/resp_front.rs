@@ -9,7 +9,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use hotshard_net::resp::command::{RespCommand, SetIf, TABLE};
+use hotshard_net::resp::command::{ExpireIf, Expiry, GetExpiry, RespCommand, SetIf, TABLE};
 use hotshard_net::resp::server::{OwnedCommand, RespHandler, RespReply};
 use hotshard_net::server::{Handler, Reply};
 use hotshard_net::{Request, Response, Status, Target, UpdateOp};
@@ -166,7 +166,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
         }
     }
 
-    /// The length and version of `key`; None if it has none.
+    /// The length and expiry (Unix ms, 0: none) of `key`; None if it has none.
     async fn stat(&self, key: &[u8]) -> Result<Option<(u64, u64)>, String> {
         let request = Request::Stat {
             key: key.to_vec(),
@@ -174,18 +174,25 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
         };
         let r = self.native(request, None).await.response;
         match r.status() {
-            Status::Ok => Ok(Some((r.object_len, r.version))),
+            Status::Ok => Ok(Some((r.object_len, r.expires_ms))),
             Status::NotFound => Ok(None),
             s => Err(status_error(&s)),
         }
     }
 
     /// Writes `value` (with `if_version`: only over that version; 0: only if absent).
-    async fn put(&self, key: &[u8], value: &[u8], if_version: Option<u64>) -> Result<Wrote, String> {
+    async fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        if_version: Option<u64>,
+        expires_ms: u64,
+    ) -> Result<Wrote, String> {
         let request = Request::Put {
             key: key.to_vec(),
             if_version,
             target: self.target(key),
+            expires_ms,
         };
         match self.native(request, Some(value)).await.response.status() {
             Status::Ok => Ok(Wrote::Done),
@@ -217,8 +224,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
             ));
         }
         Ok(match c {
-            C::Get(k) | C::GetEx(k, hotshard_net::resp::command::GetExpiry::Keep) => match self.get(k).await?
-            {
+            C::Get(k) | C::GetEx(k, GetExpiry::Keep) => match self.get(k).await? {
                 Some((v, _)) => RespReply::Bulk(v),
                 None => RespReply::null(),
             },
@@ -227,19 +233,32 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
                 value,
                 cond,
                 expiry,
-                keep_ttl: _,
+                keep_ttl,
                 get,
             } => {
-                if expiry.is_some() {
-                    return Err(NO_EXPIRY.into());
-                }
-                self.set(key, value, cond, get).await?
+                let expires_ms = match expiry {
+                    Some(e) => expiry_ms(e).ok_or("ERR invalid expire time in 'set' command")?,
+                    None => 0,
+                };
+                self.set(key, value, cond, get, expires_ms, keep_ttl).await?
             }
             C::GetDel(k) => {
                 let (_, old) = self.update(k, UpdateOp::GetDel, None).await?;
                 old.map_or(RespReply::null(), RespReply::Bulk)
             }
-            C::GetEx(..) => return Err(NO_EXPIRY.into()),
+            C::GetEx(k, how) => {
+                let at_ms = match how {
+                    GetExpiry::Set(e) => expiry_ms(e).ok_or("ERR invalid expire time in 'getex' command")?,
+                    _ => 0,
+                };
+                let op = UpdateOp::Expire {
+                    at_ms,
+                    cond: 0,
+                    get: true,
+                };
+                let (_, old) = self.update(k, op, None).await?;
+                old.map_or(RespReply::null(), RespReply::Bulk)
+            }
             C::GetRange(k, start, end) => match self.get(k).await? {
                 Some((v, _)) => match byte_range(v.as_ref().len(), start, end) {
                     Some(r) => RespReply::bulk_bytes(&v.as_ref()[r]),
@@ -282,15 +301,48 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
             }
             C::MSet(pairs) => {
                 for (k, v) in pairs {
-                    self.put(k, v, None).await?;
+                    self.put(k, v, None, 0).await?;
                 }
                 RespReply::ok()
             }
-            C::Expire(..) => return Err(NO_EXPIRY.into()),
-            C::Ttl(k, _) => RespReply::integer(if self.stat(k).await?.is_some() { -1 } else { -2 }),
+            C::Expire(k, e, when) => {
+                // A time already past (EXPIRE k 0, or a negative one) deletes the key.
+                let at_ms = expiry_ms(e)
+                    .ok_or("ERR invalid expire time in 'expire' command")?
+                    .max(1);
+                let cond = match when {
+                    ExpireIf::Always => 0,
+                    ExpireIf::NoExpiry => 1,
+                    ExpireIf::HasExpiry => 2,
+                    ExpireIf::Later => 3,
+                    ExpireIf::Sooner => 4,
+                };
+                let op = UpdateOp::Expire {
+                    at_ms,
+                    cond,
+                    get: false,
+                };
+                RespReply::integer(self.update(k, op, None).await?.0)
+            }
+            C::Ttl(k, millis) => RespReply::integer(match self.stat(k).await? {
+                None => -2,
+                Some((_, 0)) => -1,
+                Some((_, at)) => {
+                    let left = at.saturating_sub(hotshard_store::index::now_ms()) as i64;
+                    if millis {
+                        left
+                    } else {
+                        (left + 500) / 1000
+                    }
+                }
+            }),
             C::Persist(k) => {
-                self.stat(k).await?;
-                RespReply::integer(0)
+                let op = UpdateOp::Expire {
+                    at_ms: 0,
+                    cond: 2,
+                    get: false,
+                };
+                RespReply::integer(self.update(k, op, None).await?.0)
             }
             C::Type(k) => RespReply::Raw(match self.stat(k).await? {
                 Some(_) => b"+string\r\n".to_vec(),
@@ -356,10 +408,19 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
         })
     }
 
-    /// SET: a plain write, or with NX / XX / GET an update at the key's head.
-    async fn set(&self, key: &[u8], value: &[u8], cond: SetIf, get: bool) -> Result<R, String> {
-        if let (SetIf::Always, false) = (cond, get) {
-            self.put(key, value, None).await?;
+    /// SET: a plain write (with its expiry, or none), or with NX / XX / GET / KEEPTTL an
+    /// update at the key's head.
+    async fn set(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        cond: SetIf,
+        get: bool,
+        expires_ms: u64,
+        keep_ttl: bool,
+    ) -> Result<R, String> {
+        if let (SetIf::Always, false, false) = (cond, get, keep_ttl) {
+            self.put(key, value, None, expires_ms).await?;
             return Ok(RespReply::ok());
         }
         let only_if = match cond {
@@ -368,7 +429,16 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
             SetIf::Present => 2,
         };
         let (stored, old) = self
-            .update(key, UpdateOp::Set { only_if, get }, Some(value))
+            .update(
+                key,
+                UpdateOp::Set {
+                    only_if,
+                    get,
+                    expires_ms,
+                    keep_ttl,
+                },
+                Some(value),
+            )
             .await?;
         Ok(match (get, old) {
             (true, Some(v)) => RespReply::Bulk(v),
@@ -579,7 +649,17 @@ enum Server {
     Node(String),
 }
 
-const NO_EXPIRY: &str = "ERR expiry is not supported yet";
+/// An expiry as Unix milliseconds, or None past what a record holds.
+fn expiry_ms(e: Expiry) -> Option<u64> {
+    let now = hotshard_store::index::now_ms();
+    let at = match e {
+        Expiry::In(s) => s.checked_mul(1000)?.checked_add(now)?,
+        Expiry::InMillis(ms) => ms.checked_add(now)?,
+        Expiry::At(s) => s.checked_mul(1000)?,
+        Expiry::AtMillis(ms) => ms,
+    };
+    (at <= hotshard_store::format::MAX_EXPIRES_MS).then_some(at)
+}
 const CONTENDED: &str = "TRYAGAIN the node is busy, or other writes of the key kept coming first; retry";
 
 /// `name`'s samples summed (every label set) in Prometheus text.

@@ -61,6 +61,8 @@ fn store_config(s: &ShardSetup) -> StoreConfig {
     };
     sc.gc_max_live_fraction = c.gc_max_live_fraction;
     sc.writes_in_flight = c.writes_in_flight;
+    // Half the ring: batch writes and GC's reads take entries too.
+    sc.reads_in_flight = (s.cfg.queue.entries as usize / 2).max(1);
     // A write waits inside the engine for buffers or a batch slot as long as a client's
     // frame may take to arrive: past that, the client has likely given up.
     sc.max_write_wait = std::time::Duration::from_millis(s.cfg.net.frame_timeout_ms);
@@ -218,6 +220,7 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         sync: Default::default(),
         sync_bytes_per_sec: s.cfg.cluster.sync_bytes_per_sec,
     });
+    glommio::spawn_local(handler.clone().keep_burying_expired(s.shutdown.clone())).detach();
     for (from, rx) in receivers {
         glommio::spawn_local(answer_peer(from, rx, handler.clone(), peers.clone())).detach();
     }

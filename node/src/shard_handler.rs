@@ -182,8 +182,13 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 key,
                 if_version,
                 target,
+                expires_ms,
             } if self.passes_writes_down(target.partition) => {
-                let write = crate::replication::ChainWrite::Put { payload, if_version };
+                let write = crate::replication::ChainWrite::Put {
+                    payload,
+                    if_version,
+                    expires_ms,
+                };
                 self.write_down_chain(key, target.partition, write).await
             }
             Request::Delete {
@@ -198,18 +203,30 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 key,
                 if_version,
                 target,
+                expires_ms,
             } => {
                 let partition = match store_partition(target.partition) {
                     Ok(p) => p,
                     Err(status) => return Reply::status(status),
                 };
                 let len = payload.as_ref().map_or(0, PutPayload::len);
+                let store = &self.store;
                 let r = match payload {
                     Some(PutPayload::InPlace(buf)) => {
-                        self.store.put_buf(&key, partition, buf, if_version).await
+                        store
+                            .put_buf_expiring(&key, partition, buf, if_version, expires_ms)
+                            .await
                     }
-                    Some(PutPayload::Heap(v)) => self.store.put(&key, partition, &v, if_version).await,
-                    None => self.store.put(&key, partition, &[], if_version).await,
+                    Some(PutPayload::Heap(v)) => {
+                        store
+                            .put_expiring(&key, partition, &v, if_version, expires_ms)
+                            .await
+                    }
+                    None => {
+                        store
+                            .put_expiring(&key, partition, &[], if_version, expires_ms)
+                            .await
+                    }
                 };
                 self.stats.put.record(micros(), len as u64, r.is_ok());
                 reply_written(r, len as u64)
@@ -336,20 +353,28 @@ fn reply_written(r: StoreResult<u64>, len: u64) -> Reply<OutBuf> {
 /// and the whole object's length.
 fn reply_value(r: StoreResult<(Value, u64)>) -> Reply<OutBuf> {
     match r {
-        Ok((value, version)) => Reply {
-            response: ok_with(version, value.object_len(), 0),
-            payload: Some(OutBuf::Value(value)),
-        },
+        Ok((value, version)) => {
+            let mut response = ok_with(version, value.object_len(), 0);
+            response.expires_ms = value.expires_ms();
+            Reply {
+                response,
+                payload: Some(OutBuf::Value(value)),
+            }
+        }
         Err(e) => Reply::status(status_of(&e)),
     }
 }
 
 fn reply_stat(r: StoreResult<ObjectStat>) -> Reply<OutBuf> {
     match r {
-        Ok(s) => Reply {
-            response: ok_with(s.version, s.len, s.crc32c),
-            payload: None,
-        },
+        Ok(s) => {
+            let mut response = ok_with(s.version, s.len, s.crc32c);
+            response.expires_ms = s.expires_ms;
+            Reply {
+                response,
+                payload: None,
+            }
+        }
         Err(e) => Reply::status(status_of(&e)),
     }
 }

@@ -70,6 +70,8 @@ pub struct ShardStats {
     pub payload_bytes_buffered: Cell<u64>,
     /// PUT payload bytes received from the socket straight into the payload's buffer.
     pub payload_bytes_direct: Cell<u64>,
+    /// Expired objects buried by the expiry sweep (`expiry_sweep`).
+    pub expired_buried: Cell<u64>,
     /// RESP connections accepted, and open now.
     pub resp_connections: Cell<u64>,
     pub resp_connections_open: Cell<u64>,
@@ -187,6 +189,11 @@ impl ShardStats {
         for (name, v) in gauges {
             let _ = writeln!(out, "{name}{{{l}}} {v}");
         }
+        let _ = writeln!(
+            out,
+            "hotshard_expired_buried_total{{{l}}} {}",
+            self.expired_buried.get()
+        );
         let _ = writeln!(
             out,
             "hotshard_resp_connections_total{{{l}}} {}",

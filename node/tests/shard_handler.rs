@@ -82,6 +82,7 @@ async fn put(h: &Rc<ShardHandler<SimQueue>>, key: &[u8], value: Vec<u8>) -> Stat
         key: key.to_vec(),
         if_version: None,
         target: target(&h.map.current(), key),
+        expires_ms: 0,
     };
     h.execute(req, Some(hotshard_node::put_payload::PutPayload::Heap(value)))
         .await
@@ -187,6 +188,7 @@ fn a_forwarded_request_for_a_partition_the_shard_does_not_own_is_refused() {
             key: key.to_vec(),
             if_version: None,
             target: target(&h.map.current(), key),
+            expires_ms: 0,
         };
         let (response, map) = h
             .clone()
@@ -306,6 +308,8 @@ fn updates_of_one_key_at_once_lose_nothing_and_answer_as_redis_does() {
         let nx = UpdateOp::Set {
             only_if: 1,
             get: true,
+            expires_ms: 0,
+            keep_ttl: false,
         };
         let (status, stored, version, old) = update(&h, b"s", nx, Some(b"zz")).await;
         assert_eq!(
@@ -316,6 +320,8 @@ fn updates_of_one_key_at_once_lose_nothing_and_answer_as_redis_does() {
         let xx = UpdateOp::Set {
             only_if: 2,
             get: false,
+            expires_ms: 0,
+            keep_ttl: false,
         };
         assert_eq!(update(&h, b"absent", xx, Some(b"v")).await.1, 0);
         assert_eq!(get(&h, b"absent").await.0, Status::NotFound);

@@ -89,6 +89,7 @@ impl Protocol {
                         key,
                         if_version: None,
                         target,
+                        expires_ms: 0,
                     },
                     Op::Del => Request::Delete {
                         key,

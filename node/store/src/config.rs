@@ -45,6 +45,9 @@ pub struct StoreConfig {
     /// Batch writes the log keeps in flight at once. Small batches go one at a time (so
     /// that records gather behind a write); large ones overlap, up to this many.
     pub writes_in_flight: usize,
+    /// Device reads of gets in flight at once; more wait their turn (`ReadSlots`). Below
+    /// the device queue's ring size, which answers reads past it with an error.
+    pub reads_in_flight: usize,
 }
 
 impl StoreConfig {
@@ -66,6 +69,7 @@ impl StoreConfig {
             format_if_empty: true,
             max_write_wait: crate::limits::DEFAULT_MAX_WRITE_WAIT,
             writes_in_flight: crate::limits::DEFAULT_WRITES_IN_FLIGHT,
+            reads_in_flight: 128,
         }
     }
 

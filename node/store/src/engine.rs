@@ -10,13 +10,13 @@ use hotshard_nvme::BlockQueue;
 use super::cache::CacheStats;
 use super::config::StoreConfig;
 use super::error::{StoreError, StoreResult};
-use super::format::{value_crc, RecordKind};
+use super::format::{value_crc, RecordKind, MAX_EXPIRES_MS};
 use super::gc_lock::GcLock;
 use super::group_commit::{
     commit, done_pending, inline_max, newest_staged_batch, stage, BatchDone, DurableBatch, LogHost,
     LogRecord, Origin, StageRequest, Writer,
 };
-use super::index::{IndexEntry, KeyHash};
+use super::index::{now_ms, IndexEntry, KeyHash};
 use super::metrics::{bump, StoreCounters, StoreMetrics};
 use super::segments::SegmentTable;
 use super::state::State;
@@ -35,6 +35,8 @@ pub(crate) struct Inner<Q: BlockQueue> {
     pub gc_lock: GcLock,
     /// Writes stalled for space pass here in arrival order.
     pub write_gate: WriteGate,
+    /// Device reads of gets in flight (at most `cfg.reads_in_flight`).
+    pub read_slots: super::read_slots::ReadSlots,
 }
 
 impl<Q: BlockQueue> LogHost for Inner<Q> {
@@ -110,7 +112,10 @@ impl<Q: BlockQueue> Clone for Store<Q> {
 /// leaves a live key alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Intent {
-    Put,
+    /// With the object's expiry (Unix milliseconds; 0: never).
+    Put {
+        expires_ms: u64,
+    },
     Delete,
     Bury,
 }
@@ -118,7 +123,7 @@ enum Intent {
 impl Intent {
     fn kind(self) -> RecordKind {
         match self {
-            Intent::Put => RecordKind::Put,
+            Intent::Put { .. } => RecordKind::Put,
             Intent::Delete | Intent::Bury => RecordKind::Tombstone,
         }
     }
@@ -141,6 +146,8 @@ pub struct ObjectStat {
     pub version: u64,
     /// CRC32C of the value bytes.
     pub crc32c: u32,
+    /// When it expires, Unix milliseconds; 0: never.
+    pub expires_ms: u64,
 }
 
 /// Space and objects, for stats.
@@ -170,6 +177,7 @@ impl<Q: BlockQueue> Drop for ReadPin<'_, Q> {
 impl<Q: BlockQueue> Store<Q> {
     pub(crate) fn from_parts(queue: Q, cfg: StoreConfig, uuid: [u8; 16], state: State) -> Self {
         let block = queue.info().logical_block_size.max(4096) as u64;
+        let reads_in_flight = cfg.reads_in_flight;
         Store {
             inner: Rc::new(Inner {
                 queue,
@@ -180,6 +188,7 @@ impl<Q: BlockQueue> Store<Q> {
                 metrics: StoreMetrics::default(),
                 gc_lock: GcLock::default(),
                 write_gate: WriteGate::default(),
+                read_slots: super::read_slots::ReadSlots::new(reads_in_flight),
             }),
         }
     }
@@ -226,7 +235,7 @@ impl<Q: BlockQueue> Store<Q> {
         debug_assert!(!st.is_pending(key, h), "decided on a pending version");
         st.index()
             .get_hashed(key, h)
-            .map_or((0, false), |e| (e.version, !e.tombstone()))
+            .map_or((0, false), |e| (e.version, e.live_at(now_ms())))
     }
 
     fn stage_versioned(
@@ -279,6 +288,10 @@ impl<Q: BlockQueue> Store<Q> {
             version: None,
             kind,
             origin: Origin::Write,
+            expires_ms: match intent {
+                Intent::Put { expires_ms } => expires_ms,
+                Intent::Delete | Intent::Bury => 0,
+            },
         };
         let done = if kind == RecordKind::Tombstone {
             let tomb_value = new_version.to_le_bytes();
@@ -301,7 +314,21 @@ impl<Q: BlockQueue> Store<Q> {
         value: &[u8],
         if_version: Option<u64>,
     ) -> StoreResult<u64> {
-        self.put_value(key, partition, StageValue::Bytes(value), if_version)
+        self.put_value(key, partition, StageValue::Bytes(value), if_version, 0)
+            .await
+    }
+
+    /// `put` of an object that expires at `expires_ms` (Unix milliseconds; 0: never): it
+    /// reads as absent from then on, and GC reclaims it.
+    pub async fn put_expiring(
+        &self,
+        key: &[u8],
+        partition: u16,
+        value: &[u8],
+        if_version: Option<u64>,
+        expires_ms: u64,
+    ) -> StoreResult<u64> {
+        self.put_value(key, partition, StageValue::Bytes(value), if_version, expires_ms)
             .await
     }
 
@@ -314,8 +341,27 @@ impl<Q: BlockQueue> Store<Q> {
         value: ValueBuf,
         if_version: Option<u64>,
     ) -> StoreResult<u64> {
-        self.put_value(key, partition, StageValue::Buf(Some(value)), if_version)
+        self.put_value(key, partition, StageValue::Buf(Some(value)), if_version, 0)
             .await
+    }
+
+    /// `put_buf` of an object that expires at `expires_ms` (`put_expiring`).
+    pub async fn put_buf_expiring(
+        &self,
+        key: &[u8],
+        partition: u16,
+        value: ValueBuf,
+        if_version: Option<u64>,
+        expires_ms: u64,
+    ) -> StoreResult<u64> {
+        self.put_value(
+            key,
+            partition,
+            StageValue::Buf(Some(value)),
+            if_version,
+            expires_ms,
+        )
+        .await
     }
 
     /// A buffer of the store's DMA pool for a value of `len` bytes, to receive it into
@@ -338,7 +384,11 @@ impl<Q: BlockQueue> Store<Q> {
         partition: u16,
         mut value: StageValue<'_>,
         if_version: Option<u64>,
+        expires_ms: u64,
     ) -> StoreResult<u64> {
+        if expires_ms > MAX_EXPIRES_MS {
+            return Err(StoreError::BadRequest("expiry past the year 10889"));
+        }
         self.check_key(key)?;
         self.check_partition(partition)?;
         let len = value.bytes().len();
@@ -350,7 +400,7 @@ impl<Q: BlockQueue> Store<Q> {
             });
         }
         let version = self
-            .write(key, partition, &mut value, if_version, Intent::Put)
+            .write(key, partition, &mut value, if_version, Intent::Put { expires_ms })
             .await?;
         bump(&self.inner.metrics.puts, 1);
         Ok(version)
@@ -376,6 +426,23 @@ impl<Q: BlockQueue> Store<Q> {
         value: Option<&[u8]>,
         version: u64,
     ) -> StoreResult<bool> {
+        self.apply_versioned_expiring(key, partition, value, version, 0)
+            .await
+    }
+
+    /// `apply_versioned` of an object that expires at `expires_ms` (Unix milliseconds;
+    /// 0: never), as the record first written elsewhere does.
+    pub async fn apply_versioned_expiring(
+        &self,
+        key: &[u8],
+        partition: u16,
+        value: Option<&[u8]>,
+        version: u64,
+        expires_ms: u64,
+    ) -> StoreResult<bool> {
+        if expires_ms > MAX_EXPIRES_MS {
+            return Err(StoreError::BadRequest("expiry past the year 10889"));
+        }
         self.check_key(key)?;
         self.check_partition(partition)?;
         let len = value.map_or(0, <[u8]>::len);
@@ -402,6 +469,7 @@ impl<Q: BlockQueue> Store<Q> {
             version: Some(version),
             kind,
             origin: Origin::Replica,
+            expires_ms: if value.is_some() { expires_ms } else { 0 },
         };
         let deadline = Instant::now() + self.inner.cfg.max_write_wait;
         let mut pass = None;
@@ -623,7 +691,8 @@ impl<Q: BlockQueue> Store<Q> {
             let mut st = self.inner.state.borrow_mut();
             // One hash of the key for the index and the cache.
             let h = st.index().hash(key);
-            let Some(entry) = st.index().get_hashed(key, h).filter(|e| !e.tombstone()).copied() else {
+            let now = now_ms();
+            let Some(entry) = st.index().get_hashed(key, h).filter(|e| e.live_at(now)).copied() else {
                 bump(&self.inner.metrics.not_found, 1);
                 return Err(StoreError::NotFound);
             };
@@ -636,6 +705,7 @@ impl<Q: BlockQueue> Store<Q> {
                         start: start as usize,
                         len: len as usize,
                         object_len: entry.value_len(),
+                        expires_ms: entry.expires_ms,
                     },
                     entry.version,
                 ));
@@ -665,6 +735,7 @@ impl<Q: BlockQueue> Store<Q> {
                 start: value_at + start as usize,
                 len: len as usize,
                 object_len: entry.value_len(),
+                expires_ms: entry.expires_ms,
             },
             entry.version,
         ))
@@ -684,6 +755,8 @@ impl<Q: BlockQueue> Store<Q> {
         let first = at / block * block;
         let end = (at + len).div_ceil(block).max(1) * block;
         let end = end.max(first + block);
+        // A turn on the device first, then a buffer: a read waiting for its turn holds none.
+        let _slot = self.inner.read_slots.take().await;
         let buf = self
             .inner
             .queue
@@ -718,6 +791,7 @@ impl<Q: BlockQueue> Store<Q> {
             len: e.value_len() as u64,
             version: e.version,
             crc32c: e.value_crc,
+            expires_ms: e.expires_ms,
         })
     }
 
@@ -725,10 +799,28 @@ impl<Q: BlockQueue> Store<Q> {
     /// each object's partition (no key is hashed).
     pub fn keys_in_partition(&self, partition: u16) -> Vec<(Vec<u8>, u64)> {
         let st = self.inner.state.borrow();
+        let now = now_ms();
         st.index()
             .iter_partition(partition)
-            .filter(|(_, e)| !e.tombstone())
+            .filter(|(_, e)| e.live_at(now))
             .map(|(k, e)| (k.to_vec(), e.version))
+            .collect()
+    }
+
+    /// Up to `limit` keys whose objects have expired (not yet buried), with partition and
+    /// version: one walk of the index slots, skipped at once while no object the index
+    /// has taken (written, replicated or recovered) has carried an expiry.
+    pub fn expired_keys(&self, limit: usize) -> Vec<(Vec<u8>, u16, u64)> {
+        let st = self.inner.state.borrow();
+        if !st.index().has_expiring() {
+            return Vec::new();
+        }
+        let now = now_ms();
+        st.index()
+            .iter_with_partition()
+            .filter(|(_, _, e)| !e.tombstone() && e.expired(now))
+            .take(limit)
+            .map(|(k, p, e)| (k.to_vec(), p, e.version))
             .collect()
     }
 
@@ -750,8 +842,9 @@ impl<Q: BlockQueue> Store<Q> {
         let mut by_partition: Vec<Vec<Vec<u8>>> = vec![Vec::new(); partitions.len()];
         {
             let st = self.inner.state.borrow();
+            let now = now_ms();
             for (k, p, e) in st.index().iter_with_partition() {
-                if e.tombstone() {
+                if !e.live_at(now) {
                     continue;
                 }
                 if let Some(&i) = wanted.get(&p) {

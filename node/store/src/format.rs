@@ -13,8 +13,14 @@
 /// Version of the format this code writes and reads. 2: batch headers carry their
 /// segment's sequence number and their CRC covers the store's uuid; a freed segment keeps a
 /// header that records the LSN and sequence high-water marks; a record header (48 bytes)
-/// carries its object's partition.
-pub const FORMAT_VERSION: u32 = 2;
+/// carries its object's partition. 3: a record header carries its object's expiry (bytes
+/// 42..48, zero in version 2, so a version-2 store is upgraded at open by rewriting its
+/// superblock: a version-2 build then refuses it instead of misreading an expiry).
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format this build opens (and upgrades).
+pub const OLDEST_READABLE_FORMAT: u32 = 2;
+/// Largest expiry a record holds: 48 bits of Unix milliseconds (the year 10889).
+pub const MAX_EXPIRES_MS: u64 = (1 << 48) - 1;
 /// Size of one superblock copy; two copies sit at the start of the region.
 pub const SUPERBLOCK_BYTES: u64 = 4096;
 /// Where segment 0 starts within the region.
@@ -58,6 +64,8 @@ pub struct Superblock {
     pub segment_bytes: u64,
     pub segment_count: u32,
     pub partition_bits: u8,
+    /// The format version it was written with (encode always writes `FORMAT_VERSION`).
+    pub format_version: u32,
 }
 
 impl Superblock {
@@ -97,9 +105,9 @@ impl Superblock {
             return Err("superblock checksum mismatch".into());
         }
         let version = u32_at(b, 8);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_FORMAT..=FORMAT_VERSION).contains(&version) {
             return Err(format!(
-                "format version {version}; this build reads {FORMAT_VERSION}"
+                "format version {version}; this build reads {OLDEST_READABLE_FORMAT} to {FORMAT_VERSION}"
             ));
         }
         let mut uuid = [0u8; 16];
@@ -114,6 +122,7 @@ impl Superblock {
             segment_bytes: u64_at(b, 56),
             segment_count: u32_at(b, 64),
             partition_bits: b[68],
+            format_version: version,
         }))
     }
 }
@@ -277,6 +286,8 @@ pub struct RecordHeader {
     /// The object's partition, as its writer named it: recovery, GC and replication keep
     /// it without knowing how keys are placed.
     pub partition: u16,
+    /// When the object expires, Unix milliseconds (48 bits); 0: never.
+    pub expires_ms: u64,
 }
 
 impl RecordHeader {
@@ -298,7 +309,8 @@ impl RecordHeader {
         out[32..36].copy_from_slice(&self.value_at.to_le_bytes());
         out[36..40].copy_from_slice(&self.value_crc.to_le_bytes());
         out[40..42].copy_from_slice(&self.partition.to_le_bytes());
-        out[42..48].fill(0);
+        debug_assert!(self.expires_ms <= MAX_EXPIRES_MS);
+        out[42..48].copy_from_slice(&self.expires_ms.to_le_bytes()[..6]);
         let k_end = RECORD_HEADER_BYTES + key.len();
         out[RECORD_HEADER_BYTES..k_end].copy_from_slice(key);
         let c = crc(&out[8..k_end]);
@@ -329,10 +341,12 @@ impl RecordHeader {
             value_at: u32_at(b, 32),
             value_crc: u32_at(b, 36),
             partition: u16::from_le_bytes([b[40], b[41]]),
+            expires_ms: {
+                let mut e = [0u8; 8];
+                e[..6].copy_from_slice(&b[42..48]);
+                u64::from_le_bytes(e)
+            },
         };
-        if b[42..48] != [0; 6] {
-            return Err(RecordError::BadKind);
-        }
         let value_ok = match kind {
             RecordKind::Put => h.value_len as usize <= max_value,
             RecordKind::Tombstone => h.value_len as usize == TOMBSTONE_VALUE_BYTES && h.inline,
@@ -376,6 +390,7 @@ mod tests {
             value_at: 0x5b,
             value_crc: value_crc(b"value"),
             partition: 0x0a0b,
+            expires_ms: 1_800_000_000_123,
         };
         let mut out = vec![0u8; h.meta_len()];
         h.encode(b"key", &mut out);
@@ -384,7 +399,9 @@ mod tests {
             hex(&out),
             concat!(
                 "48535232",
-                "349f2dd2",
+                // CRC32C of bytes 8..51, computed apart from this code (a bitwise
+                // Castagnoli in Python) from the bytes below.
+                "d8b90eee",
                 "01",
                 "01",
                 "0300",
@@ -394,7 +411,7 @@ mod tests {
                 "5b000000",
                 "6303e0e1",
                 "0b0a",
-                "000000000000",
+                "7b505c18a301",
                 "6b6579",
                 "76616c7565"
             )
@@ -486,6 +503,7 @@ mod tests {
             segment_bytes: 16 << 20,
             segment_count: 63,
             partition_bits: 12,
+            format_version: FORMAT_VERSION,
         };
         let mut out = [0u8; 4096];
         sb.encode(&mut out);
@@ -493,7 +511,7 @@ mod tests {
         assert_eq!(
             hex(&out[8..72]),
             concat!(
-                "02000000",
+                "03000000",
                 "00100000",
                 "abababababababababababababababab",
                 "00d2496b00000000",
@@ -523,6 +541,7 @@ mod tests {
             value_at: 0,
             value_crc: 0,
             partition: 3,
+            expires_ms: 0,
         };
         let mut out = vec![0u8; RECORD_HEADER_BYTES + 1];
         h.encode(b"k", &mut out);
@@ -551,12 +570,12 @@ mod tests {
             RecordHeader::decode(&out[..RECORD_HEADER_BYTES], 1024, 100),
             Err(RecordError::BadLength)
         );
-        let mut reserved = out.clone();
-        reserved[45] = 1;
+        let mut expiry = out.clone();
+        expiry[45] = 1;
         assert_eq!(
-            RecordHeader::decode(&reserved, 1024, 100),
-            Err(RecordError::BadKind),
-            "reserved bytes must be zero"
+            RecordHeader::decode(&expiry, 1024, 100),
+            Err(RecordError::Checksum),
+            "the CRC covers the expiry"
         );
         let mut moved = out.clone();
         moved[40] ^= 1;

@@ -12,7 +12,7 @@ use super::error::StoreResult;
 use super::format::{value_crc, RecordKind, TOMBSTONE_VALUE_BYTES};
 use super::format::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::group_commit::{commit, live_size, newest_staged_batch, Origin, StageRequest};
-use super::index::IndexEntry;
+use super::index::{now_ms, IndexEntry};
 use super::metrics::bump;
 use super::value_buf::StageValue;
 use crate::limits::GC_RESERVED_SEGMENTS;
@@ -228,6 +228,13 @@ impl<Q: BlockQueue> Store<Q> {
                 continue;
             }
             let size = live_size(key, e.value_len());
+            // An expired object moves as a tombstone of its version (its value's space is
+            // given back): dropping it instead could let an older version of the key, in a
+            // segment not yet collected, come back at the next recovery. The tombstone is
+            // forgotten later by the rule for every tombstone.
+            let expired = !e.tombstone() && e.expired(now_ms());
+            let stamp = e.version.to_le_bytes();
+            let value: &[u8] = if expired { &stamp } else { value };
             if e.tombstone() && value.len() == TOMBSTONE_VALUE_BYTES {
                 let deleted_at = u64::from_le_bytes(value.try_into().expect("8 bytes"));
                 if deleted_at < st.segments().min_first_lsn_excluding(victim) {
@@ -242,11 +249,12 @@ impl<Q: BlockQueue> Store<Q> {
                 hash: kh,
                 partition: r.partition,
                 version: Some(e.version),
-                kind: if e.tombstone() {
+                kind: if e.tombstone() || expired {
                     RecordKind::Tombstone
                 } else {
                     RecordKind::Put
                 },
+                expires_ms: if expired { 0 } else { e.expires_ms },
                 origin: Origin::Moved {
                     segment: victim,
                     offset: e.value_offset,

@@ -78,6 +78,7 @@ pub struct LogRecord {
     pub partition: u16,
     pub version: u64,
     pub tombstone: bool,
+    pub expires_ms: u64,
     /// Segment offset of the value once the batch is placed (set when it is written).
     pub value_offset: u32,
     pub value_len: u32,
@@ -241,6 +242,8 @@ pub struct StageRequest<'a> {
     pub version: Option<u64>,
     pub kind: RecordKind,
     pub origin: Origin,
+    /// When the object expires, Unix milliseconds; 0: never.
+    pub expires_ms: u64,
 }
 
 fn round_up(v: u64, to: u64) -> u64 {
@@ -347,6 +350,7 @@ pub(crate) fn stage<H: LogHost>(
         value_at,
         value_crc: value_crc(value.bytes()),
         partition: req.partition,
+        expires_ms: req.expires_ms,
     };
     let at = batch.meta_used;
     // `fits` checked both capacities: these lengths cannot fail.
@@ -393,6 +397,7 @@ pub(crate) fn stage<H: LogHost>(
             key: req.key.into(),
             hash: req.hash,
             partition: req.partition,
+            expires_ms: req.expires_ms,
             version,
             tombstone: req.kind == RecordKind::Tombstone,
             value_offset: 0,

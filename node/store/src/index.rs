@@ -1,13 +1,13 @@
 //! The in-memory index of one shard: key to the location, length, checksum and version of
 //! its newest value, and the object's partition. Built to be small: a hash table of 8-byte
-//! (slot id, hash) pairs, a dense array of 32-byte slots, and the key bytes in one arena
+//! (slot id, hash) pairs, a dense array of 40-byte slots, and the key bytes in one arena
 //! (no per-key allocation). Keeping 32 hash bits in the table lets it grow without touching
 //! slots or keys; keeping the partition in the slot makes "every object of partition P" a
 //! walk of the slots, with no key hashed again.
 
 use hashbrown::HashTable;
 
-/// Where a key's newest value lives and what it is. 24 bytes.
+/// Where a key's newest value lives and what it is. 32 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
     pub version: u64,
@@ -17,6 +17,8 @@ pub struct IndexEntry {
     /// Value length, with `TOMBSTONE_BIT` set for a delete.
     len_and_flags: u32,
     pub value_crc: u32,
+    /// When the object expires, Unix milliseconds; 0: never.
+    pub expires_ms: u64,
 }
 
 const TOMBSTONE_BIT: u32 = 1 << 31;
@@ -38,7 +40,24 @@ impl IndexEntry {
             value_offset,
             len_and_flags,
             value_crc,
+            expires_ms: 0,
         }
+    }
+
+    /// The entry with an expiry (Unix milliseconds; 0: never).
+    pub fn expiring_at(mut self, expires_ms: u64) -> Self {
+        self.expires_ms = expires_ms;
+        self
+    }
+
+    /// Whether the object has expired at `now_ms` (Unix milliseconds).
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_ms != 0 && self.expires_ms <= now_ms
+    }
+
+    /// Whether the object exists at `now_ms`: not deleted and not expired.
+    pub fn live_at(&self, now_ms: u64) -> bool {
+        !self.tombstone() && !self.expired(now_ms)
     }
 
     pub fn value_len(&self) -> u32 {
@@ -57,6 +76,14 @@ pub enum Upsert {
     Replaced(Option<IndexEntry>),
     /// An entry with a newer version was already there and stays.
     KeptNewer,
+}
+
+/// The wall clock in Unix milliseconds: what expiries are compared with (they survive
+/// restarts, so they cannot be on a monotonic clock).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 struct Slot {
@@ -85,6 +112,8 @@ pub struct Index {
     garbage: usize,
     hasher: ahash::RandomState,
     live_objects: usize,
+    /// An entry with an expiry has been inserted (the expiry sweep has work only then).
+    expiring: bool,
 }
 
 impl Default for Index {
@@ -96,6 +125,7 @@ impl Default for Index {
             garbage: 0,
             hasher: ahash::RandomState::new(),
             live_objects: 0,
+            expiring: false,
         }
     }
 }
@@ -143,9 +173,10 @@ impl Index {
             .map(|id| &self.slots[id as usize].entry)
     }
 
-    /// A live (not deleted) entry.
+    /// A live entry: not deleted, not expired.
     pub fn get_live(&self, key: &[u8]) -> Option<&IndexEntry> {
-        self.get(key).filter(|e| !e.tombstone())
+        let now = now_ms();
+        self.get(key).filter(|e| e.live_at(now))
     }
 
     /// Inserts or replaces; returns the previous entry.
@@ -190,6 +221,7 @@ impl Index {
                 return Upsert::KeptNewer;
             }
         }
+        self.expiring |= entry.expires_ms != 0;
         let old = match found {
             Some(id) => {
                 let slot = &mut self.slots[id as usize];
@@ -284,6 +316,11 @@ impl Index {
         self.garbage = 0;
     }
 
+    /// Whether an entry with an expiry has ever been inserted.
+    pub fn has_expiring(&self) -> bool {
+        self.expiring
+    }
+
     /// Objects that exist (tombstones excluded).
     pub fn live_objects(&self) -> usize {
         self.live_objects
@@ -340,8 +377,10 @@ mod tests {
 
     #[test]
     fn sizes_are_what_the_memory_budget_assumes() {
-        assert_eq!(std::mem::size_of::<IndexEntry>(), 24);
-        assert_eq!(std::mem::size_of::<Slot>(), 32);
+        // 8 bytes more per key since issue 21: the expiry, checked on every read without
+        // another lookup.
+        assert_eq!(std::mem::size_of::<IndexEntry>(), 32);
+        assert_eq!(std::mem::size_of::<Slot>(), 40);
     }
 
     #[test]

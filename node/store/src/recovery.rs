@@ -10,7 +10,9 @@ use super::cache::Cache;
 use super::config::StoreConfig;
 use super::engine::Store;
 use super::error::{StoreError, StoreResult};
-use super::format::{RecordKind, SegmentHeader, Superblock, SEGMENTS_START, SUPERBLOCK_BYTES};
+use super::format::{
+    RecordKind, SegmentHeader, Superblock, FORMAT_VERSION, SEGMENTS_START, SUPERBLOCK_BYTES,
+};
 use super::group_commit::live_size;
 use super::group_commit::Writer;
 use super::index::{Index, IndexEntry, Upsert};
@@ -33,6 +35,8 @@ pub struct RecoveryReport {
     pub lsn_anomalies: u32,
     /// Freed segments whose marks were read for the LSN and sequence high-water marks.
     pub freed_marks: u32,
+    /// The format version the store was written in, when it was older and upgraded.
+    pub upgraded_from: Option<u32>,
     pub seconds: f64,
 }
 
@@ -125,6 +129,13 @@ impl<Q: BlockQueue> Store<Q> {
                 sb.segment_count, sb.segment_bytes, sb.region_bytes, sb.block_size
             )));
         }
+        if sb.format_version < FORMAT_VERSION {
+            // Version 2 records read as version 3 ones with no expiry. Marked upgraded
+            // before anything is written: a record with an expiry must never reach a build
+            // that would misread it.
+            Self::write_superblock(&queue, &cfg, &sb).await?;
+            report.upgraded_from = Some(sb.format_version);
+        }
         let mut segments = SegmentTable::new(
             sb.segment_count,
             cfg.region_offset + SEGMENTS_START,
@@ -207,7 +218,8 @@ impl<Q: BlockQueue> Store<Q> {
                         rh.value_len,
                         rh.value_crc,
                         rh.kind == RecordKind::Tombstone,
-                    );
+                    )
+                    .expiring_at(rh.expires_ms);
                     // A GC copy keeps its version; never let an older version win.
                     match index.insert_unless_older(r.key, rh.partition, entry) {
                         Upsert::KeptNewer => return,
@@ -280,12 +292,19 @@ impl<Q: BlockQueue> Store<Q> {
             segment_bytes: cfg.segment_bytes,
             segment_count: cfg.segment_count(),
             partition_bits: cfg.partition_bits,
+            format_version: FORMAT_VERSION,
         };
+        Self::write_superblock(queue, cfg, &sb).await?;
+        Ok(sb)
+    }
+
+    /// Both superblock copies, durably, in this build's format version.
+    async fn write_superblock(queue: &Q, cfg: &StoreConfig, sb: &Superblock) -> StoreResult<()> {
         let mut buf = queue.pool().alloc(SEGMENTS_START as usize).await?;
         buf.fill(0);
         sb.encode(&mut buf[..SUPERBLOCK_BYTES as usize]);
         sb.encode(&mut buf[SUPERBLOCK_BYTES as usize..]);
         queue.write_at(cfg.region_offset, buf, Durability::Fua).await?;
-        Ok(sb)
+        Ok(())
     }
 }

@@ -204,6 +204,7 @@ mod tests {
                 value_at,
                 value_crc: value_crc(value),
                 partition: 0,
+                expires_ms: 0,
             };
             h.encode(key, &mut seg[meta..]);
             if inline {

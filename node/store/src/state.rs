@@ -136,7 +136,8 @@ impl State {
                 r.value_len,
                 r.value_crc,
                 r.tombstone,
-            );
+            )
+            .expiring_at(r.expires_ms);
             let size = live_size(&r.key, r.value_len);
             let h = r.hash;
             match r.origin {
@@ -175,11 +176,17 @@ impl State {
                     let still_there = self
                         .index
                         .get_hashed(&r.key, h)
-                        .is_some_and(|e| e.segment == from_seg && e.value_offset == from_off);
-                    if still_there {
+                        .filter(|e| e.segment == from_seg && e.value_offset == from_off)
+                        .copied();
+                    if let Some(old) = still_there {
                         self.index.insert_hashed(&r.key, h, r.partition, entry);
-                        self.segments.sub_live(from_seg, size);
+                        // An expired object moves as a tombstone: smaller than it was.
+                        self.segments
+                            .sub_live(from_seg, live_size(&r.key, old.value_len()));
                         self.segments.add_live(segment, size);
+                        if r.tombstone && !old.tombstone() {
+                            self.cache.remove(&r.key, h);
+                        }
                     }
                 }
             }

@@ -14,6 +14,7 @@ pub enum Value {
         start: usize,
         len: usize,
         object_len: u32,
+        expires_ms: u64,
     },
     /// From the hot-object cache.
     Cached {
@@ -21,6 +22,7 @@ pub enum Value {
         start: usize,
         len: usize,
         object_len: u32,
+        expires_ms: u64,
     },
 }
 
@@ -44,6 +46,13 @@ impl Value {
     pub fn object_len(&self) -> u64 {
         match self {
             Value::Dma { object_len, .. } | Value::Cached { object_len, .. } => u64::from(*object_len),
+        }
+    }
+
+    /// When the object expires, Unix milliseconds; 0: never.
+    pub fn expires_ms(&self) -> u64 {
+        match self {
+            Value::Dma { expires_ms, .. } | Value::Cached { expires_ms, .. } => *expires_ms,
         }
     }
 

@@ -647,6 +647,7 @@ fn a_superblock_whose_layout_leaves_its_region_is_refused() {
         segment_bytes: SIM_SEGMENT,
         segment_count: 1_000_000, // far past the region, with a valid checksum
         partition_bits: 12,
+        format_version: hotshard_store::format::FORMAT_VERSION,
     };
     let mut buf = q.pool().try_alloc(8192).unwrap();
     buf.fill(0);
