@@ -393,3 +393,57 @@ fn expiry_survives_kill_9_and_holds_on_both_protocols() {
     assert_eq!(call(&mut s, &[b"GET", b"long"]), b"1");
     assert_eq!(native.get(b"plain", None).unwrap().unwrap().0, b"3");
 }
+
+/// The admin endpoint's metric `name`, summed over its label sets.
+fn metric(port: u16, name: &str) -> u64 {
+    let mut s = TcpStream::connect(("127.0.0.1", port + 3)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A large SET's value is received from the socket straight into a DMA buffer of the
+/// shard that writes it (when that is the shard the connection is on), with any arguments
+/// after it, pipelined with other commands, and reads back whole.
+#[test]
+fn large_set_values_are_received_straight_into_the_device_buffer() {
+    let dir = test_dir();
+    let port = ports();
+    let _node = start(&write_config(dir.path(), port), port);
+    let before = metric(port, "hotshard_put_payload_bytes_direct_total");
+    let mut s = connect(port);
+    let mut pipeline = Vec::new();
+    let values: Vec<Vec<u8>> = (0..16u8)
+        .map(|i| {
+            (0..(300 << 10) + i as usize * 1000)
+                .map(|j| (j as u8) ^ i)
+                .collect()
+        })
+        .collect();
+    for (i, v) in values.iter().enumerate() {
+        let key = format!("big:{i}");
+        pipeline.extend(command(&[b"SET", key.as_bytes(), v, b"EX", b"100"]));
+        pipeline.extend(command(&[b"GET", key.as_bytes()]));
+    }
+    pipeline.extend(command(&[b"PING"]));
+    s.write_all(&pipeline).unwrap();
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(reply(&mut s), b"+OK\r\n", "SET big:{i}");
+        assert_eq!(&reply(&mut s), v, "GET big:{i}");
+    }
+    assert_eq!(reply(&mut s), b"+PONG\r\n");
+    let r = call(&mut s, &[b"TTL", b"big:3"]);
+    assert!(
+        r == b":100\r\n" || r == b":99\r\n",
+        "the EX after the value: {r:?}"
+    );
+    let direct = metric(port, "hotshard_put_payload_bytes_direct_total") - before;
+    assert!(
+        direct > 1 << 20,
+        "only {direct} bytes went straight into DMA buffers"
+    );
+}

@@ -33,6 +33,15 @@ impl PutPayload {
     }
 }
 
+impl AsRef<[u8]> for PutPayload {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            PutPayload::InPlace(b) => b.as_ref(),
+            PutPayload::Heap(v) => v,
+        }
+    }
+}
+
 impl AsMut<[u8]> for PutPayload {
     fn as_mut(&mut self) -> &mut [u8] {
         match self {

@@ -17,6 +17,7 @@ use hotshard_nvme::BlockQueue;
 
 use crate::config::RespSection;
 use crate::key_listing::decode_keys;
+use crate::put_payload::PutPayload;
 use crate::route::{route, Route};
 use crate::shard_handler::{keyed, OutBuf, ShardHandler};
 
@@ -95,9 +96,9 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
 
     /// Sends one native request (and its value) where it is answered, within this shard's
     /// admission budget, as a request from a native connection would be.
-    async fn native(&self, request: Request, value: Option<&[u8]>) -> Reply<OutBuf> {
+    async fn native(&self, request: Request, value: Option<Val<'_>>) -> Reply<OutBuf> {
         let h = &self.shard;
-        let len = value.map_or(0, <[u8]>::len);
+        let len = value.as_ref().map_or(0, Val::len);
         let held = match Handler::admit(&**h, &request, len) {
             Ok(held) => held,
             Err(status) => return Reply::status(status),
@@ -110,19 +111,19 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
             let reads = matches!(request, Request::Get { .. } | Request::Stat { .. });
             let routed = route(&h.map.borrow(), h.node_id, h.shard, key, target, reads);
             if routed == Ok(Route::Elsewhere) {
-                return self
-                    .proxy(&request, value.unwrap_or_default(), target.partition)
-                    .await;
+                let bytes = value.as_ref().map_or(&[][..], Val::bytes);
+                return self.proxy(&request, bytes, target.partition).await;
             }
         }
         let payload = match value {
-            Some(v) => match h.payload_buffer(&request, v.len()) {
+            Some(Val::Bytes(v)) => match h.payload_buffer(&request, v.len()) {
                 Ok(mut buf) => {
                     buf.as_mut()[..v.len()].copy_from_slice(v);
                     Some(buf)
                 }
                 Err(status) => return Reply::status(status),
             },
+            Some(Val::Received(p)) => Some(p),
             None => None,
         };
         h.clone().handle(request, payload).await
@@ -184,7 +185,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
     async fn put(
         &self,
         key: &[u8],
-        value: &[u8],
+        value: Val<'_>,
         if_version: Option<u64>,
         expires_ms: u64,
     ) -> Result<Wrote, String> {
@@ -215,7 +216,9 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
         }
     }
 
-    async fn run(&self, c: RespCommand<'_>) -> Result<R, String> {
+    /// Runs `c`; `received` is its SET value if the connection received it into a buffer
+    /// of this shard's (`value_buffer`).
+    async fn run(&self, c: RespCommand<'_>, received: Option<PutPayload>) -> Result<R, String> {
         use RespCommand as C;
         let max_key = hotshard_net::limits::MAX_KEY_BYTES;
         if c.keys().unwrap_or_default().iter().any(|k| k.len() > max_key) {
@@ -239,6 +242,10 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
                 let expires_ms = match expiry {
                     Some(e) => expiry_ms(e).ok_or("ERR invalid expire time in 'set' command")?,
                     None => 0,
+                };
+                let value = match received {
+                    Some(p) => Val::Received(p),
+                    None => Val::Bytes(value),
                 };
                 self.set(key, value, cond, get, expires_ms, keep_ttl).await?
             }
@@ -267,7 +274,9 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
                 None => RespReply::bulk_bytes(b""),
             },
             C::StrLen(k) => RespReply::integer(self.stat(k).await?.map_or(0, |(len, _)| len as i64)),
-            C::Append(k, tail) => RespReply::integer(self.update(k, UpdateOp::Append, Some(tail)).await?.0),
+            C::Append(k, tail) => {
+                RespReply::integer(self.update(k, UpdateOp::Append, Some(Val::Bytes(tail))).await?.0)
+            }
             C::IncrBy(k, by) => RespReply::integer(self.update(k, UpdateOp::IncrBy(by), None).await?.0),
             C::Del(keys) => {
                 let mut n = 0;
@@ -301,7 +310,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
             }
             C::MSet(pairs) => {
                 for (k, v) in pairs {
-                    self.put(k, v, None, 0).await?;
+                    self.put(k, Val::Bytes(v), None, 0).await?;
                 }
                 RespReply::ok()
             }
@@ -413,7 +422,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
     async fn set(
         &self,
         key: &[u8],
-        value: &[u8],
+        value: Val<'_>,
         cond: SetIf,
         get: bool,
         expires_ms: u64,
@@ -454,7 +463,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
         &self,
         key: &[u8],
         op: UpdateOp,
-        value: Option<&[u8]>,
+        value: Option<Val<'_>>,
     ) -> Result<(i64, Option<OutBuf>), String> {
         let request = Request::Update {
             key: key.to_vec(),
@@ -462,7 +471,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
             op,
         };
         let reply = self
-            .native(request, value.or(op.carries_value().then_some(&[][..])))
+            .native(request, value.or(op.carries_value().then_some(Val::Bytes(&[]))))
             .await;
         match reply.response.status() {
             Status::Ok => {
@@ -642,6 +651,28 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
     }
 }
 
+/// A value for a write: bytes of a command, or a buffer the connection received it into.
+enum Val<'a> {
+    Bytes(&'a [u8]),
+    Received(PutPayload),
+}
+
+impl Val<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Val::Bytes(b) => b.len(),
+            Val::Received(p) => p.len(),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Val::Bytes(b) => b,
+            Val::Received(p) => p.as_ref(),
+        }
+    }
+}
+
 /// Who lists a partition's keys: a shard of this node, or another node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Server {
@@ -675,14 +706,39 @@ pub fn sum_metric(text: &str, name: &str) -> u64 {
 
 impl<Q: BlockQueue + 'static> RespHandler for RespFront<Q> {
     type Out = OutBuf;
+    type In = PutPayload;
+
+    /// A DMA buffer of this shard's pool for the value of a key it writes itself (no
+    /// replicas to pass it to): the batch writes it from there. None otherwise, or when
+    /// the pool has no room now (the value then comes through the read buffer).
+    fn value_buffer(&self, key: &[u8], len: usize) -> Option<PutPayload> {
+        let h = &self.shard;
+        if len > h.store.config().max_value_bytes {
+            return None;
+        }
+        let partition = h.map.borrow().partition(key);
+        let mine = {
+            let map = h.map.borrow();
+            crate::route::owns(&map, h.node_id, h.shard, partition)
+                && !crate::route::has_replicas(&map, partition)
+        };
+        mine.then(|| h.store.value_buffer(len))
+            .flatten()
+            .map(PutPayload::InPlace)
+    }
+
+    fn value_received(&self, buffered: usize, direct: usize) {
+        hotshard_net::server::Handler::payload_received(&*self.shard, buffered, direct);
+    }
 
     fn secret(&self) -> Option<&[u8]> {
         self.shard.secret.as_deref()
     }
 
-    async fn call(self: Rc<Self>, command: OwnedCommand) -> R {
+    async fn call(self: Rc<Self>, mut command: OwnedCommand<PutPayload>) -> R {
+        let received = command.take_value();
         let reply = match command.parse() {
-            Ok(c) => match self.run(c).await {
+            Ok(c) => match self.run(c, received).await {
                 Ok(r) => r,
                 Err(e) => RespReply::error(&e),
             },

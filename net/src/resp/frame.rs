@@ -148,6 +148,57 @@ fn parse_multibulk(buf: &[u8], limits: &RespLimits) -> Parsed {
     Parsed::Command(Command { consumed: at, args })
 }
 
+/// A multibulk command whose bytes stop inside one of its bulk arguments: what the server
+/// needs to receive that argument (a SET's value) straight into a buffer of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialBulk {
+    /// The arguments before the cut one (ranges of the buffer).
+    pub before: Vec<Arg>,
+    /// The command's argument count.
+    pub count: usize,
+    /// Where the cut argument's `$<len>` line starts, and where its bytes start.
+    pub header_at: usize,
+    pub value_at: usize,
+    pub value_len: usize,
+}
+
+/// The multibulk command at the front of `buf` if it is well formed so far and stops
+/// inside a bulk argument's bytes; None otherwise (whole, malformed, not multibulk, or cut
+/// before a bulk's bytes begin).
+pub fn partial_bulk(buf: &[u8], limits: &RespLimits) -> Option<PartialBulk> {
+    if buf.first() != Some(&b'*') {
+        return None;
+    }
+    let (count_line, mut at) = line(buf, 1, MAX_LENGTH_LINE).ok()??;
+    let count = match number(&buf[count_line]) {
+        Some(n) if n > 0 && n as u64 <= limits.max_args as u64 => n as usize,
+        _ => return None,
+    };
+    let mut before = Vec::new();
+    for _ in 0..count {
+        if buf.get(at) != Some(&b'$') {
+            return None;
+        }
+        let (len_line, body) = line(buf, at + 1, MAX_LENGTH_LINE).ok()??;
+        let len = match number(&buf[len_line]) {
+            Some(n) if n >= 0 && n as u64 <= limits.max_bulk as u64 => n as usize,
+            _ => return None,
+        };
+        if buf.len() < body + len + 2 {
+            return Some(PartialBulk {
+                before,
+                count,
+                header_at: at,
+                value_at: body,
+                value_len: len,
+            });
+        }
+        before.push(Arg::At(body..body + len));
+        at = body + len + 2;
+    }
+    None
+}
+
 fn parse_inline(buf: &[u8], limits: &RespLimits) -> Parsed {
     let window = &buf[..buf.len().min(limits.max_inline + 1)];
     let Some(nl) = window.iter().position(|&b| b == b'\n') else {
@@ -252,6 +303,26 @@ fn split_words(buf: &[u8], line: Range<usize>, limits: &RespLimits) -> Result<Ve
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_command_cut_inside_a_value_says_where_the_value_is() {
+        let l = RespLimits::default();
+        let buf = b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123";
+        let p = super::partial_bulk(buf, &l).unwrap();
+        assert_eq!(p.count, 4);
+        assert_eq!(p.before.len(), 2);
+        assert_eq!(p.before[1].bytes(buf), b"k");
+        assert_eq!(&buf[p.header_at..p.value_at], b"$10\r\n");
+        assert_eq!(p.value_len, 10);
+        // Whole, cut before a value begins, or malformed: none.
+        assert_eq!(super::partial_bulk(b"*1\r\n$4\r\nPING\r\n", &l), None);
+        assert_eq!(super::partial_bulk(b"*2\r\n$3\r\nGET\r\n$", &l), None);
+        assert_eq!(super::partial_bulk(b"*2\r\n+3\r\n", &l), None);
+        assert_eq!(super::partial_bulk(b"GET k", &l), None);
+        for cut in 0..buf.len() {
+            let _ = super::partial_bulk(&buf[..cut], &l);
+        }
+    }
+
     use super::*;
 
     fn words(buf: &[u8]) -> Vec<Vec<u8>> {

@@ -22,7 +22,7 @@ use futures_lite::io::{split, WriteHalf};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::command::{parse, RespCommand};
-use super::frame::{parse_command, Arg, Parsed, RespLimits};
+use super::frame::{parse_command, partial_bulk, Arg, Parsed, RespLimits};
 use super::reply;
 use crate::server::SocketReader;
 use crate::stop::{StopSignal, StopWatch};
@@ -34,13 +34,21 @@ const READ_BYTES: usize = 64 << 10;
 const WRITE_BATCH_BYTES: usize = 256 << 10;
 
 /// One command's bytes, copied out of the read buffer so that it can run on its own task
-/// while the connection reads on.
-pub struct OwnedCommand {
+/// while the connection reads on; a large SET's value is not among them but in a buffer
+/// of the handler's, received there straight from the socket (`value`; the command's
+/// value argument is then empty).
+pub struct OwnedCommand<V> {
     bytes: Vec<u8>,
     args: Vec<Arg>,
+    value: Option<V>,
 }
 
-impl OwnedCommand {
+impl<V> OwnedCommand<V> {
+    /// The SET value received into the handler's buffer, if it was.
+    pub fn take_value(&mut self) -> Option<V> {
+        self.value.take()
+    }
+
     pub fn args(&self) -> Vec<&[u8]> {
         self.args.iter().map(|a| a.bytes(&self.bytes)).collect()
     }
@@ -101,10 +109,23 @@ impl<B> RespReply<B> {
 pub trait RespHandler: 'static {
     /// A buffer a value is sent from (the store's, or the cache's).
     type Out: AsRef<[u8]> + 'static;
+    /// A buffer a large SET's value is received into (a DMA buffer bound for the device).
+    type In: AsMut<[u8]> + 'static;
+    /// A buffer of exactly `len` bytes for the value of `SET key`, or None to receive it
+    /// through the connection's read buffer like any other argument.
+    fn value_buffer(&self, _key: &[u8], _len: usize) -> Option<Self::In> {
+        None
+    }
+    /// A value of `buffered + direct` bytes has arrived in a `value_buffer`: `buffered`
+    /// were copied from the read buffer, `direct` received straight into it.
+    fn value_received(&self, _buffered: usize, _direct: usize) {}
     /// The password AUTH must give, if any.
     fn secret(&self) -> Option<&[u8]>;
     /// Runs `command` (every command but the connection's own).
-    fn call(self: Rc<Self>, command: OwnedCommand) -> impl Future<Output = RespReply<Self::Out>> + 'static;
+    fn call(
+        self: Rc<Self>,
+        command: OwnedCommand<Self::In>,
+    ) -> impl Future<Output = RespReply<Self::Out>> + 'static;
     /// Counts a command the connection answered itself.
     fn count(&self, _name: &str, _ok: bool) {}
 }
@@ -278,6 +299,8 @@ where
     let mut len = 0usize;
     // When the command at the front of the buffer began to arrive.
     let mut begun: Option<Instant> = None;
+    // The value of the SET at the front, received into the handler's buffer.
+    let mut value: Option<H::In> = None;
     loop {
         // Every whole command in the buffer, in order.
         let mut at = 0usize;
@@ -291,7 +314,11 @@ where
                         continue;
                     }
                     // Ranges are relative to where the command started.
-                    let command = OwnedCommand { bytes, args: c.args };
+                    let command = OwnedCommand {
+                        bytes,
+                        args: c.args,
+                        value: value.take(),
+                    };
                     report.commands += 1;
                     let go_on = dispatch(
                         command,
@@ -323,6 +350,20 @@ where
                     }
                     if at < len && begun.is_none() {
                         begun = Some(Instant::now());
+                    }
+                    if value.is_none() && need >= DIRECT_VALUE_BYTES {
+                        let deadline = begun.unwrap_or_else(Instant::now) + cfg.frame_timeout;
+                        match receive_value(r, &handler, &mut buf, at, len, &cfg.limits, deadline).await {
+                            Direct::Received(v, new_len) => {
+                                value = Some(v);
+                                len = new_len;
+                            }
+                            Direct::NotHere => {}
+                            Direct::Failed(timed_out) => {
+                                report.timed_out = timed_out;
+                                return report;
+                            }
+                        }
                     }
                     // Make room for the whole command (at least a read's worth).
                     buf.copy_within(at..len, 0);
@@ -375,6 +416,72 @@ where
     }
 }
 
+/// A SET value at least this big is received straight into the handler's buffer.
+const DIRECT_VALUE_BYTES: usize = 64 << 10;
+
+/// What became of a SET value `receive_value` looked at.
+enum Direct<V> {
+    /// In the handler's buffer; the read buffer now ends (at the returned length) where
+    /// the value began, its `$<len>` line rewritten as `$0` so that the command parses
+    /// with an empty value argument.
+    Received(V, usize),
+    /// Not a SET value, or the handler has no buffer for it: the read buffer takes it.
+    NotHere,
+    /// The connection failed (true: the value did not arrive within the frame timeout).
+    Failed(bool),
+}
+
+/// If the command at `buf[at..len]` is a SET cut inside its value, and the handler gives a
+/// buffer for it: copies what has arrived of the value there and receives the rest from
+/// the socket straight into it.
+async fn receive_value<R, H>(
+    r: &mut R,
+    handler: &Rc<H>,
+    buf: &mut [u8],
+    at: usize,
+    len: usize,
+    limits: &RespLimits,
+    deadline: Instant,
+) -> Direct<H::In>
+where
+    R: AsyncRead + Unpin,
+    H: RespHandler,
+{
+    let Some(p) = partial_bulk(&buf[at..len], limits) else {
+        return Direct::NotHere;
+    };
+    let is_set = p.before.len() == 2 && p.before[0].bytes(&buf[at..len]).eq_ignore_ascii_case(b"SET");
+    if !is_set || p.value_len < DIRECT_VALUE_BYTES {
+        return Direct::NotHere;
+    }
+    let Some(mut v) = handler.value_buffer(p.before[1].bytes(&buf[at..len]), p.value_len) else {
+        return Direct::NotHere;
+    };
+    let value_at = at + p.value_at;
+    let have = (len - value_at).min(p.value_len);
+    v.as_mut()[..have].copy_from_slice(&buf[value_at..value_at + have]);
+    if have < p.value_len {
+        let rest = &mut v.as_mut()[have..p.value_len];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match glommio::timer::timeout(left, async { Ok(r.read_exact(rest).await) }).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Direct::Failed(false),
+            Err(_) => return Direct::Failed(true),
+        }
+    }
+    handler.value_received(have, p.value_len - have);
+    // The bytes after the value that were already read (its CRLF, later arguments).
+    let after = value_at + have;
+    let tail: Vec<u8> = buf[after..len].to_vec();
+    let header_at = at + p.header_at;
+    let mut end = header_at;
+    for b in b"$0\r\n".iter().chain(tail.iter()) {
+        buf[end] = *b;
+        end += 1;
+    }
+    Direct::Received(v, end)
+}
+
 /// A protocol error: its reply goes out, then the connection closes.
 fn fail<B>(outbox: &Outbox<B>, report: &mut RespReport, e: String) -> RespReport {
     outbox.push(Some(RespReply::error(&e)));
@@ -411,7 +518,7 @@ async fn wait_idle(running: &mut Running) {
 
 /// Answers one command, or starts it; false when the connection is to close after it.
 async fn dispatch<H: RespHandler>(
-    command: OwnedCommand,
+    command: OwnedCommand<H::In>,
     handler: &Rc<H>,
     outbox: &Rc<Outbox<H::Out>>,
     session: &mut Session,
