@@ -9,7 +9,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use hotshard_net::resp::command::{ExpireIf, Expiry, GetExpiry, RespCommand, SetIf, TABLE};
+use hotshard_net::resp::command::{ExpireIf, Expiry, GetExpiry, RespCommand, SetIf};
 use hotshard_net::resp::server::{OwnedCommand, RespHandler, RespReply};
 use hotshard_net::server::{Handler, Reply};
 use hotshard_net::{Request, Response, Status, Target, UpdateOp};
@@ -18,7 +18,6 @@ use hotshard_nvme::BlockQueue;
 use crate::config::RespSection;
 use crate::key_listing::decode_keys;
 use crate::put_payload::PutPayload;
-use crate::route::{route, Route};
 use crate::shard_handler::{keyed, OutBuf, ShardHandler};
 
 type R = RespReply<OutBuf>;
@@ -69,14 +68,6 @@ pub fn status_error(s: &Status) -> String {
     }
 }
 
-/// The command's name as COMMAND lists it, for the metrics (one label per known command).
-fn metric_name(name: &str) -> &'static str {
-    TABLE
-        .iter()
-        .find(|(n, ..)| *n == name)
-        .map_or("unknown", |(n, ..)| *n)
-}
-
 /// GETRANGE's inclusive `start..=end` with negative ends counted from the back.
 fn byte_range(len: usize, start: i64, end: i64) -> Option<std::ops::Range<usize>> {
     let len = len as i64;
@@ -107,10 +98,9 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
             admission: &h.admission,
             bytes,
         });
-        if let Some((key, target)) = keyed(&request) {
+        if let Some((_, target)) = keyed(&request) {
             let reads = matches!(request, Request::Get { .. } | Request::Stat { .. });
-            let routed = route(&h.map.borrow(), h.node_id, h.shard, key, target, reads);
-            if routed == Ok(Route::Elsewhere) {
+            if elsewhere(&h.map.borrow(), h.node_id, target.partition, reads) {
                 let bytes = value.as_ref().map_or(&[][..], Val::bytes);
                 return self.proxy(&request, bytes, target.partition).await;
             }
@@ -651,6 +641,16 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
     }
 }
 
+/// Whether another node answers `partition` (as `route` decides it, without hashing the
+/// key again: the partition came from the same hash): no serving replica here for a read,
+/// and the head elsewhere.
+fn elsewhere(map: &hotshard_placement::ShardMap, node_id: u32, partition: u32, reads: bool) -> bool {
+    if reads && crate::chain_view::local_replica(map, partition, node_id).is_some() {
+        return false;
+    }
+    map.owner(partition).is_some_and(|o| o.node != node_id)
+}
+
 /// A value for a write: bytes of a command, or a buffer the connection received it into.
 enum Val<'a> {
     Bytes(&'a [u8]),
@@ -745,12 +745,12 @@ impl<Q: BlockQueue + 'static> RespHandler for RespFront<Q> {
             Err(e) => RespReply::error(&e),
         };
         let failed = matches!(&reply, RespReply::Raw(b) if b.first() == Some(&b'-'));
-        self.count(&command.name(), !failed);
+        self.count(command.name(), !failed);
         reply
     }
 
-    fn count(&self, name: &str, ok: bool) {
-        self.shard.stats.count_resp(metric_name(name), ok);
+    fn count(&self, name: &'static str, ok: bool) {
+        self.shard.stats.count_resp(name, ok);
     }
 }
 

@@ -96,6 +96,15 @@ pub enum RespCommand<'a> {
     FlushAll,
 }
 
+/// The command's name as the table spells it, or None for one it does not hold: a
+/// case-insensitive comparison, no allocation (what the metrics count by).
+pub fn table_name(name: &[u8]) -> Option<&'static str> {
+    TABLE
+        .iter()
+        .find(|(n, ..)| n.as_bytes().eq_ignore_ascii_case(name))
+        .map(|(n, ..)| *n)
+}
+
 /// Every command this front answers, as COMMAND lists it: name, Redis's arity (negative:
 /// at least that many), whether it writes, first and last key position (0: no key; -1:
 /// the last argument).
@@ -208,16 +217,26 @@ pub fn parse<'a>(args: &[&'a [u8]]) -> Result<RespCommand<'a>, String> {
     let Some(first) = args.first() else {
         return Err("ERR empty command".into());
     };
-    let name = String::from_utf8_lossy(first).to_ascii_uppercase();
+    // The name upper-cased on the stack (every command here is at most 16 bytes long): no
+    // allocation per command.
+    let mut upper = [0u8; 16];
+    let name: &str = match first.len() {
+        n @ 1..=16 => {
+            upper[..n].copy_from_slice(first);
+            upper[..n].make_ascii_uppercase();
+            std::str::from_utf8(&upper[..n]).unwrap_or("")
+        }
+        _ => "",
+    };
     let rest = &args[1..];
     let n = rest.len();
-    let exact = |want: usize| if n == want { Ok(()) } else { Err(wrong_args(&name)) };
-    let at_least = |want: usize| if n >= want { Ok(()) } else { Err(wrong_args(&name)) };
+    let exact = |want: usize| if n == want { Ok(()) } else { Err(wrong_args(name)) };
+    let at_least = |want: usize| if n >= want { Ok(()) } else { Err(wrong_args(name)) };
     use RespCommand as C;
-    Ok(match name.as_str() {
+    Ok(match name {
         "PING" => {
             if n > 1 {
-                return Err(wrong_args(&name));
+                return Err(wrong_args(name));
             }
             C::Ping(rest.first().copied())
         }
@@ -329,17 +348,17 @@ pub fn parse<'a>(args: &[&'a [u8]]) -> Result<RespCommand<'a>, String> {
         "MGET" => at_least(1).map(|_| C::MGet(rest.to_vec()))?,
         "MSET" => {
             if n == 0 || n % 2 == 1 {
-                return Err(wrong_args(&name));
+                return Err(wrong_args(name));
             }
             C::MSet(rest.chunks(2).map(|p| (p[0], p[1])).collect())
         }
         "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => {
             if !(2..=3).contains(&n) {
-                return Err(wrong_args(&name));
+                return Err(wrong_args(name));
             }
             // Redis takes any integer here (a time in the past deletes the key).
             let t = int(rest[1])?.max(0) as u64;
-            let e = match name.as_str() {
+            let e = match name {
                 "EXPIRE" => Expiry::In(t),
                 "PEXPIRE" => Expiry::InMillis(t),
                 "EXPIREAT" => Expiry::At(t),

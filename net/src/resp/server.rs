@@ -58,12 +58,12 @@ impl<V> OwnedCommand<V> {
         parse(&self.args())
     }
 
-    /// The command's name, upper case.
-    pub fn name(&self) -> String {
+    /// The command's name as COMMAND lists it, or "unknown".
+    pub fn name(&self) -> &'static str {
         self.args
             .first()
-            .map(|a| String::from_utf8_lossy(a.bytes(&self.bytes)).to_ascii_uppercase())
-            .unwrap_or_default()
+            .and_then(|a| super::command::table_name(a.bytes(&self.bytes)))
+            .unwrap_or("unknown")
     }
 }
 
@@ -126,8 +126,8 @@ pub trait RespHandler: 'static {
         self: Rc<Self>,
         command: OwnedCommand<Self::In>,
     ) -> impl Future<Output = RespReply<Self::Out>> + 'static;
-    /// Counts a command the connection answered itself.
-    fn count(&self, _name: &str, _ok: bool) {}
+    /// Counts a command (its name as COMMAND lists it, or "unknown").
+    fn count(&self, _name: &'static str, _ok: bool) {}
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -530,7 +530,7 @@ async fn dispatch<H: RespHandler>(
     let name = command.name();
     let own = match &parsed {
         Err(e) => {
-            handler.count(&name, false);
+            handler.count(name, false);
             // Before AUTH, even an unknown command is answered NOAUTH (as Redis does).
             let e = if session.authenticated {
                 e.clone()
@@ -543,7 +543,7 @@ async fn dispatch<H: RespHandler>(
         Ok(c) => own_command(c, handler, session, &outbox.resp3, cfg, report),
     };
     if let Some((reply, close)) = own {
-        handler.count(&name, true);
+        handler.count(name, true);
         outbox.push(Some(reply));
         if close {
             outbox.close_after.set(true);
