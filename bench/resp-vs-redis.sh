@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 d=${1:-5s}
 source bench/node-setup.sh
-node_profile resp 7840 7841 256   # the RESP port is the default, 6400
+node_profile resp 7840 7849 256   # the RESP port is the default, 6400; admin clear of a second shard
 taskset -c 0 redis-server --port 6390 --save "" --appendonly no > "$work/redis.log" 2>&1 &
 redis=$!
 mkdir -p "$work/redis-aof"
