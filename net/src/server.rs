@@ -588,6 +588,46 @@ fn fatal<B>(shared: &Shared<B>, report: &mut ConnectionReport, id: u64, e: WireE
     report.clone()
 }
 
+/// How a batch of replies left.
+pub(crate) enum Sent {
+    All,
+    /// The socket failed.
+    Failed,
+    /// The peer did not read for the whole timeout: the connection has been shut down.
+    Stalled,
+}
+
+/// Sends `slices` with one `sendmsg`; whatever the socket does not take at once is written
+/// as it drains. A peer that does not read for the whole `timeout` is cut off (its
+/// connection shut down both ways, so that its reader ends too).
+pub(crate) async fn send_all<W: AsyncWrite + Unpin>(
+    fd: RawFd,
+    w: &mut W,
+    slices: &[&[u8]],
+    timeout: Duration,
+) -> Sent {
+    let mut sent = match try_sendmsg(fd, slices) {
+        Ok(n) => n,
+        Err(_) => return Sent::Failed,
+    };
+    for s in slices {
+        if sent >= s.len() {
+            sent -= s.len();
+            continue;
+        }
+        let rest = &s[sent..];
+        let wrote =
+            glommio::timer::timeout(timeout, async { Ok(write_frame(&mut *w, rest, &[]).await) }).await;
+        if !matches!(wrote, Ok(Ok(()))) {
+            // SAFETY: shutdown on the connection's own descriptor, still open.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            return Sent::Stalled;
+        }
+        sent = 0;
+    }
+    Sent::All
+}
+
 async fn write_loop<S, B>(mut w: WriteHalf<S>, fd: RawFd, shared: Rc<Shared<B>>, timeout: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -641,30 +681,16 @@ where
             .flat_map(|(h, p, _)| [&heads[h.clone()], p.as_ref().map_or(&[][..], |p| p.as_ref())])
             .filter(|s| !s.is_empty())
             .collect();
-        // Whatever the socket does not take at once is written as it drains; a peer that
-        // does not read its replies for the whole timeout is cut off.
-        let mut sent = match try_sendmsg(fd, &slices) {
-            Ok(n) => n,
-            Err(_) => break,
-        };
-        for s in &slices {
-            if sent >= s.len() {
-                sent -= s.len();
-                continue;
-            }
-            let rest = &s[sent..];
-            let wrote =
-                glommio::timer::timeout(timeout, async { Ok(write_frame(&mut w, rest, &[]).await) }).await;
-            if !matches!(wrote, Ok(Ok(()))) {
+        match send_all(fd, &mut w, &slices, timeout).await {
+            Sent::All => {}
+            Sent::Failed => break,
+            Sent::Stalled => {
                 // End the reader too: it may be waiting for bytes or for backpressure.
-                // SAFETY: shutdown on the connection's own descriptor, still open.
-                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
                 shared.stalled.set(true);
                 shared.closed.set(true);
                 shared.wake_reader();
                 break 'outer;
             }
-            sent = 0;
         }
         drop(slices);
         batch.clear();

@@ -24,9 +24,9 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::command::{parse, RespCommand};
 use super::frame::{parse_command, partial_bulk, Arg, Parsed, RespLimits};
 use super::reply;
-use crate::server::SocketReader;
+use crate::server::{send_all, Sent, SocketReader};
 use crate::stop::{StopSignal, StopWatch};
-use crate::vectored::{try_sendmsg, MAX_SLICES};
+use crate::vectored::MAX_SLICES;
 
 /// Socket reads go through a buffer at least this big.
 const READ_BYTES: usize = 64 << 10;
@@ -825,26 +825,15 @@ where
             })
             .filter(|s| !s.is_empty())
             .collect();
-        let mut sent = match try_sendmsg(fd, &slices) {
-            Ok(n) => n,
-            Err(_) => break,
-        };
-        for s in &slices {
-            if sent >= s.len() {
-                sent -= s.len();
-                continue;
-            }
-            let rest = &s[sent..];
-            let wrote = glommio::timer::timeout(timeout, async { Ok(w.write_all(rest).await) }).await;
-            if !matches!(wrote, Ok(Ok(()))) {
-                // SAFETY: shutdown on the connection's own descriptor, still open.
-                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        match send_all(fd, &mut w, &slices, timeout).await {
+            Sent::All => {}
+            Sent::Failed => break,
+            Sent::Stalled => {
                 outbox.stalled.set(true);
                 outbox.closed.set(true);
                 outbox.wake_reader();
                 break 'outer;
             }
-            sent = 0;
         }
         drop(slices);
         parts.clear();
