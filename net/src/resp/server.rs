@@ -58,6 +58,35 @@ impl<V> OwnedCommand<V> {
         parse(&self.args())
     }
 
+    /// The hashes of the keys a command of this name touches, from the positions the
+    /// command table gives (MSET: every other argument), or None when it reads or changes
+    /// the whole keyspace. Arguments a malformed command lacks are left out: its parse in
+    /// the handler answers it.
+    fn key_hashes(&self, name: &str) -> Option<Vec<u64>> {
+        let (first, last, step) = match name {
+            "SCAN" | "KEYS" | "DBSIZE" | "FLUSHALL" | "INFO" => return None,
+            "MSET" => (1, -1, 2),
+            _ => match super::command::TABLE.iter().find(|(n, ..)| *n == name) {
+                Some((_, _, _, first, last)) => (*first, *last, 1),
+                None => (0, 0, 1),
+            },
+        };
+        if first <= 0 {
+            return Some(Vec::new());
+        }
+        let end = if last < 0 {
+            self.args.len()
+        } else {
+            (last as usize + 1).min(self.args.len())
+        };
+        Some(
+            (first as usize..end)
+                .step_by(step)
+                .map(|i| key_hash(self.args[i].bytes(&self.bytes)))
+                .collect(),
+        )
+    }
+
     /// The command's name as COMMAND lists it, or "unknown".
     pub fn name(&self) -> &'static str {
         self.args
@@ -217,12 +246,6 @@ fn key_hash(key: &[u8]) -> u64 {
     key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     })
-}
-
-/// The keys a command touches (as hashes), or None when it must wait for everything
-/// before it (it reads or changes the whole keyspace).
-fn keys_of(c: &RespCommand<'_>) -> Option<Vec<u64>> {
-    c.keys().map(|ks| ks.iter().map(|k| key_hash(k)).collect())
 }
 
 /// Per-connection state the connection's own commands read and change.
@@ -526,8 +549,17 @@ async fn dispatch<H: RespHandler>(
     cfg: &RespServerConfig,
     report: &mut RespReport,
 ) -> bool {
-    let parsed = command.parse();
     let name = command.name();
+    // Only the connection's own commands (and unknown ones, for their error) are parsed
+    // here; the handler parses the rest once, and their keys come from the command table.
+    if !OWN_COMMANDS.contains(&name) && name != "unknown" {
+        if !session.authenticated {
+            outbox.push(Some(RespReply::error(NOAUTH)));
+            return true;
+        }
+        return start(command, name, handler, outbox, running).await;
+    }
+    let parsed = command.parse();
     let own = match &parsed {
         Err(e) => {
             handler.count(name, false);
@@ -554,8 +586,25 @@ async fn dispatch<H: RespHandler>(
         outbox.push(Some(RespReply::error(NOAUTH)));
         return true;
     }
-    let keys = parsed.as_ref().ok().and_then(keys_of);
     drop(parsed);
+    start(command, name, handler, outbox, running).await
+}
+
+/// The commands the connection answers itself.
+const OWN_COMMANDS: [&str; 8] = [
+    "PING", "ECHO", "HELLO", "AUTH", "SELECT", "QUIT", "CLIENT", "COMMAND",
+];
+
+/// Hands `command` to the handler: at once, or on a task of its own, after the running
+/// commands that share a key with it (all of them, for a command on the whole keyspace).
+async fn start<H: RespHandler>(
+    command: OwnedCommand<H::In>,
+    name: &'static str,
+    handler: &Rc<H>,
+    outbox: &Rc<Outbox<H::Out>>,
+    running: &mut Running,
+) -> bool {
+    let keys = command.key_hashes(name);
     match &keys {
         None => wait_idle(running).await,
         Some(ks) if ks.iter().any(|k| running.keys.contains(k)) => wait_idle(running).await,
