@@ -93,7 +93,7 @@ fn a_node_paused_past_its_lease_answers_nothing_stale() {
 }
 
 /// The checker on this workload catches a head that acknowledges before the tail has the
-/// write (the planted bug of debug builds; see `replication::planted_early_ack`).
+/// write (a planted bug of the tests' `planted-faults` build; see `replication::planted_early_ack`).
 #[test]
 fn a_head_that_acknowledges_early_is_caught() {
     let bed = Bed::start("planted", 3, 3, 1, &[("HOTSHARD_PLANTED_BUG", "ack-at-head")]);

@@ -12,6 +12,9 @@ use std::time::Duration;
 use common::binary;
 use common::nemesis::*;
 
+/// The test bed's script (tests run in the node package's directory).
+const LOCAL_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/cluster/local.sh");
+
 /// The test bed, brought down (namespaces removed) when dropped.
 struct LocalBed {
     dir: tempfile::TempDir,
@@ -19,7 +22,7 @@ struct LocalBed {
 
 impl LocalBed {
     fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tests/cluster/local.sh")
+        let out = Command::new(LOCAL_SH)
             .args(args)
             .env("BIN", binary())
             .env("HOTSHARD_BED", self.dir.path().join("bed"))
@@ -43,7 +46,7 @@ impl LocalBed {
 
 impl Drop for LocalBed {
     fn drop(&mut self) {
-        let _ = Command::new("tests/cluster/local.sh")
+        let _ = Command::new(LOCAL_SH)
             .arg("down")
             .env("HOTSHARD_BED", self.dir.path().join("bed"))
             .output();
@@ -62,7 +65,7 @@ fn a_host_cut_off_past_its_lease_and_reconnected() {
         dir: common::test_dir(),
     };
     // Left over from an interrupted run (the bed's names are fixed).
-    let _ = Command::new("tests/cluster/local.sh").arg("down").output();
+    let _ = Command::new(LOCAL_SH).arg("down").output();
     bed.run(&["up", "3"]);
     let seeds: Vec<String> = (1..=3).map(|i| format!("10.77.0.{}:7400", 10 + i)).collect();
     let started = std::time::Instant::now();

@@ -262,7 +262,7 @@ fn headed_by(map: &ShardMap, node: u32, prefix: &str) -> Vec<u8> {
 }
 
 /// Writes that reached one replica and no further (a head that "dies" right after its own
-/// write: the planted fault `stop-at-head`, debug builds only), then that node killed and
+/// write: the planted fault `stop-at-head` of the `planted-faults` build), then that node killed and
 /// started again: its copies are not the chain's, and the resync has the new head write
 /// those keys again, so that every replica ends the same. A PUT the chain never had is
 /// buried; a DELETE it never had is undone (the key's value written again).

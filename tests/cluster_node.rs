@@ -91,6 +91,8 @@ fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
         + value("hotshard_chains{shard=\"1\",role=\"head\"}");
     assert_eq!(heads, 4096.0);
     assert!(value("hotshard_lease_age_seconds{shard=\"0\"}") < 1.0);
+    // Every metric the cluster dashboard queries, a cluster node exports.
+    assert_dashboard_matches("node/dashboards/hotshard-cluster.json", &metrics);
 
     // A clean stop revokes the lease: the coordinator takes the node's chains offline
     // without waiting for the TTL.

@@ -76,7 +76,7 @@ fn redis_py_drives_every_command() {
     let dir = test_dir();
     let port = ports();
     let _node = start(&write_config(dir.path(), port), port);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/resp/redis_py_suite.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/resp/redis_py_suite.py");
     let out = Command::new("python3")
         .arg(script)
         .arg(resp_port(port).to_string())

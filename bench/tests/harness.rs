@@ -14,15 +14,20 @@ fn bench() -> &'static str {
     env!("CARGO_BIN_EXE_hotshard-bench")
 }
 
-/// The node binary next to the harness, built once per test process with the same
-/// profile (cargo does not rebuild other packages' binaries for an integration test).
+/// The node binary next to the harness, as the workspace's test build makes it (the node's
+/// own tests use it: same profile, same features). `cargo test --no-run --workspace` is a
+/// no-op inside a workspace run, and builds it for a narrower one. (A plain `cargo build`
+/// of the node resolves other features than a test build and compiled it all again, about
+/// 100 s of every CI run.)
 fn node_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
             let profile_dir = Path::new(bench()).parent().unwrap().to_path_buf();
             let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "-q", "-p", "hotshard-node", "--bin", "hotshard"])
+            cmd.args(["test", "--no-run", "-q", "--workspace"])
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .stdout(Stdio::null())
                 .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
             if profile_dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");

@@ -93,7 +93,7 @@ impl BlockingClient {
 
     /// Fetches the map again from the shards it names (first the one that answered
     /// first), keeping it only if it is not older.
-    fn refresh_map(&mut self) -> Result<(), ClientError> {
+    pub fn refresh_map(&mut self) -> Result<(), ClientError> {
         let mut last = ClientError::NoOwner(0);
         let addrs: Vec<String> = self
             .seeds

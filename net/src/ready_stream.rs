@@ -15,7 +15,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use hotshard_reactor::ReadySocket;
 
-pub use hotshard_reactor::{Outstanding, Readiness};
+pub use hotshard_reactor::{Outstanding, Readiness, ReadyListener};
 
 /// A socket's write side: a plain non-blocking `send` first, and `inner` (the executor's
 /// stream) only when the socket is full.

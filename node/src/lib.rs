@@ -31,5 +31,6 @@ pub mod serve;
 pub mod shard;
 pub mod shard_handler;
 pub mod shard_stats;
+pub mod stats_summary;
 pub mod waitable_count;
 pub use hotshard_store as store;

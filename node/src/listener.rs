@@ -1,13 +1,14 @@
-//! A shard's listening sockets: bound without SO_REUSEPORT, accepted from until the node
-//! stops, taken out of LISTEN when it stops, and kept working when the process runs out of
-//! file descriptors.
+//! A shard's listening sockets: bound without SO_REUSEPORT, accepted from (through the
+//! shard's epoll set, never an io_uring accept) until the node stops, taken out of LISTEN
+//! when it stops, and kept working when the process runs out of file descriptors.
 
 use std::cell::{Cell, RefCell};
-use std::os::unix::io::{FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpStream;
+use hotshard_net::ready_stream::{Readiness, ReadyListener};
 
 /// How often a waiting accept looks at the shutdown flag (not on the data path).
 pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
@@ -21,7 +22,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const SHED_PER_ROUND: usize = 256;
 
 pub struct Listener {
-    inner: TcpListener,
+    /// Accepts through the shard's epoll set (see `ReadyListener` for why not io_uring).
+    /// Declared before `_socket` (held open, closed on drop): it leaves the set before the
+    /// socket closes.
+    ready: ReadyListener,
+    _socket: std::net::TcpListener,
     fd: RawFd,
     /// A descriptor held in reserve: closing it lets the shard accept (and close) the
     /// connections it cannot serve when the process is out of descriptors.
@@ -62,7 +67,7 @@ impl Listener {
                 Err(e) => return Err(e),
             }
         };
-        Ok(Listener::from_std(std_listener))
+        Listener::from_std(std_listener)
     }
 
     /// Waits until nothing listens on `addr` (a killed process's socket may linger for a
@@ -100,29 +105,32 @@ impl Listener {
         socket.set_reuse_address(true)?;
         socket.bind(&addr.into())?;
         socket.listen(1024)?;
-        Ok(Listener::from_std(socket.into()))
+        Listener::from_std(socket.into())
     }
 
-    /// Accepts from a listening socket bound elsewhere (a shard's copy of a shared one).
-    pub fn from_std(std_listener: std::net::TcpListener) -> Listener {
-        let fd = std_listener.into_raw_fd();
-        Listener {
-            // SAFETY: `fd` is a bound, listening TCP socket we own; ownership moves to the
-            // glommio listener, which closes it.
-            inner: unsafe { TcpListener::from_raw_fd(fd) },
+    /// Accepts from a bound, listening socket, through this thread's epoll set (so: inside
+    /// a glommio executor).
+    pub fn from_std(socket: std::net::TcpListener) -> std::io::Result<Listener> {
+        let fd = socket.as_raw_fd();
+        let ready = ReadyListener::new(fd, Readiness::for_this_thread()?)?;
+        Ok(Listener {
+            ready,
+            _socket: socket,
             fd,
             spare: RefCell::new(std::fs::File::open("/dev/null").ok()),
-        }
+        })
     }
 
     /// The next connection, or `None` once the shutdown flag is set. Accept errors are
     /// counted in `errors` and waited out, never returned.
     pub async fn next(&self, shutdown: &AtomicBool, errors: &Cell<u64>) -> Option<TcpStream> {
         loop {
-            let accepted = unless_stopped(self.inner.accept(), shutdown).await?;
-            let err: std::io::Error = match accepted {
-                Ok(stream) => return Some(stream),
-                Err(e) => e.into(),
+            let accepted = unless_stopped(self.ready.accept(), shutdown).await?;
+            let err = match accepted {
+                // SAFETY: a connected TCP socket just accepted, whose ownership moves to
+                // the glommio stream.
+                Ok(fd) => return Some(unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) }),
+                Err(e) => e,
             };
             errors.set(errors.get() + 1);
             if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
@@ -138,20 +146,12 @@ impl Listener {
     /// it), then takes the spare back.
     fn shed_pending(&self) {
         drop(self.spare.borrow_mut().take());
-        // The socket blocks (glommio's own accept switches O_NONBLOCK on around its
-        // attempt and back off): do the same, or the last accept here would wait for a
-        // connection and hold the shard's thread.
-        // SAFETY: fcntl on our own listening socket.
-        let flags = unsafe { libc::fcntl(self.fd, libc::F_GETFL) };
-        if flags >= 0 && unsafe { libc::fcntl(self.fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } == 0 {
-            self.close_backlog();
-            // SAFETY: as above; restores the flags found.
-            unsafe { libc::fcntl(self.fd, libc::F_SETFL, flags) };
-        }
+        self.close_backlog();
         *self.spare.borrow_mut() = std::fs::File::open("/dev/null").ok();
     }
 
-    /// Accepts and closes up to `SHED_PER_ROUND` waiting connections (socket non-blocking).
+    /// Accepts and closes up to `SHED_PER_ROUND` waiting connections (the socket is
+    /// non-blocking: `ReadyListener` made it so).
     fn close_backlog(&self) {
         for _ in 0..SHED_PER_ROUND {
             // SAFETY: a non-blocking accept on our listening socket; a returned descriptor
@@ -172,12 +172,10 @@ impl Listener {
         }
     }
 
-    /// Takes the socket out of LISTEN at once. Closing it is not enough: the executor's
-    /// io_uring still references it through the cancelled accept until the ring is torn
-    /// down, which the kernel finishes after the process has exited; meanwhile the port
-    /// kept accepting connections that were then reset (measured: 4 of 10 connects right
-    /// after a node exited succeeded). After `shutdown`, a connect is refused, which
-    /// clients retry.
+    /// Takes the socket out of LISTEN at once, so that a connect is refused (which clients
+    /// retry) while the shard drains. (When accepts went through io_uring, closing was not
+    /// enough: the ring kept the socket listening until it was torn down after the process
+    /// exited, and 4 of 10 connects right after a node exited were accepted, then reset.)
     pub fn stop(&self) {
         // SAFETY: `fd` is the listener's own descriptor, open for as long as `self` lives.
         unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };

@@ -66,10 +66,20 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Per-shard counters (Prometheus text) of every shard of the node.
+    /// One screen on the node: per shard and in all, ops/s, latency, errors, cache, space,
+    /// GC, connections and chains, over the next second (or every second with --watch).
     Stats {
         #[command(flatten)]
         target: Target,
+        /// Every shard's raw counters and histograms (Prometheus text, as /metrics serves).
+        #[arg(long, conflicts_with = "watch")]
+        raw: bool,
+        /// Refresh the summary every interval until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds the rates are measured over (and between refreshes with --watch).
+        #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
     },
     /// The shard map: which shard owns which partitions.
     Map {
@@ -197,15 +207,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             }
         }
-        Command::Stats { target } => {
-            let mut c = client(&target)?;
-            let addrs: Vec<String> = c.shard_map().shards.iter().map(|s| s.addr.clone()).collect();
-            for addr in addrs {
-                println!("# shard at {addr}");
-                print!("{}", c.stats(&addr).map_err(|e| e.to_string())?);
-            }
-            Ok(())
-        }
+        Command::Stats {
+            target,
+            raw,
+            watch,
+            interval,
+        } => stats(&target, raw, watch, interval),
         Command::Map { target } => {
             let c = client(&target)?;
             let map = c.shard_map();
@@ -265,6 +272,83 @@ fn main() -> ExitCode {
             eprintln!("hotshard: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Every shard of the node `target` names: its address on this node (in a cluster, the
+/// map lists other nodes' shards too).
+fn node_shards(c: &BlockingClient, target: &Target) -> Vec<String> {
+    let map = c.shard_map();
+    let node = map.shards.iter().find(|s| s.addr == target.addr).map(|s| s.node);
+    let mine: Vec<String> = map
+        .shards
+        .iter()
+        .filter(|s| node.is_none_or(|n| s.node == n))
+        .map(|s| s.addr.clone())
+        .collect();
+    if mine.is_empty() {
+        vec![target.addr.clone()]
+    } else {
+        mine
+    }
+}
+
+/// `hotshard stats`: the raw text of every shard, or the summary of two scrapes an
+/// interval apart (again and again with `watch`).
+fn stats(target: &Target, raw: bool, watch: bool, interval: f64) -> Result<(), String> {
+    use hotshard_node::stats_summary::{summarize, Heading, Snapshot};
+    let mut c = client(target)?;
+    let addrs = node_shards(&c, target);
+    if raw {
+        for addr in &addrs {
+            println!("# shard at {addr}");
+            print!("{}", c.stats(addr).map_err(|e| format!("{addr}: {e}"))?);
+        }
+        return Ok(());
+    }
+    let scrape = |c: &mut BlockingClient| -> Result<(Snapshot, std::time::Instant), String> {
+        let mut snapshot = Snapshot::default();
+        for (i, addr) in addrs.iter().enumerate() {
+            snapshot.add_text(i, &c.stats(addr).map_err(|e| format!("{addr}: {e}"))?);
+        }
+        Ok((snapshot, std::time::Instant::now()))
+    };
+    let redraw = watch && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut before = scrape(&mut c)?;
+    loop {
+        std::thread::sleep(Duration::from_secs_f64(interval));
+        let after = scrape(&mut c)?;
+        let text = summarize(
+            &before.0,
+            &after.0,
+            &Heading {
+                addr: &target.addr,
+                seconds: after.1.duration_since(before.1).as_secs_f64(),
+            },
+        );
+        if redraw {
+            // Home and clear, then the new screen: a terminal shows one summary at a time.
+            print!("\x1b[H\x1b[2J{text}");
+        } else {
+            print!("{text}");
+            if watch {
+                println!();
+            }
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        if !watch {
+            return Ok(());
+        }
+        before = after;
+    }
+}
+
+/// `--interval`: seconds, from 0.1 to an hour.
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}': an interval is 0.1 to 3600 seconds")),
     }
 }
 

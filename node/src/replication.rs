@@ -296,11 +296,11 @@ fn chain_reply(acknowledged: bool, version: u64, len: u64) -> Reply<OutBuf> {
 
 /// A planted bug, for proving that the cluster's history checker catches one: with
 /// `HOTSHARD_PLANTED_BUG=ack-at-head` a head answers a write as soon as it has it, before
-/// the tail does. Only in builds with debug assertions (the tests' builds); a release
-/// build has no such switch.
+/// the tail does. Only in builds with the `planted-faults` feature (the tests' builds, in
+/// every profile); a node built for use has no such switch.
 fn planted_early_ack() -> bool {
     static PLANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    cfg!(debug_assertions)
+    cfg!(feature = "planted-faults")
         && *PLANTED
             .get_or_init(|| std::env::var_os("HOTSHARD_PLANTED_BUG").is_some_and(|v| v == "ack-at-head"))
 }
@@ -308,10 +308,10 @@ fn planted_early_ack() -> bool {
 /// A planted fault, for the resync test: with `HOTSHARD_PLANTED_BUG=stop-at-head:P,Q` a
 /// head keeps a PUT of a key starting with P, and a DELETE of a key starting with Q, to
 /// itself (a write that reached one replica and no further: what a head that dies at that
-/// instant leaves behind). Only in builds with debug assertions.
+/// instant leaves behind). Only in builds with the `planted-faults` feature.
 fn stopped_at_head(record: &ChainRecord) -> bool {
     static PREFIXES: std::sync::OnceLock<Option<(Vec<u8>, Vec<u8>)>> = std::sync::OnceLock::new();
-    if !cfg!(debug_assertions) {
+    if !cfg!(feature = "planted-faults") {
         return false;
     }
     let prefixes = PREFIXES.get_or_init(|| {

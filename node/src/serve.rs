@@ -183,6 +183,7 @@ pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+    let listening = Arc::new(crate::shard::StartGate::default());
     let mut executors = Vec::new();
     for ((index, core), peers) in cores.iter().copied().enumerate().zip(mesh(shards)) {
         let setup = ShardSetup {
@@ -198,6 +199,7 @@ pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
             resp: resp.clone(),
             shutdown: shutdown.clone(),
             ready: ready_tx.clone(),
+            listening: listening.clone(),
             stopped: stopped_tx.clone(),
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))

@@ -43,6 +43,9 @@ pub struct ShardSetup {
     pub resp: Option<String>,
     pub shutdown: Arc<AtomicBool>,
     pub ready: std::sync::mpsc::Sender<Result<String, String>>,
+    /// Shards that have bound their listeners: none accepts before all have, so that a
+    /// client given the map by one shard never finds another's port closed.
+    pub listening: Arc<StartGate>,
     /// Told when the shard has stopped serving and drained its requests.
     pub stopped: std::sync::mpsc::Sender<usize>,
 }
@@ -111,14 +114,15 @@ pub async fn run_shard(mut s: ShardSetup) -> Result<(), String> {
     let started = match start_shard(&s, peer_ends).await {
         Ok(started) => started,
         Err(e) => {
+            s.listening.fail();
             let _ = s.ready.send(Err(format!("shard {}: {e}", s.index)));
             return Err(e);
         }
     };
     let _ = s.ready.send(Ok(started.summary.clone()));
-    // Fault injection for the process tests (debug builds only): a shard that panics
-    // once it serves.
-    #[cfg(debug_assertions)]
+    // Fault injection for the process tests (the `planted-faults` feature only): a shard
+    // that panics once it serves.
+    #[cfg(feature = "planted-faults")]
     if s.index == 0 && std::env::var_os("HOTSHARD_FAULT_PANIC_SHARD0").is_some() {
         glommio::spawn_local(async {
             glommio::timer::sleep(Duration::from_millis(200)).await;
@@ -150,6 +154,39 @@ async fn adopt_posted_maps(
             }
         }
         glommio::timer::sleep(MAP_CHECK_EVERY).await;
+    }
+}
+
+/// A count of shards that have reached a point of their start, and whether one failed.
+#[derive(Default)]
+pub struct StartGate {
+    arrived: std::sync::atomic::AtomicUsize,
+    failed: AtomicBool,
+}
+
+impl StartGate {
+    pub fn arrive(&self) {
+        self.arrived.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub fn fail(&self) {
+        self.failed.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Waits until `shards` have arrived; an error if one failed or the node is stopping.
+    /// Polled (start-up only, a millisecond apart): shards live on different executors.
+    async fn wait_for(&self, shards: usize, shutdown: &AtomicBool) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        while self.arrived.load(Ordering::Acquire) < shards {
+            if self.failed.load(Ordering::Acquire) {
+                return Err("another shard failed to start".into());
+            }
+            if shutdown.load(Ordering::Relaxed) {
+                return Err("stopped while starting".into());
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
     }
 }
 
@@ -262,6 +299,10 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
             s.shutdown.clone(),
         )));
     }
+    // Every shard has recovered its store (the peer channels connect only once all have
+    // opened them); wait until every one listens too.
+    s.listening.arrive();
+    s.listening.wait_for(s.shard_count, &s.shutdown).await?;
     let summary = format!(
         "shard {} on {addr}: {} objects recovered ({:.1} MB scanned in {:.3} s){}",
         s.index,
@@ -354,6 +395,7 @@ async fn serve_connections(s: &ShardSetup, started: &Started) -> Connections {
         }
         let _ = stream.set_nodelay(true);
         stats.connections.set(stats.connections.get() + 1);
+        stats.connections_open.set(stats.connections_open.get() + 1);
         open.add();
         let (handler, open, stats, stop) =
             (started.handler.clone(), open.clone(), stats.clone(), stop.clone());
@@ -368,6 +410,7 @@ async fn serve_connections(s: &ShardSetup, started: &Started) -> Connections {
             if report.unauthorized {
                 stats.auth_failures.set(stats.auth_failures.get() + 1);
             }
+            stats.connections_open.set(stats.connections_open.get() - 1);
             open.sub();
         })
         .detach();

@@ -52,6 +52,8 @@ pub struct ShardStats {
     pub forwarded: Cell<u64>,
     pub wrong_shard: Cell<u64>,
     pub connections: Cell<u64>,
+    /// Native connections open now.
+    pub connections_open: Cell<u64>,
     pub connections_refused: Cell<u64>,
     /// Failed accepts (out of file descriptors, aborted handshakes), on any listener.
     pub accept_errors: Cell<u64>,
@@ -139,8 +141,10 @@ impl ShardStats {
         let c = store.counters();
         let cache = store.cache_stats();
         let space = store.space();
-        let gauges: [(&str, u64); 33] = [
+        let gauges: [(&str, u64); 35] = [
             ("hotshard_forwarded_total", self.forwarded.get()),
+            ("hotshard_connections_open", self.connections_open.get()),
+            ("hotshard_segment_bytes", space.segment_bytes),
             ("hotshard_wrong_shard_total", self.wrong_shard.get()),
             ("hotshard_connections_total", self.connections.get()),
             (

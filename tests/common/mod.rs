@@ -12,31 +12,10 @@ use hotshard_net::blocking::BlockingClient;
 pub mod linearizability;
 pub mod nemesis;
 
-/// The `hotshard` binary next to this test, built once per test process with the test's
-/// own profile, so that a narrow command (`cargo test --release --test auth`) never runs a
-/// stale node (cargo does not rebuild other packages' binaries for an integration test).
+/// The `hotshard` binary cargo built with these tests (same profile, same features: the
+/// planted faults compiled in, inert unless a test's environment names one).
 pub fn binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let profile_dir = std::env::current_exe()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .to_path_buf();
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "-q", "-p", "hotshard-node", "--bin", "hotshard"])
-                .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().unwrap();
-            assert!(status.success(), "building the node failed");
-            profile_dir.join("hotshard")
-        })
-        .clone()
+    PathBuf::from(env!("CARGO_BIN_EXE_hotshard"))
 }
 
 /// Distinct ports per test so that tests can run in parallel.
@@ -204,4 +183,68 @@ pub fn test_dir() -> tempfile::TempDir {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(base).unwrap();
     tempfile::tempdir_in(base).unwrap()
+}
+
+/// Every metric name the Grafana dashboard at `path` (relative to the repository) queries: each
+/// `hotshard_…` name in each panel's or variable's expression.
+pub fn dashboard_metric_names(path: &str) -> std::collections::BTreeSet<String> {
+    fn walk(v: &serde_json::Value, exprs: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr" | "definition", serde_json::Value::String(s)) => exprs.push(s.clone()),
+                        _ => walk(v, exprs),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, exprs)),
+            _ => {}
+        }
+    }
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()));
+    let json: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    walk(&json, &mut exprs);
+    assert!(!exprs.is_empty(), "{path} has no expressions");
+    metric_names_in(&exprs.join("\n"))
+}
+
+/// The `hotshard_…` identifiers in `text` (a PromQL expression or Prometheus text).
+pub fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("hotshard_") {
+        let preceded_by_word = rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        if !preceded_by_word {
+            names.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Fails naming every metric the dashboard at `path` queries that `metrics` (a node's
+/// /metrics text) does not have.
+pub fn assert_dashboard_matches(path: &str, metrics: &str) {
+    let exported: std::collections::BTreeSet<String> = metrics
+        .lines()
+        .filter(|l| l.starts_with("hotshard_"))
+        .filter_map(|l| l.split(['{', ' ']).next().map(str::to_string))
+        .collect();
+    let queried = dashboard_metric_names(path);
+    assert!(queried.len() >= 10, "{path} queries only {queried:?}");
+    let missing: Vec<&String> = queried.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "{path} queries metrics the node does not export: {missing:?}"
+    );
 }

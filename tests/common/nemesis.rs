@@ -218,9 +218,21 @@ pub fn replicas_agree(seeds: &[String], keys: &[Vec<u8>]) {
         .max_by_key(|c| c.shard_map().epoch)
         .filter(|c| c.shard_map().epoch >= 1)
         .expect("a node with the cluster's map");
-    let map = c.shard_map().clone();
     for key in keys {
-        let held = held_by_replicas(&mut c, &map, key);
+        // A replica whose node has not yet adopted the newest map answers WrongShard: that
+        // is a map in transit, not a difference in data. Wait for the adoption (bounded),
+        // then compare.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let held = loop {
+            let map = c.shard_map().clone();
+            let held = held_by_replicas(&mut c, &map, key);
+            let in_transit = held.iter().any(|h| matches!(h.1, Status::WrongShard { .. }));
+            if !in_transit || std::time::Instant::now() > deadline {
+                break held;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            let _ = c.refresh_map();
+        };
         assert!(
             held.windows(2)
                 .all(|w| (w[0].1.clone(), w[0].2, &w[0].3) == (w[1].1.clone(), w[1].2, &w[1].3)),

@@ -5,4 +5,4 @@
 
 pub mod readiness;
 
-pub use readiness::{Outstanding, Readiness, ReadySocket};
+pub use readiness::{Outstanding, Readiness, ReadyListener, ReadySocket};

@@ -382,3 +382,66 @@ impl<R: Unpin> AsyncRead for ReadySocket<R> {
         Poll::Pending
     }
 }
+
+/// Accepts from a listening socket with a plain non-blocking `accept4`, waiting for the
+/// next connection through the shard's set.
+///
+/// Why not glommio's accept: it keeps an io_uring accept in flight on the socket, and the
+/// ring holds the socket until the kernel tears the ring down, some time after the process
+/// has exited. A killed node's port so went on completing handshakes for about 0.2 s and
+/// closing each connection unanswered, while the node that replaced it waited to bind; a
+/// client that waited for the port to accept read "connection closed". An epoll set holds
+/// no reference: the socket dies with the process, and a connect is refused until the new
+/// node listens.
+pub struct ReadyListener {
+    fd: RawFd,
+    token: usize,
+    readiness: Rc<Readiness>,
+}
+
+impl ReadyListener {
+    /// Registers the listening socket `fd` (which the caller keeps open for as long as
+    /// this lives) and makes it non-blocking.
+    pub fn new(fd: RawFd, readiness: Rc<Readiness>) -> io::Result<ReadyListener> {
+        // SAFETY: fcntl on the caller's open socket.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let token = readiness.register(fd)?;
+        Ok(ReadyListener { fd, token, readiness })
+    }
+
+    /// The next connection: a blocking, close-on-exec socket, as glommio's accept gives.
+    pub async fn accept(&self) -> io::Result<std::os::fd::OwnedFd> {
+        std::future::poll_fn(|cx| {
+            // SAFETY: accept4 on our listening socket; a returned descriptor is new and ours.
+            let fd = unsafe {
+                libc::accept4(
+                    self.fd,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: the descriptor accept4 just returned, owned by nobody else.
+                return Poll::Ready(Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }));
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::WouldBlock {
+                return Poll::Ready(Err(err));
+            }
+            // The backlog is empty, so the next connection raises an edge in the set.
+            self.readiness.wait_readable(self.token, cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Drop for ReadyListener {
+    fn drop(&mut self) {
+        self.readiness.deregister(self.fd, self.token);
+    }
+}
