@@ -23,16 +23,20 @@ fn seeds(bed: &Bed) -> Vec<String> {
     bed.nodes.iter().map(|n| n.addr(0)).collect()
 }
 
-/// Chains whose replicas are all serving.
+/// Chains with `replication` serving replicas and no move under way.
 fn whole_chains(map: &ShardMap, replication: usize) -> usize {
     map.chains
         .iter()
+        // None syncing or leaving (offline ones may stay).
         .filter(|c| {
             c.replicas
                 .iter()
                 .filter(|r| r.state == ReplicaState::Serving)
                 .count()
                 == replication
+                && c.replicas
+                    .iter()
+                    .all(|r| matches!(r.state, ReplicaState::Serving | ReplicaState::Offline))
         })
         .count()
 }
@@ -136,7 +140,12 @@ fn balanced_over(map: &ShardMap, on: &[u32]) -> bool {
         .map(|(_, &l)| l)
         .sum();
     let mean = mine.iter().sum::<usize>() as f64 / mine.len().max(1) as f64;
-    others == 0
+    // Every node named is in the map with chains of its own (a node whose shards are not
+    // in the map yet would pass as "balanced" over the others).
+    let present = on.iter().all(|n| map.shards.iter().any(|s| s.node == *n));
+    present
+        && mine.iter().all(|&l| l > 0)
+        && others == 0
         && mine
             .iter()
             .all(|&l| (l as f64 - mean).abs() <= (0.05 * mean).max(1.0))

@@ -21,6 +21,10 @@ pub enum ChainPlace {
     /// being filled with what it lacks, but answers no reads. `successor` as above (another
     /// syncing replica).
     Syncing { version: u64, successor: Option<u16> },
+    /// A replica leaving its chain: it takes every write passed down the chain, as it did
+    /// while serving, and answers no reads; it reports that it has seen this (the
+    /// coordinator drops it then). `successor` as above.
+    Leaving { version: u64, successor: Option<u16> },
 }
 
 impl ChainPlace {
@@ -53,6 +57,7 @@ impl ChainPlace {
                         version,
                         successor,
                     },
+                    ReplicaState::Leaving => ChainPlace::Leaving { version, successor },
                     _ => ChainPlace::Syncing { version, successor },
                 };
             }
@@ -73,7 +78,8 @@ impl ChainPlace {
             ChainPlace::Serving {
                 version, successor, ..
             }
-            | ChainPlace::Syncing { version, successor } => Some((version, successor)),
+            | ChainPlace::Syncing { version, successor }
+            | ChainPlace::Leaving { version, successor } => Some((version, successor)),
         }
     }
 }
@@ -129,7 +135,7 @@ mod tests {
         )
     }
 
-    use ReplicaState::{Offline, Serving, Syncing};
+    use ReplicaState::{Leaving, Offline, Serving, Syncing};
 
     #[test]
     fn head_middle_tail_and_outside() {
@@ -221,5 +227,37 @@ mod tests {
             ChainPlace::of(&m, 0, 2, 0),
             ChainPlace::Serving { is_head: true, .. }
         ));
+    }
+
+    #[test]
+    fn a_leaving_replica_takes_writes_and_serves_no_reads() {
+        // A middle replica starts leaving: the write path is as it was.
+        let m = map([Serving, Leaving, Serving]);
+        assert_eq!(
+            ChainPlace::of(&m, 0, 1, 0),
+            ChainPlace::Serving {
+                is_head: true,
+                version: 7,
+                successor: Some(1)
+            },
+            "the head passes writes to the leaving replica, as before"
+        );
+        assert_eq!(
+            ChainPlace::of(&m, 0, 2, 0),
+            ChainPlace::Leaving {
+                version: 7,
+                successor: Some(2)
+            },
+            "which passes them on to the tail, as before"
+        );
+        assert_eq!(local_replica(&m, 0, 2), None, "a leaving replica serves no reads");
+        assert!(!crate::route::serves(&m, 2, 0, 0));
+        for pick in 0..4 {
+            assert_ne!(
+                m.reader(0, pick).map(|s| s.node),
+                Some(2),
+                "no reads routed to it"
+            );
+        }
     }
 }

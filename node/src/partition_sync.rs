@@ -66,6 +66,8 @@ pub struct SyncCounters {
     reported: std::cell::RefCell<HashMap<u32, (u64, Instant)>>,
     /// The map epoch of the last look that found nothing to do.
     idle_epoch: std::cell::Cell<u64>,
+    /// The map epoch of the last look that found no chain this shard is leaving.
+    leaving_idle_epoch: std::cell::Cell<u64>,
     pace: Pace,
 }
 
@@ -238,6 +240,11 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         board: Arc<MapBoard>,
         shutdown: Arc<std::sync::atomic::AtomicBool>,
     ) {
+        glommio::spawn_local(
+            self.clone()
+                .keep_reporting_leaving(board.clone(), shutdown.clone()),
+        )
+        .detach();
         while !shutdown.load(std::sync::atomic::Ordering::Relaxed) {
             let due = self.due_passes();
             if due.is_empty() {
@@ -301,6 +308,52 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 tracing::info!(partition, chain_version, "resync pass stopped: {e}; trying again");
                 glommio::timer::sleep(LOOK_EVERY * 5).await;
             }
+        }
+    }
+
+    /// Runs beside `keep_syncing` (whose passes can take seconds): `report_leaving` every
+    /// look.
+    async fn keep_reporting_leaving(
+        self: Rc<Self>,
+        board: Arc<MapBoard>,
+        shutdown: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        while !shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+            self.report_leaving(&board);
+            glommio::timer::sleep(LOOK_EVERY).await;
+        }
+    }
+
+    /// Reports every chain this shard is leaving, by the map it has adopted (so it answers
+    /// no reads of it any more), under the chain's version: the coordinator drops it from
+    /// the chain on that report (`drop_left`). Reported again now and then, as catch-ups
+    /// are, in case a report was lost.
+    fn report_leaving(&self, board: &MapBoard) {
+        let map = self.map.current();
+        if self.sync.leaving_idle_epoch.get() == map.epoch {
+            return;
+        }
+        let mut reported = self.sync.reported.borrow_mut();
+        let mut leaving = 0;
+        for p in 0..map.chains.len() as u32 {
+            if let ChainPlace::Leaving { version, .. } = ChainPlace::of(&map, p, self.node_id, self.shard) {
+                leaving += 1;
+                let fresh = reported
+                    .get(&p)
+                    .is_some_and(|&(v, at)| v == version && at.elapsed() < REPORT_AGAIN);
+                if !fresh {
+                    reported.insert(p, (version, Instant::now()));
+                    board.report_caught_up(CaughtUp {
+                        partition: p,
+                        node: self.node_id,
+                        shard: self.shard as u32,
+                        chain_version: version,
+                    });
+                }
+            }
+        }
+        if leaving == 0 {
+            self.sync.leaving_idle_epoch.set(map.epoch);
         }
     }
 

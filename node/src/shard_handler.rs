@@ -5,6 +5,9 @@
 use std::rc::Rc;
 use std::time::Instant;
 
+/// How often a request whose sender has a newer map than this shard looks for it.
+const EPOCH_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
+
 use hotshard_net::server::{Handler, Reply};
 use hotshard_net::{Request, Response, Status};
 use hotshard_nvme::BlockQueue;
@@ -326,6 +329,23 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         Some(Reply::status(Status::Busy))
     }
 
+    /// Waits (up to the answer wait) until this shard has taken a map of at least `epoch`,
+    /// which a request's sender already has: the control thread posts it once etcd's watch
+    /// says so, usually within milliseconds. False if it did not come.
+    async fn wait_for_epoch(&self, epoch: u64) -> bool {
+        let deadline = Instant::now() + self.answer_wait;
+        loop {
+            // `fenced` takes a posted map first.
+            if !self.map.fenced() && self.map.epoch() >= epoch {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            glommio::timer::sleep(EPOCH_CHECK_EVERY).await;
+        }
+    }
+
     /// WrongShard, with the shard's current map as the payload: the client takes it and
     /// sends again, one round trip (no GetShardMap).
     pub(crate) fn wrong_shard(&self) -> Reply<OutBuf> {
@@ -469,6 +489,12 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
         };
         if let Some(busy) = self.fenced_reply() {
             return busy;
+        }
+        if target.epoch > self.map.epoch() && !self.wait_for_epoch(target.epoch).await {
+            // The sender knows a newer map than this shard has taken: this shard may have
+            // left the partition's chain in it. Never answer from the older map.
+            self.stats.busy.set(self.stats.busy.get() + 1);
+            return Reply::status(Status::Busy);
         }
         // Routed under a short borrow of the map, released before any await: the map may
         // be replaced while the request waits.

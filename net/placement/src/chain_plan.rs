@@ -144,7 +144,7 @@ pub fn rejoin_as_syncing(chains: &mut [Chain], shards: &[ShardAddr], node: u32) 
         }
         // Stable: serving first, then syncing (the rejoined one last), offline at the end.
         chain.replicas.sort_by_key(|r| match r.state {
-            ReplicaState::Serving => 0,
+            ReplicaState::Serving | ReplicaState::Leaving => 0,
             ReplicaState::Syncing => 1,
             ReplicaState::Offline => 2,
         });
@@ -172,12 +172,34 @@ pub fn promote_synced(chain: &mut Chain, shard: u16, chain_version: u64) -> bool
     };
     let mut replica = chain.replicas.remove(at);
     replica.state = ReplicaState::Serving;
+    // Behind the serving and leaving replicas, where it was in the write path.
     let behind_serving = chain
         .replicas
         .iter()
-        .take_while(|r| r.state == ReplicaState::Serving)
+        .take_while(|r| matches!(r.state, ReplicaState::Serving | ReplicaState::Leaving))
         .count();
     chain.replicas.insert(behind_serving, replica);
+    chain.version += 1;
+    true
+}
+
+/// A leaving replica (`shard`) that has reported adopting the chain as it is at
+/// `chain_version` (so it answers no reads of it any more) leaves the chain; the chain
+/// version grows. Refused (false, nothing changed) if the replica is not leaving in
+/// `chain`, or if the chain has changed since: a report about another shape of the chain
+/// proves nothing about this one.
+pub fn drop_left(chain: &mut Chain, shard: u16, chain_version: u64) -> bool {
+    if chain.version != chain_version {
+        return false;
+    }
+    let Some(at) = chain
+        .replicas
+        .iter()
+        .position(|r| r.shard == shard && r.state == ReplicaState::Leaving)
+    else {
+        return false;
+    };
+    chain.replicas.remove(at);
     chain.version += 1;
     true
 }

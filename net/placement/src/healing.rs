@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::chain_plan::{promote_synced, rejoin_as_syncing, take_node_offline, CaughtUpReport};
+use crate::chain_plan::{drop_left, promote_synced, rejoin_as_syncing, take_node_offline, CaughtUpReport};
 use crate::limits::MAX_REPLICAS;
 use crate::shard_map::{Chain, NodeIncarnation, Replica, ReplicaState, ShardAddr, ShardMap};
 
@@ -93,7 +93,11 @@ pub fn next_map(map: &ShardMap, view: &ClusterView, policy: &Policy) -> Option<S
             .iter()
             .position(|s| s.node == node && s.shard == shard);
         if let (Some(i), Some(chain)) = (index, next.chains.get_mut(partition as usize)) {
-            promote_synced(chain, i as u16, chain_version);
+            // A syncing replica's report says it caught up; a leaving one's, that it has
+            // adopted the map that made it leaving.
+            if !promote_synced(chain, i as u16, chain_version) {
+                drop_left(chain, i as u16, chain_version);
+            }
         }
     }
     settle(&mut next, view, policy);
@@ -133,6 +137,8 @@ impl Shards<'_> {
         match r.state {
             ReplicaState::Serving | ReplicaState::Syncing => self.usable(r.shard),
             ReplicaState::Offline => !self.view.down_out.contains(&n) && !self.view.draining.contains(&n),
+            // On its way out: its place is being taken.
+            ReplicaState::Leaving => false,
         }
     }
 
@@ -160,10 +166,12 @@ impl Shards<'_> {
     }
 }
 
-/// Serving replicas first (in their order), then syncing, then offline.
+/// Serving and leaving replicas first (in their order: a replica that starts leaving keeps
+/// its place, so that no write in flight is passed past a replica by a reordered chain),
+/// then syncing, then offline. The write path runs down the first three.
 fn order(chain: &mut Chain) {
     chain.replicas.sort_by_key(|r| match r.state {
-        ReplicaState::Serving => 0,
+        ReplicaState::Serving | ReplicaState::Leaving => 0,
         ReplicaState::Syncing => 1,
         ReplicaState::Offline => 2,
     });
@@ -179,9 +187,14 @@ fn serving(chain: &Chain) -> usize {
 
 /// Trims, fills and balances the chains of `map`:
 /// - trim: a chain with more serving replicas than the replication factor (a move or a
-///   rebuild done) loses one: on a draining node first, else on the most loaded shard,
-///   the head last; a chain with enough serving replicas drops its offline replicas of
-///   nodes down for good, and syncing replicas on draining nodes go;
+///   rebuild done) loses one: on a draining node first, else on the most loaded shard
+///   other than the head. It leaves in two steps: it becomes leaving (still in the write
+///   path, no longer a reader) and is dropped once it reports adopting that (`next_map`),
+///   so that a node that has not yet taken the new map, and still reads from it, reads a
+///   replica that every write still reaches. A draining head still leaves in one step
+///   (handing the head position over safely is a protocol of its own). A chain with
+///   enough serving replicas drops its offline replicas of nodes down for good, and
+///   syncing replicas on draining nodes go;
 /// - fill: a chain with fewer replicas than the factor that may come back (a node down
 ///   for good, a drained one, or a cluster that grew to enough nodes) gets a syncing
 ///   replica on the least loaded usable shard of a node not in it;
@@ -212,16 +225,23 @@ fn settle(map: &mut ShardMap, view: &ClusterView, policy: &Policy) {
     };
     for chain in map.chains.iter_mut() {
         while serving(chain) > rf {
+            // The head (the first serving replica) only when it is on a node that must go.
             let leaving = chain
                 .replicas
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| r.state == ReplicaState::Serving)
-                .max_by_key(|&(i, r)| (!s.usable(r.shard), s.load[r.shard as usize], i > 0, i))
+                .filter(|&(i, r)| i > 0 || !s.usable(r.shard))
+                .max_by_key(|&(i, r)| (!s.usable(r.shard), i > 0, s.load[r.shard as usize], i))
                 .map(|(i, _)| i);
             let Some(i) = leaving else { break };
-            let r = chain.replicas.remove(i);
-            s.load[r.shard as usize] -= 1;
+            if i == 0 {
+                let r = chain.replicas.remove(i);
+                s.load[r.shard as usize] -= 1;
+            } else {
+                chain.replicas[i].state = ReplicaState::Leaving;
+                order(chain);
+            }
             chain.version += 1;
         }
         let before = chain.replicas.len();
@@ -259,6 +279,9 @@ fn balance(chains: &mut [Chain], s: &mut Shards<'_>, policy: &Policy) {
     // shard is not picked again and again.
     let mut leaving = vec![0usize; s.shards.len()];
     for c in chains.iter() {
+        for r in c.replicas.iter().filter(|r| r.state == ReplicaState::Leaving) {
+            leaving[r.shard as usize] += 1;
+        }
         if c.replicas.iter().any(|r| r.state == ReplicaState::Syncing) {
             if let Some(top) = c
                 .replicas
@@ -292,7 +315,9 @@ fn balance(chains: &mut [Chain], s: &mut Shards<'_>, policy: &Policy) {
         let chain = chains.iter_mut().find(|c| {
             c.replicas.len() < MAX_REPLICAS
                 && c.replicas.iter().all(|r| r.state == ReplicaState::Serving)
-                && c.replicas.iter().any(|r| r.shard == most)
+                // Not as the head: the trim takes a replica off `most` only where it is not
+                // the head.
+                && c.replicas.iter().skip(1).any(|r| r.shard == most)
                 && c.replicas.iter().all(|r| s.node(r.shard) != least_node)
         });
         let Some(chain) = chain else { return };
@@ -351,7 +376,12 @@ mod tests {
         for step in 0..1000 {
             view.caught_up = Vec::new();
             for (p, c) in map.chains.iter().enumerate() {
-                for r in c.replicas.iter().filter(|r| r.state == ReplicaState::Syncing) {
+                // Syncing replicas catch up; leaving ones adopt the map that made them so.
+                for r in c
+                    .replicas
+                    .iter()
+                    .filter(|r| matches!(r.state, ReplicaState::Syncing | ReplicaState::Leaving))
+                {
                     let s = &map.shards[r.shard as usize];
                     view.caught_up.push((p as u32, s.node, s.shard, c.version));
                 }
@@ -359,7 +389,7 @@ mod tests {
             match next_map(map, view, &POLICY) {
                 Some(next) => {
                     assert_eq!(next.epoch, map.epoch + 1);
-                    check_invariants(map, &next);
+                    check_invariants(map, &next, view);
                     *map = next;
                 }
                 None => return step,
@@ -368,10 +398,28 @@ mod tests {
         panic!("no fixpoint after 1000 steps");
     }
 
-    /// No chain loses serving replicas from one map to the next unless a node was lost;
-    /// no chain has two replicas on one node; chains fit the limit.
-    fn check_invariants(before: &ShardMap, after: &ShardMap) {
+    /// No chain has two replicas on one node; chains fit the limit; a changed chain has a
+    /// newer version; and a serving replica on a live node never leaves the write path in
+    /// one step (it becomes leaving first), unless it is the head of a chain and its node
+    /// is draining.
+    fn check_invariants(before: &ShardMap, after: &ShardMap, view: &ClusterView) {
+        let alive: BTreeSet<u32> = view.members.iter().map(|m| m.id).collect();
         for (b, a) in before.chains.iter().zip(&after.chains) {
+            let in_write_path = |c: &Chain, shard: u16| {
+                c.replicas
+                    .iter()
+                    .any(|r| r.shard == shard && r.state != ReplicaState::Offline)
+            };
+            for (i, r) in b.replicas.iter().enumerate() {
+                let node = before.shards[r.shard as usize].node;
+                let draining_head = i == 0 && view.draining.contains(&node);
+                if r.state == ReplicaState::Serving && alive.contains(&node) && !draining_head {
+                    assert!(
+                        in_write_path(a, r.shard),
+                        "a serving replica on live node {node} left the write path in one step: {b:?} -> {a:?}"
+                    );
+                }
+            }
             assert!(a.replicas.len() <= MAX_REPLICAS, "{a:?}");
             let nodes: BTreeSet<u32> = a
                 .replicas

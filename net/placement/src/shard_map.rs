@@ -30,6 +30,12 @@ pub enum ReplicaState {
     Syncing,
     /// Down or cut off; takes no part until it rejoins as syncing.
     Offline,
+    /// On its way out of a live chain: still in the write path, at the place it had (it
+    /// takes every write, as it did while serving), but no longer a reader. Dropped once it has reported adopting
+    /// the chain version that made it leaving (or once its node's lease has expired: it is
+    /// then offline), so that no map the cluster publishes lets it answer reads while
+    /// writes pass it by. (Last: the archived tags of the others stay as they were.)
+    Leaving,
 }
 
 /// One replica of a partition: a shard (an index into the map's `shards`) and its state.

@@ -18,6 +18,8 @@ pub struct Roles {
     pub middle: usize,
     pub tail: usize,
     pub syncing: usize,
+    /// Leaving: still taking writes, no longer read, dropped once it confirms.
+    pub leaving: usize,
     pub offline: usize,
 }
 
@@ -77,6 +79,8 @@ pub fn roles_by_node(map: &ShardMap) -> BTreeMap<u32, Roles> {
             let e = roles.entry(map.shards[r.shard as usize].node).or_default();
             if r.state == ReplicaState::Syncing {
                 e.syncing += 1;
+            } else if r.state == ReplicaState::Leaving {
+                e.leaving += 1;
             } else {
                 e.offline += 1;
             }
@@ -142,7 +146,7 @@ pub async fn cluster_status(
             if let Some(n) = nodes.get_mut(&id) {
                 let c = &n.chains;
                 n.draining = true;
-                n.removable = c.head + c.middle + c.tail + c.syncing == 0;
+                n.removable = c.head + c.middle + c.tail + c.syncing + c.leaving == 0;
             }
         }
         let h = health(&map.chains, replication);
@@ -174,8 +178,8 @@ impl std::fmt::Display for ClusterStatus {
         }
         writeln!(
             f,
-            "{:>10}  {:<22} {:>5} {:>6}  {:>6} {:>6} {:>6} {:>7} {:>7}  state",
-            "node", "address", "alive", "shards", "head", "middle", "tail", "syncing", "offline"
+            "{:>10}  {:<22} {:>5} {:>6}  {:>6} {:>6} {:>6} {:>7} {:>7} {:>7}  state",
+            "node", "address", "alive", "shards", "head", "middle", "tail", "syncing", "leaving", "offline"
         )?;
         for n in &self.nodes {
             let c = &n.chains;
@@ -186,7 +190,7 @@ impl std::fmt::Display for ClusterStatus {
             };
             writeln!(
                 f,
-                "{:>10}  {:<22} {:>5} {:>6}  {:>6} {:>6} {:>6} {:>7} {:>7}  {state}",
+                "{:>10}  {:<22} {:>5} {:>6}  {:>6} {:>6} {:>6} {:>7} {:>7} {:>7}  {state}",
                 n.id,
                 n.addr,
                 if n.alive { "yes" } else { "NO" },
@@ -195,6 +199,7 @@ impl std::fmt::Display for ClusterStatus {
                 c.middle,
                 c.tail,
                 c.syncing,
+                c.leaving,
                 c.offline
             )?;
         }
