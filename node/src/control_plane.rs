@@ -45,6 +45,7 @@ pub fn start(
                 }
             };
             let ctx = Context {
+                node_id: record.id,
                 keys,
                 partition_bits,
                 data_dir,
@@ -110,11 +111,48 @@ async fn post_map(
             }
         }
     }
+    #[cfg(feature = "planted-faults")]
+    delay_a_map_that_stops_reads_here(ctx, &map).await;
     let epoch = map.epoch;
     if ctx.board.post(map) {
         tracing::info!(epoch, "cluster map posted to the shards");
     }
     true
+}
+
+/// A planted fault, for the test of a replica leaving its chain: with
+/// `HOTSHARD_PLANTED_BUG=slow-to-leave:MS`, a map in which this node stops serving reads of
+/// a partition it reads by the map posted now is posted MS milliseconds late, as a node
+/// whose shards lag the cluster's map does. Only in builds with the `planted-faults`
+/// feature.
+#[cfg(feature = "planted-faults")]
+async fn delay_a_map_that_stops_reads_here(ctx: &Context, map: &hotshard_placement::ShardMap) {
+    use hotshard_placement::{ReplicaState, ShardMap};
+    static DELAY: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        std::env::var("HOTSHARD_PLANTED_BUG")
+            .ok()?
+            .strip_prefix("slow-to-leave:")?
+            .parse()
+            .ok()
+    });
+    let (Some(ms), Some(posted)) = (delay, ctx.board.newer_than(0)) else {
+        return;
+    };
+    let reads_here = |m: &ShardMap, p: usize| {
+        m.chains.get(p).is_some_and(|c| {
+            c.replicas.iter().any(|r| {
+                r.state == ReplicaState::Serving
+                    && m.shards
+                        .get(r.shard as usize)
+                        .is_some_and(|s| s.node == ctx.node_id)
+            })
+        })
+    };
+    if (0..posted.chains.len()).any(|p| reads_here(&posted, p) && !reads_here(map, p)) {
+        tracing::info!(epoch = map.epoch, ms, "planted: posting a map late");
+        tokio::time::sleep(Duration::from_millis(*ms)).await;
+    }
 }
 
 /// Stops a task when dropped.
@@ -128,6 +166,8 @@ impl Drop for AbortOnDrop {
 
 /// What the control loop works with besides the cluster section.
 struct Context {
+    #[cfg_attr(not(feature = "planted-faults"), allow(dead_code))]
+    node_id: u32,
     keys: ClusterKeys,
     /// The store's partition count: a map with another is not adopted.
     partition_bits: u8,

@@ -149,6 +149,26 @@ impl Bed {
         Bed::start_with_args(name, nodes, replication, coordinators, env, ttl, &[])
     }
 
+    /// `start` with `env` in node `on`'s environment only.
+    pub fn start_with_env_on(
+        name: &str,
+        nodes: usize,
+        replication: usize,
+        coordinators: usize,
+        env: &[(&str, &str)],
+        on: usize,
+    ) -> Bed {
+        Bed::start_full(
+            name,
+            nodes,
+            replication,
+            coordinators,
+            &|i| if i == on { env } else { &[] },
+            2,
+            &[],
+        )
+    }
+
     /// `start_with_ttl` with more arguments for the coordinators.
     pub fn start_with_args(
         name: &str,
@@ -156,6 +176,26 @@ impl Bed {
         replication: usize,
         coordinators: usize,
         env: &[(&str, &str)],
+        ttl: u64,
+        coordinator_args: &[&str],
+    ) -> Bed {
+        Bed::start_full(
+            name,
+            nodes,
+            replication,
+            coordinators,
+            &|_| env,
+            ttl,
+            coordinator_args,
+        )
+    }
+
+    fn start_full<'a>(
+        name: &str,
+        nodes: usize,
+        replication: usize,
+        coordinators: usize,
+        env_of: &dyn Fn(usize) -> &'a [(&'a str, &'a str)],
         ttl: u64,
         coordinator_args: &[&str],
     ) -> Bed {
@@ -170,11 +210,11 @@ impl Bed {
             name: name.to_string(),
             section: section.clone(),
         };
-        for _ in 0..nodes {
+        for i in 0..nodes {
             let dir = test_dir();
             let port = ports();
             let cfg = write_config_with(dir.path(), port, &section);
-            bed.nodes.push(start_with_env(&cfg, port, env));
+            bed.nodes.push(start_with_env(&cfg, port, env_of(i)));
             bed.dirs.push(dir);
         }
         for i in 0..coordinators {
