@@ -23,6 +23,27 @@ fn seeds(bed: &Bed) -> Vec<String> {
     bed.nodes.iter().map(|n| n.addr(0)).collect()
 }
 
+/// One line on where the moves stand: epoch, chains done, replicas by state, load per shard.
+fn moves(map: &ShardMap) -> String {
+    let count = |s| {
+        map.chains
+            .iter()
+            .flat_map(|c| &c.replicas)
+            .filter(|r| r.state == s)
+            .count()
+    };
+    format!(
+        "epoch {} whole {} syncing {} leaving {} offline {} nodes {:?} loads {:?}",
+        map.epoch,
+        whole_chains(map, 3),
+        count(ReplicaState::Syncing),
+        count(ReplicaState::Leaving),
+        count(ReplicaState::Offline),
+        map.shards.iter().map(|s| s.node).collect::<Vec<_>>(),
+        hotshard_placement::healing::replicas_per_shard(map)
+    )
+}
+
 /// Chains with `replication` serving replicas and no move under way.
 fn whole_chains(map: &ShardMap, replication: usize) -> usize {
     map.chains
@@ -189,8 +210,13 @@ fn a_node_joins_then_one_is_drained_and_removed_under_load() {
     let _ = bed.coordinators[i].0.kill();
     let _ = bed.coordinators[i].0.wait();
     eprintln!("grow: coordinator {acting} killed in the middle of the move");
+    let mut last = std::time::Instant::now();
     let took = eventually(Duration::from_secs(120), "the new node holds its share", || {
         let map = bed.map();
+        if last.elapsed() > Duration::from_secs(5) {
+            eprintln!("grow: {}", moves(&map));
+            last = std::time::Instant::now();
+        }
         whole_chains(&map, 3) == partitions && balanced_over(&map, &ids)
     });
     eprintln!(
@@ -239,24 +265,13 @@ fn replicas_slow_to_take_their_removal_serve_no_stale_read() {
     std::thread::sleep(Duration::from_secs(1));
     bed.add_node();
     let ids: Vec<u32> = (0..4).map(|i| bed.node_id(i)).collect();
+    let mut last = std::time::Instant::now();
     let took = eventually(Duration::from_secs(120), "the new node holds its share", || {
         let map = bed.map();
-        let count = |s| {
-            map.chains
-                .iter()
-                .flat_map(|c| &c.replicas)
-                .filter(|r| r.state == s)
-                .count()
-        };
-        eprintln!(
-            "slowleave: epoch {} whole {} syncing {} leaving {} offline {} loads {:?}",
-            map.epoch,
-            whole_chains(&map, 3),
-            count(ReplicaState::Syncing),
-            count(ReplicaState::Leaving),
-            count(ReplicaState::Offline),
-            hotshard_placement::healing::replicas_per_shard(&map)
-        );
+        if last.elapsed() > Duration::from_secs(5) {
+            eprintln!("slowleave: {}", moves(&map));
+            last = std::time::Instant::now();
+        }
         whole_chains(&map, 3) == partitions && balanced_over(&map, &ids)
     });
     eprintln!("slowleave: balanced {took:?} after the fourth node started");
@@ -294,8 +309,13 @@ fn a_dead_node_is_rebuilt_elsewhere_and_a_wiped_one_filled_as_new() {
     assert_ne!(new_id, old_id, "an emptied data directory is a new node");
     let mut all = others.clone();
     all.push(new_id);
+    let mut last = std::time::Instant::now();
     let took = eventually(Duration::from_secs(120), "the new node filled", || {
         let map = bed.map();
+        if last.elapsed() > Duration::from_secs(5) {
+            eprintln!("rebuild: {}", moves(&map));
+            last = std::time::Instant::now();
+        }
         whole_chains(&map, 3) == partitions && balanced_over(&map, &all)
     });
     eprintln!("rebuild: node {new_id} (the wiped disk) filled {took:?} after it started");

@@ -18,10 +18,20 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hotshard"))
 }
 
-/// Distinct ports per test so that tests can run in parallel.
+/// Four consecutive free ports (two shards, RESP, admin) per call, distinct within the
+/// process. Tests of other processes running at the same time (a second `cargo test`) may
+/// start from the same place: a block whose ports are taken now is skipped, so that two
+/// clusters never share a listener (they stalled each other's moves when they did).
 pub fn ports() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    17_400 + (std::process::id() % 500) as u16 * 20 + NEXT.fetch_add(4, Ordering::Relaxed)
+    loop {
+        let base =
+            17_400 + (std::process::id() % 500) as u16 * 20 + NEXT.fetch_add(4, Ordering::Relaxed) % 20_000;
+        let free = (base..base + 4).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
 }
 
 pub struct Node {
