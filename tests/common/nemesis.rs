@@ -219,14 +219,16 @@ pub fn replicas_agree(seeds: &[String], keys: &[Vec<u8>]) {
         .filter(|c| c.shard_map().epoch >= 1)
         .expect("a node with the cluster's map");
     for key in keys {
-        // A replica whose node has not yet adopted the newest map answers WrongShard: that
-        // is a map in transit, not a difference in data. Wait for the adoption (bounded),
-        // then compare.
+        // A replica whose node has not yet adopted the newest map answers WrongShard (or
+        // Busy, while it waits for it): a map in transit, not a difference in data. Wait
+        // for the adoption (bounded), then compare.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let held = loop {
             let map = c.shard_map().clone();
             let held = held_by_replicas(&mut c, &map, key);
-            let in_transit = held.iter().any(|h| matches!(h.1, Status::WrongShard { .. }));
+            let in_transit = held
+                .iter()
+                .any(|h| matches!(h.1, Status::WrongShard { .. } | Status::Busy));
             if !in_transit || std::time::Instant::now() > deadline {
                 break held;
             }
@@ -272,8 +274,11 @@ pub fn held_by_replicas(
                     epoch: map.epoch,
                 },
             };
-            let (resp, body) = c.call_at(&addr, &get, &[]).unwrap();
-            (addr, resp.status(), resp.version, body)
+            // A replica that cannot be reached right now reads as Busy (asked again).
+            match c.call_at(&addr, &get, &[]) {
+                Ok((resp, body)) => (addr, resp.status(), resp.version, body),
+                Err(_) => (addr, Status::Busy, 0, Vec::new()),
+            }
         })
         .collect()
 }

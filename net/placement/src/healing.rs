@@ -308,21 +308,54 @@ fn balance(chains: &mut [Chain], s: &mut Shards<'_>, policy: &Policy) {
         if hi <= lo + 1 || (hi as f64 <= mean + slack && lo as f64 >= mean - slack) {
             return;
         }
-        let least_node = s.node(least);
-        if s.syncing_per_node.get(&least_node).copied().unwrap_or(0) >= policy.max_syncing_per_node {
+        // A move goes from a shard to one on another node. The most and the least loaded
+        // shards may share a node (two shards a node): then the least loaded takes from the
+        // most loaded shard of the other nodes, or the most loaded gives to the least
+        // loaded shard of the other nodes. (Moving only from the most to the least loaded
+        // stopped for good when they shared a node: seen as a join that never balanced.)
+        let other_node = |of: u16, pick_max: bool| {
+            let candidates = usable.iter().copied().filter(|&i| s.node(i) != s.node(of));
+            if pick_max {
+                candidates.max_by_key(|&i| (effective(i), i))
+            } else {
+                candidates.min_by_key(|&i| (effective(i), i))
+            }
+        };
+        let pairs = [
+            (Some(most), Some(least)),
+            (other_node(least, true), Some(least)),
+            (Some(most), other_node(most, false)),
+        ];
+        let mut moved = false;
+        for (from, to) in pairs {
+            let (Some(from), Some(to)) = (from, to) else {
+                continue;
+            };
+            if s.node(from) == s.node(to) || effective(from) <= effective(to) + 1 {
+                continue;
+            }
+            let to_node = s.node(to);
+            if s.syncing_per_node.get(&to_node).copied().unwrap_or(0) >= policy.max_syncing_per_node {
+                continue;
+            }
+            let chain = chains.iter_mut().find(|c| {
+                c.replicas.len() < MAX_REPLICAS
+                    && c.replicas.iter().all(|r| r.state == ReplicaState::Serving)
+                    // Not as the head: the trim takes a replica off `from` only where it is
+                    // not the head.
+                    && c.replicas.iter().skip(1).any(|r| r.shard == from)
+                    && c.replicas.iter().all(|r| s.node(r.shard) != to_node)
+            });
+            if let Some(chain) = chain {
+                s.add_syncing(chain, to);
+                leaving[from as usize] += 1;
+                moved = true;
+                break;
+            }
+        }
+        if !moved {
             return;
         }
-        let chain = chains.iter_mut().find(|c| {
-            c.replicas.len() < MAX_REPLICAS
-                && c.replicas.iter().all(|r| r.state == ReplicaState::Serving)
-                // Not as the head: the trim takes a replica off `most` only where it is not
-                // the head.
-                && c.replicas.iter().skip(1).any(|r| r.shard == most)
-                && c.replicas.iter().all(|r| s.node(r.shard) != least_node)
-        });
-        let Some(chain) = chain else { return };
-        s.add_syncing(chain, least);
-        leaving[most as usize] += 1;
     }
 }
 
