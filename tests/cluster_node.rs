@@ -44,6 +44,50 @@ fn put_works(addr: &str, key: &[u8]) -> bool {
         .is_ok()
 }
 
+/// `count` GETs naming `epoch`, pipelined on one connection: their statuses, and how long
+/// until the last came back.
+fn gets_naming_epoch(
+    addr: &str,
+    map: &hotshard_placement::ShardMap,
+    epoch: u64,
+    count: u64,
+) -> (Vec<hotshard_net::Status>, Duration) {
+    use hotshard_net::codec::{access_response, encode_request, parse_frame};
+    use std::io::{Read, Write};
+    let mut out = Vec::new();
+    for id in 0..count {
+        let key = format!("epoch-{id}").into_bytes();
+        let target = hotshard_net::Target {
+            partition: map.partition(&key),
+            epoch,
+        };
+        let get = hotshard_net::Request::Get {
+            key,
+            range: None,
+            target,
+        };
+        out.extend(encode_request(id, &get, 0).unwrap());
+    }
+    let started = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&out).unwrap();
+    let (mut buf, mut statuses) = (Vec::new(), Vec::new());
+    let mut chunk = [0u8; 8192];
+    while statuses.len() < count as usize {
+        while let Some(f) = parse_frame(&buf).unwrap() {
+            statuses.push(access_response(&f.header).unwrap().status());
+            buf.drain(..f.consumed);
+        }
+        if statuses.len() < count as usize {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed after {} answers", statuses.len());
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    (statuses, started.elapsed())
+}
+
 #[test]
 fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
     let etcd = etcd::Etcd::start();
@@ -79,6 +123,14 @@ fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
     // It refreshes its map on finding no owner, and goes on without reconnecting.
     early.put(b"late", b"v").unwrap();
     assert_eq!(early.shard_map().epoch, 1);
+    // A client naming an epoch no map will have for ages holds nothing: Busy at once,
+    // not after the frame timeout (10 s) each.
+    let (statuses, took) = gets_naming_epoch(&node.addr(0), early.shard_map(), u64::MAX, 200);
+    assert!(
+        statuses.iter().all(|s| *s == hotshard_net::Status::Busy),
+        "{statuses:?}"
+    );
+    assert!(took < Duration::from_secs(2), "200 answers took {took:?}");
     let s = status(&etcd.endpoint);
     assert_eq!(s["epoch"], 1);
     assert_eq!(s["nodes"][0]["chains"]["head"], 4096);

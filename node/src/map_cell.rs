@@ -2,37 +2,113 @@
 //! the newest map on a `MapBoard` (shared, only a newer epoch replaces the one there);
 //! each shard keeps its own copy in a `MapCell` and adopts a posted map only if its epoch
 //! is newer than its own. A request reads the shard's copy once (`current`) and routes by
-//! it to the end, so a change never lands half-way through one.
+//! it to the end, so a change never lands half-way through one. A request that names a
+//! newer epoch than the shard's waits for it here (`taken`), woken when the shard adopts.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use hotshard_placement::ShardMap;
 
-/// A shard's own map, the board it is fenced by (in a cluster), and the map's encoding
-/// once asked for (the map a WrongShard or GetShardMap answer carries), with its epoch.
-pub struct MapCell(
-    RefCell<Rc<ShardMap>>,
-    Option<Arc<MapBoard>>,
-    RefCell<Option<(u64, Rc<Vec<u8>>)>>,
-);
+/// How far past the newest epoch this node knows (the shard's or the board's) a request's
+/// epoch may be and still be waited for. The coordinator makes one epoch per map change and
+/// the control thread posts each within milliseconds, so a sender is at most a few ahead;
+/// a larger claim is answered Busy at once instead of holding the request.
+pub const EPOCH_WAIT_AHEAD: u64 = 16;
+
+/// A shard's own map, the board it is fenced by (in a cluster), the map's encoding once
+/// asked for (the map a WrongShard or GetShardMap answer carries) with its epoch, and the
+/// requests waiting for a newer epoch.
+pub struct MapCell {
+    map: RefCell<Rc<ShardMap>>,
+    board: Option<Arc<MapBoard>>,
+    encoded: RefCell<Option<(u64, Rc<Vec<u8>>)>>,
+    waiters: RefCell<BTreeMap<u64, Waker>>,
+    next_waiter: Cell<u64>,
+    /// The shard's map-adopting loop, woken when a first request starts to wait.
+    looker: RefCell<Option<Waker>>,
+}
 
 impl MapCell {
     pub fn new(map: ShardMap) -> MapCell {
-        MapCell(RefCell::new(Rc::new(map)), None, RefCell::new(None))
+        MapCell::with_board(map, None)
     }
 
     /// A cluster shard's map: it answers nothing while `board` says the node's lease is
     /// not confirmed recently enough (`MapBoard::fenced`).
     pub fn fenced_by(map: ShardMap, board: Arc<MapBoard>) -> MapCell {
-        MapCell(RefCell::new(Rc::new(map)), Some(board), RefCell::new(None))
+        MapCell::with_board(map, Some(board))
+    }
+
+    fn with_board(map: ShardMap, board: Option<Arc<MapBoard>>) -> MapCell {
+        MapCell {
+            map: RefCell::new(Rc::new(map)),
+            board,
+            encoded: RefCell::new(None),
+            waiters: RefCell::new(BTreeMap::new()),
+            next_waiter: Cell::new(0),
+            looker: RefCell::new(None),
+        }
+    }
+
+    /// Whether a request naming `epoch` may wait for it: in a cluster (a single node's
+    /// map never changes), and no more than `EPOCH_WAIT_AHEAD` past the newest epoch the
+    /// shard or its board holds.
+    pub fn may_wait_for(&self, epoch: u64) -> bool {
+        let Some(board) = self.board.as_ref() else {
+            return false;
+        };
+        epoch <= self.epoch().max(board.epoch()).saturating_add(EPOCH_WAIT_AHEAD)
+    }
+
+    /// Resolves once the shard holds a map of at least `epoch` (adopting a posted one
+    /// first). It is woken when the shard adopts a map, never polled on a timer of its
+    /// own; the caller bounds the wait. Dropping it forgets its waker.
+    pub fn taken(&self, epoch: u64) -> EpochTaken<'_> {
+        let id = self.next_waiter.get();
+        self.next_waiter.set(id.wrapping_add(1));
+        EpochTaken {
+            cell: self,
+            id,
+            epoch,
+        }
+    }
+
+    /// Whether any request waits for a newer epoch (the shard then looks at the board
+    /// more often).
+    pub fn has_waiters(&self) -> bool {
+        !self.waiters.borrow().is_empty()
+    }
+
+    /// Resolves once a request waits for a newer epoch (the shard's map-adopting loop
+    /// then looks at the board more often).
+    pub async fn first_waiter(&self) {
+        std::future::poll_fn(|cx| {
+            if self.has_waiters() {
+                return Poll::Ready(());
+            }
+            *self.looker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn wake_waiters(&self) {
+        let woken = std::mem::take(&mut *self.waiters.borrow_mut());
+        for (_, waker) in woken {
+            waker.wake();
+        }
     }
 
     /// Seconds since etcd last confirmed the node's lease (None: not in a cluster, or never).
     pub fn lease_age_secs(&self) -> Option<f64> {
-        let at = self.1.as_ref()?.lease_confirmed_ms.load(Ordering::Acquire);
+        let at = self.board.as_ref()?.lease_confirmed_ms.load(Ordering::Acquire);
         (at != 0).then(|| coarse_now_ms().saturating_sub(at) as f64 / 1000.0)
     }
 
@@ -43,19 +119,21 @@ impl MapCell {
     /// only if the cell is borrowed right now (it never is when this is called) does a
     /// newer map fence instead.
     pub fn fenced(&self) -> bool {
-        let Some(board) = self.1.as_ref() else {
+        let Some(board) = self.board.as_ref() else {
             return false;
         };
         if board.fenced() {
             return true;
         }
         let posted = board.epoch.load(Ordering::Acquire);
-        let Ok(mut cur) = self.0.try_borrow_mut() else {
+        let Ok(mut cur) = self.map.try_borrow_mut() else {
             return posted > self.epoch();
         };
         if posted > cur.epoch {
             if let Some(map) = board.newer_than(cur.epoch) {
                 *cur = Rc::new((*map).clone());
+                drop(cur);
+                self.wake_waiters();
             }
         }
         false
@@ -63,41 +141,79 @@ impl MapCell {
 
     /// The map as it is now (a request keeps this one to its end).
     pub fn current(&self) -> Rc<ShardMap> {
-        self.0.borrow().clone()
+        self.map.borrow().clone()
     }
 
     /// The map for one synchronous step (routing a request): no reference count touched.
     /// Never held across an await (a newer map could not be adopted meanwhile).
     pub fn borrow(&self) -> std::cell::Ref<'_, Rc<ShardMap>> {
-        self.0.borrow()
+        self.map.borrow()
     }
 
     pub fn epoch(&self) -> u64 {
-        self.0.borrow().epoch
+        self.map.borrow().epoch
     }
 
     /// The current map encoded for the wire, encoded once per epoch (a map of 4,096
     /// chains is about 100 KB).
     pub fn encoded(&self) -> Result<Rc<Vec<u8>>, hotshard_placement::MapError> {
         let map = self.current();
-        if let Some((epoch, bytes)) = &*self.2.borrow() {
+        if let Some((epoch, bytes)) = &*self.encoded.borrow() {
             if *epoch == map.epoch {
                 return Ok(bytes.clone());
             }
         }
         let bytes = Rc::new(map.to_bytes()?);
-        *self.2.borrow_mut() = Some((map.epoch, bytes.clone()));
+        *self.encoded.borrow_mut() = Some((map.epoch, bytes.clone()));
         Ok(bytes)
     }
 
     /// Takes `map` if its epoch is newer than the current one's; says whether it did.
     pub fn adopt(&self, map: ShardMap) -> bool {
-        let mut cur = self.0.borrow_mut();
+        let mut cur = self.map.borrow_mut();
         if map.epoch <= cur.epoch {
             return false;
         }
         *cur = Rc::new(map);
+        drop(cur);
+        self.wake_waiters();
         true
+    }
+}
+
+/// A wait for the shard to hold a map of at least an epoch (`MapCell::taken`).
+pub struct EpochTaken<'a> {
+    cell: &'a MapCell,
+    id: u64,
+    epoch: u64,
+}
+
+impl Future for EpochTaken<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // `fenced` adopts a posted map first (and wakes the others waiting).
+        let fenced = self.cell.fenced();
+        if !fenced && self.cell.epoch() >= self.epoch {
+            return Poll::Ready(());
+        }
+        let first = {
+            let mut waiters = self.cell.waiters.borrow_mut();
+            waiters.insert(self.id, cx.waker().clone());
+            waiters.len() == 1
+        };
+        if first {
+            if let Some(looker) = self.cell.looker.borrow_mut().take() {
+                looker.wake();
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for EpochTaken<'_> {
+    fn drop(&mut self) {
+        self.cell.waiters.borrow_mut().remove(&self.id);
     }
 }
 
@@ -271,5 +387,73 @@ mod tests {
         drop(held);
         assert!(!cell.fenced());
         assert_eq!(cell.epoch(), 3);
+    }
+
+    /// A waker that counts its wakes.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_request_waits_for_a_newer_epoch_only_near_what_the_node_knows_and_is_woken_by_adoption() {
+        let board = Arc::new(MapBoard::default());
+        board.lease_confirmed(std::time::Duration::ZERO);
+        let cell = MapCell::fenced_by(map(5), board.clone());
+        assert!(cell.may_wait_for(5 + EPOCH_WAIT_AHEAD));
+        assert!(
+            !cell.may_wait_for(6 + EPOCH_WAIT_AHEAD),
+            "an epoch far past anything the node knows is not waited for"
+        );
+        assert!(!cell.may_wait_for(u64::MAX));
+        assert!(
+            !MapCell::new(map(5)).may_wait_for(6),
+            "a single node's map never changes: nothing to wait for"
+        );
+        board.post(map(40));
+        assert!(
+            cell.may_wait_for(40 + EPOCH_WAIT_AHEAD),
+            "the board's epoch counts too"
+        );
+
+        let counter = Arc::new(CountingWaker(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut wait = Box::pin(cell.taken(41));
+        assert!(
+            wait.as_mut().poll(&mut cx).is_pending(),
+            "the posted 40 adopted, 41 not yet"
+        );
+        assert_eq!(cell.epoch(), 40);
+        assert!(cell.has_waiters());
+        let mut looker = Box::pin(cell.first_waiter());
+        assert!(
+            looker.as_mut().poll(&mut cx).is_ready(),
+            "the shard's loop sees a waiter"
+        );
+        assert!(cell.adopt(map(41)));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "woken by the adoption");
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        drop(wait);
+
+        let mut never = Box::pin(cell.taken(50));
+        assert!(never.as_mut().poll(&mut cx).is_pending());
+        assert!(never.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(cell.waiters.borrow().len(), 1, "one waker per waiting request");
+        drop(never);
+        assert!(!cell.has_waiters(), "a wait that timed out leaves nothing behind");
+
+        let mut looker = Box::pin(cell.first_waiter());
+        assert!(looker.as_mut().poll(&mut cx).is_pending());
+        let before = counter.0.load(Ordering::SeqCst);
+        let mut wait = Box::pin(cell.taken(42));
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            before + 1,
+            "the first waiter wakes the shard's loop"
+        );
     }
 }

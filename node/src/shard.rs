@@ -137,8 +137,13 @@ pub async fn run_shard(mut s: ShardSetup) -> Result<(), String> {
 }
 
 /// How often a shard looks for a newer map on the board (one atomic load when there is
-/// none): far below the lease TTL that bounds how stale a map may be.
+/// none). A keyed request also adopts a posted map before it is routed (`MapCell::fenced`),
+/// so this bounds only how long an idle shard holds an older map.
 const MAP_CHECK_EVERY: Duration = Duration::from_millis(20);
+
+/// How often it looks while a request waits for a newer epoch than the shard holds
+/// (`MapCell::taken`): one look per shard, however many requests wait.
+const MAP_CHECK_WHILE_WAITED_FOR: Duration = Duration::from_millis(2);
 
 /// Adopts every newer map the control thread posts, until the shard stops.
 async fn adopt_posted_maps(
@@ -153,7 +158,12 @@ async fn adopt_posted_maps(
                 tracing::info!(epoch, "shard adopted a newer map");
             }
         }
-        glommio::timer::sleep(MAP_CHECK_EVERY).await;
+        if cell.has_waiters() {
+            glommio::timer::sleep(MAP_CHECK_WHILE_WAITED_FOR).await;
+        } else {
+            // Woken early when a request starts to wait.
+            futures_lite::future::or(glommio::timer::sleep(MAP_CHECK_EVERY), cell.first_waiter()).await;
+        }
     }
 }
 

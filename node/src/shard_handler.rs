@@ -5,9 +5,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-/// How often a request whose sender has a newer map than this shard looks for it.
-const EPOCH_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
-
+use hotshard_net::runtime::{Glommio, Runtime};
 use hotshard_net::server::{Handler, Reply};
 use hotshard_net::{Request, Response, Status};
 use hotshard_nvme::BlockQueue;
@@ -288,8 +286,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         if self.dirty.is_empty() || !self.dirty.is_dirty(key) {
             return Ok(());
         }
-        use hotshard_net::runtime::Runtime;
-        hotshard_net::runtime::Glommio::timeout(self.answer_wait, self.dirty.clean(key))
+        Glommio::timeout(self.answer_wait, self.dirty.clean(key))
             .await
             .ok_or(Status::Busy)
     }
@@ -331,19 +328,16 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
 
     /// Waits (up to the answer wait) until this shard has taken a map of at least `epoch`,
     /// which a request's sender already has: the control thread posts it once etcd's watch
-    /// says so, usually within milliseconds. False if it did not come.
+    /// says so, usually within milliseconds. False at once for an epoch further ahead than
+    /// any map the node could be about to take (`MapCell::may_wait_for`: a client cannot
+    /// hold requests by naming a made-up epoch), and false if it did not come in time.
     async fn wait_for_epoch(&self, epoch: u64) -> bool {
-        let deadline = Instant::now() + self.answer_wait;
-        loop {
-            // `fenced` takes a posted map first.
-            if !self.map.fenced() && self.map.epoch() >= epoch {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            glommio::timer::sleep(EPOCH_CHECK_EVERY).await;
+        if !self.map.may_wait_for(epoch) {
+            return false;
         }
+        Glommio::timeout(self.answer_wait, self.map.taken(epoch))
+            .await
+            .is_some()
     }
 
     /// WrongShard, with the shard's current map as the payload: the client takes it and
