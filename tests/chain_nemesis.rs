@@ -46,16 +46,12 @@ fn signal(node: &common::Node, sig: i32) {
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
 }
 
-fn seeds(bed: &Bed) -> Vec<String> {
-    bed.nodes.iter().map(|n| n.addr(0)).collect()
-}
-
 #[test]
 fn kill_a_node_the_coordinator_and_etcd_under_load() {
     let mut bed = Bed::start("nemesis", 3, 3, 2, &[]);
     let run = "kill";
     let keys = keys(&bed.nodes[0].addr(0), run);
-    let load = workload(keys.clone(), seeds(&bed));
+    let load = workload(keys.clone(), bed.seeds());
     std::thread::sleep(Duration::from_secs(2));
 
     // The acting coordinator dies; the other takes over.
@@ -75,7 +71,7 @@ fn kill_a_node_the_coordinator_and_etcd_under_load() {
     bed.nodes[0].kill9();
     std::thread::sleep(Duration::from_secs(6));
 
-    verify_run(run, load, &seeds(&bed), &keys, || bed.logs());
+    verify_run(run, load, &bed.seeds(), &keys, || bed.logs());
 }
 
 #[test]
@@ -83,13 +79,13 @@ fn a_node_paused_past_its_lease_answers_nothing_stale() {
     let bed = Bed::start("pause", 3, 3, 1, &[]);
     let run = "pause";
     let keys = keys(&bed.nodes[0].addr(0), run);
-    let load = workload(keys.clone(), seeds(&bed));
+    let load = workload(keys.clone(), bed.seeds());
     std::thread::sleep(Duration::from_secs(2));
     signal(&bed.nodes[1], libc::SIGSTOP);
     std::thread::sleep(Duration::from_secs(5));
     signal(&bed.nodes[1], libc::SIGCONT);
     std::thread::sleep(Duration::from_secs(4));
-    verify_run(run, load, &seeds(&bed), &keys, || bed.logs());
+    verify_run(run, load, &bed.seeds(), &keys, || bed.logs());
 }
 
 /// The checker on this workload catches a head that acknowledges before the tail has the
@@ -97,7 +93,7 @@ fn a_node_paused_past_its_lease_answers_nothing_stale() {
 #[test]
 fn a_head_that_acknowledges_early_is_caught() {
     let bed = Bed::start("planted", 3, 3, 1, &[("HOTSHARD_PLANTED_BUG", "ack-at-head")]);
-    let load = workload(keys(&bed.nodes[0].addr(0), "planted"), seeds(&bed));
+    let load = workload(keys(&bed.nodes[0].addr(0), "planted"), bed.seeds());
     std::thread::sleep(Duration::from_secs(4));
     let h = load.finish();
     report("planted", &h);
@@ -133,7 +129,7 @@ fn soak() {
         let run = format!("soak{runs}");
         let mut bed = Bed::start(&run, 3, 3, 2, &[]);
         let keys = keys(&bed.nodes[0].addr(0), &run);
-        let load = workload(keys.clone(), seeds(&bed));
+        let load = workload(keys.clone(), bed.seeds());
         std::thread::sleep(Duration::from_secs(2));
         let first = (rng.next_u64() % 3) as usize;
         let mut done = Vec::new();
@@ -170,7 +166,7 @@ fn soak() {
             std::thread::sleep(Duration::from_secs(4));
         }
         let name = format!("{run} (seed {seed}: {})", done.join(", "));
-        let h = verify_run(&name, load, &seeds(&bed), &keys, || bed.logs());
+        let h = verify_run(&name, load, &bed.seeds(), &keys, || bed.logs());
         total.acked += h.acked;
         total.unknown += h.unknown;
         total.refused += h.refused;

@@ -19,10 +19,6 @@ use common::nemesis::*;
 use hotshard_net::blocking::BlockingClient;
 use hotshard_placement::{ReplicaState, ShardMap};
 
-fn seeds(bed: &Bed) -> Vec<String> {
-    bed.nodes.iter().map(|n| n.addr(0)).collect()
-}
-
 /// One line on where the moves stand: epoch, chains done, replicas by state, load per shard.
 fn moves(map: &ShardMap) -> String {
     let count = |s| {
@@ -44,50 +40,14 @@ fn moves(map: &ShardMap) -> String {
     )
 }
 
-/// Chains with `replication` serving replicas and no move under way.
-fn whole_chains(map: &ShardMap, replication: usize) -> usize {
-    map.chains
-        .iter()
-        // None syncing or leaving (offline ones may stay).
-        .filter(|c| {
-            c.replicas
-                .iter()
-                .filter(|r| r.state == ReplicaState::Serving)
-                .count()
-                == replication
-                && c.replicas
-                    .iter()
-                    .all(|r| matches!(r.state, ReplicaState::Serving | ReplicaState::Offline))
-        })
-        .count()
-}
-
-/// Writes `count` objects of `len` bytes named `prefix-N` through any node.
-fn write_objects(bed: &Bed, prefix: &str, count: usize, len: usize) -> Vec<Vec<u8>> {
-    let mut c = BlockingClient::connect(&bed.nodes[0].addr(0), Duration::from_secs(2)).unwrap();
-    (0..count)
-        .map(|i| {
-            let key = format!("{prefix}-{i}").into_bytes();
-            let value = vec![(i % 251) as u8; len];
-            let mut tries = 0;
-            while let Err(e) = c.put(&key, &value) {
-                tries += 1;
-                assert!(tries < 50, "put {}: {e:?}", String::from_utf8_lossy(&key));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            key
-        })
-        .collect()
-}
-
 #[test]
 fn a_killed_node_comes_back_resyncs_what_changed_and_serves_again() {
     let mut bed = Bed::start("heal", 3, 3, 1, &[]);
     let partitions = bed.map().chains.len();
-    let before = write_objects(&bed, "before", 300, 4096);
+    let before = bed.write_objects("before", 300, 4096);
     let run = "heal";
     let keys = keys(&bed.nodes[0].addr(0), run);
-    let load = workload(keys.clone(), seeds(&bed));
+    let load = workload(keys.clone(), bed.seeds());
     std::thread::sleep(Duration::from_secs(2));
 
     bed.nodes[1].kill9();
@@ -95,8 +55,8 @@ fn a_killed_node_comes_back_resyncs_what_changed_and_serves_again() {
         whole_chains(&bed.map(), 2) == partitions
     });
     // Written while it is away: new keys, and some of the old ones again.
-    let away = write_objects(&bed, "away", 60, 4096);
-    let rewritten = write_objects(&bed, "before", 40, 4096);
+    let away = bed.write_objects("away", 60, 4096);
+    let rewritten = bed.write_objects("before", 40, 4096);
 
     bed.restart(1);
     let took = eventually(Duration::from_secs(60), "every chain whole again", || {
@@ -119,9 +79,9 @@ fn a_killed_node_comes_back_resyncs_what_changed_and_serves_again() {
     });
     eprintln!("heal: every chain serving on three replicas {took:?} after the restart");
     std::thread::sleep(Duration::from_secs(2));
-    verify_run(run, load, &seeds(&bed), &keys, || bed.logs());
+    verify_run(run, load, &bed.seeds(), &keys, || bed.logs());
     let all: Vec<Vec<u8>> = before.iter().chain(&away).cloned().collect();
-    replicas_agree(&seeds(&bed), &all);
+    replicas_agree(&bed.seeds(), &all);
 
     // Only what changed moved: the keys written while the node was away (and the
     // workload's), not the 300 it already had.
@@ -186,10 +146,10 @@ fn acting_coordinator(bed: &Bed) -> Option<String> {
 fn a_node_joins_then_one_is_drained_and_removed_under_load() {
     let mut bed = Bed::start("grow", 3, 3, 2, &[]);
     let partitions = bed.map().chains.len();
-    let objects = write_objects(&bed, "obj", 200, 4096);
+    let objects = bed.write_objects("obj", 200, 4096);
     let run = "grow";
     let keys = keys(&bed.nodes[0].addr(0), run);
-    let load = workload(keys.clone(), seeds(&bed));
+    let load = workload(keys.clone(), bed.seeds());
     std::thread::sleep(Duration::from_secs(1));
 
     let fourth = bed.add_node();
@@ -261,7 +221,7 @@ fn replicas_slow_to_take_their_removal_serve_no_stale_read() {
     let partitions = bed.map().chains.len();
     let run = "slowleave";
     let keys = keys(&bed.nodes[0].addr(0), run);
-    let load = workload(keys.clone(), seeds(&bed));
+    let load = workload(keys.clone(), bed.seeds());
     std::thread::sleep(Duration::from_secs(1));
     bed.add_node();
     let ids: Vec<u32> = (0..4).map(|i| bed.node_id(i)).collect();
@@ -276,7 +236,7 @@ fn replicas_slow_to_take_their_removal_serve_no_stale_read() {
     });
     eprintln!("slowleave: balanced {took:?} after the fourth node started");
     std::thread::sleep(Duration::from_secs(1));
-    verify_run(run, load, &seeds(&bed), &keys, || bed.logs());
+    verify_run(run, load, &bed.seeds(), &keys, || bed.logs());
 }
 
 /// A node that stays dead past `--down-out` has its replicas rebuilt on the others; its
@@ -285,10 +245,10 @@ fn replicas_slow_to_take_their_removal_serve_no_stale_read() {
 fn a_dead_node_is_rebuilt_elsewhere_and_a_wiped_one_filled_as_new() {
     let mut bed = Bed::start_with_args("rebuild", 4, 3, 1, &[], 2, &["--down-out", "3"]);
     let partitions = bed.map().chains.len();
-    let objects = write_objects(&bed, "obj", 200, 4096);
+    let objects = bed.write_objects("obj", 200, 4096);
     let run = "rebuild";
     let keys = keys(&bed.nodes[0].addr(0), run);
-    let load = workload(keys.clone(), seeds(&bed)[..3].to_vec());
+    let load = workload(keys.clone(), bed.seeds()[..3].to_vec());
     std::thread::sleep(Duration::from_secs(1));
 
     let old_id = bed.node_id(3);
@@ -320,8 +280,8 @@ fn a_dead_node_is_rebuilt_elsewhere_and_a_wiped_one_filled_as_new() {
     });
     eprintln!("rebuild: node {new_id} (the wiped disk) filled {took:?} after it started");
     std::thread::sleep(Duration::from_secs(1));
-    verify_run(run, load, &seeds(&bed), &keys, || bed.logs());
-    replicas_agree(&seeds(&bed), &objects);
+    verify_run(run, load, &bed.seeds(), &keys, || bed.logs());
+    replicas_agree(&bed.seeds(), &objects);
 }
 
 /// A key `prefix-N` whose chain node `node` heads, by `map`.
@@ -360,7 +320,7 @@ fn writes_that_stopped_at_a_dead_head_are_undone_when_it_returns() {
     eventually(Duration::from_secs(60), "every chain whole again", || {
         whole_chains(&bed.map(), 3) == partitions
     });
-    let seeds = seeds(&bed);
+    let seeds = bed.seeds();
     replicas_agree(&seeds, &[lost.clone(), gone.clone()]);
     let mut c = BlockingClient::connect(&seeds[0], Duration::from_secs(2)).unwrap();
     assert_eq!(

@@ -162,7 +162,9 @@ fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
         "a clean stop took {took:?} to show"
     );
 
-    // Restarted on the same data: the same node id, registered again.
+    // Restarted on the same data: the same node id, registered again, and serving again
+    // what it held (it held every acknowledged write of its chains: it was their last
+    // serving replica). Before the stranded-chain rule its chains stayed offline for good.
     let node = start(&cfg, port);
     eventually(Duration::from_secs(10), "the node back as itself", || {
         let s = status(&etcd.endpoint);
@@ -170,6 +172,16 @@ fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
             .as_array()
             .is_some_and(|n| n.len() == 1 && n[0]["id"] == id && n[0]["alive"] == true)
     });
+    let took = eventually(Duration::from_secs(10), "the restarted node serves", || {
+        put_works(&node.addr(0), b"after-restart")
+    });
+    eprintln!("a single-node cluster served writes again {took:?} after it registered");
+    let mut c = BlockingClient::connect(&node.addr(0), Duration::from_secs(5)).unwrap();
+    assert_eq!(c.get(b"late", None).unwrap().unwrap().0, b"v");
+    assert!(status(&etcd.endpoint)["unavailable"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     drop((node, coordinator));
 
     // The same data pointed at another cluster (a new etcd, formed anew): refused before
@@ -243,12 +255,15 @@ fn a_node_that_cannot_confirm_its_lease_answers_nothing() {
         "a node woken after its lease expired answered: {first:?}"
     );
 
-    // Back and registered again (a new lease), but its chains stay offline: nothing served
-    // until it has resynced (issue 20).
+    // Back and registered again (a new lease). It was the last serving replica of its
+    // chains (stranded), so it holds every write they acknowledged: they come back
+    // through it, under its new registration.
     eventually(Duration::from_secs(10), "the woken node registered again", || {
         status(&endpoint)["nodes"][0]["alive"] == true
     });
-    assert!(!put_works(&node.addr(0), b"k2"));
+    eventually(Duration::from_secs(10), "the woken node serves again", || {
+        put_works(&node.addr(0), b"k2")
+    });
 
     // etcd goes away: a serving node stops answering within half its lease. A second
     // cluster on the same etcd, so that its node serves before etcd goes.

@@ -44,7 +44,7 @@ impl ChainPlace {
         let mut taking_writes = chain
             .replicas
             .iter()
-            .filter(|r| r.state != ReplicaState::Offline)
+            .filter(|r| r.state.takes_writes())
             .filter(|r| (r.shard as usize) < map.shards.len());
         let mut is_head = true;
         while let Some(r) = taking_writes.next() {

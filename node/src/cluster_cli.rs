@@ -1,5 +1,5 @@
 //! The control-plane commands of the `hotshard` binary: `coordinator` (run one; exactly one
-//! of those running acts), `cluster status`, and `cluster drain` / `undrain`. Each runs a tokio runtime on this thread;
+//! of those running acts), `cluster status`, `cluster drain` / `undrain` and `cluster accept-loss`. Each runs a tokio runtime on this thread;
 //! no shard runs in these processes.
 
 use std::time::Duration;
@@ -130,6 +130,18 @@ pub fn drain(a: EtcdArgs, node: u32, replication: Option<usize>) -> Result<(), S
             None => hotshard_cluster::drain::undrain(&client, &keys, node).await,
         }
         .map_err(|e| e.to_string())?;
+        println!("{said}");
+        Ok(())
+    })
+}
+
+/// `cluster accept-loss [PARTITION...] [--node N]`.
+pub fn accept_loss(a: EtcdArgs, partitions: &[u32], gone: Option<u32>) -> Result<(), String> {
+    runtime()?.block_on(async {
+        let client = connect(&a.etcd).await.map_err(|e| e.to_string())?;
+        let said = hotshard_cluster::accept_loss::accept_loss(&client, &keys(&a)?, partitions, gone)
+            .await
+            .map_err(|e| e.to_string())?;
         println!("{said}");
         Ok(())
     })

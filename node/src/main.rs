@@ -130,6 +130,19 @@ enum ClusterCommand {
         #[command(flatten)]
         etcd: hotshard_node::cluster_cli::EtcdArgs,
     },
+    /// Serve again chains that no replica holding every write they acknowledged can serve,
+    /// from what is left: the writes only the lost replicas held are given up. The
+    /// PARTITIONs named (which must have no serving replica); else with --node, every
+    /// unavailable chain waiting only for that node (it will not come back); else every
+    /// chain `cluster status` lists as LOST.
+    AcceptLoss {
+        partitions: Vec<u32>,
+        /// A node that will not come back (its disk is gone).
+        #[arg(long)]
+        node: Option<u32>,
+        #[command(flatten)]
+        etcd: hotshard_node::cluster_cli::EtcdArgs,
+    },
 }
 
 /// The CLI proves the node's secret when `HOTSHARD_SECRET` holds it (never an argument:
@@ -240,6 +253,11 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Cluster(ClusterCommand::Undrain { node, etcd }) => {
             hotshard_node::cluster_cli::drain(etcd, node, None)
         }
+        Command::Cluster(ClusterCommand::AcceptLoss {
+            partitions,
+            node,
+            etcd,
+        }) => hotshard_node::cluster_cli::accept_loss(etcd, &partitions, node),
         Command::Probe { path, size } => {
             let mut opts = DeviceOptions::new(&path);
             opts.file_size = size;

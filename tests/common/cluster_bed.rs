@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::binary;
+use hotshard_net::blocking::BlockingClient;
+use hotshard_placement::{ReplicaState, ShardMap};
 
 /// A coordinator process, killed when dropped.
 pub struct Coordinator(pub Child);
@@ -121,6 +123,18 @@ pub struct Bed {
     /// The cluster's name and the nodes' `[cluster]` section.
     pub name: String,
     pub section: String,
+    /// The nodes' `node.partition_bits`, if not the default.
+    pub partition_bits: Option<u8>,
+}
+
+/// How a `Bed` starts, beyond its name, node count and replication factor.
+struct Spec<'a> {
+    coordinators: usize,
+    /// Each node's extra environment, by index.
+    env_of: &'a dyn Fn(usize) -> &'a [(&'a str, &'a str)],
+    ttl: u64,
+    coordinator_args: &'a [&'a str],
+    partition_bits: Option<u8>,
 }
 
 impl Bed {
@@ -158,14 +172,36 @@ impl Bed {
         env: &[(&str, &str)],
         on: usize,
     ) -> Bed {
+        let env_of = |i: usize| if i == on { env } else { &[] };
         Bed::start_full(
             name,
             nodes,
             replication,
-            coordinators,
-            &|i| if i == on { env } else { &[] },
-            2,
-            &[],
+            Spec {
+                coordinators,
+                env_of: &env_of,
+                ttl: 2,
+                coordinator_args: &[],
+                partition_bits: None,
+            },
+        )
+    }
+
+    /// `start` with 2^`bits` partitions (nodes and coordinators agree): fewer chains to
+    /// resync when every chain moves, for tests that wait for that on two cores.
+    pub fn start_with_partition_bits(name: &str, nodes: usize, replication: usize, bits: u8) -> Bed {
+        let bits_arg = bits.to_string();
+        Bed::start_full(
+            name,
+            nodes,
+            replication,
+            Spec {
+                coordinators: 1,
+                env_of: &|_| &[],
+                ttl: 2,
+                coordinator_args: &["--partition-bits", &bits_arg],
+                partition_bits: Some(bits),
+            },
         )
     }
 
@@ -183,23 +219,25 @@ impl Bed {
             name,
             nodes,
             replication,
-            coordinators,
-            &|_| env,
-            ttl,
-            coordinator_args,
+            Spec {
+                coordinators,
+                env_of: &|_| env,
+                ttl,
+                coordinator_args,
+                partition_bits: None,
+            },
         )
     }
 
-    fn start_full<'a>(
-        name: &str,
-        nodes: usize,
-        replication: usize,
-        coordinators: usize,
-        env_of: &dyn Fn(usize) -> &'a [(&'a str, &'a str)],
-        ttl: u64,
-        coordinator_args: &[&str],
-    ) -> Bed {
-        use crate::common::{ports, start_with_env, test_dir, write_config_with};
+    fn start_full(name: &str, nodes: usize, replication: usize, spec: Spec<'_>) -> Bed {
+        use crate::common::{ports, start_with_env, test_dir};
+        let Spec {
+            coordinators,
+            env_of,
+            ttl,
+            coordinator_args,
+            partition_bits,
+        } = spec;
         let etcd = crate::etcd::Etcd::start();
         let section = cluster_section_ttl(&etcd.endpoint, name, ttl);
         let mut bed = Bed {
@@ -209,11 +247,12 @@ impl Bed {
             etcd,
             name: name.to_string(),
             section: section.clone(),
+            partition_bits,
         };
         for i in 0..nodes {
             let dir = test_dir();
             let port = ports();
-            let cfg = write_config_with(dir.path(), port, &section);
+            let cfg = bed.write_config(dir.path(), port);
             bed.nodes.push(start_with_env(&cfg, port, env_of(i)));
             bed.dirs.push(dir);
         }
@@ -256,12 +295,23 @@ impl Bed {
         self.nodes[i] = crate::common::start_with_env(&cfg, port, &[]);
     }
 
+    /// A node's config in `dir` for this cluster.
+    fn write_config(&self, dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+        let cfg = crate::common::write_config_with(dir, port, &self.section);
+        if let Some(bits) = self.partition_bits {
+            let text = std::fs::read_to_string(&cfg).unwrap();
+            let text = text.replacen("[node]\n", &format!("[node]\npartition_bits = {bits}\n"), 1);
+            std::fs::write(&cfg, text).unwrap();
+        }
+        cfg
+    }
+
     /// Starts one more node of the cluster (a new id, empty); returns its index.
     pub fn add_node(&mut self) -> usize {
-        use crate::common::{ports, start_with_env, test_dir, write_config_with};
+        use crate::common::{ports, start_with_env, test_dir};
         let dir = test_dir();
         let port = ports();
-        let cfg = write_config_with(dir.path(), port, &self.section);
+        let cfg = self.write_config(dir.path(), port);
         self.nodes.push(start_with_env(&cfg, port, &[]));
         self.dirs.push(dir);
         self.nodes.len() - 1
@@ -290,6 +340,29 @@ impl Bed {
             String::from_utf8_lossy(&out.stderr)
         );
         (out.status.success(), text)
+    }
+
+    /// Every node's first shard: where clients start.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr(0)).collect()
+    }
+
+    /// Writes `count` objects of `len` bytes named `prefix-N` through any node.
+    pub fn write_objects(&self, prefix: &str, count: usize, len: usize) -> Vec<Vec<u8>> {
+        let mut c = BlockingClient::connect(&self.nodes[0].addr(0), Duration::from_secs(2)).unwrap();
+        (0..count)
+            .map(|i| {
+                let key = format!("{prefix}-{i}").into_bytes();
+                let value = vec![(i % 251) as u8; len];
+                let mut tries = 0;
+                while let Err(e) = c.put(&key, &value) {
+                    tries += 1;
+                    assert!(tries < 50, "put {}: {e:?}", String::from_utf8_lossy(&key));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                key
+            })
+            .collect()
     }
 
     /// The node id of node `i`, as the cluster knows it.
@@ -329,4 +402,22 @@ impl Bed {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Chains with `replication` serving replicas and no move under way.
+pub fn whole_chains(map: &ShardMap, replication: usize) -> usize {
+    map.chains
+        .iter()
+        // None syncing or leaving (offline ones may stay).
+        .filter(|c| {
+            c.replicas
+                .iter()
+                .filter(|r| r.state == ReplicaState::Serving)
+                .count()
+                == replication
+                && c.replicas
+                    .iter()
+                    .all(|r| matches!(r.state, ReplicaState::Serving | ReplicaState::Offline))
+        })
+        .count()
 }

@@ -101,18 +101,16 @@ pub fn take_node_offline(chains: &mut [Chain], shards: &[ShardAddr], node: u32) 
     let on_node = |r: &Replica| shards.get(r.shard as usize).is_some_and(|s| s.node == node);
     let mut changed = 0;
     for chain in chains.iter_mut() {
-        if !chain
-            .replicas
-            .iter()
-            .any(|r| on_node(r) && r.state != ReplicaState::Offline)
-        {
+        if !chain.replicas.iter().any(|r| on_node(r) && !r.state.is_offline()) {
             continue;
         }
         for r in chain.replicas.iter_mut().filter(|r| on_node(r)) {
-            r.state = ReplicaState::Offline;
+            if !r.state.is_offline() {
+                r.state = ReplicaState::Offline;
+            }
         }
         // Stable: serving (and syncing) replicas first in their order, offline ones last.
-        chain.replicas.sort_by_key(|r| r.state == ReplicaState::Offline);
+        chain.replicas.sort_by_key(|r| r.state.is_offline());
         chain.version += 1;
         changed += 1;
     }
@@ -143,13 +141,97 @@ pub fn rejoin_as_syncing(chains: &mut [Chain], shards: &[ShardAddr], node: u32) 
             }
         }
         // Stable: serving first, then syncing (the rejoined one last), offline at the end.
-        chain.replicas.sort_by_key(|r| match r.state {
-            ReplicaState::Serving | ReplicaState::Leaving => 0,
-            ReplicaState::Syncing => 1,
-            ReplicaState::Offline => 2,
-        });
+        order(chain);
         chain.version += 1;
         changed += 1;
+    }
+    changed
+}
+
+/// Serving and leaving replicas first (in their order: a replica that starts leaving keeps
+/// its place, so that no write in flight is passed past a replica by a reordered chain),
+/// then syncing, then offline. The write path runs down the first three. Stable.
+pub fn order(chain: &mut Chain) {
+    chain.replicas.sort_by_key(|r| match r.state {
+        ReplicaState::Serving | ReplicaState::Leaving => 0,
+        ReplicaState::Syncing => 1,
+        ReplicaState::Offline | ReplicaState::Stranded => 2,
+    });
+}
+
+/// `after` is `before` (the same partition's chain in the map last published) once its
+/// lost replicas were taken offline. If that left it with no replica in the write path
+/// holding every acknowledged write (none serving, none leaving), the replicas that were
+/// serving or leaving in `before` and are offline now become stranded: they hold every
+/// write the chain acknowledged, and the chain comes back through one of them
+/// (`revive_stranded`). Says whether it stranded any.
+pub fn strand_last_holders(before: &Chain, after: &mut Chain) -> bool {
+    let holds_all = |s: ReplicaState| matches!(s, ReplicaState::Serving | ReplicaState::Leaving);
+    if after.replicas.iter().any(|r| holds_all(r.state)) {
+        return false;
+    }
+    let mut stranded = false;
+    for r in after.replicas.iter_mut() {
+        let held = before
+            .replicas
+            .iter()
+            .any(|b| b.shard == r.shard && holds_all(b.state));
+        if held && r.state == ReplicaState::Offline {
+            r.state = ReplicaState::Stranded;
+            stranded = true;
+        }
+    }
+    // In the order they had while serving, ahead of the plain offline ones, so that the
+    // first to come back, all else equal, is the old head (heads stay spread as they were).
+    let place_before = |shard: u16| before.replicas.iter().position(|b| b.shard == shard);
+    after.replicas.sort_by_key(|r| match r.state {
+        ReplicaState::Stranded => (1, place_before(r.shard)),
+        s if s.takes_writes() => (0, None),
+        _ => (2, None),
+    });
+    stranded
+}
+
+/// A chain with no serving replica comes back through one that holds every acknowledged
+/// write and can answer again: a leaving replica (still in the write path), else a
+/// stranded one whose node `alive` says is registered (its current registration; it
+/// holds what it held, plus perhaps writes it took as head but never passed on, which the
+/// others' resync from it settles). It becomes the chain's only serving replica, at the
+/// front; the version grows. Once a chain has a serving replica, its other stranded
+/// replicas are plain offline (they rejoin as syncing with their nodes). Says whether the
+/// chain changed.
+pub fn revive_stranded(chain: &mut Chain, shards: &[ShardAddr], alive: impl Fn(u32) -> bool) -> bool {
+    let node_alive = |r: &Replica| shards.get(r.shard as usize).is_some_and(|s| alive(s.node));
+    let serving = chain.replicas.iter().any(|r| r.state == ReplicaState::Serving);
+    let mut changed = false;
+    if !serving {
+        let back = chain
+            .replicas
+            .iter()
+            .position(|r| r.state == ReplicaState::Leaving)
+            .or_else(|| {
+                chain
+                    .replicas
+                    .iter()
+                    .position(|r| r.state == ReplicaState::Stranded && node_alive(r))
+            });
+        let Some(at) = back else {
+            return false;
+        };
+        let mut replica = chain.replicas.remove(at);
+        replica.state = ReplicaState::Serving;
+        chain.replicas.insert(0, replica);
+        changed = true;
+    }
+    for r in chain.replicas.iter_mut() {
+        if r.state == ReplicaState::Stranded {
+            r.state = ReplicaState::Offline;
+            changed = true;
+        }
+    }
+    if changed {
+        order(chain);
+        chain.version += 1;
     }
     changed
 }

@@ -10,7 +10,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::chain_plan::{drop_left, promote_synced, rejoin_as_syncing, take_node_offline, CaughtUpReport};
+use crate::chain_plan::{
+    drop_left, order, promote_synced, rejoin_as_syncing, revive_stranded, strand_last_holders,
+    take_node_offline, CaughtUpReport,
+};
 use crate::limits::MAX_REPLICAS;
 use crate::shard_map::{Chain, NodeIncarnation, Replica, ReplicaState, ShardAddr, ShardMap};
 
@@ -33,6 +36,10 @@ pub struct ClusterView {
     /// Nodes down for longer than `cluster.down_out`: their replicas are rebuilt elsewhere.
     pub down_out: BTreeSet<u32>,
     pub caught_up: Vec<CaughtUpReport>,
+    /// Chains whose loss an operator accepted (`hotshard cluster accept-loss`): partition
+    /// and the chain version it was accepted at (a later version is another state of the
+    /// chain, not the one the operator looked at).
+    pub accepted_loss: Vec<(u32, u64)>,
 }
 
 /// The cluster's placement settings.
@@ -85,6 +92,14 @@ pub fn next_map(map: &ShardMap, view: &ClusterView, policy: &Policy) -> Option<S
                     addr: addr.clone(),
                 }));
         }
+    }
+    // A chain that lost every replica holding all it acknowledged keeps a record of them
+    // (stranded), and comes back through the first of them to return.
+    for (before, after) in map.chains.iter().zip(next.chains.iter_mut()) {
+        strand_last_holders(before, after);
+        revive_stranded(after, &next.shards, |n| alive.contains(&n));
+    }
+    for m in &view.members {
         rejoin_as_syncing(&mut next.chains, &next.shards, m.id);
     }
     for &(partition, node, shard, chain_version) in &view.caught_up {
@@ -136,7 +151,9 @@ impl Shards<'_> {
         let n = self.node(r.shard);
         match r.state {
             ReplicaState::Serving | ReplicaState::Syncing => self.usable(r.shard),
-            ReplicaState::Offline => !self.view.down_out.contains(&n) && !self.view.draining.contains(&n),
+            ReplicaState::Offline | ReplicaState::Stranded => {
+                !self.view.down_out.contains(&n) && !self.view.draining.contains(&n)
+            }
             // On its way out: its place is being taken.
             ReplicaState::Leaving => false,
         }
@@ -164,17 +181,6 @@ impl Shards<'_> {
         self.load[shard as usize] += 1;
         *self.syncing_per_node.entry(self.node(shard)).or_default() += 1;
     }
-}
-
-/// Serving and leaving replicas first (in their order: a replica that starts leaving keeps
-/// its place, so that no write in flight is passed past a replica by a reordered chain),
-/// then syncing, then offline. The write path runs down the first three.
-fn order(chain: &mut Chain) {
-    chain.replicas.sort_by_key(|r| match r.state {
-        ReplicaState::Serving | ReplicaState::Leaving => 0,
-        ReplicaState::Syncing => 1,
-        ReplicaState::Offline => 2,
-    });
 }
 
 fn serving(chain: &Chain) -> usize {
@@ -206,7 +212,7 @@ fn settle(map: &mut ShardMap, view: &ClusterView, policy: &Policy) {
     let mut load = vec![0usize; map.shards.len()];
     let mut syncing_per_node: BTreeMap<u32, usize> = BTreeMap::new();
     for c in &map.chains {
-        for r in c.replicas.iter().filter(|r| r.state != ReplicaState::Offline) {
+        for r in c.replicas.iter().filter(|r| !r.state.is_offline()) {
             load[r.shard as usize] += 1;
             if r.state == ReplicaState::Syncing {
                 *syncing_per_node
@@ -257,6 +263,13 @@ fn settle(map: &mut ShardMap, view: &ClusterView, policy: &Policy) {
             chain.version += 1;
         }
     }
+    for &(p, version) in &view.accepted_loss {
+        if let Some(chain) = map.chains.get_mut(p as usize) {
+            if chain.version == version && serving(chain) == 0 {
+                serve_what_is_left(chain, &mut s, policy);
+            }
+        }
+    }
     for chain in map.chains.iter_mut() {
         let present = chain.replicas.iter().filter(|r| s.counts(r)).count();
         if present >= rf || serving(chain) == 0 || chain.replicas.len() >= MAX_REPLICAS {
@@ -267,6 +280,57 @@ fn settle(map: &mut ShardMap, view: &ClusterView, policy: &Policy) {
         }
     }
     balance(&mut map.chains, &mut s, policy);
+}
+
+/// An accepted loss: a chain with no serving replica and none that holds every write it
+/// acknowledged serves again from the replica that holds the most of what is left (a
+/// syncing one on a usable shard: it took every write since it joined; else an offline or
+/// stranded one whose node is back), or, with none, from an empty replica on the least
+/// loaded usable shard. The others resync from it (what only they held is given up).
+fn serve_what_is_left(chain: &mut Chain, s: &mut Shards<'_>, policy: &Policy) {
+    let rank = |st: ReplicaState| match st {
+        ReplicaState::Syncing => 0,
+        _ => 1,
+    };
+    let best = chain
+        .replicas
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| s.usable(r.shard))
+        .min_by_key(|&(i, r)| (rank(r.state), i))
+        .map(|(i, _)| i);
+    match best {
+        Some(i) => {
+            let mut r = chain.replicas.remove(i);
+            if r.state.is_offline() {
+                s.load[r.shard as usize] += 1;
+            }
+            r.state = ReplicaState::Serving;
+            chain.replicas.insert(0, r);
+        }
+        None => {
+            let Some(to) = s.least_loaded_for(chain, policy) else {
+                return;
+            };
+            chain.replicas.insert(
+                0,
+                Replica {
+                    shard: to,
+                    state: ReplicaState::Serving,
+                },
+            );
+            s.load[to as usize] += 1;
+        }
+    }
+    for r in chain
+        .replicas
+        .iter_mut()
+        .filter(|r| r.state == ReplicaState::Stranded)
+    {
+        r.state = ReplicaState::Offline;
+    }
+    order(chain);
+    chain.version += 1;
 }
 
 /// The balance step of `settle`.
@@ -441,8 +505,29 @@ mod tests {
             let in_write_path = |c: &Chain, shard: u16| {
                 c.replicas
                     .iter()
-                    .any(|r| r.shard == shard && r.state != ReplicaState::Offline)
+                    .any(|r| r.shard == shard && r.state.takes_writes())
             };
+            // Only a replica that holds every acknowledged write starts to serve: one that
+            // served, was leaving or stranded, or one syncing that reported catching up.
+            for r in a.replicas.iter().filter(|r| r.state == ReplicaState::Serving) {
+                let was = b.replicas.iter().find(|x| x.shard == r.shard).map(|x| x.state);
+                let holds = match was {
+                    Some(ReplicaState::Serving | ReplicaState::Leaving | ReplicaState::Stranded) => true,
+                    Some(ReplicaState::Syncing) => view.caught_up.iter().any(|&(p, n, sh, v)| {
+                        let s = &after.shards[r.shard as usize];
+                        before.chains.get(p as usize) == Some(b) && (n, sh, v) == (s.node, s.shard, b.version)
+                    }),
+                    Some(ReplicaState::Offline) | None => false,
+                };
+                let accepted = view
+                    .accepted_loss
+                    .iter()
+                    .any(|&(p, v)| v == b.version && before.chains.get(p as usize) == Some(b));
+                assert!(
+                    holds || accepted,
+                    "serving from a replica that may lack writes: {b:?} -> {a:?}"
+                );
+            }
             for (i, r) in b.replicas.iter().enumerate() {
                 let node = before.shards[r.shard as usize].node;
                 let draining_head = i == 0 && view.draining.contains(&node);
@@ -605,5 +690,234 @@ mod tests {
             next_map(&served, &view, &POLICY).is_none(),
             "reports are not applied twice"
         );
+    }
+
+    /// The node ids holding a replica of `c` in `state`.
+    fn nodes_in(map: &ShardMap, c: &Chain, state: ReplicaState) -> Vec<u32> {
+        c.replicas
+            .iter()
+            .filter(|r| r.state == state)
+            .map(|r| map.shards[r.shard as usize].node)
+            .collect()
+    }
+
+    /// One step of `next_map` that must change the map, checked.
+    fn step(map: &mut ShardMap, view: &ClusterView) {
+        let next = next_map(map, view, &POLICY).expect("a change");
+        check_invariants(map, &next, view);
+        *map = next;
+    }
+
+    #[test]
+    fn a_chain_whose_nodes_all_went_down_one_by_one_comes_back_through_the_last_to_serve() {
+        let nodes: Vec<Member> = (1..=3).map(|id| member(id, 1)).collect();
+        let mut map = formed(&nodes, 4);
+        let mut view = ClusterView {
+            members: nodes.clone(),
+            ..Default::default()
+        };
+        // Nodes 1, 2, 3 lost, one map change each: the chains' last serving replica is on 3.
+        for lost in 1..=3 {
+            view.members.retain(|m| m.id != lost);
+            step(&mut map, &view);
+        }
+        for c in &map.chains {
+            assert_eq!(nodes_in(&map, c, ReplicaState::Stranded), vec![3], "{c:?}");
+            assert_eq!(serving(c), 0);
+        }
+        // 1 and 2 return (new registrations): they lack writes acknowledged after they
+        // left, so nothing serves yet.
+        for back in 1..=2 {
+            view.members.push(Member {
+                incarnation: 2,
+                ..member(back, 1)
+            });
+            step(&mut map, &view);
+            for c in &map.chains {
+                assert_eq!(serving(c), 0, "served without the last holder: {c:?}");
+            }
+        }
+        assert!(next_map(&map, &view, &POLICY).is_none(), "it waits for node 3");
+        // 3 returns: it serves every chain again at once, the others resync from it.
+        view.members.push(Member {
+            incarnation: 2,
+            ..member(3, 1)
+        });
+        step(&mut map, &view);
+        for c in &map.chains {
+            assert_eq!(nodes_in(&map, c, ReplicaState::Serving), vec![3], "{c:?}");
+            assert_eq!(nodes_in(&map, c, ReplicaState::Syncing).len(), 2, "{c:?}");
+        }
+        settle_fully(&mut map, &mut view);
+        assert_whole_and_even(&map, &[]);
+    }
+
+    #[test]
+    fn a_whole_cluster_lost_at_once_comes_back_through_whichever_holder_returns_first() {
+        let nodes: Vec<Member> = (1..=3).map(|id| member(id, 1)).collect();
+        for first in 1..=3u32 {
+            let mut map = formed(&nodes, 4);
+            let mut view = ClusterView::default();
+            step(&mut map, &view);
+            for c in &map.chains {
+                assert_eq!(nodes_in(&map, c, ReplicaState::Stranded).len(), 3, "{c:?}");
+            }
+            view.members.push(Member {
+                incarnation: 2,
+                ..member(first, 1)
+            });
+            step(&mut map, &view);
+            for c in &map.chains {
+                assert_eq!(nodes_in(&map, c, ReplicaState::Serving), vec![first], "{c:?}");
+                assert!(nodes_in(&map, c, ReplicaState::Stranded).is_empty(), "{c:?}");
+            }
+            for id in (1..=3).filter(|&id| id != first) {
+                view.members.push(Member {
+                    incarnation: 2,
+                    ..member(id, 1)
+                });
+            }
+            settle_fully(&mut map, &mut view);
+            assert_whole_and_even(&map, &[]);
+        }
+    }
+
+    #[test]
+    fn a_cluster_whose_nodes_all_restart_between_two_looks_and_a_single_node_one_serve_again() {
+        // Every node re-registered before the coordinator looked (an etcd outage longer
+        // than the lease, or a fast restart of everything): each chain serves again from
+        // its old head, the others resync.
+        let nodes: Vec<Member> = (1..=3).map(|id| member(id, 1)).collect();
+        let mut map = formed(&nodes, 4);
+        let heads: Vec<u32> = map
+            .chains
+            .iter()
+            .map(|c| nodes_in(&map, c, ReplicaState::Serving)[0])
+            .collect();
+        let mut view = ClusterView {
+            members: nodes
+                .iter()
+                .map(|m| Member {
+                    incarnation: 2,
+                    ..m.clone()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        step(&mut map, &view);
+        for (c, head) in map.chains.iter().zip(heads) {
+            assert_eq!(nodes_in(&map, c, ReplicaState::Serving), vec![head], "{c:?}");
+        }
+        settle_fully(&mut map, &mut view);
+        assert_whole_and_even(&map, &[]);
+
+        let one = [member(1, 2)];
+        let list: Vec<(u32, Vec<String>)> = one.iter().map(|m| (m.id, m.shards.clone())).collect();
+        let mut map = form_map(&list, 4, 1).unwrap();
+        map.incarnations = vec![NodeIncarnation {
+            node: 1,
+            incarnation: 1,
+        }];
+        let policy = Policy {
+            replication: 1,
+            ..POLICY
+        };
+        let restarted = ClusterView {
+            members: vec![Member {
+                incarnation: 2,
+                ..member(1, 2)
+            }],
+            ..Default::default()
+        };
+        let next = next_map(&map, &restarted, &policy).unwrap();
+        assert!(
+            next.chains.iter().all(|c| serving(c) == 1),
+            "{:?}",
+            next.chains[0]
+        );
+        assert_eq!(next.incarnation(1), Some(2));
+        assert!(next
+            .chains
+            .iter()
+            .zip(&map.chains)
+            .all(|(a, b)| a.version > b.version));
+        assert!(next_map(&next, &restarted, &policy).is_none());
+    }
+
+    #[test]
+    fn a_leaving_replica_left_alone_in_the_write_path_serves_again() {
+        let nodes: Vec<Member> = (1..=2).map(|id| member(id, 1)).collect();
+        let list: Vec<(u32, Vec<String>)> = nodes.iter().map(|m| (m.id, m.shards.clone())).collect();
+        let mut map = form_map(&list, 2, 1).unwrap();
+        // Partition 0: node 1 serving, node 2 leaving (a move not yet confirmed).
+        map.chains[0].replicas = vec![
+            Replica {
+                shard: 0,
+                state: ReplicaState::Serving,
+            },
+            Replica {
+                shard: 1,
+                state: ReplicaState::Leaving,
+            },
+        ];
+        let view = ClusterView {
+            members: vec![member(2, 1)],
+            ..Default::default()
+        };
+        let policy = Policy {
+            replication: 1,
+            ..POLICY
+        };
+        let next = next_map(&map, &view, &policy).unwrap();
+        check_invariants(&map, &next, &view);
+        assert_eq!(nodes_in(&next, &next.chains[0], ReplicaState::Serving), vec![2]);
+    }
+
+    #[test]
+    fn a_lost_chain_serves_again_only_once_its_loss_is_accepted_at_its_version() {
+        let nodes: Vec<Member> = (1..=3).map(|id| member(id, 1)).collect();
+        let mut map = formed(&nodes, 2);
+        let mut view = ClusterView {
+            members: nodes.clone(),
+            ..Default::default()
+        };
+        // Nodes 1, 2, 3 lost in turn; 3 (every chain's last holder) is down for good, the
+        // others come back.
+        for lost in 1..=3 {
+            view.members.retain(|m| m.id != lost);
+            step(&mut map, &view);
+        }
+        view.down_out.insert(3);
+        for back in 1..=2 {
+            view.members.push(Member {
+                incarnation: 2,
+                ..member(back, 1)
+            });
+        }
+        step(&mut map, &view);
+        assert!(next_map(&map, &view, &POLICY).is_none(), "nothing invented");
+        assert!(map.chains.iter().all(|c| serving(c) == 0));
+        // Accepted at an older version of partition 0: ignored. At the current one of
+        // partition 1: it serves from a replica on node 1 or 2; the others stay lost.
+        view.accepted_loss = vec![(0, map.chains[0].version - 1), (1, map.chains[1].version)];
+        step(&mut map, &view);
+        assert_eq!(serving(&map.chains[0]), 0);
+        assert_eq!(serving(&map.chains[1]), 1);
+        assert!(nodes_in(&map, &map.chains[1], ReplicaState::Stranded).is_empty());
+        assert!(!nodes_in(&map, &map.chains[1], ReplicaState::Serving).contains(&3));
+        assert!(next_map(&map, &view, &POLICY).is_some_and(|n| serving(&n.chains[0]) == 0));
+        // With no replica on a node that is back, an empty one serves.
+        let mut alone = map.clone();
+        alone.chains[2]
+            .replicas
+            .retain(|r| map.shards[r.shard as usize].node == 3);
+        alone.chains[2].version += 1;
+        let view2 = ClusterView {
+            accepted_loss: vec![(2, alone.chains[2].version)],
+            ..view.clone()
+        };
+        let next = next_map(&alone, &view2, &POLICY).unwrap();
+        check_invariants(&alone, &next, &view2);
+        assert_eq!(serving(&next.chains[2]), 1, "{:?}", next.chains[2]);
     }
 }

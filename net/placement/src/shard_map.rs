@@ -34,8 +34,30 @@ pub enum ReplicaState {
     /// takes every write, as it did while serving), but no longer a reader. Dropped once it has reported adopting
     /// the chain version that made it leaving (or once its node's lease has expired: it is
     /// then offline), so that no map the cluster publishes lets it answer reads while
-    /// writes pass it by. (Last: the archived tags of the others stay as they were.)
+    /// writes pass it by. (Appended: the archived tags of the others stay as they were.)
     Leaving,
+    /// Offline, and one of the replicas that were serving (or leaving) in the last version
+    /// of a chain that then lost every serving replica: it holds every write the chain
+    /// acknowledged (a write is acknowledged only once every serving replica has it). The
+    /// chain comes back through it: once its node is registered again it serves again and
+    /// the others resync from it. (Appended, like `Leaving`.)
+    Stranded,
+}
+
+impl ReplicaState {
+    /// Whether a replica in this state is in its chain's write path (takes every write
+    /// passed down the chain): serving, leaving and syncing ones.
+    pub fn takes_writes(self) -> bool {
+        matches!(
+            self,
+            ReplicaState::Serving | ReplicaState::Leaving | ReplicaState::Syncing
+        )
+    }
+
+    /// Offline, stranded or not.
+    pub fn is_offline(self) -> bool {
+        matches!(self, ReplicaState::Offline | ReplicaState::Stranded)
+    }
 }
 
 /// One replica of a partition: a shard (an index into the map's `shards`) and its state.

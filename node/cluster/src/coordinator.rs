@@ -179,6 +179,7 @@ pub async fn reconcile_once(
                     .collect(),
                 down_out: down_for_good(client, leader, cfg, &map, &nodes).await?,
                 caught_up,
+                accepted_loss: accepted_losses(client, &cfg.keys).await?,
             };
             let policy = Policy {
                 replication: cfg.replication,
@@ -187,11 +188,13 @@ pub async fn reconcile_once(
             match next_map(&map, &view, &policy) {
                 None => {
                     remove_reports(leader, report_keys).await?;
+                    remove_past_acceptances(leader, &cfg.keys, &view.accepted_loss, &map).await?;
                     Ok(Some(map))
                 }
                 Some(next) => {
                     write_map(leader, &cfg.keys, &next, revision, Vec::new()).await?;
                     remove_reports(leader, report_keys).await?;
+                    remove_past_acceptances(leader, &cfg.keys, &view.accepted_loss, &next).await?;
                     let h = hotshard_placement::chain_plan::health(&next.chains, cfg.replication);
                     tracing::warn!(
                         epoch = next.epoch,
@@ -311,6 +314,41 @@ async fn caught_up_reports(
 /// Removes the caught-up reports read (applied, or stale), 100 to a transaction (etcd
 /// takes at most 128 operations in one). A report written again meanwhile by a replica
 /// still syncing is removed unapplied; the replica makes it again (`partition_sync`).
+/// The losses an operator accepted (`accept_loss/<partition>` = chain version).
+async fn accepted_losses(client: &Client, keys: &ClusterKeys) -> ClusterResult<Vec<(u32, u64)>> {
+    let prefix = keys.accept_loss_prefix();
+    let got = client
+        .clone()
+        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    Ok(got
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let partition = keys.node_of(&key, &prefix)?;
+            let version = std::str::from_utf8(kv.value()).ok()?.parse().ok()?;
+            Some((partition, version))
+        })
+        .collect())
+}
+
+/// Removes the acceptances whose chain has moved past the version they name (applied, or
+/// about a state of the chain that is gone): one is never applied to a later loss.
+async fn remove_past_acceptances(
+    leader: &Leadership,
+    keys: &ClusterKeys,
+    accepted: &[(u32, u64)],
+    map: &ShardMap,
+) -> ClusterResult<()> {
+    let past: Vec<String> = accepted
+        .iter()
+        .filter(|&&(p, v)| map.chain(p).is_none_or(|c| c.version != v))
+        .map(|&(p, _)| keys.accept_loss(p))
+        .collect();
+    remove_reports(leader, past).await
+}
+
 async fn remove_reports(leader: &Leadership, keys: Vec<String>) -> ClusterResult<()> {
     for chunk in keys.chunks(100) {
         let ops: Vec<TxnOp> = chunk.iter().map(|k| TxnOp::delete(k.as_str(), None)).collect();

@@ -6,7 +6,6 @@
 //! replication factor, and a second drain while one is under way are refused.
 
 use etcd_client::{Client, GetOptions};
-use hotshard_placement::ReplicaState;
 
 use crate::coordinator::{read_map, registered_nodes};
 use crate::error::{ClusterError, ClusterResult};
@@ -59,7 +58,7 @@ pub async fn drain(
             .filter(|c| {
                 c.replicas
                     .iter()
-                    .any(|r| r.state != ReplicaState::Offline && map.shards[r.shard as usize].node == n)
+                    .any(|r| !r.state.is_offline() && map.shards[r.shard as usize].node == n)
             })
             .count()
     };

@@ -89,6 +89,18 @@ impl ClusterKeys {
         format!("{}draining/", self.prefix)
     }
 
+    /// Set by `hotshard cluster accept-loss`: the operator accepts that `partition`'s chain,
+    /// which no replica holding every acknowledged write can serve any more, serves again
+    /// from what is left (value: the chain version looked at). Removed by the coordinator
+    /// once that version is past.
+    pub fn accept_loss(&self, partition: u32) -> String {
+        format!("{}accept_loss/{partition:05}", self.prefix)
+    }
+
+    pub fn accept_loss_prefix(&self) -> String {
+        format!("{}accept_loss/", self.prefix)
+    }
+
     /// The node id at the end of a key under one of the per-node prefixes.
     pub fn node_of(&self, key: &str, prefix: &str) -> Option<u32> {
         key.strip_prefix(prefix)?.parse().ok()

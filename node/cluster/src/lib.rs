@@ -4,6 +4,7 @@
 //! a deposed coordinator cannot write. Runs on one tokio thread, off the shard cores; no
 //! home-made consensus and no home-made failure detector.
 
+pub mod accept_loss;
 pub mod coordinator;
 pub mod drain;
 pub mod error;

@@ -21,6 +21,9 @@ pub struct Roles {
     /// Leaving: still taking writes, no longer read, dropped once it confirms.
     pub leaving: usize,
     pub offline: usize,
+    /// Offline, and the last holder of every acknowledged write of a chain with no serving
+    /// replica: the chain comes back when this node does.
+    pub stranded: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,6 +52,10 @@ pub struct ClusterStatus {
     pub degraded: Vec<u32>,
     /// Partitions with no serving replica.
     pub unavailable: Vec<u32>,
+    /// Unavailable partitions no replica of which holds every acknowledged write any more
+    /// (none stranded): only `hotshard cluster accept-loss` brings them back, serving what
+    /// is left.
+    pub lost: Vec<u32>,
 }
 
 /// Every node's roles over the map's chains: the first serving replica is the head, the
@@ -81,6 +88,8 @@ pub fn roles_by_node(map: &ShardMap) -> BTreeMap<u32, Roles> {
                 e.syncing += 1;
             } else if r.state == ReplicaState::Leaving {
                 e.leaving += 1;
+            } else if r.state == ReplicaState::Stranded {
+                e.stranded += 1;
             } else {
                 e.offline += 1;
             }
@@ -122,7 +131,7 @@ pub async fn cluster_status(
             )
         })
         .collect();
-    let (mut degraded, mut unavailable) = (Vec::new(), Vec::new());
+    let (mut degraded, mut unavailable, mut lost) = (Vec::new(), Vec::new(), Vec::new());
     if let Some(map) = &map {
         for (id, roles) in roles_by_node(map) {
             let in_map = map.shards.iter().filter(|s| s.node == id).count();
@@ -151,6 +160,7 @@ pub async fn cluster_status(
         }
         let h = health(&map.chains, replication);
         degraded = h.degraded;
+        lost = lost_chains(map, &h.unavailable);
         unavailable = h.unavailable;
     }
     Ok(ClusterStatus {
@@ -161,7 +171,24 @@ pub async fn cluster_status(
         nodes: nodes.into_values().collect(),
         degraded,
         unavailable,
+        lost,
     })
+}
+
+/// The partitions of `unavailable` with no stranded replica: nothing holds every write
+/// they acknowledged.
+pub fn lost_chains(map: &ShardMap, unavailable: &[u32]) -> Vec<u32> {
+    unavailable
+        .iter()
+        .copied()
+        .filter(|&p| {
+            map.chain(p).is_some_and(|c| {
+                !c.replicas
+                    .iter()
+                    .any(|r| matches!(r.state, ReplicaState::Stranded | ReplicaState::Leaving))
+            })
+        })
+        .collect()
 }
 
 impl std::fmt::Display for ClusterStatus {
@@ -178,8 +205,18 @@ impl std::fmt::Display for ClusterStatus {
         }
         writeln!(
             f,
-            "{:>10}  {:<22} {:>5} {:>6}  {:>6} {:>6} {:>6} {:>7} {:>7} {:>7}  state",
-            "node", "address", "alive", "shards", "head", "middle", "tail", "syncing", "leaving", "offline"
+            "{:>10}  {:<22} {:>5} {:>6}  {:>6} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8}  state",
+            "node",
+            "address",
+            "alive",
+            "shards",
+            "head",
+            "middle",
+            "tail",
+            "syncing",
+            "leaving",
+            "offline",
+            "stranded"
         )?;
         for n in &self.nodes {
             let c = &n.chains;
@@ -190,7 +227,7 @@ impl std::fmt::Display for ClusterStatus {
             };
             writeln!(
                 f,
-                "{:>10}  {:<22} {:>5} {:>6}  {:>6} {:>6} {:>6} {:>7} {:>7} {:>7}  {state}",
+                "{:>10}  {:<22} {:>5} {:>6}  {:>6} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8}  {state}",
                 n.id,
                 n.addr,
                 if n.alive { "yes" } else { "NO" },
@@ -200,7 +237,8 @@ impl std::fmt::Display for ClusterStatus {
                 c.tail,
                 c.syncing,
                 c.leaving,
-                c.offline
+                c.offline,
+                c.stranded
             )?;
         }
         writeln!(
@@ -208,6 +246,39 @@ impl std::fmt::Display for ClusterStatus {
             "chains degraded: {}, unavailable: {}",
             self.degraded.len(),
             self.unavailable.len()
-        )
+        )?;
+        let waiting: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.chains.stranded > 0)
+            .map(|n| format!("node {} ({} chains)", n.id, n.chains.stranded))
+            .collect();
+        if !waiting.is_empty() {
+            writeln!(
+                f,
+                "unavailable chains come back when a node holding every write they acknowledged \
+                 returns: {} (one that will not: `hotshard cluster accept-loss --node ID`)",
+                waiting.join(", ")
+            )?;
+        }
+        if !self.lost.is_empty() {
+            writeln!(
+                f,
+                "LOST: {} chains have no replica holding every write they acknowledged (partitions {}); \
+                 `hotshard cluster accept-loss` serves them again from what is left",
+                self.lost.len(),
+                preview(&self.lost)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The first few of `list`, and how many more.
+fn preview(list: &[u32]) -> String {
+    let shown: Vec<String> = list.iter().take(8).map(u32::to_string).collect();
+    match list.len().saturating_sub(8) {
+        0 => shown.join(", "),
+        more => format!("{}, and {more} more", shown.join(", ")),
     }
 }
