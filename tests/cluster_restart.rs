@@ -222,3 +222,68 @@ fn chains_whose_last_holder_is_gone_for_good_wait_for_an_operator_to_accept_the_
     let (ok, said) = bed.cluster_cli(&["accept-loss"]);
     assert!(ok && said.contains("nothing to accept"), "{said}");
 }
+
+/// A head that took a write and never passed it on (the planted fault `stop-at-head`),
+/// killed and started again while no coordinator acts: etcd's map still names it the head
+/// under its previous registration, and its dirty-key set is gone. It answers nothing
+/// until a map records its new registration; before that rule it answered the write no
+/// client saw acknowledged (which the chain then undid: a read that went back in time).
+#[test]
+fn a_restarted_node_answers_nothing_until_the_map_records_its_new_registration() {
+    let env = [("HOTSHARD_PLANTED_BUG", "stop-at-head:lost,gone")];
+    let mut bed = Bed::start_with_args("incarn", 3, 3, 1, &env, 2, &[]);
+    let head = bed.node_id(0);
+    let map = bed.map();
+    let lost = (0..100_000)
+        .map(|i| format!("lost-{i}").into_bytes())
+        .find(|k| map.owner(map.partition(k)).is_some_and(|o| o.node == head))
+        .unwrap();
+    let owner = map.owner(map.partition(&lost)).unwrap().addr.clone();
+    let mut c = BlockingClient::connect(&bed.nodes[1].addr(0), Duration::from_secs(2)).unwrap();
+    assert!(
+        c.put(&lost, b"never acknowledged").is_err(),
+        "stopped at the head"
+    );
+
+    for coordinator in &mut bed.coordinators {
+        let _ = coordinator.0.kill();
+        let _ = coordinator.0.wait();
+    }
+    bed.restart(0);
+    // Its old registration lives until its lease runs out; then the new process registers.
+    let log = bed.dirs[0].path().join("node.log");
+    eventually(Duration::from_secs(20), "node 0 registered again", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("registered in cluster"))
+    });
+    // Registered, the map posted, the lease confirmed: still, nothing answered.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(bed.node_metric(0, "hotshard_lease_age_seconds") < 2.0);
+    let get = hotshard_net::Request::Get {
+        key: lost.clone(),
+        range: None,
+        target: hotshard_net::Target {
+            partition: map.partition(&lost),
+            epoch: map.epoch,
+        },
+    };
+    let mut direct = BlockingClient::connect(&owner, Duration::from_secs(2)).unwrap();
+    let (resp, body) = direct.call_at(&owner, &get, &[]).unwrap();
+    assert_eq!(
+        resp.status(),
+        hotshard_net::Status::Busy,
+        "answered under its previous registration: {:?}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(bed.node_metric(0, "hotshard_fenced") >= 1.0);
+
+    // The coordinator back: it records the registration, the node resyncs, and the write
+    // no client saw acknowledged is nowhere.
+    bed.coordinators[0] = Coordinator::forming(&bed.etcd.endpoint, "incarn", 3, 3);
+    let partitions = map.chains.len();
+    eventually(Duration::from_secs(60), "every chain whole again", || {
+        whole_chains(&bed.map(), 3) == partitions
+    });
+    replicas_agree(&bed.seeds(), std::slice::from_ref(&lost));
+    let mut c = BlockingClient::connect(&bed.nodes[0].addr(0), Duration::from_secs(2)).unwrap();
+    assert_eq!(c.get(&lost, None).unwrap(), None);
+}

@@ -228,6 +228,9 @@ async fn control_loop(
         );
         warned_unreachable = false;
         id_taken_since = None;
+        // The shards answer nothing until a map records this registration (the coordinator
+        // decides what a restarted node's replicas are first).
+        board.registered(record.id, registration.lease.id() as u64);
         // The map as the cluster has it now, posted before the shards may answer again
         // under this lease: the one they hold may be from before a lost lease.
         let mut warned_bits = false;

@@ -229,6 +229,16 @@ pub struct MapBoard {
     fence_after_ms: AtomicU64,
     /// Chains the shards have caught up with, for the control thread to report in etcd.
     caught_up: Mutex<Vec<CaughtUp>>,
+    /// This node's id and its current registration (its etcd lease; 0: not registered).
+    node: AtomicU64,
+    incarnation: AtomicU64,
+    /// Whether the map posted last records this node under its current registration. A
+    /// node that restarted (or lost its lease and registered again) finds maps that still
+    /// name it serving under its previous registration: it was serving then, with a
+    /// dirty-key set and writes in flight it no longer has, and the coordinator has not
+    /// yet said what it is now. Until a map records the current registration, the node
+    /// treats every replica of its own as offline: it answers nothing of the cluster.
+    recorded: std::sync::atomic::AtomicBool,
 }
 
 /// A shard caught up with a partition's chain at a chain version (issue 20's resync).
@@ -270,14 +280,39 @@ impl MapBoard {
         self.lease_confirmed_ms.fetch_max(at, Ordering::Release);
     }
 
-    /// Whether the node's lease is unconfirmed for longer than the fencing limit.
+    /// Whether the node must answer nothing of the cluster: its lease is unconfirmed for
+    /// longer than the fencing limit, or the map posted does not record its current
+    /// registration (`registered`).
     pub fn fenced(&self) -> bool {
         let after = self.fence_after_ms.load(Ordering::Relaxed);
         if after == 0 {
             return false;
         }
+        if !self.recorded.load(Ordering::Acquire) {
+            return true;
+        }
         let at = self.lease_confirmed_ms.load(Ordering::Acquire);
         at == 0 || coarse_now_ms().saturating_sub(at) > after
+    }
+
+    /// The node registered as `node` under `incarnation` (its lease): until a map posted
+    /// records that, the board fences the node's shards.
+    pub fn registered(&self, node: u32, incarnation: u64) {
+        let Ok(slot) = self.map.lock() else {
+            return;
+        };
+        self.node.store(node as u64, Ordering::Release);
+        self.incarnation.store(incarnation, Ordering::Release);
+        self.note_recorded(slot.as_deref());
+    }
+
+    /// Whether `map` records this node under its current registration (kept for `fenced`).
+    /// Called with the map slot locked, so that a post and a registration do not cross.
+    fn note_recorded(&self, map: Option<&ShardMap>) {
+        let incarnation = self.incarnation.load(Ordering::Acquire);
+        let node = self.node.load(Ordering::Acquire) as u32;
+        let recorded = incarnation != 0 && map.is_some_and(|m| m.incarnation(node) == Some(incarnation));
+        self.recorded.store(recorded, Ordering::Release);
     }
 
     /// Posts `map` if it is newer than the one posted; says whether it was.
@@ -289,6 +324,7 @@ impl MapBoard {
             return false;
         }
         self.epoch.store(map.epoch, Ordering::Release);
+        self.note_recorded(Some(&map));
         *slot = Some(Arc::new(map));
         true
     }
@@ -327,13 +363,20 @@ mod tests {
     use super::*;
     use hotshard_placement::ShardAddr;
 
+    /// A map of node 1's one shard, recording node 1 under registration 7.
     fn map(epoch: u64) -> ShardMap {
+        map_recording(epoch, 7)
+    }
+
+    fn map_recording(epoch: u64, incarnation: u64) -> ShardMap {
         let shard = ShardAddr {
             node: 1,
             shard: 0,
             addr: "127.0.0.1:7400".into(),
         };
-        ShardMap::spread(epoch, 4, vec![shard])
+        let mut map = ShardMap::spread(epoch, 4, vec![shard]);
+        map.incarnations = vec![hotshard_placement::NodeIncarnation { node: 1, incarnation }];
+        map
     }
 
     #[test]
@@ -364,6 +407,8 @@ mod tests {
             "a board without fencing never fences"
         );
         let board = Arc::new(MapBoard::fencing_after(std::time::Duration::from_millis(200)));
+        board.post(map(1));
+        board.registered(1, 7);
         let cell = MapCell::fenced_by(map(1), board.clone());
         assert!(cell.fenced(), "never confirmed");
         board.lease_confirmed(std::time::Duration::ZERO);
@@ -399,7 +444,8 @@ mod tests {
 
     #[test]
     fn a_request_waits_for_a_newer_epoch_only_near_what_the_node_knows_and_is_woken_by_adoption() {
-        let board = Arc::new(MapBoard::default());
+        let board = Arc::new(MapBoard::fencing_after(std::time::Duration::from_secs(60)));
+        board.registered(1, 7);
         board.lease_confirmed(std::time::Duration::ZERO);
         let cell = MapCell::fenced_by(map(5), board.clone());
         assert!(cell.may_wait_for(5 + EPOCH_WAIT_AHEAD));
@@ -455,5 +501,39 @@ mod tests {
             before + 1,
             "the first waiter wakes the shard's loop"
         );
+    }
+
+    #[test]
+    fn a_node_answers_nothing_until_a_map_records_its_current_registration() {
+        let board = Arc::new(MapBoard::fencing_after(std::time::Duration::from_secs(60)));
+        board.lease_confirmed(std::time::Duration::ZERO);
+        let cell = MapCell::fenced_by(map_recording(1, 7), board.clone());
+        board.post(map_recording(1, 7));
+        assert!(cell.fenced(), "not registered yet");
+        board.registered(1, 7);
+        assert!(!cell.fenced(), "the map records this registration");
+        // Restarted (or its lease lost and registered again): the map etcd holds still
+        // names it under the old registration, where it served with writes in flight and a
+        // dirty-key set it no longer has. It serves nothing of it.
+        board.registered(1, 8);
+        assert!(cell.fenced());
+        assert!(cell.fenced(), "the same map again changes nothing");
+        let stale = map_recording(2, 7);
+        board.post(stale);
+        assert!(
+            cell.fenced(),
+            "a newer map that still records the old registration"
+        );
+        board.post(map_recording(3, 8));
+        assert!(
+            !cell.fenced(),
+            "the coordinator has recorded the new registration"
+        );
+        assert_eq!(cell.epoch(), 3);
+        let elsewhere = MapBoard::fencing_after(std::time::Duration::from_secs(60));
+        elsewhere.registered(2, 8);
+        elsewhere.lease_confirmed(std::time::Duration::ZERO);
+        elsewhere.post(map_recording(3, 8));
+        assert!(elsewhere.fenced(), "a map recording only another node");
     }
 }
