@@ -88,6 +88,57 @@ fn gets_naming_epoch(
     (statuses, started.elapsed())
 }
 
+/// Replicate, SyncManifest and Reassert for a key's partition, sent to `addr` but naming a
+/// node other than `node`: each refused (WrongShard), and the key stays unwritten.
+fn refuses_misaddressed(addr: &str, map: &hotshard_placement::ShardMap, node: u32) {
+    use hotshard_net::{Recipient, Request, Status};
+    let key = b"misaddressed".to_vec();
+    let partition = map.partition(&key);
+    let chain_version = map.chain(partition).unwrap().version;
+    let to = Recipient {
+        node: node + 1,
+        shard: 0,
+    };
+    let requests = [
+        Request::Replicate {
+            to,
+            key: key.clone(),
+            partition,
+            chain_version,
+            version: 1 << 40,
+            tombstone: false,
+            expires_ms: 0,
+        },
+        Request::SyncManifest {
+            to,
+            partition,
+            chain_version,
+            after: Vec::new(),
+        },
+        Request::Reassert {
+            to,
+            key: key.clone(),
+            partition,
+            floor: 1 << 40,
+        },
+    ];
+    let mut c = BlockingClient::connect(addr, Duration::from_secs(5)).unwrap();
+    for r in &requests {
+        let payload: &[u8] = if matches!(r, Request::Replicate { .. }) {
+            b"forged"
+        } else {
+            &[]
+        };
+        let (resp, _) = c.call_at(addr, r, payload).unwrap();
+        assert!(
+            matches!(resp.status(), Status::WrongShard { .. }),
+            "{r:?}: {:?}",
+            resp.status()
+        );
+    }
+    assert_eq!(c.get(&key, None).unwrap(), None);
+}
+
 #[test]
 fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
     let etcd = etcd::Etcd::start();
@@ -131,6 +182,13 @@ fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
         "{statuses:?}"
     );
     assert!(took < Duration::from_secs(2), "200 answers took {took:?}");
+    // Node-to-node requests meant for another node (a wiped node back on this one's
+    // listeners would get them) are refused, counted, and write nothing.
+    refuses_misaddressed(&node.addr(0), early.shard_map(), id as u32);
+    assert_eq!(
+        metric(&scrape(node.port + 3), "hotshard_misaddressed_total{shard=\"0\"}"),
+        3.0
+    );
     let s = status(&etcd.endpoint);
     assert_eq!(s["epoch"], 1);
     assert_eq!(s["nodes"][0]["chains"]["head"], 4096);

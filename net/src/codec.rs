@@ -230,7 +230,7 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<RawFrame>, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{ByteRange, Status, Target};
+    use crate::message::{ByteRange, Recipient, Status, Target};
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
@@ -241,7 +241,7 @@ mod tests {
         let ping = encode_request(7, &Request::Ping, 0).unwrap();
         assert_eq!(
             hex(&ping[..PREAMBLE_BYTES]),
-            "485357310101000038000000000000000700000000000000"
+            "485357310201000038000000000000000700000000000000"
         );
         let put = Request::Put {
             key: b"k1".to_vec(),
@@ -253,7 +253,7 @@ mod tests {
             expires_ms: 0,
         };
         let bytes = encode_request(1, &put, 4).unwrap();
-        assert_eq!(hex(&bytes), "4853573101010000400000000400000001000000000000006b3100000000000001000000f4ffffff020000000000000001000000000000000500000000000000090000000000000003000000000000000000000000000000");
+        assert_eq!(hex(&bytes), "4853573102010000400000000400000001000000000000006b3100000000000001000000f4ffffff020000000000000001000000000000000500000000000000090000000000000003000000000000000000000000000000");
     }
 
     #[test]
@@ -262,7 +262,7 @@ mod tests {
         r.version = 41;
         let bytes = encode_response(2, &r, 0).unwrap();
         // Issue 21 added `expires_ms`: the header is 8 bytes longer (0x38), those 8 at its end.
-        assert_eq!(hex(&bytes), "48535731010200003800000000000000020000000000000003000000000000002a00000000000000ffffffffffffffff2900000000000000000000000000000000000000000000000000000000000000");
+        assert_eq!(hex(&bytes), "48535731020200003800000000000000020000000000000003000000000000002a00000000000000ffffffffffffffff2900000000000000000000000000000000000000000000000000000000000000");
     }
 
     #[test]
@@ -298,6 +298,7 @@ mod tests {
             Request::AuthChallenge,
             Request::AuthProof { proof: vec![1; 32] },
             Request::Replicate {
+                to: Recipient { node: 3, shard: 1 },
                 key: b"e".to_vec(),
                 partition: 1,
                 chain_version: 4,
@@ -306,6 +307,7 @@ mod tests {
                 expires_ms: 0,
             },
             Request::Replicate {
+                to: Recipient { node: 3, shard: 1 },
                 key: b"f".to_vec(),
                 partition: 1,
                 chain_version: 4,
@@ -314,16 +316,19 @@ mod tests {
                 expires_ms: 0,
             },
             Request::SyncManifest {
+                to: Recipient { node: 4, shard: 0 },
                 partition: 2,
                 chain_version: 5,
                 after: b"g".to_vec(),
             },
             Request::SyncManifest {
+                to: Recipient { node: 4, shard: 0 },
                 partition: 2,
                 chain_version: 5,
                 after: Vec::new(),
             },
             Request::Reassert {
+                to: Recipient { node: 5, shard: 2 },
                 key: b"h".to_vec(),
                 partition: 2,
                 floor: 77,
@@ -440,6 +445,7 @@ mod tests {
         ));
         // A tombstone carries no value.
         let tomb = Request::Replicate {
+            to: Recipient { node: 1, shard: 0 },
             key: b"k".to_vec(),
             partition: 0,
             chain_version: 1,

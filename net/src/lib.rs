@@ -26,4 +26,4 @@ pub mod vectored;
 
 pub use error::WireError;
 pub use hotshard_placement::{partition as placement, shard_map};
-pub use message::{ByteRange, Request, Response, Status, Target, UpdateOp};
+pub use message::{ByteRange, Recipient, Request, Response, Status, Target, UpdateOp};

@@ -11,6 +11,18 @@ pub struct Target {
     pub epoch: u64,
 }
 
+/// The node and shard a node-to-node request (Replicate, SyncManifest, Reassert) is for,
+/// by the sender's map. A shard refuses one meant for another: a node that now holds the
+/// listener another node held (a wiped node back on the same addresses while the old
+/// one's registration lives) must never apply records meant for that node, and answer for
+/// it as the chain's last replica.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Recipient {
+    pub node: u32,
+    pub shard: u32,
+}
+
 /// Part of a value: `len` bytes from `offset`.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -58,6 +70,8 @@ pub enum Request {
     /// chain, and answer once every replica after this one has it durably. Refused
     /// (`WrongShard`) unless the receiver's chain for `partition` has `chain_version`.
     Replicate {
+        /// The replica it is for (refused by any other).
+        to: Recipient,
         key: Vec<u8>,
         partition: u32,
         chain_version: u64,
@@ -72,6 +86,7 @@ pub enum Request {
     /// (`arg` 1: more pages follow). Refused (`WrongShard`) unless the receiver serves
     /// `partition` in a chain at `chain_version`.
     SyncManifest {
+        to: Recipient,
         partition: u32,
         chain_version: u64,
         after: Vec<u8>,
@@ -82,6 +97,7 @@ pub enum Request {
     /// or a tombstone if it has none) with a version past `floor`, down the whole chain,
     /// and answers once the chain has it.
     Reassert {
+        to: Recipient,
         key: Vec<u8>,
         partition: u32,
         floor: u64,

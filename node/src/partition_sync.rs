@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hotshard_net::server::Reply;
-use hotshard_net::{Request, Response, Status, Target};
+use hotshard_net::{Recipient, Request, Response, Status, Target};
 use hotshard_nvme::BlockQueue;
 use hotshard_placement::{ReplicaState, ShardMap};
 
@@ -94,8 +94,16 @@ enum PassError {
     Store(StoreError),
 }
 
-/// The serving replicas' addresses of `partition`'s chain: (head, last).
-fn serving_ends(map: &ShardMap, partition: u32) -> Option<(String, String)> {
+/// A replica a pass calls: its listener, and the node and shard it is (named in the
+/// requests, which any other shard refuses).
+#[derive(Debug, Clone)]
+struct Replica {
+    addr: String,
+    to: Recipient,
+}
+
+/// The serving replicas of `partition`'s chain at its ends: (head, last).
+fn serving_ends(map: &ShardMap, partition: u32) -> Option<(Replica, Replica)> {
     let chain = map.chain(partition)?;
     let mut serving = chain
         .replicas
@@ -104,7 +112,14 @@ fn serving_ends(map: &ShardMap, partition: u32) -> Option<(String, String)> {
         .filter_map(|r| map.shards.get(r.shard as usize));
     let head = serving.next()?;
     let last = serving.next_back().unwrap_or(head);
-    Some((head.addr.clone(), last.addr.clone()))
+    let replica = |s: &hotshard_placement::ShardAddr| Replica {
+        addr: s.addr.clone(),
+        to: Recipient {
+            node: s.node,
+            shard: s.shard,
+        },
+    };
+    Some((replica(head), replica(last)))
 }
 
 fn same(a: &ManifestEntry, b: &ManifestEntry) -> bool {
@@ -165,6 +180,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     /// serves the partition in a chain at `chain_version`.
     pub(crate) fn answer_sync_manifest(&self, request: Request) -> Reply<OutBuf> {
         let Request::SyncManifest {
+            to,
             partition,
             chain_version,
             after,
@@ -174,6 +190,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         };
         if let Some(busy) = self.fenced_reply() {
             return busy;
+        }
+        if let Some(refused) = self.misaddressed(to) {
+            return refused;
         }
         let place = ChainPlace::of(&self.map.borrow(), partition, self.node_id, self.shard);
         match place {
@@ -201,6 +220,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     /// `floor`, down the chain (see the module's comment).
     pub(crate) async fn answer_reassert(self: &Rc<Self>, request: Request) -> Reply<OutBuf> {
         let Request::Reassert {
+            to,
             key,
             partition,
             floor,
@@ -210,6 +230,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         };
         if let Some(busy) = self.fenced_reply() {
             return busy;
+        }
+        if let Some(refused) = self.misaddressed(to) {
+            return refused;
         }
         if !owns(&self.map.borrow(), self.node_id, self.shard, partition) {
             return self.wrong_shard();
@@ -415,11 +438,12 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         loop {
             self.still_syncing(partition, chain_version)?;
             let request = Request::SyncManifest {
+                to: source.to,
                 partition,
                 chain_version,
                 after: std::mem::take(&mut after),
             };
-            let (response, page) = self.call(&source, &request).await?;
+            let (response, page) = self.call(&source.addr, &request).await?;
             let entries = decode_page(&page, hotshard_net::limits::MAX_KEY_BYTES).map_err(PassError::Call)?;
             let last = entries.last().map(|e| e.key.clone());
             // `KEYS_AT_ONCE` keys in flight (each a round trip to the source and a durable
@@ -468,8 +492,8 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         theirs: &ManifestEntry,
         was: Option<ManifestEntry>,
         partition: u32,
-        head: &str,
-        source: &str,
+        head: &Replica,
+        source: &Replica,
     ) -> Result<(), PassError> {
         let sp = partition as u16;
         let now = self.store.manifest_entry(&theirs.key);
@@ -505,12 +529,12 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                     epoch: self.map.epoch(),
                 },
             };
-            let (response, value) = self.call(source, &get).await?;
+            let (response, value) = self.call(&source.addr, &get).await?;
             match response.status() {
                 Status::Ok => {}
                 // Deleted since the page was made: the tombstone comes down the chain.
                 Status::NotFound => return Ok(()),
-                other => return Err(PassError::Call(format!("get from {source}: {other:?}"))),
+                other => return Err(PassError::Call(format!("get from {}: {other:?}", source.addr))),
             }
             self.store
                 .apply_versioned_expiring(
@@ -544,16 +568,24 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         Ok(())
     }
 
-    async fn reassert(&self, head: &str, key: Vec<u8>, partition: u32, floor: u64) -> Result<(), PassError> {
+    async fn reassert(
+        &self,
+        head: &Replica,
+        key: Vec<u8>,
+        partition: u32,
+        floor: u64,
+    ) -> Result<(), PassError> {
         let request = Request::Reassert {
+            to: head.to,
             key,
             partition,
             floor,
         };
-        let (response, _) = self.call(head, &request).await?;
+        let (response, _) = self.call(&head.addr, &request).await?;
         if response.status() != Status::Ok {
             return Err(PassError::Call(format!(
-                "reassert at {head}: {:?}",
+                "reassert at {}: {:?}",
+                head.addr,
                 response.status()
             )));
         }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use hotshard_net::runtime::{Glommio, Runtime};
 use hotshard_net::server::Reply;
-use hotshard_net::{Request, Status};
+use hotshard_net::{Recipient, Request, Status};
 use hotshard_nvme::BlockQueue;
 
 use crate::chain_view::ChainPlace;
@@ -138,6 +138,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         payload: Option<PutPayload>,
     ) -> Reply<OutBuf> {
         let Request::Replicate {
+            to,
             key,
             partition,
             chain_version,
@@ -151,6 +152,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         let started = Instant::now();
         if let Some(busy) = self.fenced_reply() {
             return busy;
+        }
+        if let Some(refused) = self.misaddressed(to) {
+            return refused;
         }
         let mine = {
             let map = self.map.borrow();
@@ -237,6 +241,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         // Built once (the key moved in, not copied per try); each try sets the chain
         // version it routes by.
         let mut request = Request::Replicate {
+            to: Recipient { node: 0, shard: 0 },
             key,
             partition,
             chain_version: 0,
@@ -253,11 +258,22 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 match ChainPlace::of(&map, partition, self.node_id, self.shard).takes_writes() {
                     None => return false,
                     Some((_, None)) => return true,
-                    Some((version, Some(next))) => (version, map.shards[next as usize].addr.as_str()),
+                    Some((version, Some(next))) => (version, &map.shards[next as usize]),
                 };
+            let (recipient, successor) = (
+                Recipient {
+                    node: successor.node,
+                    shard: successor.shard,
+                },
+                successor.addr.as_str(),
+            );
             if !self.map.fenced() {
-                if let Request::Replicate { chain_version: v, .. } = &mut request {
+                if let Request::Replicate {
+                    to, chain_version: v, ..
+                } = &mut request
+                {
                     *v = chain_version;
+                    *to = recipient;
                 }
                 let sent = Instant::now();
                 let answer = self.links.call(successor, &request, value, HOP_TIMEOUT).await;

@@ -340,6 +340,18 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             .is_some()
     }
 
+    /// WrongShard (counted as misaddressed) for a node-to-node request meant for another
+    /// node or shard: this shard holds a listener the sender's map gives to someone else
+    /// (a node back on another's addresses), and must not apply or answer for it.
+    pub(crate) fn misaddressed(&self, to: hotshard_net::Recipient) -> Option<Reply<OutBuf>> {
+        if to.node == self.node_id && to.shard as usize == self.shard {
+            return None;
+        }
+        self.stats.misaddressed.set(self.stats.misaddressed.get() + 1);
+        tracing::debug!(to.node, to.shard, "refused a request meant for another replica");
+        Some(self.wrong_shard())
+    }
+
     /// WrongShard, with the shard's current map as the payload: the client takes it and
     /// sends again, one round trip (no GetShardMap).
     pub(crate) fn wrong_shard(&self) -> Reply<OutBuf> {

@@ -51,6 +51,8 @@ pub struct ShardStats {
     pub waiting_on_successor: Cell<u64>,
     pub forwarded: Cell<u64>,
     pub wrong_shard: Cell<u64>,
+    /// Node-to-node requests refused because they named another node or shard.
+    pub misaddressed: Cell<u64>,
     pub connections: Cell<u64>,
     /// Native connections open now.
     pub connections_open: Cell<u64>,
@@ -141,11 +143,12 @@ impl ShardStats {
         let c = store.counters();
         let cache = store.cache_stats();
         let space = store.space();
-        let gauges: [(&str, u64); 35] = [
+        let gauges: [(&str, u64); 36] = [
             ("hotshard_forwarded_total", self.forwarded.get()),
             ("hotshard_connections_open", self.connections_open.get()),
             ("hotshard_segment_bytes", space.segment_bytes),
             ("hotshard_wrong_shard_total", self.wrong_shard.get()),
+            ("hotshard_misaddressed_total", self.misaddressed.get()),
             ("hotshard_connections_total", self.connections.get()),
             (
                 "hotshard_connections_refused_total",

@@ -75,14 +75,27 @@ pub fn next_map(map: &ShardMap, view: &ClusterView, policy: &Policy) -> Option<S
                 incarnation: m.incarnation,
             }),
         }
+        // A listener another registered node holds (a wiped node back on the addresses of
+        // one whose registration still lives) is not given to this one: a request meant
+        // for either would reach whichever process has the socket. It waits until the
+        // other's lease is gone.
+        let held_by_other = |addr: &String| {
+            view.members.iter().any(|o| {
+                o.id != m.id
+                    && o.shards.contains(addr)
+                    && (in_map.contains(&o.id) || (!in_map.contains(&m.id) && o.id < m.id))
+            })
+        };
         if in_map.contains(&m.id) {
             for s in next.shards.iter_mut().filter(|s| s.node == m.id) {
                 if let Some(addr) = m.shards.get(s.shard as usize) {
-                    if *addr != s.addr {
+                    if *addr != s.addr && !held_by_other(addr) {
                         s.addr = addr.clone();
                     }
                 }
             }
+        } else if m.shards.iter().any(held_by_other) {
+            continue;
         } else if next.shards.len() + m.shards.len() <= u16::MAX as usize {
             // A new node: its shards join the map, empty; `settle` moves chains onto them.
             next.shards
@@ -919,5 +932,50 @@ mod tests {
         let next = next_map(&alone, &view2, &POLICY).unwrap();
         check_invariants(&alone, &next, &view2);
         assert_eq!(serving(&next.chains[2]), 1, "{:?}", next.chains[2]);
+    }
+
+    #[test]
+    fn a_node_on_listeners_another_registered_node_holds_waits_until_that_one_is_gone() {
+        let nodes: Vec<Member> = (1..=3).map(|id| member(id, 1)).collect();
+        let mut map = formed(&nodes, 4);
+        // Node 3's disk wiped: it comes back as node 4 on node 3's listener while node 3's
+        // registration still lives.
+        let wiped = Member {
+            id: 4,
+            shards: nodes[2].shards.clone(),
+            incarnation: 1,
+        };
+        let mut view = ClusterView {
+            members: vec![
+                nodes[0].clone(),
+                nodes[1].clone(),
+                nodes[2].clone(),
+                wiped.clone(),
+            ],
+            ..Default::default()
+        };
+        if let Some(next) = next_map(&map, &view, &POLICY) {
+            map = next;
+        }
+        assert!(
+            map.shards.iter().all(|s| s.node != 4),
+            "placed on a listener node 3 still holds: {:?}",
+            map.shards
+        );
+        // A node in the map does not take it over either.
+        view.members[1].shards = nodes[2].shards.clone();
+        if let Some(next) = next_map(&map, &view, &POLICY) {
+            map = next;
+        }
+        assert_eq!(map.shards[1].addr, nodes[1].shards[0]);
+        view.members[1] = nodes[1].clone();
+        // Node 3's lease gone: node 4 joins and takes its share (node 3 is down for good: its
+        // listeners are another's, the coordinator's `down_for_good`).
+        view.members.retain(|m| m.id != 3);
+        view.down_out.insert(3);
+        step(&mut map, &view);
+        assert!(map.shards.iter().any(|s| s.node == 4));
+        settle_fully(&mut map, &mut view);
+        assert_whole_and_even(&map, &[3]);
     }
 }
