@@ -231,9 +231,13 @@ impl<Q: BlockQueue> Store<Q> {
             // An expired object moves as a tombstone of its version (its value's space is
             // given back): dropping it instead could let an older version of the key, in a
             // segment not yet collected, come back at the next recovery. The tombstone is
-            // forgotten later by the rule for every tombstone.
+            // forgotten later by the rule for every tombstone, so its value is what every
+            // tombstone's is: the log position it is written at (staging takes exactly the
+            // writer's next LSN), past every older version of the key here. Not the
+            // record's version: on a replica that is the head's, which may be far below
+            // this log's positions, and the tombstone was forgotten at once.
             let expired = !e.tombstone() && e.expired(now_ms());
-            let stamp = e.version.to_le_bytes();
+            let stamp = st.writer().next_lsn.to_le_bytes();
             let value: &[u8] = if expired { &stamp } else { value };
             if e.tombstone() && value.len() == TOMBSTONE_VALUE_BYTES {
                 let deleted_at = u64::from_le_bytes(value.try_into().expect("8 bytes"));

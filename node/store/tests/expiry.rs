@@ -122,6 +122,55 @@ fn gc_turns_an_expired_object_into_a_tombstone_and_older_versions_never_return()
     }
 }
 
+/// A replica's records carry the head's versions, which may be far below the replica's own
+/// log positions. GC that found such a record expired wrote a tombstone stamped with that
+/// version, and the tombstone's stamp is the log position GC compares with the oldest
+/// segment's: a small one let the next GC forget it at once while an older version of the
+/// key still lay in a segment kept for its other live records, and after a power cut the
+/// older value was live again (for good: it had no expiry). The stamp is now the log
+/// position the tombstone is written at, as every other tombstone's.
+#[test]
+fn an_expired_replicated_record_buried_by_gc_never_brings_an_older_version_back() {
+    let dev = sim();
+    let mut s = sim_store(&dev, small_config(SIM_BYTES));
+    let value = |i: u64| make_value(i, 3_000);
+    // This replica's log is far ahead of the head's versions.
+    s.raise_versions_past(1 << 40);
+    block_on(s.apply_versioned(b"k", 2, Some(&value(1)), 10)).unwrap();
+    // Records that stay live keep the old version's segment from being collected.
+    for j in 0..30u64 {
+        block_on(s.put(format!("a{j}").as_bytes(), 3, &value(500 + j), None)).unwrap();
+    }
+    let churn = |s: &Store<SimQueue>, from: u64| {
+        for round in 0..4u64 {
+            for j in 0..30u64 {
+                block_on(s.put(format!("j{j}").as_bytes(), 3, &value(from + round * 30 + j), None)).unwrap();
+            }
+        }
+    };
+    // The expiring version lands among keys overwritten at once: its segment is left
+    // holding it alone.
+    churn(&s, 100);
+    let at = now_ms() + 200;
+    block_on(s.apply_versioned_expiring(b"k", 2, Some(&value(2)), 11, at)).unwrap();
+    churn(&s, 1000);
+    std::thread::sleep(Duration::from_millis(300));
+    // GC takes the expiring record's segment (a tombstone is written), then, after more
+    // churn, the tombstone's.
+    for pass in 0..3u64 {
+        while !matches!(block_on(s.gc_step()).unwrap(), GcOutcome::Idle) {}
+        churn(&s, 2000 + pass * 1000);
+    }
+    while !matches!(block_on(s.gc_step()).unwrap(), GcOutcome::Idle) {}
+    assert!(s.counters().gc_moved_records >= 1, "GC found the expired record");
+    assert!(!present(&s, b"k"));
+    for _ in 0..2 {
+        s = power_cycle(&dev, s);
+        assert!(!present(&s, b"k"), "the older version came back after a power cut");
+        assert!(present(&s, b"a7"));
+    }
+}
+
 /// Rewrites both superblock copies of the store on `dev` as format `version` (CRC fixed).
 fn mark_format(dev: &SimDevice, version: u32) {
     use hotshard_nvme::{BlockQueue, Durability};
