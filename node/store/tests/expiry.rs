@@ -166,7 +166,10 @@ fn an_expired_replicated_record_buried_by_gc_never_brings_an_older_version_back(
     assert!(!present(&s, b"k"));
     for _ in 0..2 {
         s = power_cycle(&dev, s);
-        assert!(!present(&s, b"k"), "the older version came back after a power cut");
+        assert!(
+            !present(&s, b"k"),
+            "the older version came back after a power cut"
+        );
         assert!(present(&s, b"a7"));
     }
 }
