@@ -11,6 +11,7 @@ pub mod client;
 pub mod codec;
 pub mod connection;
 pub mod error;
+pub mod expiry;
 pub mod frame;
 pub mod frame_io;
 pub mod limits;

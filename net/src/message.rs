@@ -40,7 +40,8 @@ pub enum Request {
         key: Vec<u8>,
         if_version: Option<u64>,
         target: Target,
-        /// When the object expires, Unix milliseconds; 0: never (issue 21).
+        /// When the object expires, Unix milliseconds; 0: never (issue 21). Relative with
+        /// `expiry::EXPIRES_IN`, converted by the head.
         expires_ms: u64,
     },
     Get {

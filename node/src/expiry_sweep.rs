@@ -1,9 +1,9 @@
 //! Active expiry (issue 21): every few seconds a shard buries the objects that have expired
 //! in the chains it heads (a tombstone written the way a delete is, down the chain when it
-//! has replicas), so that their space becomes garbage GC collects. An expired object
-//! already reads as absent everywhere; until it is buried it only holds space. Replicas
-//! never bury on their own: a tombstone with a replica's own version would differ from
-//! the chain's (the same reason a removed replica keeps its data).
+//! has replicas), so that their space becomes garbage GC collects. A head reads an expired
+//! object as absent (burying it first, `chain_expiry`), a replica after it as live until
+//! the burial comes. Replicas never bury on their own: a tombstone with a replica's own
+//! version would differ from the chain's, and expiry is the head's clock's decision.
 
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;

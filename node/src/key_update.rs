@@ -64,6 +64,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         payload: Option<PutPayload>,
     ) -> Reply<OutBuf> {
         let value = payload.map(PutPayload::into_vec).unwrap_or_default();
+        let op = crate::chain_expiry::update_at_head(op);
         let _held = self.hold_key(&key).await;
         for _ in 0..TRIES {
             let read = Request::Get {

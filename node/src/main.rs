@@ -178,7 +178,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 _ => return Err("give either a VALUE or --file".into()),
             };
             let expires_ms = match ttl {
-                Some(t) => hotshard_node::store::index::now_ms() + t.as_millis().max(1) as u64,
+                // Taken by the key's chain head's clock, not this machine's.
+                Some(t) => hotshard_net::expiry::expires_in(t.as_millis().max(1) as u64),
                 None => 0,
             };
             let version = client(&target)?

@@ -306,6 +306,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
             }
             C::Expire(k, e, when) => {
                 // A time already past (EXPIRE k 0, or a negative one) deletes the key.
+                // (A relative zero is taken as the head's now.)
                 let at_ms = expiry_ms(e)
                     .ok_or("ERR invalid expire time in 'expire' command")?
                     .max(1);
@@ -680,16 +681,24 @@ enum Server {
     Node(String),
 }
 
-/// An expiry as Unix milliseconds, or None past what a record holds.
+/// An expiry as a request carries it: Unix milliseconds, or for EX and PX milliseconds
+/// from when the key's chain head takes it (`hotshard_net::expiry`: the head's clock
+/// decides, not this node's). None past what a record holds (by this node's clock).
 fn expiry_ms(e: Expiry) -> Option<u64> {
     let now = hotshard_store::index::now_ms();
-    let at = match e {
-        Expiry::In(s) => s.checked_mul(1000)?.checked_add(now)?,
-        Expiry::InMillis(ms) => ms.checked_add(now)?,
-        Expiry::At(s) => s.checked_mul(1000)?,
-        Expiry::AtMillis(ms) => ms,
+    let (field, at) = match e {
+        Expiry::In(s) => {
+            let ms = s.checked_mul(1000)?;
+            (hotshard_net::expiry::expires_in(ms), ms.checked_add(now)?)
+        }
+        Expiry::InMillis(ms) => (hotshard_net::expiry::expires_in(ms), ms.checked_add(now)?),
+        Expiry::At(s) => {
+            let at = s.checked_mul(1000)?;
+            (at, at)
+        }
+        Expiry::AtMillis(ms) => (ms, ms),
     };
-    (at <= hotshard_store::format::MAX_EXPIRES_MS).then_some(at)
+    (at <= hotshard_store::format::MAX_EXPIRES_MS).then_some(field)
 }
 const CONTENDED: &str = "TRYAGAIN the node is busy, or other writes of the key kept coming first; retry";
 

@@ -72,6 +72,9 @@ fn store_config(s: &ShardSetup) -> StoreConfig {
     sc.partition_bits = s.cfg.node.partition_bits;
     sc.shard_index = s.index as u32;
     sc.shard_count = s.shard_count as u32;
+    // Expiry is decided at each chain's head and comes down the chain as a burial
+    // (`expiry_sweep`); no store buries on its own clock.
+    sc.gc_buries_expired = false;
     sc
 }
 

@@ -10,6 +10,7 @@ use hotshard_net::server::{Handler, Reply};
 use hotshard_net::{Request, Response, Status};
 use hotshard_nvme::BlockQueue;
 
+use crate::chain_expiry::ExpiryRule;
 use crate::peers::Peers;
 use crate::put_payload::PutPayload;
 use crate::route::{has_replicas, owns, route, store_partition, Route};
@@ -178,6 +179,11 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     pub async fn execute(self: &Rc<Self>, request: Request, payload: Option<PutPayload>) -> Reply<OutBuf> {
         let started = Instant::now();
         let micros = || started.elapsed().as_micros() as u64;
+        let mut request = request;
+        if let Request::Put { expires_ms, .. } = &mut request {
+            // Writes run at the chain's head: a relative expiry is taken by its clock.
+            *expires_ms = crate::chain_expiry::expiry_at_head(*expires_ms);
+        }
         match request {
             Request::Put {
                 key,
@@ -232,11 +238,16 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 self.stats.put.record(micros(), len as u64, r.is_ok());
                 reply_written(r, len as u64)
             }
-            Request::Get { key, range, .. } => {
+            Request::Get { key, range, target } => {
                 if let Err(status) = self.wait_until_clean(&key).await {
                     return Reply::status(status);
                 }
-                let r = self.store.get(&key, range.map(|r| (r.offset, r.len))).await;
+                let range = range.map(|r| (r.offset, r.len));
+                let r = match self.expiry_rule(&key, target.partition).await {
+                    Ok(ExpiryRule::ByClock) => self.store.get(&key, range).await,
+                    Ok(ExpiryRule::UntilBuried) => self.store.get_ignoring_expiry(&key, range).await,
+                    Err(status) => return Reply::status(status),
+                };
                 let bytes = r.as_ref().map_or(0, |(v, _)| v.len() as u64);
                 self.stats
                     .get
@@ -256,11 +267,15 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 self.stats.delete.record(micros(), 0, r.is_ok());
                 reply_written(r, 0)
             }
-            Request::Stat { key, .. } => {
+            Request::Stat { key, target } => {
                 if let Err(status) = self.wait_until_clean(&key).await {
                     return Reply::status(status);
                 }
-                let r = self.store.stat(&key);
+                let r = match self.expiry_rule(&key, target.partition).await {
+                    Ok(ExpiryRule::ByClock) => self.store.stat(&key),
+                    Ok(ExpiryRule::UntilBuried) => self.store.stat_ignoring_expiry(&key),
+                    Err(status) => return Reply::status(status),
+                };
                 self.stats.stat.record(micros(), 0, r.is_ok());
                 reply_stat(r)
             }

@@ -38,6 +38,10 @@ pub struct StoreConfig {
     pub gc_max_live_fraction: f64,
     /// Format the region if it holds no superblock.
     pub format_if_empty: bool,
+    /// GC turns an expired object into a tombstone by this store's clock. A store that is
+    /// one replica of a chain must not (the node sets it false): expiry is the chain
+    /// head's decision, and it comes down the chain as a burial.
+    pub gc_buries_expired: bool,
     /// How long a write may wait inside the engine for buffers or batch slots (in arrival
     /// order) before it is answered `Busy`: only a device that stops completing writes
     /// should reach it. The node sets it to its frame timeout.
@@ -67,6 +71,7 @@ impl StoreConfig {
             durability: CommitDurability::Fua,
             gc_max_live_fraction: 0.5,
             format_if_empty: true,
+            gc_buries_expired: true,
             max_write_wait: crate::limits::DEFAULT_MAX_WRITE_WAIT,
             writes_in_flight: crate::limits::DEFAULT_WRITES_IN_FLIGHT,
             reads_in_flight: 128,

@@ -685,13 +685,27 @@ impl<Q: BlockQueue> Store<Q> {
 
     /// The value of `key` (or `range` = (offset, length) of it) and its version.
     pub async fn get(&self, key: &[u8], range: Option<(u64, u64)>) -> StoreResult<(Value, u64)> {
+        self.get_as_of(key, range, now_ms()).await
+    }
+
+    /// `get`, with an expired object not yet buried still live: how a replica of a chain
+    /// answers, for which expiry is the head's decision and comes down as a burial.
+    pub async fn get_ignoring_expiry(
+        &self,
+        key: &[u8],
+        range: Option<(u64, u64)>,
+    ) -> StoreResult<(Value, u64)> {
+        self.get_as_of(key, range, 0).await
+    }
+
+    /// `get` with objects live at `now` (Unix ms; 0: every object not deleted).
+    async fn get_as_of(&self, key: &[u8], range: Option<(u64, u64)>, now: u64) -> StoreResult<(Value, u64)> {
         self.check_key(key)?;
         bump(&self.inner.metrics.gets, 1);
         let (entry, h) = {
             let mut st = self.inner.state.borrow_mut();
             // One hash of the key for the index and the cache.
             let h = st.index().hash(key);
-            let now = now_ms();
             let Some(entry) = st.index().get_hashed(key, h).filter(|e| e.live_at(now)).copied() else {
                 bump(&self.inner.metrics.not_found, 1);
                 return Err(StoreError::NotFound);
@@ -784,9 +798,30 @@ impl<Q: BlockQueue> Store<Q> {
 
     /// Length, version and value checksum of `key`, from the index alone.
     pub fn stat(&self, key: &[u8]) -> StoreResult<ObjectStat> {
+        self.stat_as_of(key, now_ms())
+    }
+
+    /// `stat`, with an expired object not yet buried still live (`get_ignoring_expiry`).
+    pub fn stat_ignoring_expiry(&self, key: &[u8]) -> StoreResult<ObjectStat> {
+        self.stat_as_of(key, 0)
+    }
+
+    /// Whether `key`'s object has expired by this store's clock and is not yet buried.
+    pub fn is_expired(&self, key: &[u8]) -> bool {
+        let st = self.inner.state.borrow();
+        st.index()
+            .get(key)
+            .is_some_and(|e| !e.tombstone() && e.expired(now_ms()))
+    }
+
+    fn stat_as_of(&self, key: &[u8], now: u64) -> StoreResult<ObjectStat> {
         self.check_key(key)?;
         let st = self.inner.state.borrow();
-        let e = st.index().get_live(key).ok_or(StoreError::NotFound)?;
+        let e = st
+            .index()
+            .get(key)
+            .filter(|e| e.live_at(now))
+            .ok_or(StoreError::NotFound)?;
         Ok(ObjectStat {
             len: e.value_len() as u64,
             version: e.version,

@@ -236,7 +236,8 @@ impl<Q: BlockQueue> Store<Q> {
             // writer's next LSN), past every older version of the key here. Not the
             // record's version: on a replica that is the head's, which may be far below
             // this log's positions, and the tombstone was forgotten at once.
-            let expired = !e.tombstone() && e.expired(now_ms());
+            // A replica's store leaves expiry to its chain's head (`gc_buries_expired`).
+            let expired = inner.cfg.gc_buries_expired && !e.tombstone() && e.expired(now_ms());
             let stamp = st.writer().next_lsn.to_le_bytes();
             let value: &[u8] = if expired { &stamp } else { value };
             if e.tombstone() && value.len() == TOMBSTONE_VALUE_BYTES {

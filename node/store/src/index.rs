@@ -81,9 +81,28 @@ pub enum Upsert {
 /// The wall clock in Unix milliseconds: what expiries are compared with (they survive
 /// restarts, so they cannot be on a monotonic clock).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_add_signed(planted_clock_offset_ms())
+}
+
+/// A planted fault, for the tests of expiry across replicas: with the `planted-clock`
+/// feature, `HOTSHARD_PLANTED_CLOCK_OFFSET_MS` (signed) moves this process's expiry clock
+/// by that much. A store built for use has no such switch.
+fn planted_clock_offset_ms() -> i64 {
+    #[cfg(feature = "planted-clock")]
+    {
+        static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+        *OFFSET.get_or_init(|| {
+            std::env::var("HOTSHARD_PLANTED_CLOCK_OFFSET_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+    }
+    #[cfg(not(feature = "planted-clock"))]
+    0
 }
 
 struct Slot {

@@ -174,6 +174,45 @@ fn an_expired_replicated_record_buried_by_gc_never_brings_an_older_version_back(
     }
 }
 
+/// A store that is one replica of a chain leaves expiry to the head (`gc_buries_expired`
+/// false): GC moves an expired object as it is, and reads that ignore expiry (a replica's)
+/// still find it, until the head's burial comes down as a tombstone.
+#[test]
+fn a_replica_store_keeps_an_expired_object_through_gc_until_it_is_buried() {
+    let dev = sim();
+    let mut cfg = small_config(SIM_BYTES);
+    cfg.gc_buries_expired = false;
+    let mut s = sim_store(&dev, cfg);
+    let value = |i: u64| make_value(i, 3_000);
+    let at = now_ms() + 200;
+    block_on(s.apply_versioned_expiring(b"k", 2, Some(&value(1)), 10, at)).unwrap();
+    let churn = |s: &Store<SimQueue>, from: u64| {
+        for round in 0..4u64 {
+            for j in 0..30u64 {
+                block_on(s.put(format!("j{j}").as_bytes(), 3, &value(from + round * 30 + j), None)).unwrap();
+            }
+        }
+    };
+    churn(&s, 100);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.is_expired(b"k"));
+    assert!(!present(&s, b"k"), "by this store's clock it has expired");
+    let moved = s.counters().gc_moved_records;
+    while !matches!(block_on(s.gc_step()).unwrap(), GcOutcome::Idle) {}
+    assert!(
+        s.counters().gc_moved_records > moved,
+        "GC took the expired record's segment"
+    );
+    s = power_cycle(&dev, s);
+    let (v, version) = block_on(s.get_ignoring_expiry(b"k", None)).expect("kept through GC and the cut");
+    assert_eq!((v.len(), version), (3_000, 10));
+    assert_eq!(s.stat_ignoring_expiry(b"k").unwrap().version, 10);
+    // The head's burial comes down the chain as a tombstone at the next version.
+    block_on(s.apply_versioned(b"k", 2, None, 11)).unwrap();
+    assert!(block_on(s.get_ignoring_expiry(b"k", None)).is_err());
+    assert!(!s.is_expired(b"k"));
+}
+
 /// Rewrites both superblock copies of the store on `dev` as format `version` (CRC fixed).
 fn mark_format(dev: &SimDevice, version: u32) {
     use hotshard_nvme::{BlockQueue, Durability};
