@@ -162,3 +162,62 @@ fn the_heads_clock_alone_decides_when_an_object_has_expired() {
     );
     assert_eq!(expiry_at_head(&mut c, &map, &proxied[0]), at);
 }
+
+/// A replica that comes back holding an older live version of a key whose newer version
+/// expired at the chain's head and is not yet buried there (a planted fault: node 0 buries
+/// nothing) learns that the key is absent: the resync's read of it at the head answers
+/// NotFound, and the replica applies a tombstone at the version the head's manifest named
+/// (before: it took NotFound for "deleted since", kept its older copy, and served it).
+#[test]
+fn a_resync_that_finds_an_expired_object_at_its_source_keeps_no_older_copy() {
+    let no_burial = [("HOTSHARD_PLANTED_BUG", "no-expiry-burial")];
+    let mut bed = Bed::start_with_env_on("resyncexp", 2, 2, 1, &no_burial, 0);
+    let mut c = BlockingClient::connect(&bed.nodes[0].addr(0), Duration::from_secs(5)).unwrap();
+    let map = c.shard_map().clone();
+    let (a, b) = (bed.node_id(0), bed.node_id(1));
+    let key = keys_headed(&map, "resync", a, true, 1).remove(0);
+    let partition = map.partition(&key);
+    let old = c.put(&key, b"old").unwrap();
+
+    // Node 1 goes away; the key is written again at node 0 alone, expiring at once.
+    bed.nodes[1].kill9();
+    let serving = |m: &ShardMap, node: u32| {
+        m.chain(partition).unwrap().replicas.iter().any(|r| {
+            r.state == hotshard_placement::ReplicaState::Serving && m.shards[r.shard as usize].node == node
+        })
+    };
+    eventually(Duration::from_secs(20), "node 1 out of the key's chain", || {
+        !serving(&bed.map(), b)
+    });
+    let mut new = None;
+    eventually(Duration::from_secs(20), "the key written at node 0 alone", || {
+        let mut c = BlockingClient::connect(&bed.nodes[0].addr(0), Duration::from_secs(2)).unwrap();
+        new = c.put_expiring(&key, b"new", expires_in(200)).ok();
+        new.is_some()
+    });
+    assert!(new.unwrap() > old);
+    std::thread::sleep(Duration::from_millis(400));
+
+    // Node 1 back: once it serves the chain again, neither replica answers the key.
+    bed.restart(1);
+    eventually(
+        Duration::from_secs(60),
+        "node 1 serving the key's chain again",
+        || {
+            let m = bed.map();
+            serving(&m, a) && serving(&m, b)
+        },
+    );
+    let map = bed.map();
+    let mut c = BlockingClient::connect(&bed.nodes[0].addr(0), Duration::from_secs(5)).unwrap();
+    let replicas = held_by_replicas(&mut c, &map, &key);
+    assert_eq!(replicas.len(), 2);
+    for (addr, status, version, body) in replicas {
+        assert_eq!(
+            status,
+            Status::NotFound,
+            "{addr} answered version {version} ({}) of a key whose newest version expired",
+            String::from_utf8_lossy(&body)
+        );
+    }
+}

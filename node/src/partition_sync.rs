@@ -532,8 +532,20 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             let (response, value) = self.call(&source.addr, &get).await?;
             match response.status() {
                 Status::Ok => {}
-                // Deleted since the page was made: the tombstone comes down the chain.
-                Status::NotFound => return Ok(()),
+                // Deleted since the page was made, or expired by the source's clock (then
+                // a head, which buried it before answering; `chain_expiry`): either way
+                // absent at the version the page named. A tombstone at that version, not
+                // this replica's older live copy, is what it keeps: nothing else may come
+                // down the chain for an expired object. A newer write that came down in
+                // the meantime stays (the store keeps the newer version).
+                Status::NotFound => {
+                    self.store
+                        .apply_versioned(&theirs.key, sp, None, theirs.version)
+                        .await
+                        .map_err(PassError::Store)?;
+                    add(&self.sync.objects_copied, 1);
+                    return Ok(());
+                }
                 other => return Err(PassError::Call(format!("get from {}: {other:?}", source.addr))),
             }
             self.store
