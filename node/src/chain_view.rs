@@ -61,7 +61,8 @@ impl ChainPlace {
                     _ => ChainPlace::Syncing { version, successor },
                 };
             }
-            is_head &= r.state != ReplicaState::Serving;
+            // The head is the first replica serving or leaving (`ShardMap::owner`).
+            is_head &= !matches!(r.state, ReplicaState::Serving | ReplicaState::Leaving);
         }
         ChainPlace::Outside
     }
@@ -259,5 +260,52 @@ mod tests {
                 "no reads routed to it"
             );
         }
+    }
+
+    #[test]
+    fn a_leaving_head_takes_the_chains_writes_and_routes_reads_to_a_serving_replica() {
+        use crate::route::{route, Route};
+        use hotshard_net::Target;
+        // A draining node's head starts leaving in place: still the head for writes.
+        let m = map([Leaving, Serving, Offline]);
+        assert_eq!(m.owner(0).map(|s| s.node), Some(1), "writes go to it");
+        assert_eq!(
+            ChainPlace::of(&m, 0, 1, 0),
+            ChainPlace::Leaving {
+                version: 7,
+                successor: Some(1)
+            },
+            "it passes them on"
+        );
+        assert_eq!(
+            ChainPlace::of(&m, 0, 2, 0),
+            ChainPlace::Serving {
+                is_head: false,
+                version: 7,
+                successor: None
+            }
+        );
+        for pick in 0..4 {
+            assert_eq!(
+                m.reader(0, pick).map(|s| s.node),
+                Some(2),
+                "reads go to the serving one"
+            );
+        }
+        let key = (0..)
+            .map(|i: u32| i.to_le_bytes().to_vec())
+            .find(|k| m.partition(k) == 0)
+            .unwrap();
+        let target = Target {
+            partition: 0,
+            epoch: m.epoch,
+        };
+        assert_eq!(route(&m, 1, 0, &key, target, false), Ok(Route::Here));
+        assert_eq!(
+            route(&m, 1, 0, &key, target, true),
+            Ok(Route::Elsewhere),
+            "the leaving head answers no read"
+        );
+        assert_eq!(route(&m, 2, 0, &key, target, true), Ok(Route::Here));
     }
 }

@@ -102,16 +102,17 @@ struct Replica {
     to: Recipient,
 }
 
-/// The serving replicas of `partition`'s chain at its ends: (head, last).
+/// The ends of `partition`'s chain: its head (where a reassertion is written: it may be
+/// a leaving one, `ShardMap::owner`) and its last serving replica (the source of a pass).
 fn serving_ends(map: &ShardMap, partition: u32) -> Option<(Replica, Replica)> {
     let chain = map.chain(partition)?;
-    let mut serving = chain
+    let head = map.owner(partition)?;
+    let last = chain
         .replicas
         .iter()
         .filter(|r| r.state == ReplicaState::Serving)
-        .filter_map(|r| map.shards.get(r.shard as usize));
-    let head = serving.next()?;
-    let last = serving.next_back().unwrap_or(head);
+        .filter_map(|r| map.shards.get(r.shard as usize))
+        .next_back()?;
     let replica = |s: &hotshard_placement::ShardAddr| Replica {
         addr: s.addr.clone(),
         to: Recipient {

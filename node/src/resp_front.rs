@@ -123,7 +123,8 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
     /// may talk to any node of a cluster).
     async fn proxy(&self, request: &Request, value: &[u8], partition: u32) -> Reply<OutBuf> {
         let h = &self.shard;
-        let addr = match h.map.borrow().owner(partition) {
+        let reads = matches!(request, Request::Get { .. } | Request::Stat { .. });
+        let addr = match answered_by(&h.map.borrow(), partition, reads) {
             Some(o) => o.addr.clone(),
             None => return Reply::status(Status::Busy),
         };
@@ -529,7 +530,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
             for p in cursor as u32..end {
                 let server = match crate::chain_view::local_replica(&map, p, self.shard.node_id) {
                     Some(s) => Server::Shard(s),
-                    None => match map.owner(p) {
+                    None => match map.reader(p, 0) {
                         Some(o) => Server::Node(o.addr.clone()),
                         None => return Err(status_error(&Status::Busy)),
                     },
@@ -649,7 +650,21 @@ fn elsewhere(map: &hotshard_placement::ShardMap, node_id: u32, partition: u32, r
     if reads && crate::chain_view::local_replica(map, partition, node_id).is_some() {
         return false;
     }
-    map.owner(partition).is_some_and(|o| o.node != node_id)
+    answered_by(map, partition, reads).is_some_and(|o| o.node != node_id)
+}
+
+/// Where `partition`'s reads (a serving replica) or writes (the head, which may be a
+/// leaving one that answers no reads) go.
+fn answered_by(
+    map: &hotshard_placement::ShardMap,
+    partition: u32,
+    reads: bool,
+) -> Option<&hotshard_placement::ShardAddr> {
+    if reads {
+        map.reader(partition, 0)
+    } else {
+        map.owner(partition)
+    }
 }
 
 /// A value for a write: bytes of a command, or a buffer the connection received it into.

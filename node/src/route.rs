@@ -27,7 +27,7 @@ pub fn store_partition(partition: u32) -> Result<u16, Status> {
 
 /// Routes a request for `key` that names `target`, by `map`, from shard `shard` of node
 /// `node_id`. Writes go to the partition's head; `reads` go to any of its serving replicas
-/// (this shard if it is one, else one on this node).
+/// (this shard if it is one, else one on this node, else the first).
 pub fn route(
     map: &ShardMap,
     node_id: u32,
@@ -51,9 +51,15 @@ pub fn route(
             return Ok(Route::Peer(local));
         }
     }
-    // Two integers of the owner, not a clone of its address (a String) per request.
-    let (node, owner) = map
-        .owner(partition)
+    // Two integers of the owner, not a clone of its address (a String) per request. A
+    // read's is a serving replica: the head may be leaving (a draining node's), which
+    // takes writes and answers no reads.
+    let owner = if reads {
+        map.reader(partition, 0)
+    } else {
+        map.owner(partition)
+    };
+    let (node, owner) = owner
         .map(|o| (o.node, o.shard as usize))
         // No serving replica (the cluster has not given this partition out yet, or every
         // replica of its chain is down): nothing can answer now; the client retries.

@@ -210,8 +210,11 @@ fn serving(chain: &Chain) -> usize {
 ///   other than the head. It leaves in two steps: it becomes leaving (still in the write
 ///   path, no longer a reader) and is dropped once it reports adopting that (`next_map`),
 ///   so that a node that has not yet taken the new map, and still reads from it, reads a
-///   replica that every write still reaches. A draining head still leaves in one step
-///   (handing the head position over safely is a protocol of its own). A chain with
+///   replica that every write still reaches. A draining head leaves the same way: in
+///   place, at the front, it stays the chain's head for writes (`ShardMap::owner`) and
+///   answers no reads, and the next replica becomes the head once it is dropped (it was a
+///   stale reader for as long as its node lagged, when it was dropped in one step: the
+///   model check, `tests/model_check.rs`, found it). A chain with
 ///   enough serving replicas drops its offline replicas of nodes down for good, and
 ///   syncing replicas on draining nodes go;
 /// - fill: a chain with fewer replicas than the factor that may come back (a node down
@@ -254,13 +257,8 @@ fn settle(map: &mut ShardMap, view: &ClusterView, policy: &Policy) {
                 .max_by_key(|&(i, r)| (!s.usable(r.shard), i > 0, s.load[r.shard as usize], i))
                 .map(|(i, _)| i);
             let Some(i) = leaving else { break };
-            if i == 0 {
-                let r = chain.replicas.remove(i);
-                s.load[r.shard as usize] -= 1;
-            } else {
-                chain.replicas[i].state = ReplicaState::Leaving;
-                order(chain);
-            }
+            chain.replicas[i].state = ReplicaState::Leaving;
+            order(chain);
             chain.version += 1;
         }
         let before = chain.replicas.len();
@@ -510,8 +508,7 @@ mod tests {
 
     /// No chain has two replicas on one node; chains fit the limit; a changed chain has a
     /// newer version; and a serving replica on a live node never leaves the write path in
-    /// one step (it becomes leaving first), unless it is the head of a chain and its node
-    /// is draining.
+    /// one step (it becomes leaving first), the head of a draining node's chain included.
     fn check_invariants(before: &ShardMap, after: &ShardMap, view: &ClusterView) {
         let alive: BTreeSet<u32> = view.members.iter().map(|m| m.id).collect();
         for (b, a) in before.chains.iter().zip(&after.chains) {
@@ -541,10 +538,9 @@ mod tests {
                     "serving from a replica that may lack writes: {b:?} -> {a:?}"
                 );
             }
-            for (i, r) in b.replicas.iter().enumerate() {
+            for r in &b.replicas {
                 let node = before.shards[r.shard as usize].node;
-                let draining_head = i == 0 && view.draining.contains(&node);
-                if r.state == ReplicaState::Serving && alive.contains(&node) && !draining_head {
+                if r.state == ReplicaState::Serving && alive.contains(&node) {
                     assert!(
                         in_write_path(a, r.shard),
                         "a serving replica on live node {node} left the write path in one step: {b:?} -> {a:?}"

@@ -156,7 +156,10 @@ impl ShardMap {
         map
     }
 
-    /// Recomputes the head of every chain (its first serving replica; `u16::MAX` if none).
+    /// Recomputes the head of every chain (`u16::MAX` if none): its first replica serving
+    /// or leaving. A leaving replica is first only when it was the head and is leaving
+    /// (a draining node's) or the replicas before it were lost: it takes the chain's
+    /// writes and passes them down until the coordinator drops it, and answers no reads.
     pub fn refresh_heads(&mut self) {
         self.heads = self
             .chains
@@ -164,7 +167,7 @@ impl ShardMap {
             .map(|c| {
                 c.replicas
                     .iter()
-                    .find(|r| r.state == ReplicaState::Serving)
+                    .find(|r| matches!(r.state, ReplicaState::Serving | ReplicaState::Leaving))
                     .map_or(u16::MAX, |r| r.shard)
             })
             .collect();
@@ -179,8 +182,8 @@ impl ShardMap {
         self.chains.get(partition as usize)
     }
 
-    /// The shard that takes `partition`'s writes: its chain's first serving replica (the
-    /// head).
+    /// The shard that takes `partition`'s writes: its chain's head, the first replica
+    /// serving or leaving (`refresh_heads`). Reads go to `reader`.
     pub fn owner(&self, partition: u32) -> Option<&ShardAddr> {
         let head = *self.heads.get(partition as usize)?;
         self.shards.get(head as usize)
@@ -193,10 +196,7 @@ impl ShardMap {
         let chain = self.chains.get(partition as usize)?;
         let serving = chain.replicas.iter().filter(|r| r.state == ReplicaState::Serving);
         let n = serving.clone().count();
-        if n <= 1 {
-            return self.owner(partition);
-        }
-        let r = serving.clone().nth(pick % n)?;
+        let r = serving.clone().nth(pick % n.max(1))?;
         self.shards.get(r.shard as usize)
     }
 

@@ -21,7 +21,10 @@
 //! Against the old rules it must find the trim bug of issue 30 item 1 (a live serving
 //! replica dropped in one step: `Rules::OneStepTrim` drops every replica the rules make
 //! leaving) and the stuck chains of item 2 (no record of the last replicas to serve:
-//! `Rules::NoStranding`), and nothing against the current ones. `HOTSHARD_MODEL_RUNS`
+//! `Rules::NoStranding`), and nothing against the current ones. It found a third: a
+//! draining node's head, dropped in one step, answered reads from its old map while the
+//! next replica took writes without it (`Rules::OneStepHeadTrim`; it now leaves in two
+//! steps like any other replica). `HOTSHARD_MODEL_RUNS`
 //! sets the number of schedules searched per configuration (CI runs the default).
 
 use std::collections::hash_map::DefaultHasher;
@@ -41,6 +44,9 @@ enum Rules {
     OneStepTrim,
     /// Before issue 30: no record of the last replicas to serve a chain.
     NoStranding,
+    /// Before the model check found it: a draining node's head dropped at once (the other
+    /// replicas leave in two steps).
+    OneStepHeadTrim,
 }
 
 /// One configuration of the search.
@@ -234,6 +240,15 @@ impl Model {
             match self.rules {
                 Rules::Current => {}
                 Rules::OneStepTrim => chain.replicas.retain(|r| r.state != ReplicaState::Leaving),
+                Rules::OneStepHeadTrim => {
+                    if chain
+                        .replicas
+                        .first()
+                        .is_some_and(|r| r.state == ReplicaState::Leaving)
+                    {
+                        chain.replicas.remove(0);
+                    }
+                }
                 Rules::NoStranding => {
                     for r in chain.replicas.iter_mut() {
                         if r.state == ReplicaState::Stranded {
@@ -288,7 +303,7 @@ impl Model {
             return Err(format!("node {head} does not answer"));
         }
         let hm = self.map_of(h).unwrap();
-        if Self::place(hm, p, head) != (Place::Serving { head: true }) {
+        if hm.owner(p as u32).map(|s| s.node) != Some(head) {
             return Err(format!("node {head} is not the head by its map"));
         }
         let chain = &hm.chains[p];
@@ -640,7 +655,7 @@ fn runs() -> usize {
         .unwrap_or(30_000)
 }
 
-const SETUPS: [Setup; 2] = [
+const SETUPS: [Setup; 3] = [
     // Three nodes, two replicas: a returning node's replica and the one that replaced it
     // both serve, and the chain is trimmed.
     Setup {
@@ -658,6 +673,16 @@ const SETUPS: [Setup; 2] = [
         partition_bits: 2,
         join: true,
         drains: false,
+        steps: 80,
+    },
+    // Four nodes, three replicas, and operators draining nodes (one at a time) and
+    // undraining them: heads move off draining nodes.
+    Setup {
+        nodes: 4,
+        replication: 3,
+        partition_bits: 2,
+        join: false,
+        drains: true,
         steps: 80,
     },
 ];
@@ -725,4 +750,21 @@ fn the_search_finds_chains_left_unavailable_without_stranded_replicas() {
     );
     let (_, what, _) = found.violation.expect("no stuck chain found without stranding");
     assert!(what.contains("unavailable for good"), "{what}");
+}
+
+#[test]
+fn the_search_finds_a_draining_head_dropped_in_one_step() {
+    let started = Instant::now();
+    let found = search(&SETUPS[2], Rules::OneStepHeadTrim, 4 * runs());
+    report(
+        "setup 2",
+        &SETUPS[2],
+        Rules::OneStepHeadTrim,
+        &found,
+        started.elapsed(),
+    );
+    let (_, what, log) = found
+        .violation
+        .expect("no stale read found against the one-step drop of a draining head");
+    assert!(what.starts_with("stale read"), "{what}\n{}", log.join("\n"));
 }
