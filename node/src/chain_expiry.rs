@@ -44,7 +44,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         if !heads && !alone {
             return Ok(ExpiryRule::UntilBuried);
         }
-        if heads && !planted_no_burial() && self.store.is_expired(key) && self.passes_writes_down(partition) {
+        // The index lookup last: a head with no replicas after it (a single node) pays
+        // nothing more per read than the map's look.
+        if heads && !planted_no_burial() && self.passes_writes_down(partition) && self.store.is_expired(key) {
             let reply = self
                 .write_down_chain(key.to_vec(), partition, ChainWrite::Bury)
                 .await;

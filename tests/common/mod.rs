@@ -120,7 +120,12 @@ fn start_inner(
     let mut cmd = Command::new(binary());
     cmd.args(["serve", "--config"])
         .arg(cfg)
-        .env("RUST_LOG", if secret.is_some() { "debug" } else { "warn" })
+        .env(
+            "RUST_LOG",
+            // HOTSHARD_TEST_NODE_LOG: the nodes' log filter, for chasing a failure.
+            std::env::var("HOTSHARD_TEST_NODE_LOG")
+                .unwrap_or_else(|_| if secret.is_some() { "debug" } else { "warn" }.into()),
+        )
         .stdout(Stdio::null())
         .envs(env.iter().copied())
         .stderr(log);

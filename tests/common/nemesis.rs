@@ -198,7 +198,17 @@ pub fn violations(h: &History) -> Vec<usize> {
                 format!("{:>10} .. {:>10}  {:?}\n", e.call, ret, e.op)
             })
             .collect();
-        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("history-key{k}.txt"));
+        // Named by the test (its thread's name) and the process, so that another test's
+        // history (the planted bug's, found on purpose) does not overwrite this one.
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("test")
+            .rsplit("::")
+            .next()
+            .unwrap_or("test")
+            .to_string();
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("history-{test}-{}-key{k}.txt", std::process::id()));
         let _ = std::fs::write(&path, text);
         eprintln!(
             "key {k}: not linearizable; its {} operations (µs, by call) are in {}",
