@@ -126,6 +126,9 @@ fn soak() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let mut rng = hotshard_nvme::SplitMix64::new(seed);
+    let forced: Option<Vec<u64>> = std::env::var("HOTSHARD_NEMESIS_FAULTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|f| f.trim().parse().ok()).collect());
     let started = std::time::Instant::now();
     let (mut runs, mut faults, mut total) = (0, 0, History::default());
     while started.elapsed() < Duration::from_secs(60 * minutes) {
@@ -143,7 +146,12 @@ fn soak() {
         let first = (rng.next_u64() % 3) as usize;
         let mut done = Vec::new();
         for node in [first, (first + 1) % 3] {
-            let fault = rng.next_u64() % 9;
+            let drawn = rng.next_u64() % 9;
+            // HOTSHARD_NEMESIS_FAULTS=a,b replays two faults of the list (by number).
+            let fault = forced
+                .as_ref()
+                .and_then(|f: &Vec<u64>| f.get(done.len()).copied())
+                .unwrap_or(drawn);
             match fault {
                 0 => bed.nodes[node].kill9(),
                 1 => {
@@ -207,7 +215,24 @@ fn soak() {
             faults += 1;
             std::thread::sleep(Duration::from_secs(4));
         }
+        // Faults that stop the whole cluster (every node killed, etcd down past the
+        // lease) leave it to come back by itself: wait for that before the checks.
         let name = format!("{run} (seed {seed}: {})", done.join(", "));
+        let back = std::time::Instant::now();
+        while !bed.seeds().iter().any(|addr| {
+            hotshard_net::blocking::BlockingClient::connect(addr, Duration::from_secs(2))
+                .and_then(|mut c| c.put(b"soak-probe", b"back"))
+                .is_ok()
+        }) {
+            if back.elapsed() > Duration::from_secs(60) {
+                let (_, status) = bed.cluster_cli(&["status"]);
+                panic!(
+                    "{name}: the cluster does not serve again within 60 s\n{status}\n{}",
+                    bed.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let h = verify_run(&name, load, &bed.seeds(), &keys, || bed.logs());
         total.acked += h.acked;
         total.unknown += h.unknown;

@@ -23,6 +23,8 @@ pub struct BlockingClient {
     conns: std::collections::HashMap<String, Connection<AssertAsync<TcpStream>>>,
     /// Turns with every read: which serving replica of a chain it goes to.
     reads: usize,
+    /// Where the last request went (tests record which replica answered a read).
+    last_addr: String,
 }
 
 impl BlockingClient {
@@ -44,6 +46,7 @@ impl BlockingClient {
             seeds: vec![addr.to_string()],
             conns: Default::default(),
             reads: 0,
+            last_addr: String::new(),
         };
         let (resp, body) = c.call(addr, &Request::GetShardMap, &[])?;
         expect_ok(&resp)?;
@@ -61,7 +64,15 @@ impl BlockingClient {
         self.call(addr, request, payload)
     }
 
+    /// The address the last request was sent to.
+    pub fn last_addr(&self) -> &str {
+        &self.last_addr
+    }
+
     fn call(&mut self, addr: &str, request: &Request, payload: &[u8]) -> Result<Answer, ClientError> {
+        if self.last_addr != addr {
+            self.last_addr = addr.to_string();
+        }
         if self.conns.get(addr).is_none_or(|c| c.is_broken()) {
             let sock = addr
                 .parse()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hotshard_cluster::coordinator::{map_revision, read_cluster_id, read_map};
 use hotshard_cluster::etcd_client::{Txn, TxnOp};
-use hotshard_cluster::registration::{register, NodeRecord};
+use hotshard_cluster::registration::{register_again, NodeRecord};
 use hotshard_cluster::{connect, ClusterError, ClusterKeys};
 
 use crate::config::NodeConfig;
@@ -188,10 +188,13 @@ async fn control_loop(
     let every = Duration::from_millis((c.lease_ttl_secs as u64 * 1000 / 6).max(100));
     let mut warned_unreachable = false;
     let mut id_taken_since: Option<Instant> = None;
+    // The lease of this process's last registration: a record still bound to it is ours.
+    let mut previous_lease: Option<i64> = None;
     'connect: while !shutdown.load(Ordering::Relaxed) {
         let client = match connect(&c.etcd).await {
             Ok(client) => client,
             Err(e) => {
+                id_taken_since = None;
                 if !warned_unreachable {
                     eprintln!("hotshard: {e}; retrying (serving nothing of the cluster until registered)");
                     warned_unreachable = true;
@@ -200,7 +203,15 @@ async fn control_loop(
                 continue;
             }
         };
-        let registration = match register(&client, keys, record.clone(), c.lease_ttl_secs).await {
+        let registration = match register_again(
+            &client,
+            keys,
+            record.clone(),
+            c.lease_ttl_secs,
+            previous_lease,
+        )
+        .await
+        {
             Ok(r) => r,
             Err(ClusterError::NodeIdTaken(id)) => {
                 let since = *id_taken_since.get_or_insert_with(Instant::now);
@@ -216,10 +227,13 @@ async fn control_loop(
             }
             Err(e) => {
                 tracing::warn!("registering: {e}; retrying");
+                // Patience for a twin counts while etcd answers, not across an outage.
+                id_taken_since = None;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
+        previous_lease = Some(registration.lease.id());
         eprintln!(
             "hotshard: node {} registered in cluster {} (etcd {})",
             record.id,

@@ -25,6 +25,9 @@ pub const CLIENTS: u64 = 4;
 #[derive(Default)]
 pub struct History {
     pub by_key: Vec<Vec<Event>>,
+    /// Per key, for each read answered: its call time, and the replica and map epoch it
+    /// was answered from (printed beside a violating history).
+    pub read_from: Vec<std::collections::HashMap<u64, String>>,
     pub acked: usize,
     pub unknown: usize,
     pub refused: usize,
@@ -79,7 +82,7 @@ pub fn keys(seed: &str, run: &str) -> Vec<Vec<u8>> {
 
 /// What one client did: its operations by key index, and its counts of writes
 /// acknowledged, unknown and refused, and of reads answered.
-pub type ClientRecord = (Vec<(usize, Event)>, [usize; 4]);
+pub type ClientRecord = (Vec<(usize, Event)>, [usize; 4], Vec<(usize, u64, String)>);
 
 pub struct Workload {
     stop: Arc<AtomicBool>,
@@ -97,6 +100,7 @@ pub fn workload(keys: Vec<Vec<u8>>, seeds: Vec<String>) -> Workload {
                 let now = || started.elapsed().as_micros() as u64;
                 let mut rng = SplitMix64::new(c * 7919 + 1);
                 let mut events = Vec::new();
+                let mut read_from = Vec::new();
                 let mut counts = [0usize; 4];
                 let mut client = None;
                 let mut written = 0u64;
@@ -144,6 +148,11 @@ pub fn workload(keys: Vec<Vec<u8>>, seeds: Vec<String>) -> Workload {
                         // A failed read shows nothing.
                         if let Ok(found) = cl.get(&keys[k], None) {
                             counts[3] += 1;
+                            read_from.push((
+                                k,
+                                call,
+                                format!("{} e{}", cl.last_addr(), cl.shard_map().epoch),
+                            ));
                             let seen =
                                 found.map(|(v, _)| std::str::from_utf8(&v).unwrap().parse::<u64>().unwrap());
                             events.push((
@@ -157,7 +166,7 @@ pub fn workload(keys: Vec<Vec<u8>>, seeds: Vec<String>) -> Workload {
                         }
                     }
                 }
-                (events, counts)
+                (events, counts, read_from)
             })
         })
         .collect();
@@ -169,12 +178,16 @@ impl Workload {
         self.stop.store(true, Ordering::Relaxed);
         let mut h = History {
             by_key: vec![Vec::new(); KEYS],
+            read_from: vec![Default::default(); KEYS],
             ..History::default()
         };
         for c in self.clients {
-            let (events, counts) = c.join().unwrap();
+            let (events, counts, read_from) = c.join().unwrap();
             for (k, e) in events {
                 h.by_key[k].push(e);
+            }
+            for (k, call, from) in read_from {
+                h.read_from[k].insert(call, from);
             }
             h.acked += counts[0];
             h.unknown += counts[1];
@@ -195,7 +208,9 @@ pub fn violations(h: &History) -> Vec<usize> {
             .iter()
             .map(|e| {
                 let ret = e.ret.map_or("unknown".into(), |r| r.to_string());
-                format!("{:>10} .. {:>10}  {:?}\n", e.call, ret, e.op)
+                let from = h.read_from.get(k).and_then(|m| m.get(&e.call));
+                let from = from.map_or(String::new(), |f| format!("  from {f}"));
+                format!("{:>10} .. {:>10}  {:?}{from}\n", e.call, ret, e.op)
             })
             .collect();
         // Named by the test (its thread's name) and the process, so that another test's

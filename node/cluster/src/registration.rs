@@ -62,18 +62,51 @@ pub async fn register(
     record: NodeRecord,
     ttl_secs: i64,
 ) -> ClusterResult<Registration> {
+    register_again(client, keys, record, ttl_secs, None).await
+}
+
+/// `register`, by a process that held the id under `previous` (a lease it took as lost:
+/// etcd unreachable for a TTL). A record still bound to that lease is this process's own
+/// (etcd extends leases when it restarts, so it may outlive the outage): the lease is
+/// revoked and the id taken at once. Before, the process waited for it as for another
+/// node's, and after two outages in a row took its own old record for a live twin and
+/// stopped: every node of a cluster did, and no chain came back.
+pub async fn register_again(
+    client: &Client,
+    keys: &ClusterKeys,
+    record: NodeRecord,
+    ttl_secs: i64,
+    previous: Option<i64>,
+) -> ClusterResult<Registration> {
     let lease = KeptLease::grant(client, ttl_secs).await?;
     let key = keys.node(record.id);
-    let txn = Txn::new()
-        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key,
-            record.encode(),
-            Some(PutOptions::new().with_lease(lease.id())),
-        )]);
-    if !client.clone().txn(txn).await?.succeeded() {
-        let _ = lease.revoke().await;
-        return Err(ClusterError::NodeIdTaken(record.id));
+    let txn = || {
+        Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                record.encode(),
+                Some(PutOptions::new().with_lease(lease.id())),
+            )])
+    };
+    let mut client = client.clone();
+    if client.txn(txn()).await?.succeeded() {
+        return Ok(Registration { record, lease });
     }
-    Ok(Registration { record, lease })
+    if let Some(previous) = previous {
+        let held_by = client
+            .get(key.clone(), None)
+            .await?
+            .kvs()
+            .first()
+            .map(|kv| kv.lease());
+        if held_by == Some(previous) {
+            let _ = client.lease_revoke(previous).await;
+            if client.txn(txn()).await?.succeeded() {
+                return Ok(Registration { record, lease });
+            }
+        }
+    }
+    let _ = lease.revoke().await;
+    Err(ClusterError::NodeIdTaken(record.id))
 }
