@@ -505,12 +505,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         let mine = now.as_ref().map_or(0, |n| n.version);
         if theirs.version > mine {
             if theirs.tombstone {
-                self.store
-                    .apply_versioned(&theirs.key, sp, None, theirs.version)
-                    .await
-                    .map_err(PassError::Store)?;
-                add(&self.sync.objects_copied, 1);
-                return Ok(());
+                return self.apply_tombstone(theirs, sp).await;
             }
             let st = &self.stats;
             let foreground = [&st.put, &st.get, &st.delete, &st.stat, &st.replicate]
@@ -539,14 +534,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 // this replica's older live copy, is what it keeps: nothing else may come
                 // down the chain for an expired object. A newer write that came down in
                 // the meantime stays (the store keeps the newer version).
-                Status::NotFound => {
-                    self.store
-                        .apply_versioned(&theirs.key, sp, None, theirs.version)
-                        .await
-                        .map_err(PassError::Store)?;
-                    add(&self.sync.objects_copied, 1);
-                    return Ok(());
-                }
+                Status::NotFound => return self.apply_tombstone(theirs, sp).await,
                 other => return Err(PassError::Call(format!("get from {}: {other:?}", source.addr))),
             }
             self.store
@@ -578,6 +566,16 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         if unchanged {
             self.reassert(head, theirs.key.clone(), partition, mine).await?;
         }
+        Ok(())
+    }
+
+    /// A tombstone at the version `theirs` names (the store keeps a newer version).
+    async fn apply_tombstone(&self, theirs: &ManifestEntry, sp: u16) -> Result<(), PassError> {
+        self.store
+            .apply_versioned(&theirs.key, sp, None, theirs.version)
+            .await
+            .map_err(PassError::Store)?;
+        add(&self.sync.objects_copied, 1);
         Ok(())
     }
 

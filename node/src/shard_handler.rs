@@ -176,10 +176,13 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
 
     /// Runs a request on this shard's store: a keyed one routed here (its target's
     /// partition checked by `route`, or by the forwarding shard), or a control request.
-    pub async fn execute(self: &Rc<Self>, request: Request, payload: Option<PutPayload>) -> Reply<OutBuf> {
+    pub async fn execute(
+        self: &Rc<Self>,
+        mut request: Request,
+        payload: Option<PutPayload>,
+    ) -> Reply<OutBuf> {
         let started = Instant::now();
         let micros = || started.elapsed().as_micros() as u64;
-        let mut request = request;
         if let Request::Put { expires_ms, .. } = &mut request {
             // Writes run at the chain's head: a relative expiry is taken by its clock.
             *expires_ms = crate::chain_expiry::expiry_at_head(*expires_ms);
