@@ -71,7 +71,7 @@ fn kill_a_node_the_coordinator_and_etcd_under_load() {
     bed.nodes[0].kill9();
     std::thread::sleep(Duration::from_secs(6));
 
-    verify_run(run, load, &bed.seeds(), &keys, || bed.logs());
+    verify_run(run, load, &bed.seeds(), &keys, |bad| bed.logs_and_history(bad));
 }
 
 #[test]
@@ -85,7 +85,7 @@ fn a_node_paused_past_its_lease_answers_nothing_stale() {
     std::thread::sleep(Duration::from_secs(5));
     signal(&bed.nodes[1], libc::SIGCONT);
     std::thread::sleep(Duration::from_secs(4));
-    verify_run(run, load, &bed.seeds(), &keys, || bed.logs());
+    verify_run(run, load, &bed.seeds(), &keys, |bad| bed.logs_and_history(bad));
 }
 
 /// The checker on this workload catches a head that acknowledges before the tail has the
@@ -233,7 +233,7 @@ fn soak() {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let h = verify_run(&name, load, &bed.seeds(), &keys, || bed.logs());
+        let h = verify_run(&name, load, &bed.seeds(), &keys, |bad| bed.logs_and_history(bad));
         total.acked += h.acked;
         total.unknown += h.unknown;
         total.refused += h.refused;

@@ -112,5 +112,5 @@ fn a_host_cut_off_past_its_lease_and_reconnected() {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(1));
-    verify_run("network cut", load, &seeds, &keys, || bed.logs());
+    verify_run("network cut", load, &seeds, &keys, |_| bed.logs());
 }

@@ -79,7 +79,7 @@ fn a_killed_node_comes_back_resyncs_what_changed_and_serves_again() {
     });
     eprintln!("heal: every chain serving on three replicas {took:?} after the restart");
     std::thread::sleep(Duration::from_secs(2));
-    verify_run(run, load, &bed.seeds(), &keys, || bed.logs());
+    verify_run(run, load, &bed.seeds(), &keys, |bad| bed.logs_and_history(bad));
     let all: Vec<Vec<u8>> = before.iter().chain(&away).cloned().collect();
     replicas_agree(&bed.seeds(), &all);
 
@@ -204,7 +204,7 @@ fn a_node_joins_then_one_is_drained_and_removed_under_load() {
 
     std::thread::sleep(Duration::from_secs(2));
     let live: Vec<String> = [0, 2, 3].iter().map(|&i| bed.nodes[i].addr(0)).collect();
-    verify_run(run, load, &live, &keys, || bed.logs());
+    verify_run(run, load, &live, &keys, |bad| bed.logs_and_history(bad));
     replicas_agree(&live, &objects);
 }
 
@@ -236,7 +236,7 @@ fn replicas_slow_to_take_their_removal_serve_no_stale_read() {
     });
     eprintln!("slowleave: balanced {took:?} after the fourth node started");
     std::thread::sleep(Duration::from_secs(1));
-    verify_run(run, load, &bed.seeds(), &keys, || bed.logs());
+    verify_run(run, load, &bed.seeds(), &keys, |bad| bed.logs_and_history(bad));
 }
 
 /// A node that stays dead past `--down-out` has its replicas rebuilt on the others; its
@@ -280,7 +280,7 @@ fn a_dead_node_is_rebuilt_elsewhere_and_a_wiped_one_filled_as_new() {
     });
     eprintln!("rebuild: node {new_id} (the wiped disk) filled {took:?} after it started");
     std::thread::sleep(Duration::from_secs(1));
-    verify_run(run, load, &bed.seeds(), &keys, || bed.logs());
+    verify_run(run, load, &bed.seeds(), &keys, |bad| bed.logs_and_history(bad));
     replicas_agree(&bed.seeds(), &objects);
 }
 

@@ -137,7 +137,7 @@ fn every_node_killed_under_load_and_started_in_any_order_serves_again_with_nothi
         started.elapsed().max(whole)
     );
     std::thread::sleep(Duration::from_secs(1));
-    verify_run(run, load, &bed.seeds(), &keys, || bed.logs());
+    verify_run(run, load, &bed.seeds(), &keys, |bad| bed.logs_and_history(bad));
     objects_intact(&bed, &objects, 1024);
     replicas_agree(&bed.seeds(), &objects);
 }
@@ -174,7 +174,7 @@ fn etcd_down_twice_for_three_leases_and_back_the_cluster_serves_again_by_itself(
     });
     eprintln!("etcdout: every chain whole {whole:?} after writes came back");
     std::thread::sleep(Duration::from_secs(1));
-    verify_run(run, load, &bed.seeds(), &keys, || bed.logs());
+    verify_run(run, load, &bed.seeds(), &keys, |bad| bed.logs_and_history(bad));
     objects_intact(&bed, &objects, 1024);
     replicas_agree(&bed.seeds(), &objects);
 }

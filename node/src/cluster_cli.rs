@@ -1,5 +1,5 @@
 //! The control-plane commands of the `hotshard` binary: `coordinator` (run one; exactly one
-//! of those running acts), `cluster status`, `cluster drain` / `undrain` and `cluster accept-loss`. Each runs a tokio runtime on this thread;
+//! of those running acts), `cluster status`, `cluster drain` / `undrain`, `cluster accept-loss` and `cluster history`. Each runs a tokio runtime on this thread;
 //! no shard runs in these processes.
 
 use std::time::Duration;
@@ -143,6 +143,21 @@ pub fn accept_loss(a: EtcdArgs, partitions: &[u32], gone: Option<u32>) -> Result
             .await
             .map_err(|e| e.to_string())?;
         println!("{said}");
+        Ok(())
+    })
+}
+
+/// `cluster history PARTITION`.
+pub fn history(a: EtcdArgs, partition: u32) -> Result<(), String> {
+    runtime()?.block_on(async {
+        let client = connect(&a.etcd).await.map_err(|e| e.to_string())?;
+        let maps = hotshard_cluster::history::map_history(&client, &keys(&a)?)
+            .await
+            .map_err(|e| e.to_string())?;
+        if maps.is_empty() {
+            return Err("the cluster has not formed yet".into());
+        }
+        print!("{}", hotshard_cluster::history::chain_history(&maps, partition));
         Ok(())
     })
 }

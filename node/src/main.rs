@@ -130,6 +130,13 @@ enum ClusterCommand {
         #[command(flatten)]
         etcd: hotshard_node::cluster_cli::EtcdArgs,
     },
+    /// PARTITION's chain in every map etcd still holds, oldest first: one line per change
+    /// (epoch, etcd revision, chain version, replicas as node/shard:state, registrations).
+    History {
+        partition: u32,
+        #[command(flatten)]
+        etcd: hotshard_node::cluster_cli::EtcdArgs,
+    },
     /// Serve again chains that no replica holding every write they acknowledged can serve,
     /// from what is left: the writes only the lost replicas held are given up. The
     /// PARTITIONs named (which must have no serving replica); else with --node, every
@@ -253,6 +260,9 @@ fn run(cli: Cli) -> Result<(), String> {
         }) => hotshard_node::cluster_cli::drain(etcd, node, Some(replication)),
         Command::Cluster(ClusterCommand::Undrain { node, etcd }) => {
             hotshard_node::cluster_cli::drain(etcd, node, None)
+        }
+        Command::Cluster(ClusterCommand::History { partition, etcd }) => {
+            hotshard_node::cluster_cli::history(etcd, partition)
         }
         Command::Cluster(ClusterCommand::AcceptLoss {
             partitions,

@@ -393,6 +393,22 @@ impl Bed {
             .sum()
     }
 
+    /// Every node's log so far, then the chain history (`cluster history`) of each of
+    /// `keys`' partitions.
+    pub fn logs_and_history(&self, keys: &[Vec<u8>]) -> String {
+        let map = self.map();
+        let mut out = self.logs();
+        for key in keys {
+            let p = map.partition(key);
+            let (_, history) = self.cluster_cli(&["history", &p.to_string()]);
+            out.push_str(&format!(
+                "\nchain history of partition {p} (key {}):\n{history}",
+                String::from_utf8_lossy(key)
+            ));
+        }
+        out
+    }
+
     /// Every node's log so far.
     pub fn logs(&self) -> String {
         self.dirs

@@ -316,12 +316,16 @@ pub fn verify_run(
     load: Workload,
     seeds: &[String],
     keys: &[Vec<u8>],
-    logs: impl FnOnce() -> String,
+    logs: impl FnOnce(&[Vec<u8>]) -> String,
 ) -> History {
     let h = load.finish();
     report(run, &h);
     assert!(h.acked > 100, "too few acknowledged writes to mean anything");
-    assert_eq!(violations(&h), Vec::<usize>::new(), "{run}\n{}", logs());
+    let bad = violations(&h);
+    if !bad.is_empty() {
+        let bad_keys: Vec<Vec<u8>> = bad.iter().map(|&k| keys[k].clone()).collect();
+        panic!("{run}: keys {bad:?} not linearizable\n{}", logs(&bad_keys));
+    }
     replicas_agree(seeds, keys);
     h
 }

@@ -8,6 +8,7 @@ pub mod accept_loss;
 pub mod coordinator;
 pub mod drain;
 pub mod error;
+pub mod history;
 pub mod keys;
 pub mod leadership;
 pub mod lease;
