@@ -154,7 +154,7 @@ pub fn rejoin_as_syncing(chains: &mut [Chain], shards: &[ShardAddr], node: u32) 
 pub fn order(chain: &mut Chain) {
     chain.replicas.sort_by_key(|r| match r.state {
         ReplicaState::Serving | ReplicaState::Leaving => 0,
-        ReplicaState::Syncing => 1,
+        ReplicaState::Syncing | ReplicaState::SyncingHolder => 1,
         ReplicaState::Offline | ReplicaState::Stranded => 2,
     });
 }
@@ -166,7 +166,7 @@ pub fn order(chain: &mut Chain) {
 /// write the chain acknowledged, and the chain comes back through one of them
 /// (`revive_stranded`). Says whether it stranded any.
 pub fn strand_last_holders(before: &Chain, after: &mut Chain) -> bool {
-    let holds_all = |s: ReplicaState| matches!(s, ReplicaState::Serving | ReplicaState::Leaving);
+    let holds_all = ReplicaState::holds_every_ack;
     if after.replicas.iter().any(|r| holds_all(r.state)) {
         return false;
     }
@@ -193,13 +193,15 @@ pub fn strand_last_holders(before: &Chain, after: &mut Chain) -> bool {
 }
 
 /// A chain with no serving replica comes back through one that holds every acknowledged
-/// write and can answer again: a leaving replica (still in the write path), else a
-/// stranded one whose node `alive` says is registered (its current registration; it
-/// holds what it held, plus perhaps writes it took as head but never passed on, which the
-/// others' resync from it settles). It becomes the chain's only serving replica, at the
-/// front; the version grows. Once a chain has a serving replica, its other stranded
-/// replicas are plain offline (they rejoin as syncing with their nodes). Says whether the
-/// chain changed.
+/// write and can answer again: a leaving replica or a syncing holder (both still in the
+/// write path), else a stranded one whose node `alive` says is registered (its current
+/// registration; it holds what it held, plus perhaps writes it took as head but never
+/// passed on, which the others' resync from it settles). It becomes the chain's only
+/// serving replica, at the front; the version grows. Once a chain has a serving replica,
+/// its other stranded replicas on registered nodes become syncing holders (they too hold
+/// every acknowledged write, and every write from now on passes them), the rest plain
+/// offline (they rejoin as syncing with their nodes, holders no more: writes are
+/// acknowledged without them meanwhile). Says whether the chain changed.
 pub fn revive_stranded(chain: &mut Chain, shards: &[ShardAddr], alive: impl Fn(u32) -> bool) -> bool {
     let node_alive = |r: &Replica| shards.get(r.shard as usize).is_some_and(|s| alive(s.node));
     let serving = chain.replicas.iter().any(|r| r.state == ReplicaState::Serving);
@@ -209,6 +211,12 @@ pub fn revive_stranded(chain: &mut Chain, shards: &[ShardAddr], alive: impl Fn(u
             .replicas
             .iter()
             .position(|r| r.state == ReplicaState::Leaving)
+            .or_else(|| {
+                chain
+                    .replicas
+                    .iter()
+                    .position(|r| r.state == ReplicaState::SyncingHolder)
+            })
             .or_else(|| {
                 chain
                     .replicas
@@ -225,7 +233,10 @@ pub fn revive_stranded(chain: &mut Chain, shards: &[ShardAddr], alive: impl Fn(u
     }
     for r in chain.replicas.iter_mut() {
         if r.state == ReplicaState::Stranded {
-            r.state = ReplicaState::Offline;
+            r.state = match node_alive(r) {
+                true => ReplicaState::SyncingHolder,
+                false => ReplicaState::Offline,
+            };
             changed = true;
         }
     }
@@ -248,7 +259,7 @@ pub fn promote_synced(chain: &mut Chain, shard: u16, chain_version: u64) -> bool
     let Some(at) = chain
         .replicas
         .iter()
-        .position(|r| r.shard == shard && r.state == ReplicaState::Syncing)
+        .position(|r| r.shard == shard && r.state.is_syncing())
     else {
         return false;
     };

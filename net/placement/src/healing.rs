@@ -163,7 +163,9 @@ impl Shards<'_> {
     fn counts(&self, r: &Replica) -> bool {
         let n = self.node(r.shard);
         match r.state {
-            ReplicaState::Serving | ReplicaState::Syncing => self.usable(r.shard),
+            ReplicaState::Serving | ReplicaState::Syncing | ReplicaState::SyncingHolder => {
+                self.usable(r.shard)
+            }
             ReplicaState::Offline | ReplicaState::Stranded => {
                 !self.view.down_out.contains(&n) && !self.view.draining.contains(&n)
             }
@@ -230,7 +232,7 @@ fn settle(map: &mut ShardMap, view: &ClusterView, policy: &Policy) {
     for c in &map.chains {
         for r in c.replicas.iter().filter(|r| !r.state.is_offline()) {
             load[r.shard as usize] += 1;
-            if r.state == ReplicaState::Syncing {
+            if r.state.is_syncing() {
                 *syncing_per_node
                     .entry(map.shards[r.shard as usize].node)
                     .or_default() += 1;
@@ -267,7 +269,7 @@ fn settle(map: &mut ShardMap, view: &ClusterView, policy: &Policy) {
             let n = s.node(r.shard);
             let gone_for_good = r.state == ReplicaState::Offline
                 && (view.down_out.contains(&n) || view.draining.contains(&n));
-            let syncing_away = r.state == ReplicaState::Syncing && view.draining.contains(&n);
+            let syncing_away = r.state.is_syncing() && view.draining.contains(&n);
             !((enough && gone_for_good) || syncing_away)
         });
         if chain.replicas.len() != before {
@@ -300,7 +302,7 @@ fn settle(map: &mut ShardMap, view: &ClusterView, policy: &Policy) {
 /// loaded usable shard. The others resync from it (what only they held is given up).
 fn serve_what_is_left(chain: &mut Chain, s: &mut Shards<'_>, policy: &Policy) {
     let rank = |st: ReplicaState| match st {
-        ReplicaState::Syncing => 0,
+        ReplicaState::Syncing | ReplicaState::SyncingHolder => 0,
         _ => 1,
     };
     let best = chain
@@ -357,7 +359,7 @@ fn balance(chains: &mut [Chain], s: &mut Shards<'_>, policy: &Policy) {
         for r in c.replicas.iter().filter(|r| r.state == ReplicaState::Leaving) {
             leaving[r.shard as usize] += 1;
         }
-        if c.replicas.iter().any(|r| r.state == ReplicaState::Syncing) {
+        if c.replicas.iter().any(|r| r.state.is_syncing()) {
             if let Some(top) = c
                 .replicas
                 .iter()
@@ -488,7 +490,7 @@ mod tests {
                 for r in c
                     .replicas
                     .iter()
-                    .filter(|r| matches!(r.state, ReplicaState::Syncing | ReplicaState::Leaving))
+                    .filter(|r| r.state.is_syncing() || r.state == ReplicaState::Leaving)
                 {
                     let s = &map.shards[r.shard as usize];
                     view.caught_up.push((p as u32, s.node, s.shard, c.version));
@@ -522,7 +524,12 @@ mod tests {
             for r in a.replicas.iter().filter(|r| r.state == ReplicaState::Serving) {
                 let was = b.replicas.iter().find(|x| x.shard == r.shard).map(|x| x.state);
                 let holds = match was {
-                    Some(ReplicaState::Serving | ReplicaState::Leaving | ReplicaState::Stranded) => true,
+                    Some(
+                        ReplicaState::Serving
+                        | ReplicaState::Leaving
+                        | ReplicaState::Stranded
+                        | ReplicaState::SyncingHolder,
+                    ) => true,
                     Some(ReplicaState::Syncing) => view.caught_up.iter().any(|&(p, n, sh, v)| {
                         let s = &after.shards[r.shard as usize];
                         before.chains.get(p as usize) == Some(b) && (n, sh, v) == (s.node, s.shard, b.version)
@@ -759,6 +766,60 @@ mod tests {
         }
         settle_fully(&mut map, &mut view);
         assert_whole_and_even(&map, &[]);
+    }
+
+    /// The whole cluster restarts (every lease lost at once) and every node is back by the
+    /// next look: the chains come back through one holder, the others rejoin as syncing
+    /// holders. That one's disk is then lost for good before they catch up: the chains
+    /// serve again through a syncing holder, with no operator's acceptance of a loss
+    /// (they stayed unavailable until `accept-loss` before; the soak found it). A holder
+    /// back only after the chains came back holds no such claim.
+    #[test]
+    fn a_holder_lost_while_the_others_catch_up_after_a_whole_cluster_restart_leaves_no_chain_unavailable() {
+        let nodes: Vec<Member> = (1..=3).map(|id| member(id, 1)).collect();
+        let mut map = formed(&nodes, 4);
+        let mut view = ClusterView::default();
+        step(&mut map, &view);
+        view.members = (1..=3)
+            .map(|id| Member {
+                incarnation: 2,
+                ..member(id, 1)
+            })
+            .collect();
+        step(&mut map, &view);
+        for c in &map.chains {
+            assert_eq!(serving(c), 1, "{c:?}");
+        }
+        // Each chain's serving replica's node is lost for good (not one node: heads are
+        // spread, so lose them all one after the other, checking each step).
+        let lost = nodes_in(&map, &map.chains[0], ReplicaState::Serving)[0];
+        view.members.retain(|m| m.id != lost);
+        step(&mut map, &view);
+        for c in &map.chains {
+            assert_eq!(serving(c), 1, "a chain waits for the lost node: {c:?}");
+            assert!(!nodes_in(&map, c, ReplicaState::Serving).contains(&lost));
+        }
+        assert!(crate::health(&map.chains, 1).unavailable.is_empty());
+
+        // A holder back late: node 3 is not registered when the chains come back.
+        let mut map = formed(&nodes, 4);
+        let mut view = ClusterView::default();
+        step(&mut map, &view);
+        view.members = (1..=2)
+            .map(|id| Member {
+                incarnation: 2,
+                ..member(id, 1)
+            })
+            .collect();
+        step(&mut map, &view);
+        view.members.push(Member {
+            incarnation: 2,
+            ..member(3, 1)
+        });
+        step(&mut map, &view);
+        for c in &map.chains {
+            assert_eq!(nodes_in(&map, c, ReplicaState::Syncing), vec![3], "{c:?}");
+        }
     }
 
     #[test]

@@ -42,6 +42,18 @@ pub enum ReplicaState {
     /// chain comes back through it: once its node is registered again it serves again and
     /// the others resync from it. (Appended, like `Leaving`.)
     Stranded,
+    /// Syncing, and holding every write the chain acknowledged: a stranded replica whose
+    /// node was registered when its chain came back through another (`revive_stranded`).
+    /// It held every write acknowledged before the chain was lost, none was acknowledged
+    /// while the chain had no serving replica, and it has been in the write path since the
+    /// chain came back, so it has every acknowledged write; it may lack only writes never
+    /// acknowledged, which its catch-up settles. If the chain's serving replicas are lost
+    /// before it has caught up, the chain comes back through it, not through an operator's
+    /// acceptance of a loss (a disk lost just after a whole-cluster restart, while the
+    /// others were catching up with the first to return, left chains unavailable for good
+    /// before; the soak found it). Taken offline, it is a plain offline replica again.
+    /// (Appended, like `Leaving`.)
+    SyncingHolder,
 }
 
 impl ReplicaState {
@@ -50,7 +62,24 @@ impl ReplicaState {
     pub fn takes_writes(self) -> bool {
         matches!(
             self,
-            ReplicaState::Serving | ReplicaState::Leaving | ReplicaState::Syncing
+            ReplicaState::Serving
+                | ReplicaState::Leaving
+                | ReplicaState::Syncing
+                | ReplicaState::SyncingHolder
+        )
+    }
+
+    /// Syncing: catching up (answers no reads), a holder of every acknowledged write or not.
+    pub fn is_syncing(self) -> bool {
+        matches!(self, ReplicaState::Syncing | ReplicaState::SyncingHolder)
+    }
+
+    /// In the write path and holding every write the chain acknowledged: serving, leaving,
+    /// or syncing as a holder. A chain with none of these has lost its last holders.
+    pub fn holds_every_ack(self) -> bool {
+        matches!(
+            self,
+            ReplicaState::Serving | ReplicaState::Leaving | ReplicaState::SyncingHolder
         )
     }
 

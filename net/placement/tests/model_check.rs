@@ -600,6 +600,7 @@ fn chains(map: &ShardMap) -> Vec<(u64, Vec<(u32, char)>)> {
                         ReplicaState::Offline => 'o',
                         ReplicaState::Leaving => 'L',
                         ReplicaState::Stranded => 's',
+                        ReplicaState::SyncingHolder => 'h',
                     };
                     (map.shards[r.shard as usize].node, s)
                 })

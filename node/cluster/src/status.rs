@@ -84,7 +84,7 @@ pub fn roles_by_node(map: &ShardMap) -> BTreeMap<u32, Roles> {
         }
         for r in c.replicas.iter().filter(|r| r.state != ReplicaState::Serving) {
             let e = roles.entry(map.shards[r.shard as usize].node).or_default();
-            if r.state == ReplicaState::Syncing {
+            if r.state.is_syncing() {
                 e.syncing += 1;
             } else if r.state == ReplicaState::Leaving {
                 e.leaving += 1;
