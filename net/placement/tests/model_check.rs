@@ -79,6 +79,9 @@ struct Node {
 thread_local! {
     /// Maps published with a leaving replica (how often the search reached a trim).
     static LEAVING_MAPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Maps in which a syncing holder became serving (how often the search reached a chain
+    /// coming back through one after the replica it came back through was lost).
+    static HOLDER_PROMOTIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 struct SplitMix(u64);
@@ -269,6 +272,33 @@ impl Model {
             .any(|r| r.state == ReplicaState::Leaving)
         {
             LEAVING_MAPS.with(|c| c.set(c.get() + 1));
+        }
+        if let Some(last) = self.published.last() {
+            // A holder made serving because every serving replica was lost (not on its
+            // own caught-up report).
+            let promoted = last.chains.iter().zip(&next.chains).any(|(b, a)| {
+                let was_holder = |shard: u16| {
+                    b.replicas
+                        .iter()
+                        .any(|x| x.shard == shard && x.state == ReplicaState::SyncingHolder)
+                };
+                let serving_lost = b
+                    .replicas
+                    .iter()
+                    .filter(|x| x.state == ReplicaState::Serving)
+                    .all(|x| {
+                        !a.replicas
+                            .iter()
+                            .any(|y| y.shard == x.shard && y.state == ReplicaState::Serving)
+                    });
+                serving_lost
+                    && a.replicas
+                        .iter()
+                        .any(|r| r.state == ReplicaState::Serving && was_holder(r.shard))
+            });
+            if promoted {
+                HOLDER_PROMOTIONS.with(|c| c.set(c.get() + 1));
+            }
         }
         self.published.push(next);
         true
@@ -690,10 +720,11 @@ const SETUPS: [Setup; 3] = [
 
 fn report(name: &str, setup: &Setup, rules: Rules, found: &Found, took: std::time::Duration) {
     eprintln!(
-        "model check {name} {rules:?} {setup:?}: {} schedules, {} distinct states, {} maps with a leaving replica, {:?}: {}",
+        "model check {name} {rules:?} {setup:?}: {} schedules, {} distinct states, {} maps with a leaving replica, {} with a syncing holder made serving, {:?}: {}",
         found.runs,
         found.states,
         LEAVING_MAPS.with(|c| c.replace(0)),
+        HOLDER_PROMOTIONS.with(|c| c.replace(0)),
         took,
         match &found.violation {
             None => "no violation".to_string(),
