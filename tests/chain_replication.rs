@@ -229,3 +229,99 @@ fn failover_window_over_many_kills() {
     );
     assert!(max < Duration::from_secs(5), "writes came back after {max:?}");
 }
+
+/// Only nodes replicate (issue 31 item 1): a plain client that sends Replicate, Reassert
+/// and SyncManifest (with the chain's current version, as anyone can read from the map) to
+/// a head and to a replica is refused and closed, counted, and nothing is written: every
+/// replica keeps the version the head gave. Before, the forged Replicate overwrote the
+/// replica at a version of the client's choosing and Reassert moved the head's versions
+/// to u64::MAX. A node's connection (one that proved the peer key) that carries a version
+/// or floor past the largest a log may reach is refused too, and writes go on with
+/// versions as before.
+#[test]
+fn no_client_writes_what_only_nodes_may() {
+    use hotshard_net::{Recipient, Request};
+    let bed = Bed::start("forged", 3, 3, 1, &[]);
+    let mut c = BlockingClient::connect(&bed.nodes[0].addr(0), Duration::from_secs(5)).unwrap();
+    let key = b"forged-key".to_vec();
+    let version = c.put(&key, b"honest").unwrap();
+    let map = c.shard_map().clone();
+    let partition = map.partition(&key);
+    let chain = map.chain(partition).unwrap().clone();
+    let replica_of = |i: usize| &map.shards[chain.replicas[i].shard as usize];
+    let forged = |i: usize, version: u64, floor: u64| {
+        let s = replica_of(i);
+        let to = Recipient {
+            node: s.node,
+            shard: s.shard,
+        };
+        vec![
+            Request::Replicate {
+                to,
+                key: key.clone(),
+                partition,
+                chain_version: chain.version,
+                version,
+                tombstone: false,
+                expires_ms: 0,
+            },
+            Request::Reassert {
+                to,
+                key: key.clone(),
+                partition,
+                floor,
+            },
+            Request::SyncManifest {
+                to,
+                partition,
+                chain_version: chain.version,
+                after: Vec::new(),
+            },
+        ]
+    };
+    // To the head (0) and the tail (2), from a plain client.
+    for i in [0, 2] {
+        let addr = replica_of(i).addr.clone();
+        for r in forged(i, 1 << 50, u64::MAX) {
+            let mut plain = BlockingClient::connect(&addr, Duration::from_secs(5)).unwrap();
+            let body: &[u8] = if matches!(r, Request::Replicate { .. }) {
+                b"forged"
+            } else {
+                b""
+            };
+            let (resp, _) = plain.call_at(&addr, &r, body).unwrap();
+            assert_eq!(resp.status(), Status::Unauthorized, "{r:?} at {addr}");
+        }
+    }
+    let refused: f64 = (0..3)
+        .map(|i| bed.node_metric(i, "hotshard_node_requests_refused_total"))
+        .sum();
+    assert_eq!(refused, 6.0);
+    for (addr, held) in on_every_replica(&mut c, &map, &key) {
+        assert_eq!(held, Some((version, b"honest".to_vec())), "{addr}");
+    }
+
+    // A node's connection: versions past the bound are refused, nothing moves.
+    let head = replica_of(0).addr.clone();
+    let mut peer = BlockingClient::connect(&head, Duration::from_secs(5))
+        .unwrap()
+        .as_peer(bed.peer_key());
+    for r in forged(0, u64::MAX, u64::MAX).into_iter().take(2) {
+        let body: &[u8] = if matches!(r, Request::Replicate { .. }) {
+            b"forged"
+        } else {
+            b""
+        };
+        let (resp, _) = peer.call_at(&head, &r, body).unwrap();
+        assert!(
+            matches!(resp.status(), Status::BadRequest { .. }),
+            "{r:?}: {:?}",
+            resp.status()
+        );
+    }
+    let next = c.put(&key, b"after").unwrap();
+    assert!(next > version && next < 1 << 40, "version {next} after {version}");
+    for (addr, held) in on_every_replica(&mut c, &map, &key) {
+        assert_eq!(held, Some((next, b"after".to_vec())), "{addr}");
+    }
+}

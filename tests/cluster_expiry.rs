@@ -111,10 +111,13 @@ fn the_heads_clock_alone_decides_when_an_object_has_expired() {
     // longer answers it live: the head buried it down the chain before answering.
     let keys = keys_headed(&map, "slow-replica", slow_node, false, 40);
     let ttl = 1_500;
-    let written = Instant::now();
     for key in &keys {
         c.put_expiring(key, b"short", expires_in(ttl)).unwrap();
     }
+    // From the last write's answer: every key's expiry (taken by its head when it wrote
+    // it) is before then + ttl. (From the first write, a slow machine read the last keys
+    // before they had expired, and their heads rightly answered them live.)
+    let written = Instant::now();
     let left = Duration::from_millis(ttl + 100).saturating_sub(written.elapsed());
     std::thread::sleep(left);
     for key in &keys {

@@ -90,7 +90,7 @@ fn gets_naming_epoch(
 
 /// Replicate, SyncManifest and Reassert for a key's partition, sent to `addr` but naming a
 /// node other than `node`: each refused (WrongShard), and the key stays unwritten.
-fn refuses_misaddressed(addr: &str, map: &hotshard_placement::ShardMap, node: u32) {
+fn refuses_misaddressed(addr: &str, map: &hotshard_placement::ShardMap, node: u32, peer_key: Vec<u8>) {
     use hotshard_net::{Recipient, Request, Status};
     let key = b"misaddressed".to_vec();
     let partition = map.partition(&key);
@@ -122,7 +122,11 @@ fn refuses_misaddressed(addr: &str, map: &hotshard_placement::ShardMap, node: u3
             floor: 1 << 40,
         },
     ];
-    let mut c = BlockingClient::connect(addr, Duration::from_secs(5)).unwrap();
+    // As a node of the cluster (a plain client's are refused before they are looked at:
+    // `chain_replication`'s `no_client_writes_what_only_nodes_may`).
+    let mut c = BlockingClient::connect(addr, Duration::from_secs(5))
+        .unwrap()
+        .as_peer(peer_key);
     for r in &requests {
         let payload: &[u8] = if matches!(r, Request::Replicate { .. }) {
             b"forged"
@@ -184,7 +188,12 @@ fn a_cluster_node_serves_only_what_the_coordinator_gives_it_and_stays_itself() {
     assert!(took < Duration::from_secs(2), "200 answers took {took:?}");
     // Node-to-node requests meant for another node (a wiped node back on this one's
     // listeners would get them) are refused, counted, and write nothing.
-    refuses_misaddressed(&node.addr(0), early.shard_map(), id as u32);
+    refuses_misaddressed(
+        &node.addr(0),
+        early.shard_map(),
+        id as u32,
+        peer_key_of(&etcd.endpoint, "proc"),
+    );
     assert_eq!(
         metric(&scrape(node.port + 3), "hotshard_misaddressed_total{shard=\"0\"}"),
         3.0

@@ -2,30 +2,51 @@
 //! challenge; the server answers with a fresh 32-byte nonce (hex, in the response's
 //! `reason`); the client proves it knows the secret with HMAC-SHA256(secret, context ||
 //! nonce); the server checks it in constant time. The secret never crosses the wire.
+//!
+//! Two credentials use the same exchange with different contexts, so that a proof of one
+//! is never a proof of the other: the clients' secret (`auth.secret`, optional), and the
+//! cluster's peer key, which only nodes hold (made with the cluster and kept in etcd). A
+//! connection that proved the peer key may send node-to-node requests (`Replicate`,
+//! `Reassert`, `SyncManifest`); no other may.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// Bound into every proof, so that a proof for this protocol means nothing elsewhere.
 const CONTEXT: &[u8] = b"hotshard-auth-v1";
+/// Bound into a node's proof of the cluster's peer key.
+const PEER_CONTEXT: &[u8] = b"hotshard-peer-v1";
 pub const NONCE_BYTES: usize = 32;
 
-fn mac(secret: &[u8], nonce: &[u8]) -> Hmac<Sha256> {
+fn mac(context: &[u8], secret: &[u8], nonce: &[u8]) -> Hmac<Sha256> {
     let mut m = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    m.update(CONTEXT);
+    m.update(context);
     m.update(nonce);
     m
 }
 
 /// The proof a client sends for `nonce`.
 pub fn proof(secret: &[u8], nonce: &[u8]) -> Vec<u8> {
-    mac(secret, nonce).finalize().into_bytes().to_vec()
+    mac(CONTEXT, secret, nonce).finalize().into_bytes().to_vec()
 }
 
 /// Whether `proof` answers `nonce` for `secret` (constant time).
 pub fn verify(secret: &[u8], nonce: &[u8], proof: &[u8]) -> bool {
-    mac(secret, nonce).verify_slice(proof).is_ok()
+    mac(CONTEXT, secret, nonce).verify_slice(proof).is_ok()
 }
+
+/// The proof a node sends for `nonce` with the cluster's peer key.
+pub fn peer_proof(key: &[u8], nonce: &[u8]) -> Vec<u8> {
+    mac(PEER_CONTEXT, key, nonce).finalize().into_bytes().to_vec()
+}
+
+/// Whether `proof` answers `nonce` for the peer key `key` (constant time).
+pub fn verify_peer(key: &[u8], nonce: &[u8], proof: &[u8]) -> bool {
+    mac(PEER_CONTEXT, key, nonce).verify_slice(proof).is_ok()
+}
+
+/// Bytes of a cluster's peer key.
+pub const PEER_KEY_BYTES: usize = 32;
 
 /// A fresh nonce from the kernel's random source.
 pub fn new_nonce() -> [u8; NONCE_BYTES] {
@@ -67,6 +88,15 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_proof_is_not_a_client_proof_and_the_other_way_round() {
+        let nonce = new_nonce();
+        let key = b"the same bytes";
+        assert!(verify_peer(key, &nonce, &peer_proof(key, &nonce)));
+        assert!(!verify(key, &nonce, &peer_proof(key, &nonce)));
+        assert!(!verify_peer(key, &nonce, &proof(key, &nonce)));
+    }
 
     #[test]
     fn proofs_verify_only_with_the_same_secret_and_nonce() {

@@ -17,6 +17,9 @@ use crate::shard_map::ShardMap;
 pub struct BlockingClient {
     timeout: Duration,
     secret: Option<Vec<u8>>,
+    /// The cluster's peer key, proved instead of the secret (tools and tests that speak
+    /// as a node).
+    peer_key: Option<Vec<u8>>,
     map: ShardMap,
     /// The address it was given: asked first for a newer map.
     seeds: Vec<String>,
@@ -42,6 +45,7 @@ impl BlockingClient {
         let mut c = BlockingClient {
             timeout,
             secret,
+            peer_key: None,
             map: ShardMap::spread(0, 1, Vec::new()),
             seeds: vec![addr.to_string()],
             conns: Default::default(),
@@ -52,6 +56,14 @@ impl BlockingClient {
         expect_ok(&resp)?;
         c.map = ShardMap::from_bytes(&body).map_err(crate::WireError::from)?;
         Ok(c)
+    }
+
+    /// From now on, new connections prove the cluster's peer key `key` (as a node does)
+    /// instead of the secret; the open ones are closed.
+    pub fn as_peer(mut self, key: Vec<u8>) -> Self {
+        self.peer_key = Some(key);
+        self.conns.clear();
+        self
     }
 
     pub fn shard_map(&self) -> &ShardMap {
@@ -90,8 +102,10 @@ impl BlockingClient {
             sock.set_read_timeout(Some(self.timeout)).ok();
             sock.set_write_timeout(Some(self.timeout)).ok();
             let conn = Connection::new(AssertAsync::new(sock));
-            if let Some(secret) = &self.secret {
-                block_on(crate::client::authenticate(&conn, secret))?;
+            match (&self.peer_key, &self.secret) {
+                (Some(key), _) => block_on(crate::client::authenticate_as_peer(&conn, key))?,
+                (None, Some(secret)) => block_on(crate::client::authenticate(&conn, secret))?,
+                (None, None) => {}
             }
             self.conns.insert(addr.to_string(), conn);
         }

@@ -114,6 +114,22 @@ where
     expect_ok(&resp)
 }
 
+/// Proves the cluster's peer key on a new connection (a node calling another): challenge,
+/// then HMAC proof in the peer context. The connection may then send node-to-node
+/// requests, and needs no client secret.
+pub async fn authenticate_as_peer<S>(conn: &Connection<S>, key: &[u8]) -> Result<(), ClientError>
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
+    let (resp, _) = conn.call(&Request::AuthChallenge, &[]).await?;
+    expect_ok(&resp)?;
+    let nonce = crate::auth::from_hex(resp.reason.as_str())
+        .ok_or_else(|| ClientError::Wire(WireError::Malformed("challenge is not hex".into())))?;
+    let proof = crate::auth::peer_proof(key, &nonce);
+    let (resp, _) = conn.call(&Request::AuthProof { proof }, &[]).await?;
+    expect_ok(&resp)
+}
+
 /// A client of a cluster of nodes. Not `Send`: one per thread (or per core).
 pub struct Client<R: Runtime> {
     seeds: Vec<String>,

@@ -165,6 +165,15 @@ impl ArchivedUpdateOp {
 }
 
 impl Request {
+    /// Sent only by one node of the cluster to another: accepted only on a connection
+    /// that proved the cluster's peer key (`auth`).
+    pub fn is_node_to_node(&self) -> bool {
+        matches!(
+            self,
+            Request::Replicate { .. } | Request::Reassert { .. } | Request::SyncManifest { .. }
+        )
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Request::Ping => "ping",

@@ -81,6 +81,12 @@ pub trait Handler: 'static {
     fn secret(&self) -> Option<&[u8]> {
         None
     }
+    /// The cluster's peer key, once this node holds it: a connection that proves it may
+    /// send node-to-node requests (`Request::is_node_to_node`), which any other connection
+    /// is refused (and closed). None: none may.
+    fn peer_key(&self) -> Option<&[u8]> {
+        None
+    }
     /// Answers one request.
     fn handle(
         self: Rc<Self>,
@@ -118,6 +124,9 @@ pub struct ConnectionReport {
     pub timed_out: bool,
     /// A secret is required and the peer did not prove it; refused and closed.
     pub unauthorized: bool,
+    /// It sent a node-to-node request without having proved the cluster's peer key;
+    /// refused and closed.
+    pub refused_node_request: bool,
     /// The stop signal ended it: every request read was answered, then the connection
     /// closed with a FIN.
     pub stopped: bool,
@@ -270,6 +279,8 @@ where
     };
     let mut report = ConnectionReport::default();
     let mut authenticated = handler.secret().is_none();
+    // Proved the cluster's peer key: a node of this cluster.
+    let mut peer = false;
     let handshake_deadline = Instant::now() + cfg.frame_timeout;
     let mut nonce: Option<[u8; crate::auth::NONCE_BYTES]> = None;
     loop {
@@ -361,10 +372,15 @@ where
             Ok(req) => req,
             Err(e) => return fatal(&shared, &mut report, id, e),
         };
-        if !authenticated {
-            match authenticate(handler.secret().unwrap_or_default(), &request, &mut nonce) {
-                Ok(reply) => {
-                    authenticated = matches!(request, Request::AuthProof { .. });
+        if !authenticated || matches!(request, Request::AuthChallenge | Request::AuthProof { .. }) {
+            let keys = Keys {
+                secret: handler.secret(),
+                peer: handler.peer_key(),
+            };
+            match authenticate(keys, authenticated, &request, &mut nonce) {
+                Ok((reply, proved)) => {
+                    authenticated |= proved.is_some();
+                    peer |= proved == Some(Proved::Peer);
                     report.requests += 1;
                     shared.in_flight.add(1);
                     shared.push(Outgoing::Reply(id, reply, None));
@@ -377,6 +393,13 @@ where
                     return report;
                 }
             }
+        }
+        if request.is_node_to_node() && !peer {
+            // Before its payload is read: nothing is allocated for it.
+            report.refused_node_request = true;
+            shared.in_flight.add(1);
+            shared.push(Outgoing::Fatal(id, Status::Unauthorized));
+            return report;
         }
         let len = preamble.payload_len as usize;
         let (reservation, refused) = match handler.admit(&request, len) {
@@ -556,26 +579,56 @@ async fn within<T>(
 
 /// Before a connection has proved the secret: a challenge gets a nonce, a proof is checked
 /// against it; anything else, or a wrong proof, is refused.
+/// The credentials a connection may prove.
+#[derive(Clone, Copy)]
+struct Keys<'a> {
+    secret: Option<&'a [u8]>,
+    peer: Option<&'a [u8]>,
+}
+
+/// What a proof proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proved {
+    Client,
+    Peer,
+}
+
+/// Answers a connection's challenge or proof (or refuses anything else from a connection
+/// that still has to prove the secret). A proof of the peer key makes the connection a
+/// peer's (and authenticated); one of the secret, authenticated. On a connection already
+/// authenticated (no secret, or proved) a proof that proves neither changes nothing and
+/// is answered Ok, as before there was a peer key: a client with a secret may talk to a
+/// node with none.
 fn authenticate<B>(
-    secret: &[u8],
+    keys: Keys<'_>,
+    authenticated: bool,
     request: &Request,
     nonce: &mut Option<[u8; crate::auth::NONCE_BYTES]>,
-) -> Result<Reply<B>, Status> {
+) -> Result<(Reply<B>, Option<Proved>), Status> {
     match request {
         Request::AuthChallenge => {
             let n = crate::auth::new_nonce();
             *nonce = Some(n);
             let mut r = Response::new(Status::Ok);
             r.reason = crate::auth::to_hex(&n);
-            Ok(Reply {
+            let reply = Reply {
                 response: r,
                 payload: None,
-            })
+            };
+            Ok((reply, None))
         }
-        Request::AuthProof { proof } => match nonce.take() {
-            Some(n) if crate::auth::verify(secret, &n, proof) => Ok(Reply::status(Status::Ok)),
-            _ => Err(Status::Unauthorized),
-        },
+        Request::AuthProof { proof } => {
+            let n = nonce.take();
+            let proved = match (n, keys.peer, keys.secret) {
+                (Some(n), Some(k), _) if crate::auth::verify_peer(k, &n, proof) => Some(Proved::Peer),
+                (Some(n), _, Some(s)) if crate::auth::verify(s, &n, proof) => Some(Proved::Client),
+                _ => None,
+            };
+            if proved.is_none() && !authenticated {
+                return Err(Status::Unauthorized);
+            }
+            Ok((Reply::status(Status::Ok), proved))
+        }
         _ => Err(Status::Unauthorized),
     }
 }

@@ -24,6 +24,10 @@ struct MemHandler {
     /// The shard-map epoch this "node" is at, and its address.
     epoch: std::cell::Cell<u64>,
     addr: RefCell<String>,
+    /// The cluster's peer key, if this "node" has one; and the node-to-node requests it
+    /// was handed.
+    peer_key: Option<Vec<u8>>,
+    node_requests: std::cell::Cell<u64>,
 }
 
 impl MemHandler {
@@ -44,6 +48,10 @@ impl MemHandler {
 impl Handler for MemHandler {
     type In = Vec<u8>;
     type Out = Vec<u8>;
+
+    fn peer_key(&self) -> Option<&[u8]> {
+        self.peer_key.as_deref()
+    }
 
     fn payload_buffer(&self, _request: &Request, len: usize) -> Result<Vec<u8>, Status> {
         if len > 1 << 20 {
@@ -84,6 +92,13 @@ impl Handler for MemHandler {
                 Some(_) => Reply::status(Status::Ok),
                 None => Reply::status(Status::NotFound),
             },
+            r if r.is_node_to_node() => {
+                self.node_requests.set(self.node_requests.get() + 1);
+                if let Request::Replicate { key, .. } = r {
+                    self.map.borrow_mut().insert(key, payload.unwrap_or_default());
+                }
+                Reply::status(Status::Ok)
+            }
             _ => Reply::status(Status::BadRequest {
                 reason: "not here".into(),
             }),
@@ -338,4 +353,93 @@ fn the_blocking_client_works_against_the_glommio_server() {
     assert_eq!(c.get(b"x", None).unwrap(), None);
     stop_tx.send(()).unwrap();
     server.join().unwrap();
+}
+
+/// Node-to-node requests only on a connection that proved the cluster's peer key: a plain
+/// client's Replicate, Reassert and SyncManifest are refused and closed before the
+/// handler sees them (and before a payload is read), as are those of a connection that
+/// proved a wrong key or only the clients' secret; a peer's reach the handler.
+#[test]
+fn node_to_node_requests_need_the_peer_key() {
+    const KEY: &[u8] = b"the cluster's peer key, 32 bytes";
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen_there = seen.clone();
+    let server = std::thread::spawn(move || {
+        run(move || async move {
+            let handler = Rc::new(MemHandler {
+                peer_key: Some(KEY.to_vec()),
+                ..MemHandler::default()
+            });
+            let addr = start_server_with(ServerConfig::default(), handler.clone());
+            tx.send(addr).unwrap();
+            while stop_rx.try_recv().is_err() {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            seen_there.store(handler.node_requests.get(), std::sync::atomic::Ordering::SeqCst);
+        })
+    });
+    let addr = rx.recv().unwrap().to_string();
+    let to = hotshard_net::Recipient { node: 0, shard: 0 };
+    let requests = [
+        Request::Replicate {
+            to,
+            key: b"k".to_vec(),
+            partition: 0,
+            chain_version: 1,
+            version: 7,
+            tombstone: false,
+            expires_ms: 0,
+        },
+        Request::Reassert {
+            to,
+            key: b"k".to_vec(),
+            partition: 0,
+            floor: u64::MAX,
+        },
+        Request::SyncManifest {
+            to,
+            partition: 0,
+            chain_version: 1,
+            after: Vec::new(),
+        },
+    ];
+    for request in &requests {
+        for key in [None, Some(b"a wrong key, also of 32 bytes...".to_vec())] {
+            let mut c = BlockingClient::connect(&addr, Duration::from_secs(2)).unwrap();
+            if let Some(k) = key.clone() {
+                c = c.as_peer(k);
+            }
+            let body: &[u8] = if matches!(request, Request::Replicate { .. }) {
+                b"overwritten"
+            } else {
+                b""
+            };
+            let (resp, _) = c.call_at(&addr, request, body).unwrap();
+            assert_eq!(resp.status(), Status::Unauthorized, "{request:?} with {key:?}");
+            let mut fresh = BlockingClient::connect(&addr, Duration::from_secs(2)).unwrap();
+            assert!(fresh.get(b"k", None).unwrap().is_none(), "nothing written");
+        }
+    }
+    let mut peer = BlockingClient::connect(&addr, Duration::from_secs(2))
+        .unwrap()
+        .as_peer(KEY.to_vec());
+    for request in &requests {
+        let body: &[u8] = if matches!(request, Request::Replicate { .. }) {
+            b"replicated"
+        } else {
+            b""
+        };
+        let (resp, _) = peer.call_at(&addr, request, body).unwrap();
+        assert_eq!(resp.status(), Status::Ok, "{request:?}");
+    }
+    assert_eq!(peer.get(b"k", None).unwrap().unwrap().0, b"replicated");
+    stop_tx.send(()).unwrap();
+    server.join().unwrap();
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "only the peer's requests reached the handler"
+    );
 }

@@ -1,7 +1,8 @@
 //! A shard's connections to the shards after it in its chains, on other nodes: one
-//! pipelined connection per address, opened (and authenticated with the node's secret)
-//! on first use, dropped when it breaks or an answer does not come in time, and opened
-//! again by the next call.
+//! pipelined connection per address, opened (and authenticated with the cluster's peer
+//! key, which makes it a node's connection: the only kind that may send node-to-node
+//! requests) on first use, dropped when it breaks or an answer does not come in time, and
+//! opened again by the next call.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,16 +24,23 @@ pub enum LinkError {
 pub struct ChainLinks {
     conns: RefCell<HashMap<String, Connection<ReadyStream>>>,
     secret: Option<Vec<u8>>,
+    /// Holds the cluster's peer key once the control thread has read it (None: a single
+    /// node, which has no peers).
+    board: Option<std::sync::Arc<crate::map_cell::MapBoard>>,
     /// Calls waiting for an answer, counted on the shard's readiness set so that its
     /// poller keeps polling (made on first use: it must be on the shard's executor).
     waiting: std::cell::OnceCell<Outstanding>,
 }
 
 impl ChainLinks {
-    pub fn new(secret: Option<Vec<u8>>) -> ChainLinks {
+    pub fn new(
+        secret: Option<Vec<u8>>,
+        board: Option<std::sync::Arc<crate::map_cell::MapBoard>>,
+    ) -> ChainLinks {
         ChainLinks {
             conns: RefCell::new(HashMap::new()),
             secret,
+            board,
             waiting: std::cell::OnceCell::new(),
         }
     }
@@ -46,8 +54,20 @@ impl ChainLinks {
             .ok_or(LinkError::Timeout)?
             .map_err(|e| LinkError::Connect(format!("{addr}: {e}")))?;
         let conn = Connection::new(stream);
-        if let Some(secret) = &self.secret {
-            GlommioReady::timeout(limit, hotshard_net::client::authenticate(&conn, secret))
+        // A node proves the peer key (which also stands for the clients' secret); before
+        // it holds the key, the secret (its node-to-node requests are refused until then).
+        let key = self.board.as_ref().and_then(|b| b.peer_key());
+        if key.is_some() || self.secret.is_some() {
+            let proving = async {
+                match (key, &self.secret) {
+                    (Some(key), _) => hotshard_net::client::authenticate_as_peer(&conn, key).await,
+                    (None, secret) => {
+                        let secret = secret.as_deref().unwrap_or_default();
+                        hotshard_net::client::authenticate(&conn, secret).await
+                    }
+                }
+            };
+            GlommioReady::timeout(limit, proving)
                 .await
                 .ok_or(LinkError::Timeout)?
                 .map_err(|e| LinkError::Connect(format!("{addr}: {e}")))?;

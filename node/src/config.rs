@@ -97,6 +97,10 @@ pub struct AuthSection {
     pub secret: Option<String>,
     /// Or a file holding it (trailing newline ignored); keeps it out of the profile.
     pub secret_file: Option<PathBuf>,
+    /// A cluster node listening on an address other than loopback with no secret lets
+    /// anyone who reaches it read and write every key: it refuses to start unless this
+    /// says that is meant (a private network, a test bed).
+    pub insecure: bool,
 }
 
 impl std::fmt::Debug for AuthSection {
@@ -104,6 +108,7 @@ impl std::fmt::Debug for AuthSection {
         f.debug_struct("AuthSection")
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("secret_file", &self.secret_file)
+            .field("insecure", &self.insecure)
             .finish()
     }
 }
@@ -306,6 +311,22 @@ impl NodeConfig {
                 return Err(bad(
                     "cluster.etcd",
                     format!("'{e}' is not an http:// or https:// URL"),
+                ));
+            }
+            let open = self.auth.secret.is_none() && self.auth.secret_file.is_none();
+            let loopback = |a: &str| a.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if open
+                && !self.auth.insecure
+                && !(loopback(&self.node.listen) && loopback(&self.advertised_host()))
+            {
+                return Err(bad(
+                    "auth",
+                    format!(
+                        "a cluster node listening on {} with no secret lets anyone who reaches it read \
+                         and write every key: set auth.secret (or auth.secret_file), or \
+                         auth.insecure = true to run it open on purpose",
+                        self.node.listen
+                    ),
                 ));
             }
             let host = self.advertised_host();
@@ -577,6 +598,21 @@ mod tests {
         let e = NodeConfig::parse("[auth]\nsecret = \"0123456789abcdef-xyz\" junk\n").unwrap_err();
         assert!(!e.contains("0123456789abcdef"), "{e}");
         assert_eq!(NodeConfig::parse("").unwrap().secret().unwrap(), None);
+    }
+
+    #[test]
+    fn a_cluster_node_open_to_the_network_starts_only_with_a_secret_or_insecure_said() {
+        let cluster = "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n";
+        let open = format!("[node]\nlisten = \"0.0.0.0\"\n{cluster}advertise = \"10.0.0.5\"\n");
+        let e = NodeConfig::parse(&open).unwrap_err();
+        assert!(e.contains("auth") && e.contains("insecure"), "{e}");
+        let said = format!("{open}[auth]\ninsecure = true\n");
+        assert!(NodeConfig::parse(&said).is_ok());
+        let secret = format!("{open}[auth]\nsecret = \"0123456789abcdef-xyz\"\n");
+        assert!(NodeConfig::parse(&secret).is_ok());
+        // Loopback (the embedded default and the tests' clusters), or no cluster: as before.
+        assert!(NodeConfig::parse(cluster).is_ok());
+        assert!(NodeConfig::parse("[node]\nlisten = \"0.0.0.0\"\n").is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hotshard_cluster::coordinator::{map_revision, read_cluster_id, read_map};
+use hotshard_cluster::coordinator::{map_revision, read_cluster_id, read_map, read_peer_key};
 use hotshard_cluster::etcd_client::{Txn, TxnOp};
 use hotshard_cluster::registration::{register_again, NodeRecord};
 use hotshard_cluster::{connect, ClusterError, ClusterKeys};
@@ -95,6 +95,18 @@ async fn post_map(
             *warned_bits = true;
         }
         return true;
+    }
+    if ctx.board.peer_key().is_none() {
+        match read_peer_key(client, &ctx.keys).await {
+            Ok(Some(key)) => ctx.board.set_peer_key(key),
+            // Made before the map: a coordinator of an older release formed this cluster.
+            // Nodes cannot replicate to each other until one of this release makes it.
+            Ok(None) => tracing::warn!("the cluster has a map but no peer key yet"),
+            Err(e) => {
+                tracing::warn!("reading the cluster's peer key: {e}");
+                return false;
+            }
+        }
     }
     if map.epoch > ctx.board.epoch() {
         match read_cluster_id(client, &ctx.keys).await {

@@ -57,6 +57,17 @@ impl MapCell {
         }
     }
 
+    /// The cluster's peer key, once the node holds it (None on a single node: it has no
+    /// peers).
+    pub fn peer_key(&self) -> Option<&[u8]> {
+        self.board.as_ref()?.peer_key()
+    }
+
+    /// The board this shard is fenced by (in a cluster).
+    pub fn board(&self) -> Option<&Arc<MapBoard>> {
+        self.board.as_ref()
+    }
+
     /// Whether a request naming `epoch` may wait for it: in a cluster (a single node's
     /// map never changes), and no more than `EPOCH_WAIT_AHEAD` past the newest epoch the
     /// shard or its board holds.
@@ -239,6 +250,9 @@ pub struct MapBoard {
     /// yet said what it is now. Until a map records the current registration, the node
     /// treats every replica of its own as offline: it answers nothing of the cluster.
     recorded: std::sync::atomic::AtomicBool,
+    /// The cluster's peer key (from etcd): what this node's shards prove to other nodes,
+    /// and require of a connection before any node-to-node request.
+    peer_key: std::sync::OnceLock<Vec<u8>>,
 }
 
 /// A shard caught up with a partition's chain at a chain version (issue 20's resync).
@@ -293,6 +307,15 @@ impl MapBoard {
         }
         let at = self.lease_confirmed_ms.load(Ordering::Acquire);
         at == 0 || coarse_now_ms().saturating_sub(at) > after
+    }
+
+    /// The cluster's peer key, read from etcd (kept once: a node belongs to one cluster).
+    pub fn set_peer_key(&self, key: Vec<u8>) {
+        let _ = self.peer_key.set(key);
+    }
+
+    pub fn peer_key(&self) -> Option<&[u8]> {
+        self.peer_key.get().map(Vec::as_slice)
     }
 
     /// The node registered as `node` under `incarnation` (its lease): until a map posted

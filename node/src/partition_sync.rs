@@ -123,6 +123,20 @@ fn serving_ends(map: &ShardMap, partition: u32) -> Option<(Replica, Replica)> {
     Some((replica(head), replica(last)))
 }
 
+/// A version or floor a node-to-node request carries, refused (BadRequest) past the
+/// largest a log may reach, before anything touches the writer: a next log position near
+/// u64::MAX would wrap the next write's version.
+pub(crate) fn version_out_of_bounds(version: u64) -> Option<Reply<OutBuf>> {
+    (version > crate::store::limits::MAX_VERSION).then(|| {
+        Reply::status(Status::BadRequest {
+            reason: format!(
+                "version {version} is past the largest a log may reach ({})",
+                crate::store::limits::MAX_VERSION
+            ),
+        })
+    })
+}
+
 fn same(a: &ManifestEntry, b: &ManifestEntry) -> bool {
     a.version == b.version && a.crc32c == b.crc32c && a.tombstone == b.tombstone
 }
@@ -229,6 +243,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         else {
             return Reply::status(Status::Internal);
         };
+        if let Some(refused) = version_out_of_bounds(floor) {
+            return refused;
+        }
         if let Some(busy) = self.fenced_reply() {
             return busy;
         }
@@ -238,7 +255,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         if !owns(&self.map.borrow(), self.node_id, self.shard, partition) {
             return self.wrong_shard();
         }
-        self.store.raise_versions_past(floor);
+        if let Err(e) = self.store.raise_versions_past(floor) {
+            return Reply::status(status_of(&e));
+        }
         let write = match self.store.get(&key, None).await {
             Ok((value, version)) => crate::replication::ChainWrite::Put {
                 payload: Some(crate::put_payload::PutPayload::Heap(value.as_slice().to_vec())),

@@ -150,6 +150,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             return Reply::status(Status::Internal);
         };
         let started = Instant::now();
+        if let Some(refused) = crate::partition_sync::version_out_of_bounds(version) {
+            return refused;
+        }
         if let Some(busy) = self.fenced_reply() {
             return busy;
         }

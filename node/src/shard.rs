@@ -264,7 +264,7 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         admission: crate::admission::Admission::new(s.cfg.net.max_pending_requests, s.cfg.pending_bytes()),
         secret: s.cfg.secret()?,
         dirty: crate::dirty_keys::DirtyKeys::default(),
-        links: crate::chain_links::ChainLinks::new(s.cfg.secret()?),
+        links: crate::chain_links::ChainLinks::new(s.cfg.secret()?, s.board.clone()),
         answer_wait: Duration::from_millis(s.cfg.net.frame_timeout_ms),
         updating: Default::default(),
         sync: Default::default(),
@@ -407,6 +407,7 @@ async fn serve_connections(s: &ShardSetup, started: &Started) -> Connections {
             continue;
         }
         let _ = stream.set_nodelay(true);
+        let from = stream.peer_addr().ok();
         stats.connections.set(stats.connections.get() + 1);
         stats.connections_open.set(stats.connections_open.get() + 1);
         open.add();
@@ -423,6 +424,9 @@ async fn serve_connections(s: &ShardSetup, started: &Started) -> Connections {
             if report.unauthorized {
                 stats.auth_failures.set(stats.auth_failures.get() + 1);
             }
+            if report.refused_node_request {
+                note_refused_node_request(&stats, from);
+            }
             stats.connections_open.set(stats.connections_open.get() - 1);
             open.sub();
         })
@@ -433,6 +437,26 @@ async fn serve_connections(s: &ShardSetup, started: &Started) -> Connections {
         resp.await;
     }
     Connections { open, stop }
+}
+
+/// Most addresses a shard remembers having logged a refused node-to-node request from: a
+/// flood from many addresses is counted, not remembered without bound.
+const LOGGED_PEERS_MAX: usize = 1024;
+
+/// A connection sent a node-to-node request without proving the cluster's peer key:
+/// counted, and logged once per address.
+fn note_refused_node_request(stats: &ShardStats, from: Option<std::net::SocketAddr>) {
+    stats
+        .node_requests_refused
+        .set(stats.node_requests_refused.get() + 1);
+    let Some(from) = from else { return };
+    let mut logged = stats.node_requests_refused_from.borrow_mut();
+    if logged.len() < LOGGED_PEERS_MAX && logged.insert(from.ip()) {
+        tracing::warn!(
+            %from,
+            "refused a node-to-node request from a connection that did not prove the cluster's peer key (logged once per address)"
+        );
+    }
 }
 
 /// What a shard's RESP accept loop needs to know.

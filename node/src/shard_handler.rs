@@ -470,6 +470,10 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
         self.secret.as_deref()
     }
 
+    fn peer_key(&self) -> Option<&[u8]> {
+        self.map.peer_key()
+    }
+
     /// A PUT whose key this shard owns is received into a buffer of its DMA pool, which the
     /// batch writes from; any other payload (a key of another shard or node, a value short
     /// enough to ride inline, a pool with no room now) into an ordinary one. Nothing is

@@ -69,6 +69,11 @@ pub struct ShardStats {
     pub frame_timeouts: Cell<u64>,
     /// Connections refused for a missing or wrong proof of the shared secret.
     pub auth_failures: Cell<u64>,
+    /// Connections closed for a node-to-node request (Replicate, Reassert, SyncManifest)
+    /// without a proof of the cluster's peer key.
+    pub node_requests_refused: Cell<u64>,
+    /// The addresses already logged for that (once each, at most `LOGGED_PEERS_MAX`).
+    pub node_requests_refused_from: std::cell::RefCell<std::collections::HashSet<std::net::IpAddr>>,
     /// PUT payload bytes that arrived with their frame's header and were copied out of the
     /// connection's read buffer.
     pub payload_bytes_buffered: Cell<u64>,
@@ -143,7 +148,7 @@ impl ShardStats {
         let c = store.counters();
         let cache = store.cache_stats();
         let space = store.space();
-        let gauges: [(&str, u64); 36] = [
+        let gauges: [(&str, u64); 37] = [
             ("hotshard_forwarded_total", self.forwarded.get()),
             ("hotshard_connections_open", self.connections_open.get()),
             ("hotshard_segment_bytes", space.segment_bytes),
@@ -160,6 +165,10 @@ impl ShardStats {
             ("hotshard_fenced_refusals_total", self.fenced.get()),
             ("hotshard_frame_timeouts_total", self.frame_timeouts.get()),
             ("hotshard_auth_failures_total", self.auth_failures.get()),
+            (
+                "hotshard_node_requests_refused_total",
+                self.node_requests_refused.get(),
+            ),
             ("hotshard_cache_hits_total", cache.hits),
             ("hotshard_cache_misses_total", cache.misses),
             ("hotshard_cache_bytes", cache.bytes as u64),

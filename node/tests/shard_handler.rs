@@ -69,7 +69,7 @@ async fn handler_with_cache(
         admission: Admission::new(64, 1 << 20),
         secret: None,
         dirty: Default::default(),
-        links: hotshard_node::chain_links::ChainLinks::new(None),
+        links: hotshard_node::chain_links::ChainLinks::new(None, None),
         answer_wait: std::time::Duration::from_secs(5),
         updating: Default::default(),
         sync: Default::default(),

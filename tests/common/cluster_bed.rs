@@ -326,6 +326,11 @@ impl Bed {
         self.restart(i);
     }
 
+    /// The cluster's peer key, as the nodes read it from etcd (tests that speak as a node).
+    pub fn peer_key(&self) -> Vec<u8> {
+        peer_key_of(&self.etcd.endpoint, &self.name)
+    }
+
     /// `hotshard cluster ARGS --etcd ... --cluster ...`: (succeeded, stdout + stderr).
     pub fn cluster_cli(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(binary())
@@ -436,4 +441,20 @@ pub fn whole_chains(map: &ShardMap, replication: usize) -> usize {
                     .all(|r| matches!(r.state, ReplicaState::Serving | ReplicaState::Offline))
         })
         .count()
+}
+
+/// Cluster `name`'s peer key in the etcd at `endpoint` (made by its coordinator).
+pub fn peer_key_of(endpoint: &str, name: &str) -> Vec<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = hotshard_cluster::connect(&[endpoint.to_string()]).await.unwrap();
+        let keys = hotshard_cluster::ClusterKeys::new(name).unwrap();
+        hotshard_cluster::coordinator::read_peer_key(&client, &keys)
+            .await
+            .unwrap()
+            .expect("the coordinator made the peer key")
+    })
 }

@@ -68,6 +68,55 @@ fn new_cluster_id() -> ClusterResult<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// Makes the cluster's peer key if there is none yet (a put only if the key was never
+/// created: every coordinator may try, the first one's stays). Before the cluster forms,
+/// so that every node that finds a map finds the key too; and for a cluster formed before
+/// there were peer keys.
+pub async fn ensure_peer_key(client: &Client, keys: &ClusterKeys) -> ClusterResult<()> {
+    let mut b = [0u8; PEER_KEY_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .map_err(|e| ClusterError::BadState(format!("reading /dev/urandom: {e}")))?;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let absent = Compare::create_revision(keys.peer_key(), CompareOp::Equal, 0);
+    client
+        .clone()
+        .txn(
+            Txn::new()
+                .when([absent])
+                .and_then([TxnOp::put(keys.peer_key(), hex, None)]),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Bytes of a peer key (as `hotshard_net::auth::PEER_KEY_BYTES`; this crate does not
+/// depend on the wire crate).
+const PEER_KEY_BYTES: usize = 32;
+
+/// The cluster's peer key in etcd (None until a coordinator made it).
+pub async fn read_peer_key(client: &Client, keys: &ClusterKeys) -> ClusterResult<Option<Vec<u8>>> {
+    let got = client.clone().get(keys.peer_key(), None).await?;
+    let Some(kv) = got.kvs().first() else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(kv.value());
+    let bytes: Option<Vec<u8>> = text
+        .len()
+        .is_multiple_of(2)
+        .then(|| {
+            (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten();
+    match bytes {
+        Some(b) if !b.is_empty() => Ok(Some(b)),
+        _ => Err(ClusterError::BadState("the cluster's peer key is not hex".into())),
+    }
+}
+
 /// The cluster's id in etcd (None until it forms).
 pub async fn read_cluster_id(client: &Client, keys: &ClusterKeys) -> ClusterResult<Option<String>> {
     let got = client.clone().get(keys.cluster_id(), None).await?;
@@ -381,8 +430,24 @@ pub async fn run_coordinator(client: Client, cfg: CoordinatorConfig) {
             .watch(cfg.keys.caught_up_prefix(), Some(reports))
             .await
             .ok();
+        let mut has_peer_key = false;
         while leader.is_acting() {
-            match reconcile_once(&client, &leader, &cfg).await {
+            // The peer key first: a map with no key beside it would leave nodes unable to
+            // prove themselves to each other.
+            if !has_peer_key {
+                has_peer_key = match ensure_peer_key(&client, &cfg.keys).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!("making the cluster's peer key: {e}; trying again");
+                        false
+                    }
+                };
+            }
+            let reconciled = match has_peer_key {
+                true => reconcile_once(&client, &leader, &cfg).await,
+                false => Ok(None),
+            };
+            match reconciled {
                 Ok(_) => {}
                 Err(ClusterError::MapChanged) => {
                     tracing::info!("the map changed while updating it; reading it again")

@@ -46,6 +46,13 @@ impl ClusterKeys {
         format!("{}cluster_id", self.prefix)
     }
 
+    /// The cluster's peer key (hex): nodes prove it to each other before any node-to-node
+    /// request (`hotshard_net::auth`). Made once, before the cluster forms; whoever can
+    /// read etcd can read it, so etcd is where the cluster's trust lives.
+    pub fn peer_key(&self) -> String {
+        format!("{}peer_key", self.prefix)
+    }
+
     /// A node's registration, bound to the node's lease: gone when the node is.
     pub fn node(&self, id: u32) -> String {
         format!("{}nodes/{id:08}", self.prefix)

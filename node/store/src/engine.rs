@@ -456,6 +456,9 @@ impl<Q: BlockQueue> Store<Q> {
         if version == 0 {
             return Err(StoreError::BadRequest("version 0 means absent"));
         }
+        if version > crate::limits::MAX_VERSION {
+            return Err(StoreError::BadRequest("version past the largest a log may reach"));
+        }
         let kind = if value.is_some() {
             RecordKind::Put
         } else {
@@ -567,10 +570,15 @@ impl<Q: BlockQueue> Store<Q> {
     /// to rewrite a key that a replica holds at `version` (`bury_if_absent`, or a put of the
     /// same value) so that the replica takes the rewrite. The same rule as a versioned
     /// record's (the next LSN moves past it); nothing is written.
-    pub fn raise_versions_past(&self, version: u64) {
+    /// A version past `MAX_VERSION` is refused (nothing changes).
+    pub fn raise_versions_past(&self, version: u64) -> StoreResult<()> {
+        if version > crate::limits::MAX_VERSION {
+            return Err(StoreError::BadRequest("version past the largest a log may reach"));
+        }
         let mut st = self.inner.state.borrow_mut();
         let (writer, _) = st.log_mut();
         writer.next_lsn = writer.next_lsn.max(version.saturating_add(1));
+        Ok(())
     }
 
     /// Stages one write and waits until it is durable.

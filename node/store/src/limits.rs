@@ -9,6 +9,12 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// memory one request can pin.
 pub const MAX_VALUE_BYTES: usize = 8 << 20;
 
+/// Largest record version (a version is a log position: one per write). A version kept
+/// from elsewhere moves this log's next position past it, so one near u64::MAX would wrap
+/// the next write's; 2^62 is 14,000 years of writes at ten million a second. Versions
+/// above it are refused before they touch the writer.
+pub const MAX_VERSION: u64 = 1 << 62;
+
 /// Default segment size. A segment must hold the largest record (header + 1 KiB key +
 /// 8 MiB value) plus its segment header, and be large enough that GC moves data in big
 /// sequential reads.

@@ -135,7 +135,7 @@ fn an_expired_replicated_record_buried_by_gc_never_brings_an_older_version_back(
     let mut s = sim_store(&dev, small_config(SIM_BYTES));
     let value = |i: u64| make_value(i, 3_000);
     // This replica's log is far ahead of the head's versions.
-    s.raise_versions_past(1 << 40);
+    s.raise_versions_past(1 << 40).unwrap();
     block_on(s.apply_versioned(b"k", 2, Some(&value(1)), 10)).unwrap();
     // Records that stay live keep the old version's segment from being collected.
     for j in 0..30u64 {
