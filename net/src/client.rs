@@ -105,13 +105,7 @@ pub async fn authenticate<S>(conn: &Connection<S>, secret: &[u8]) -> Result<(), 
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
 {
-    let (resp, _) = conn.call(&Request::AuthChallenge, &[]).await?;
-    expect_ok(&resp)?;
-    let nonce = crate::auth::from_hex(resp.reason.as_str())
-        .ok_or_else(|| ClientError::Wire(WireError::Malformed("challenge is not hex".into())))?;
-    let proof = crate::auth::proof(secret, &nonce);
-    let (resp, _) = conn.call(&Request::AuthProof { proof }, &[]).await?;
-    expect_ok(&resp)
+    answer_challenge(conn, |nonce| crate::auth::proof(secret, nonce)).await
 }
 
 /// Proves the cluster's peer key on a new connection (a node calling another): challenge,
@@ -121,11 +115,22 @@ pub async fn authenticate_as_peer<S>(conn: &Connection<S>, key: &[u8]) -> Result
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
 {
+    answer_challenge(conn, |nonce| crate::auth::peer_proof(key, nonce)).await
+}
+
+/// Asks for a challenge and answers it with `prove(nonce)`.
+async fn answer_challenge<S>(
+    conn: &Connection<S>,
+    prove: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Result<(), ClientError>
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
     let (resp, _) = conn.call(&Request::AuthChallenge, &[]).await?;
     expect_ok(&resp)?;
     let nonce = crate::auth::from_hex(resp.reason.as_str())
         .ok_or_else(|| ClientError::Wire(WireError::Malformed("challenge is not hex".into())))?;
-    let proof = crate::auth::peer_proof(key, &nonce);
+    let proof = prove(&nonce);
     let (resp, _) = conn.call(&Request::AuthProof { proof }, &[]).await?;
     expect_ok(&resp)
 }
