@@ -447,3 +447,117 @@ fn large_set_values_are_received_straight_into_the_device_buffer() {
         "only {direct} bytes went straight into DMA buffers"
     );
 }
+
+/// A one-shard node with a 64 MiB DMA pool and no cache, as the issue's user had it.
+fn one_shard_small_pool(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    let cfg = dir.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ndata_dir = \"{}\"\ndata_bytes = 536870912\nbase_port = {port}\nadmin_port = {}\nresp_port = {}\ncores = [0]\n\
+             [queue]\npool_mib = 64\n[store]\nsegment_mib = 16\ncache_mib = 0\n",
+            dir.join("data").display(),
+            port + 3,
+            port + 2
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// One MGET of more uncached large values than the shard's DMA pool holds (issue 31 item
+/// 3): it answers, every value whole, and a GET of another uncached key on a native
+/// connection answers while it runs. Before, the MGET held every buffer it had read while
+/// its next read waited for one only its own reply would free: no answer, and every device
+/// read on the shard hung until the process restarted.
+#[test]
+fn an_mget_larger_than_the_dma_pool_answers_and_jams_nothing() {
+    let dir = test_dir();
+    let port = ports();
+    let _node = start_shards(&one_shard_small_pool(dir.path(), port), port, None, None, &[], 1);
+    let value = |i: usize| -> Vec<u8> { (0..1 << 20).map(|j| (j * 7 + i) as u8).collect() };
+    let mut s = connect(port);
+    for i in 0..101 {
+        let key = format!("mget:{i}");
+        assert_eq!(call(&mut s, &[b"SET", key.as_bytes(), &value(i)]), b"+OK\r\n");
+    }
+    let keys: Vec<String> = (0..100).map(|i| format!("mget:{i}")).collect();
+    let mut args: Vec<&[u8]> = vec![b"MGET"];
+    args.extend(keys.iter().map(|k| k.as_bytes()));
+    let started = Instant::now();
+    s.write_all(&command(&args)).unwrap();
+    // Meanwhile, a native GET of a key the MGET does not name (uncached: a device read).
+    let mut native = BlockingClient::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(10)).unwrap();
+    let got = native
+        .get(b"mget:100", None)
+        .expect("a GET during the MGET answers");
+    assert_eq!(got.unwrap().0, value(100));
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "the MGET's connection closed");
+        head.push(b[0]);
+    }
+    assert_eq!(head, b"*100\r\n");
+    for i in 0..100 {
+        assert!(reply(&mut s) == value(i), "MGET's value {i}");
+    }
+    eprintln!(
+        "MGET of 100 values of 1 MiB on a 64 MiB pool: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(call(&mut s, &[b"PING"]), b"+PONG\r\n");
+
+    // A client that pipelines GETs of those uncached values and never reads a reply: its
+    // replies hold device buffers until the frame timeout closes it, and reads that find
+    // the pool empty meanwhile are answered Busy at that timeout instead of waiting for
+    // ever. The node's memory stays bounded, and once the flood is gone a device read
+    // answers at once.
+    let pid = _node.child.as_ref().unwrap().id();
+    let before = rss_kib(pid);
+    let mut flood = connect(port);
+    flood.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut sent = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let key = format!("mget:{}", sent % 100);
+        if flood.write_all(&command(&[b"GET", key.as_bytes()])).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let grown_mib = rss_kib(pid).saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 300,
+        "the node grew by {grown_mib} MiB under {sent} unread GETs"
+    );
+    let mut other = connect(port);
+    assert_eq!(call(&mut other, &[b"PING"]), b"+PONG\r\n");
+    let flooded = Instant::now();
+    let mut native = BlockingClient::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(30)).unwrap();
+    let got = loop {
+        match native.get(b"mget:100", None) {
+            Ok(v) => break v,
+            Err(e) => {
+                assert!(
+                    flooded.elapsed() < Duration::from_secs(30),
+                    "no device read in 30 s: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert_eq!(got.unwrap().0, value(100));
+    eprintln!(
+        "{sent} unread GETs of 1 MiB: grew {grown_mib} MiB; another key read {:?} after the flood began",
+        flooded.elapsed()
+    );
+    drop(flood);
+    let after = Instant::now();
+    assert_eq!(native.get(b"mget:99", None).unwrap().unwrap().0, value(99));
+    assert!(
+        after.elapsed() < Duration::from_secs(2),
+        "a read after the flood took {:?}",
+        after.elapsed()
+    );
+}

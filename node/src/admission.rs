@@ -49,6 +49,12 @@ impl Admission {
         self.bytes.set(self.bytes.get() + bytes);
     }
 
+    /// Gives back bytes counted by `hold` (the reply that held them is gone), the request
+    /// itself having been released already.
+    pub fn unhold(&self, bytes: usize) {
+        self.bytes.set(self.bytes.get().saturating_sub(bytes));
+    }
+
     pub fn release(&self, payload: usize) {
         self.requests.set(self.requests.get().saturating_sub(1));
         self.bytes.set(self.bytes.get().saturating_sub(payload));
@@ -79,6 +85,9 @@ mod tests {
         assert!(!a.try_admit(0), "a large reply held counts against the budget");
         a.release(40 + 80);
         assert_eq!(a.in_use(), (0, 0));
+        a.hold(30);
+        a.unhold(30);
+        assert_eq!(a.in_use(), (0, 0), "a reply's bytes given back without a request");
     }
 
     #[test]

@@ -39,6 +39,12 @@ pub struct RespSection {
     pub keys_limit: u64,
     /// Whether FLUSHALL may delete every key (off: it is refused).
     pub allow_flushall: bool,
+    /// Bytes of values one shard's multi-key replies (MGET) may hold in memory before they
+    /// are written: each value is copied out of its device buffer as it is read (so that a
+    /// command never holds more than one buffer of the DMA pool and cannot wait on
+    /// itself), and the copies count here until the reply has gone. A command that would
+    /// pass it is answered an error. Redis's nearest is `client-output-buffer-limit`.
+    pub max_reply_mib: usize,
 }
 
 impl Default for RespSection {
@@ -46,6 +52,7 @@ impl Default for RespSection {
         RespSection {
             keys_limit: 10_000,
             allow_flushall: false,
+            max_reply_mib: 512,
         }
     }
 }

@@ -34,6 +34,9 @@ pub struct RespFront<Q: BlockQueue> {
     pub started: Instant,
     /// The durability the store acknowledges with (INFO says it).
     pub durability: String,
+    /// Bytes of values copied out for multi-key replies not yet written
+    /// (`resp.max_reply_mib`).
+    pub reply_bytes: Rc<std::cell::Cell<usize>>,
 }
 
 /// How a conditional write ended.
@@ -158,6 +161,46 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
         }
     }
 
+    /// A value read straight from the device, counted against the shard's admission
+    /// budget until its reply has gone, as a native GET's is: a client that pipelines
+    /// GETs and never reads their replies holds at most the budget, and is answered Busy
+    /// past it.
+    fn held_until_written(&self, v: OutBuf) -> OutBuf {
+        let len = v.as_ref().len();
+        if len == 0 || !matches!(v, OutBuf::Value(crate::store::Value::Dma { .. })) {
+            return v;
+        }
+        let h = self.shard.clone();
+        h.admission.hold(len);
+        let release: Rc<dyn Fn(usize)> = Rc::new(move |b| h.admission.unhold(b));
+        OutBuf::Charged(Box::new(v), crate::shard_handler::Charge::new(len, release))
+    }
+
+    /// A value of a multi-key reply, copied out of its device buffer now (the buffer goes
+    /// back to the pool before the next key is read: a command that held every buffer it
+    /// read waited for ever on one only its own reply would free) and counted against
+    /// `resp.max_reply_mib` until the reply has gone. An error past that budget.
+    fn copied_out(&self, v: OutBuf) -> Result<OutBuf, String> {
+        let len = v.as_ref().len();
+        let budget = self.cfg.max_reply_mib << 20;
+        let used = self.reply_bytes.get();
+        if used + len > budget {
+            return Err(format!(
+                "ERR the reply would hold more than this node's resp.max_reply_mib ({} MiB) of values: ask for fewer keys at once",
+                self.cfg.max_reply_mib
+            ));
+        }
+        let copied = OutBuf::Bytes(v.as_ref().to_vec());
+        drop(v);
+        self.reply_bytes.set(used + len);
+        let counter = self.reply_bytes.clone();
+        let release: Rc<dyn Fn(usize)> = Rc::new(move |b| counter.set(counter.get().saturating_sub(b)));
+        Ok(OutBuf::Charged(
+            Box::new(copied),
+            crate::shard_handler::Charge::new(len, release),
+        ))
+    }
+
     /// The length and expiry (Unix ms, 0: none) of `key`; None if it has none.
     async fn stat(&self, key: &[u8]) -> Result<Option<(u64, u64)>, String> {
         let request = Request::Stat {
@@ -219,7 +262,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
         }
         Ok(match c {
             C::Get(k) | C::GetEx(k, GetExpiry::Keep) => match self.get(k).await? {
-                Some((v, _)) => RespReply::Bulk(v),
+                Some((v, _)) => RespReply::Bulk(self.held_until_written(v)),
                 None => RespReply::null(),
             },
             C::Set {
@@ -293,7 +336,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
                     // A key that cannot be read is nil in MGET, as Redis gives for a
                     // key of another type.
                     parts.push(match self.get(k).await {
-                        Ok(Some((v, _))) => RespReply::Bulk(v),
+                        Ok(Some((v, _))) => RespReply::Bulk(self.copied_out(v)?),
                         Ok(None) | Err(_) => RespReply::null(),
                     });
                 }

@@ -294,6 +294,7 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
                 port: s.cfg.node.resp_port,
                 started: std::time::Instant::now(),
                 durability: s.cfg.store.durability.clone(),
+                reply_bytes: Default::default(),
             };
             Some((Rc::new(listener), Rc::new(front)))
         }

@@ -24,6 +24,9 @@ pub enum OutBuf {
     Value(Value),
     Bytes(Vec<u8>),
     Map(Rc<Vec<u8>>),
+    /// A reply's bytes counted against a budget until the reply is gone (written, or
+    /// dropped with its connection).
+    Charged(Box<OutBuf>, Charge),
 }
 
 impl AsRef<[u8]> for OutBuf {
@@ -32,7 +35,27 @@ impl AsRef<[u8]> for OutBuf {
             OutBuf::Value(v) => v.as_slice(),
             OutBuf::Bytes(b) => b,
             OutBuf::Map(b) => b,
+            OutBuf::Charged(b, _) => b.as_ref().as_ref(),
         }
+    }
+}
+
+/// Bytes counted against a budget while this lives; given back by `release` on drop.
+pub struct Charge {
+    release: Rc<dyn Fn(usize)>,
+    bytes: usize,
+}
+
+impl Charge {
+    /// `bytes` counted from now on (the caller has counted them); `release` gives them back.
+    pub fn new(bytes: usize, release: Rc<dyn Fn(usize)>) -> Charge {
+        Charge { release, bytes }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        (self.release)(self.bytes);
     }
 }
 
@@ -247,8 +270,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 }
                 let range = range.map(|r| (r.offset, r.len));
                 let r = match self.expiry_rule(&key, target.partition).await {
-                    Ok(ExpiryRule::ByClock) => self.store.get(&key, range).await,
-                    Ok(ExpiryRule::UntilBuried) => self.store.get_ignoring_expiry(&key, range).await,
+                    Ok(rule) => self.read_within_deadline(&key, range, rule).await,
                     Err(status) => return Reply::status(status),
                 };
                 let bytes = r.as_ref().map_or(0, |(v, _)| v.len() as u64);
@@ -331,6 +353,39 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             // Already authenticated, or no secret configured: nothing to prove. (A keyed
             // request never gets here: `execute` answers it.)
             _ => Reply::status(Status::Ok),
+        }
+    }
+
+    /// A read of `key`. With room in the DMA pool for the largest value, as it is (no
+    /// timer on the hot path); short of room, within the frame timeout, then Busy: a
+    /// read never waits without a deadline for a buffer that replies nobody reads (or a
+    /// command waiting on itself) may hold. Dropping a read whose I/O is under way is
+    /// safe: the queue keeps its buffer until the device is done with it.
+    async fn read_within_deadline(
+        &self,
+        key: &[u8],
+        range: Option<(u64, u64)>,
+        rule: ExpiryRule,
+    ) -> Result<(crate::store::Value, u64), StoreError> {
+        let read = async {
+            match rule {
+                ExpiryRule::ByClock => self.store.get(key, range).await,
+                ExpiryRule::UntilBuried => self.store.get_ignoring_expiry(key, range).await,
+            }
+        };
+        let roomy =
+            self.store.queue().pool().free_bytes() > crate::store::limits::MAX_VALUE_BYTES + (64 << 10);
+        if roomy {
+            return read.await;
+        }
+        match Glommio::timeout(self.answer_wait, read).await {
+            Some(r) => r,
+            None => {
+                self.stats.busy.set(self.stats.busy.get() + 1);
+                Err(StoreError::Busy(
+                    "no DMA buffer for the read within the frame timeout",
+                ))
+            }
         }
     }
 

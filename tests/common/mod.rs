@@ -115,6 +115,18 @@ fn start_inner(
     fd_limit: Option<u64>,
     env: &[(&str, &str)],
 ) -> Node {
+    start_shards(cfg, port, secret, fd_limit, env, 2)
+}
+
+/// Starts a node of `shards` shards and waits until each accepts connections.
+pub fn start_shards(
+    cfg: &Path,
+    port: u16,
+    secret: Option<&str>,
+    fd_limit: Option<u64>,
+    env: &[(&str, &str)],
+    shards: u16,
+) -> Node {
     let log_path = cfg.with_extension("log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut cmd = Command::new(binary());
@@ -151,7 +163,7 @@ fn start_inner(
         port,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    for shard in 0..2 {
+    for shard in 0..shards {
         let secret = secret.map(|s| s.as_bytes().to_vec());
         while BlockingClient::connect_with_secret(&node.addr(shard), Duration::from_secs(1), secret.clone())
             .is_err()
