@@ -325,3 +325,90 @@ fn no_client_writes_what_only_nodes_may() {
         assert_eq!(held, Some((next, b"after".to_vec())), "{addr}");
     }
 }
+
+/// One RESP command to the front at `addr`; its reply's first line.
+fn resp_line(addr: &str, args: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(out.as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "the front closed the connection");
+        reply.push(byte[0]);
+    }
+    String::from_utf8_lossy(&reply).trim_end().to_string()
+}
+
+/// An INCR sent to a node that does not head the key's chain is proxied to the head; when
+/// the proxy's wait ends before the head answers (its successor paused for 1.5 s, the
+/// proxying node's frame timeout 400 ms), the client is told the outcome is unknown, never
+/// TRYAGAIN: the increment is applied once the successor wakes, and a client that retried
+/// on TRYAGAIN would have counted twice (issue 31 item 4; it answered TRYAGAIN before).
+#[test]
+fn a_proxied_incr_whose_answer_is_lost_is_an_unknown_outcome() {
+    let mut bed = Bed::start("incr", 3, 3, 1, &[]);
+    // The third node proxies with a short wait.
+    let proxy = 2;
+    let cfg = bed.dirs[proxy].path().join("node.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replacen("[net]\n", "[net]\nframe_timeout_ms = 400\n", 1),
+    )
+    .unwrap();
+    bed.restart(proxy);
+    let proxy_id = bed.node_id(proxy);
+    let mut c = BlockingClient::connect(&bed.nodes[0].addr(0), Duration::from_secs(5)).unwrap();
+    eventually(Duration::from_secs(30), "the restarted node serves again", || {
+        c.refresh_map().is_ok()
+            && c.shard_map()
+                .chains
+                .iter()
+                .all(|ch| ch.replicas.iter().all(|r| r.state == ReplicaState::Serving))
+    });
+    let map = c.shard_map().clone();
+    // A key the proxy does not head, whose head's successor is not the proxy.
+    let (key, successor) = (0..)
+        .map(|i| format!("counter-{i}"))
+        .find_map(|k| {
+            let chain = map.chain(map.partition(k.as_bytes())).unwrap();
+            let nodes: Vec<u32> = chain
+                .replicas
+                .iter()
+                .map(|r| map.shards[r.shard as usize].node)
+                .collect();
+            (nodes[0] != proxy_id && nodes[1] != proxy_id).then_some((k, nodes[1]))
+        })
+        .unwrap();
+    let successor = (0..3).find(|&i| bed.node_id(i) == successor).unwrap();
+    let front = format!("127.0.0.1:{}", bed.nodes[proxy].port + 2);
+    eventually(Duration::from_secs(10), "the proxy's front takes a SET", || {
+        resp_line(&front, &["SET", &key, "0"]) == "+OK"
+    });
+
+    let pid = bed.nodes[successor].child.as_ref().unwrap().id() as i32;
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let answer = resp_line(&front, &["INCR", &key]);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert!(!answer.starts_with("-TRYAGAIN"), "INCR answered {answer}");
+    assert!(
+        answer.starts_with("-ERR outcome unknown") || answer == ":1",
+        "INCR answered {answer}"
+    );
+    eventually(Duration::from_secs(10), "the increment applied once", || {
+        c.get(key.as_bytes(), None)
+            .ok()
+            .flatten()
+            .is_some_and(|(v, _)| v == b"1")
+    });
+    eprintln!("a proxied INCR whose answer was lost: {answer}");
+}

@@ -131,14 +131,15 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
             Some(o) => o.addr.clone(),
             None => return Reply::status(Status::Busy),
         };
-        let writes = matches!(request, Request::Put { .. } | Request::Delete { .. });
         match h.links.call(&addr, request, value, h.answer_wait).await {
             Ok((response, body)) => Reply {
                 response,
                 payload: (!body.is_empty()).then_some(OutBuf::Bytes(body)),
             },
-            // A write handed over and not answered may have been applied.
-            Err(_) if writes => Reply::status(Status::OutcomeUnknown),
+            // Any write handed over and not answered (a Put, a Delete, an Update: INCR,
+            // APPEND, SET NX/XX/GET, GETDEL, EXPIRE) may have been applied: its outcome is
+            // unknown, never "try again" (a retried INCR would count twice).
+            Err(_) if !reads => Reply::status(Status::OutcomeUnknown),
             Err(_) => Reply::status(Status::Busy),
         }
     }
