@@ -188,3 +188,116 @@ fn the_admin_endpoint_closes_a_trickling_client() {
         started.elapsed()
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
+}
+
+/// Reads one RESP line.
+fn resp_line(s: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        if s.read(&mut b).unwrap_or(0) != 1 {
+            break;
+        }
+        line.push(b[0]);
+    }
+    String::from_utf8_lossy(&line).trim_end().to_string()
+}
+
+/// The RESP port before AUTH (issue 31 item 2), with a secret set: a connection may send
+/// only small commands (10 arguments of 16 KiB at most, as Redis since CVE-2021-32675),
+/// must authenticate within one frame timeout, takes no device buffer, and is closed at
+/// its third wrong password; RESP sockets have slots of their own. 1,100 idle RESP sockets
+/// keep no native client out, and are closed at the deadline; 200 SETs announcing an
+/// 8 MiB value with no body are each refused at once and hold nothing.
+#[test]
+fn the_resp_port_before_auth_holds_nothing_and_keeps_nobody_out() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let port = ports();
+    let cfg = write_config_with(
+        dir.path(),
+        port,
+        &format!("[auth]\nsecret = \"{SECRET}\"\n[net]\nframe_timeout_ms = 2000\nmax_connections = 512\n"),
+    );
+    let node = start_with_secret(&cfg, port, SECRET);
+    let pid = node.child.as_ref().unwrap().id();
+    let resp = ("127.0.0.1", port + 2);
+    let before = rss_kib(pid);
+
+    // 1,100 idle sockets on the RESP port (more than the 2 x 512 slots of the shards).
+    let idle: Vec<TcpStream> = (0..1100).filter_map(|_| TcpStream::connect(resp).ok()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = BlockingClient::connect_with_secret(
+        &node.addr(0),
+        Duration::from_secs(5),
+        Some(SECRET.as_bytes().to_vec()),
+    )
+    .expect("a native client gets in beside 1,100 idle RESP sockets");
+    c.put(b"k", b"v").unwrap();
+    // Closed at the AUTH deadline (one frame timeout of connecting).
+    let mut closed = 0;
+    for mut s in idle {
+        if closed_within(&mut s, Duration::from_secs(10)).is_some() {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 1100, "idle unauthenticated RESP sockets left open");
+
+    // 200 SET headers announcing 8 MiB values, no body: refused at once, as Redis does.
+    let mut floods = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(resp).unwrap();
+        s.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$8388608\r\n")
+            .unwrap();
+        floods.push(s);
+    }
+    let grown_mib = rss_kib(pid).saturating_sub(before) / 1024;
+    for mut s in floods {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(
+            resp_line(&mut s),
+            "-ERR Protocol error: unauthenticated bulk length"
+        );
+    }
+    assert!(grown_mib < 64, "RSS grew by {grown_mib} MiB");
+    // And 11 arguments.
+    let mut s = TcpStream::connect(resp).unwrap();
+    s.write_all(b"*11\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(
+        resp_line(&mut s),
+        "-ERR Protocol error: unauthenticated multibulk length"
+    );
+
+    // Wrong passwords: WRONGPASS as Redis says it, and the third closes the connection.
+    let mut s = TcpStream::connect(resp).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for i in 0..3 {
+        s.write_all(b"*2\r\n$4\r\nAUTH\r\n$5\r\nwrong\r\n").unwrap();
+        assert_eq!(
+            resp_line(&mut s),
+            "-WRONGPASS invalid username-password pair or user is disabled.",
+            "failure {i}"
+        );
+    }
+    assert!(closed_within(&mut s, Duration::from_secs(5)).is_some_and(|rest| rest.is_empty()));
+    // The right one, within the deadline, and the connection then works past it.
+    let mut s = TcpStream::connect(resp).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{SECRET}\r\n", SECRET.len()).as_bytes())
+        .unwrap();
+    assert_eq!(resp_line(&mut s), "+OK");
+    std::thread::sleep(Duration::from_millis(2500));
+    s.write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n").unwrap();
+    assert_eq!(resp_line(&mut s), "$1");
+    eprintln!(
+        "RSS {before} KiB before; grew {grown_mib} MiB under 1,100 idle sockets and 200 8 MiB SET headers"
+    );
+}

@@ -412,3 +412,50 @@ fn a_proxied_incr_whose_answer_is_lost_is_an_unknown_outcome() {
     });
     eprintln!("a proxied INCR whose answer was lost: {answer}");
 }
+
+/// Chains never wait behind clients for a connection (issue 31 item 2): a node whose
+/// clients' slots (`net.max_connections`, 8 here) are all held by idle clients still takes
+/// the connections of the other nodes (into slots kept for them, each proving the peer key
+/// first), so a node restarted meanwhile syncs from it and every chain is whole again.
+/// Before, the restarted node's links were refused and its chains stayed syncing.
+#[test]
+fn clients_holding_every_slot_keep_no_chain_link_out() {
+    let mut bed = Bed::start("slots", 3, 3, 1, &[]);
+    let full = 1;
+    let cfg = bed.dirs[full].path().join("node.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replacen("[net]\n", "[net]\nmax_connections = 8\n", 1)).unwrap();
+    let whole = |bed: &Bed| {
+        let map = bed.map();
+        map.epoch > 0 && whole_chains(&map, 3) == map.chains.len()
+    };
+    // Restarts node `i` and waits until the map has seen its new registration and every
+    // chain is whole again.
+    let restart_and_heal = |bed: &mut Bed, i: usize| {
+        let id = bed.node_id(i);
+        let was = bed.map().incarnation(id);
+        bed.restart(i);
+        eventually(Duration::from_secs(30), "the map records the restart", || {
+            let m = bed.map();
+            m.incarnation(id).is_some() && m.incarnation(id) != was
+        });
+        eventually(Duration::from_secs(60), "whole after the restart", || whole(bed))
+    };
+    restart_and_heal(&mut bed, full);
+    // Idle clients take every client slot of both shards of the node.
+    let idle: Vec<std::net::TcpStream> = (0..2)
+        .flat_map(|shard| {
+            let addr = bed.nodes[full].addr(shard);
+            (0..8).map(move |_| std::net::TcpStream::connect(&addr).unwrap())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        BlockingClient::connect(&bed.nodes[full].addr(0), Duration::from_secs(2)).is_err(),
+        "a ninth client got in"
+    );
+    // Another node restarts: its new links to the full node are a peer's.
+    let took = restart_and_heal(&mut bed, 2);
+    eprintln!("every chain whole {took:?} after a restart beside a node whose client slots were full");
+    drop(idle);
+}

@@ -103,6 +103,10 @@ pub struct ServerConfig {
     /// must leave within it; otherwise the connection is closed (slow or stuck peers).
     /// With a secret set, the handshake must also be over within this time of connecting.
     pub frame_timeout: Duration,
+    /// Only another node of the cluster may use this connection (one taken into the slots
+    /// kept for them when the clients' are full): it must prove the peer key within the
+    /// handshake deadline, before anything else; a client's secret does not do.
+    pub peers_only: bool,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +114,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             frame_timeout: Duration::from_secs(10),
+            peers_only: false,
         }
     }
 }
@@ -278,7 +283,7 @@ where
         Rc::new(move |bytes| handler.release(bytes))
     };
     let mut report = ConnectionReport::default();
-    let mut authenticated = handler.secret().is_none();
+    let mut authenticated = handler.secret().is_none() && !cfg.peers_only;
     // Proved the cluster's peer key: a node of this cluster.
     let mut peer = false;
     let handshake_deadline = Instant::now() + cfg.frame_timeout;
@@ -374,7 +379,7 @@ where
         };
         if !authenticated || matches!(request, Request::AuthChallenge | Request::AuthProof { .. }) {
             let keys = Keys {
-                secret: handler.secret(),
+                secret: handler.secret().filter(|_| !cfg.peers_only),
                 peer: handler.peer_key(),
             };
             match authenticate(keys, authenticated, &request, &mut nonce) {

@@ -381,7 +381,10 @@ async fn serve_connections(s: &ShardSetup, started: &Started) -> Connections {
     let server_cfg = ServerConfig {
         max_in_flight: s.cfg.net.max_in_flight,
         frame_timeout: std::time::Duration::from_millis(s.cfg.net.frame_timeout_ms),
+        peers_only: false,
     };
+    // Connections taken beyond `max_connections` for other nodes only.
+    let reserve_open = Rc::new(std::cell::Cell::new(0u64));
     let max_connections = s.cfg.net.max_connections as u64;
     let stats = &started.stats;
     let open = Rc::new(WaitableCount::default());
@@ -403,10 +406,23 @@ async fn serve_connections(s: &ShardSetup, started: &Started) -> Connections {
         ))
     });
     while let Some(stream) = started.listener.next(&s.shutdown, &stats.accept_errors).await {
-        if open.get() as u64 >= max_connections {
+        // Native connections only: RESP ones have slots of their own, so that idle RESP
+        // sockets never keep a client, or a chain link from another node, out. With the
+        // clients' slots full, `PEER_SLOTS` more are kept for other nodes of the cluster:
+        // such a connection must prove the peer key first (`ServerConfig::peers_only`).
+        let full = stats.connections_open.get() >= max_connections;
+        if full && (s.board.is_none() || reserve_open.get() >= PEER_SLOTS) {
             stats.connections_refused.set(stats.connections_refused.get() + 1);
             continue;
         }
+        let server_cfg = ServerConfig {
+            peers_only: full,
+            ..server_cfg
+        };
+        let reserved = full.then(|| {
+            reserve_open.set(reserve_open.get() + 1);
+            reserve_open.clone()
+        });
         let _ = stream.set_nodelay(true);
         let from = stream.peer_addr().ok();
         stats.connections.set(stats.connections.get() + 1);
@@ -428,6 +444,9 @@ async fn serve_connections(s: &ShardSetup, started: &Started) -> Connections {
             if report.refused_node_request {
                 note_refused_node_request(&stats, from);
             }
+            if let Some(r) = reserved {
+                r.set(r.get() - 1);
+            }
             stats.connections_open.set(stats.connections_open.get() - 1);
             open.sub();
         })
@@ -439,6 +458,11 @@ async fn serve_connections(s: &ShardSetup, started: &Started) -> Connections {
     }
     Connections { open, stop }
 }
+
+/// Connections a shard takes beyond `net.max_connections` for other nodes of the cluster
+/// (chain links), each of which must prove the peer key first: clients that fill every
+/// slot never cut a chain.
+const PEER_SLOTS: u64 = 64;
 
 /// Most addresses a shard remembers having logged a refused node-to-node request from: a
 /// flood from many addresses is counted, not remembered without bound.
@@ -470,7 +494,9 @@ struct RespLoop {
 }
 
 /// Accepts RESP connections from this shard's copy of the node's RESP socket and serves
-/// each on its own task (counted with the native ones in `open`), until the node stops.
+/// each on its own task (counted with the native ones in `open`, for the drain, but in
+/// slots of their own: `max_connections` RESP connections besides the native ones), until
+/// the node stops.
 async fn serve_resp(
     listener: Rc<Listener>,
     front: Rc<crate::resp_front::RespFront<AnyQueue>>,
@@ -483,7 +509,7 @@ async fn serve_resp(
     let stats = front.shard.stats.clone();
     let mut accepted = 0u64;
     while let Some(stream) = listener.next(&shutdown, &stats.accept_errors).await {
-        if open.get() as u64 >= how.max_connections {
+        if stats.resp_connections_open.get() >= how.max_connections {
             stats.connections_refused.set(stats.connections_refused.get() + 1);
             continue;
         }

@@ -30,6 +30,8 @@ use crate::vectored::MAX_SLICES;
 
 /// Socket reads go through a buffer at least this big.
 const READ_BYTES: usize = 64 << 10;
+/// Room for the `$<len>` line and the CRLF around one bulk argument.
+const MAX_HEADER_LINE: usize = 32;
 /// Replies ready together leave in one `sendmsg` up to about this many bytes.
 const WRITE_BATCH_BYTES: usize = 256 << 10;
 
@@ -252,6 +254,26 @@ fn key_hash(key: &[u8]) -> u64 {
 struct Session {
     authenticated: bool,
     name: Vec<u8>,
+    /// Failed AUTHs so far: the `AUTH_FAILURES_CLOSE`th closes the connection.
+    auth_failures: u32,
+}
+
+/// What a connection that has not authenticated (with a secret set) may send, as Redis
+/// limits it since CVE-2021-32675: at most 10 arguments, each at most 16 KiB, so that
+/// nobody who lacks the password makes the node allocate or hold more than that.
+pub const UNAUTHENTICATED: RespLimits = RespLimits {
+    max_args: 10,
+    max_bulk: 16 << 10,
+    max_inline: 16 << 10,
+};
+
+/// Failed AUTHs after which a connection is closed (each answered WRONGPASS first).
+pub const AUTH_FAILURES_CLOSE: u32 = 3;
+
+/// Redis's wording for a command past `UNAUTHENTICATED`.
+fn unauthenticated_error(e: String) -> String {
+    e.replace("invalid multibulk length", "unauthenticated multibulk length")
+        .replace("invalid bulk length", "unauthenticated bulk length")
 }
 
 /// Serves one RESP connection until the peer closes it, sends something malformed, says
@@ -311,7 +333,11 @@ where
     let mut session = Session {
         authenticated: handler.secret().is_none(),
         name: Vec::new(),
+        auth_failures: 0,
     };
+    // With a secret set, AUTH must come within one frame timeout of connecting: otherwise
+    // anyone who reaches the port holds a connection slot for ever by saying nothing.
+    let auth_deadline = Instant::now() + cfg.frame_timeout;
     let mut running = Running {
         count: Rc::new(Cell::new(0)),
         keys: HashSet::new(),
@@ -328,7 +354,15 @@ where
         // Every whole command in the buffer, in order.
         let mut at = 0usize;
         loop {
-            match parse_command(&buf[at..len], &cfg.limits) {
+            let limits = match session.authenticated {
+                true => cfg.limits,
+                false => UNAUTHENTICATED,
+            };
+            let max_command_bytes = match session.authenticated {
+                true => cfg.max_command_bytes,
+                false => UNAUTHENTICATED.max_args * (UNAUTHENTICATED.max_bulk + MAX_HEADER_LINE),
+            };
+            match parse_command(&buf[at..len], &limits) {
                 Parsed::Command(c) => {
                     let bytes = buf[at..at + c.consumed].to_vec();
                     at += c.consumed;
@@ -364,17 +398,16 @@ where
                     }
                 }
                 Parsed::Incomplete { need } => {
-                    if need > cfg.max_command_bytes {
-                        let e = format!(
-                            "ERR Protocol error: a command of more than {} bytes",
-                            cfg.max_command_bytes
-                        );
+                    if need > max_command_bytes {
+                        let e =
+                            format!("ERR Protocol error: a command of more than {max_command_bytes} bytes");
                         return fail(&outbox, &mut report, e);
                     }
                     if at < len && begun.is_none() {
                         begun = Some(Instant::now());
                     }
-                    if value.is_none() && need >= DIRECT_VALUE_BYTES {
+                    // No device buffer for anyone who has not authenticated.
+                    if value.is_none() && need >= DIRECT_VALUE_BYTES && session.authenticated {
                         let deadline = begun.unwrap_or_else(Instant::now) + cfg.frame_timeout;
                         match receive_value(r, &handler, &mut buf, at, len, &cfg.limits, deadline).await {
                             Direct::Received(v, new_len) => {
@@ -401,6 +434,9 @@ where
                     }
                     break;
                 }
+                Parsed::Error(e) if !session.authenticated => {
+                    return fail(&outbox, &mut report, unauthenticated_error(e))
+                }
                 Parsed::Error(e) => return fail(&outbox, &mut report, e),
             }
         }
@@ -409,6 +445,10 @@ where
             return report;
         }
         let deadline = begun.map(|b| b + cfg.frame_timeout);
+        let deadline = match session.authenticated {
+            true => deadline,
+            false => Some(deadline.map_or(auth_deadline, |d| d.min(auth_deadline))),
+        };
         let filled = {
             let read = async { Filled::Read(r.read(&mut buf[len..]).await) };
             let stopped = async {
@@ -668,6 +708,7 @@ fn own_command<H: RespHandler>(
             }
             Some(_) => {
                 report.auth_failures += 1;
+                session.auth_failures += 1;
                 Err(WRONGPASS.to_string())
             }
         }
@@ -675,12 +716,13 @@ fn own_command<H: RespHandler>(
     Some(match c {
         C::Auth { user, password } => match check(password, *user, session, report) {
             Ok(()) => (RespReply::ok(), false),
-            Err(e) => (RespReply::error(&e), false),
+            Err(e) => (RespReply::error(&e), session.auth_failures >= AUTH_FAILURES_CLOSE),
         },
         C::Hello { protover, auth } => {
             if let Some((user, password)) = auth {
                 if let Err(e) = check(password, Some(user), session, report) {
-                    return Some((RespReply::error(&e), false));
+                    let close = session.auth_failures >= AUTH_FAILURES_CLOSE;
+                    return Some((RespReply::error(&e), close));
                 }
             }
             if !session.authenticated {
