@@ -561,3 +561,35 @@ fn an_mget_larger_than_the_dma_pool_answers_and_jams_nothing() {
         after.elapsed()
     );
 }
+
+/// A command on the whole keyspace is a barrier both ways (issue 31 item 4): in one
+/// pipeline, `FLUSHALL; SET k v; GET k` answers the value (the SET waits for the
+/// FLUSHALL). Before, the SET ran beside the FLUSHALL, which then deleted it: GET k nil.
+#[test]
+fn a_flushall_in_a_pipeline_is_a_barrier_for_what_follows() {
+    let dir = test_dir();
+    let port = ports();
+    let _node = start(
+        &write_config_with(dir.path(), port, "[resp]\nallow_flushall = true\n"),
+        port,
+    );
+    let mut s = connect(port);
+    for round in 0..3 {
+        // Enough keys that the FLUSHALL takes a while.
+        let mut fill = Vec::new();
+        for i in 0..1000 {
+            fill.extend(command(&[b"SET", format!("fill:{i}").as_bytes(), b"x"]));
+        }
+        s.write_all(&fill).unwrap();
+        for _ in 0..1000 {
+            assert_eq!(reply(&mut s), b"+OK\r\n");
+        }
+        let mut pipeline = command(&[b"FLUSHALL"]);
+        pipeline.extend(command(&[b"SET", b"after", b"v"]));
+        pipeline.extend(command(&[b"GET", b"after"]));
+        s.write_all(&pipeline).unwrap();
+        assert_eq!(reply(&mut s), b"+OK\r\n", "FLUSHALL, round {round}");
+        assert_eq!(reply(&mut s), b"+OK\r\n", "SET, round {round}");
+        assert_eq!(reply(&mut s), b"v", "GET after FLUSHALL and SET, round {round}");
+    }
+}

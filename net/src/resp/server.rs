@@ -11,7 +11,7 @@
 //! replies before the connection stops reading.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::rc::Rc;
@@ -238,8 +238,47 @@ impl<B> Outbox<B> {
 /// of them waits until the running ones are done.
 struct Running {
     count: Rc<Cell<usize>>,
-    keys: HashSet<u64>,
+    /// The keys the running commands name, each with how many of them name it: a key
+    /// leaves when the last command naming it is answered (a client streaming new keys
+    /// holds only those of its commands in flight).
+    keys: Rc<RefCell<HashMap<u64, u32>>>,
+    /// A command on the whole keyspace (FLUSHALL, KEYS, SCAN, ...) runs: every command
+    /// after it waits for it, as every command before it was waited for.
+    whole: Rc<Cell<bool>>,
     waker: Rc<RefCell<Option<Waker>>>,
+}
+
+impl Running {
+    /// Marks `keys` (None: the whole keyspace) as named by a running command.
+    fn take(&self, keys: &Option<Vec<u64>>) {
+        match keys {
+            None => self.whole.set(true),
+            Some(ks) => {
+                let mut map = self.keys.borrow_mut();
+                for k in ks {
+                    *map.entry(*k).or_default() += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Gives back what `Running::take` marked, once its command is answered.
+fn give_back(keys: &RefCell<HashMap<u64, u32>>, whole: &Cell<bool>, taken: &Option<Vec<u64>>) {
+    match taken {
+        None => whole.set(false),
+        Some(ks) => {
+            let mut map = keys.borrow_mut();
+            for k in ks {
+                if let Some(n) = map.get_mut(k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        map.remove(k);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn key_hash(key: &[u8]) -> u64 {
@@ -340,7 +379,8 @@ where
     let auth_deadline = Instant::now() + cfg.frame_timeout;
     let mut running = Running {
         count: Rc::new(Cell::new(0)),
-        keys: HashSet::new(),
+        keys: Rc::new(RefCell::new(HashMap::new())),
+        whole: Rc::new(Cell::new(false)),
         waker: Rc::new(RefCell::new(None)),
     };
     let max_in_flight = cfg.max_in_flight.max(1);
@@ -576,7 +616,6 @@ async fn wait_idle(running: &mut Running) {
         }
     })
     .await;
-    running.keys.clear();
 }
 
 /// Answers one command, or starts it; false when the connection is to close after it.
@@ -645,30 +684,34 @@ async fn start<H: RespHandler>(
     running: &mut Running,
 ) -> bool {
     let keys = command.key_hashes(name);
-    match &keys {
-        None => wait_idle(running).await,
-        Some(ks) if ks.iter().any(|k| running.keys.contains(k)) => wait_idle(running).await,
-        Some(_) => {}
+    let must_wait = running.whole.get()
+        || match &keys {
+            None => true,
+            Some(ks) => {
+                let running_keys = running.keys.borrow();
+                ks.iter().any(|k| running_keys.contains_key(k))
+            }
+        };
+    if must_wait {
+        wait_idle(running).await;
     }
-    if running.count.get() == 0 {
-        running.keys.clear();
-    }
-    if let Some(ks) = keys {
-        running.keys.extend(ks);
-    }
+    running.take(&keys);
     let slot = outbox.push(None);
     // Poll once here: a command that needs no I/O (a cache hit) is answered without a
     // task of its own.
     let mut answer = Box::pin(handler.clone().call(command));
     if let Some(reply) = futures_lite::future::poll_once(answer.as_mut()).await {
+        give_back(&running.keys, &running.whole, &keys);
         *slot.reply.borrow_mut() = Some(reply);
         outbox.wake_writer();
         return true;
     }
     running.count.set(running.count.get() + 1);
     let (count, waker, outbox) = (running.count.clone(), running.waker.clone(), outbox.clone());
+    let (running_keys, whole) = (running.keys.clone(), running.whole.clone());
     glommio::spawn_local(async move {
         let reply = answer.await;
+        give_back(&running_keys, &whole, &keys);
         *slot.reply.borrow_mut() = Some(reply);
         count.set(count.get() - 1);
         if let Some(w) = waker.borrow_mut().take() {
@@ -940,4 +983,47 @@ where
     outbox.in_flight.sub(unsent.len());
     drop(unsent);
     let _ = w.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key leaves the running set when the last command naming it is answered, so a
+    /// client streaming new keys while others run keeps only those in flight (before, the
+    /// set was cleared only when nothing ran, and grew without bound under a stream).
+    #[test]
+    fn running_keys_leave_with_their_last_command() {
+        let running = Running {
+            count: Rc::new(Cell::new(0)),
+            keys: Rc::new(RefCell::new(HashMap::new())),
+            whole: Rc::new(Cell::new(false)),
+            waker: Rc::new(RefCell::new(None)),
+        };
+        let a = Some(vec![key_hash(b"a"), key_hash(b"b")]);
+        let b = Some(vec![key_hash(b"b")]);
+        running.take(&a);
+        running.take(&b);
+        give_back(&running.keys, &running.whole, &a);
+        assert_eq!(
+            running.keys.borrow().len(),
+            1,
+            "b is still named by a running command"
+        );
+        give_back(&running.keys, &running.whole, &b);
+        assert!(running.keys.borrow().is_empty());
+        for i in 0..10_000u32 {
+            let k = Some(vec![key_hash(&i.to_le_bytes())]);
+            running.take(&k);
+            give_back(&running.keys, &running.whole, &k);
+        }
+        assert!(
+            running.keys.borrow().is_empty(),
+            "a stream of new keys leaves nothing"
+        );
+        running.take(&None);
+        assert!(running.whole.get());
+        give_back(&running.keys, &running.whole, &None);
+        assert!(!running.whole.get());
+    }
 }
