@@ -159,7 +159,9 @@ pub fn access_request(header: &HeaderBuf, payload_len: u32) -> Result<&ArchivedR
                 )));
             }
         }
-        ArchivedRequest::ListKeys { partitions, pattern } => {
+        ArchivedRequest::ListKeys {
+            partitions, pattern, ..
+        } => {
             if partitions.len() > MAX_LIST_PARTITIONS || pattern.len() > MAX_KEY_BYTES {
                 return Err(WireError::Malformed(format!(
                     "a key listing of {} partitions with a pattern of {} bytes",
@@ -241,7 +243,7 @@ mod tests {
         let ping = encode_request(7, &Request::Ping, 0).unwrap();
         assert_eq!(
             hex(&ping[..PREAMBLE_BYTES]),
-            "485357310201000038000000000000000700000000000000"
+            "485357310301000038000000000000000700000000000000"
         );
         let put = Request::Put {
             key: b"k1".to_vec(),
@@ -253,7 +255,7 @@ mod tests {
             expires_ms: 0,
         };
         let bytes = encode_request(1, &put, 4).unwrap();
-        assert_eq!(hex(&bytes), "4853573102010000400000000400000001000000000000006b3100000000000001000000f4ffffff020000000000000001000000000000000500000000000000090000000000000003000000000000000000000000000000");
+        assert_eq!(hex(&bytes), "4853573103010000400000000400000001000000000000006b3100000000000001000000f4ffffff020000000000000001000000000000000500000000000000090000000000000003000000000000000000000000000000");
     }
 
     #[test]
@@ -262,7 +264,7 @@ mod tests {
         r.version = 41;
         let bytes = encode_response(2, &r, 0).unwrap();
         // Issue 21 added `expires_ms`: the header is 8 bytes longer (0x38), those 8 at its end.
-        assert_eq!(hex(&bytes), "48535731020200003800000000000000020000000000000003000000000000002a00000000000000ffffffffffffffff2900000000000000000000000000000000000000000000000000000000000000");
+        assert_eq!(hex(&bytes), "48535731030200003800000000000000020000000000000003000000000000002a00000000000000ffffffffffffffff2900000000000000000000000000000000000000000000000000000000000000");
     }
 
     #[test]
@@ -336,6 +338,7 @@ mod tests {
             Request::ListKeys {
                 partitions: vec![0, 7, 4095],
                 pattern: b"user:*".to_vec(),
+                from_hash: 12345,
             },
             Request::Update {
                 key: b"i".to_vec(),

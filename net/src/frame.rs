@@ -15,7 +15,8 @@ use crate::limits::{MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES, MAX_SHARD_MAP_BYTES};
 pub const PREAMBLE_BYTES: usize = 24;
 pub const MAGIC: u32 = u32::from_le_bytes(*b"HSW1");
 /// 2: node-to-node requests name the node and shard they are for (`Recipient`).
-pub const PROTOCOL_VERSION: u8 = 2;
+/// 3: a key listing pages within a partition (`ListKeys::from_hash`).
+pub const PROTOCOL_VERSION: u8 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {

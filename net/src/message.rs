@@ -106,11 +106,15 @@ pub enum Request {
     /// The live keys of `partitions` that match `pattern` (Redis's glob; empty: every key),
     /// for SCAN and KEYS (issue 21): the answer's payload is each key as a 2-byte
     /// little-endian length and its bytes; `arg` is how many of `partitions`, from the
-    /// first, it covers whole (ask again for the rest). Refused (`WrongShard`) unless the
-    /// receiver serves every one of them.
+    /// first, it covers whole (ask again for the rest). A partition too large for one
+    /// answer is listed in pages, in the order of `list_hash`: the answer's `version` is
+    /// then the hash the first partition it did not cover resumes from (0: none), and
+    /// `from_hash` asks for the first partition's keys from that hash on (0: all). Refused
+    /// (`WrongShard`) unless the receiver serves every one of them.
     ListKeys {
         partitions: Vec<u32>,
         pattern: Vec<u8>,
+        from_hash: u64,
     },
     /// A read-modify-write of one key (RESP's INCR, APPEND, SET with NX/XX/GET, GETDEL),
     /// run at the key's head, one at a time per key there, as a read and a write
@@ -305,4 +309,15 @@ impl ArchivedResponse {
     pub fn status(&self) -> Status {
         Status::from_wire(self.code.to_native(), self.arg.to_native(), self.reason.as_str())
     }
+}
+
+/// Bits of `list_hash`: it shares a RESP SCAN cursor (64 bits) with a partition number
+/// (at most 16 bits) and a flag.
+pub const LIST_HASH_BITS: u32 = 47;
+
+/// A key's place in the pages of its partition's listing (`Request::ListKeys`): the top
+/// `LIST_HASH_BITS` bits of its XXH3, never 0 (0 means "from the start"). A key keeps its
+/// place whatever is written, so a key present for a whole listing is listed at least once.
+pub fn list_hash(key: &[u8]) -> u64 {
+    (xxhash_rust::xxh3::xxh3_64(key) >> (64 - LIST_HASH_BITS)).max(1)
 }

@@ -22,6 +22,24 @@ use crate::shard_handler::{keyed, OutBuf, ShardHandler};
 
 type R = RespReply<OutBuf>;
 
+/// A SCAN cursor: partition `p` from its start, or (the top bit set) from `list_hash`
+/// `resume` on, with the partition in the bits above the hash's.
+fn scan_cursor(p: u64, resume: u64) -> u64 {
+    match resume {
+        0 => p,
+        r => 1 << 63 | p << hotshard_net::message::LIST_HASH_BITS | r,
+    }
+}
+
+/// The partition and the hash a SCAN cursor names (`scan_cursor`).
+fn from_scan_cursor(c: u64) -> (u64, u64) {
+    let bits = hotshard_net::message::LIST_HASH_BITS;
+    match c >> 63 {
+        0 => (c, 0),
+        _ => ((c & !(1 << 63)) >> bits, c & ((1 << bits) - 1)),
+    }
+}
+
 /// Most partitions one SCAN call covers.
 const SCAN_SPAN: u32 = hotshard_net::limits::MAX_LIST_PARTITIONS as u32;
 
@@ -420,14 +438,16 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
                 RespReply::Raw(out)
             }
             C::Keys(pattern) => {
-                let held = self.node_metric("hotshard_objects").await;
-                if held > self.cfg.keys_limit {
+                // A listing may list a key twice (on a map change): twice the limit.
+                let keys = self
+                    .all_keys(pattern, Some(self.cfg.keys_limit.saturating_mul(2)))
+                    .await?;
+                if keys.len() as u64 > self.cfg.keys_limit {
                     return Err(format!(
-                        "ERR KEYS is refused on a node holding more than {} keys (this one holds {held}): use SCAN",
+                        "ERR KEYS is refused past {} keys (resp.keys_limit): use SCAN",
                         self.cfg.keys_limit
                     ));
                 }
-                let keys = self.all_keys(pattern).await?;
                 let mut out = Vec::new();
                 hotshard_net::resp::reply::array_header(&mut out, keys.len());
                 for k in &keys {
@@ -442,7 +462,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
                             .into(),
                     );
                 }
-                for k in self.all_keys(b"").await? {
+                for k in self.all_keys(b"", None).await? {
                     self.delete(&k, None).await?;
                 }
                 RespReply::ok()
@@ -520,17 +540,19 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
         }
     }
 
-    /// One of a local shard's listings (or a remote node's): the keys and how many of
-    /// `partitions` they cover.
+    /// One of a local shard's listings (or a remote node's): the keys, how many of
+    /// `partitions` they cover, and where the first one not covered resumes (0: its start).
     async fn list(
         &self,
         server: Server,
         partitions: Vec<u32>,
         pattern: &[u8],
-    ) -> Result<(Vec<Vec<u8>>, usize), String> {
+        from_hash: u64,
+    ) -> Result<(Vec<Vec<u8>>, usize, u64), String> {
         let request = Request::ListKeys {
             partitions,
             pattern: pattern.to_vec(),
+            from_hash,
         };
         let h = &self.shard;
         let (response, body): (Response, Vec<u8>) = match server {
@@ -553,16 +575,18 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
         match response.status() {
             Status::Ok => {
                 let keys = decode_keys(&body).ok_or("ERR a malformed key listing")?;
-                Ok((keys, response.arg as usize))
+                Ok((keys, response.arg as usize, response.version))
             }
             s => Err(status_error(&s)),
         }
     }
 
-    /// SCAN from `cursor` (a partition number; 0 at the start and at the end): the next
-    /// span of partitions, each listed whole by a shard that serves it, so a key present
-    /// for the whole scan is returned at least once whatever is written meanwhile.
+    /// SCAN from `cursor` (`scan_cursor`: a partition, and where in it; 0 at the start and
+    /// at the end): the next span of partitions, each listed whole (a large one in pages
+    /// in the order of `list_hash`) by a shard that serves it, so a key present for the
+    /// whole scan is returned at least once whatever is written meanwhile.
     async fn scan(&self, cursor: u64, pattern: &[u8]) -> Result<(u64, Vec<Vec<u8>>), String> {
+        let (cursor, from_hash) = from_scan_cursor(cursor);
         let (total, groups) = {
             let map = self.shard.map.borrow();
             let total = 1u64 << map.partition_bits;
@@ -590,24 +614,41 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
             .iter()
             .flat_map(|(_, ps)| ps.last().copied())
             .max()
-            .map_or(total, |p| p as u64 + 1);
+            .map_or((total, 0), |p| (p as u64 + 1, 0));
         let mut keys = Vec::new();
         for (server, partitions) in groups {
-            let (mut listed, done) = self.list(server, partitions.clone(), pattern).await?;
-            if let Some(&first_left) = partitions.get(done.max(1)) {
-                next = next.min(first_left as u64);
+            // The cursor's partition is the first of its server's.
+            let from = match partitions.first() {
+                Some(&p) if p as u64 == cursor => from_hash,
+                _ => 0,
+            };
+            let (mut listed, done, resume) = self.list(server, partitions.clone(), pattern, from).await?;
+            // A listing covers at least its first partition, or part of it (`resume`).
+            let left = if resume > 0 { done } else { done.max(1) };
+            if let Some(&first_left) = partitions.get(left) {
+                let here = (first_left as u64, if left == done { resume } else { 0 });
+                next = next.min(here);
             }
             keys.append(&mut listed);
         }
-        Ok((if next >= total { 0 } else { next }, keys))
+        let (p, resume) = next;
+        Ok((if p >= total { 0 } else { scan_cursor(p, resume) }, keys))
     }
 
-    /// Every key matching `pattern` (KEYS, FLUSHALL): a whole SCAN, each key once.
-    async fn all_keys(&self, pattern: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    /// Every key matching `pattern` (KEYS, FLUSHALL): a whole SCAN, each key once; with
+    /// `limit`, an error as soon as more keys than that were listed (KEYS, before it has
+    /// gathered the cluster's keys: the guard counts what it lists, not what one node
+    /// holds).
+    async fn all_keys(&self, pattern: &[u8], limit: Option<u64>) -> Result<Vec<Vec<u8>>, String> {
         let (mut cursor, mut keys) = (0, Vec::new());
         loop {
             let (next, mut page) = self.scan(cursor, pattern).await?;
             keys.append(&mut page);
+            if let Some(limit) = limit.filter(|&l| keys.len() as u64 > l) {
+                return Err(format!(
+                    "ERR KEYS is refused past {limit} keys (resp.keys_limit): use SCAN"
+                ));
+            }
             if next == 0 {
                 break;
             }
@@ -825,6 +866,22 @@ impl<Q: BlockQueue + 'static> RespHandler for RespFront<Q> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scan_cursors_name_a_partition_and_a_place_in_it() {
+        for (p, h) in [
+            (0, 0),
+            (5, 0),
+            (65_535, 0),
+            (0, 1),
+            (7, 12_345),
+            (65_535, (1 << 47) - 1),
+        ] {
+            let c = scan_cursor(p, h);
+            assert_eq!(from_scan_cursor(c), (p, h), "cursor {c}");
+            assert_eq!(c == 0, p == 0 && h == 0, "0 only for the start");
+        }
+    }
 
     #[test]
     fn ranges_count_from_either_end() {

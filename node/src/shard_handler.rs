@@ -349,7 +349,11 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                     Err(_) => Reply::status(Status::Internal),
                 }
             }
-            Request::ListKeys { partitions, pattern } => self.answer_list_keys(&partitions, &pattern),
+            Request::ListKeys {
+                partitions,
+                pattern,
+                from_hash,
+            } => self.answer_list_keys(&partitions, &pattern, from_hash),
             // Already authenticated, or no secret configured: nothing to prove. (A keyed
             // request never gets here: `execute` answers it.)
             _ => Reply::status(Status::Ok),

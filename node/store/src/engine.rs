@@ -878,6 +878,22 @@ impl<Q: BlockQueue> Store<Q> {
         keep: impl Fn(&[u8]) -> bool,
         max_bytes: usize,
     ) -> (Vec<Vec<u8>>, usize) {
+        let by_partition = self.keys_by_partition(partitions, keep);
+        let (mut keys, mut bytes, mut done) = (Vec::new(), 0usize, 0usize);
+        for group in by_partition {
+            if bytes >= max_bytes && done > 0 {
+                break;
+            }
+            bytes += group.iter().map(|k| k.len() + 2).sum::<usize>();
+            keys.extend(group);
+            done += 1;
+        }
+        (keys, done)
+    }
+
+    /// The live keys of each of `partitions` that `keep` accepts, one list per partition
+    /// in the order given, in one walk of the index.
+    pub fn keys_by_partition(&self, partitions: &[u16], keep: impl Fn(&[u8]) -> bool) -> Vec<Vec<Vec<u8>>> {
         let mut wanted: std::collections::HashMap<u16, usize> = std::collections::HashMap::new();
         for (i, p) in partitions.iter().enumerate() {
             wanted.entry(*p).or_insert(i);
@@ -897,16 +913,7 @@ impl<Q: BlockQueue> Store<Q> {
                 }
             }
         }
-        let (mut keys, mut bytes, mut done) = (Vec::new(), 0usize, 0usize);
-        for group in by_partition {
-            if bytes >= max_bytes && done > 0 {
-                break;
-            }
-            bytes += group.iter().map(|k| k.len() + 2).sum::<usize>();
-            keys.extend(group);
-            done += 1;
-        }
-        (keys, done)
+        by_partition
     }
 
     /// Every key of `partition` the index holds, tombstones included, with version and
