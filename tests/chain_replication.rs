@@ -326,25 +326,6 @@ fn no_client_writes_what_only_nodes_may() {
     }
 }
 
-/// One RESP command to the front at `addr`; its reply's first line.
-fn resp_line(addr: &str, args: &[&str]) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut out = format!("*{}\r\n", args.len());
-    for a in args {
-        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(out.as_bytes()).unwrap();
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    while !reply.ends_with(b"\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "the front closed the connection");
-        reply.push(byte[0]);
-    }
-    String::from_utf8_lossy(&reply).trim_end().to_string()
-}
-
 /// An INCR sent to a node that does not head the key's chain is proxied to the head; when
 /// the proxy's wait ends before the head answers (its successor paused for 1.5 s, the
 /// proxying node's frame timeout 400 ms), the client is told the outcome is unknown, never
@@ -389,13 +370,13 @@ fn a_proxied_incr_whose_answer_is_lost_is_an_unknown_outcome() {
     let successor = (0..3).find(|&i| bed.node_id(i) == successor).unwrap();
     let front = format!("127.0.0.1:{}", bed.nodes[proxy].port + 2);
     eventually(Duration::from_secs(10), "the proxy's front takes a SET", || {
-        resp_line(&front, &["SET", &key, "0"]) == "+OK"
+        resp(&front, &["SET", &key, "0"]) == "+OK"
     });
 
     let pid = bed.nodes[successor].child.as_ref().unwrap().id() as i32;
     // SAFETY: signalling our own child process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    let answer = resp_line(&front, &["INCR", &key]);
+    let answer = resp(&front, &["INCR", &key]);
     std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);

@@ -13,7 +13,6 @@ mod cluster_bed;
 #[path = "../node/cluster/tests/common/mod.rs"]
 mod etcd;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cluster_bed::*;
@@ -62,24 +61,6 @@ fn expiry_at_head(c: &mut BlockingClient, map: &ShardMap, key: &[u8]) -> u64 {
     let (r, _) = c.call_at(&head.addr, &stat, &[]).unwrap();
     assert_eq!(r.status(), Status::Ok, "stat at the head");
     r.expires_ms
-}
-
-/// One RESP command to the front at `addr`; its reply's first line.
-fn resp(addr: &str, args: &[&str]) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut out = format!("*{}\r\n", args.len());
-    for a in args {
-        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(out.as_bytes()).unwrap();
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    while !reply.ends_with(b"\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "the front closed the connection");
-        reply.push(byte[0]);
-    }
-    String::from_utf8_lossy(&reply).trim_end().to_string()
 }
 
 #[test]

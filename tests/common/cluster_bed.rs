@@ -458,3 +458,22 @@ pub fn peer_key_of(endpoint: &str, name: &str) -> Vec<u8> {
             .expect("the coordinator made the peer key")
     })
 }
+
+/// One RESP command to the front at `addr`; its reply's first line.
+pub fn resp(addr: &str, args: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(out.as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "the front closed the connection");
+        reply.push(byte[0]);
+    }
+    String::from_utf8_lossy(&reply).trim_end().to_string()
+}
