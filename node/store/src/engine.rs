@@ -838,8 +838,8 @@ impl<Q: BlockQueue> Store<Q> {
         })
     }
 
-    /// The live keys of `partition`, with versions: a walk of the index slots, which keep
-    /// each object's partition (no key is hashed).
+    /// The live keys of `partition`, with versions: a walk of that partition's list of
+    /// index slots (no key is hashed).
     pub fn keys_in_partition(&self, partition: u16) -> Vec<(Vec<u8>, u64)> {
         let st = self.inner.state.borrow();
         let now = now_ms();
@@ -868,7 +868,7 @@ impl<Q: BlockQueue> Store<Q> {
     }
 
     /// The live keys of `partitions` that `keep` accepts, grouped by partition in the
-    /// order given: one walk of the index slots. Whole partitions only, in order, until
+    /// order given: a walk of each partition's list. Whole partitions only, in order, until
     /// their keys together pass `max_bytes` (the partition that passes it is the last one
     /// given back, so at least one always is); returns the keys and how many partitions
     /// they cover.
@@ -892,33 +892,31 @@ impl<Q: BlockQueue> Store<Q> {
     }
 
     /// The live keys of each of `partitions` that `keep` accepts, one list per partition
-    /// in the order given, in one walk of the index.
+    /// in the order given (a partition named twice is listed at its first place): a walk of
+    /// each partition's own list, costing their objects, not the shard's.
     pub fn keys_by_partition(&self, partitions: &[u16], keep: impl Fn(&[u8]) -> bool) -> Vec<Vec<Vec<u8>>> {
-        let mut wanted: std::collections::HashMap<u16, usize> = std::collections::HashMap::new();
-        for (i, p) in partitions.iter().enumerate() {
-            wanted.entry(*p).or_insert(i);
-        }
-        let mut by_partition: Vec<Vec<Vec<u8>>> = vec![Vec::new(); partitions.len()];
-        {
-            let st = self.inner.state.borrow();
-            let now = now_ms();
-            for (k, p, e) in st.index().iter_with_partition() {
-                if !e.live_at(now) {
-                    continue;
+        let st = self.inner.state.borrow();
+        let now = now_ms();
+        let mut seen = std::collections::HashSet::new();
+        partitions
+            .iter()
+            .map(|&p| {
+                if !seen.insert(p) {
+                    return Vec::new();
                 }
-                if let Some(&i) = wanted.get(&p) {
-                    if keep(k) {
-                        by_partition[i].push(k.to_vec());
-                    }
-                }
-            }
-        }
-        by_partition
+                st.index()
+                    .iter_partition(p)
+                    .filter(|(k, e)| e.live_at(now) && keep(k))
+                    .map(|(k, _)| k.to_vec())
+                    .collect()
+            })
+            .collect()
     }
 
     /// Every key of `partition` the index holds, tombstones included, with version and
     /// value checksum, in key order: what a replica compares with another's to resync
-    /// (issue 20). A walk of the index slots (no key is hashed).
+    /// (issue 20). A walk of that partition's list of index slots (no key is hashed), so a
+    /// page costs the partition, not the shard (issue 31).
     pub fn partition_manifest(&self, partition: u16) -> Vec<ManifestEntry> {
         let st = self.inner.state.borrow();
         let mut entries: Vec<ManifestEntry> = st

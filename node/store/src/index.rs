@@ -2,8 +2,10 @@
 //! its newest value, and the object's partition. Built to be small: a hash table of 8-byte
 //! (slot id, hash) pairs, a dense array of 40-byte slots, and the key bytes in one arena
 //! (no per-key allocation). Keeping 32 hash bits in the table lets it grow without touching
-//! slots or keys; keeping the partition in the slot makes "every object of partition P" a
-//! walk of the slots, with no key hashed again.
+//! slots or keys. Each partition keeps the list of its slot ids (and each slot its place in
+//! that list, in an array beside the slots), so "every object of partition P" costs the
+//! objects of P, not of the shard: a resync page or a listing of one partition does not
+//! walk the whole index (issue 31). 8 bytes per key more than the slot's 40.
 
 use hashbrown::HashTable;
 
@@ -126,6 +128,10 @@ pub struct Index {
     /// (slot id, 32 bits of the key's hash).
     table: HashTable<(u32, u32)>,
     slots: Vec<Slot>,
+    /// Slot ids of each partition (indexed by partition), in no order.
+    members: Vec<Vec<u32>>,
+    /// For each slot (same index), its place in its partition's `members` list.
+    member_at: Vec<u32>,
     keys: Vec<u8>,
     /// Arena bytes of removed keys, reclaimed by compaction.
     garbage: usize,
@@ -140,6 +146,8 @@ impl Default for Index {
         Index {
             table: HashTable::new(),
             slots: Vec::new(),
+            members: Vec::new(),
+            member_at: Vec::new(),
             keys: Vec::new(),
             garbage: 0,
             hasher: ahash::RandomState::new(),
@@ -260,6 +268,7 @@ impl Index {
                     key_len: key.len() as u16,
                     partition,
                 });
+                self.join_partition(id, partition);
                 self.table.insert_unique(hash, (id, h32), |&(_, h)| table_hash(h));
                 None
             }
@@ -273,11 +282,47 @@ impl Index {
         Upsert::Replaced(old)
     }
 
+    /// Adds slot `id` to its partition's list.
+    fn join_partition(&mut self, id: u32, partition: u16) {
+        let p = partition as usize;
+        if self.members.len() <= p {
+            self.members.resize_with(p + 1, Vec::new);
+        }
+        let list = &mut self.members[p];
+        if list.len() == list.capacity() {
+            // A quarter more, as the slots grow: doubling would leave a big partition's
+            // list up to half spare.
+            list.reserve_exact((list.len() / 4).max(8));
+        }
+        self.member_at.push(list.len() as u32);
+        list.push(id);
+    }
+
+    /// Takes slot `id` out of its partition's list, and renames slot `last` (which is about
+    /// to move into `id`'s place) to `id` in its own list; then the position array follows
+    /// the slots' swap.
+    fn leave_partition(&mut self, id: u32, last: u32) {
+        let slot_partition = |i: u32| self.slots[i as usize].partition as usize;
+        let (p, at) = (slot_partition(id), self.member_at[id as usize] as usize);
+        let list = &mut self.members[p];
+        list.swap_remove(at);
+        if let Some(&moved) = list.get(at) {
+            self.member_at[moved as usize] = at as u32;
+        }
+        if id != last {
+            let (lp, lat) = (slot_partition(last), self.member_at[last as usize] as usize);
+            self.members[lp][lat] = id;
+        }
+        self.member_at.swap_remove(id as usize);
+    }
+
     /// Grows the slot array by a quarter instead of doubling, so that a big index never
     /// carries half its memory as spare capacity.
     fn grow_if_full(&mut self) {
         if self.slots.len() == self.slots.capacity() {
             self.slots.reserve_exact((self.slots.len() / 4).max(64));
+            self.member_at
+                .reserve_exact(self.slots.capacity() - self.member_at.len());
         }
         if self.keys.capacity() - self.keys.len() < 1024 {
             self.keys.reserve_exact((self.keys.len() / 4).max(4096));
@@ -311,6 +356,7 @@ impl Index {
                 t.0 = id;
             }
         }
+        self.leave_partition(id, last);
         let slot = self.slots.swap_remove(id as usize);
         self.garbage += slot.key_len as usize;
         if !slot.entry.tombstone() {
@@ -370,18 +416,31 @@ impl Index {
             .map(|s| (Self::key_of(&self.keys, s), s.partition, &s.entry))
     }
 
-    /// Every entry of `partition` (tombstones included): a walk of the slots.
+    /// Every entry of `partition` (tombstones included), in no order: a walk of that
+    /// partition's list, costing its objects only.
     pub fn iter_partition(&self, partition: u16) -> impl Iterator<Item = (&[u8], &IndexEntry)> {
-        self.slots
+        self.members
+            .get(partition as usize)
+            .map_or(&[][..], |l| l.as_slice())
             .iter()
-            .filter(move |s| s.partition == partition)
-            .map(|s| (Self::key_of(&self.keys, s), &s.entry))
+            .map(|&id| {
+                let s = &self.slots[id as usize];
+                (Self::key_of(&self.keys, s), &s.entry)
+            })
+    }
+
+    /// How many entries (tombstones included) `partition` holds.
+    pub fn partition_entries(&self, partition: u16) -> usize {
+        self.members.get(partition as usize).map_or(0, |l| l.len())
     }
 
     /// Bytes of heap this index holds: table, slots and key arena, capacity included.
     pub fn heap_bytes(&self) -> usize {
         self.table.allocation_size()
             + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.member_at.capacity() * 4
+            + self.members.capacity() * std::mem::size_of::<Vec<u32>>()
+            + self.members.iter().map(|l| l.capacity() * 4).sum::<usize>()
             + self.keys.capacity()
     }
 }
@@ -445,15 +504,27 @@ mod tests {
             assert_eq!(idx.get(k).map(|e| e.version), Some(*v));
         }
         assert_eq!(idx.iter().count(), model.len());
-        // Slots moved by removals kept their partitions.
-        let mut by_partition = 0;
+        // Slots moved by removals kept their partitions, and each partition's list names
+        // each of its keys once, with its newest version.
+        let mut listed = std::collections::HashSet::new();
         for p in 0..7u16 {
-            for (k, _) in idx.iter_partition(p) {
+            for (k, e) in idx.iter_partition(p) {
                 let n: u64 = std::str::from_utf8(&k[4..]).unwrap().parse().unwrap();
                 assert_eq!((n % 7) as u16, p, "{}", String::from_utf8_lossy(k));
-                by_partition += 1;
+                assert_eq!(Some(&e.version), model.get(k));
+                assert!(listed.insert(k.to_vec()), "listed twice");
             }
+            assert_eq!(
+                idx.partition_entries(p),
+                model
+                    .keys()
+                    .filter(|k| {
+                        let n: u64 = std::str::from_utf8(&k[4..]).unwrap().parse().unwrap();
+                        (n % 7) as u16 == p
+                    })
+                    .count()
+            );
         }
-        assert_eq!(by_partition, model.len());
+        assert_eq!(listed.len(), model.len());
     }
 }
