@@ -85,6 +85,40 @@ impl ChainPlace {
     }
 }
 
+/// What a replica holding a record does next to get it acknowledged (`next_hop`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// Every replica the record must reach has it: acknowledge it.
+    Acknowledged,
+    /// This shard can no longer get the record acknowledged (it left the chain, or the
+    /// head's own write outlived its headship): answer that it was not.
+    Abandoned,
+    /// Send it to shard `next` (an index into the map's shards) under chain `version`.
+    Send { version: u64, next: u16 },
+}
+
+/// The next step for a record held by (`node`, `shard`) in `partition`'s chain by `map`.
+/// `from_head`: the record is this shard's own write as the chain's head. It is the
+/// chain's only while this shard still heads the chain: a head that lost its place and
+/// came back behind the others (a node paused past its lease returns as a syncing
+/// replica at the end) has replicas before it that never got the record, and being last
+/// must not read as "every replica after me has it" (issue 30: a write acknowledged
+/// after the pause, then read as the value before it from the serving replicas).
+pub fn next_hop(map: &ShardMap, partition: u32, node: u32, shard: usize, from_head: bool) -> Hop {
+    if from_head
+        && !map
+            .owner(partition)
+            .is_some_and(|o| o.node == node && o.shard as usize == shard)
+    {
+        return Hop::Abandoned;
+    }
+    match ChainPlace::of(map, partition, node, shard).takes_writes() {
+        None => Hop::Abandoned,
+        Some((_, None)) => Hop::Acknowledged,
+        Some((version, Some(next))) => Hop::Send { version, next },
+    }
+}
+
 /// The shard of node `node` that is a serving replica of `partition`, if any: where a read
 /// that reached another shard of the node is sent.
 pub fn local_replica(map: &ShardMap, partition: u32, node: u32) -> Option<usize> {
@@ -137,6 +171,34 @@ mod tests {
     }
 
     use ReplicaState::{Leaving, Offline, Serving, Syncing};
+
+    #[test]
+    fn a_heads_own_write_is_acknowledged_only_while_it_heads_the_chain() {
+        // Node 3 wrote as head, was paused, and is back as the chain's syncing tail: the
+        // serving replicas before it never got the record.
+        let back = map([Serving, Serving, Syncing]);
+        assert_eq!(next_hop(&back, 0, 3, 0, true), Hop::Abandoned);
+        // A record passed down to it is the chain's once it, the last, has it.
+        assert_eq!(next_hop(&back, 0, 3, 0, false), Hop::Acknowledged);
+        // The head passes its write down, and acknowledges it alone only as the last.
+        assert_eq!(next_hop(&back, 0, 1, 0, true), Hop::Send { version: 7, next: 1 });
+        let alone = map([Serving, Offline, Offline]);
+        assert_eq!(next_hop(&alone, 0, 1, 0, true), Hop::Acknowledged);
+        // A leaving head still heads the chain (it takes writes until dropped).
+        let leaving = map([Leaving, Serving, Serving]);
+        assert_eq!(
+            next_hop(&leaving, 0, 1, 0, true),
+            Hop::Send { version: 7, next: 1 }
+        );
+        // Out of the chain: nothing more to do.
+        assert_eq!(
+            next_hop(&map([Offline, Serving, Serving]), 0, 1, 0, true),
+            Hop::Abandoned
+        );
+        // A replica that headed the chain and now follows a serving replica.
+        let demoted = map([Syncing, Serving, Serving]);
+        assert_eq!(next_hop(&demoted, 0, 1, 0, true), Hop::Abandoned);
+    }
 
     #[test]
     fn head_middle_tail_and_outside() {

@@ -20,7 +20,7 @@ use hotshard_net::server::Reply;
 use hotshard_net::{Recipient, Request, Status};
 use hotshard_nvme::BlockQueue;
 
-use crate::chain_view::ChainPlace;
+use crate::chain_view::{next_hop, ChainPlace, Hop};
 use crate::dirty_keys::DirtyGuard;
 use crate::put_payload::PutPayload;
 use crate::route::store_partition;
@@ -43,6 +43,9 @@ pub struct ChainRecord {
     pub value: Option<Vec<u8>>,
     /// When the object expires, Unix milliseconds; 0: never.
     pub expires_ms: u64,
+    /// The record is this shard's own write as the chain's head (not one passed to it):
+    /// acknowledged only while this shard heads the chain (`chain_view::next_hop`).
+    pub from_head: bool,
 }
 
 /// What the head of a chain writes and passes down.
@@ -113,6 +116,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             version,
             value,
             expires_ms,
+            from_head: true,
         };
         if planted_early_ack() {
             glommio::spawn_local(Rc::clone(self).pass_down(record, dirty)).detach();
@@ -204,6 +208,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             version,
             value,
             expires_ms,
+            from_head: false,
         };
         // Still the tail (the chain only shrinks while a record is applied, but a replica
         // appended behind it must get the record too): done.
@@ -240,6 +245,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             version,
             value,
             expires_ms,
+            from_head,
         } = record;
         // Built once (the key moved in, not copied per try); each try sets the chain
         // version it routes by.
@@ -258,10 +264,10 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             // Held as an Rc across the call: the successor's address is borrowed from it.
             let map = self.map.current();
             let (chain_version, successor) =
-                match ChainPlace::of(&map, partition, self.node_id, self.shard).takes_writes() {
-                    None => return false,
-                    Some((_, None)) => return true,
-                    Some((version, Some(next))) => (version, &map.shards[next as usize]),
+                match next_hop(&map, partition, self.node_id, self.shard, from_head) {
+                    Hop::Abandoned => return false,
+                    Hop::Acknowledged => return true,
+                    Hop::Send { version, next } => (version, &map.shards[next as usize]),
                 };
             let (recipient, successor) = (
                 Recipient {
