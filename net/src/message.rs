@@ -147,24 +147,44 @@ pub enum UpdateOp {
     },
     /// Gives the key the expiry `at_ms` (0: none; a time already past deletes the key) if
     /// `cond` holds: 0 always, 1 it has none, 2 it has one, 3 `at_ms` is later than its
-    /// (none counts as never), 4 `at_ms` is sooner (none counts as never). The value is
+    /// (none counts as never), 4 `at_ms` is sooner (none counts as never), 5 it has one
+    /// and `at_ms` is sooner (XX LT). The value is
     /// written again with the new expiry. `arg`: 1 if changed. With `get`, the value
     /// comes back (GETEX).
     Expire { at_ms: u64, cond: u8, get: bool },
     /// Deletes the key and gives its value back. `arg`: 1 if there was one.
     GetDel,
+    /// Writes the payload at byte `offset`, zero-padding a shorter value (an empty payload
+    /// changes nothing and creates nothing). `arg`: the new length.
+    SetRange { offset: u64 },
+    /// Sets or clears bit `offset` (bit 0: the first byte's highest), zero-padding a
+    /// shorter value. `arg`: the bit's old value.
+    SetBit { offset: u64, bit: bool },
+    /// Adds the payload (a decimal float as Redis's INCRBYFLOAT reads it) to the float the
+    /// key holds (absent: 0), in Redis's long double arithmetic and format. The new value
+    /// comes back as the payload; `arg` is its length.
+    IncrByFloat,
 }
 
 impl UpdateOp {
     /// Whether the request carries a value (the frame's payload).
     pub fn carries_value(&self) -> bool {
-        matches!(self, UpdateOp::Append | UpdateOp::Set { .. })
+        matches!(
+            self,
+            UpdateOp::Append | UpdateOp::Set { .. } | UpdateOp::SetRange { .. } | UpdateOp::IncrByFloat
+        )
     }
 }
 
 impl ArchivedUpdateOp {
     pub fn carries_value(&self) -> bool {
-        matches!(self, ArchivedUpdateOp::Append | ArchivedUpdateOp::Set { .. })
+        matches!(
+            self,
+            ArchivedUpdateOp::Append
+                | ArchivedUpdateOp::Set { .. }
+                | ArchivedUpdateOp::SetRange { .. }
+                | ArchivedUpdateOp::IncrByFloat
+        )
     }
 }
 

@@ -1,4 +1,5 @@
-//! A shard's answer to `Update` (RESP's INCR, APPEND, SET with NX/XX/GET, GETDEL): at
+//! A shard's answer to `Update` (RESP's INCR, INCRBYFLOAT, APPEND, SETRANGE, SETBIT, SET
+//! with NX/XX/GET, GETDEL, EXPIRE): at
 //! the key's head, one update of a key at a time (the next waits for the one running),
 //! each a read and then a write conditional on the version read, down the key's chain
 //! when it has one. A plain write of the key that lands in between makes the conditional
@@ -19,12 +20,16 @@ use crate::shard_handler::{OutBuf, ShardHandler};
 /// between them): answered Busy.
 const TRIES: usize = 64;
 
-/// Redis's reading of a value as an integer: a decimal i64, no spaces, no '+'.
+/// Redis's reading of a value as an integer (`string2ll`): a decimal i64, no spaces, no
+/// '+', no leading zero.
 pub fn as_integer(v: &[u8]) -> Option<i64> {
-    if v.is_empty() || v.len() > 20 || v[0] == b'+' {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse::<i64>().ok()
+    hotshard_net::resp::command::strict_integer(v)
+}
+
+/// The error for a value that would pass the node's value limit (Redis's text names its
+/// own limit, proto-max-bulk-len).
+pub fn too_long(limit: usize) -> String {
+    format!("string exceeds maximum allowed size (this node's value limit of {limit} bytes)")
 }
 
 fn bad(reason: &str) -> Reply<OutBuf> {
@@ -133,6 +138,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                         2 => old_expiry != 0,
                         3 => old_expiry != 0 && at_ms > old_expiry,
                         4 => old_expiry == 0 || at_ms < old_expiry,
+                        5 => old_expiry != 0 && at_ms < old_expiry,
                         _ => true,
                     };
                     if !applies || (at_ms == 0 && old_expiry == 0) {
@@ -151,7 +157,42 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                     }
                     (None, 1)
                 }
+                UpdateOp::SetRange { offset } => {
+                    let was = old.as_ref().map_or(&[][..], |o| o.as_ref());
+                    if value.is_empty() {
+                        return answer(was.len() as i64, version, None);
+                    }
+                    // Checked before the value is built: the offset is the client's.
+                    let limit = self.store.config().max_value_bytes;
+                    match offset.checked_add(value.len() as u64) {
+                        Some(end) if end <= limit as u64 => {}
+                        _ => return bad(&too_long(limit)),
+                    }
+                    let v = crate::redis_strings::setrange(was, offset as usize, &value);
+                    let len = v.len() as i64;
+                    (Some(v), len)
+                }
+                UpdateOp::SetBit { offset, bit } => {
+                    let limit = self.store.config().max_value_bytes;
+                    if (offset >> 3) >= limit as u64 {
+                        return bad(&too_long(limit));
+                    }
+                    let was = old.as_ref().map_or(&[][..], |o| o.as_ref());
+                    let (v, was_set) = crate::redis_strings::setbit(was, offset, bit);
+                    (Some(v), i64::from(was_set))
+                }
+                UpdateOp::IncrByFloat => {
+                    match crate::redis_strings::incrbyfloat(old.as_ref().map(|o| o.as_ref()), &value) {
+                        Ok(v) => {
+                            let len = v.len() as i64;
+                            (Some(v), len)
+                        }
+                        Err(reason) => return bad(reason),
+                    }
+                }
             };
+            // INCRBYFLOAT answers with what it wrote.
+            let written = matches!(op, UpdateOp::IncrByFloat).then(|| new.clone()).flatten();
             let write = match new {
                 Some(v) => {
                     let put = Request::Put {
@@ -178,6 +219,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                         UpdateOp::GetDel => true,
                         _ => false,
                     };
+                    if let Some(v) = written {
+                        return answer(arg, version, Some(OutBuf::Bytes(v)));
+                    }
                     return answer(arg, version, old.filter(|_| give_back));
                 }
                 Status::VersionMismatch { .. } | Status::NotFound => continue,
@@ -200,5 +244,7 @@ mod tests {
         assert_eq!(as_integer(b" 7"), None);
         assert_eq!(as_integer(b""), None);
         assert_eq!(as_integer(b"9223372036854775808"), None);
+        assert_eq!(as_integer(b"007"), None);
+        assert_eq!(as_integer(b"-0"), None);
     }
 }

@@ -9,7 +9,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use hotshard_net::resp::command::{ExpireIf, Expiry, GetExpiry, RespCommand, SetIf};
+use hotshard_net::resp::command::{ExpireIf, Expiry, GetExpiry, LcsReply, RespCommand, SetIf};
 use hotshard_net::resp::server::{OwnedCommand, RespHandler, RespReply};
 use hotshard_net::server::{Handler, Reply};
 use hotshard_net::{Request, Response, Status, Target, UpdateOp};
@@ -18,6 +18,7 @@ use hotshard_nvme::BlockQueue;
 use crate::config::RespSection;
 use crate::key_listing::decode_keys;
 use crate::put_payload::PutPayload;
+use crate::redis_strings as strings;
 use crate::shard_handler::{keyed, OutBuf, ShardHandler};
 
 type R = RespReply<OutBuf>;
@@ -87,14 +88,6 @@ pub fn status_error(s: &Status) -> String {
         Status::VersionMismatch { .. } => "TRYAGAIN the key changed; retry".into(),
         Status::Ok | Status::Internal => "ERR internal error".into(),
     }
-}
-
-/// GETRANGE's inclusive `start..=end` with negative ends counted from the back.
-fn byte_range(len: usize, start: i64, end: i64) -> Option<std::ops::Range<usize>> {
-    let len = len as i64;
-    let start = if start < 0 { (len + start).max(0) } else { start };
-    let end = if end < 0 { len + end } else { end.min(len - 1) };
-    (len > 0 && start <= end && start < len).then(|| start as usize..end as usize + 1)
 }
 
 impl<Q: BlockQueue + 'static> RespFront<Q> {
@@ -222,16 +215,53 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
 
     /// The length and expiry (Unix ms, 0: none) of `key`; None if it has none.
     async fn stat(&self, key: &[u8]) -> Result<Option<(u64, u64)>, String> {
+        Ok(self.stat_versioned(key).await?.map(|(len, at, _)| (len, at)))
+    }
+
+    /// The length, expiry and version of `key`; None if it has none.
+    async fn stat_versioned(&self, key: &[u8]) -> Result<Option<(u64, u64, u64)>, String> {
         let request = Request::Stat {
             key: key.to_vec(),
             target: self.target(key),
         };
         let r = self.native(request, None).await.response;
         match r.status() {
-            Status::Ok => Ok(Some((r.object_len, r.expires_ms))),
+            Status::Ok => Ok(Some((r.object_len, r.expires_ms, r.version))),
             Status::NotFound => Ok(None),
             s => Err(status_error(&s)),
         }
+    }
+
+    /// The bytes `range` picks from `key`'s value given its length (None: none), read from
+    /// the device alone (a ranged GET); None if the key has no value. The length comes
+    /// from a Stat: if the value changed before the read, both are done again.
+    async fn read_range(
+        &self,
+        key: &[u8],
+        range: impl Fn(u64) -> Option<(u64, u64)>,
+    ) -> Result<Option<OutBuf>, String> {
+        for _ in 0..16 {
+            let Some((len, _, version)) = self.stat_versioned(key).await? else {
+                return Ok(None);
+            };
+            let Some((offset, len)) = range(len) else {
+                return Ok(Some(OutBuf::Bytes(Vec::new())));
+            };
+            let request = Request::Get {
+                key: key.to_vec(),
+                range: Some(hotshard_net::ByteRange { offset, len }),
+                target: self.target(key),
+            };
+            let reply = self.native(request, None).await;
+            match reply.response.status() {
+                Status::Ok if reply.response.version == version => {
+                    return Ok(Some(reply.payload.unwrap_or(OutBuf::Bytes(Vec::new()))));
+                }
+                Status::Ok | Status::NotFound | Status::BadRequest { .. } => continue,
+                s => return Err(status_error(&s)),
+            }
+        }
+        Err(CONTENDED.into())
     }
 
     /// Writes `value` (with `if_version`: only over that version; 0: only if absent).
@@ -319,13 +349,15 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
                 let (_, old) = self.update(k, op, None).await?;
                 old.map_or(RespReply::null(), RespReply::Bulk)
             }
-            C::GetRange(k, start, end) => match self.get(k).await? {
-                Some((v, _)) => match byte_range(v.as_ref().len(), start, end) {
-                    Some(r) => RespReply::bulk_bytes(&v.as_ref()[r]),
+            C::GetRange(k, start, end) => {
+                match self
+                    .read_range(k, |len| strings::getrange(len, start, end))
+                    .await?
+                {
+                    Some(v) => RespReply::Bulk(self.held_until_written(v)),
                     None => RespReply::bulk_bytes(b""),
-                },
-                None => RespReply::bulk_bytes(b""),
-            },
+                }
+            }
             C::StrLen(k) => RespReply::integer(self.stat(k).await?.map_or(0, |(len, _)| len as i64)),
             C::Append(k, tail) => {
                 RespReply::integer(self.update(k, UpdateOp::Append, Some(Val::Bytes(tail))).await?.0)
@@ -340,7 +372,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
                 }
                 RespReply::integer(n)
             }
-            C::Exists(keys) => {
+            C::Exists(keys) | C::Touch(keys) => {
                 let mut n = 0;
                 for k in keys {
                     n += i64::from(self.stat(k).await?.is_some());
@@ -367,11 +399,12 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
                 }
                 RespReply::ok()
             }
-            C::Expire(k, e, when) => {
+            C::Expire(k, e, when, name) => {
                 // A time already past (EXPIRE k 0, or a negative one) deletes the key.
-                // (A relative zero is taken as the head's now.)
+                // (A relative zero is taken as the head's now.) Past what a record holds
+                // (the year 10889), refused as Redis refuses an overflowing time.
                 let at_ms = expiry_ms(e)
-                    .ok_or("ERR invalid expire time in 'expire' command")?
+                    .ok_or_else(|| format!("ERR invalid expire time in '{name}' command"))?
                     .max(1);
                 let cond = match when {
                     ExpireIf::Always => 0,
@@ -379,6 +412,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
                     ExpireIf::HasExpiry => 2,
                     ExpireIf::Later => 3,
                     ExpireIf::Sooner => 4,
+                    ExpireIf::HasExpirySooner => 5,
                 };
                 let op = UpdateOp::Expire {
                     at_ms,
@@ -455,12 +489,12 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
                 }
                 RespReply::Raw(out)
             }
-            C::FlushAll => {
+            C::FlushAll(db) => {
                 if !self.cfg.allow_flushall {
-                    return Err(
-                        "ERR FLUSHALL is off on this node (set resp.allow_flushall = true to allow it)"
-                            .into(),
-                    );
+                    return Err(format!(
+                        "ERR {} is off on this node (set resp.allow_flushall = true to allow it)",
+                        if db { "FLUSHDB" } else { "FLUSHALL" }
+                    ));
                 }
                 for k in self.all_keys(b"", None).await? {
                     self.delete(&k, None).await?;
@@ -468,9 +502,304 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
                 RespReply::ok()
             }
             C::Info(section) => RespReply::bulk_bytes(self.info(section).await.as_bytes()),
+            other => self.run_more(other).await?,
+        })
+    }
+
+    /// The commands of issue 32: the rest of Redis's string and keyspace commands.
+    async fn run_more(&self, c: RespCommand<'_>) -> Result<R, String> {
+        use RespCommand as C;
+        let limit = self.shard.store.config().max_value_bytes;
+        Ok(match c {
+            C::SetNx(k, v) => {
+                let op = UpdateOp::Set {
+                    only_if: 1,
+                    get: false,
+                    expires_ms: 0,
+                    keep_ttl: false,
+                };
+                RespReply::integer(self.update(k, op, Some(Val::Bytes(v))).await?.0)
+            }
+            C::MSetNx(pairs) => {
+                // All or none: atomic only when every pair names the same key (one
+                // conditional write at its head). Keys of several chains would need a
+                // write across chains, which the node does not have: refused as Redis
+                // Cluster refuses keys of several slots.
+                let (k, v) = pairs[pairs.len() - 1];
+                if pairs.iter().any(|(other, _)| *other != k) {
+                    return Err(CROSSSLOT.into());
+                }
+                let op = UpdateOp::Set {
+                    only_if: 1,
+                    get: false,
+                    expires_ms: 0,
+                    keep_ttl: false,
+                };
+                RespReply::integer(self.update(k, op, Some(Val::Bytes(v))).await?.0)
+            }
+            C::SetRange(k, offset, v) => {
+                if !v.is_empty() {
+                    let end = offset.saturating_add(v.len() as u64);
+                    if end > REDIS_MAX_STRING {
+                        return Err("ERR string exceeds maximum allowed size (proto-max-bulk-len)".into());
+                    }
+                    if end > limit as u64 {
+                        return Err(format!("ERR {}", crate::key_update::too_long(limit)));
+                    }
+                }
+                let op = UpdateOp::SetRange { offset };
+                RespReply::integer(self.update(k, op, Some(Val::Bytes(v))).await?.0)
+            }
+            C::IncrByFloat(k, by) => {
+                let (_, v) = self
+                    .update(k, UpdateOp::IncrByFloat, Some(Val::Bytes(by)))
+                    .await?;
+                RespReply::Bulk(v.unwrap_or(OutBuf::Bytes(Vec::new())))
+            }
+            C::SetBit(k, offset, bit) => {
+                if offset >> 3 >= limit as u64 {
+                    return Err(format!("ERR {}", crate::key_update::too_long(limit)));
+                }
+                RespReply::integer(self.update(k, UpdateOp::SetBit { offset, bit }, None).await?.0)
+            }
+            C::GetBit(k, offset) => {
+                let byte = self
+                    .read_range(k, |len| (offset >> 3 < len).then_some((offset >> 3, 1)))
+                    .await?;
+                let bit =
+                    byte.is_some_and(|b| !b.as_ref().is_empty() && strings::getbit(b.as_ref(), offset & 7));
+                RespReply::integer(i64::from(bit))
+            }
+            C::BitCount(k, range) => RespReply::integer(match self.get(k).await? {
+                Some((v, _)) => strings::bitcount(v.as_ref(), range),
+                None => 0,
+            }),
+            C::BitPos(k, bit, range) => RespReply::integer(match self.get(k).await? {
+                None => {
+                    if bit {
+                        -1
+                    } else {
+                        0
+                    }
+                }
+                Some((v, _)) => {
+                    let (start, end, unit) = hotshard_net::resp::command::bitpos_range(&range)?;
+                    strings::bitpos(v.as_ref(), bit, start, end, unit)
+                }
+            }),
+            C::Lcs(a, b, how) => self.lcs(a, b, how).await?,
+            C::ExpireTime(k, millis) => RespReply::integer(match self.stat(k).await? {
+                None => -2,
+                Some((_, 0)) => -1,
+                Some((_, at)) if millis => at as i64,
+                Some((_, at)) => (at / 1000) as i64,
+            }),
+            C::Time => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let mut out = Vec::new();
+                hotshard_net::resp::reply::array_header(&mut out, 2);
+                hotshard_net::resp::reply::bulk(&mut out, now.as_secs().to_string().as_bytes());
+                hotshard_net::resp::reply::bulk(&mut out, now.subsec_micros().to_string().as_bytes());
+                RespReply::Raw(out)
+            }
+            C::RandomKey => match self.random_key().await? {
+                Some(k) => RespReply::bulk_bytes(&k),
+                None => RespReply::null(),
+            },
+            C::Rename(src, dst, nx) => {
+                if self.stat(src).await?.is_none() {
+                    return Err("ERR no such key".into());
+                }
+                if src != dst {
+                    // Atomic only within one chain, and the node has no write of two keys
+                    // at once: refused as Redis Cluster refuses keys of two slots.
+                    return Err(CROSSSLOT.into());
+                }
+                if nx {
+                    RespReply::integer(0)
+                } else {
+                    RespReply::ok()
+                }
+            }
+            C::Copy(src, dst, _replace) => {
+                if src == dst {
+                    return Err("ERR source and destination objects are the same".into());
+                }
+                if self.stat(src).await?.is_none() {
+                    return Ok(RespReply::integer(0));
+                }
+                return Err(CROSSSLOT.into());
+            }
+            C::ObjectEncoding(k) => match self.get(k).await? {
+                Some((v, _)) => RespReply::bulk_bytes(strings::object_encoding(v.as_ref()).as_bytes()),
+                None => RespReply::null(),
+            },
+            C::ConfigGet(patterns) => self.config_get(&patterns),
+            C::ConfigSet(pairs) => {
+                let (name, _) = pairs[0];
+                let known = self
+                    .config_table()
+                    .into_iter()
+                    .any(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes()));
+                return Err(if known {
+                    format!(
+                        "ERR CONFIG SET is not supported: '{}' is fixed by the node's configuration file",
+                        String::from_utf8_lossy(name)
+                    )
+                } else {
+                    format!(
+                        "ERR Unknown option or number of arguments for CONFIG SET - '{}'",
+                        String::from_utf8_lossy(name)
+                    )
+                });
+            }
+            C::Wait(..) => RespReply::integer(self.replicas_with_every_write()),
             // The connection answers the rest itself.
             _ => return Err("ERR internal error: a connection command reached the store".into()),
         })
+    }
+
+    /// LCS of two keys' values (absent: empty), each read once; the sizes are checked
+    /// (Stat) before either is read. The two reads are not one snapshot.
+    async fn lcs(&self, a: &[u8], b: &[u8], how: LcsReply) -> Result<R, String> {
+        let len = |s: Option<(u64, u64)>| s.map_or(0, |(l, _)| l);
+        let (alen, blen) = (len(self.stat(a).await?), len(self.stat(b).await?));
+        if (alen + 1).saturating_mul(blen + 1) > strings::LCS_MAX_CELLS {
+            return Err(strings::lcs_too_large());
+        }
+        // Copied out before the next read: no two device buffers held at once.
+        let read = |k: &'_ [u8]| {
+            let k = k.to_vec();
+            async move {
+                Ok::<_, String>(
+                    self.get(&k)
+                        .await?
+                        .map_or_else(Vec::new, |(v, _)| v.as_ref().to_vec()),
+                )
+            }
+        };
+        let (va, vb) = (read(a).await?, read(b).await?);
+        use hotshard_net::resp::reply;
+        let mut out = Vec::new();
+        match strings::lcs(&va, &vb, how)? {
+            strings::LcsAnswer::String(s) => reply::bulk(&mut out, &s),
+            strings::LcsAnswer::Len(n) => reply::integer(&mut out, n),
+            strings::LcsAnswer::Idx(matches, total) => {
+                let with_len = matches!(
+                    how,
+                    LcsReply::Idx {
+                        with_match_len: true,
+                        ..
+                    }
+                );
+                let mut parts = vec![RespReply::MapHeader(2)];
+                reply::bulk(&mut out, b"matches");
+                reply::array_header(&mut out, matches.len());
+                for m in matches {
+                    reply::array_header(&mut out, 2 + usize::from(with_len));
+                    for (x, y) in [m.a, m.b] {
+                        reply::array_header(&mut out, 2);
+                        reply::integer(&mut out, x as i64);
+                        reply::integer(&mut out, y as i64);
+                    }
+                    if with_len {
+                        reply::integer(&mut out, m.len as i64);
+                    }
+                }
+                reply::bulk(&mut out, b"len");
+                reply::integer(&mut out, total);
+                parts.push(RespReply::Raw(out));
+                return Ok(RespReply::Many(parts));
+            }
+        }
+        Ok(RespReply::Raw(out))
+    }
+
+    /// A key picked at random: a SCAN from a random partition on, round to where it began;
+    /// None when the store is empty.
+    async fn random_key(&self) -> Result<Option<Vec<u8>>, String> {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(hotshard_store::index::now_ms());
+        let seed = h.finish();
+        let total = 1u64 << self.shard.map.borrow().partition_bits;
+        let first = seed % total;
+        let mut cursor = scan_cursor(first, 0);
+        let mut wrapped = false;
+        loop {
+            let (next, keys) = self.scan(cursor, b"").await?;
+            if !keys.is_empty() {
+                return Ok(Some(keys[(seed >> 20) as usize % keys.len()].clone()));
+            }
+            if next == 0 {
+                if wrapped || first == 0 {
+                    return Ok(None);
+                }
+                wrapped = true;
+            }
+            cursor = next;
+            if wrapped && from_scan_cursor(cursor).0 >= first {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// What CONFIG GET shows: a read-only view of what applies on this node.
+    fn config_table(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("appendfsync", "always".into()),
+            ("appendonly", "yes".into()),
+            ("databases", "1".into()),
+            ("maxmemory", "0".into()),
+            ("maxmemory-policy", "noeviction".into()),
+            ("port", self.port.to_string()),
+            (
+                "proto-max-bulk-len",
+                self.shard.store.config().max_value_bytes.to_string(),
+            ),
+            ("save", String::new()),
+        ]
+    }
+
+    /// CONFIG GET: every parameter that one of `patterns` matches (case-insensitive, each
+    /// once), as a map.
+    fn config_get(&self, patterns: &[&[u8]]) -> R {
+        let table = self.config_table();
+        let picked: Vec<&(&str, String)> = table
+            .iter()
+            .filter(|(name, _)| {
+                patterns
+                    .iter()
+                    .any(|p| hotshard_net::resp::glob::glob_match(&p.to_ascii_lowercase(), name.as_bytes()))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (name, value) in &picked {
+            hotshard_net::resp::reply::bulk(&mut out, name.as_bytes());
+            hotshard_net::resp::reply::bulk(&mut out, value.as_bytes());
+        }
+        RespReply::Many(vec![RespReply::MapHeader(picked.len()), RespReply::Raw(out)])
+    }
+
+    /// WAIT's answer: how many replicas besides the head hold every acknowledged write. A
+    /// write is acknowledged only once every serving replica of its chain has it, so this
+    /// is the fewest serving replicas of any chain, less the head (0 on a single node).
+    fn replicas_with_every_write(&self) -> i64 {
+        let map = self.shard.map.borrow();
+        (0..1u32 << map.partition_bits)
+            .filter_map(|p| map.chain(p))
+            .map(|c| {
+                c.replicas
+                    .iter()
+                    .filter(|r| r.state == hotshard_placement::ReplicaState::Serving)
+                    .count() as i64
+                    - 1
+            })
+            .min()
+            .unwrap_or(0)
+            .max(0)
     }
 
     /// SET: a plain write (with its expiry, or none), or with NX / XX / GET / KEEPTTL an
@@ -531,8 +860,10 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
             .await;
         match reply.response.status() {
             Status::Ok => {
-                let old =
-                    (reply.response.version > 0).then(|| reply.payload.unwrap_or(OutBuf::Bytes(Vec::new())));
+                // The old value (SET GET, GETDEL, GETEX) when there was one, or what the
+                // op wrote (INCRBYFLOAT).
+                let old = (reply.response.version > 0 || reply.payload.is_some())
+                    .then(|| reply.payload.unwrap_or(OutBuf::Bytes(Vec::new())));
                 Ok((reply.response.arg as i64, old))
             }
             Status::Busy => Err(CONTENDED.into()),
@@ -802,6 +1133,13 @@ fn expiry_ms(e: Expiry) -> Option<u64> {
 }
 const CONTENDED: &str = "TRYAGAIN the node is busy, or other writes of the key kept coming first; retry";
 
+/// Redis Cluster's refusal of a command whose keys are in different slots: what a
+/// command on several keys gets here when it would have to be atomic across them.
+const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
+/// Redis's largest string (proto-max-bulk-len's default, 512 MiB).
+const REDIS_MAX_STRING: u64 = 512 << 20;
+
 /// `name`'s samples summed (every label set) in Prometheus text.
 pub fn sum_metric(text: &str, name: &str) -> u64 {
     text.lines()
@@ -881,18 +1219,6 @@ mod tests {
             assert_eq!(from_scan_cursor(c), (p, h), "cursor {c}");
             assert_eq!(c == 0, p == 0 && h == 0, "0 only for the start");
         }
-    }
-
-    #[test]
-    fn ranges_count_from_either_end() {
-        assert_eq!(byte_range(5, 0, -1), Some(0..5));
-        assert_eq!(byte_range(5, 1, 2), Some(1..3));
-        assert_eq!(byte_range(5, -3, -2), Some(2..4));
-        assert_eq!(byte_range(5, 3, 100), Some(3..5));
-        assert_eq!(byte_range(5, 4, 2), None);
-        assert_eq!(byte_range(5, 7, 9), None);
-        assert_eq!(byte_range(0, 0, -1), None);
-        assert_eq!(byte_range(5, -100, 0), Some(0..1));
     }
 
     #[test]

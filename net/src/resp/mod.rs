@@ -5,6 +5,7 @@
 pub mod command;
 pub mod frame;
 pub mod glob;
+pub mod redis_docs;
 pub mod reply;
 #[cfg(feature = "glommio")]
 pub mod server;

@@ -106,6 +106,8 @@ pub enum RespReply<B> {
     /// Nothing: `$-1` in RESP2, `_` in RESP3 (the connection's protocol decides).
     Null,
     Many(Vec<RespReply<B>>),
+    /// A map of n pairs follows: `%n` in RESP3, `*2n` in RESP2.
+    MapHeader(usize),
 }
 
 impl<B> RespReply<B> {
@@ -808,7 +810,7 @@ fn own_command<H: RespHandler>(
         C::ClientGetName => (RespReply::bulk_bytes(&session.name), false),
         C::ClientSetInfo => (RespReply::ok(), false),
         C::ClientId => (RespReply::integer(cfg.client_id as i64), false),
-        C::Command(sub) => (command_reply(*sub), false),
+        C::Command(args) => (command_reply(args), false),
         _ => return None,
     })
 }
@@ -838,26 +840,49 @@ fn hello_reply<B>(client_id: u64, resp3: bool) -> RespReply<B> {
     RespReply::Raw(out)
 }
 
-/// COMMAND, COMMAND COUNT, COMMAND DOCS: what clients ask at connect. COMMAND lists each
-/// command with Redis's arity and flags; DOCS has no documents (an empty map).
-fn command_reply<B>(sub: Option<&[u8]>) -> RespReply<B> {
-    let sub = sub.map(|s| String::from_utf8_lossy(s).to_ascii_uppercase());
+/// COMMAND, COMMAND COUNT, COMMAND INFO, COMMAND DOCS: what clients ask at connect, each
+/// answered with Redis 7's own entries for the commands this front serves (`redis_docs`,
+/// RESP2 as Redis writes them; a RESP3 client reads them too).
+fn command_reply<B>(args: &[&[u8]]) -> RespReply<B> {
+    use super::redis_docs::DOCS;
+    let find = |name: &[u8]| {
+        DOCS.iter()
+            .find(|(n, ..)| n.as_bytes().eq_ignore_ascii_case(name))
+    };
+    let sub = args
+        .first()
+        .map(|s| String::from_utf8_lossy(s).to_ascii_uppercase());
+    let names = args.get(1..).unwrap_or_default();
     let mut out = Vec::new();
     match sub.as_deref() {
-        Some("COUNT") => reply::integer(&mut out, super::command::TABLE.len() as i64),
-        Some("DOCS") => reply::array_header(&mut out, 0),
-        None | Some("INFO") => {
-            reply::array_header(&mut out, super::command::TABLE.len());
-            for (name, arity, write, first_key, last_key) in super::command::TABLE {
-                reply::array_header(&mut out, 6);
-                reply::bulk(&mut out, name.to_ascii_lowercase().as_bytes());
-                reply::integer(&mut out, *arity);
-                reply::array_header(&mut out, 1);
-                reply::simple(&mut out, if *write { "write" } else { "readonly" });
-                reply::integer(&mut out, *first_key);
-                reply::integer(&mut out, *last_key);
-                reply::integer(&mut out, i64::from(*first_key > 0));
+        Some("COUNT") => reply::integer(&mut out, DOCS.len() as i64),
+        None => {
+            reply::array_header(&mut out, DOCS.len());
+            DOCS.iter().for_each(|(_, info, _)| out.extend_from_slice(info));
+        }
+        Some("INFO") if names.is_empty() => {
+            reply::array_header(&mut out, DOCS.len());
+            DOCS.iter().for_each(|(_, info, _)| out.extend_from_slice(info));
+        }
+        Some("INFO") => {
+            reply::array_header(&mut out, names.len());
+            let mut parts = vec![RespReply::Raw(std::mem::take(&mut out))];
+            for n in names {
+                parts.push(match find(n) {
+                    Some((_, info, _)) => RespReply::Raw(info.to_vec()),
+                    None => RespReply::Null,
+                });
             }
+            return RespReply::Many(parts);
+        }
+        Some("DOCS") => {
+            let found: Vec<&[u8]> = if names.is_empty() {
+                DOCS.iter().map(|(_, _, d)| *d).collect()
+            } else {
+                names.iter().filter_map(|n| find(n)).map(|(_, _, d)| *d).collect()
+            };
+            reply::array_header(&mut out, 2 * found.len());
+            found.iter().for_each(|d| out.extend_from_slice(d));
         }
         Some(other) => reply::error(
             &mut out,
@@ -900,6 +925,16 @@ fn encode<B: AsRef<[u8]>>(
             heads.len() - start + len
         }
         RespReply::Many(rs) => rs.into_iter().map(|r| encode(r, resp3, heads, parts)).sum(),
+        RespReply::MapHeader(n) => {
+            let start = heads.len();
+            if resp3 {
+                heads.extend_from_slice(format!("%{n}\r\n").as_bytes());
+            } else {
+                reply::array_header(heads, 2 * n);
+            }
+            parts.push(Part::Head(start..heads.len()));
+            heads.len() - start
+        }
     }
 }
 
