@@ -66,8 +66,8 @@ impl<V> OwnedCommand<V> {
     /// the handler answers it.
     fn key_hashes(&self, name: &str) -> Option<Vec<u64>> {
         let (first, last, step) = match name {
-            "SCAN" | "KEYS" | "DBSIZE" | "FLUSHALL" | "INFO" => return None,
-            "MSET" => (1, -1, 2),
+            "SCAN" | "KEYS" | "DBSIZE" | "FLUSHALL" | "FLUSHDB" | "INFO" | "RANDOMKEY" => return None,
+            "MSET" | "MSETNX" => (1, -1, 2),
             _ => match super::command::TABLE.iter().find(|(n, ..)| *n == name) {
                 Some((_, _, _, first, last)) => (*first, *last, 1),
                 None => (0, 0, 1),
