@@ -74,6 +74,27 @@ assert r.getdel("k") == b"v3"
 assert r.get("k") is None
 assert r.getdel("k") is None
 assert r.getex("setnx-new") == b"yes"
+# Issue 32's commands as redis-py calls them.
+assert r.execute_command("SETNX", "setnx-int", "1") == 1
+assert r.execute_command("SETNX", "setnx-int", "2") == 0
+assert r.getset("setnx-int", b"3") == b"1"
+assert r.incrbyfloat("float", 0.1) == 0.1
+assert r.incrbyfloat("float", 0.2) == 0.3
+assert r.get("float") == b"0.3"
+assert r.setrange("range", 2, b"xy") == 4 and r.get("range") == b"\x00\x00xy"
+assert r.setbit("bits", 7, 1) == 0 and r.getbit("bits", 7) == 1 and r.bitcount("bits") == 1
+assert r.bitpos("bits", 1) == 7
+assert r.lcs("setnx-int", "float") in (b"3", b"")
+assert r.expiretime("bits") == -1 and r.pexpiretime("absent") == -2
+assert r.touch("bits", "range", "absent") == 2
+assert r.object("encoding", "setnx-int") == b"int"
+assert r.substr("range", 2, 3) == b"xy"
+assert isinstance(r.time()[0], int)
+assert r.config_get("appendfsync") == {"appendfsync": "always"} or r.config_get("appendfsync") == {b"appendfsync": b"always"}
+assert r.randomkey() is not None
+assert r.msetnx({"msetnx-one": b"1"}) is True
+expect_error(lambda: r.msetnx({"msetnx-a": b"1", "msetnx-b": b"2"}), "same slot")
+assert r.exists("msetnx-a") == 0
 r.set("s", b"Hello World")
 assert r.getrange("s", 0, 4) == b"Hello"
 assert r.getrange("s", -5, -1) == b"World"
