@@ -13,5 +13,5 @@ pub use chain_plan::{
     build_chains, health, promote_synced, rejoin_as_syncing, take_node_offline, ChainHealth, PlanError,
 };
 pub use error::MapError;
-pub use partition::{key_hash, partition_of, DEFAULT_PARTITION_BITS};
+pub use partition::{index_tag, key_hash, partition_of, DEFAULT_PARTITION_BITS};
 pub use shard_map::{Chain, NodeIncarnation, Replica, ReplicaState, ShardAddr, ShardMap};

@@ -933,6 +933,37 @@ impl<Q: BlockQueue> Store<Q> {
         entries
     }
 
+    /// A page of `partition`'s keys that name an index tag, in key order (issue 33):
+    /// live objects only, each with its version, length and value checksum
+    /// (`ordered::OrderedKeys::list` says what the query means).
+    pub fn list(
+        &self,
+        partition: u16,
+        q: &crate::ordered::ListQuery<'_>,
+    ) -> crate::ordered::Listing<ObjectStat> {
+        let st = self.inner.state.borrow();
+        let page = st.index().list(partition, q, now_ms());
+        crate::ordered::Listing {
+            items: page
+                .items
+                .into_iter()
+                .map(|i| match i {
+                    crate::ordered::Listed::Key(k, e) => crate::ordered::Listed::Key(
+                        k,
+                        ObjectStat {
+                            len: e.value_len() as u64,
+                            version: e.version,
+                            crc32c: e.value_crc,
+                            expires_ms: e.expires_ms,
+                        },
+                    ),
+                    crate::ordered::Listed::Prefix(p) => crate::ordered::Listed::Prefix(p),
+                })
+                .collect(),
+            next: page.next,
+        }
+    }
+
     /// `key` as the index holds it (a tombstone included), for comparing with another
     /// replica's manifest entry.
     pub fn manifest_entry(&self, key: &[u8]) -> Option<ManifestEntry> {

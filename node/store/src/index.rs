@@ -9,6 +9,8 @@
 
 use hashbrown::HashTable;
 
+use crate::ordered::{is_ordered, ListQuery, Listing, OrderedKeys};
+
 /// Where a key's newest value lives and what it is. 32 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -139,6 +141,8 @@ pub struct Index {
     live_objects: usize,
     /// An entry with an expiry has been inserted (the expiry sweep has work only then).
     expiring: bool,
+    /// The keys naming an index tag, per partition in key order (issue 33).
+    ordered: OrderedKeys,
 }
 
 impl Default for Index {
@@ -153,6 +157,7 @@ impl Default for Index {
             hasher: ahash::RandomState::new(),
             live_objects: 0,
             expiring: false,
+            ordered: OrderedKeys::default(),
         }
     }
 }
@@ -269,6 +274,9 @@ impl Index {
                     partition,
                 });
                 self.join_partition(id, partition);
+                if is_ordered(key) {
+                    self.ordered.insert(partition, key);
+                }
                 self.table.insert_unique(hash, (id, h32), |&(_, h)| table_hash(h));
                 None
             }
@@ -357,6 +365,9 @@ impl Index {
             }
         }
         self.leave_partition(id, last);
+        if is_ordered(key) {
+            self.ordered.remove(self.slots[id as usize].partition, key);
+        }
         let slot = self.slots.swap_remove(id as usize);
         self.garbage += slot.key_len as usize;
         if !slot.entry.tombstone() {
@@ -442,6 +453,20 @@ impl Index {
             + self.members.capacity() * std::mem::size_of::<Vec<u32>>()
             + self.members.iter().map(|l| l.capacity() * 4).sum::<usize>()
             + self.keys.capacity()
+            + self.ordered.heap_bytes()
+    }
+
+    /// Entries of the ordered view (keys naming an index tag, tombstones included).
+    pub fn ordered_entries(&self) -> usize {
+        self.ordered.entries()
+    }
+
+    /// A page of `partition`'s ordered keys (`ordered::OrderedKeys::list`): live objects
+    /// only (not deleted, not expired at `now_ms`), each with its entry.
+    pub fn list(&self, partition: u16, q: &ListQuery<'_>, now_ms: u64) -> Listing<IndexEntry> {
+        self.ordered.list(partition, q, |k| {
+            self.get(k).filter(|e| e.live_at(now_ms)).copied()
+        })
     }
 }
 

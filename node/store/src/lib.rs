@@ -13,6 +13,7 @@ pub mod group_commit;
 pub mod index;
 pub mod limits;
 pub mod metrics;
+pub mod ordered;
 pub mod read_slots;
 pub mod recovery;
 pub mod scan;

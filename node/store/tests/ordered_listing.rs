@@ -1,0 +1,236 @@
+//! The index's ordered view (issue 33) against a model: random puts, deletes (tombstones),
+//! expired entries and removals of keys naming an index tag, in two partitions beside keys
+//! that name none; random listings (prefix, start_after, delimiter, limit) compared with
+//! the same listing of a `BTreeMap`, page by page, and whole by following `next`. Also
+//! the memory one entry costs.
+
+use std::collections::BTreeMap;
+
+use hotshard_store::index::{Index, IndexEntry};
+use hotshard_store::ordered::{ListQuery, Listed};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What a key is in the model: its version, and whether it is a live object.
+type Model = BTreeMap<Vec<u8>, (u64, bool)>;
+
+fn random_key(rng: &mut Rng) -> Vec<u8> {
+    let mut k = b"{b}".to_vec();
+    for _ in 0..rng.below(6) {
+        k.push(b"ab/x\xff"[rng.below(5) as usize]);
+    }
+    k
+}
+
+fn group_of<'k>(key: &'k [u8], prefix: &[u8], delimiter: &[u8]) -> Option<&'k [u8]> {
+    if delimiter.is_empty() || !key.starts_with(prefix) {
+        return None;
+    }
+    let rest = &key[prefix.len()..];
+    let at = rest.windows(delimiter.len()).position(|w| w == delimiter)?;
+    Some(&key[..prefix.len() + at + delimiter.len()])
+}
+
+/// Every item the model lists for `q` from its start, in order (no limit).
+fn model_items(model: &Model, q: &ListQuery<'_>) -> Vec<Listed<u64>> {
+    let mut items: Vec<Listed<u64>> = Vec::new();
+    for (k, &(version, live)) in model.range(q.prefix.to_vec()..) {
+        if !k.starts_with(q.prefix) {
+            break;
+        }
+        if !live {
+            continue;
+        }
+        if let Some(after) = q.start_after {
+            if &k[..] <= after {
+                continue;
+            }
+            // After a common prefix: past every key under it.
+            if group_of(after, q.prefix, q.delimiter).is_some_and(|g| g == after) && k.starts_with(after) {
+                continue;
+            }
+        }
+        match group_of(k, q.prefix, q.delimiter) {
+            Some(g) => {
+                if !matches!(items.last(), Some(Listed::Prefix(p)) if p == g) {
+                    items.push(Listed::Prefix(g.to_vec()));
+                }
+            }
+            None => items.push(Listed::Key(k.clone(), version)),
+        }
+    }
+    items
+}
+
+fn name(item: &Listed<u64>) -> &[u8] {
+    match item {
+        Listed::Key(k, _) | Listed::Prefix(k) => k,
+    }
+}
+
+#[test]
+fn listings_match_a_sorted_map_under_random_writes() {
+    const PARTITION: u16 = 3;
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let now = 1_000_000;
+    for round in 0..40 {
+        let mut index = Index::default();
+        let mut model = Model::new();
+        let mut version = 0;
+        for _ in 0..rng.below(300) + 1 {
+            version += 1;
+            let key = random_key(&mut rng);
+            match rng.below(10) {
+                0..=5 => {
+                    index.insert(&key, PARTITION, IndexEntry::new(version, 0, 0, 10, 0, false));
+                    model.insert(key, (version, true));
+                }
+                6 => {
+                    index.insert(&key, PARTITION, IndexEntry::new(version, 0, 0, 0, 0, true));
+                    model.insert(key, (version, false));
+                }
+                7 => {
+                    let e = IndexEntry::new(version, 0, 0, 10, 0, false).expiring_at(now - 1);
+                    index.insert(&key, PARTITION, e);
+                    model.insert(key, (version, false));
+                }
+                8 => {
+                    index.remove(&key);
+                    model.remove(&key);
+                }
+                _ => {
+                    // Not to be listed: another partition's tagged key, a key with no tag.
+                    let other = format!("{{b}}other{version}");
+                    index.insert(
+                        other.as_bytes(),
+                        PARTITION + 1,
+                        IndexEntry::new(version, 0, 0, 10, 0, false),
+                    );
+                    index.insert(b"{b", PARTITION, IndexEntry::new(version, 0, 0, 10, 0, false));
+                }
+            }
+        }
+        let others = index.ordered_entries() - model.len();
+        assert!(
+            index
+                .list(
+                    PARTITION + 1,
+                    &ListQuery {
+                        prefix: b"{b}o",
+                        start_after: None,
+                        delimiter: b"",
+                        limit: 1000
+                    },
+                    now
+                )
+                .items
+                .len()
+                == others,
+            "round {round}"
+        );
+        for _ in 0..50 {
+            let prefix: Vec<u8> = {
+                let mut p = b"{b}".to_vec();
+                for _ in 0..rng.below(3) {
+                    p.push(b"ab/x"[rng.below(4) as usize]);
+                }
+                if rng.below(8) == 0 {
+                    p.truncate(rng.below(3) as usize)
+                }
+                p
+            };
+            let delimiter: &[u8] = [&b""[..], b"/", b"x", b"ab"][rng.below(4) as usize];
+            let limit = rng.below(6) as usize + 1;
+            let start_after = (rng.below(3) == 0).then(|| random_key(&mut rng));
+            let q = ListQuery {
+                prefix: &prefix,
+                start_after: start_after.as_deref(),
+                delimiter,
+                limit,
+            };
+            let expected = model_items(&model, &q);
+            // One page.
+            let page = index.list(PARTITION, &q, now);
+            let got: Vec<Listed<u64>> = page
+                .items
+                .iter()
+                .map(|i| match i {
+                    Listed::Key(k, e) => Listed::Key(k.clone(), e.version),
+                    Listed::Prefix(p) => Listed::Prefix(p.clone()),
+                })
+                .collect();
+            let want: Vec<Listed<u64>> = expected.iter().take(limit).cloned().collect();
+            assert_eq!(got, want, "round {round}: {q:?}");
+            if expected.len() > limit {
+                assert_eq!(
+                    page.next.as_deref(),
+                    want.last().map(name),
+                    "round {round}: {q:?}"
+                );
+            }
+            // Every page, following `next`: the whole listing, each item once.
+            let mut all = Vec::new();
+            let mut after = start_after.clone();
+            loop {
+                let q = ListQuery {
+                    start_after: after.as_deref(),
+                    ..q
+                };
+                let page = index.list(PARTITION, &q, now);
+                all.extend(page.items.into_iter().map(|i| match i {
+                    Listed::Key(k, e) => Listed::Key(k, e.version),
+                    Listed::Prefix(p) => Listed::Prefix(p),
+                }));
+                match page.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            assert_eq!(all, expected, "round {round}: paging {q:?}");
+        }
+    }
+}
+
+/// What one ordered entry costs: RSS growth per entry over a million index inserts of
+/// tagged keys, against the same keys untagged (the 40-byte slot and the rest of the
+/// index). `cargo test --release -p hotshard-store --test ordered_listing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn ordered_memory() {
+    fn rss() -> usize {
+        let s = std::fs::read_to_string("/proc/self/statm").unwrap();
+        s.split(' ').nth(1).unwrap().parse::<usize>().unwrap() * 4096
+    }
+    const N: u64 = 1_000_000;
+    let grow = |tag: &str| {
+        let before = rss();
+        let mut index = Index::default();
+        for i in 0..N {
+            let key = format!("{tag}photos/2026/{i:010}.jpg");
+            index.insert(key.as_bytes(), 1, IndexEntry::new(i + 1, 0, 0, 100, 0, false));
+        }
+        let grown = rss() - before;
+        let heap = index.heap_bytes();
+        drop(index);
+        (grown as f64 / N as f64, heap as f64 / N as f64)
+    };
+    let (plain_rss, plain_heap) = grow("");
+    let (tagged_rss, tagged_heap) = grow("{b}");
+    eprintln!(
+        "per entry, 1M keys of ~27 B: untagged {plain_rss:.1} B RSS ({plain_heap:.1} by the index's count); tagged {tagged_rss:.1} B RSS ({tagged_heap:.1}); the ordered view: {:.1} B RSS per entry ({:.1} counted)",
+        tagged_rss - plain_rss,
+        tagged_heap - plain_heap
+    );
+}
