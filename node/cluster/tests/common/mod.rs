@@ -54,28 +54,48 @@ impl Etcd {
     pub fn start() -> Etcd {
         let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
         std::fs::create_dir_all(base).unwrap();
-        let dir = tempfile::tempdir_in(base).unwrap();
-        let (client_port, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = spawn(dir.path(), &endpoint, &peer_url);
-        let etcd = Etcd {
-            child,
-            endpoint,
-            peer_url,
-            client_port,
-            _dir: dir,
-        };
-        etcd.wait_listening();
-        etcd
+        // Ports are picked free and released before etcd binds them, so another process
+        // (a node's outgoing connection, say) may take one first: etcd then exits, and is
+        // started again on other ports.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir_in(base).unwrap();
+            let (client_port, peer) = (free_port(), free_port());
+            let endpoint = format!("http://127.0.0.1:{client_port}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let child = spawn(dir.path(), &endpoint, &peer_url);
+            let mut etcd = Etcd {
+                child,
+                endpoint,
+                peer_url,
+                client_port,
+                _dir: dir,
+            };
+            if etcd.listening_within(Duration::from_secs(20)) {
+                return etcd;
+            }
+            let _ = etcd.child.kill();
+            let _ = etcd.child.wait();
+        }
+        panic!("etcd did not start listening (five tries, each on new ports)");
     }
 
-    fn wait_listening(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    /// Whether etcd listens within `limit` (false at once if it exited).
+    fn listening_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
         while std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start listening");
+            if Instant::now() > deadline || !matches!(self.child.try_wait(), Ok(None)) {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        true
+    }
+
+    fn wait_listening(&mut self) {
+        assert!(
+            self.listening_within(Duration::from_secs(20)),
+            "etcd did not start listening again on its ports"
+        );
     }
 
     /// Kills etcd (kill -9), waits `down`, and starts it again on the same data and ports.
