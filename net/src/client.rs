@@ -54,7 +54,7 @@ pub(crate) fn answer_lost(e: &ClientError) -> bool {
 
 /// A request that changes nothing: any serving replica answers it, and it may be sent again.
 pub(crate) fn is_read(request: &Request) -> bool {
-    matches!(request, Request::Get { .. } | Request::Stat { .. })
+    request.is_read()
 }
 
 /// `Ok` for a successful response, the status as an error otherwise.

@@ -170,6 +170,32 @@ pub fn access_request(header: &HeaderBuf, payload_len: u32) -> Result<&ArchivedR
                 )));
             }
         }
+        ArchivedRequest::List {
+            index,
+            prefix,
+            start_after,
+            delimiter,
+            limit,
+            ..
+        } => {
+            check_key(index.as_slice())?;
+            if let Some(after) = start_after.as_ref() {
+                check_key(after.as_slice())?;
+            }
+            let limit = limit.to_native();
+            if prefix.len() > MAX_KEY_BYTES
+                || delimiter.len() > MAX_KEY_BYTES
+                || limit == 0
+                || limit > crate::limits::MAX_LIST_ITEMS
+            {
+                return Err(WireError::Malformed(format!(
+                    "a listing of {limit} items (1 to {}) with a prefix of {} and a delimiter of {} bytes",
+                    crate::limits::MAX_LIST_ITEMS,
+                    prefix.len(),
+                    delimiter.len()
+                )));
+            }
+        }
         ArchivedRequest::Ping
         | ArchivedRequest::GetShardMap
         | ArchivedRequest::Stats
@@ -243,7 +269,7 @@ mod tests {
         let ping = encode_request(7, &Request::Ping, 0).unwrap();
         assert_eq!(
             hex(&ping[..PREAMBLE_BYTES]),
-            "485357310301000038000000000000000700000000000000"
+            "485357310401000040000000000000000700000000000000"
         );
         let put = Request::Put {
             key: b"k1".to_vec(),
@@ -255,7 +281,7 @@ mod tests {
             expires_ms: 0,
         };
         let bytes = encode_request(1, &put, 4).unwrap();
-        assert_eq!(hex(&bytes), "4853573103010000400000000400000001000000000000006b3100000000000001000000f4ffffff020000000000000001000000000000000500000000000000090000000000000003000000000000000000000000000000");
+        assert_eq!(hex(&bytes), "4853573104010000480000000400000001000000000000006b3100000000000001000000f4ffffff0200000000000000010000000000000005000000000000000900000000000000030000000000000000000000000000000000000000000000");
     }
 
     #[test]
@@ -264,7 +290,7 @@ mod tests {
         r.version = 41;
         let bytes = encode_response(2, &r, 0).unwrap();
         // Issue 21 added `expires_ms`: the header is 8 bytes longer (0x38), those 8 at its end.
-        assert_eq!(hex(&bytes), "48535731030200003800000000000000020000000000000003000000000000002a00000000000000ffffffffffffffff2900000000000000000000000000000000000000000000000000000000000000");
+        assert_eq!(hex(&bytes), "48535731040200003800000000000000020000000000000003000000000000002a00000000000000ffffffffffffffff2900000000000000000000000000000000000000000000000000000000000000");
     }
 
     #[test]
@@ -339,6 +365,14 @@ mod tests {
                 partitions: vec![0, 7, 4095],
                 pattern: b"user:*".to_vec(),
                 from_hash: 12345,
+            },
+            Request::List {
+                index: b"{photos}".to_vec(),
+                target: t,
+                prefix: b"{photos}/2026/".to_vec(),
+                start_after: Some(b"{photos}/2026/a.jpg".to_vec()),
+                delimiter: b"/".to_vec(),
+                limit: 1000,
             },
             Request::Update {
                 key: b"i".to_vec(),

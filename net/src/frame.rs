@@ -16,7 +16,9 @@ pub const PREAMBLE_BYTES: usize = 24;
 pub const MAGIC: u32 = u32::from_le_bytes(*b"HSW1");
 /// 2: node-to-node requests name the node and shard they are for (`Recipient`).
 /// 3: a key listing pages within a partition (`ListKeys::from_hash`).
-pub const PROTOCOL_VERSION: u8 = 3;
+/// 4: `List`, a page of an ordered index (issue 33); every request header 8 bytes longer
+/// (rkyv sizes the request by its largest kind).
+pub const PROTOCOL_VERSION: u8 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {

@@ -15,6 +15,7 @@ pub mod expiry;
 pub mod frame;
 pub mod frame_io;
 pub mod limits;
+pub mod listing;
 pub mod message;
 #[cfg(feature = "glommio")]
 pub mod ready_stream;

@@ -20,3 +20,8 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// Most partitions one key listing (`Request::ListKeys`) names: with a pattern of the
 /// largest key's size it still fits a header (4 bytes each).
 pub const MAX_LIST_PARTITIONS: usize = 512;
+
+/// Most items (keys and common prefixes) one page of an ordered index holds
+/// (`Request::List`), as S3's ListObjectsV2 allows: with keys of at most `MAX_KEY_BYTES`, a
+/// page is at most about 1 MiB.
+pub const MAX_LIST_ITEMS: u32 = 1000;

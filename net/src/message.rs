@@ -126,6 +126,20 @@ pub enum Request {
         target: Target,
         op: UpdateOp,
     },
+    /// A page of an ordered index (issue 33): the keys naming `index`'s tag (`{bucket}`:
+    /// routed as that key, to a serving replica of its partition), in key order, starting
+    /// with `prefix`, after `start_after`, at most `limit` items; with a `delimiter`, keys
+    /// with it after the prefix rolled up into common prefixes. The answer's payload is
+    /// the page (`listing::decode_page`); `arg` 1: more may follow (ask again after the
+    /// last item). A key with a write in flight waits as a read does.
+    List {
+        index: Vec<u8>,
+        target: Target,
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        delimiter: Vec<u8>,
+        limit: u32,
+    },
 }
 
 /// What an `Update` does to its key.
@@ -214,7 +228,16 @@ impl Request {
             Request::Reassert { .. } => "reassert",
             Request::ListKeys { .. } => "list_keys",
             Request::Update { .. } => "update",
+            Request::List { .. } => "list",
         }
+    }
+
+    /// A read: answered by any serving replica of the key's chain.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Request::Get { .. } | Request::Stat { .. } | Request::List { .. }
+        )
     }
 }
 

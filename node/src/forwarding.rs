@@ -53,7 +53,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 self.stats.fenced.set(self.stats.fenced.get() + 1);
                 return (Response::new(Status::Busy), Vec::new());
             }
-            let reads = matches!(request, Request::Get { .. } | Request::Stat { .. });
+            let reads = request.is_read();
             let answers = {
                 let map = self.map.borrow();
                 if reads {

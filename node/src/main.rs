@@ -66,6 +66,22 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// The keys of an ordered index in key order (issue 33): INDEX is its tag in braces,
+    /// `{photos}`; keys naming it (`{photos}/2026/a.jpg`) are listed, every page in turn.
+    Ls {
+        index: String,
+        /// Only keys starting with this (the whole key, tag included).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Roll keys with this after the prefix up into common prefixes (`/`: folders).
+        #[arg(long, default_value = "")]
+        delimiter: String,
+        /// Items per page asked of the node (at most 1000).
+        #[arg(long, default_value_t = 1000)]
+        page: u32,
+        #[command(flatten)]
+        target: Target,
+    },
     /// One screen on the node: per shard and in all, ops/s, latency, errors, cache, space,
     /// GC, connections and chains, over the next second (or every second with --watch).
     Stats {
@@ -225,6 +241,43 @@ fn run(cli: Cli) -> Result<(), String> {
                 Some((len, version, crc)) => {
                     println!("{key}: {len} bytes, version {version}, crc32c {crc:08x}");
                     Ok(())
+                }
+            }
+        }
+        Command::Ls {
+            index,
+            prefix,
+            delimiter,
+            page,
+            target,
+        } => {
+            let mut c = client(&target)?;
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let (items, more) = c
+                    .list(
+                        index.as_bytes(),
+                        prefix.as_bytes(),
+                        after.as_deref(),
+                        delimiter.as_bytes(),
+                        page,
+                    )
+                    .map_err(|e| e.to_string())?;
+                for item in &items {
+                    match item {
+                        hotshard_net::listing::ListItem::Key {
+                            key, len, version, ..
+                        } => {
+                            println!("{}\t{len}\tv{version}", String::from_utf8_lossy(key))
+                        }
+                        hotshard_net::listing::ListItem::Prefix(p) => {
+                            println!("{}\t(prefix)", String::from_utf8_lossy(p))
+                        }
+                    }
+                }
+                match (more, items.last()) {
+                    (true, Some(last)) => after = Some(last.name().to_vec()),
+                    _ => return Ok(()),
                 }
             }
         }

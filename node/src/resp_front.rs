@@ -113,7 +113,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
             bytes,
         });
         if let Some((_, target)) = keyed(&request) {
-            let reads = matches!(request, Request::Get { .. } | Request::Stat { .. });
+            let reads = request.is_read();
             if elsewhere(&h.map.borrow(), h.node_id, target.partition, reads) {
                 let bytes = value.as_ref().map_or(&[][..], Val::bytes);
                 return self.proxy(&request, bytes, target.partition).await;
@@ -137,7 +137,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
     /// may talk to any node of a cluster).
     async fn proxy(&self, request: &Request, value: &[u8], partition: u32) -> Reply<OutBuf> {
         let h = &self.shard;
-        let reads = matches!(request, Request::Get { .. } | Request::Stat { .. });
+        let reads = request.is_read();
         let addr = match answered_by(&h.map.borrow(), partition, reads) {
             Some(o) => o.addr.clone(),
             None => return Reply::status(Status::Busy),

@@ -96,6 +96,8 @@ pub(crate) fn keyed(request: &Request) -> Option<(&[u8], hotshard_net::Target)> 
         | Request::Delete { key, target, .. }
         | Request::Stat { key, target, .. }
         | Request::Update { key, target, .. } => Some((key.as_slice(), *target)),
+        // Routed as the key naming the index's tag: its partition is the index's.
+        Request::List { index, target, .. } => Some((index.as_slice(), *target)),
         _ => None,
     }
 }
@@ -304,6 +306,27 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 self.stats.stat.record(micros(), 0, r.is_ok());
                 reply_stat(r)
             }
+            Request::List {
+                target,
+                prefix,
+                start_after,
+                delimiter,
+                limit,
+                ..
+            } => {
+                let q = crate::store::ordered::ListQuery {
+                    prefix: &prefix,
+                    start_after: start_after.as_deref(),
+                    delimiter: &delimiter,
+                    limit: limit as usize,
+                };
+                let r = self.list_when_clean(target.partition, &q).await;
+                self.stats.get.record(micros(), 0, r.is_ok());
+                match r {
+                    Ok(reply) => reply,
+                    Err(status) => Reply::status(status),
+                }
+            }
             // Boxed: an update runs `execute` for its read and its write.
             Request::Update { key, target, op } => {
                 Box::pin(self.answer_update(key, target, op, payload)).await
@@ -329,6 +352,49 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         Glommio::timeout(self.answer_wait, self.dirty.clean(key))
             .await
             .ok_or(Status::Busy)
+    }
+
+    /// A page of `partition`'s ordered index, once no key it passes has a write on its way
+    /// down the chain (CRAQ: a listing is a read of every key it passes, and waits as a
+    /// read does; the page is listed again after each wait).
+    async fn list_when_clean(
+        &self,
+        partition: u32,
+        q: &crate::store::ordered::ListQuery<'_>,
+    ) -> Result<Reply<OutBuf>, Status> {
+        let sp = store_partition(partition)?;
+        for _ in 0..64 {
+            let dirty = std::cell::RefCell::new(None);
+            let page = self.store.list_watching(sp, q, |k| {
+                if dirty.borrow().is_none() && !self.dirty.is_empty() && self.dirty.is_dirty(k) {
+                    *dirty.borrow_mut() = Some(k.to_vec());
+                }
+            });
+            if let Some(key) = dirty.into_inner() {
+                self.wait_until_clean(&key).await?;
+                continue;
+            }
+            let items: Vec<hotshard_net::listing::ListItem> = page
+                .items
+                .into_iter()
+                .map(|i| match i {
+                    crate::store::ordered::Listed::Key(key, s) => hotshard_net::listing::ListItem::Key {
+                        key,
+                        version: s.version,
+                        len: s.len,
+                        crc32c: s.crc32c,
+                    },
+                    crate::store::ordered::Listed::Prefix(p) => hotshard_net::listing::ListItem::Prefix(p),
+                })
+                .collect();
+            let mut response = Response::new(Status::Ok);
+            response.arg = u64::from(page.next.is_some());
+            return Ok(Reply {
+                response,
+                payload: Some(OutBuf::Bytes(hotshard_net::listing::encode_page(&items))),
+            });
+        }
+        Err(Status::Busy)
     }
 
     /// Requests that name no key: answered at once, whatever the shard's load.
@@ -585,7 +651,7 @@ impl<Q: BlockQueue + 'static> Handler for ShardHandler<Q> {
         }
         // Routed under a short borrow of the map, released before any await: the map may
         // be replaced while the request waits.
-        let reads = matches!(request, Request::Get { .. } | Request::Stat { .. });
+        let reads = request.is_read();
         let routed = route(&self.map.borrow(), self.node_id, self.shard, key, target, reads);
         match routed {
             Ok(Route::Here) => self.execute(request, payload).await,

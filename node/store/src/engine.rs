@@ -941,8 +941,19 @@ impl<Q: BlockQueue> Store<Q> {
         partition: u16,
         q: &crate::ordered::ListQuery<'_>,
     ) -> crate::ordered::Listing<ObjectStat> {
+        self.list_watching(partition, q, |_| {})
+    }
+
+    /// `list`, calling `passed` with every key the listing looks at (listed or not), so
+    /// that the caller can tell whether one has a write in flight.
+    pub fn list_watching(
+        &self,
+        partition: u16,
+        q: &crate::ordered::ListQuery<'_>,
+        passed: impl Fn(&[u8]),
+    ) -> crate::ordered::Listing<ObjectStat> {
         let st = self.inner.state.borrow();
-        let page = st.index().list(partition, q, now_ms());
+        let page = st.index().list_watching(partition, q, now_ms(), passed);
         crate::ordered::Listing {
             items: page
                 .items

@@ -464,7 +464,19 @@ impl Index {
     /// A page of `partition`'s ordered keys (`ordered::OrderedKeys::list`): live objects
     /// only (not deleted, not expired at `now_ms`), each with its entry.
     pub fn list(&self, partition: u16, q: &ListQuery<'_>, now_ms: u64) -> Listing<IndexEntry> {
+        self.list_watching(partition, q, now_ms, |_| {})
+    }
+
+    /// `list`, calling `passed` with every key it looks at.
+    pub fn list_watching(
+        &self,
+        partition: u16,
+        q: &ListQuery<'_>,
+        now_ms: u64,
+        passed: impl Fn(&[u8]),
+    ) -> Listing<IndexEntry> {
         self.ordered.list(partition, q, |k| {
+            passed(k);
             self.get(k).filter(|e| e.live_at(now_ms)).copied()
         })
     }
