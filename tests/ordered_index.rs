@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use hotshard_net::blocking::BlockingClient;
+use hotshard_net::client::ListArgs;
 use hotshard_net::listing::ListItem;
 
 /// Every item of a listing, page after page of `page` items.
@@ -19,7 +20,13 @@ fn list_all(c: &mut BlockingClient, prefix: &[u8], delimiter: &[u8], page: u32) 
     let mut after: Option<Vec<u8>> = None;
     loop {
         let (items, more) = c
-            .list(b"{photos}", prefix, after.as_deref(), delimiter, page)
+            .list(ListArgs {
+                index: b"{photos}",
+                prefix,
+                start_after: after.as_deref(),
+                delimiter,
+                limit: page,
+            })
             .unwrap();
         assert!(items.len() <= page as usize);
         if let (Some(last), Some(first)) = (all.last(), items.first()) {
@@ -110,5 +117,12 @@ fn listings_are_in_key_order_and_match_what_was_written() {
     assert_eq!(text.lines().count(), 4, "{text}");
     assert!(text.starts_with("{photos}/2020/\t(prefix)"), "{text}");
     // A page of more than 1000 items is refused.
-    assert!(c.list(b"{photos}", b"", None, b"", 1001).is_err());
+    let too_many = ListArgs {
+        index: b"{photos}",
+        prefix: b"",
+        start_after: None,
+        delimiter: b"",
+        limit: 1001,
+    };
+    assert!(c.list(too_many).is_err());
 }

@@ -231,30 +231,14 @@ impl BlockingClient {
         Ok(found(&r)?.then_some((body, r.version)))
     }
 
-    /// A page of the ordered index `index` names (a key with its tag: `{bucket}`; issue
-    /// 33): keys starting with `prefix` after `start_after`, at most `limit` items, keys
-    /// with `delimiter` after the prefix rolled up. Returns the items and whether more may
-    /// follow (then ask again with the last item's name as `start_after`).
+    /// A page of an ordered index (issue 33; `client::ListArgs`): its items in key order,
+    /// and whether more may follow (ask again after the last item's name).
     pub fn list(
         &mut self,
-        index: &[u8],
-        prefix: &[u8],
-        start_after: Option<&[u8]>,
-        delimiter: &[u8],
-        limit: u32,
+        args: crate::client::ListArgs<'_>,
     ) -> Result<(Vec<crate::listing::ListItem>, bool), ClientError> {
-        let (r, body) = self.keyed(index, &[], |target| Request::List {
-            index: index.to_vec(),
-            target,
-            prefix: prefix.to_vec(),
-            start_after: start_after.map(<[u8]>::to_vec),
-            delimiter: delimiter.to_vec(),
-            limit,
-        })?;
-        expect_ok(&r)?;
-        let items = crate::listing::decode_page(&body)
-            .map_err(|e| ClientError::Wire(crate::error::WireError::Malformed(e)))?;
-        Ok((items, r.arg == 1))
+        let (r, body) = self.keyed(args.index, &[], |target| args.request(target))?;
+        crate::client::list_answer(&r, &body)
     }
 
     pub fn delete(&mut self, key: &[u8]) -> Result<u64, ClientError> {

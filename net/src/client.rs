@@ -57,6 +57,40 @@ pub(crate) fn is_read(request: &Request) -> bool {
     request.is_read()
 }
 
+/// What a page of an ordered index asks, for either client (`Client::list`).
+#[derive(Debug, Clone, Copy)]
+pub struct ListArgs<'a> {
+    /// A key naming the index's tag (`{photos}`): it routes the request.
+    pub index: &'a [u8],
+    pub prefix: &'a [u8],
+    pub start_after: Option<&'a [u8]>,
+    pub delimiter: &'a [u8],
+    pub limit: u32,
+}
+
+impl ListArgs<'_> {
+    pub(crate) fn request(&self, target: crate::message::Target) -> Request {
+        Request::List {
+            index: self.index.to_vec(),
+            target,
+            prefix: self.prefix.to_vec(),
+            start_after: self.start_after.map(<[u8]>::to_vec),
+            delimiter: self.delimiter.to_vec(),
+            limit: self.limit,
+        }
+    }
+}
+
+/// A `List` answer as the page's items and whether more may follow.
+pub(crate) fn list_answer(
+    resp: &Response,
+    body: &[u8],
+) -> Result<(Vec<crate::listing::ListItem>, bool), ClientError> {
+    expect_ok(resp)?;
+    let items = crate::listing::decode_page(body).map_err(WireError::Malformed)?;
+    Ok((items, resp.arg == 1))
+}
+
 /// `Ok` for a successful response, the status as an error otherwise.
 pub(crate) fn expect_ok(resp: &Response) -> Result<(), ClientError> {
     match resp.status() {
@@ -346,6 +380,16 @@ impl<R: Runtime> Client<R> {
             .await?;
         let v = resp;
         Ok(found(&v)?.then_some((v.object_len, v.version, v.crc32c)))
+    }
+
+    /// A page of an ordered index (issue 33; `ListArgs`): its items in key order, and
+    /// whether more may follow (ask again after the last item's name).
+    pub async fn list(
+        &self,
+        args: ListArgs<'_>,
+    ) -> Result<(Vec<crate::listing::ListItem>, bool), ClientError> {
+        let (resp, body) = self.keyed(args.index, &[], |target| args.request(target)).await?;
+        list_answer(&resp, &body)
     }
 
     /// Round trip to one shard.

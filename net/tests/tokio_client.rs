@@ -2,11 +2,12 @@
 //! LocalSet, against a glommio server in another thread.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use hotshard_net::client::{Client, ClientConfig};
+use hotshard_net::client::{Client, ClientConfig, ListArgs};
+use hotshard_net::listing::ListItem;
 use hotshard_net::runtime::Tokio;
 use hotshard_net::server::{serve_connection, Handler, Reply, ServerConfig};
 use hotshard_net::shard_map::{ShardAddr, ShardMap};
@@ -14,7 +15,7 @@ use hotshard_net::{Request, Response, Status};
 
 struct Mem {
     addr: String,
-    map: RefCell<HashMap<Vec<u8>, Vec<u8>>>,
+    map: RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
 impl Handler for Mem {
@@ -53,6 +54,26 @@ impl Handler for Mem {
                 },
                 None => Reply::status(Status::NotFound),
             },
+            // A page of keys by prefix (enough to carry a listing to the client and back).
+            Request::List { prefix, limit, .. } => {
+                let items: Vec<ListItem> = self
+                    .map
+                    .borrow()
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .take(limit as usize)
+                    .map(|(k, v)| ListItem::Key {
+                        key: k.clone(),
+                        version: 1,
+                        len: v.len() as u64,
+                        crc32c: 0,
+                    })
+                    .collect();
+                Reply {
+                    response: Response::new(Status::Ok),
+                    payload: Some(hotshard_net::listing::encode_page(&items)),
+                }
+            }
             _ => Reply::status(Status::Internal),
         }
     }
@@ -103,6 +124,19 @@ fn a_tokio_gateway_puts_and_gets() {
         client.put(b"gw", b"from tokio", None).await.unwrap();
         assert_eq!(client.get(b"gw").await.unwrap().unwrap().0, b"from tokio");
         assert_eq!(client.get(b"none").await.unwrap(), None);
+        // An ordered index's page over tokio (issue 33).
+        client.put(b"{i}/b", b"2", None).await.unwrap();
+        client.put(b"{i}/a", b"1", None).await.unwrap();
+        let args = ListArgs {
+            index: b"{i}",
+            prefix: b"{i}/",
+            start_after: None,
+            delimiter: b"",
+            limit: 10,
+        };
+        let (items, more) = client.list(args).await.unwrap();
+        let names: Vec<&[u8]> = items.iter().map(ListItem::name).collect();
+        assert_eq!((names, more), (vec![&b"{i}/a"[..], b"{i}/b"], false));
     });
     stop_tx.send(()).unwrap();
     server.join().unwrap();

@@ -255,13 +255,13 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let (items, more) = c
-                    .list(
-                        index.as_bytes(),
-                        prefix.as_bytes(),
-                        after.as_deref(),
-                        delimiter.as_bytes(),
-                        page,
-                    )
+                    .list(hotshard_net::client::ListArgs {
+                        index: index.as_bytes(),
+                        prefix: prefix.as_bytes(),
+                        start_after: after.as_deref(),
+                        delimiter: delimiter.as_bytes(),
+                        limit: page,
+                    })
                     .map_err(|e| e.to_string())?;
                 for item in &items {
                     match item {
