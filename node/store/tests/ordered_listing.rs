@@ -234,3 +234,50 @@ fn ordered_memory() {
         tagged_heap - plain_heap
     );
 }
+
+/// A 1,000-key page from an index of a million entries, at random start points: the
+/// ordered view's listing against a `BTreeMap` range of the same keys in the same run.
+/// `cargo test --release -p hotshard-store --test ordered_listing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn a_page_from_a_million_entries() {
+    const N: u64 = 1_000_000;
+    let mut index = Index::default();
+    let mut model = BTreeMap::new();
+    for i in 0..N {
+        let key = format!("{{b}}objects/{:010}", i * 7919 % N);
+        index.insert(key.as_bytes(), 1, IndexEntry::new(i + 1, 0, 0, 100, 0, false));
+        model.insert(key.into_bytes(), i + 1);
+    }
+    let mut rng = Rng(42);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        let start = format!("{{b}}objects/{:010}", rng.below(N - 2000)).into_bytes();
+        let q = ListQuery {
+            prefix: b"{b}objects/",
+            start_after: Some(&start),
+            delimiter: b"",
+            limit: 1000,
+        };
+        let t = std::time::Instant::now();
+        let page = index.list(1, &q, 0);
+        ours.push(t.elapsed());
+        let t = std::time::Instant::now();
+        let want: Vec<(&Vec<u8>, &u64)> = model
+            .range::<Vec<u8>, _>((std::ops::Bound::Excluded(&start), std::ops::Bound::Unbounded))
+            .take(1000)
+            .collect();
+        theirs.push(t.elapsed());
+        assert_eq!(page.items.len(), want.len());
+    }
+    ours.sort();
+    theirs.sort();
+    let pct = |v: &[std::time::Duration], p: usize| v[v.len() * p / 100];
+    eprintln!(
+        "1,000-key page of 1M entries: ordered view p50 {:?} p99 {:?}; BTreeMap range p50 {:?} p99 {:?}",
+        pct(&ours, 50),
+        pct(&ours, 99),
+        pct(&theirs, 50),
+        pct(&theirs, 99)
+    );
+}
