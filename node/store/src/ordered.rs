@@ -102,12 +102,16 @@ impl OrderedKeys {
                     break 'walk;
                 }
                 if let Some(group) = q.group_of(key) {
-                    // A common prefix stands for every key under it: once, then past them.
-                    if !set_has_live(set, group, &live) {
-                        // Every key under it is dead: skip them as one.
-                        skipped += 1;
-                    } else {
-                        out.items.push(Listed::Prefix(group.to_vec()));
+                    // A common prefix stands for every key under it: once (if one of them
+                    // is live, looking from this key on), then past them.
+                    match group_live_from(set, key, group, &live, &mut skipped) {
+                        GroupLive::Yes => out.items.push(Listed::Prefix(group.to_vec())),
+                        GroupLive::No => {}
+                        GroupLive::OutOfBudget(last) => {
+                            // Resume inside the group, after the last dead key looked at.
+                            out.next = Some(last);
+                            break 'walk;
+                        }
                     }
                     match successor(group) {
                         Some(s) => from = Bound::Included(s),
@@ -158,14 +162,35 @@ fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     }
 }
 
-/// Whether any key under `group` is live (a common prefix is listed only for a live key).
-/// Stops at the first live one; bounded by `MAX_SKIPPED` dead ones (then taken as live).
-fn set_has_live<T>(set: &BTreeSet<Box<[u8]>>, group: &[u8], live: &impl Fn(&[u8]) -> Option<T>) -> bool {
-    set.range::<[u8], _>((Bound::Included(group), Bound::Unbounded))
+/// Whether a common prefix is listed: `GroupLive::Yes` if a key under `group`, from
+/// `first` on, is live; each dead one passed counts in the page's `skipped`, and once
+/// those reach `MAX_SKIPPED` the page ends at the last one looked at.
+enum GroupLive {
+    Yes,
+    No,
+    OutOfBudget(Vec<u8>),
+}
+
+fn group_live_from<T>(
+    set: &BTreeSet<Box<[u8]>>,
+    first: &[u8],
+    group: &[u8],
+    live: &impl Fn(&[u8]) -> Option<T>,
+    skipped: &mut usize,
+) -> GroupLive {
+    for k in set
+        .range::<[u8], _>((Bound::Included(first), Bound::Unbounded))
         .take_while(|k| k.starts_with(group))
-        .take(MAX_SKIPPED)
-        .enumerate()
-        .any(|(i, k)| i + 1 == MAX_SKIPPED || live(k).is_some())
+    {
+        if live(k).is_some() {
+            return GroupLive::Yes;
+        }
+        *skipped += 1;
+        if *skipped >= MAX_SKIPPED {
+            return GroupLive::OutOfBudget(k.to_vec());
+        }
+    }
+    GroupLive::No
 }
 
 /// The least byte string greater than every string starting with `p` (None: there is
@@ -224,6 +249,38 @@ pub struct Listing<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_walks_past_a_bounded_number_of_dead_keys() {
+        let mut keys = OrderedKeys::default();
+        for i in 0..25_000u32 {
+            keys.insert(0, format!("{{b}}/{}/{i:06}", i % 3).as_bytes());
+        }
+        for delimiter in [&b""[..], b"/"] {
+            let (mut after, mut pages) = (None::<Vec<u8>>, 0);
+            loop {
+                let q = ListQuery {
+                    prefix: b"{b}/",
+                    start_after: after.as_deref(),
+                    delimiter,
+                    limit: 10,
+                };
+                let calls = std::cell::Cell::new(0);
+                let page = keys.list(0, &q, |_| {
+                    calls.set(calls.get() + 1);
+                    None::<()>
+                });
+                assert!(calls.get() <= MAX_SKIPPED + 1, "{} looked at", calls.get());
+                assert!(page.items.is_empty(), "nothing live, nothing listed");
+                pages += 1;
+                match page.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            assert!(pages <= 4, "{pages} pages for {delimiter:?}");
+        }
+    }
 
     #[test]
     fn successors_skip_everything_under_a_prefix() {
