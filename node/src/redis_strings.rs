@@ -12,18 +12,16 @@ pub fn getrange(len: u64, start: i64, end: i64) -> Option<(u64, u64)> {
     if start < 0 && end < 0 && start > end {
         return None;
     }
-    let mut start = if start < 0 {
-        len.saturating_add(start)
-    } else {
-        start
-    };
-    let mut end = if end < 0 { len.saturating_add(end) } else { end };
-    start = start.max(0);
-    end = end.max(0);
-    if end >= len {
-        end = len - 1;
-    }
+    let (start, end) = clamp_ends(len, start, end);
     (len > 0 && start <= end).then_some((start as u64, (end - start + 1) as u64))
+}
+
+/// Redis's clamping of an inclusive range on `total` units: negative ends counted from
+/// the back, both at least 0, the end at most the last unit (so -1 when `total` is 0).
+fn clamp_ends(total: i64, start: i64, end: i64) -> (i64, i64) {
+    let from_back = |i: i64| if i < 0 { total.saturating_add(i) } else { i };
+    let (start, end) = (from_back(start).max(0), from_back(end).max(0));
+    (start, end.min(total - 1))
 }
 
 /// The value after SETRANGE: `old` (absent: empty) zero-padded to `offset` and `patch`
@@ -80,17 +78,7 @@ fn bit_range(len: usize, start: i64, end: i64, unit: BitUnit) -> BitRange {
     if unit == BitUnit::Bit {
         total <<= 3;
     }
-    let mut start = if start < 0 {
-        total.saturating_add(start)
-    } else {
-        start
-    };
-    let mut end = if end < 0 { total.saturating_add(end) } else { end };
-    start = start.max(0);
-    end = end.max(0);
-    if end >= total {
-        end = total - 1;
-    }
+    let (mut start, mut end) = clamp_ends(total, start, end);
     let (mut first_mask, mut last_mask) = (0u8, 0u8);
     if unit == BitUnit::Bit && start <= end {
         first_mask = (!((1u32 << (8 - (start & 7))) - 1) & 0xFF) as u8;

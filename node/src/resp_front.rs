@@ -511,15 +511,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
         use RespCommand as C;
         let limit = self.shard.store.config().max_value_bytes;
         Ok(match c {
-            C::SetNx(k, v) => {
-                let op = UpdateOp::Set {
-                    only_if: 1,
-                    get: false,
-                    expires_ms: 0,
-                    keep_ttl: false,
-                };
-                RespReply::integer(self.update(k, op, Some(Val::Bytes(v))).await?.0)
-            }
+            C::SetNx(k, v) => RespReply::integer(self.set_if_absent(k, v).await?),
             C::MSetNx(pairs) => {
                 // All or none: atomic only when every pair names the same key (one
                 // conditional write at its head). Keys of several chains would need a
@@ -529,13 +521,7 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
                 if pairs.iter().any(|(other, _)| *other != k) {
                     return Err(CROSSSLOT.into());
                 }
-                let op = UpdateOp::Set {
-                    only_if: 1,
-                    get: false,
-                    expires_ms: 0,
-                    keep_ttl: false,
-                };
-                RespReply::integer(self.update(k, op, Some(Val::Bytes(v))).await?.0)
+                RespReply::integer(self.set_if_absent(k, v).await?)
             }
             C::SetRange(k, offset, v) => {
                 if !v.is_empty() {
@@ -659,6 +645,17 @@ impl<Q: BlockQueue + 'static> RespFront<Q> {
             // The connection answers the rest itself.
             _ => return Err("ERR internal error: a connection command reached the store".into()),
         })
+    }
+
+    /// SETNX: `key` set to `value` only if it has none, at its head; 1 if it was.
+    async fn set_if_absent(&self, key: &[u8], value: &[u8]) -> Result<i64, String> {
+        let op = UpdateOp::Set {
+            only_if: 1,
+            get: false,
+            expires_ms: 0,
+            keep_ttl: false,
+        };
+        Ok(self.update(key, op, Some(Val::Bytes(value))).await?.0)
     }
 
     /// LCS of two keys' values (absent: empty), each read once; the sizes are checked
