@@ -9,7 +9,19 @@
 
 use hashbrown::HashTable;
 
-use crate::ordered::{is_ordered, ListQuery, Listing, OrderedKeys};
+use crate::ordered::{is_ordered, KeyOf, ListQuery, Listing, OrderedKeys};
+
+/// The index's slots and arena, for the ordered view to read keys by slot id.
+struct ArenaKeys<'a> {
+    slots: &'a [Slot],
+    keys: &'a [u8],
+}
+
+impl KeyOf for ArenaKeys<'_> {
+    fn key_of(&self, id: u32) -> &[u8] {
+        Index::key_of(self.keys, &self.slots[id as usize])
+    }
+}
 
 /// Where a key's newest value lives and what it is. 32 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,7 +287,11 @@ impl Index {
                 });
                 self.join_partition(id, partition);
                 if is_ordered(key) {
-                    self.ordered.insert(partition, key);
+                    let arena = ArenaKeys {
+                        slots: &self.slots,
+                        keys: &self.keys,
+                    };
+                    self.ordered.insert(&arena, partition, id, key);
                 }
                 self.table.insert_unique(hash, (id, h32), |&(_, h)| table_hash(h));
                 None
@@ -365,8 +381,22 @@ impl Index {
             }
         }
         self.leave_partition(id, last);
-        if is_ordered(key) {
-            self.ordered.remove(self.slots[id as usize].partition, key);
+        {
+            // Out of the ordered view before the slots move (its comparisons read them),
+            // and the last slot, about to move into `id`'s place, renumbered there.
+            let arena = ArenaKeys {
+                slots: &self.slots,
+                keys: &self.keys,
+            };
+            if is_ordered(key) {
+                self.ordered
+                    .remove(&arena, self.slots[id as usize].partition, key);
+            }
+            let moved = Self::key_of(&self.keys, &self.slots[last as usize]);
+            if id != last && is_ordered(moved) {
+                self.ordered
+                    .renumber(&arena, self.slots[last as usize].partition, moved, id);
+            }
         }
         let slot = self.slots.swap_remove(id as usize);
         self.garbage += slot.key_len as usize;
@@ -461,6 +491,11 @@ impl Index {
         self.ordered.entries()
     }
 
+    /// Heap bytes of the ordered view alone.
+    pub fn ordered_heap_bytes(&self) -> usize {
+        self.ordered.heap_bytes()
+    }
+
     /// A page of `partition`'s ordered keys (`ordered::OrderedKeys::list`): live objects
     /// only (not deleted, not expired at `now_ms`), each with its entry.
     pub fn list(&self, partition: u16, q: &ListQuery<'_>, now_ms: u64) -> Listing<IndexEntry> {
@@ -475,9 +510,13 @@ impl Index {
         now_ms: u64,
         passed: impl Fn(&[u8]),
     ) -> Listing<IndexEntry> {
-        self.ordered.list(partition, q, |k| {
+        let arena = ArenaKeys {
+            slots: &self.slots,
+            keys: &self.keys,
+        };
+        self.ordered.list(&arena, partition, q, |k, id| {
             passed(k);
-            self.get(k).filter(|e| e.live_at(now_ms)).copied()
+            Some(self.slots[id as usize].entry).filter(|e| e.live_at(now_ms))
         })
     }
 }

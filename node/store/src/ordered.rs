@@ -4,16 +4,24 @@
 //! bucket. Kept by the index itself on every insert and removal, so writes, replicated
 //! records, recovery, GC and resync all keep it without knowing of it. No disk: rebuilt at
 //! recovery from the log as the rest of the index is.
+//!
+//! Each partition's keys are the index's slot ids (4 bytes each) in blocks of at most
+//! `BLOCK` ids, each block sorted by key and every key of a block before the next block's;
+//! keys are compared where the index keeps them (its arena, through `KeyOf`), so no key is
+//! stored twice. An insert or removal is a binary search over the blocks' last keys, one in
+//! a block, and a move of at most `BLOCK` ids.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::ops::Bound;
 
-/// Heap bytes one entry costs besides its key's bytes, as measured: `ordered_memory` in
-/// `tests/ordered_listing.rs` grew the RSS by 132.6 B per entry of a ~30-byte key over
-/// what the same keys cost untagged (the box, the key's own allocation with its header
-/// and rounding, the B-tree's nodes at their usual fill). A B-tree of slot ids comparing
-/// keys in the index's arena would cost a tenth of it; not built yet.
-pub const ENTRY_OVERHEAD: usize = 100;
+/// Most slot ids in one block (a full block splits in two).
+const BLOCK: usize = 256;
+
+/// Heap bytes one entry costs, at most: its id (4), the blocks' spare room (a block is half
+/// to wholly full) and a block's header per `BLOCK / 2` ids. The index counts the view's
+/// blocks themselves (`heap_bytes`); `ordered_memory` in `tests/ordered_listing.rs`
+/// measures it.
+pub const ENTRY_OVERHEAD: usize = 8;
 
 /// Most index entries a listing walks past without answering them (tombstones, expired
 /// keys) before it stops and says where to go on: a page's work stays bounded.
@@ -24,34 +32,139 @@ pub fn is_ordered(key: &[u8]) -> bool {
     hotshard_placement::index_tag(key).is_some()
 }
 
-/// The ordered keys of each partition.
-#[derive(Default)]
-pub struct OrderedKeys {
-    by_partition: HashMap<u16, BTreeSet<Box<[u8]>>>,
-    entries: usize,
-    key_bytes: usize,
+/// The key of a slot id, as the index holds it.
+pub trait KeyOf {
+    fn key_of(&self, id: u32) -> &[u8];
 }
 
-impl OrderedKeys {
-    /// Adds `key` (the index calls this for a key it did not hold).
-    pub fn insert(&mut self, partition: u16, key: &[u8]) {
-        if self.by_partition.entry(partition).or_default().insert(key.into()) {
-            self.entries += 1;
-            self.key_bytes += key.len();
+/// One partition's ids in key order.
+#[derive(Default)]
+struct Blocks(Vec<Vec<u32>>);
+
+impl Blocks {
+    /// The block and the place in it of the first key at or past `bound`'s.
+    fn locate(&self, keys: &impl KeyOf, bound: Bound<&[u8]>) -> (usize, usize) {
+        let before = |k: &[u8]| match bound {
+            Bound::Included(t) => k < t,
+            Bound::Excluded(t) => k <= t,
+            Bound::Unbounded => false,
+        };
+        let b = self
+            .0
+            .partition_point(|blk| before(keys.key_of(*blk.last().unwrap())));
+        match self.0.get(b) {
+            Some(blk) => (b, blk.partition_point(|&id| before(keys.key_of(id)))),
+            None => (b, 0),
         }
     }
 
-    /// Removes `key` (the index calls this when the key leaves it).
-    pub fn remove(&mut self, partition: u16, key: &[u8]) {
-        let Some(set) = self.by_partition.get_mut(&partition) else {
+    /// Ids in key order from (`b`, `at`) on.
+    fn from(&self, (b, at): (usize, usize)) -> impl Iterator<Item = u32> + '_ {
+        self.0
+            .get(b..)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .flat_map(move |(i, blk)| blk[if i == 0 { at } else { 0 }..].iter().copied())
+    }
+
+    /// The place of `key` if it is here.
+    fn find(&self, keys: &impl KeyOf, key: &[u8]) -> Option<(usize, usize)> {
+        let (b, at) = self.locate(keys, Bound::Included(key));
+        let id = *self.0.get(b)?.get(at)?;
+        (keys.key_of(id) == key).then_some((b, at))
+    }
+
+    fn insert(&mut self, keys: &impl KeyOf, id: u32, key: &[u8]) -> bool {
+        if self.find(keys, key).is_some() {
+            return false;
+        }
+        let (mut b, mut at) = self.locate(keys, Bound::Included(key));
+        if self.0.is_empty() {
+            self.0.push(Vec::with_capacity(8));
+        } else if b == self.0.len() {
+            b -= 1;
+            at = self.0[b].len();
+        }
+        let last_block = b + 1 == self.0.len();
+        let blk = &mut self.0[b];
+        if blk.len() == blk.capacity() {
+            // Never past one block and one id: doubling would leave blocks half empty.
+            blk.reserve_exact((blk.len() / 2).clamp(8, BLOCK + 1 - blk.len()));
+        }
+        blk.insert(at, id);
+        if blk.len() > BLOCK {
+            // In two halves; but a key past every other starts a block of its own, so that
+            // keys written in order (object names often are) leave full blocks behind.
+            let keep = if at == BLOCK && last_block {
+                BLOCK
+            } else {
+                BLOCK / 2
+            };
+            let mut upper = Vec::with_capacity(BLOCK + 1);
+            upper.extend_from_slice(&blk[keep..]);
+            blk.truncate(keep);
+            self.0.insert(b + 1, upper);
+        }
+        true
+    }
+
+    fn remove(&mut self, keys: &impl KeyOf, key: &[u8]) -> bool {
+        let Some((b, at)) = self.find(keys, key) else {
+            return false;
+        };
+        self.0[b].remove(at);
+        if self.0[b].is_empty() {
+            self.0.remove(b);
+        }
+        true
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.0.capacity() * std::mem::size_of::<Vec<u32>>()
+            + self.0.iter().map(|b| b.capacity() * 4).sum::<usize>()
+    }
+}
+
+/// The ordered keys of each partition.
+#[derive(Default)]
+pub struct OrderedKeys {
+    by_partition: HashMap<u16, Blocks>,
+    entries: usize,
+}
+
+impl OrderedKeys {
+    /// Adds slot `id` holding `key` (the index calls this for a key it did not hold).
+    pub fn insert(&mut self, keys: &impl KeyOf, partition: u16, id: u32, key: &[u8]) {
+        if self
+            .by_partition
+            .entry(partition)
+            .or_default()
+            .insert(keys, id, key)
+        {
+            self.entries += 1;
+        }
+    }
+
+    /// Removes `key` (the index calls this when the key leaves it, before its slot goes).
+    pub fn remove(&mut self, keys: &impl KeyOf, partition: u16, key: &[u8]) {
+        let Some(blocks) = self.by_partition.get_mut(&partition) else {
             return;
         };
-        if set.remove(key) {
+        if blocks.remove(keys, key) {
             self.entries -= 1;
-            self.key_bytes -= key.len();
         }
-        if set.is_empty() {
+        if blocks.0.is_empty() {
             self.by_partition.remove(&partition);
+        }
+    }
+
+    /// The slot holding `key` is now `id` (the index moved it into a removed slot's place).
+    pub fn renumber(&mut self, keys: &impl KeyOf, partition: u16, key: &[u8], id: u32) {
+        if let Some(blocks) = self.by_partition.get_mut(&partition) {
+            if let Some((b, at)) = blocks.find(keys, key) {
+                blocks.0[b][at] = id;
+            }
         }
     }
 
@@ -59,24 +172,25 @@ impl OrderedKeys {
         self.entries
     }
 
-    /// What the view costs, by `ENTRY_OVERHEAD` per entry.
+    /// What the view holds on the heap.
     pub fn heap_bytes(&self) -> usize {
-        self.entries * ENTRY_OVERHEAD + self.key_bytes
+        self.by_partition.capacity() * 40 + self.by_partition.values().map(Blocks::heap_bytes).sum::<usize>()
     }
 
     /// A page of `partition`'s ordered keys as `q` asks (see `ListQuery`), each key kept
-    /// only if `live` gives it something (the index's entry of a live object).
+    /// only if `live` gives it something for its slot (the index's entry of a live object).
     pub fn list<T>(
         &self,
+        keys: &impl KeyOf,
         partition: u16,
         q: &ListQuery<'_>,
-        live: impl Fn(&[u8]) -> Option<T>,
+        live: impl Fn(&[u8], u32) -> Option<T>,
     ) -> Listing<T> {
         let mut out = Listing {
             items: Vec::new(),
             next: None,
         };
-        let Some(set) = self.by_partition.get(&partition) else {
+        let Some(blocks) = self.by_partition.get(&partition) else {
             return out;
         };
         if q.limit == 0 {
@@ -95,16 +209,17 @@ impl OrderedKeys {
         };
         let mut skipped = 0;
         'walk: loop {
-            let range = set.range::<[u8], _>((as_ref(&from), Bound::Unbounded));
-            for key in range {
-                let key: &[u8] = key;
+            let start = blocks.locate(keys, as_ref(&from));
+            for id in blocks.from(start) {
+                let key = keys.key_of(id);
                 if !key.starts_with(q.prefix) {
                     break 'walk;
                 }
                 if let Some(group) = q.group_of(key) {
                     // A common prefix stands for every key under it: once (if one of them
                     // is live, looking from this key on), then past them.
-                    match group_live_from(set, key, group, &live, &mut skipped) {
+                    let under = blocks.from(blocks.locate(keys, Bound::Included(key)));
+                    match group_live(keys, under, group, &live, &mut skipped) {
                         GroupLive::Yes => out.items.push(Listed::Prefix(group.to_vec())),
                         GroupLive::No => {}
                         GroupLive::OutOfBudget(last) => {
@@ -123,7 +238,7 @@ impl OrderedKeys {
                     }
                     continue 'walk;
                 }
-                match live(key) {
+                match live(key, id) {
                     Some(t) => out.items.push(Listed::Key(key.to_vec(), t)),
                     None => skipped += 1,
                 }
@@ -142,9 +257,10 @@ impl OrderedKeys {
                 _ => Some(Bound::Excluded(last.clone())),
             };
             let more = after.is_some_and(|from| {
-                set.range::<[u8], _>((as_ref(&from), Bound::Unbounded))
+                blocks
+                    .from(blocks.locate(keys, as_ref(&from)))
                     .next()
-                    .is_some_and(|k| k.starts_with(q.prefix))
+                    .is_some_and(|id| keys.key_of(id).starts_with(q.prefix))
             });
             if !more {
                 out.next = None;
@@ -162,8 +278,8 @@ fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     }
 }
 
-/// Whether a common prefix is listed: `GroupLive::Yes` if a key under `group`, from
-/// `first` on, is live; each dead one passed counts in the page's `skipped`, and once
+/// Whether a common prefix is listed: `GroupLive::Yes` if a key under `group`, from the
+/// ids given on, is live; each dead one passed counts in the page's `skipped`, and once
 /// those reach `MAX_SKIPPED` the page ends at the last one looked at.
 enum GroupLive {
     Yes,
@@ -171,18 +287,19 @@ enum GroupLive {
     OutOfBudget(Vec<u8>),
 }
 
-fn group_live_from<T>(
-    set: &BTreeSet<Box<[u8]>>,
-    first: &[u8],
+fn group_live<T>(
+    keys: &impl KeyOf,
+    ids: impl Iterator<Item = u32>,
     group: &[u8],
-    live: &impl Fn(&[u8]) -> Option<T>,
+    live: &impl Fn(&[u8], u32) -> Option<T>,
     skipped: &mut usize,
 ) -> GroupLive {
-    for k in set
-        .range::<[u8], _>((Bound::Included(first), Bound::Unbounded))
-        .take_while(|k| k.starts_with(group))
-    {
-        if live(k).is_some() {
+    for id in ids {
+        let k = keys.key_of(id);
+        if !k.starts_with(group) {
+            break;
+        }
+        if live(k, id).is_some() {
             return GroupLive::Yes;
         }
         *skipped += 1;
@@ -250,11 +367,81 @@ pub struct Listing<T> {
 mod tests {
     use super::*;
 
+    /// Keys by id, as the index's arena holds them.
+    struct Keys(Vec<Vec<u8>>);
+
+    impl KeyOf for Keys {
+        fn key_of(&self, id: u32) -> &[u8] {
+            &self.0[id as usize]
+        }
+    }
+
+    #[test]
+    #[allow(clippy::map_entry)] // the model is changed beside the blocks, in each branch
+    fn blocks_split_and_empty_and_keep_key_order() {
+        // Keys by id in an arena that only grows (ids are never reused here).
+        let mut arena = Keys(Vec::new());
+        let mut blocks = Blocks::default();
+        let mut model = std::collections::BTreeMap::new();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for round in 0..40_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Runs in order (appends) and at random, as object names come.
+            let n = if round.is_multiple_of(3) { round } else { x % 6000 };
+            let key = format!("{{b}}/{n:08}").into_bytes();
+            if x.is_multiple_of(5) {
+                assert_eq!(blocks.remove(&arena, &key), model.remove(&key).is_some());
+            } else if !model.contains_key(&key) {
+                let id = arena.0.len() as u32;
+                arena.0.push(key.clone());
+                assert!(blocks.insert(&arena, id, &key));
+                model.insert(key, id);
+            } else if x.is_multiple_of(7) {
+                // The index moved the key's slot: renumbered to a new id.
+                let id = arena.0.len() as u32;
+                arena.0.push(key.clone());
+                let (b, at) = blocks.find(&arena, &key).unwrap();
+                blocks.0[b][at] = id;
+                model.insert(key, id);
+            }
+        }
+        let ids: Vec<u32> = blocks.from((0, 0)).collect();
+        assert_eq!(ids, model.values().copied().collect::<Vec<_>>());
+        assert!(blocks.0.iter().all(|b| !b.is_empty() && b.len() <= BLOCK));
+        assert!(
+            blocks.0.len() > 10,
+            "{} blocks: the splits were exercised",
+            blocks.0.len()
+        );
+        // Every key found where it is, from any bound.
+        for (k, id) in model.iter().step_by(97) {
+            let (b, at) = blocks.find(&arena, k).unwrap();
+            assert_eq!(blocks.0[b][at], *id);
+            let next: Vec<u32> = blocks
+                .from(blocks.locate(&arena, Bound::Excluded(k)))
+                .take(1)
+                .collect();
+            let want: Vec<u32> = model
+                .range::<Vec<u8>, _>((Bound::Excluded(k), Bound::Unbounded))
+                .map(|(_, i)| *i)
+                .take(1)
+                .collect();
+            assert_eq!(next, want);
+        }
+    }
+
     #[test]
     fn a_page_walks_past_a_bounded_number_of_dead_keys() {
+        let arena = Keys(
+            (0..25_000u32)
+                .map(|i| format!("{{b}}/{}/{i:06}", i % 3).into_bytes())
+                .collect(),
+        );
         let mut keys = OrderedKeys::default();
-        for i in 0..25_000u32 {
-            keys.insert(0, format!("{{b}}/{}/{i:06}", i % 3).as_bytes());
+        for (id, k) in arena.0.iter().enumerate() {
+            keys.insert(&arena, 0, id as u32, k);
         }
         for delimiter in [&b""[..], b"/"] {
             let (mut after, mut pages) = (None::<Vec<u8>>, 0);
@@ -266,7 +453,7 @@ mod tests {
                     limit: 10,
                 };
                 let calls = std::cell::Cell::new(0);
-                let page = keys.list(0, &q, |_| {
+                let page = keys.list(&arena, 0, &q, |_, _| {
                     calls.set(calls.get() + 1);
                     None::<()>
                 });

@@ -203,6 +203,10 @@ fn listings_match_a_sorted_map_under_random_writes() {
     }
 }
 
+fn crate_overhead() -> f64 {
+    hotshard_store::ordered::ENTRY_OVERHEAD as f64
+}
+
 /// What one ordered entry costs: RSS growth per entry over a million index inserts of
 /// tagged keys, against the same keys untagged (the 40-byte slot and the rest of the
 /// index). `cargo test --release -p hotshard-store --test ordered_listing -- --ignored --nocapture`.
@@ -223,16 +227,20 @@ fn ordered_memory() {
         }
         let grown = rss() - before;
         let heap = index.heap_bytes();
+        let view = index.ordered_heap_bytes();
         drop(index);
-        (grown as f64 / N as f64, heap as f64 / N as f64)
+        (
+            grown as f64 / N as f64,
+            heap as f64 / N as f64,
+            view as f64 / N as f64,
+        )
     };
-    let (plain_rss, plain_heap) = grow("");
-    let (tagged_rss, tagged_heap) = grow("{b}");
+    let (plain_rss, plain_heap, _) = grow("");
+    let (tagged_rss, tagged_heap, view) = grow("{b}");
     eprintln!(
-        "per entry, 1M keys of ~27 B: untagged {plain_rss:.1} B RSS ({plain_heap:.1} by the index's count); tagged {tagged_rss:.1} B RSS ({tagged_heap:.1}); the ordered view: {:.1} B RSS per entry ({:.1} counted)",
-        tagged_rss - plain_rss,
-        tagged_heap - plain_heap
+        "per entry, 1M keys of ~27 B: untagged {plain_rss:.1} B RSS ({plain_heap:.1} by the index's count); tagged {tagged_rss:.1} B RSS ({tagged_heap:.1}); the ordered view's own blocks: {view:.2} B per entry"
     );
+    assert!(view < crate_overhead(), "{view:.2} B per entry");
 }
 
 /// A 1,000-key page from an index of a million entries, at random start points: the
