@@ -22,6 +22,8 @@ use std::time::Duration;
 use cluster_bed::*;
 use common::binary;
 use common::nemesis::*;
+use hotshard_net::blocking::BlockingClient;
+use hotshard_net::{Request, Status, Target};
 
 fn acting_coordinator(bed: &Bed, cluster: &str) -> Option<String> {
     let out = std::process::Command::new(binary())
@@ -86,6 +88,80 @@ fn a_node_paused_past_its_lease_answers_nothing_stale() {
     signal(&bed.nodes[1], libc::SIGCONT);
     std::thread::sleep(Duration::from_secs(4));
     verify_run(run, load, &bed.seeds(), &keys, |bad| bed.logs_and_history(bad));
+}
+
+/// A GET that reaches a head while the head's own write of the key is on its way (the key
+/// dirty: the GET waits), and the head is then paused past its lease: the cluster drops the
+/// head and goes on without the write, so when the head wakes and its write ends
+/// unacknowledged, the GET must not be answered with it (the next GET at a serving replica
+/// answers the value before it). The head holds its write 1.5 s before passing it on
+/// (`HOTSHARD_PLANTED_BUG=hold-at-head`), so the pause lands inside that window every time.
+/// Before the fix the GET returned the write the chain never had (soak seed 19).
+#[test]
+fn a_read_queued_behind_a_paused_heads_write_answers_nothing_the_chain_lacks() {
+    let bed = Bed::start_with_env_on(
+        "queued",
+        3,
+        3,
+        1,
+        &[("HOTSHARD_PLANTED_BUG", "hold-at-head:held-:1500")],
+        0,
+    );
+    let map = BlockingClient::connect(&bed.nodes[0].addr(0), Duration::from_secs(5))
+        .unwrap()
+        .shard_map()
+        .clone();
+    let head_node = bed.node_id(0);
+    let key = (0..100_000)
+        .map(|i| format!("held-{i}").into_bytes())
+        .find(|k| map.owner(map.partition(k)).is_some_and(|o| o.node == head_node))
+        .unwrap();
+    let partition = map.partition(&key);
+    let head_addr = map.owner(partition).unwrap().addr.clone();
+    let connect = |addr: &str| BlockingClient::connect(addr, Duration::from_secs(20)).unwrap();
+    connect(&head_addr).put(&key, b"before").unwrap();
+    // The write the pause will strand, held at the head.
+    let writer = {
+        let (addr, key) = (head_addr.clone(), key.clone());
+        std::thread::spawn(move || connect(&addr).put(&key, b"after"))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // A GET at the head: the key is dirty there, so it waits.
+    let reader = {
+        let (addr, key, epoch) = (head_addr.clone(), key.clone(), map.epoch);
+        std::thread::spawn(move || {
+            let get = Request::Get {
+                key,
+                range: None,
+                target: Target { partition, epoch },
+            };
+            connect(&addr).call_at(&addr, &get, &[])
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&bed.nodes[0], libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(5));
+    signal(&bed.nodes[0], libc::SIGCONT);
+    let read = reader.join().unwrap();
+    let wrote = writer.join().unwrap();
+    eprintln!("the queued GET: {read:?}; the held PUT: {wrote:?}");
+    if let Ok((response, body)) = &read {
+        assert!(
+            !(response.status() == Status::Ok && body == b"after"),
+            "the head answered a write the chain never acknowledged"
+        );
+    }
+    assert!(wrote.is_err(), "the stranded write was acknowledged: {wrote:?}");
+    // The serving replicas hold the value before it.
+    let other = bed.nodes[1].addr(0);
+    eventually(Duration::from_secs(20), "a serving replica answers", || {
+        connect(&other).get(&key, None).is_ok()
+    });
+    let mut c = connect(&other);
+    assert_eq!(
+        c.get(&key, None).unwrap().map(|(v, _)| v),
+        Some(b"before".to_vec())
+    );
 }
 
 /// The checker on this workload catches a head that acknowledges before the tail has the

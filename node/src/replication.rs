@@ -122,6 +122,10 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             glommio::spawn_local(Rc::clone(self).pass_down(record, dirty)).detach();
             return chain_reply(true, version, len);
         }
+        if let Some(hold) = planted_hold(&record) {
+            // As if the head's core were busy between its own write and passing it on.
+            glommio::timer::sleep(hold).await;
+        }
         if stopped_at_head(&record) {
             // As if the head died here: written locally, never passed on, never answered
             // Ok, and dirty for good (reads here wait) until the process ends.
@@ -328,6 +332,28 @@ fn planted_early_ack() -> bool {
     cfg!(feature = "planted-faults")
         && *PLANTED
             .get_or_init(|| std::env::var_os("HOTSHARD_PLANTED_BUG").is_some_and(|v| v == "ack-at-head"))
+}
+
+/// A planted fault, for the test of reads queued behind a head's write: with
+/// `HOTSHARD_PLANTED_BUG=hold-at-head:P:MS` a head waits MS milliseconds between its own
+/// write of a key starting with P and passing it on (the key dirty all the while). Only in
+/// builds with the `planted-faults` feature.
+fn planted_hold(record: &ChainRecord) -> Option<Duration> {
+    static HOLD: std::sync::OnceLock<Option<(Vec<u8>, Duration)>> = std::sync::OnceLock::new();
+    if !cfg!(feature = "planted-faults") {
+        return None;
+    }
+    let hold = HOLD.get_or_init(|| {
+        let v = std::env::var("HOTSHARD_PLANTED_BUG").ok()?;
+        let (prefix, ms) = v.strip_prefix("hold-at-head:")?.rsplit_once(':')?;
+        Some((
+            prefix.as_bytes().to_vec(),
+            Duration::from_millis(ms.parse().ok()?),
+        ))
+    });
+    hold.as_ref()
+        .filter(|(prefix, _)| record.key.starts_with(prefix))
+        .map(|(_, d)| *d)
 }
 
 /// A planted fault, for the resync test: with `HOTSHARD_PLANTED_BUG=stop-at-head:P,Q` a

@@ -267,7 +267,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 reply_written(r, len as u64)
             }
             Request::Get { key, range, target } => {
-                if let Err(status) = self.wait_until_clean(&key).await {
+                if let Err(status) = self.wait_until_clean(&key, target.partition).await {
                     return Reply::status(status);
                 }
                 let range = range.map(|r| (r.offset, r.len));
@@ -295,7 +295,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 reply_written(r, 0)
             }
             Request::Stat { key, target } => {
-                if let Err(status) = self.wait_until_clean(&key).await {
+                if let Err(status) = self.wait_until_clean(&key, target.partition).await {
                     return Reply::status(status);
                 }
                 let r = match self.expiry_rule(&key, target.partition).await {
@@ -344,14 +344,32 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     }
 
     /// Waits until no write of `key` is on its way down its chain (at once when none is),
-    /// for up to the frame timeout: Busy past it.
-    async fn wait_until_clean(&self, key: &[u8]) -> Result<(), Status> {
+    /// for up to the frame timeout: Busy past it. A read that waited is answered only if
+    /// this shard still serves `partition`'s reads and is not fenced once the write is
+    /// done: the write may have ended unacknowledged because this shard left the chain
+    /// meanwhile (a head paused past its lease, say), and then what it holds of the key is
+    /// a write the chain never had (issue 30: a GET queued behind such a write at a paused
+    /// head returned it after the pause, and the next GET, at a serving replica, the value
+    /// before it).
+    async fn wait_until_clean(&self, key: &[u8], partition: u32) -> Result<(), Status> {
         if self.dirty.is_empty() || !self.dirty.is_dirty(key) {
             return Ok(());
         }
         Glommio::timeout(self.answer_wait, self.dirty.clean(key))
             .await
-            .ok_or(Status::Busy)
+            .ok_or(Status::Busy)?;
+        self.still_serves_reads(partition)
+    }
+
+    /// Ok if this shard may answer `partition`'s reads now: not fenced, and a serving
+    /// replica of its chain by the newest map it has.
+    fn still_serves_reads(&self, partition: u32) -> Result<(), Status> {
+        if self.map.fenced() || !crate::route::serves(&self.map.borrow(), self.node_id, self.shard, partition)
+        {
+            self.stats.busy.set(self.stats.busy.get() + 1);
+            return Err(Status::Busy);
+        }
+        Ok(())
     }
 
     /// A page of `partition`'s ordered index, once no key it passes has a write on its way
@@ -371,7 +389,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 }
             });
             if let Some(key) = dirty.into_inner() {
-                self.wait_until_clean(&key).await?;
+                self.wait_until_clean(&key, partition).await?;
                 continue;
             }
             let items: Vec<hotshard_net::listing::ListItem> = page
