@@ -120,6 +120,14 @@ fn a_read_queued_behind_a_paused_heads_write_answers_nothing_the_chain_lacks() {
     let head_addr = map.owner(partition).unwrap().addr.clone();
     let connect = |addr: &str| BlockingClient::connect(addr, Duration::from_secs(20)).unwrap();
     connect(&head_addr).put(&key, b"before").unwrap();
+    // Read once, so that the head's cache holds the key and its writes update it there.
+    let front = format!("127.0.0.1:{}", bed.nodes[0].port + 2);
+    let key_text = String::from_utf8(key.clone()).unwrap();
+    assert_eq!(
+        resp(&front, &["GET", &key_text]),
+        "$6",
+        "the head answers \"before\""
+    );
     // The write the pause will strand, held at the head.
     let writer = {
         let (addr, key) = (head_addr.clone(), key.clone());
@@ -138,19 +146,28 @@ fn a_read_queued_behind_a_paused_heads_write_answers_nothing_the_chain_lacks() {
             connect(&addr).call_at(&addr, &get, &[])
         })
     };
+    // And a GET through the head's RESP front, which answers a clean cached key in place
+    // (`read_at_once`): a dirty one must go the full way and wait as the native GET does.
+    let resp_reader = std::thread::spawn(move || resp(&front, &["GET", &key_text]));
     std::thread::sleep(Duration::from_millis(200));
     signal(&bed.nodes[0], libc::SIGSTOP);
     std::thread::sleep(Duration::from_secs(5));
     signal(&bed.nodes[0], libc::SIGCONT);
     let read = reader.join().unwrap();
+    let resp_read = resp_reader.join().unwrap();
     let wrote = writer.join().unwrap();
-    eprintln!("the queued GET: {read:?}; the held PUT: {wrote:?}");
+    eprintln!("the queued GET: {read:?}; the RESP GET: {resp_read}; the held PUT: {wrote:?}");
     if let Ok((response, body)) = &read {
         assert!(
             !(response.status() == Status::Ok && body == b"after"),
             "the head answered a write the chain never acknowledged"
         );
     }
+    // "$5" heads the bulk reply "after" ("before" is "$6").
+    assert_ne!(
+        resp_read, "$5",
+        "the head's RESP front answered a write the chain never acknowledged"
+    );
     assert!(wrote.is_err(), "the stranded write was acknowledged: {wrote:?}");
     // The serving replicas hold the value before it.
     let other = bed.nodes[1].addr(0);

@@ -31,6 +31,12 @@ impl Admission {
         true
     }
 
+    /// Whether `try_admit(0)` would admit a request now (one answered at once, which
+    /// holds nothing after its answer, need not take room).
+    pub fn has_room(&self) -> bool {
+        self.requests.get() < self.max_requests && self.bytes.get() <= self.max_bytes
+    }
+
     /// Takes room for a record from a chain predecessor: up to twice the budget, so that
     /// the clients' writes a shard holds (each waiting on another node's replica) never
     /// leave that node's replicas without room, a cycle that would stall both.
@@ -76,12 +82,15 @@ mod tests {
         assert!(!a.try_admit(41), "bytes over budget");
         assert!(a.try_admit(40));
         assert!(!a.try_admit(0), "requests over budget");
+        assert!(!a.has_room(), "no room, as try_admit says");
         a.release(60);
         assert_eq!(a.in_use(), (1, 40));
         assert!(a.try_admit(60));
         a.release(60);
+        assert!(a.has_room());
         a.hold(80);
         assert_eq!(a.in_use(), (1, 120));
+        assert!(!a.has_room(), "bytes over budget");
         assert!(!a.try_admit(0), "a large reply held counts against the budget");
         a.release(40 + 80);
         assert_eq!(a.in_use(), (0, 0));

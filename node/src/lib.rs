@@ -25,6 +25,7 @@ pub mod node_identity;
 pub mod partition_sync;
 pub mod peers;
 pub mod put_payload;
+pub mod read_at_once;
 pub mod redis_strings;
 pub mod replication;
 pub mod resp_front;

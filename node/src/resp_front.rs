@@ -1179,6 +1179,25 @@ impl<Q: BlockQueue + 'static> RespHandler for RespFront<Q> {
         self.shard.secret.as_deref()
     }
 
+    /// A GET of a key this shard serves, cached or absent (`read_at_once`).
+    fn answer_at_once(&self, name: &'static str, command: &OwnedCommand<PutPayload>) -> Option<R> {
+        if name != "GET" || command.arg_count() != 2 {
+            return None;
+        }
+        let key = command.arg(1)?;
+        if key.len() > hotshard_net::limits::MAX_KEY_BYTES {
+            return None;
+        }
+        let reply = self.shard.read_at_once(key)?;
+        let answer = match reply.response.status() {
+            Status::Ok => RespReply::Bulk(reply.payload.unwrap_or(OutBuf::Bytes(Vec::new()))),
+            Status::NotFound => RespReply::null(),
+            s => RespReply::error(&status_error(&s)),
+        };
+        self.count(name, !matches!(answer, RespReply::Raw(_)));
+        Some(answer)
+    }
+
     async fn call(self: Rc<Self>, mut command: OwnedCommand<PutPayload>) -> R {
         let received = command.take_value();
         let reply = match command.parse() {

@@ -538,7 +538,7 @@ fn reply_written(r: StoreResult<u64>, len: u64) -> Reply<OutBuf> {
 
 /// The reply to a get: the value (or the range asked for) sent from where the store has it,
 /// and the whole object's length.
-fn reply_value(r: StoreResult<(Value, u64)>) -> Reply<OutBuf> {
+pub(crate) fn reply_value(r: StoreResult<(Value, u64)>) -> Reply<OutBuf> {
     match r {
         Ok((value, version)) => {
             let mut response = ok_with(version, value.object_len(), 0);

@@ -1,10 +1,15 @@
 //! The readiness poller's choice between polling and sleeping: it keeps polling while
 //! requests are outstanding on its thread (up to a cap), and sleeps soon after they are
-//! all answered.
+//! all answered. And a socket emptied by a short read is read again only after an edge,
+//! without losing one.
 
 use std::time::{Duration, Instant};
 
-use hotshard_reactor::{Outstanding, Readiness};
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+
+use futures_lite::AsyncReadExt;
+use hotshard_reactor::{Outstanding, Readiness, ReadySocket};
 
 fn on_executor<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
     glommio::LocalExecutorBuilder::default()
@@ -87,5 +92,57 @@ fn a_counter_dropped_with_requests_leaves_the_threads_total() {
         assert_eq!(set.outstanding(), 1);
         drop(b);
         assert_eq!(set.outstanding(), 0);
+    });
+}
+
+/// A reader waiting for its peer's next message, one message per round trip (a client
+/// that sends one command and waits for its reply): each message costs one `recv`, not a
+/// second one that finds the socket empty, and no message waits for a wake-up that never
+/// comes (each is read within a second).
+#[test]
+fn a_socket_emptied_by_a_short_read_is_read_again_only_after_an_edge() {
+    on_executor(|| async {
+        let set = Readiness::for_this_thread().expect("readiness set");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+        let (ours, _) = listener.accept().expect("accept");
+        let fd = ours.as_raw_fd();
+        let mut sock = ReadySocket::new(ours, fd, set)
+            .map_err(|(e, _)| e)
+            .expect("register");
+        const ROUNDS: u64 = 200;
+        let mut buf = [0u8; 64];
+        for round in 0..ROUNDS {
+            let message = format!("message {round:04}");
+            // The reader waits first, then the message comes (from another thread, as a
+            // client's would), now at once and now after a pause.
+            let delay = Duration::from_micros(round % 4 * 100);
+            let bytes = message.clone().into_bytes();
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                peer.write_all(&bytes).expect("write");
+                peer
+            });
+            let read =
+                glommio::timer::timeout(Duration::from_secs(1), async { Ok(sock.read(&mut buf).await) })
+                    .await;
+            peer = writer.join().expect("writer");
+            let n = read
+                .expect("a message waited over a second for its wake-up")
+                .expect("read");
+            assert_eq!(&buf[..n], message.as_bytes(), "round {round}");
+        }
+        // One recv per message (a few more for edges that came with data already read).
+        assert!(
+            sock.recvs() <= ROUNDS + ROUNDS / 10,
+            "{} recvs for {ROUNDS} messages",
+            sock.recvs()
+        );
+        drop(peer);
+        let n = glommio::timer::timeout(Duration::from_secs(1), async { Ok(sock.read(&mut buf).await) })
+            .await
+            .expect("the peer's close woke the reader")
+            .expect("read");
+        assert_eq!(n, 0, "end of stream after the peer closed");
     });
 }

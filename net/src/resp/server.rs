@@ -51,6 +51,16 @@ impl<V> OwnedCommand<V> {
         self.value.take()
     }
 
+    /// Argument `i` (0: the command's name), if there is one.
+    pub fn arg(&self, i: usize) -> Option<&[u8]> {
+        self.args.get(i).map(|a| a.bytes(&self.bytes))
+    }
+
+    /// How many arguments the command has, its name among them.
+    pub fn arg_count(&self) -> usize {
+        self.args.len()
+    }
+
     pub fn args(&self) -> Vec<&[u8]> {
         self.args.iter().map(|a| a.bytes(&self.bytes)).collect()
     }
@@ -154,6 +164,16 @@ pub trait RespHandler: 'static {
     fn value_received(&self, _buffered: usize, _direct: usize) {}
     /// The password AUTH must give, if any.
     fn secret(&self) -> Option<&[u8]>;
+    /// The reply to `command` (named `name`) if the handler can give it now, with no I/O
+    /// and no wait (a GET of a cached value, say): it is then answered in place, with no
+    /// task and no future of its own. None: `call` runs it. Each answer is counted here.
+    fn answer_at_once(
+        &self,
+        _name: &'static str,
+        _command: &OwnedCommand<Self::In>,
+    ) -> Option<RespReply<Self::Out>> {
+        None
+    }
     /// Runs `command` (every command but the connection's own).
     fn call(
         self: Rc<Self>,
@@ -696,6 +716,10 @@ async fn start<H: RespHandler>(
         };
     if must_wait {
         wait_idle(running).await;
+    }
+    if let Some(reply) = handler.answer_at_once(name, &command) {
+        outbox.push(Some(reply));
+        return true;
     }
     running.take(&keys);
     let slot = outbox.push(None);

@@ -91,8 +91,8 @@ impl Cache {
         }
     }
 
-    /// The cached value if it is of `version`.
-    pub fn get(&mut self, key: &[u8], h: KeyHash, version: u64) -> Option<Rc<[u8]>> {
+    /// The cached value if it is of `version`; a miss is counted if `count_miss`.
+    pub fn get(&mut self, key: &[u8], h: KeyHash, version: u64, count_miss: bool) -> Option<Rc<[u8]>> {
         match self.map.find_mut(h.0, |e| *e.key == *key) {
             Some(e) if e.version == version => {
                 e.freq = (e.freq + 1).min(3);
@@ -100,7 +100,7 @@ impl Cache {
                 Some(e.value.clone())
             }
             _ => {
-                self.stats.misses += 1;
+                self.stats.misses += u64::from(count_miss);
                 None
             }
         }
@@ -279,12 +279,15 @@ mod tests {
     #[test]
     fn hits_misses_and_versions() {
         let mut c = Cache::new(1 << 20);
-        assert!(c.get(b"a", h(b"a"), 1).is_none());
+        assert!(c.get(b"a", h(b"a"), 1, true).is_none());
         c.insert(b"a", h(b"a"), 1, v(100));
-        assert_eq!(c.get(b"a", h(b"a"), 1).unwrap().len(), 100);
-        assert!(c.get(b"a", h(b"a"), 2).is_none(), "a newer version is a miss");
+        assert_eq!(c.get(b"a", h(b"a"), 1, true).unwrap().len(), 100);
+        assert!(
+            c.get(b"a", h(b"a"), 2, true).is_none(),
+            "a newer version is a miss"
+        );
         c.remove(b"a", h(b"a"));
-        assert!(c.get(b"a", h(b"a"), 1).is_none());
+        assert!(c.get(b"a", h(b"a"), 1, true).is_none());
         let s = c.stats();
         assert_eq!((s.hits, s.misses, s.objects, s.bytes), (1, 3, 0, 0));
     }
@@ -295,10 +298,10 @@ mod tests {
         assert!(!c.admits_write(b"a", h(b"a")), "never seen: no room taken");
         c.insert(b"a", h(b"a"), 1, v(100));
         assert!(c.admits_write(b"a", h(b"a")));
-        c.get(b"a", h(b"a"), 1);
+        c.get(b"a", h(b"a"), 1, true);
         c.update_written(b"a", h(b"a"), 2, v(300));
-        assert!(c.get(b"a", h(b"a"), 1).is_none(), "the old version is gone");
-        assert_eq!(c.get(b"a", h(b"a"), 2).unwrap().len(), 300);
+        assert!(c.get(b"a", h(b"a"), 1, true).is_none(), "the old version is gone");
+        assert_eq!(c.get(b"a", h(b"a"), 2, true).unwrap().len(), 300);
         assert_eq!(c.stats().bytes, cost(b"a", &v(300)));
         c.update_written(b"a", h(b"a"), 3, v(300 << 10));
         assert_eq!((c.stats().objects, c.stats().bytes), (0, 0), "too large: dropped");
@@ -320,7 +323,7 @@ mod tests {
         let hot: Vec<[u8; 4]> = (0..100u32).map(|i| i.to_le_bytes()).collect();
         for _ in 0..3 {
             for k in &hot {
-                if c.get(k, h(k), 1).is_none() {
+                if c.get(k, h(k), 1, true).is_none() {
                     c.insert(k, h(k), 1, v(600));
                 }
             }
@@ -331,7 +334,7 @@ mod tests {
         }
         let still = hot
             .iter()
-            .filter(|k| c.get(&k[..], h(&k[..]), 1).is_some())
+            .filter(|k| c.get(&k[..], h(&k[..]), 1, true).is_some())
             .count();
         assert!(still >= 90, "only {still} of 100 hot keys survived a scan");
     }

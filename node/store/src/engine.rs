@@ -706,35 +706,71 @@ impl<Q: BlockQueue> Store<Q> {
         self.get_as_of(key, range, 0).await
     }
 
+    /// `get` (`ignoring_expiry`: `get_ignoring_expiry`) if it needs no I/O: the value from
+    /// the cache, or the error the index alone gives (NotFound). None when the value must
+    /// be read from the device: then nothing was counted, and `get` does the whole read.
+    pub fn get_at_once(
+        &self,
+        key: &[u8],
+        range: Option<(u64, u64)>,
+        ignoring_expiry: bool,
+    ) -> Option<StoreResult<(Value, u64)>> {
+        let now = if ignoring_expiry { 0 } else { now_ms() };
+        match self.find_for_read(key, range, now, false) {
+            Ok(Found::OnDevice(..)) => None,
+            Ok(Found::Ready(value, version)) => {
+                bump(&self.inner.metrics.gets, 1);
+                Some(Ok((value, version)))
+            }
+            Err(e) => {
+                bump(&self.inner.metrics.gets, 1);
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// What a read of `key` live at `now` finds without I/O: the value in the cache, or
+    /// the index entry to read it by. A cache miss is counted only if `count_miss` (a
+    /// read that stops at a miss and comes back through `get` is counted there once).
+    fn find_for_read(
+        &self,
+        key: &[u8],
+        range: Option<(u64, u64)>,
+        now: u64,
+        count_miss: bool,
+    ) -> StoreResult<Found> {
+        self.check_key(key)?;
+        let mut st = self.inner.state.borrow_mut();
+        // One hash of the key for the index and the cache.
+        let h = st.index().hash(key);
+        let Some(entry) = st.index().get_hashed(key, h).filter(|e| e.live_at(now)).copied() else {
+            bump(&self.inner.metrics.not_found, 1);
+            return Err(StoreError::NotFound);
+        };
+        let (start, len) = clamp_range(range, entry.value_len() as u64)?;
+        match st.cached(key, h, entry.version, count_miss) {
+            Some(bytes) => Ok(Found::Ready(
+                Value::Cached {
+                    bytes,
+                    start: start as usize,
+                    len: len as usize,
+                    object_len: entry.value_len(),
+                    expires_ms: entry.expires_ms,
+                },
+                entry.version,
+            )),
+            None => Ok(Found::OnDevice(entry, h)),
+        }
+    }
+
     /// `get` with objects live at `now` (Unix ms; 0: every object not deleted).
     async fn get_as_of(&self, key: &[u8], range: Option<(u64, u64)>, now: u64) -> StoreResult<(Value, u64)> {
-        self.check_key(key)?;
         bump(&self.inner.metrics.gets, 1);
-        let (entry, h) = {
-            let mut st = self.inner.state.borrow_mut();
-            // One hash of the key for the index and the cache.
-            let h = st.index().hash(key);
-            let Some(entry) = st.index().get_hashed(key, h).filter(|e| e.live_at(now)).copied() else {
-                bump(&self.inner.metrics.not_found, 1);
-                return Err(StoreError::NotFound);
-            };
-            let value_len = entry.value_len() as u64;
-            let (start, len) = clamp_range(range, value_len)?;
-            if let Some(bytes) = st.cached(key, h, entry.version) {
-                return Ok((
-                    Value::Cached {
-                        bytes,
-                        start: start as usize,
-                        len: len as usize,
-                        object_len: entry.value_len(),
-                        expires_ms: entry.expires_ms,
-                    },
-                    entry.version,
-                ));
-            }
-            st.pin_reader(entry.segment);
-            (entry, h)
+        let (entry, h) = match self.find_for_read(key, range, now, true)? {
+            Found::Ready(value, version) => return Ok((value, version)),
+            Found::OnDevice(entry, h) => (entry, h),
         };
+        self.inner.state.borrow_mut().pin_reader(entry.segment);
         let (buf, value_at) = {
             let _pin = ReadPin {
                 inner: &self.inner,
@@ -1020,4 +1056,12 @@ fn clamp_range(range: Option<(u64, u64)>, value_len: u64) -> StoreResult<(u64, u
             Ok((start, len.min(value_len - start)))
         }
     }
+}
+
+/// What a read finds before any I/O (`Store::find_for_read`).
+enum Found {
+    /// The value (from the cache) and its version.
+    Ready(Value, u64),
+    /// The index entry to read the value by, and the key's hash.
+    OnDevice(IndexEntry, KeyHash),
 }

@@ -64,8 +64,14 @@ impl State {
     }
 
     /// The cached value of `key` at `version`, if any.
-    pub(crate) fn cached(&mut self, key: &[u8], h: KeyHash, version: u64) -> Option<Rc<[u8]>> {
-        self.cache.get(key, h, version)
+    pub(crate) fn cached(
+        &mut self,
+        key: &[u8],
+        h: KeyHash,
+        version: u64,
+        count_miss: bool,
+    ) -> Option<Rc<[u8]>> {
+        self.cache.get(key, h, version, count_miss)
     }
 
     pub(crate) fn cache_insert(&mut self, key: &[u8], h: KeyHash, version: u64, bytes: Rc<[u8]>) {

@@ -101,3 +101,51 @@ fn writes_to_cold_keys_do_not_flush_the_keys_read_often() {
     assert!(still >= 18, "only {still} of 20 hot keys still cached");
     assert!(s.cache_stats().bytes <= 256 << 10, "the budget holds");
 }
+
+/// `get_at_once` (a RESP GET answered in place, issue 32) answers what needs no I/O —
+/// a cached value, with its version, or a key the index lacks — and leaves the rest to
+/// `get` without counting it: every read is counted once, hit or miss.
+#[test]
+fn a_read_at_once_answers_a_cached_or_absent_key_and_leaves_the_rest_to_get() {
+    let s = store();
+    let v1 = block_on(s.put(b"k", 0, &make_value(1, 3000), None)).unwrap();
+    assert!(
+        s.get_at_once(b"k", None, false).is_none(),
+        "not cached yet: the device's"
+    );
+    assert_eq!(
+        (s.counters().gets, s.cache_stats().misses),
+        (0, 0),
+        "nothing counted"
+    );
+    assert!(
+        !read_from_cache(&s, b"k", 1),
+        "the full read goes to the device, and caches it"
+    );
+    assert_eq!((s.counters().gets, s.cache_stats().misses), (1, 1));
+    let (v, version) = s.get_at_once(b"k", None, false).unwrap().unwrap();
+    assert_eq!((check_value(v.as_slice()), version), (Some(1), v1));
+    assert_eq!((s.counters().gets, s.cache_stats().hits), (2, 1));
+    // A write of the key: the new version, never the old value.
+    let v2 = block_on(s.put(b"k", 0, &make_value(2, 3000), None)).unwrap();
+    let (v, version) = s.get_at_once(b"k", None, false).unwrap().unwrap();
+    assert_eq!((check_value(v.as_slice()), version), (Some(2), v2));
+    assert!(matches!(
+        s.get_at_once(b"none", None, false),
+        Some(Err(StoreError::NotFound))
+    ));
+    // Expired: absent by the clock, live when expiry is ignored (a replica's read).
+    block_on(s.put_expiring(b"e", 0, &make_value(3, 100), None, 1)).unwrap();
+    block_on(s.get_ignoring_expiry(b"e", None)).unwrap();
+    assert!(matches!(
+        s.get_at_once(b"e", None, false),
+        Some(Err(StoreError::NotFound))
+    ));
+    let (v, _) = s.get_at_once(b"e", None, true).unwrap().unwrap();
+    assert_eq!(check_value(v.as_slice()), Some(3));
+    block_on(s.delete(b"k", 0, None)).unwrap();
+    assert!(matches!(
+        s.get_at_once(b"k", None, false),
+        Some(Err(StoreError::NotFound))
+    ));
+}
