@@ -198,6 +198,31 @@ fn a_head_that_acknowledges_early_is_caught() {
     );
 }
 
+/// The checker catches a listing that shows a write the chain has not acknowledged: with
+/// `list-ignores-dirty` planted, a page is answered without waiting for its keys' writes in
+/// flight, and each write of a listed key is held 200 ms at its head (`hold-at-head`), so a
+/// listing at the head shows it while GETs at the other replicas still answer the value
+/// before it. Only the listed keys' histories may fail (the other keys are not listed).
+#[test]
+fn a_listing_that_shows_unacknowledged_writes_is_caught() {
+    let planted = format!("hold-at-head:{}:200+list-ignores-dirty", listed_prefix("listing"));
+    let bed = Bed::start("listing", 3, 3, 1, &[("HOTSHARD_PLANTED_BUG", &planted)]);
+    let load = workload(keys(&bed.nodes[0].addr(0), "listing"), bed.seeds());
+    std::thread::sleep(Duration::from_secs(6));
+    let h = load.finish();
+    report("listing", &h);
+    let bad = violations(&h);
+    assert!(
+        bad.iter().any(|&k| k >= KEYS),
+        "{} listings and no violation found among the listed keys",
+        h.lists
+    );
+    assert!(
+        bad.iter().all(|&k| k >= KEYS),
+        "keys never listed failed: {bad:?}"
+    );
+}
+
 /// The soak: `HOTSHARD_NEMESIS_MINUTES` minutes (1 by default) of fresh three-node
 /// clusters, each under the workload for two random faults of the list above on distinct
 /// nodes (a node killed, a node paused past its lease, the acting coordinator killed,

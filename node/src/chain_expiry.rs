@@ -66,9 +66,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
 /// `planted-faults` feature.
 pub(crate) fn planted_no_burial() -> bool {
     static PLANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    cfg!(feature = "planted-faults")
-        && *PLANTED
-            .get_or_init(|| std::env::var_os("HOTSHARD_PLANTED_BUG").is_some_and(|v| v == "no-expiry-burial"))
+    *PLANTED.get_or_init(|| crate::planted::fault("no-expiry-burial").is_some())
 }
 
 /// The absolute expiry of a field a request carries, relative ones taken by this node's

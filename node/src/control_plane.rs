@@ -141,13 +141,7 @@ async fn post_map(
 async fn delay_a_map_that_stops_reads_here(ctx: &Context, map: &hotshard_placement::ShardMap) {
     use hotshard_placement::{ReplicaState, ShardMap};
     static DELAY: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    let delay = DELAY.get_or_init(|| {
-        std::env::var("HOTSHARD_PLANTED_BUG")
-            .ok()?
-            .strip_prefix("slow-to-leave:")?
-            .parse()
-            .ok()
-    });
+    let delay = DELAY.get_or_init(|| crate::planted::fault("slow-to-leave")?.parse().ok());
     let (Some(ms), Some(posted)) = (delay, ctx.board.newer_than(0)) else {
         return;
     };

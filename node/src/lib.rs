@@ -24,6 +24,7 @@ pub mod map_cell;
 pub mod node_identity;
 pub mod partition_sync;
 pub mod peers;
+pub mod planted;
 pub mod put_payload;
 pub mod read_at_once;
 pub mod redis_strings;

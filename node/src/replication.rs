@@ -329,9 +329,7 @@ fn chain_reply(acknowledged: bool, version: u64, len: u64) -> Reply<OutBuf> {
 /// every profile); a node built for use has no such switch.
 fn planted_early_ack() -> bool {
     static PLANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    cfg!(feature = "planted-faults")
-        && *PLANTED
-            .get_or_init(|| std::env::var_os("HOTSHARD_PLANTED_BUG").is_some_and(|v| v == "ack-at-head"))
+    *PLANTED.get_or_init(|| crate::planted::fault("ack-at-head").is_some())
 }
 
 /// A planted fault, for the test of reads queued behind a head's write: with
@@ -340,12 +338,9 @@ fn planted_early_ack() -> bool {
 /// builds with the `planted-faults` feature.
 fn planted_hold(record: &ChainRecord) -> Option<Duration> {
     static HOLD: std::sync::OnceLock<Option<(Vec<u8>, Duration)>> = std::sync::OnceLock::new();
-    if !cfg!(feature = "planted-faults") {
-        return None;
-    }
     let hold = HOLD.get_or_init(|| {
-        let v = std::env::var("HOTSHARD_PLANTED_BUG").ok()?;
-        let (prefix, ms) = v.strip_prefix("hold-at-head:")?.rsplit_once(':')?;
+        let v = crate::planted::fault("hold-at-head")?;
+        let (prefix, ms) = v.rsplit_once(':')?;
         Some((
             prefix.as_bytes().to_vec(),
             Duration::from_millis(ms.parse().ok()?),
@@ -362,12 +357,9 @@ fn planted_hold(record: &ChainRecord) -> Option<Duration> {
 /// instant leaves behind). Only in builds with the `planted-faults` feature.
 fn stopped_at_head(record: &ChainRecord) -> bool {
     static PREFIXES: std::sync::OnceLock<Option<(Vec<u8>, Vec<u8>)>> = std::sync::OnceLock::new();
-    if !cfg!(feature = "planted-faults") {
-        return false;
-    }
     let prefixes = PREFIXES.get_or_init(|| {
-        let v = std::env::var("HOTSHARD_PLANTED_BUG").ok()?;
-        let (put, delete) = v.strip_prefix("stop-at-head:")?.split_once(',')?;
+        let v = crate::planted::fault("stop-at-head")?;
+        let (put, delete) = v.split_once(',')?;
         Some((put.as_bytes().to_vec(), delete.as_bytes().to_vec()))
     });
     prefixes.as_ref().is_some_and(|(put, delete)| match record.value {

@@ -19,6 +19,15 @@ pub enum Op {
     Delete,
     /// A read that returned this value (None: not found).
     Get(Option<u64>),
+    /// A listing (issue 33) that showed the key with a value of this digest (`digest`),
+    /// or did not show it (None): a read that sees the value's CRC32C, not the value.
+    Listed(Option<u32>),
+}
+
+/// The digest a listing shows of a value (the CRC32C of its bytes, as the workload writes
+/// the value: its decimal text).
+pub fn digest(value: u64) -> u32 {
+    crc32c::crc32c(value.to_string().as_bytes())
 }
 
 /// One operation as a client saw it: invoked at `call`, answered at `ret` (None: outcome
@@ -36,6 +45,7 @@ fn step(state: Option<u64>, op: Op) -> Option<Option<u64>> {
         Op::Put(v) => Some(Some(v)),
         Op::Delete => Some(None),
         Op::Get(seen) => (seen == state).then_some(state),
+        Op::Listed(seen) => (seen == state.map(digest)).then_some(state),
     }
 }
 

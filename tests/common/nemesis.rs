@@ -2,7 +2,10 @@
 //! (`chain_nemesis.rs`) and the network-namespace runs (`cluster_bed_nemesis.rs`): clients
 //! write unique values to a few keys and read them, every operation recorded with its
 //! invocation and response times and what it returned; each key's history is checked for
-//! linearizability, and the serving replicas of every key must agree at the end.
+//! linearizability, and the serving replicas of every key must agree at the end. A few of
+//! the keys share an index tag, so they live in one partition's ordered view, and are also
+//! listed (issue 33): a listing is a read of every key it passes, checked by the digest of
+//! the value it shows.
 
 #![allow(dead_code)]
 
@@ -18,7 +21,12 @@ use hotshard_net::{Request, Status, Target};
 use hotshard_nvme::SplitMix64;
 use hotshard_placement::ReplicaState;
 
+/// Keys placed by their own hash (spread so that every node heads some).
 pub const KEYS: usize = 6;
+/// Keys of one index tag after them, read by GETs and by listings of their prefix.
+pub const LISTED: usize = 3;
+/// Every key of a run.
+pub const ALL_KEYS: usize = KEYS + LISTED;
 pub const CLIENTS: u64 = 4;
 
 /// Operations by key, and how writes ended.
@@ -32,6 +40,8 @@ pub struct History {
     pub unknown: usize,
     pub refused: usize,
     pub reads: usize,
+    /// Listings answered.
+    pub lists: usize,
 }
 
 /// A refusal that wrote nothing: the write is left out of the history.
@@ -77,12 +87,53 @@ pub fn keys(seed: &str, run: &str) -> Vec<Vec<u8>> {
         KEYS,
         "the map of {seed} does not give every node partitions"
     );
+    chosen.extend((0..LISTED).map(|i| format!("{}{i}", listed_prefix(run)).into_bytes()));
     chosen
 }
 
+/// The prefix the listed keys of `run` share: their index tag and a slash.
+pub fn listed_prefix(run: &str) -> String {
+    format!("{{{run}-index}}/")
+}
+
+/// One listing of the listed keys (`keys[KEYS..]`): per key, the digest of the value it
+/// shows (None: not shown); None if the listing failed (it then shows nothing). A page that
+/// is not a plain listing of those keys reads as values nobody wrote (the check fails).
+fn list_once(cl: &mut BlockingClient, keys: &[Vec<u8>]) -> Option<Vec<Option<u32>>> {
+    let listed = &keys[KEYS..];
+    let prefix = &listed[0][..listed[0].len() - 1];
+    let args = hotshard_net::client::ListArgs {
+        index: &listed[0],
+        prefix,
+        start_after: None,
+        delimiter: b"",
+        limit: 100,
+    };
+    let (items, more) = cl.list(args).ok()?;
+    let mut seen = vec![None; listed.len()];
+    for item in items {
+        let place = match &item {
+            hotshard_net::listing::ListItem::Key { key, .. } => listed.iter().position(|k| k == key),
+            hotshard_net::listing::ListItem::Prefix(_) => None,
+        };
+        match (place, item) {
+            (Some(i), hotshard_net::listing::ListItem::Key { crc32c, .. }) => seen[i] = Some(crc32c),
+            (_, other) => {
+                eprintln!("a listing of the listed keys showed {other:?}");
+                return Some(vec![Some(u32::MAX); listed.len()]);
+            }
+        }
+    }
+    if more {
+        eprintln!("a listing of {} keys said more follow", listed.len());
+        return Some(vec![Some(u32::MAX); listed.len()]);
+    }
+    Some(seen)
+}
+
 /// What one client did: its operations by key index, and its counts of writes
-/// acknowledged, unknown and refused, and of reads answered.
-pub type ClientRecord = (Vec<(usize, Event)>, [usize; 4], Vec<(usize, u64, String)>);
+/// acknowledged, unknown and refused, of reads answered and of listings answered.
+pub type ClientRecord = (Vec<(usize, Event)>, [usize; 5], Vec<(usize, u64, String)>);
 
 pub struct Workload {
     stop: Arc<AtomicBool>,
@@ -101,7 +152,7 @@ pub fn workload(keys: Vec<Vec<u8>>, seeds: Vec<String>) -> Workload {
                 let mut rng = SplitMix64::new(c * 7919 + 1);
                 let mut events = Vec::new();
                 let mut read_from = Vec::new();
-                let mut counts = [0usize; 4];
+                let mut counts = [0usize; 5];
                 let mut client = None;
                 let mut written = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -114,8 +165,32 @@ pub fn workload(keys: Vec<Vec<u8>>, seeds: Vec<String>) -> Workload {
                         }
                     }
                     let cl = client.as_mut().unwrap();
-                    let k = rng.next_u64() as usize % KEYS;
+                    let k = rng.next_u64() as usize % ALL_KEYS;
                     let call = now();
+                    if k >= KEYS && rng.next_u64().is_multiple_of(3) {
+                        // A failed listing shows nothing.
+                        let Some(seen) = list_once(cl, &keys) else {
+                            continue;
+                        };
+                        counts[4] += 1;
+                        let ret = now();
+                        for (i, d) in seen.into_iter().enumerate() {
+                            read_from.push((
+                                KEYS + i,
+                                call,
+                                format!("list at {} e{}", cl.last_addr(), cl.shard_map().epoch),
+                            ));
+                            events.push((
+                                KEYS + i,
+                                Event {
+                                    op: Op::Listed(d),
+                                    call,
+                                    ret: Some(ret),
+                                },
+                            ));
+                        }
+                        continue;
+                    }
                     if rng.next_u64().is_multiple_of(2) {
                         written += 1;
                         let value = (c + 1) << 32 | written;
@@ -177,8 +252,8 @@ impl Workload {
     pub fn finish(self) -> History {
         self.stop.store(true, Ordering::Relaxed);
         let mut h = History {
-            by_key: vec![Vec::new(); KEYS],
-            read_from: vec![Default::default(); KEYS],
+            by_key: vec![Vec::new(); ALL_KEYS],
+            read_from: vec![Default::default(); ALL_KEYS],
             ..History::default()
         };
         for c in self.clients {
@@ -193,6 +268,7 @@ impl Workload {
             h.unknown += counts[1];
             h.refused += counts[2];
             h.reads += counts[3];
+            h.lists += counts[4];
         }
         h
     }
@@ -200,7 +276,7 @@ impl Workload {
 
 /// Keys whose history no order explains; each one's history is printed (by call time).
 pub fn violations(h: &History) -> Vec<usize> {
-    let bad: Vec<usize> = (0..KEYS).filter(|&k| !check(&h.by_key[k], None)).collect();
+    let bad: Vec<usize> = (0..ALL_KEYS).filter(|&k| !check(&h.by_key[k], None)).collect();
     for &k in &bad {
         let mut events = h.by_key[k].clone();
         events.sort_by_key(|e| e.call);
@@ -271,8 +347,8 @@ pub fn replicas_agree(seeds: &[String], keys: &[Vec<u8>]) {
 
 pub fn report(run: &str, h: &History) {
     eprintln!(
-        "{run}: {} writes acknowledged, {} unknown, {} refused; {} reads",
-        h.acked, h.unknown, h.refused, h.reads
+        "{run}: {} writes acknowledged, {} unknown, {} refused; {} reads, {} listings",
+        h.acked, h.unknown, h.refused, h.reads, h.lists
     );
 }
 
