@@ -7,6 +7,7 @@ mod duration_arg;
 mod engine_bench;
 mod fio_anchor;
 mod latency;
+mod list_bench;
 mod load;
 mod managed_node;
 mod ping_bench;
@@ -46,6 +47,9 @@ enum Command {
     Sweep(SweepArgs),
     /// Search a profile's knobs for the most ops/s under a p99 target; write the profile.
     Tune(TuneArgs),
+    /// Pages of an ordered index over the network, against a BTreeMap, a TCP ping-pong
+    /// and SCAN over the same keys (issue 33).
+    List(list_bench::ListArgsCli),
 }
 
 #[derive(clap::Args)]
@@ -353,6 +357,7 @@ fn main() -> anyhow::Result<()> {
             };
             engine_bench::engine_command(&run, a.json)?;
         }
+        Command::List(a) => list_bench::list_command(&a)?,
         Command::Ping(a) => ping_bench::ping_command(a.duration, a.server_core, a.client_core)?,
         Command::Run(a) => {
             let mut rows = Vec::new();

@@ -67,8 +67,10 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             }
         }
         let keep = |k: &[u8]| pattern.is_empty() || glob_match(pattern, k);
-        let groups = self.store.keys_by_partition(&local, keep);
-        let page = page_of(groups, from_hash, LIST_SOFT_BYTES);
+        let page = page_of(&local, from_hash, LIST_SOFT_BYTES, |p, from, soft| {
+            self.store
+                .partition_keys_by_hash(p, from, soft, hotshard_net::message::list_hash, keep)
+        });
         let mut response = Response::new(Status::Ok);
         response.arg = page.done as u64;
         response.version = page.resume;
@@ -88,55 +90,43 @@ pub struct Page {
     pub resume: u64,
 }
 
-/// The page of `groups` (each partition's keys, in the listing's order) that fits about
-/// `soft` bytes: whole partitions while they fit (at least one started), the first one
-/// from `from_hash` on. A partition that alone passes `soft` is cut in the order of
-/// `list_hash`, never between keys of the same hash, and the page says where it resumes.
-/// (Before, a partition was cut at the payload limit and counted as done: SCAN, KEYS and
-/// FLUSHALL missed the rest of it.)
-pub fn page_of(groups: Vec<Vec<Vec<u8>>>, from_hash: u64, soft: usize) -> Page {
-    use hotshard_net::message::list_hash;
-    let (mut keys, mut bytes, mut done) = (Vec::new(), 0usize, 0usize);
-    for (i, mut group) in groups.into_iter().enumerate() {
-        if i == 0 && from_hash > 0 {
-            group.retain(|k| list_hash(k) >= from_hash);
-        }
+/// The page of `partitions` that fits about `soft` bytes, each partition's keys in the
+/// order of `list_hash` (`keys(partition, from, soft)`: its keys from hash `from` on that
+/// fit `soft`, and where it goes on past them): whole partitions while they fit (at least
+/// one started), the first one from `from_hash` on. A partition that alone passes `soft` is
+/// cut in hash order, never between keys of the same hash, and the page says where it
+/// resumes. (Before, a partition was cut at the payload limit and counted as done: SCAN,
+/// KEYS and FLUSHALL missed the rest of it.)
+pub fn page_of(
+    partitions: &[u16],
+    from_hash: u64,
+    soft: usize,
+    keys: impl Fn(u16, u64, usize) -> (Vec<Vec<u8>>, Option<u64>),
+) -> Page {
+    let (mut page, mut bytes, mut done) = (Vec::new(), 0usize, 0usize);
+    for (i, &p) in partitions.iter().enumerate() {
+        let from = if i == 0 { from_hash } else { 0 };
+        let (group, resume) = keys(p, from, soft.max(1));
         let group_bytes: usize = group.iter().map(|k| k.len() + 2).sum();
-        if done > 0 && bytes + group_bytes > soft {
+        // After a whole partition, only another that fits whole.
+        if done > 0 && (resume.is_some() || bytes + group_bytes > soft) {
             break;
         }
-        if group_bytes <= soft.max(1) || group.is_empty() {
-            bytes += group_bytes;
-            keys.extend(group);
-            done += 1;
-            continue;
-        }
-        // Alone past the page size: the first page of it, in hash order.
-        let mut hashed: Vec<(u64, Vec<u8>)> = group.into_iter().map(|k| (list_hash(&k), k)).collect();
-        hashed.sort_unstable();
-        let mut resume = 0;
-        for (j, (h, k)) in hashed.iter().enumerate() {
-            let same_as_last = j > 0 && hashed[j - 1].0 == *h;
-            if bytes >= soft && !same_as_last {
-                resume = *h;
-                break;
+        bytes += group_bytes;
+        page.extend(group);
+        match resume {
+            None => done += 1,
+            Some(resume) => {
+                return Page {
+                    keys: page,
+                    done,
+                    resume,
+                }
             }
-            bytes += k.len() + 2;
         }
-        keys.extend(
-            hashed
-                .into_iter()
-                .take_while(|(h, _)| resume == 0 || *h < resume)
-                .map(|(_, k)| k),
-        );
-        if resume == 0 {
-            done += 1;
-            continue;
-        }
-        return Page { keys, done, resume };
     }
     Page {
-        keys,
+        keys: page,
         done,
         resume: 0,
     }
@@ -147,17 +137,42 @@ mod paging_tests {
     use super::*;
     use hotshard_net::message::list_hash;
 
+    /// What `Store::partition_keys_by_hash` answers, by sorting (its own test checks it
+    /// against this): the longest run of keys in hash order from `from` that fits `soft`
+    /// (at least the keys of its lowest hash), cut before the first hash that does not fit.
+    fn by_sorting(keys: &[Vec<u8>], from: u64, soft: usize) -> (Vec<Vec<u8>>, Option<u64>) {
+        let mut hashed: Vec<(u64, Vec<u8>)> = keys.iter().map(|k| (list_hash(k), k.clone())).collect();
+        hashed.retain(|(h, _)| *h >= from);
+        hashed.sort();
+        let mut bytes = 0;
+        for (j, (h, k)) in hashed.iter().enumerate() {
+            bytes += k.len() + 2;
+            if bytes > soft && *h > hashed[0].0 {
+                let cut = *h;
+                let page = hashed[..j]
+                    .iter()
+                    .filter(|(h, _)| *h < cut)
+                    .map(|(_, k)| k.clone())
+                    .collect();
+                return (page, Some(cut));
+            }
+        }
+        (hashed.into_iter().map(|(_, k)| k).collect(), None)
+    }
+
     /// A partition larger than a page is listed whole across pages, each key once, and a
     /// key present throughout is listed whatever is added meanwhile; small ones go whole.
     #[test]
     fn a_large_partition_is_listed_in_pages_each_key_once() {
         let big: Vec<Vec<u8>> = (0..50_000).map(|i| format!("key:{i:08}").into_bytes()).collect();
         let small = vec![b"a".to_vec(), b"b".to_vec()];
+        let groups = [big.clone(), small.clone()];
+        let keys = |p: u16, from: u64, soft: usize| by_sorting(&groups[p as usize], from, soft);
         let mut seen = std::collections::HashSet::new();
         let mut from = 0;
         let mut pages = 0;
         loop {
-            let page = page_of(vec![big.clone(), small.clone()], from, 64 << 10);
+            let page = page_of(&[0, 1], from, 64 << 10, keys);
             pages += 1;
             for k in &page.keys {
                 assert!(seen.insert(k.clone()) || small.contains(k), "listed twice");
@@ -175,8 +190,15 @@ mod paging_tests {
             assert!(seen.contains(k), "{} missing", String::from_utf8_lossy(k));
         }
         // Small partitions: whole, several per page.
-        let page = page_of(vec![small.clone(), small.clone()], 0, 1 << 20);
+        let groups = [small.clone(), small.clone()];
+        let keys = |p: u16, from: u64, soft: usize| by_sorting(&groups[p as usize], from, soft);
+        let page = page_of(&[0, 1], 0, 1 << 20, keys);
         assert_eq!((page.keys.len(), page.done, page.resume), (4, 2, 0));
+        // After a whole partition, a large one is left for the next page.
+        let groups = [small.clone(), big.clone()];
+        let keys = |p: u16, from: u64, soft: usize| by_sorting(&groups[p as usize], from, soft);
+        let page = page_of(&[0, 1], 0, 64 << 10, keys);
+        assert_eq!((page.keys.len(), page.done, page.resume), (2, 1, 0));
         assert!(list_hash(b"") >= 1);
     }
 }

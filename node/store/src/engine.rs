@@ -903,50 +903,52 @@ impl<Q: BlockQueue> Store<Q> {
             .collect()
     }
 
-    /// The live keys of `partitions` that `keep` accepts, grouped by partition in the
-    /// order given: a walk of each partition's list. Whole partitions only, in order, until
-    /// their keys together pass `max_bytes` (the partition that passes it is the last one
-    /// given back, so at least one always is); returns the keys and how many partitions
-    /// they cover.
-    pub fn keys_of_partitions(
+    /// A page of the live keys of `partition` that `keep` accepts, in the order of `hash`
+    /// (a listing's resumable order: SCAN's, `ListKeys`'), from hash `from` on: the keys of
+    /// the smallest hashes whose bytes (each key's length + 2) fit `soft` (at least those of
+    /// the smallest hash), and the hash the next page starts at, None if this one ends the partition.
+    /// Keys of one hash are never split between pages. One walk of the partition's list
+    /// with a heap of the page's size: no key is copied but the page's, and nothing is
+    /// sorted but the page (SCAN of a one-tag partition of a million keys took 200 ms a
+    /// call when every key was copied and sorted).
+    pub fn partition_keys_by_hash(
         &self,
-        partitions: &[u16],
+        partition: u16,
+        from: u64,
+        soft: usize,
+        hash: impl Fn(&[u8]) -> u64,
         keep: impl Fn(&[u8]) -> bool,
-        max_bytes: usize,
-    ) -> (Vec<Vec<u8>>, usize) {
-        let by_partition = self.keys_by_partition(partitions, keep);
-        let (mut keys, mut bytes, mut done) = (Vec::new(), 0usize, 0usize);
-        for group in by_partition {
-            if bytes >= max_bytes && done > 0 {
-                break;
-            }
-            bytes += group.iter().map(|k| k.len() + 2).sum::<usize>();
-            keys.extend(group);
-            done += 1;
-        }
-        (keys, done)
-    }
-
-    /// The live keys of each of `partitions` that `keep` accepts, one list per partition
-    /// in the order given (a partition named twice is listed at its first place): a walk of
-    /// each partition's own list, costing their objects, not the shard's.
-    pub fn keys_by_partition(&self, partitions: &[u16], keep: impl Fn(&[u8]) -> bool) -> Vec<Vec<Vec<u8>>> {
+    ) -> (Vec<Vec<u8>>, Option<u64>) {
         let st = self.inner.state.borrow();
         let now = now_ms();
-        let mut seen = std::collections::HashSet::new();
-        partitions
-            .iter()
-            .map(|&p| {
-                if !seen.insert(p) {
-                    return Vec::new();
-                }
-                st.index()
-                    .iter_partition(p)
-                    .filter(|(k, e)| e.live_at(now) && keep(k))
-                    .map(|(k, _)| k.to_vec())
-                    .collect()
-            })
-            .collect()
+        let mut page: std::collections::BinaryHeap<(u64, &[u8])> = std::collections::BinaryHeap::new();
+        let (mut bytes, mut cut, mut lowest) = (0usize, u64::MAX, u64::MAX);
+        for (k, e) in st.index().iter_partition(partition) {
+            if !e.live_at(now) {
+                continue;
+            }
+            let h = hash(k);
+            if h < from || h >= cut || !keep(k) {
+                continue;
+            }
+            page.push((h, k));
+            bytes += k.len() + 2;
+            lowest = lowest.min(h);
+            // Past the page's size: the largest hashes leave it, and the page ends before
+            // them; the keys of its lowest hash stay whatever their size (progress).
+            while bytes > soft && page.peek().is_some_and(|&(top, _)| top > lowest) {
+                let (h, k) = page.pop().expect("a page with a key above its lowest");
+                bytes -= k.len() + 2;
+                cut = cut.min(h);
+            }
+        }
+        let keys = page
+            .into_sorted_vec()
+            .into_iter()
+            .take_while(|&(h, _)| h < cut)
+            .map(|(_, k)| k.to_vec())
+            .collect();
+        (keys, (cut != u64::MAX).then_some(cut))
     }
 
     /// Every key of `partition` the index holds, tombstones included, with version and

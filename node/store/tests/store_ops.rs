@@ -659,3 +659,68 @@ fn a_superblock_whose_layout_leaves_its_region_is_refused() {
         .unwrap();
     assert!(matches!(err, StoreError::Open(_)), "{err}");
 }
+
+/// `partition_keys_by_hash` (a SCAN page, issue 33's large partitions) against sorting the
+/// partition's live keys: the longest run in hash order from `from` that fits the page
+/// (at least the keys of the lowest hash), cut before the first hash that does not fit, never between keys of
+/// one hash (a coarse hash here, so that many keys share one); walked page by page, every
+/// key exactly once.
+#[test]
+fn a_page_by_hash_is_the_sorted_keys_run_that_fits() {
+    let dev = sim();
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    let mut rng = hotshard_nvme::SplitMix64::new(31);
+    let mut live = Vec::new();
+    for i in 0..3000u64 {
+        let key = format!("k{}-{i}", "x".repeat(rng.below(20) as usize)).into_bytes();
+        block_on(s.put(&key, 3, b"v", None)).unwrap();
+        if rng.chance(1, 5) {
+            block_on(s.delete(&key, 3, None)).unwrap();
+        } else {
+            live.push(key);
+        }
+    }
+    block_on(s.put(b"other partition", 4, b"v", None)).unwrap();
+    // 64 hashes: about 40 keys share each.
+    let hash = |k: &[u8]| 1 + crc32c::crc32c(k) as u64 % 64;
+    let model = |from: u64, soft: usize| {
+        let mut hashed: Vec<(u64, Vec<u8>)> = live
+            .iter()
+            .map(|k| (hash(k), k.clone()))
+            .filter(|(h, _)| *h >= from)
+            .collect();
+        hashed.sort();
+        let mut bytes = 0;
+        for (j, (h, k)) in hashed.iter().enumerate() {
+            bytes += k.len() + 2;
+            if bytes > soft && *h > hashed[0].0 {
+                let cut = *h;
+                let page: Vec<Vec<u8>> = hashed[..j]
+                    .iter()
+                    .filter(|(h, _)| *h < cut)
+                    .map(|(_, k)| k.clone())
+                    .collect();
+                return (page, Some(cut));
+            }
+        }
+        (hashed.into_iter().map(|(_, k)| k).collect::<Vec<_>>(), None)
+    };
+    for soft in [1, 100, 2000, 10_000, 1 << 20] {
+        let (mut from, mut listed) = (0, 0);
+        loop {
+            let got = s.partition_keys_by_hash(3, from, soft, hash, |_| true);
+            assert_eq!(got, model(from, soft), "soft {soft}, from {from}");
+            listed += got.0.len();
+            match got.1 {
+                Some(next) => {
+                    assert!(next > from, "no progress at {from}");
+                    from = next;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(listed, live.len(), "soft {soft}: every live key once");
+    }
+    let (only_x, _) = s.partition_keys_by_hash(3, 0, 1 << 20, hash, |k| k.starts_with(b"kx"));
+    assert!(only_x.iter().all(|k| k.starts_with(b"kx")) && !only_x.is_empty());
+}
