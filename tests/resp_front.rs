@@ -596,6 +596,80 @@ fn a_flushall_in_a_pipeline_is_a_barrier_for_what_follows() {
     }
 }
 
+/// Plain SETs of one key pipelined one after another are absorbed (issue 32): while one
+/// runs, the ones behind it wait as one, and only the last is written, every one answered
+/// +OK in order; a command between them naming the key (GET, APPEND, SET with an option)
+/// sees every SET before it and none after. 500 SETs of one key take far fewer writes
+/// than 500 (each waited for the one before: 500 writes, one device wait each).
+#[test]
+fn pipelined_sets_of_one_key_are_absorbed_and_keep_their_order() {
+    let dir = test_dir();
+    let port = ports();
+    let _node = start(&write_config(dir.path(), port), port);
+    let mut s = connect(port);
+    let puts = |port: u16| {
+        let mut a = TcpStream::connect(("127.0.0.1", port + 3)).unwrap();
+        a.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        a.read_to_string(&mut text).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("hotshard_ops_total{") && l.contains("op=\"put\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let before = puts(port);
+    let mut pipeline = Vec::new();
+    for i in 0..500 {
+        pipeline.extend(command(&[b"SET", b"same", i.to_string().as_bytes()]));
+    }
+    pipeline.extend(command(&[b"GET", b"same"]));
+    s.write_all(&pipeline).unwrap();
+    for i in 0..500 {
+        assert_eq!(reply(&mut s), b"+OK\r\n", "SET {i}");
+    }
+    assert_eq!(reply(&mut s), b"499", "the last SET wins");
+    let written = puts(port) - before;
+    assert!(written < 100, "{written} writes for 500 SETs of one key");
+    // Commands between SETs of the key see exactly the SETs before them.
+    let mut pipeline = Vec::new();
+    for args in [
+        &[&b"SET"[..], b"k", b"a"][..],
+        &[b"SET", b"k", b"b"],
+        &[b"GET", b"k"],
+        &[b"SET", b"k", b"c"],
+        &[b"SET", b"k", b"d"],
+        &[b"APPEND", b"k", b"x"],
+        &[b"SET", b"k", b"e"],
+        &[b"SET", b"k", b"f", b"XX"],
+        &[b"SET", b"k", b"g"],
+        &[b"SET", b"other", b"1"],
+        &[b"SET", b"k", b"h"],
+        &[b"GET", b"k"],
+    ] {
+        pipeline.extend(command(args));
+    }
+    s.write_all(&pipeline).unwrap();
+    let replies: Vec<Vec<u8>> = (0..12).map(|_| reply(&mut s)).collect();
+    let ok = b"+OK\r\n".to_vec();
+    assert_eq!(
+        replies,
+        vec![
+            ok.clone(),
+            ok.clone(),
+            b"b".to_vec(),
+            ok.clone(),
+            ok.clone(),
+            b":2\r\n".to_vec(),
+            ok.clone(),
+            ok.clone(),
+            ok.clone(),
+            ok.clone(),
+            ok.clone(),
+            b"h".to_vec()
+        ]
+    );
+}
+
 /// Listings of a partition larger than one answer (issue 31 item 5): 40,000 keys of 500
 /// bytes over 2 partitions (10 MB of keys each, past the 8 MiB a listing may carry).
 /// SCAN returns every key, and KEYS too (with its limit raised; FLUSHALL lists as KEYS

@@ -267,8 +267,33 @@ struct Running {
     /// A command on the whole keyspace (FLUSHALL, KEYS, SCAN, ...) runs: every command
     /// after it waits for it, as every command before it was waited for.
     whole: Rc<Cell<bool>>,
-    waker: Rc<RefCell<Option<Waker>>>,
+    /// Tasks waiting for a running command to end (`wait_idle`, a pending SET's).
+    waiters: Rc<RefCell<Vec<Waker>>>,
 }
+
+/// Wakes every task waiting for a running command to end.
+fn wake_all(waiters: &RefCell<Vec<Waker>>) {
+    for w in waiters.borrow_mut().drain(..) {
+        w.wake();
+    }
+}
+
+/// Plain SETs of one key (`SET key value`, no option) that came one after another while an
+/// earlier command naming the key ran: only the last of them is written, once the key is
+/// free, and each is answered as it is (Redis's pipeline `SET k 1`, `SET k 2` leaves 2,
+/// and the first SET may be taken to have happened an instant before the second, inside
+/// both their waits: no read can come between them, since any other command naming the
+/// key waits for both). A pipeline of N SETs of one key so costs two writes, not N
+/// waits for the device one after another.
+pub(crate) struct PendingSet<V, B> {
+    key: u64,
+    command: OwnedCommand<V>,
+    /// The reply slots of the SETs it stands for, in order (the last is `command`'s).
+    slots: Vec<Slot<B>>,
+}
+
+/// A connection's pending SET, if any (one at a time).
+type Pending<V, B> = Rc<RefCell<Option<PendingSet<V, B>>>>;
 
 impl Running {
     /// Marks `keys` (None: the whole keyspace) as named by a running command.
@@ -403,8 +428,9 @@ where
         count: Rc::new(Cell::new(0)),
         keys: Rc::new(RefCell::new(HashMap::new())),
         whole: Rc::new(Cell::new(false)),
-        waker: Rc::new(RefCell::new(None)),
+        waiters: Rc::new(RefCell::new(Vec::new())),
     };
+    let pending: Pending<H::In, H::Out> = Rc::new(RefCell::new(None));
     let max_in_flight = cfg.max_in_flight.max(1);
     let mut buf: Vec<u8> = vec![0; READ_BYTES];
     let mut len = 0usize;
@@ -444,7 +470,7 @@ where
                         &handler,
                         &outbox,
                         &mut session,
-                        &mut running,
+                        (&mut running, &pending),
                         &cfg,
                         &mut report,
                     )
@@ -633,7 +659,7 @@ async fn wait_idle(running: &mut Running) {
         if running.count.get() == 0 {
             Poll::Ready(())
         } else {
-            *running.waker.borrow_mut() = Some(cx.waker().clone());
+            running.waiters.borrow_mut().push(cx.waker().clone());
             Poll::Pending
         }
     })
@@ -646,7 +672,7 @@ async fn dispatch<H: RespHandler>(
     handler: &Rc<H>,
     outbox: &Rc<Outbox<H::Out>>,
     session: &mut Session,
-    running: &mut Running,
+    (running, pending): (&mut Running, &Pending<H::In, H::Out>),
     cfg: &RespServerConfig,
     report: &mut RespReport,
 ) -> bool {
@@ -658,7 +684,7 @@ async fn dispatch<H: RespHandler>(
             outbox.push(Some(RespReply::error(NOAUTH)));
             return true;
         }
-        return start(command, name, handler, outbox, running).await;
+        return start(command, name, handler, outbox, running, pending).await;
     }
     let parsed = command.parse();
     let own = match &parsed {
@@ -688,7 +714,7 @@ async fn dispatch<H: RespHandler>(
         return true;
     }
     drop(parsed);
-    start(command, name, handler, outbox, running).await
+    start(command, name, handler, outbox, running, pending).await
 }
 
 /// The commands the connection answers itself.
@@ -704,6 +730,7 @@ async fn start<H: RespHandler>(
     handler: &Rc<H>,
     outbox: &Rc<Outbox<H::Out>>,
     running: &mut Running,
+    pending: &Pending<H::In, H::Out>,
 ) -> bool {
     let keys = command.key_hashes(name);
     let must_wait = running.whole.get()
@@ -714,6 +741,32 @@ async fn start<H: RespHandler>(
                 ks.iter().any(|k| running_keys.contains_key(k))
             }
         };
+    let plain_set = name == "SET" && command.arg_count() == 3;
+    if must_wait && plain_set && !running.whole.get() {
+        let key = keys
+            .as_ref()
+            .and_then(|ks| ks.first().copied())
+            .unwrap_or_default();
+        let mut p = pending.borrow_mut();
+        match p.as_mut() {
+            Some(ps) if ps.key == key => {
+                ps.command = command;
+                ps.slots.push(outbox.push(None));
+                return true;
+            }
+            Some(_) => {}
+            None => {
+                *p = Some(PendingSet {
+                    key,
+                    command,
+                    slots: vec![outbox.push(None)],
+                });
+                drop(p);
+                run_pending_set(key, keys, handler, outbox, running, pending);
+                return true;
+            }
+        }
+    }
     if must_wait {
         wait_idle(running).await;
     }
@@ -733,20 +786,69 @@ async fn start<H: RespHandler>(
         return true;
     }
     running.count.set(running.count.get() + 1);
-    let (count, waker, outbox) = (running.count.clone(), running.waker.clone(), outbox.clone());
+    let (count, waiters, outbox) = (running.count.clone(), running.waiters.clone(), outbox.clone());
     let (running_keys, whole) = (running.keys.clone(), running.whole.clone());
     glommio::spawn_local(async move {
         let reply = answer.await;
         give_back(&running_keys, &whole, &keys);
         *slot.reply.borrow_mut() = Some(reply);
         count.set(count.get() - 1);
-        if let Some(w) = waker.borrow_mut().take() {
-            w.wake();
-        }
+        wake_all(&waiters);
         outbox.wake_writer();
     })
     .detach();
     true
+}
+
+/// Runs the connection's pending SET of `key` on a task of its own: counted as running
+/// (its key taken) from now, so that every other command naming the key waits for it; once
+/// the commands before it that name the key have ended, the last SET it stands for runs,
+/// and each of them is answered with that SET's reply.
+fn run_pending_set<H: RespHandler>(
+    key: u64,
+    keys: Option<Vec<u64>>,
+    handler: &Rc<H>,
+    outbox: &Rc<Outbox<H::Out>>,
+    running: &Running,
+    pending: &Pending<H::In, H::Out>,
+) {
+    running.take(&keys);
+    running.count.set(running.count.get() + 1);
+    let (count, waiters, outbox) = (running.count.clone(), running.waiters.clone(), outbox.clone());
+    let (running_keys, whole) = (running.keys.clone(), running.whole.clone());
+    let (handler, pending) = (handler.clone(), pending.clone());
+    glommio::spawn_local(async move {
+        // Until this is the only command naming the key.
+        futures_lite::future::poll_fn(|cx| {
+            if running_keys.borrow().get(&key).is_none_or(|&n| n <= 1) {
+                Poll::Ready(())
+            } else {
+                waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        let set = pending.borrow_mut().take().expect("a pending SET runs once");
+        let reply = handler.clone().call(set.command).await;
+        let (last, absorbed) = set.slots.split_last().expect("a pending SET has a slot");
+        for slot in absorbed {
+            let copy = match &reply {
+                RespReply::Raw(b) => RespReply::Raw(b.clone()),
+                _ => RespReply::error("ERR internal error: a SET answered with a value"),
+            };
+            handler.count(
+                "SET",
+                !matches!(&copy, RespReply::Raw(b) if b.first() == Some(&b'-')),
+            );
+            *slot.reply.borrow_mut() = Some(copy);
+        }
+        *last.reply.borrow_mut() = Some(reply);
+        give_back(&running_keys, &whole, &keys);
+        count.set(count.get() - 1);
+        wake_all(&waiters);
+        outbox.wake_writer();
+    })
+    .detach();
 }
 
 const NOAUTH: &str = "NOAUTH Authentication required.";
@@ -1057,7 +1159,7 @@ mod tests {
             count: Rc::new(Cell::new(0)),
             keys: Rc::new(RefCell::new(HashMap::new())),
             whole: Rc::new(Cell::new(false)),
-            waker: Rc::new(RefCell::new(None)),
+            waiters: Rc::new(RefCell::new(Vec::new())),
         };
         let a = Some(vec![key_hash(b"a"), key_hash(b"b")]);
         let b = Some(vec![key_hash(b"b")]);
