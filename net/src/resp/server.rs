@@ -749,7 +749,9 @@ async fn start<H: RespHandler>(
             .unwrap_or_default();
         let mut p = pending.borrow_mut();
         match p.as_mut() {
-            Some(ps) if ps.key == key => {
+            // The key itself, not only its hash: FNV-1a collides on purpose-made keys, and a
+            // SET absorbed into another key's would be answered +OK and never written.
+            Some(ps) if ps.key == key && ps.command.arg(1) == command.arg(1) => {
                 ps.command = command;
                 ps.slots.push(outbox.push(None));
                 return true;
