@@ -214,13 +214,26 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             expires_ms,
             from_head: false,
         };
-        // Still the tail (the chain only shrinks while a record is applied, but a replica
-        // appended behind it must get the record too): done.
-        let acknowledged = if !self.passes_writes_down(partition) {
-            true
-        } else {
-            let dirty = dirty.unwrap_or_else(|| self.dirty.mark(&record.key));
-            self.pass_down_and_wait(record, dirty).await
+        if let Some(hold) = planted_leaving_hold(&mine) {
+            // As if this leaving replica's core were busy between applying the record and
+            // passing it on, long enough for the map that drops it to arrive.
+            glommio::timer::sleep(hold).await;
+        }
+        // What follows is decided by the map as it is now, not as it was when the record
+        // came: a replica appended behind this one must get the record too, and a replica
+        // dropped from the chain meanwhile (a leaving one, its drop published while it
+        // applied) cannot say that every replica after it has the record. It answers "not
+        // acknowledged", and its predecessor sends the record again to whoever follows it
+        // by then. Acknowledging it there, because nothing follows a replica outside the
+        // chain, let a write be acknowledged that the chain's new tail never got (the
+        // stale read of bench/results/violation-grow-session19-key6.txt).
+        let acknowledged = match self.next_hop_now(partition) {
+            Hop::Acknowledged => true,
+            Hop::Abandoned => false,
+            Hop::Send { .. } => {
+                let dirty = dirty.unwrap_or_else(|| self.dirty.mark(&record.key));
+                self.pass_down_and_wait(record, dirty).await
+            }
         };
         self.stats
             .replicate
@@ -349,6 +362,19 @@ fn planted_hold(record: &ChainRecord) -> Option<Duration> {
     hold.as_ref()
         .filter(|(prefix, _)| record.key.starts_with(prefix))
         .map(|(_, d)| *d)
+}
+
+/// A planted fault, for the test of replicas dropped while they pass a record on: with
+/// `HOTSHARD_PLANTED_BUG=leaving-hold:MS` a replica that is leaving a chain (by the map the
+/// record came under) waits MS milliseconds between applying a record and deciding where
+/// it goes next. Only in builds with the `planted-faults` feature.
+fn planted_leaving_hold(place: &ChainPlace) -> Option<Duration> {
+    static HOLD: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let hold = HOLD.get_or_init(|| {
+        let ms = crate::planted::fault("leaving-hold")?;
+        Some(Duration::from_millis(ms.parse().ok()?))
+    });
+    hold.filter(|_| matches!(place, ChainPlace::Leaving { .. }))
 }
 
 /// A planted fault, for the resync test: with `HOTSHARD_PLANTED_BUG=stop-at-head:P,Q` a

@@ -343,6 +343,12 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             .has_successor()
     }
 
+    /// What this shard does next with a record passed down to it in `partition`'s chain,
+    /// by its map as it is now (`chain_view::next_hop`).
+    pub(crate) fn next_hop_now(&self, partition: u32) -> crate::chain_view::Hop {
+        crate::chain_view::next_hop(&self.map.borrow(), partition, self.node_id, self.shard, false)
+    }
+
     /// Waits until no write of `key` is on its way down its chain (at once when none is),
     /// for up to the frame timeout: Busy past it. A read that waited is answered only if
     /// this shard still serves `partition`'s reads and is not fenced once the write is

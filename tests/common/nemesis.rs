@@ -310,6 +310,101 @@ pub fn violations(h: &History) -> Vec<usize> {
     bad
 }
 
+/// A second detector beside the histories, for writes that reach fewer replicas than
+/// their acknowledgement says: one client writes `keys` in turn (only it writes them) and,
+/// after each acknowledged write, reads the key at every serving replica of its chain by
+/// its map of the moment. A replica that answers Ok with an older version than the one
+/// just acknowledged is a stale read however the clients' reads happen to fall (the
+/// workload's few keys are read at a given replica only now and then).
+pub struct ReadEverywhere {
+    stop: Arc<AtomicBool>,
+    writers: Vec<JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl ReadEverywhere {
+    /// `writers` clients, each writing its own share of `keys` (a write held up somewhere
+    /// holds up only its own client).
+    pub fn start(seeds: Vec<String>, keys: Vec<Vec<u8>>, writers: usize) -> ReadEverywhere {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = (0..writers)
+            .map(|w| {
+                let (flag, seeds) = (stop.clone(), seeds.clone());
+                let mine: Vec<Vec<u8>> = keys.iter().skip(w).step_by(writers).cloned().collect();
+                std::thread::spawn(move || write_and_read_everywhere(&flag, &seeds, &mine))
+            })
+            .collect();
+        ReadEverywhere { stop, writers }
+    }
+
+    /// Stops it: the writes checked, and each stale read found.
+    pub fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut checked, mut stale) = (0, Vec::new());
+        for w in self.writers {
+            let (c, s) = w.join().unwrap();
+            checked += c;
+            stale.extend(s);
+        }
+        (checked, stale)
+    }
+}
+
+/// One `ReadEverywhere` client: writes `keys` in turn until `stop`, each acknowledged write
+/// read back at every serving replica; the writes checked and the stale reads found.
+fn write_and_read_everywhere(stop: &AtomicBool, seeds: &[String], keys: &[Vec<u8>]) -> (usize, Vec<String>) {
+    let (mut checked, mut stale) = (0usize, Vec::new());
+    let mut client = None;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) && !keys.is_empty() {
+        n += 1;
+        if client.is_none() {
+            client = BlockingClient::connect(&seeds[n as usize % seeds.len()], Duration::from_secs(5)).ok();
+            if client.is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        let c = client.as_mut().unwrap();
+        let key = &keys[n as usize % keys.len()];
+        let Ok(version) = c.put(key, n.to_string().as_bytes()) else {
+            client = None;
+            continue;
+        };
+        let map = c.shard_map().clone();
+        for (addr, status, held, _) in held_by_replicas(c, &map, key) {
+            if status == Status::Ok && held < version {
+                stale.push(format!(
+                    "{} at {addr} (map epoch {}): version {held} answered after {version} was acknowledged",
+                    String::from_utf8_lossy(key),
+                    map.epoch
+                ));
+            }
+        }
+        checked += 1;
+    }
+    (checked, stale)
+}
+
+/// Stops `everywhere` and fails the run `run` if it found a stale read or checked too few
+/// writes to mean anything.
+pub fn assert_read_everywhere(run: &str, everywhere: ReadEverywhere) {
+    let (checked, stale) = everywhere.finish();
+    eprintln!("{run}: {checked} writes read back at every serving replica");
+    assert!(checked > 100, "{run}: too few writes read back to mean anything");
+    assert!(
+        stale.is_empty(),
+        "{run}: stale reads after acknowledged writes:\n{}",
+        stale.join("\n")
+    );
+}
+
+/// `n` keys of `run` for `ReadEverywhere`, spread over partitions by their hash.
+pub fn read_everywhere_keys(run: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| format!("{run}-everywhere-{i}").into_bytes())
+        .collect()
+}
+
 /// Every serving replica of each of `keys` holds the same version and value, by the newest
 /// map any of `seeds` answers with.
 pub fn replicas_agree(seeds: &[String], keys: &[Vec<u8>]) {
