@@ -97,15 +97,35 @@ pub enum Hop {
     Send { version: u64, next: u16 },
 }
 
+/// How a shard came to hold a record it must get acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// Its own write as the chain's head.
+    OwnWrite,
+    /// Passed down to it under this chain version.
+    PassedUnder(u64),
+}
+
 /// The next step for a record held by (`node`, `shard`) in `partition`'s chain by `map`.
-/// `from_head`: the record is this shard's own write as the chain's head. It is the
-/// chain's only while this shard still heads the chain: a head that lost its place and
-/// came back behind the others (a node paused past its lease returns as a syncing
-/// replica at the end) has replicas before it that never got the record, and being last
-/// must not read as "every replica after me has it" (issue 30: a write acknowledged
-/// after the pause, then read as the value before it from the serving replicas).
-pub fn next_hop(map: &ShardMap, partition: u32, node: u32, shard: usize, from_head: bool) -> Hop {
-    if from_head
+///
+/// A head's own write is the chain's only while this shard still heads the chain: a head
+/// that lost its place and came back behind the others (a node paused past its lease
+/// returns as a syncing replica at the end) has replicas before it that never got the
+/// record, and being last must not read as "every replica after me has it" (issue 30: a
+/// write acknowledged after the pause, then read as the value before it from the serving
+/// replicas).
+///
+/// A record passed down under chain version V is this shard's to pass on or acknowledge
+/// only while its chain is still at V. A later version may have taken it out of the chain
+/// (a leaving replica dropped: then "nothing follows me" acknowledged records the tail
+/// never got, session 20's stale read during a join), or put it back behind replicas the
+/// record never reached (a replica whose lease lapsed returns as the syncing tail, with
+/// the replicas that followed it now before it: the model check's schedule, session 20).
+/// Either way only the replica before it can route the record again by its own map: the
+/// answer is Abandoned, and the predecessor, refused, sends it again; at the head, under
+/// the chain's version of the moment.
+pub fn next_hop(map: &ShardMap, partition: u32, node: u32, shard: usize, holding: Holding) -> Hop {
+    if holding == Holding::OwnWrite
         && !map
             .owner(partition)
             .is_some_and(|o| o.node == node && o.shard as usize == shard)
@@ -114,6 +134,9 @@ pub fn next_hop(map: &ShardMap, partition: u32, node: u32, shard: usize, from_he
     }
     match ChainPlace::of(map, partition, node, shard).takes_writes() {
         None => Hop::Abandoned,
+        Some((version, _)) if holding != Holding::OwnWrite && holding != Holding::PassedUnder(version) => {
+            Hop::Abandoned
+        }
         Some((_, None)) => Hop::Acknowledged,
         Some((version, Some(next))) => Hop::Send { version, next },
     }
@@ -170,6 +193,7 @@ mod tests {
         )
     }
 
+    use Holding::{OwnWrite, PassedUnder};
     use ReplicaState::{Leaving, Offline, Serving, Syncing};
 
     #[test]
@@ -177,27 +201,54 @@ mod tests {
         // Node 3 wrote as head, was paused, and is back as the chain's syncing tail: the
         // serving replicas before it never got the record.
         let back = map([Serving, Serving, Syncing]);
-        assert_eq!(next_hop(&back, 0, 3, 0, true), Hop::Abandoned);
+        assert_eq!(next_hop(&back, 0, 3, 0, OwnWrite), Hop::Abandoned);
         // A record passed down to it is the chain's once it, the last, has it.
-        assert_eq!(next_hop(&back, 0, 3, 0, false), Hop::Acknowledged);
+        assert_eq!(next_hop(&back, 0, 3, 0, PassedUnder(7)), Hop::Acknowledged);
         // The head passes its write down, and acknowledges it alone only as the last.
-        assert_eq!(next_hop(&back, 0, 1, 0, true), Hop::Send { version: 7, next: 1 });
+        assert_eq!(
+            next_hop(&back, 0, 1, 0, OwnWrite),
+            Hop::Send { version: 7, next: 1 }
+        );
         let alone = map([Serving, Offline, Offline]);
-        assert_eq!(next_hop(&alone, 0, 1, 0, true), Hop::Acknowledged);
+        assert_eq!(next_hop(&alone, 0, 1, 0, OwnWrite), Hop::Acknowledged);
         // A leaving head still heads the chain (it takes writes until dropped).
         let leaving = map([Leaving, Serving, Serving]);
         assert_eq!(
-            next_hop(&leaving, 0, 1, 0, true),
+            next_hop(&leaving, 0, 1, 0, OwnWrite),
             Hop::Send { version: 7, next: 1 }
         );
         // Out of the chain: nothing more to do.
         assert_eq!(
-            next_hop(&map([Offline, Serving, Serving]), 0, 1, 0, true),
+            next_hop(&map([Offline, Serving, Serving]), 0, 1, 0, OwnWrite),
             Hop::Abandoned
         );
         // A replica that headed the chain and now follows a serving replica.
         let demoted = map([Syncing, Serving, Serving]);
-        assert_eq!(next_hop(&demoted, 0, 1, 0, true), Hop::Abandoned);
+        assert_eq!(next_hop(&demoted, 0, 1, 0, OwnWrite), Hop::Abandoned);
+    }
+
+    #[test]
+    fn a_record_passed_down_is_routed_only_under_the_version_it_came_with() {
+        let chain = map([Serving, Serving, Serving]);
+        assert_eq!(
+            next_hop(&chain, 0, 2, 0, PassedUnder(7)),
+            Hop::Send { version: 7, next: 2 }
+        );
+        assert_eq!(next_hop(&chain, 0, 3, 0, PassedUnder(7)), Hop::Acknowledged);
+        // The chain changed since: the middle replica (now, say, the syncing tail behind
+        // replicas the record never reached) neither passes it on nor acknowledges it.
+        assert_eq!(next_hop(&chain, 0, 2, 0, PassedUnder(6)), Hop::Abandoned);
+        assert_eq!(next_hop(&chain, 0, 3, 0, PassedUnder(6)), Hop::Abandoned);
+        let back = map([Serving, Serving, Syncing]);
+        assert_eq!(next_hop(&back, 0, 3, 0, PassedUnder(6)), Hop::Abandoned);
+        // Dropped from the chain while it held the record: not "nothing follows me".
+        let dropped = map([Serving, Serving, Offline]);
+        assert_eq!(next_hop(&dropped, 0, 3, 0, PassedUnder(7)), Hop::Abandoned);
+        // The head's own write goes under whatever version the chain has now.
+        assert_eq!(
+            next_hop(&chain, 0, 1, 0, OwnWrite),
+            Hop::Send { version: 7, next: 1 }
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use hotshard_net::server::Reply;
 use hotshard_net::{Recipient, Request, Status};
 use hotshard_nvme::BlockQueue;
 
-use crate::chain_view::{next_hop, ChainPlace, Hop};
+use crate::chain_view::{next_hop, ChainPlace, Holding, Hop};
 use crate::dirty_keys::DirtyGuard;
 use crate::put_payload::PutPayload;
 use crate::route::store_partition;
@@ -43,9 +43,9 @@ pub struct ChainRecord {
     pub value: Option<Vec<u8>>,
     /// When the object expires, Unix milliseconds; 0: never.
     pub expires_ms: u64,
-    /// The record is this shard's own write as the chain's head (not one passed to it):
-    /// acknowledged only while this shard heads the chain (`chain_view::next_hop`).
-    pub from_head: bool,
+    /// The head's own write, or one passed down under a chain version: what this shard may
+    /// do with it (`chain_view::next_hop`).
+    pub holding: Holding,
 }
 
 /// What the head of a chain writes and passes down.
@@ -116,7 +116,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             version,
             value,
             expires_ms,
-            from_head: true,
+            holding: Holding::OwnWrite,
         };
         if planted_early_ack() {
             glommio::spawn_local(Rc::clone(self).pass_down(record, dirty)).detach();
@@ -212,22 +212,24 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             version,
             value,
             expires_ms,
-            from_head: false,
+            holding: Holding::PassedUnder(chain_version),
         };
         if let Some(hold) = planted_leaving_hold(&mine) {
             // As if this leaving replica's core were busy between applying the record and
             // passing it on, long enough for the map that drops it to arrive.
             glommio::timer::sleep(hold).await;
         }
-        // What follows is decided by the map as it is now, not as it was when the record
-        // came: a replica appended behind this one must get the record too, and a replica
+        // What follows is decided by the map as it is now, and only while the chain is
+        // still at the version the record came under (`chain_view::next_hop`): a replica
         // dropped from the chain meanwhile (a leaving one, its drop published while it
-        // applied) cannot say that every replica after it has the record. It answers "not
-        // acknowledged", and its predecessor sends the record again to whoever follows it
-        // by then. Acknowledging it there, because nothing follows a replica outside the
-        // chain, let a write be acknowledged that the chain's new tail never got (the
-        // stale read of bench/results/violation-grow-session19-key6.txt).
-        let acknowledged = match self.next_hop_now(partition) {
+        // applied) or put back behind replicas the record never reached (its lease lapsed,
+        // it returned as the syncing tail) cannot say that every replica after it has the
+        // record. It answers "not acknowledged", and its predecessor sends the record again
+        // by its own map. Acknowledging it there let a write be acknowledged that the
+        // chain's tail never got (the stale read of
+        // bench/results/violation-grow-session19-key6.txt; the second case was found by
+        // the placement model check once it modelled writes in flight).
+        let acknowledged = match self.next_hop_now(partition, chain_version) {
             Hop::Acknowledged => true,
             Hop::Abandoned => false,
             Hop::Send { .. } => {
@@ -250,8 +252,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
 
     /// Sends `record` to this shard's successor in the partition's chain (the next serving
     /// replica, or after the last one the first syncing replica) until it is acknowledged
-    /// (true; at once if none follows) or this shard has left the chain (false). Each try
-    /// routes by the map as it is then.
+    /// (true; at once if none follows) or this shard can no longer get it acknowledged
+    /// (false: it left the chain, or, for a record passed down to it, the chain's version
+    /// is no longer the one it came under). Each try routes by the map as it is then.
     async fn pass_down(self: Rc<Self>, record: ChainRecord, dirty: DirtyGuard) -> bool {
         let _counted = Counted::new(&self.in_flight);
         let _waiting = Waiting::new(&self.stats.waiting_on_successor);
@@ -262,7 +265,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             version,
             value,
             expires_ms,
-            from_head,
+            holding,
         } = record;
         // Built once (the key moved in, not copied per try); each try sets the chain
         // version it routes by.
@@ -281,7 +284,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             // Held as an Rc across the call: the successor's address is borrowed from it.
             let map = self.map.current();
             let (chain_version, successor) =
-                match next_hop(&map, partition, self.node_id, self.shard, from_head) {
+                match next_hop(&map, partition, self.node_id, self.shard, holding) {
                     Hop::Abandoned => return false,
                     Hop::Acknowledged => return true,
                     Hop::Send { version, next } => (version, &map.shards[next as usize]),

@@ -343,10 +343,16 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             .has_successor()
     }
 
-    /// What this shard does next with a record passed down to it in `partition`'s chain,
-    /// by its map as it is now (`chain_view::next_hop`).
-    pub(crate) fn next_hop_now(&self, partition: u32) -> crate::chain_view::Hop {
-        crate::chain_view::next_hop(&self.map.borrow(), partition, self.node_id, self.shard, false)
+    /// What this shard does next with a record passed down to it in `partition`'s chain
+    /// under `chain_version`, by its map as it is now (`chain_view::next_hop`).
+    pub(crate) fn next_hop_now(&self, partition: u32, chain_version: u64) -> crate::chain_view::Hop {
+        crate::chain_view::next_hop(
+            &self.map.borrow(),
+            partition,
+            self.node_id,
+            self.shard,
+            crate::chain_view::Holding::PassedUnder(chain_version),
+        )
     }
 
     /// Waits until no write of `key` is on its way down its chain (at once when none is),

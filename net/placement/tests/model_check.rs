@@ -9,8 +9,12 @@
 //! the replicas that take writes from the head, each hop refusing a chain version other
 //! than its own; a replica reads only while its own map says it serves, its lease is
 //! confirmed, and its map records its current registration; a request naming a newer epoch
-//! than the node's waits. A write is one step (it goes through whole, or nowhere): the
-//! model looks at placement, not at writes in flight.
+//! than the node's waits. A write is one step (it goes through whole, or nowhere), or,
+//! since session 20, a write in flight: taken by its head, then passed down hop by hop in
+//! later steps, maps changing between, each holder deciding by its own map of that moment
+//! what follows (`chain_view::next_hop`: send it on under its chain version, acknowledge
+//! it as the last replica, or give it up so that the one before it sends it again), with
+//! hop timeouts and holders killed.
 //!
 //! Checked: every read returns the newest acknowledged write of its key (a stale read is a
 //! violation: reads here are of acknowledged values only, the dirty-key wait of the real
@@ -24,7 +28,10 @@
 //! `Rules::NoStranding`), and nothing against the current ones. It found a third: a
 //! draining node's head, dropped in one step, answered reads from its old map while the
 //! next replica took writes without it (`Rules::OneStepHeadTrim`; it now leaves in two
-//! steps like any other replica). `HOTSHARD_MODEL_RUNS`
+//! steps like any other replica). With writes in flight it found a fourth, in the node's
+//! hops (`Rules::RouteByNewerVersion`): a replica routing a record passed to it under one
+//! chain version by a later one, which had put it behind a replica the record never
+//! reached. `HOTSHARD_MODEL_RUNS`
 //! sets the number of schedules searched per configuration (CI runs the default).
 
 use std::collections::hash_map::DefaultHasher;
@@ -47,6 +54,20 @@ enum Rules {
     /// Before the model check found it: a draining node's head dropped at once (the other
     /// replicas leave in two steps).
     OneStepHeadTrim,
+    /// Before session 20's second fix: a replica holding a record passed down under one
+    /// chain version routes it by a later one (passes it on, or acknowledges it as the last
+    /// replica), even when that version put it behind replicas the record never reached.
+    RouteByNewerVersion,
+}
+
+/// A write on its way down a chain: the replicas holding it, each waiting on the next
+/// (the head first, the one passing it on last), each with the chain version it was
+/// passed down under (None: the head's own write).
+#[derive(Debug, Clone, Hash)]
+struct InFlight {
+    p: usize,
+    seq: u64,
+    holders: Vec<(usize, Option<u64>)>,
 }
 
 /// One configuration of the search.
@@ -121,6 +142,8 @@ struct Model {
     /// Per partition, the newest acknowledged write's sequence number.
     acked: Vec<u64>,
     next_seq: u64,
+    /// Writes taken by a head and not yet acknowledged or given up.
+    in_flight: Vec<InFlight>,
     joined: bool,
     /// Chance of a fault at each step, per mille (each schedule draws its own).
     fault_per_mille: usize,
@@ -166,6 +189,7 @@ impl Model {
             down_out: BTreeSet::new(),
             acked: vec![0; partitions],
             next_seq: 1,
+            in_flight: Vec::new(),
             joined: !setup.join,
             fault_per_mille: 0,
             drains: setup.drains,
@@ -241,7 +265,7 @@ impl Model {
         };
         for chain in next.chains.iter_mut() {
             match self.rules {
-                Rules::Current => {}
+                Rules::Current | Rules::RouteByNewerVersion => {}
                 Rules::OneStepTrim => chain.replicas.retain(|r| r.state != ReplicaState::Leaving),
                 Rules::OneStepHeadTrim => {
                     if chain
@@ -368,6 +392,122 @@ impl Model {
         Ok(())
     }
 
+    /// A client with `map` starts a write of partition `p` at the head it names: the head
+    /// holds it and passes it down in later steps (`advance`), each hop deciding by its own
+    /// map of that moment, as `node/src/replication.rs` does.
+    fn start_write(&mut self, map_epoch: u64, p: usize) {
+        let map = &self.published[map_epoch as usize - 1];
+        let Some(head) = map.owner(p as u32).map(|s| s.node) else {
+            return;
+        };
+        let h = self.index_of(head);
+        if !self.answers(h) || self.nodes[h].map_epoch < map_epoch {
+            return;
+        }
+        let hm = self.map_of(h).unwrap();
+        if hm.owner(p as u32).map(|s| s.node) != Some(head) {
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let held = &mut self.nodes[h].store[p];
+        *held = (*held).max(seq);
+        self.in_flight.push(InFlight {
+            p,
+            seq,
+            holders: vec![(h, None)],
+        });
+        self.log.push(format!(
+            "write p{p} #{seq} taken by head {head} (client epoch {map_epoch})"
+        ));
+    }
+
+    /// One step of in-flight write `w`: its last holder decides by its own map what
+    /// follows (`chain_view::next_hop`): send it on (taken if the next replica has the same
+    /// chain version), acknowledge it (nothing follows), or give it up (outside the chain,
+    /// or the head's own write once it no longer heads the chain), and then the holder
+    /// before it sends it again by its own map. With `timeout`, instead, the holder before
+    /// the last stops waiting (the hop's timeout) and will send it again.
+    fn advance(&mut self, w: usize, timeout: bool) {
+        let InFlight { p, seq, .. } = self.in_flight[w];
+        if timeout {
+            let holders = &mut self.in_flight[w].holders;
+            if holders.len() > 1 {
+                holders.pop();
+            }
+            return;
+        }
+        let (top, received) = *self.in_flight[w].holders.last().unwrap();
+        let from_head = received.is_none();
+        if !self.answers(top) {
+            return;
+        }
+        let id = self.nodes[top].id;
+        let m = self.map_of(top).unwrap();
+        let path: Vec<u32> = m.chains[p]
+            .replicas
+            .iter()
+            .filter(|r| r.state.takes_writes())
+            .map(|r| m.shards[r.shard as usize].node)
+            .collect();
+        let version = m.chains[p].version;
+        let heads = m.owner(p as u32).map(|s| s.node) == Some(id);
+        let at = path.iter().position(|&n| n == id);
+        enum Next {
+            Ack,
+            GiveUp,
+            Send(u32),
+        }
+        let moved = received.is_some_and(|v| v != version);
+        let next = match at {
+            _ if from_head && !heads => Next::GiveUp,
+            None => Next::GiveUp,
+            Some(_) if moved && self.rules == Rules::Current => Next::GiveUp,
+            Some(i) if i + 1 == path.len() => Next::Ack,
+            Some(i) => Next::Send(path[i + 1]),
+        };
+        match next {
+            Next::Ack => {
+                self.acked[p] = self.acked[p].max(seq);
+                self.in_flight.swap_remove(w);
+                self.log
+                    .push(format!("write p{p} #{seq} acknowledged at node {id}"));
+            }
+            Next::GiveUp => {
+                self.in_flight[w].holders.pop();
+                if self.in_flight[w].holders.is_empty() {
+                    self.in_flight.swap_remove(w);
+                }
+                self.log.push(format!("write p{p} #{seq} given up by node {id}"));
+            }
+            Next::Send(to) => {
+                let n = self.index_of(to);
+                let taken = self.answers(n)
+                    && self.map_of(n).is_some_and(|nm| {
+                        nm.chains[p].version == version && Self::place(nm, p, to) != Place::Outside
+                    });
+                if taken {
+                    let held = &mut self.nodes[n].store[p];
+                    *held = (*held).max(seq);
+                    self.in_flight[w].holders.push((n, Some(version)));
+                    self.log.push(format!(
+                        "write p{p} #{seq} passed from node {id} to node {to} at v{version}"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// A node's process died: the writes it held go no further from it (a head's are gone).
+    fn drop_holder(&mut self, n: usize) {
+        for f in &mut self.in_flight {
+            if let Some(i) = f.holders.iter().position(|&(h, _)| h == n) {
+                f.holders.truncate(i);
+            }
+        }
+        self.in_flight.retain(|f| !f.holders.is_empty());
+    }
+
     /// A client with `map` reads partition `p` from the `pick`-th serving replica it names.
     /// Err: a stale read.
     fn read(&mut self, map_epoch: u64, p: usize, pick: usize) -> Result<Option<u64>, String> {
@@ -422,7 +562,9 @@ impl Model {
         if !self.answers(s) || self.map_of(s).unwrap().chains[p].version != version {
             return false;
         }
-        self.nodes[n].store[p] = self.nodes[s].store[p];
+        let got = self.nodes[s].store[p];
+        let held = &mut self.nodes[n].store[p];
+        *held = (*held).max(got);
         self.reports.push((p as u32, self.nodes[n].id, 0, version));
         self.log.push(format!(
             "node {} synced p{p} from node {source} at v{version}",
@@ -494,6 +636,7 @@ impl Model {
                 0..=2 => {
                     if self.nodes[n].alive {
                         self.nodes[n].alive = false;
+                        self.drop_holder(n);
                         self.log.push(format!("node {} killed", self.nodes[n].id));
                     }
                 }
@@ -524,9 +667,16 @@ impl Model {
             15..=39 => {
                 self.adopt(n, false, rng);
             }
+            // A write whose hops all happen before anything else does (one step), or (one
+            // in three) one taken by its head and passed down in later steps, maps
+            // changing between.
             40..=54 => {
                 let epoch = self.client_map(rng).epoch;
-                let _ = self.write(epoch, p);
+                if rng.below(3) == 0 {
+                    self.start_write(epoch, p);
+                } else {
+                    let _ = self.write(epoch, p);
+                }
             }
             55..=79 => {
                 let epoch = self.client_map(rng).epoch;
@@ -539,6 +689,12 @@ impl Model {
             _ => {
                 self.report_leaving(n, p);
             }
+        }
+        // A hop of a write in flight, beside whatever else happened.
+        if !self.in_flight.is_empty() && rng.below(2) == 0 {
+            let w = rng.below(self.in_flight.len());
+            let timeout = rng.below(10) == 0;
+            self.advance(w, timeout);
         }
         Ok(())
     }
@@ -560,6 +716,12 @@ impl Model {
         }
         let mut quiet = 0;
         for _ in 0..500 {
+            // Writes in flight go on (or are given up) as the maps settle.
+            for w in (0..self.in_flight.len()).rev() {
+                if w < self.in_flight.len() {
+                    self.advance(w, false);
+                }
+            }
             let mut changed = self.coordinator_step();
             for n in 0..self.nodes.len() {
                 changed |= self.adopt(n, true, &mut SplitMix(0));
@@ -609,6 +771,7 @@ impl Model {
         self.nodes.hash(&mut h);
         self.reports.hash(&mut h);
         self.acked.hash(&mut h);
+        self.in_flight.hash(&mut h);
         self.draining.hash(&mut h);
         self.down_out.hash(&mut h);
         h.finish()
@@ -799,4 +962,25 @@ fn the_search_finds_a_draining_head_dropped_in_one_step() {
         .violation
         .expect("no stale read found against the one-step drop of a draining head");
     assert!(what.starts_with("stale read"), "{what}\n{}", log.join("\n"));
+}
+
+/// Searches setup 1 (a join) under `rules`, `times` the usual number of schedules, for a
+/// stale read.
+fn finds_a_stale_read_in_flight(rules: Rules, times: usize) {
+    let started = Instant::now();
+    let found = search(&SETUPS[1], rules, times * runs());
+    report("setup 1", &SETUPS[1], rules, &found, started.elapsed());
+    let (_, what, log) = found
+        .violation
+        .unwrap_or_else(|| panic!("no stale read found against {rules:?}"));
+    assert!(what.starts_with("stale read"), "{what}\n{}", log.join("\n"));
+    eprintln!("the schedule that found it:\n{}", log.join("\n"));
+}
+
+/// Found at schedule 81,279 of setup 1 (session 20): a replica that held a record from
+/// before its lease lapsed, back as the syncing tail, acknowledged it as the last replica;
+/// the serving replica now before it never got it.
+#[test]
+fn the_search_finds_a_replica_routing_a_record_by_a_newer_chain_version() {
+    finds_a_stale_read_in_flight(Rules::RouteByNewerVersion, 4);
 }
