@@ -9,13 +9,6 @@ use hotshard_net::blocking::BlockingClient;
 use hotshard_node::config::NodeConfig;
 use hotshard_nvme::{Device, DeviceOptions};
 
-/// mimalloc instead of glibc's malloc: under durable SETs of 10,000 keys glibc's allocator
-/// took 17 % of the shard's CPU (`perf`, session 20: the command's bytes, its future, the
-/// engine's staged record), most of it in `malloc_consolidate` and `unlink_chunk` over
-/// 4 KiB-sized blocks. Values headed for the device are in the shard's DMA pool either way.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "hotshard", version, about = "hotshard: a thread-per-core data node")]
 struct Cli {
