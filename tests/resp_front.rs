@@ -448,6 +448,74 @@ fn large_set_values_are_received_straight_into_the_device_buffer() {
     );
 }
 
+/// A plain SET whose value (over 1 KiB) arrived whole with its command is copied once,
+/// into the device buffer, as the command is taken: values on either side of that bound,
+/// values holding CRLF and RESP-looking bytes, SETs of one key absorbed into the last, and
+/// SETs with options after the value all read back exactly.
+#[test]
+fn whole_set_values_go_into_the_device_buffer_as_the_command_is_taken() {
+    let dir = test_dir();
+    let port = ports();
+    let _node = start(&write_config(dir.path(), port), port);
+    let buffered = "hotshard_put_payload_bytes_buffered_total";
+    let before = metric(port, buffered);
+    let mut s = connect(port);
+    let sizes = [1000, 1024, 1025, 2048, 4096, 4097, 16 << 10, 60 << 10];
+    let value = |i: usize, len: usize| -> Vec<u8> {
+        let pattern = b"\r\n$4\r\nSET\r\n*3\r\n";
+        (0..len)
+            .map(|j| pattern[(i + j) % pattern.len()] ^ (j / 7) as u8)
+            .collect()
+    };
+    let mut pipeline = Vec::new();
+    let mut expect_buffered = 0;
+    for (i, &len) in sizes.iter().enumerate() {
+        let key = format!("k{i}");
+        pipeline.extend(command(&[b"SET", key.as_bytes(), &value(i, len)]));
+        if len > 1024 {
+            expect_buffered += len as u64;
+        }
+        // Absorbed into the next SET of the same key: only the last one is written.
+        pipeline.extend(command(&[b"SET", b"same", &value(i, len)]));
+        // Options after the value: taken with the command's bytes, as before.
+        pipeline.extend(command(&[
+            b"SET",
+            format!("ex{i}").as_bytes(),
+            &value(i, len),
+            b"EX",
+            b"100",
+        ]));
+    }
+    s.write_all(&pipeline).unwrap();
+    for i in 0..3 * sizes.len() {
+        assert_eq!(reply(&mut s), b"+OK\r\n", "SET {i}");
+    }
+    for (i, &len) in sizes.iter().enumerate() {
+        assert_eq!(
+            call(&mut s, &[b"GET", format!("k{i}").as_bytes()]),
+            value(i, len),
+            "k{i}"
+        );
+        assert_eq!(
+            call(&mut s, &[b"GET", format!("ex{i}").as_bytes()]),
+            value(i, len),
+            "ex{i}"
+        );
+        let ttl = call(&mut s, &[b"TTL", format!("ex{i}").as_bytes()]);
+        assert!(
+            ttl == b":100\r\n" || ttl == b":99\r\n",
+            "the EX after value {i}: {ttl:?}"
+        );
+    }
+    let last = sizes.len() - 1;
+    assert_eq!(call(&mut s, &[b"GET", b"same"]), value(last, sizes[last]));
+    let got = metric(port, buffered) - before;
+    assert!(
+        got >= expect_buffered,
+        "{got} bytes went into device buffers as commands were taken, {expect_buffered} expected at least"
+    );
+}
+
 /// A one-shard node with a 64 MiB DMA pool and no cache, as the user had it.
 fn one_shard_small_pool(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
     let cfg = dir.join("node.toml");

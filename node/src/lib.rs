@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod block_cache;
 pub mod chain_expiry;
 pub mod chain_links;
 pub mod chain_view;

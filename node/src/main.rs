@@ -9,6 +9,10 @@ use hotshard_net::blocking::BlockingClient;
 use hotshard_node::config::NodeConfig;
 use hotshard_nvme::{Device, DeviceOptions};
 
+/// glibc's malloc, with the shard threads' cache of 1-16 KiB blocks in front (`block_cache`).
+#[global_allocator]
+static ALLOCATOR: hotshard_node::block_cache::ShardAllocator = hotshard_node::block_cache::ShardAllocator;
+
 #[derive(Parser)]
 #[command(name = "hotshard", version, about = "hotshard: a thread-per-core data node")]
 struct Cli {

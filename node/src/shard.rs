@@ -107,6 +107,9 @@ async fn open_queue(s: &ShardSetup) -> Result<AnyQueue, String> {
 /// Runs the shard until the shutdown flag is set; then stops accepting, lets requests in
 /// flight finish, and closes its store (every acknowledged write is already durable).
 pub async fn run_shard(mut s: ShardSetup) -> Result<(), String> {
+    // The shard's thread lives as long as the node: its cache of freed blocks is bounded
+    // and never outlives it.
+    crate::block_cache::cache_this_thread();
     let peer_ends = std::mem::replace(
         &mut s.peers,
         PeerEnds {

@@ -451,8 +451,21 @@ where
                 false => UNAUTHENTICATED.max_args * (UNAUTHENTICATED.max_bulk + MAX_HEADER_LINE),
             };
             match parse_command(&buf[at..len], &limits) {
-                Parsed::Command(c) => {
-                    let bytes = buf[at..at + c.consumed].to_vec();
+                Parsed::Command(mut c) => {
+                    let whole = &buf[at..at + c.consumed];
+                    // A SET's value goes straight into the handler's buffer when it gives
+                    // one (one copy, no allocation of the command's bytes).
+                    let in_buffer = match (session.authenticated, &value) {
+                        (true, None) => value_into_buffer(&handler, whole, &mut c.args),
+                        _ => None,
+                    };
+                    let bytes = match &in_buffer {
+                        Some((_, end)) => whole[..*end].to_vec(),
+                        None => whole.to_vec(),
+                    };
+                    if let Some((v, _)) = in_buffer {
+                        value = Some(v);
+                    }
                     at += c.consumed;
                     begun = None;
                     if c.args.is_empty() {
@@ -569,6 +582,35 @@ where
 
 /// A SET value at least this big is received straight into the handler's buffer.
 const DIRECT_VALUE_BYTES: usize = 64 << 10;
+
+/// A plain SET value of at least this many bytes, already whole in the read buffer, is
+/// copied into the handler's buffer as the command is taken, rather than copied out with
+/// the command and again into a device buffer when it runs: below it the handler stores
+/// the value inline in its record anyway.
+const BUFFERED_VALUE_BYTES: usize = 1024;
+
+/// If `command` (its bytes `whole`, parsed into `args`) is `SET key value` with a value of
+/// at least `BUFFERED_VALUE_BYTES` and the handler gives a buffer for it: the value copied
+/// there, its argument made empty (as a value received straight from the socket is), and
+/// where the command's bytes can end (the value was its last argument).
+fn value_into_buffer<H: RespHandler>(
+    handler: &Rc<H>,
+    whole: &[u8],
+    args: &mut [Arg],
+) -> Option<(H::In, usize)> {
+    let [name, key, Arg::At(v)] = args else {
+        return None;
+    };
+    if v.len() < BUFFERED_VALUE_BYTES || !name.bytes(whole).eq_ignore_ascii_case(b"SET") {
+        return None;
+    }
+    let mut buffer = handler.value_buffer(key.bytes(whole), v.len())?;
+    buffer.as_mut()[..v.len()].copy_from_slice(&whole[v.clone()]);
+    handler.value_received(v.len(), 0);
+    let end = v.start;
+    *v = end..end;
+    Some((buffer, end))
+}
 
 /// What became of a SET value `receive_value` looked at.
 enum Direct<V> {

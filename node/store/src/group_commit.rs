@@ -215,6 +215,9 @@ pub struct Writer {
     pub writing: VecDeque<Rc<Writing>>,
     /// The completion of the batch sealed last (it may be written already).
     pub last_sealed: Option<Rc<BatchDone>>,
+    /// How many records the batch sealed last held: the next batch's list starts with
+    /// room for as many, rather than growing through a copy per doubling.
+    pub last_records: usize,
 }
 
 impl Writer {
@@ -227,6 +230,7 @@ impl Writer {
             sealed: VecDeque::new(),
             writing: VecDeque::new(),
             last_sealed: None,
+            last_records: 0,
         }
     }
 }
@@ -421,6 +425,7 @@ fn seal_open(w: &mut Writer, segs: &mut SegmentTable, block: u64) {
     if let Some(b) = w.open.take() {
         w.plan_pos = b.end(block);
         w.last_sealed = Some(b.done.clone());
+        w.last_records = b.records.len();
         w.sealed.push_back(b);
     }
 }
@@ -508,7 +513,7 @@ fn open_batch<H: LogHost>(
         values: Vec::new(),
         values_used: 0,
         copy_room: 0,
-        records: Vec::new(),
+        records: Vec::with_capacity(w.last_records),
         first_lsn: 0,
         last_lsn: 0,
         done: Rc::new(BatchDone::default()),
