@@ -451,12 +451,13 @@ fn large_set_values_are_received_straight_into_the_device_buffer() {
 /// A plain SET whose value (over 1 KiB) arrived whole with its command is copied once,
 /// into the device buffer, as the command is taken: values on either side of that bound,
 /// values holding CRLF and RESP-looking bytes, SETs of one key absorbed into the last, and
-/// SETs with options after the value all read back exactly.
+/// SETs with options after the value all read back exactly. One shard, so that every key
+/// is the connection's shard's (a key another shard writes is taken with the command).
 #[test]
 fn whole_set_values_go_into_the_device_buffer_as_the_command_is_taken() {
     let dir = test_dir();
     let port = ports();
-    let _node = start(&write_config(dir.path(), port), port);
+    let _node = start(&one_shard_small_pool(dir.path(), port), port);
     let buffered = "hotshard_put_payload_bytes_buffered_total";
     let before = metric(port, buffered);
     let mut s = connect(port);

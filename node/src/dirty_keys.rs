@@ -2,11 +2,22 @@
 //! replica applies the write, clean again once every replica after it has the write
 //! durably. A read of a dirty key waits until it is clean, so that no replica answers
 //! with a version the tail might never get.
+//!
+//! A write this replica applied and could not get acknowledged (its chain changed under
+//! it: `chain_view::next_hop` answered Abandoned) is not clean either: the replicas after
+//! this one may never have had it, and its predecessor is about to send it again by the
+//! new chain. Its guard is parked (`park`) until that write, or a newer one of the key, is
+//! acknowledged here (`settled`), or until a time limit (`expire_parked`; a predecessor
+//! that died sends nothing again). Dropping the guard at once let a replica answer the
+//! write's value while the replicas after it still answered the one before (two
+//! nemesis histories of fresh-clone CI, session 21: a read of the new value, then one of
+//! the old at the next replica, the write still in flight).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::Instant;
 
 #[derive(Default)]
 struct Entry {
@@ -14,10 +25,18 @@ struct Entry {
     waiters: Vec<Waker>,
 }
 
+/// A parked guard: the version of the write it stands for and until when it is kept.
+struct Parked {
+    version: u64,
+    until: Instant,
+    guard: DirtyGuard,
+}
+
 /// One shard's dirty keys. Cheap to clone (shared).
 #[derive(Clone, Default)]
 pub struct DirtyKeys {
     keys: Rc<RefCell<HashMap<Rc<[u8]>, Entry>>>,
+    parked: Rc<RefCell<Vec<Parked>>>,
 }
 
 /// A write of one key in flight; the key is clean again when every guard of it is gone.
@@ -55,6 +74,47 @@ impl DirtyKeys {
         self.keys.borrow().is_empty()
     }
 
+    /// Keeps `guard`'s key dirty for a write of `version` this replica applied and could
+    /// not get acknowledged: until a write of the key at `version` or later is
+    /// acknowledged here (`settled`), or `until` has passed (`expire_parked`).
+    pub fn park(&self, guard: DirtyGuard, version: u64, until: Instant) {
+        self.parked.borrow_mut().push(Parked {
+            version,
+            until,
+            guard,
+        });
+    }
+
+    /// A write of `key` at `version` is acknowledged here: the parked writes of the key
+    /// at that version or before are the chain's (or superseded by it).
+    pub fn settled(&self, key: &[u8], version: u64) {
+        self.release(|p| &*p.guard.key == key && p.version <= version);
+    }
+
+    /// Lets go of the parked writes whose time limit is `now` or before.
+    pub fn expire_parked(&self, now: Instant) {
+        self.release(|p| p.until <= now);
+    }
+
+    /// Parked writes now.
+    pub fn parked(&self) -> usize {
+        self.parked.borrow().len()
+    }
+
+    fn release(&self, done: impl Fn(&Parked) -> bool) {
+        if self.parked.borrow().is_empty() {
+            return;
+        }
+        // Dropped once the table is no longer borrowed (a guard's drop wakes readers).
+        let released: Vec<Parked> = {
+            let mut parked = self.parked.borrow_mut();
+            let (gone, kept) = std::mem::take(&mut *parked).into_iter().partition(|p| done(p));
+            *parked = kept;
+            gone
+        };
+        drop(released);
+    }
+
     /// Resolves once `key` is clean (at once if it is).
     pub async fn clean(&self, key: &[u8]) {
         futures_lite::future::poll_fn(|cx| match self.keys.borrow_mut().get_mut(key) {
@@ -67,6 +127,13 @@ impl DirtyKeys {
             }
         })
         .await
+    }
+}
+
+impl DirtyGuard {
+    /// The key this guard keeps dirty.
+    pub fn key(&self) -> &[u8] {
+        &self.key
     }
 }
 
@@ -111,5 +178,39 @@ mod tests {
         assert_eq!(d.len(), 0);
         let mut other = Box::pin(d.clean(b"j"));
         assert!(other.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_parked_write_keeps_its_key_dirty_until_it_or_a_newer_one_settles_or_time_is_up() {
+        let d = DirtyKeys::default();
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(10);
+        d.park(d.mark(b"k"), 7, later);
+        d.park(d.mark(b"j"), 3, now);
+        assert!(d.is_dirty(b"k") && d.is_dirty(b"j"));
+        d.settled(b"k", 6);
+        assert!(d.is_dirty(b"k"), "an older write settling settles nothing");
+        d.settled(b"x", 9);
+        assert!(d.is_dirty(b"k"), "another key");
+        let mut wait = Box::pin(d.clean(b"k"));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        d.settled(b"k", 7);
+        assert!(!d.is_dirty(b"k"));
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        // A newer write settles it too; a write in flight beside it keeps the key dirty.
+        d.park(d.mark(b"k"), 8, later);
+        let in_flight = d.mark(b"k");
+        d.settled(b"k", 12);
+        assert!(d.is_dirty(b"k"));
+        drop(in_flight);
+        assert!(!d.is_dirty(b"k"));
+        // Time: only the parked writes whose limit has passed.
+        assert!(d.is_dirty(b"j"));
+        d.park(d.mark(b"k"), 20, later);
+        d.expire_parked(now);
+        assert!(!d.is_dirty(b"j") && d.is_dirty(b"k"));
+        d.expire_parked(later);
+        assert_eq!((d.len(), d.parked()), (0, 0));
     }
 }

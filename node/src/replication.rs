@@ -33,6 +33,10 @@ const HOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pauses between tries of a hop, doubling up to the last.
 const FIRST_PAUSE: Duration = Duration::from_millis(1);
 const LAST_PAUSE: Duration = Duration::from_millis(50);
+/// How long the key of a write a replica applied and could not get acknowledged stays
+/// dirty at most, waiting for its predecessor to send it again by the new chain (a few
+/// hops' time; a predecessor that died sends nothing again).
+const PARKED_LIMIT: Duration = Duration::from_secs(5);
 
 /// A record on its way down a chain.
 pub struct ChainRecord {
@@ -191,9 +195,10 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             Ok(p) => p,
             Err(status) => return Reply::status(status),
         };
-        // The tail needs no dirty mark: a read there sees the record once it is durable,
-        // and then it is the chain's (the replicas before it wait for its answer).
-        let dirty = mine.has_successor().then(|| self.dirty.mark(&key));
+        // Dirty here too when this is the tail: if the chain changes while it applies, the
+        // record is not acknowledged (below), and until its predecessor has sent it again
+        // by the new chain a read here must not answer it.
+        let dirty = self.dirty.mark(&key);
         let value = (!tombstone).then(|| payload.map(PutPayload::into_vec).unwrap_or_default());
         let len = value.as_ref().map_or(0, Vec::len) as u64;
         let applied = self
@@ -230,17 +235,33 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         // bench/results/violation-grow-session19-key6.txt; the second case was found by
         // the placement model check once it modelled writes in flight).
         let acknowledged = match self.next_hop_now(partition, chain_version) {
-            Hop::Acknowledged => true,
-            Hop::Abandoned => false,
-            Hop::Send { .. } => {
-                let dirty = dirty.unwrap_or_else(|| self.dirty.mark(&record.key));
-                self.pass_down_and_wait(record, dirty).await
+            Hop::Acknowledged => {
+                self.dirty.settled(&record.key, version);
+                true
             }
+            Hop::Abandoned => {
+                self.park(dirty, version);
+                false
+            }
+            Hop::Send { .. } => self.pass_down_and_wait(record, dirty).await,
         };
         self.stats
             .replicate
             .record(started.elapsed().as_micros() as u64, len, acknowledged);
         chain_reply(acknowledged, version, len)
+    }
+
+    /// Keeps the key of a write this shard applied and could not get acknowledged dirty
+    /// until it, or a newer write of the key, is acknowledged here, or `PARKED_LIMIT`
+    /// passes (`dirty_keys`).
+    fn park(self: &Rc<Self>, dirty: DirtyGuard, version: u64) {
+        self.dirty.park(dirty, version, Instant::now() + PARKED_LIMIT);
+        let keys = self.dirty.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(PARKED_LIMIT).await;
+            keys.expire_parked(Instant::now());
+        })
+        .detach();
     }
 
     /// Passes `record` down in its own task and waits for it up to the frame timeout:
@@ -258,7 +279,6 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     async fn pass_down(self: Rc<Self>, record: ChainRecord, dirty: DirtyGuard) -> bool {
         let _counted = Counted::new(&self.in_flight);
         let _waiting = Waiting::new(&self.stats.waiting_on_successor);
-        let _dirty = dirty;
         let ChainRecord {
             key,
             partition,
@@ -285,8 +305,14 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             let map = self.map.current();
             let (chain_version, successor) =
                 match next_hop(&map, partition, self.node_id, self.shard, holding) {
-                    Hop::Abandoned => return false,
-                    Hop::Acknowledged => return true,
+                    Hop::Abandoned => {
+                        self.park(dirty, version);
+                        return false;
+                    }
+                    Hop::Acknowledged => {
+                        self.dirty.settled(dirty.key(), version);
+                        return true;
+                    }
                     Hop::Send { version, next } => (version, &map.shards[next as usize]),
                 };
             let (recipient, successor) = (
@@ -311,7 +337,10 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                     .pass_down
                     .record(sent.elapsed().as_micros() as u64, value.len() as u64, ok);
                 match answer {
-                    Ok(_) if ok => return true,
+                    Ok(_) if ok => {
+                        self.dirty.settled(dirty.key(), version);
+                        return true;
+                    }
                     Ok((r, _)) => tracing::debug!(
                         to = %successor,
                         status = ?r.status(),
