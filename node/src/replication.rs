@@ -219,9 +219,10 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             expires_ms,
             holding: Holding::PassedUnder(chain_version),
         };
-        if let Some(hold) = planted_leaving_hold(&mine) {
-            // As if this leaving replica's core were busy between applying the record and
-            // passing it on, long enough for the map that drops it to arrive.
+        if let Some(hold) = planted_leaving_hold(&mine).or_else(|| planted_middle_hold(&mine)) {
+            // As if this leaving (or middle) replica's core were busy between applying the
+            // record and passing it on, long enough for a map that changes its chain to
+            // arrive.
             glommio::timer::sleep(hold).await;
         }
         // What follows is decided by the map as it is now, and only while the chain is
@@ -241,6 +242,11 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             }
             Hop::Abandoned => {
                 self.park(dirty, version);
+                if let Some(hold) = planted_middle_hold(&mine) {
+                    // And as busy again before it answers: its predecessor sends the
+                    // record again by the new chain only this much later.
+                    glommio::timer::sleep(hold).await;
+                }
                 false
             }
             Hop::Send { .. } => self.pass_down_and_wait(record, dirty).await,
@@ -255,6 +261,10 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     /// until it, or a newer write of the key, is acknowledged here, or `PARKED_LIMIT`
     /// passes (`dirty_keys`).
     fn park(self: &Rc<Self>, dirty: DirtyGuard, version: u64) {
+        if planted_abandoned_is_clean() {
+            // The bug the parking fixes: the key clean at once.
+            return;
+        }
         self.dirty.park(dirty, version, Instant::now() + PARKED_LIMIT);
         let keys = self.dirty.clone();
         glommio::spawn_local(async move {
@@ -407,6 +417,27 @@ fn planted_leaving_hold(place: &ChainPlace) -> Option<Duration> {
         Some(Duration::from_millis(ms.parse().ok()?))
     });
     hold.filter(|_| matches!(place, ChainPlace::Leaving { .. }))
+}
+
+/// A planted delay: with `HOTSHARD_PLANTED_BUG=middle-hold:MS` a serving replica with a
+/// successor waits MS between applying a record and deciding where it goes, and MS again
+/// before answering "not acknowledged" when its chain changed meanwhile (the window in
+/// which the record is here and not after it). Only in builds with `planted-faults`.
+fn planted_middle_hold(place: &ChainPlace) -> Option<Duration> {
+    static HOLD: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let hold = HOLD.get_or_init(|| {
+        let ms = crate::planted::fault("middle-hold")?;
+        Some(Duration::from_millis(ms.parse().ok()?))
+    });
+    hold.filter(|_| matches!(place, ChainPlace::Serving { .. }) && place.has_successor())
+}
+
+/// The planted bug `abandoned-is-clean`: the key of a write a replica applied and could not
+/// get acknowledged is clean at once (what replicas did before session 21), for the test
+/// that shows the detector catches it. Only in builds with `planted-faults`.
+fn planted_abandoned_is_clean() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| crate::planted::fault("abandoned-is-clean").is_some())
 }
 
 /// A planted fault, for the resync test: with `HOTSHARD_PLANTED_BUG=stop-at-head:P,Q` a

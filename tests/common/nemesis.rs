@@ -398,6 +398,129 @@ pub fn assert_read_everywhere(run: &str, everywhere: ReadEverywhere) {
     );
 }
 
+/// A third detector, for writes in flight: writers write `keys` in turn while readers read
+/// each key at every serving replica of its chain, one replica after another, without
+/// pause. Once a reader has been answered a version of a key, no replica may answer it an
+/// older one later: a replica answers only a version the chain has (CRAQ: a dirty key
+/// waits), and versions of a key only grow. Reading while the writes are on their way is
+/// what finds a replica that lets a write it holds be read before the replicas after it
+/// have it (the histories sample that window only now and then).
+pub struct ReadsInFlight {
+    stop: Arc<AtomicBool>,
+    found: Arc<std::sync::atomic::AtomicUsize>,
+    threads: Vec<JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl ReadsInFlight {
+    /// `clients` writers and as many readers, each pair on its own share of `keys`.
+    pub fn start(seeds: Vec<String>, keys: Vec<Vec<u8>>, clients: usize) -> ReadsInFlight {
+        let stop = Arc::new(AtomicBool::new(false));
+        let found = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut threads = Vec::new();
+        for w in 0..clients {
+            let mine: Vec<Vec<u8>> = keys.iter().skip(w).step_by(clients).cloned().collect();
+            let (flag, seeds_w, keys_w) = (stop.clone(), seeds.clone(), mine.clone());
+            threads.push(std::thread::spawn(move || {
+                (write_in_turn(&flag, &seeds_w, &keys_w), Vec::new())
+            }));
+            let (flag, seeds_r, found) = (stop.clone(), seeds.clone(), found.clone());
+            threads.push(std::thread::spawn(move || {
+                read_while_written(&flag, &found, &seeds_r, &mine)
+            }));
+        }
+        ReadsInFlight { stop, found, threads }
+    }
+
+    /// Stale reads found so far.
+    pub fn found(&self) -> usize {
+        self.found.load(Ordering::Relaxed)
+    }
+
+    /// Stops it: writes acknowledged and reads answered, and each stale read found.
+    pub fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut n, mut stale) = (0, Vec::new());
+        for t in self.threads {
+            let (c, s) = t.join().unwrap();
+            n += c;
+            stale.extend(s);
+        }
+        (n, stale)
+    }
+}
+
+/// Connects to one of `seeds` (the `n`th, round), or None.
+fn connect_some(seeds: &[String], n: usize) -> Option<BlockingClient> {
+    let c = BlockingClient::connect(&seeds[n % seeds.len()], Duration::from_secs(5)).ok();
+    if c.is_none() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c
+}
+
+/// Writes `keys` in turn until `stop`; the writes acknowledged.
+fn write_in_turn(stop: &AtomicBool, seeds: &[String], keys: &[Vec<u8>]) -> usize {
+    let (mut acked, mut n, mut client) = (0, 0usize, None);
+    while !stop.load(Ordering::Relaxed) && !keys.is_empty() {
+        n += 1;
+        let Some(c) = client.as_mut() else {
+            client = connect_some(seeds, n);
+            continue;
+        };
+        match c.put(&keys[n % keys.len()], n.to_string().as_bytes()) {
+            Ok(_) => acked += 1,
+            Err(_) => client = None,
+        }
+    }
+    acked
+}
+
+/// Reads `keys` at every serving replica until `stop`; the reads answered Ok, and each
+/// older version answered after a newer one.
+fn read_while_written(
+    stop: &AtomicBool,
+    found: &std::sync::atomic::AtomicUsize,
+    seeds: &[String],
+    keys: &[Vec<u8>],
+) -> (usize, Vec<String>) {
+    let (mut answered, mut stale, mut n, mut client) = (0, Vec::new(), 0usize, None);
+    let mut newest: Vec<(u64, String)> = vec![(0, String::new()); keys.len()];
+    while !stop.load(Ordering::Relaxed) && !keys.is_empty() {
+        n += 1;
+        let Some(c) = client.as_mut() else {
+            client = connect_some(seeds, n);
+            continue;
+        };
+        if n % 16 == 0 {
+            let _ = c.refresh_map();
+        }
+        let map = c.shard_map().clone();
+        let k = n % keys.len();
+        // Replicas in chain order from a different one each time (the head's read of a
+        // key in flight waits for it; the ones after it are where a write shows early).
+        let mut held = held_by_replicas_from(c, &map, &keys[k], n / keys.len());
+        held.retain(|h| h.1 == Status::Ok);
+        for (addr, status, held, _) in held {
+            if status != Status::Ok {
+                continue;
+            }
+            answered += 1;
+            let (seen, seen_at) = &newest[k];
+            if held < *seen {
+                found.fetch_add(1, Ordering::Relaxed);
+                stale.push(format!(
+                    "{} at {addr} (map epoch {}): version {held} after {seen} was answered at {seen_at}",
+                    String::from_utf8_lossy(&keys[k]),
+                    map.epoch
+                ));
+            } else if held > *seen {
+                newest[k] = (held, addr);
+            }
+        }
+    }
+    (answered, stale)
+}
+
 /// `n` keys of `run` for `ReadEverywhere`, spread over partitions by their hash.
 pub fn read_everywhere_keys(run: &str, n: usize) -> Vec<Vec<u8>> {
     (0..n)
@@ -454,14 +577,31 @@ pub fn held_by_replicas(
     map: &hotshard_placement::ShardMap,
     key: &[u8],
 ) -> Vec<(String, Status, u64, Vec<u8>)> {
+    held_by_replicas_from(c, map, key, 0)
+}
+
+/// `held_by_replicas`, asked in chain order from the `start`th serving replica (round).
+pub fn held_by_replicas_from(
+    c: &mut BlockingClient,
+    map: &hotshard_placement::ShardMap,
+    key: &[u8],
+    start: usize,
+) -> Vec<(String, Status, u64, Vec<u8>)> {
     let partition = map.partition(key);
     let chain = map.chain(partition).expect("the key's chain");
-    chain
+    let mut serving: Vec<String> = chain
         .replicas
         .iter()
         .filter(|r| r.state == ReplicaState::Serving)
-        .map(|r| {
-            let addr = map.shards[r.shard as usize].addr.clone();
+        .map(|r| map.shards[r.shard as usize].addr.clone())
+        .collect();
+    if !serving.is_empty() {
+        let by = start % serving.len();
+        serving.rotate_left(by);
+    }
+    serving
+        .into_iter()
+        .map(|addr| {
             let get = Request::Get {
                 key: key.to_vec(),
                 range: None,
