@@ -457,7 +457,7 @@ fn large_set_values_are_received_straight_into_the_device_buffer() {
 fn whole_set_values_go_into_the_device_buffer_as_the_command_is_taken() {
     let dir = test_dir();
     let port = ports();
-    let _node = start(&one_shard_small_pool(dir.path(), port), port);
+    let _node = start_shards(&one_shard_small_pool(dir.path(), port), port, None, None, &[], 1);
     let buffered = "hotshard_put_payload_bytes_buffered_total";
     let before = metric(port, buffered);
     let mut s = connect(port);
