@@ -148,7 +148,7 @@ impl ShardStats {
         let c = store.counters();
         let cache = store.cache_stats();
         let space = store.space();
-        let gauges: [(&str, u64); 37] = [
+        let gauges: [(&str, u64); 42] = [
             ("hotshard_forwarded_total", self.forwarded.get()),
             ("hotshard_connections_open", self.connections_open.get()),
             ("hotshard_segment_bytes", space.segment_bytes),
@@ -179,6 +179,11 @@ impl ShardStats {
             ("hotshard_segments_total", space.segments as u64),
             ("hotshard_gc_freed_segments_total", c.gc_freed_segments),
             ("hotshard_write_stalls_total", c.write_stalls),
+            ("hotshard_stalled_writes_total", c.stalled_writes),
+            ("hotshard_stalled_write_us_total", c.stalled_write_us),
+            ("hotshard_gc_read_us_total", c.gc_read_us),
+            ("hotshard_gc_move_us_total", c.gc_move_us),
+            ("hotshard_gc_free_us_total", c.gc_free_us),
             ("hotshard_gc_moved_bytes_total", c.gc_moved_bytes),
             ("hotshard_gc_read_bytes_total", c.gc_read_bytes),
             ("hotshard_corrupt_reads_total", c.corrupt_reads),

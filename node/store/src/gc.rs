@@ -13,7 +13,7 @@ use super::format::{value_crc, RecordKind, TOMBSTONE_VALUE_BYTES};
 use super::format::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::group_commit::{commit, live_size, newest_staged_batch, Origin, StageRequest};
 use super::index::{now_ms, IndexEntry};
-use super::metrics::bump;
+use super::metrics::{bump, bump_us};
 use super::value_buf::StageValue;
 use crate::limits::GC_RESERVED_SEGMENTS;
 use hotshard_nvme::queue::join_all;
@@ -111,8 +111,11 @@ impl<Q: BlockQueue> Store<Q> {
         if inner.write_gate.is_empty() && has_room() {
             return;
         }
+        let waited = std::time::Instant::now();
+        bump(&inner.metrics.stalled_writes, 1);
         let _pass = inner.write_gate.enter().await;
         self.collect_until_room().await;
+        bump_us(&inner.metrics.stalled_write_us, waited);
     }
 
     /// `make_room_for_write` for a write that already holds the gate.
@@ -178,6 +181,7 @@ impl<Q: BlockQueue> Store<Q> {
         };
         live.sort_unstable_by_key(|r| r.entry.value_offset);
         // Read only their bytes: neighbours coalesced, a few reads in flight at once.
+        let began = std::time::Instant::now();
         let ranges = coalesce(&live, inner.block);
         let read_bytes: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         bump(&inner.metrics.gc_read_bytes, read_bytes);
@@ -199,6 +203,8 @@ impl<Q: BlockQueue> Store<Q> {
             &image[from..from + e.value_len() as usize]
         };
 
+        bump_us(&inner.metrics.gc_read_us, began);
+        let began = std::time::Instant::now();
         let mut dones = Vec::new();
         let (mut moved_records, mut moved_bytes, mut dropped, mut deferred) = (0u64, 0u64, 0u64, false);
         for r in &live {
@@ -301,6 +307,7 @@ impl<Q: BlockQueue> Store<Q> {
                 let _ = commit(inner, newest).await;
             }
         }
+        bump_us(&inner.metrics.gc_move_us, began);
         if !self.nothing_live_in(victim) {
             return Ok(GcOutcome::Deferred { segment: victim });
         }
@@ -330,6 +337,7 @@ impl<Q: BlockQueue> Store<Q> {
         moved: (u64, u64, u64),
     ) -> StoreResult<GcOutcome> {
         let inner = &self.inner;
+        let began = std::time::Instant::now();
         let mut mark = inner.queue.pool().alloc(inner.block as usize).await?;
         mark.fill(0);
         {
@@ -346,6 +354,7 @@ impl<Q: BlockQueue> Store<Q> {
         inner.queue.write_at(seg_off, mark, Durability::Fua).await?;
         inner.state.borrow_mut().release_segment(victim);
         bump(&inner.metrics.gc_freed_segments, 1);
+        bump_us(&inner.metrics.gc_free_us, began);
         let (moved_records, moved_bytes, dropped_tombstones) = moved;
         Ok(GcOutcome::Freed {
             segment: victim,

@@ -24,6 +24,15 @@ pub struct StoreMetrics {
     pub gc_dropped_tombstones: Cell<u64>,
     /// GC steps a write ran (or waited for) because free space was down to the reserve.
     pub write_stalls: Cell<u64>,
+    /// Writes that waited for GC (at the write gate, or collecting), and for how long in
+    /// all, in microseconds.
+    pub stalled_writes: Cell<u64>,
+    pub stalled_write_us: Cell<u64>,
+    /// Time GC steps spent reading victims' live records, moving them (staging and
+    /// committing their batches) and marking victims free, in microseconds.
+    pub gc_read_us: Cell<u64>,
+    pub gc_move_us: Cell<u64>,
+    pub gc_free_us: Cell<u64>,
     /// Writes answered Busy by the engine after waiting `max_write_wait` for buffers or
     /// batches, in all and by reason.
     pub busy: Cell<u64>,
@@ -55,6 +64,11 @@ pub fn bump(c: &Cell<u64>, by: u64) {
     c.set(c.get() + by);
 }
 
+/// Adds the microseconds since `since` to `c`.
+pub fn bump_us(c: &Cell<u64>, since: std::time::Instant) {
+    bump(c, since.elapsed().as_micros() as u64);
+}
+
 /// A copy of the counters for reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreCounters {
@@ -76,6 +90,11 @@ pub struct StoreCounters {
     pub gc_freed_segments: u64,
     pub gc_dropped_tombstones: u64,
     pub write_stalls: u64,
+    pub stalled_writes: u64,
+    pub stalled_write_us: u64,
+    pub gc_read_us: u64,
+    pub gc_move_us: u64,
+    pub gc_free_us: u64,
     pub busy: u64,
     pub busy_reasons: Vec<(&'static str, u64)>,
     pub recovery_lsn_anomalies: u64,
@@ -105,6 +124,11 @@ impl StoreMetrics {
             gc_freed_segments: self.gc_freed_segments.get(),
             gc_dropped_tombstones: self.gc_dropped_tombstones.get(),
             write_stalls: self.write_stalls.get(),
+            stalled_writes: self.stalled_writes.get(),
+            stalled_write_us: self.stalled_write_us.get(),
+            gc_read_us: self.gc_read_us.get(),
+            gc_move_us: self.gc_move_us.get(),
+            gc_free_us: self.gc_free_us.get(),
             busy: self.busy.get(),
             busy_reasons: self.busy_reasons.borrow().clone(),
             recovery_lsn_anomalies: self.recovery_lsn_anomalies.get(),
