@@ -1,16 +1,23 @@
-//! Runs GC in the background of a shard: a glommio task queue with few shares and no
-//! latency requirement, so foreground requests keep the core when both want it. When the
-//! background falls behind, writes collect in the foreground (`Store::make_room_for_write`).
+//! Runs GC in the background of a shard, as a task beside the requests on the shard's
+//! one task queue: each GC step yields at every device access (its reads, its batch writes,
+//! the free mark), and its longest stretch without one (staging a victim's live records)
+//! is about a millisecond (4 KiB values, a 16 MiB segment). When the background falls
+//! behind, writes collect in the foreground (`Store::make_room_for_write`).
+//!
+//! Not in a task queue of its own with fewer shares, as it was until issue 36: glommio
+//! brings a queue that went idle back with the lowest virtual runtime plus one, behind the
+//! foreground's queue, which the device poller keeps busy while I/O is in flight, so GC got
+//! one turn (one await) per foreground turn of up to the preemption period (100 ms). GC ran
+//! in bursts and starved between them: the free pool fell to the stall point and writes
+//! waited 160-230 ms for it; and a GC step that led a batch of the log held every write
+//! behind it. Measured in BENCHMARKS.md (issue 36).
 
 use std::time::Duration;
 
-use glommio::{Latency, Shares, TaskQueueHandle};
 use hotshard_nvme::BlockQueue;
 
 use hotshard_store::{GcOutcome, Store};
 
-/// Shares of the GC task queue against the foreground's default 1000.
-const GC_SHARES: usize = 100;
 /// Pause before retrying a victim whose records were busy.
 const DEFERRED_RETRY: Duration = Duration::from_millis(1);
 
@@ -32,30 +39,22 @@ impl Default for GcPacing {
     }
 }
 
-/// Starts the GC loop on the current glommio executor; it ends when the returned task is
-/// dropped or cancelled. Returns the task queue so callers can inspect its statistics.
-pub fn start_background_gc<Q: BlockQueue + 'static>(
-    store: Store<Q>,
-    pacing: GcPacing,
-) -> glommio::Result<(TaskQueueHandle, glommio::Task<()>), ()> {
-    let tq = glommio::executor().create_task_queue(Shares::Static(GC_SHARES), Latency::NotImportant, "gc");
-    let task = glommio::spawn_local_into(
-        async move {
-            loop {
-                match store.gc_step().await {
-                    Ok(GcOutcome::Freed { .. }) => {}
-                    Ok(GcOutcome::Idle) => glommio::timer::sleep(pacing.idle_sleep).await,
-                    // Records of the victim are still being written or read: retry soon
-                    // rather than after the idle pause (writers may be waiting on space).
-                    Ok(GcOutcome::Deferred { .. }) => glommio::timer::sleep(DEFERRED_RETRY).await,
-                    Err(e) => {
-                        tracing::warn!("gc step failed: {e}");
-                        glommio::timer::sleep(pacing.error_sleep).await;
-                    }
+/// Starts the GC loop on the current glommio executor's current task queue; it ends when
+/// the returned task is dropped or cancelled.
+pub fn start_background_gc<Q: BlockQueue + 'static>(store: Store<Q>, pacing: GcPacing) -> glommio::Task<()> {
+    glommio::spawn_local(async move {
+        loop {
+            match store.gc_step().await {
+                Ok(GcOutcome::Freed { .. }) => {}
+                Ok(GcOutcome::Idle) => glommio::timer::sleep(pacing.idle_sleep).await,
+                // Records of the victim are still being written or read: retry soon rather
+                // than after the idle pause (writers may be waiting on space).
+                Ok(GcOutcome::Deferred { .. }) => glommio::timer::sleep(DEFERRED_RETRY).await,
+                Err(e) => {
+                    tracing::warn!("gc step failed: {e}");
+                    glommio::timer::sleep(pacing.error_sleep).await;
                 }
             }
-        },
-        tq,
-    )?;
-    Ok((tq, task))
+        }
+    })
 }

@@ -100,6 +100,11 @@ async fn open_queue(s: &ShardSetup) -> Result<AnyQueue, String> {
     let queue = AnyQueue::uring(dev, &opts).map_err(|e| e.to_string())?;
     if let AnyQueue::Uring(u) = &queue {
         glommio::spawn_local(u.poller()).detach();
+        // While the device poller spins, the socket poller must not sleep (see
+        // `Readiness::set_busy_probe`). Without a readiness set, sockets go through glommio.
+        if let Ok(readiness) = hotshard_net::ready_stream::Readiness::for_this_thread() {
+            readiness.set_busy_probe(u.busy_probe());
+        }
     }
     Ok(queue)
 }
@@ -209,8 +214,8 @@ impl StartGate {
 /// A shard that is ready to serve.
 struct Started {
     store: Store<AnyQueue>,
-    /// Background GC (its task queue and task) runs while this is held.
-    gc: (glommio::TaskQueueHandle, glommio::Task<()>),
+    /// Background GC runs while this is held.
+    gc: glommio::Task<()>,
     peers: Rc<Peers>,
     handler: Rc<ShardHandler<AnyQueue>>,
     stats: Rc<ShardStats>,
@@ -236,8 +241,7 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
     let (store, report) = Store::open(queue, store_config(s))
         .await
         .map_err(|e| e.to_string())?;
-    let (gc_queue, gc) =
-        start_background_gc(store.clone(), GcPacing::default()).map_err(|e| e.to_string())?;
+    let gc = start_background_gc(store.clone(), GcPacing::default());
     let (peers, receivers) = Peers::connect(s.index, peer_ends).await;
     let addr = format!(
         "{}:{}",
@@ -330,7 +334,7 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
     );
     Ok(Started {
         store,
-        gc: (gc_queue, gc),
+        gc,
         peers,
         handler,
         stats,

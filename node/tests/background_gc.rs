@@ -1,4 +1,4 @@
-//! The background GC task of a shard (`gc_task`): a low-priority glommio task queue that
+//! The background GC task of a shard (`gc_task`): a task beside the foreground's that
 //! collects while foreground writes churn.
 
 #[path = "../store/tests/common/mod.rs"]
@@ -14,7 +14,7 @@ fn sim() -> SimDevice {
 }
 
 #[test]
-fn background_gc_in_a_low_priority_queue_frees_space_during_churn() {
+fn background_gc_frees_space_during_churn() {
     let done = glommio::LocalExecutorBuilder::default()
         .spawn(|| async {
             let dev = sim();
@@ -23,7 +23,7 @@ fn background_gc_in_a_low_priority_queue_frees_space_during_churn() {
                 idle_sleep: std::time::Duration::from_millis(1),
                 ..GcPacing::default()
             };
-            let (_tq, gc) = start_background_gc(s.clone(), pacing).unwrap();
+            let gc = start_background_gc(s.clone(), pacing);
             // Overwrite 40 keys with 4 KiB values far beyond the device's size.
             for i in 0..3000u64 {
                 loop {
@@ -52,8 +52,8 @@ fn background_gc_in_a_low_priority_queue_frees_space_during_churn() {
     assert!(done > 10, "background GC freed {done} segments");
 }
 
-/// Sustained overwrites by many writers, with GC only in its low-priority background
-/// queue (default pacing): writers must be slowed down to GC's pace, never refused with
+/// Sustained overwrites by many writers, with GC only in its background task (default
+/// pacing): writers must be slowed down to GC's pace, never refused with
 /// NoSpace, while the live data is well under the device's size.
 #[test]
 fn sustained_overwrites_wait_for_gc_instead_of_failing_with_no_space() {
@@ -66,7 +66,7 @@ fn sustained_overwrites_wait_for_gc_instead_of_failing_with_no_space() {
         .spawn(|| async {
             let dev = sim();
             let s = sim_store(&dev, small_config(SIM_BYTES));
-            let (_tq, gc) = start_background_gc(s.clone(), GcPacing::default()).unwrap();
+            let gc = start_background_gc(s.clone(), GcPacing::default());
             let no_space = Rc::new(Cell::new(0u64));
             let mut writers = Vec::new();
             for w in 0..WRITERS {

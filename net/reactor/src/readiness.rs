@@ -41,6 +41,9 @@ const IDLE_SPIN: Duration = Duration::from_micros(50);
 /// thread: longer than a device read or a durable write, so that the shard (or client)
 /// waiting for one does not sleep through the traffic that follows it.
 const BUSY_SPIN: Duration = Duration::from_millis(1);
+/// The most of one turn of the executor (the time between two passes of the poller) that
+/// counts as idle: a longer turn means other tasks had work.
+const BUSY_GAP: Duration = Duration::from_micros(200);
 /// Events taken per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 64;
 
@@ -69,6 +72,9 @@ pub struct Readiness {
     sleeps: Cell<u64>,
     /// While polling idle, give the core to any other thread ready on it (`sched_yield`).
     yield_when_idle: Cell<bool>,
+    /// Whether something else on this thread is polling right now (the device's poller with
+    /// I/O in flight): then the poller never sleeps (`set_busy_probe`).
+    busy_probe: RefCell<Option<Box<dyn Fn() -> bool>>>,
 }
 
 /// One connection's outstanding requests (a server's being answered, a client's waiting
@@ -153,6 +159,7 @@ impl Readiness {
             changes: Cell::new(0),
             sleeps: Cell::new(0),
             yield_when_idle: Cell::new(false),
+            busy_probe: RefCell::new(None),
         });
         glommio::spawn_local(poller(Rc::downgrade(&r), wake_shard)).detach();
         Ok(r)
@@ -188,6 +195,23 @@ impl Readiness {
     /// How many times the poller has gone to sleep since the set was created.
     pub fn sleeps(&self) -> u64 {
         self.sleeps.get()
+    }
+
+    /// Tells the poller when the executor is kept busy by another poller on this thread
+    /// (the device's, while I/O is in flight): while `probe` says so, the poller keeps
+    /// draining the set instead of sleeping. Why: the sleeping poller is woken through
+    /// glommio's reactor, which glommio reaps only when its task queues run dry or its
+    /// preemption timer (100 ms) fires; a device poller that re-schedules itself while I/O
+    /// is in flight keeps the queue from running dry, so under GC's continuous reads every
+    /// request arriving during a sleep waited for the timer: the steady state's p99.9 of
+    /// 50-70 ms (issue 36, BENCHMARKS.md). Spinning costs nothing then: the core is busy
+    /// polling anyway, and one `epoll_wait(0)` per turn is what a busy shard pays.
+    pub fn set_busy_probe(&self, probe: impl Fn() -> bool + 'static) {
+        *self.busy_probe.borrow_mut() = Some(Box::new(probe));
+    }
+
+    fn other_poller_busy(&self) -> bool {
+        self.busy_probe.borrow().as_ref().is_some_and(|p| p())
     }
 
     /// Whether the poller, while it polls with nothing to do, first lets any other thread
@@ -313,26 +337,38 @@ fn spawn_helper(epfd: RawFd, mut ctl: StdUnixStream, mut wake: StdUnixStream) ->
 
 /// Drains the set while there is traffic; sleeps through the reactor when idle.
 async fn poller(me: std::rc::Weak<Readiness>, mut wake: glommio::net::UnixStream) {
-    let mut idle_since: Option<Instant> = None;
+    // Time spent polling an empty set since the last traffic. A pass counts the time since
+    // the previous one only up to `BUSY_GAP`: a longer wait for the turn means other tasks
+    // were running (a GC step's copying, say), and that is no sign of an idle shard.
+    let mut idle = Duration::ZERO;
+    let mut last_pass = Instant::now();
     let mut changes_seen = 0u64;
     let mut buf = [0u8; 64];
     loop {
         let Some(r) = me.upgrade() else { return };
+        let now = Instant::now();
+        let gap = now.duration_since(last_pass);
+        last_pass = now;
         let changed = r.changes.get() != changes_seen;
         changes_seen = r.changes.get();
         if r.drain() > 0 || changed {
-            idle_since = None;
+            idle = Duration::ZERO;
             drop(r);
             futures_lite::future::yield_now().await;
             continue;
         }
-        let since = *idle_since.get_or_insert_with(Instant::now);
+        if r.other_poller_busy() {
+            // The device's poller keeps the executor turning: the shard is not idle.
+            idle = Duration::ZERO;
+        } else {
+            idle += gap.min(BUSY_GAP);
+        }
         let spin = if r.outstanding.get() > 0 {
             BUSY_SPIN
         } else {
             IDLE_SPIN
         };
-        if since.elapsed() < spin {
+        if idle < spin {
             if r.yield_when_idle.get() {
                 // SAFETY: no arguments; its result does not matter.
                 unsafe { libc::sched_yield() };
@@ -352,7 +388,7 @@ async fn poller(me: std::rc::Weak<Readiness>, mut wake: glommio::net::UnixStream
             Ok(n) if n > 0 => {}
             _ => return,
         }
-        idle_since = None;
+        idle = Duration::ZERO;
     }
 }
 

@@ -451,10 +451,26 @@ impl Index {
     /// Every entry in `segment` (tombstones included) with its key and partition: a walk
     /// of the slots, for GC to find what is live in a victim without reading it.
     pub fn iter_segment(&self, segment: u32) -> impl Iterator<Item = (&[u8], u16, &IndexEntry)> {
-        self.slots
+        self.iter_segment_slots(segment, 0..usize::MAX)
+    }
+
+    /// `iter_segment` over the slots in `range` only (clamped to the slots there are), so
+    /// that a long walk can be cut into pieces with other work between them.
+    pub fn iter_segment_slots(
+        &self,
+        segment: u32,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (&[u8], u16, &IndexEntry)> {
+        let end = range.end.min(self.slots.len());
+        self.slots[range.start.min(end)..end]
             .iter()
             .filter(move |s| s.entry.segment == segment)
             .map(|s| (Self::key_of(&self.keys, s), s.partition, &s.entry))
+    }
+
+    /// Slots in the table (live keys and tombstones): the bound of `iter_segment_slots`.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
     }
 
     /// Every entry with its key and partition (tombstones included): a walk of the slots.

@@ -230,6 +230,17 @@ impl UringQueue {
         UringQueue::reap(inner);
     }
 
+    /// A probe saying whether this queue's poller is busy (operations in flight, so it
+    /// re-schedules itself on every turn); false once the queue is gone.
+    pub fn busy_probe(&self) -> impl Fn() -> bool + 'static {
+        let inner = Rc::downgrade(&self.inner);
+        move || {
+            inner
+                .upgrade()
+                .is_some_and(|i| i.awaiting_cqe.get() > 0 || i.unsubmitted.get() > 0)
+        }
+    }
+
     /// A task that reaps completions for every operation of this queue: spawn it on the
     /// queue's executor (`glommio::spawn_local(queue.poller()).detach()`). While entries
     /// await completion it polls the ring once per scheduler pass; with none it sleeps
