@@ -130,6 +130,25 @@ fn a_dropped_operation_keeps_its_buffer_until_the_kernel_is_done() {
     assert_eq!(q.pool().free_bytes(), free_before);
 }
 
+/// The probe the shard's socket poller asks (`busy_probe`): busy from the moment an
+/// operation is queued until its completion is reaped, idle otherwise, and idle for good
+/// once the queue is gone.
+#[test]
+fn the_busy_probe_follows_operations_in_flight() {
+    let dir = test_dir();
+    let q = file_queue(&dir, small_pool());
+    let busy = q.busy_probe();
+    assert!(!busy(), "busy with nothing queued");
+    let mut write = Box::pin(q.write_at(0, filled(&q, 4096, 7), Durability::Fua));
+    let waker = std::task::Waker::noop();
+    let _ = write.as_mut().poll(&mut std::task::Context::from_waker(waker));
+    assert!(busy(), "idle with a write queued");
+    futures_lite::future::block_on(write).unwrap();
+    assert!(!busy(), "busy after the write was reaped");
+    drop(q);
+    assert!(!busy(), "busy after the queue was dropped");
+}
+
 /// Lets a test move a queue to another thread to prove the runtime check.
 struct ForceSend<T>(T);
 // SAFETY: only used to hand the queue to a thread that must be refused; the original

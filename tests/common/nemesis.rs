@@ -357,14 +357,10 @@ fn write_and_read_everywhere(stop: &AtomicBool, seeds: &[String], keys: &[Vec<u8
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) && !keys.is_empty() {
         n += 1;
-        if client.is_none() {
-            client = BlockingClient::connect(&seeds[n as usize % seeds.len()], Duration::from_secs(5)).ok();
-            if client.is_none() {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        }
-        let c = client.as_mut().unwrap();
+        let Some(c) = client.as_mut() else {
+            client = connect_some(seeds, n as usize);
+            continue;
+        };
         let key = &keys[n as usize % keys.len()];
         let Ok(version) = c.put(key, n.to_string().as_bytes()) else {
             client = None;
