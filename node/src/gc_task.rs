@@ -1,16 +1,15 @@
 //! Runs GC in the background of a shard, as a task beside the requests on the shard's
 //! one task queue: each GC step yields at every device access (its reads, its batch writes,
-//! the free mark), and its longest stretch without one (staging a victim's live records)
-//! is about a millisecond (4 KiB values, a 16 MiB segment). When the background falls
-//! behind, writes collect in the foreground (`Store::make_room_for_write`).
+//! the free mark), every 16K index slots of its walk and every 64 records it stages. When
+//! the background falls behind, writes collect in the foreground
+//! (`Store::make_room_for_write`).
 //!
 //! Not in a task queue of its own with fewer shares, as it was until issue 36: glommio
 //! brings a queue that went idle back with the lowest virtual runtime plus one, behind the
 //! foreground's queue, which the device poller keeps busy while I/O is in flight, so GC got
 //! one turn (one await) per foreground turn of up to the preemption period (100 ms). GC ran
 //! in bursts and starved between them: the free pool fell to the stall point and writes
-//! waited 160-230 ms for it; and a GC step that led a batch of the log held every write
-//! behind it. Measured in BENCHMARKS.md (issue 36).
+//! waited 160-230 ms for it. Measured in BENCHMARKS.md (issue 36).
 
 use std::time::Duration;
 

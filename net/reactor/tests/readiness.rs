@@ -27,30 +27,38 @@ async fn wait_undisturbed(d: Duration) -> bool {
     t.elapsed() < d + Duration::from_micros(500)
 }
 
+/// Runs `window` up to 20 times, each with a request outstanding, and asserts (`slept`)
+/// that the poller did not sleep in any window `window` says was undisturbed (true); at
+/// most 3 are judged, and at least one must be.
+async fn never_sleeps_in(set: &Readiness, slept: &str, mut window: impl AsyncFnMut() -> bool) {
+    let mut judged = 0;
+    for _ in 0..20 {
+        let request = Outstanding::for_this_thread();
+        request.add(1);
+        let before = set.sleeps();
+        if !window().await {
+            continue;
+        }
+        assert_eq!(set.sleeps(), before, "{slept}");
+        judged += 1;
+        if judged == 3 {
+            break;
+        }
+    }
+    assert!(judged > 0, "the executor never got an undisturbed window");
+}
+
 #[test]
 fn the_poller_keeps_polling_while_a_request_is_outstanding() {
     on_executor(|| async {
         let set = Readiness::for_this_thread().expect("readiness set");
-        let mut judged = 0;
-        for _ in 0..20 {
-            let request = Outstanding::for_this_thread();
-            request.add(1);
-            let before = set.sleeps();
-            // Six times the idle spin (50 µs), well inside the busy spin (1 ms).
-            if !wait_undisturbed(Duration::from_micros(300)).await {
-                continue;
-            }
-            assert_eq!(
-                set.sleeps(),
-                before,
-                "the poller slept while a request was outstanding"
-            );
-            judged += 1;
-            if judged == 3 {
-                break;
-            }
-        }
-        assert!(judged > 0, "the executor never got an undisturbed 300 µs window");
+        // Six times the idle spin (50 µs), well inside the busy spin (1 ms).
+        never_sleeps_in(
+            &set,
+            "the poller slept while a request was outstanding",
+            async || wait_undisturbed(Duration::from_micros(300)).await,
+        )
+        .await;
     });
 }
 
@@ -182,36 +190,26 @@ fn the_poller_keeps_polling_while_another_poller_is_busy() {
 fn a_long_turn_of_other_work_does_not_count_as_idle() {
     on_executor(|| async {
         let set = Readiness::for_this_thread().expect("readiness set");
-        let mut judged = 0;
-        for _ in 0..20 {
-            let request = Outstanding::for_this_thread();
-            request.add(1);
-            // Let the poller see the change and start an idle spell.
-            for _ in 0..4 {
-                futures_lite::future::yield_now().await;
-            }
-            let before = set.sleeps();
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_millis(3) {
-                std::hint::spin_loop();
-            }
-            let passes = Instant::now();
-            for _ in 0..4 {
-                futures_lite::future::yield_now().await;
-            }
-            if passes.elapsed() > Duration::from_micros(300) {
-                continue; // the thread was held up: the window says nothing
-            }
-            assert_eq!(
-                set.sleeps(),
-                before,
-                "the poller slept right after another task's 3 ms turn"
-            );
-            judged += 1;
-            if judged == 3 {
-                break;
-            }
-        }
-        assert!(judged > 0, "the executor never got an undisturbed window");
+        never_sleeps_in(
+            &set,
+            "the poller slept right after another task's 3 ms turn",
+            async || {
+                // Let the poller see the new request and start an idle spell.
+                for _ in 0..4 {
+                    futures_lite::future::yield_now().await;
+                }
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_millis(3) {
+                    std::hint::spin_loop();
+                }
+                let passes = Instant::now();
+                for _ in 0..4 {
+                    futures_lite::future::yield_now().await;
+                }
+                // Held up longer: the thread was disturbed and the window says nothing.
+                passes.elapsed() <= Duration::from_micros(300)
+            },
+        )
+        .await;
     });
 }

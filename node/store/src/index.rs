@@ -448,14 +448,9 @@ impl Index {
         self.slots.iter().map(|s| (Self::key_of(&self.keys, s), &s.entry))
     }
 
-    /// Every entry in `segment` (tombstones included) with its key and partition: a walk
-    /// of the slots, for GC to find what is live in a victim without reading it.
-    pub fn iter_segment(&self, segment: u32) -> impl Iterator<Item = (&[u8], u16, &IndexEntry)> {
-        self.iter_segment_slots(segment, 0..usize::MAX)
-    }
-
-    /// `iter_segment` over the slots in `range` only (clamped to the slots there are), so
-    /// that a long walk can be cut into pieces with other work between them.
+    /// Every entry in `segment` (tombstones included) with its key and partition, among the
+    /// slots in `range` (clamped to the slots there are): a walk of the slots, for GC to find
+    /// what is live in a victim without reading it, cut into pieces with other work between.
     pub fn iter_segment_slots(
         &self,
         segment: u32,
