@@ -5,7 +5,9 @@
 //! One writer puts large values (64 KiB to 8 MiB, the value limit) on a few keys, so that
 //! kills land while batches of megabytes are in flight and the DMA pool is under pressure
 //! (issue 16). A `Busy` answer means the write was not applied: the writer backs off and
-//! goes on.
+//! goes on. The store is small (7 segments of 9 MiB per shard) against megabytes a second
+//! of overwrites, so GC runs all the time and moves live records: the loop asserts that it
+//! freed segments and moved bytes in the lives it killed.
 //! `HOTSHARD_CRASH_LOOPS=N` sets the number of kills (default 4; thousands for a soak),
 //! `HOTSHARD_CRASH_LOOP_SEED=S` replays a run.
 
@@ -68,6 +70,7 @@ fn sigkill_loop_keeps_every_acknowledged_write() {
     let mut rng = SplitMix64::new(seed);
     let mut seq_base = 0u64;
     let (mut verified, mut uncertain_seen) = (0u64, 0u64);
+    let (mut gc_freed, mut gc_moved) = (0u64, 0u64);
     for cycle in 0..loops {
         let mut node = start(&cfg, port);
         let stop = Arc::new(AtomicBool::new(false));
@@ -129,6 +132,16 @@ fn sigkill_loop_keeps_every_acknowledged_write() {
             }));
         }
         std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
+        // GC's work in this life, read just before the kill (the counters start at 0 at
+        // every start): the loop must kill a node whose GC is moving records.
+        let mut probe = BlockingClient::connect(&node.addr(0), Duration::from_secs(5)).unwrap();
+        for shard in 0..2u16 {
+            if let Ok(text) = probe.stats(&node.addr(shard)) {
+                gc_freed += shard_counter(&text, "hotshard_gc_freed_segments_total", shard as u32);
+                gc_moved += shard_counter(&text, "hotshard_gc_moved_bytes_total", shard as u32);
+            }
+        }
+        drop(probe);
         node.kill9();
         stop.store(true, Ordering::Relaxed);
         for t in threads {
@@ -164,7 +177,7 @@ fn sigkill_loop_keeps_every_acknowledged_write() {
         drop(node);
     }
     println!(
-        "crash loop: {loops} kills, {} acknowledged puts ({} of 64 KiB to 8 MiB), {} acknowledged deletes, {} Busy, {verified} key checks, {uncertain_seen} in-flight at a kill, 0 lost, 0 corrupt",
+        "crash loop: {loops} kills, {} acknowledged puts ({} of 64 KiB to 8 MiB), {} acknowledged deletes, {} Busy, {verified} key checks, {uncertain_seen} in-flight at a kill, GC freed {gc_freed} segments and moved {gc_moved} bytes, 0 lost, 0 corrupt",
         puts.load(Ordering::Relaxed),
         large_puts.load(Ordering::Relaxed),
         deletes.load(Ordering::Relaxed),
@@ -174,5 +187,9 @@ fn sigkill_loop_keeps_every_acknowledged_write() {
     assert!(
         large_puts.load(Ordering::Relaxed) > 0,
         "no large value was acknowledged"
+    );
+    assert!(
+        gc_freed > 0 && gc_moved > 0,
+        "GC never freed a segment with live records in it: the loop did not test a crash under GC"
     );
 }

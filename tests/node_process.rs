@@ -650,14 +650,6 @@ fn a_second_signal_ends_a_slow_stop_at_once() {
 }
 
 /// The value of `name{shard="N"}` in a stats text, or 0 if it is not there.
-fn metric(stats: &str, name: &str, shard: u32) -> u64 {
-    let prefix = format!("{name}{{shard=\"{shard}\"}} ");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().expect("an integer counter"))
-}
-
 /// Issue 17: a PUT's value goes from the socket to the device with no copy on the node
 /// when the shard that reads it owns the key: it is received into a DMA buffer of that
 /// shard's pool and the batch writes from it. A PUT forwarded to another shard is copied
@@ -685,15 +677,15 @@ fn a_value_for_the_receiving_shard_reaches_the_device_without_a_copy() {
         client.put(k.as_bytes(), &vec![7u8; len]).unwrap();
     }
     let before = client.stats(&node.addr(0)).unwrap();
-    let in_place = metric(&before, "hotshard_store_value_bytes_in_place_total", 0);
+    let in_place = shard_counter(&before, "hotshard_store_value_bytes_in_place_total", 0);
     assert_eq!(in_place, sizes.iter().sum::<usize>() as u64, "{before}");
     assert_eq!(
-        metric(&before, "hotshard_store_value_bytes_copied_total", 0),
+        shard_counter(&before, "hotshard_store_value_bytes_copied_total", 0),
         0,
         "{before}"
     );
-    let received = metric(&before, "hotshard_put_payload_bytes_buffered_total", 0)
-        + metric(&before, "hotshard_put_payload_bytes_direct_total", 0);
+    let received = shard_counter(&before, "hotshard_put_payload_bytes_buffered_total", 0)
+        + shard_counter(&before, "hotshard_put_payload_bytes_direct_total", 0);
     assert_eq!(received, in_place, "every payload byte counted once: {before}");
     // A key shard 1 owns, sent to shard 0: forwarded, and copied once into shard 1's batch.
     let theirs = key_owned_by_shard(&map, 1);
@@ -712,12 +704,12 @@ fn a_value_for_the_receiving_shard_reaches_the_device_without_a_copy() {
     assert_eq!(r.status(), Status::Ok);
     let after = client.stats(&node.addr(1)).unwrap();
     assert_eq!(
-        metric(&after, "hotshard_store_value_bytes_copied_total", 1),
+        shard_counter(&after, "hotshard_store_value_bytes_copied_total", 1),
         65_536,
         "{after}"
     );
     assert_eq!(
-        metric(&after, "hotshard_store_value_bytes_in_place_total", 1),
+        shard_counter(&after, "hotshard_store_value_bytes_in_place_total", 1),
         0,
         "{after}"
     );

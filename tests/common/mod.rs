@@ -239,6 +239,15 @@ pub fn dashboard_metric_names(path: &str) -> std::collections::BTreeSet<String> 
 }
 
 /// The `hotshard_…` identifiers in `text` (a PromQL expression or Prometheus text).
+/// The value of the counter `name` of `shard` in a shard's stats text (0 when absent).
+pub fn shard_counter(stats: &str, name: &str, shard: u32) -> u64 {
+    let prefix = format!("{name}{{shard=\"{shard}\"}} ");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().expect("an integer counter"))
+}
+
 pub fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
     let mut names = std::collections::BTreeSet::new();
     let mut rest = text;

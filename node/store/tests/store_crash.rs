@@ -24,7 +24,7 @@ use common::*;
 use futures::executor::{block_on, LocalPool};
 use futures::task::LocalSpawnExt;
 use hotshard_nvme::{BlockQueue, SimDevice, SimQueue, SplitMix64};
-use hotshard_store::{CommitDurability, Store, StoreError};
+use hotshard_store::{CommitDurability, GcOutcome, Store, StoreError};
 
 const KEYS: u64 = 16;
 const ROUNDS: usize = 3;
@@ -42,6 +42,13 @@ struct Profile {
     large_percent: u64,
     /// A task grabs and holds DMA buffers while the writers run.
     hog: bool,
+    /// Chance in 100 that the first writer's next step is a GC step, and whether it always
+    /// runs GC (otherwise one seed in two).
+    gc_percent: u64,
+    gc_always: bool,
+    /// Large values spread from 64 KiB to `max_value`, evenly on a log scale (otherwise
+    /// from half of `max_value` to all of it).
+    large_from_64k: bool,
 }
 
 impl Profile {
@@ -53,6 +60,9 @@ impl Profile {
             pool_bytes: 4 << 20,
             large_percent: 0,
             hog: false,
+            gc_percent: 10,
+            gc_always: false,
+            large_from_64k: false,
         }
     }
 
@@ -74,6 +84,30 @@ impl Profile {
             pool_bytes: least + rng.below(least as u64) as usize,
             large_percent: if huge { 8 } else { 5 + rng.below(30) },
             hog: rng.chance(2, 3),
+            gc_percent: 10,
+            gc_always: false,
+            large_from_64k: false,
+        }
+    }
+
+    /// GC running hard with values up to the 8 MiB limit (issue 36): five segments of a
+    /// little over 8 MiB, a tenth of the puts large (64 KiB to 8 MiB, even on a log scale), 16 keys
+    /// overwritten, and GC a third of the first writer's steps in every seed, so that the
+    /// cuts land in the middle of moving megabyte records.
+    fn gc_heavy(seed: u64) -> Profile {
+        let mut rng = SplitMix64::new(seed ^ 0x6c_6ea7);
+        let (segment_bytes, max_value) = ((8 << 20) + (64 << 10), 8 << 20);
+        let least = 2 * segment_bytes as usize + max_value + (64 << 10);
+        Profile {
+            sim_bytes: 8192 + 5 * segment_bytes,
+            segment_bytes,
+            max_value,
+            pool_bytes: least + rng.below(least as u64) as usize,
+            large_percent: 10,
+            hog: rng.chance(1, 2),
+            gc_percent: 33,
+            gc_always: true,
+            large_from_64k: true,
         }
     }
 }
@@ -213,7 +247,18 @@ fn verify(store: &Store<SimQueue>, model: &mut Model, seed: u64, round: usize) -
     Ok(())
 }
 
-fn run_seed(seed: u64, durability: CommitDurability, profile: Profile) -> Result<(), String> {
+/// What GC did in a seed's lives before their power cuts.
+#[derive(Default, Clone, Copy)]
+struct GcWork {
+    /// Segments freed that had live records to move.
+    freed_with_moves: u64,
+    moved_bytes: u64,
+    /// Of those, segments freed in a seed with values of 1 MiB or more.
+    freed_with_large_values: u64,
+}
+
+fn run_seed(seed: u64, durability: CommitDurability, profile: Profile) -> Result<GcWork, String> {
+    let work = Rc::new(std::cell::Cell::new(GcWork::default()));
     let mut cfg = small_config(profile.sim_bytes);
     cfg.durability = durability;
     cfg.segment_bytes = profile.segment_bytes;
@@ -227,7 +272,7 @@ fn run_seed(seed: u64, durability: CommitDurability, profile: Profile) -> Result
             .map_err(|e| format!("seed {seed} round {round}: open failed: {e}"))?;
         verify(&store, &mut model.borrow_mut(), seed, round)?;
         if round == ROUNDS {
-            return Ok(());
+            return Ok(work.get());
         }
         dev.cut_power_after(1 + rng.below(300));
         let mut pool = LocalPool::new();
@@ -253,16 +298,29 @@ fn run_seed(seed: u64, durability: CommitDurability, profile: Profile) -> Result
         let writers = 1 + rng.below(8);
         for w in 0..writers {
             let (store, model, failure) = (store.clone(), model.clone(), failure.clone());
+            let (work, large) = (work.clone(), profile.max_value >= 1 << 20);
             let mut rng = SplitMix64::new(rng.next_u64());
-            let gc = w == 0 && rng.chance(1, 2);
+            let gc = w == 0 && (profile.gc_always || rng.chance(1, 2));
             pool.spawner()
                 .spawn_local(async move {
                     for _ in 0..200 {
                         let k = rng.below(KEYS);
                         let key = key_name(k);
-                        if gc && rng.chance(1, 10) {
-                            if store.gc_step().await.is_err() {
-                                return;
+                        if gc && rng.chance(profile.gc_percent, 100) {
+                            match store.gc_step().await {
+                                Ok(GcOutcome::Freed {
+                                    moved_bytes,
+                                    moved_records,
+                                    ..
+                                }) if moved_records > 0 => {
+                                    let mut w = work.get();
+                                    w.freed_with_moves += 1;
+                                    w.moved_bytes += moved_bytes;
+                                    w.freed_with_large_values += large as u64;
+                                    work.set(w);
+                                }
+                                Ok(_) => {}
+                                Err(_) => return,
                             }
                             continue;
                         }
@@ -348,69 +406,131 @@ fn run_seed(seed: u64, durability: CommitDurability, profile: Profile) -> Result
         drop(store);
         dev.recover();
     }
-    Ok(())
+    Ok(work.get())
 }
 
 /// Bytes of one put's value: mostly small, sometimes large.
 fn value_len(rng: &mut SplitMix64, profile: &Profile) -> usize {
-    if rng.chance(profile.large_percent, 100) {
-        (profile.max_value / 2) + rng.below(profile.max_value as u64 / 2 + 1) as usize
-    } else {
+    if !rng.chance(profile.large_percent, 100) {
         8 + rng.below(9000) as usize
+    } else if profile.large_from_64k {
+        // 2^16 to 2^23 bytes: 64 KiB to 8 MiB, each octave as likely.
+        let octave = 16 + rng.below(7) as u32;
+        ((1usize << octave) + rng.below(1 << octave) as usize).min(profile.max_value)
+    } else {
+        (profile.max_value / 2) + rng.below(profile.max_value as u64 / 2 + 1) as usize
+    }
+}
+
+/// The workloads the seeds run: their profile, test name and default number of seeds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    Pressure,
+    GcHeavy,
+}
+
+impl Mode {
+    fn profile(self, seed: u64) -> Profile {
+        match self {
+            Mode::Plain => Profile::plain(),
+            Mode::Pressure => Profile::pressure(seed),
+            Mode::GcHeavy => Profile::gc_heavy(seed),
+        }
+    }
+
+    fn test(self) -> &'static str {
+        match self {
+            Mode::Plain => "",
+            Mode::Pressure => " under_pressure",
+            Mode::GcHeavy => " gc_running_hard",
+        }
+    }
+
+    fn default_seeds(self) -> u64 {
+        match self {
+            Mode::Plain | Mode::Pressure => 1500,
+            Mode::GcHeavy => 40,
+        }
     }
 }
 
 /// Runs the configured seeds (or the one being replayed) in one commit mode.
-fn run_seeds(durability: CommitDurability, pressure: bool) {
-    let profile = |seed: u64| {
-        if pressure {
-            Profile::pressure(seed)
-        } else {
-            Profile::plain()
-        }
-    };
-    let test = if pressure { " under_pressure" } else { "" };
+fn run_seeds(durability: CommitDurability, mode: Mode) {
+    let test = mode.test();
     let replay = |seed: u64| {
         format!(
             "replay: HOTSHARD_CRASH_SEED={seed} cargo test -p hotshard-store --test store_crash{test} (mode {durability:?}, {:?})",
-            profile(seed)
+            mode.profile(seed)
         )
     };
     if let Some(seed) = std::env::var("HOTSHARD_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
     {
-        run_seed(seed, durability, profile(seed)).unwrap_or_else(|e| panic!("{e}\n{}", replay(seed)));
+        run_seed(seed, durability, mode.profile(seed)).unwrap_or_else(|e| panic!("{e}\n{}", replay(seed)));
         return;
     }
     let seeds: u64 = std::env::var("HOTSHARD_CRASH_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1500);
+        .unwrap_or(mode.default_seeds());
+    let mut total = GcWork::default();
     for seed in 0..seeds {
-        if let Err(e) = run_seed(seed, durability, profile(seed)) {
-            panic!("{e}\n{}", replay(seed));
+        match run_seed(seed, durability, mode.profile(seed)) {
+            Ok(w) => {
+                total.freed_with_moves += w.freed_with_moves;
+                total.moved_bytes += w.moved_bytes;
+                total.freed_with_large_values += w.freed_with_large_values;
+            }
+            Err(e) => panic!("{e}\n{}", replay(seed)),
         }
     }
-    eprintln!("{durability:?}{test}: {seeds} seeds x {ROUNDS} power cuts: every acknowledged write survived");
+    eprintln!(
+        "{durability:?}{test}: {seeds} seeds x {ROUNDS} power cuts: every acknowledged write survived; GC freed {} segments with live records ({} in seeds with values of 1 MiB or more), moving {} bytes",
+        total.freed_with_moves, total.freed_with_large_values, total.moved_bytes
+    );
+    // The cuts must land while GC moves records, not only beside an idle GC.
+    assert!(total.freed_with_moves > 0, "GC never moved a live record");
+    let large_seeds = match mode {
+        Mode::Plain => false,
+        Mode::Pressure => seeds >= HUGE_EVERY,
+        Mode::GcHeavy => seeds >= 10,
+    };
+    if large_seeds {
+        assert!(
+            total.freed_with_large_values > 0,
+            "GC never moved records in a seed with values of 1 MiB or more"
+        );
+    }
 }
 
 #[test]
 fn acknowledged_writes_survive_power_cuts_for_many_seeds() {
-    run_seeds(CommitDurability::Fua, false);
+    run_seeds(CommitDurability::Fua, Mode::Plain);
 }
 
 #[test]
 fn acknowledged_writes_survive_power_cuts_when_batches_are_flushed() {
-    run_seeds(CommitDurability::WriteThenFlush, false);
+    run_seeds(CommitDurability::WriteThenFlush, Mode::Plain);
 }
 
 #[test]
 fn acknowledged_writes_survive_power_cuts_under_pressure() {
-    run_seeds(CommitDurability::Fua, true);
+    run_seeds(CommitDurability::Fua, Mode::Pressure);
 }
 
 #[test]
 fn acknowledged_writes_survive_power_cuts_under_pressure_when_batches_are_flushed() {
-    run_seeds(CommitDurability::WriteThenFlush, true);
+    run_seeds(CommitDurability::WriteThenFlush, Mode::Pressure);
+}
+
+#[test]
+fn acknowledged_writes_survive_power_cuts_with_gc_running_hard() {
+    run_seeds(CommitDurability::Fua, Mode::GcHeavy);
+}
+
+#[test]
+fn acknowledged_writes_survive_power_cuts_with_gc_running_hard_when_batches_are_flushed() {
+    run_seeds(CommitDurability::WriteThenFlush, Mode::GcHeavy);
 }
