@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Large values at the device's speed (issue 18): durable PUTs of 64 KiB and 1 MiB, 4
+# Large values at the device's speed (issues 18 and 36): durable PUTs of 64 KiB, 256 KiB and
+# 1 MiB (SIZES="bytes ..." to choose), 4
 # connections x 2 in flight (8), 500 keys, on one shard (core 0, 2 GiB, cache off, generator
 # on core 1), against fio random writes of the same size at queue depth 8 on the node's own
 # data file with O_DSYNC (each write durable when it completes, as a PUT's batch is), after
@@ -11,7 +12,7 @@ d=${1:-5s}
 source bench/node-setup.sh
 node_profile large 7850 7851 0
 trap 'kill $node 2>/dev/null || true; wait 2>/dev/null || true; remove_node_data' EXIT
-for size in 65536 1048576; do
+for size in ${SIZES:-65536 262144 1048576}; do
     start_node
     node_mbs=$($B run --target hotshard://127.0.0.1:$port --mix put --keys 500 --value-size $size \
         --connections 4 --pipeline 2 --stream --duration "$d" --quiet --allow-errors |

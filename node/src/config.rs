@@ -209,6 +209,10 @@ pub struct StoreSection {
     pub index_mib: usize,
     /// "fua" or "flush".
     pub durability: String,
+    /// Where GC writes the records it moves: "own" (a log head of its own, written
+    /// without FUA and flushed once before each victim is freed) or "shared" (the log's
+    /// durable batches).
+    pub gc_head: String,
     pub gc_max_live_fraction: f64,
     /// Batch writes in flight at once: small batches go one at a time, large ones (a
     /// quarter of batch_kib or more) overlap up to this many.
@@ -223,6 +227,7 @@ impl Default for StoreSection {
             cache_mib: crate::limits::DEFAULT_CACHE_BYTES >> 20,
             index_mib: 0,
             durability: "fua".into(),
+            gc_head: "own".into(),
             gc_max_live_fraction: 0.5,
             writes_in_flight: hotshard_store::limits::DEFAULT_WRITES_IN_FLIGHT,
         }
@@ -440,6 +445,12 @@ impl NodeConfig {
                 format!("'{}' is not one of fua, flush", s.durability),
             ));
         }
+        if s.gc_head != "own" && s.gc_head != "shared" {
+            return Err(bad(
+                "store.gc_head",
+                format!("'{}' is not one of own, shared", s.gc_head),
+            ));
+        }
         if !(0.0..1.0).contains(&s.gc_max_live_fraction) {
             return Err(bad(
                 "store.gc_max_live_fraction",
@@ -578,6 +589,8 @@ mod tests {
         assert!(e.contains("base_prot"), "{e}");
         let e = NodeConfig::parse("[store]\ndurability = \"maybe\"\n").unwrap_err();
         assert!(e.contains("store.durability"), "{e}");
+        let e = NodeConfig::parse("[store]\ngc_head = \"theirs\"\n").unwrap_err();
+        assert!(e.contains("store.gc_head"), "{e}");
         let e = NodeConfig::parse("[queue]\nentries = 100\n").unwrap_err();
         assert!(e.contains("queue.entries"), "{e}");
         let e = NodeConfig::parse("[node]\ncores = [999]\n").unwrap_err();

@@ -18,7 +18,7 @@ use crate::listener::Listener;
 use crate::peers::{PeerEnds, PeerMsg, Peers};
 use crate::shard_handler::ShardHandler;
 use crate::shard_stats::ShardStats;
-use crate::store::{CommitDurability, Store, StoreConfig};
+use crate::store::{CommitDurability, GcWrites, Store, StoreConfig};
 use crate::waitable_count::WaitableCount;
 
 /// How long a stopping shard waits for requests in flight.
@@ -61,6 +61,11 @@ fn store_config(s: &ShardSetup) -> StoreConfig {
         CommitDurability::WriteThenFlush
     } else {
         CommitDurability::Fua
+    };
+    sc.gc_writes = if c.gc_head == "shared" {
+        GcWrites::Shared
+    } else {
+        GcWrites::OwnHead
     };
     sc.gc_max_live_fraction = c.gc_max_live_fraction;
     sc.writes_in_flight = c.writes_in_flight;

@@ -148,7 +148,7 @@ impl ShardStats {
         let c = store.counters();
         let cache = store.cache_stats();
         let space = store.space();
-        let gauges: [(&str, u64); 42] = [
+        let gauges: [(&str, u64); 43] = [
             ("hotshard_forwarded_total", self.forwarded.get()),
             ("hotshard_connections_open", self.connections_open.get()),
             ("hotshard_segment_bytes", space.segment_bytes),
@@ -178,6 +178,7 @@ impl ShardStats {
             ("hotshard_segments_free", space.free_segments as u64),
             ("hotshard_segments_total", space.segments as u64),
             ("hotshard_gc_freed_segments_total", c.gc_freed_segments),
+            ("hotshard_gc_flushes_total", c.gc_flushes),
             ("hotshard_write_stalls_total", c.write_stalls),
             ("hotshard_stalled_writes_total", c.stalled_writes),
             ("hotshard_stalled_write_us_total", c.stalled_write_us),

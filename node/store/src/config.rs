@@ -16,6 +16,17 @@ pub enum CommitDurability {
     WriteThenFlush,
 }
 
+/// Where GC writes the records it moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcWrites {
+    /// Into the log's own batches, durable as every batch is (FUA or write + flush).
+    Shared,
+    /// Into a log head of GC's own (its own open segment and batches), written without FUA
+    /// and made durable by one flush before the victim they came from is freed: until
+    /// then the victim still holds every record, so a power cut loses nothing.
+    OwnHead,
+}
+
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     /// Where this shard's region starts on the device.
@@ -34,6 +45,8 @@ pub struct StoreConfig {
     /// allocation, so one more growth step of its table may pass it.
     pub index_budget_bytes: usize,
     pub durability: CommitDurability,
+    /// Where GC writes the records it moves.
+    pub gc_writes: GcWrites,
     /// GC collects a sealed segment whose live bytes are at most this fraction of it.
     pub gc_max_live_fraction: f64,
     /// Format the region if it holds no superblock.
@@ -69,6 +82,7 @@ impl StoreConfig {
             cache_bytes: DEFAULT_CACHE_BYTES,
             index_budget_bytes: usize::MAX,
             durability: CommitDurability::Fua,
+            gc_writes: GcWrites::OwnHead,
             gc_max_live_fraction: 0.5,
             format_if_empty: true,
             gc_buries_expired: true,

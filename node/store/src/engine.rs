@@ -8,7 +8,7 @@ use std::time::Instant;
 use hotshard_nvme::BlockQueue;
 
 use super::cache::CacheStats;
-use super::config::StoreConfig;
+use super::config::{CommitDurability, StoreConfig};
 use super::error::{StoreError, StoreResult};
 use super::format::{value_crc, RecordKind, MAX_EXPIRES_MS};
 use super::gc_lock::GcLock;
@@ -37,6 +37,9 @@ pub(crate) struct Inner<Q: BlockQueue> {
     pub write_gate: WriteGate,
     /// Device reads of gets in flight (at most `cfg.reads_in_flight`).
     pub read_slots: super::read_slots::ReadSlots,
+    /// GC's head has written records no flush has covered yet: the next victim freed
+    /// flushes first.
+    pub gc_unflushed: std::cell::Cell<bool>,
 }
 
 impl<Q: BlockQueue> LogHost for Inner<Q> {
@@ -81,6 +84,55 @@ impl<Q: BlockQueue> LogHost for Inner<Q> {
     }
 }
 
+/// GC's own log head as group commit sees it: the store's device and settings, GC's
+/// writer, and batches written without FUA (GC flushes once before it frees a victim).
+pub(crate) struct GcHead<Q: BlockQueue>(pub Rc<Inner<Q>>);
+
+impl<Q: BlockQueue> LogHost for GcHead<Q> {
+    type Queue = Q;
+
+    fn queue(&self) -> &Q {
+        &self.0.queue
+    }
+
+    fn config(&self) -> &StoreConfig {
+        &self.0.cfg
+    }
+
+    fn uuid(&self) -> &[u8; 16] {
+        &self.0.uuid
+    }
+
+    fn block(&self) -> u64 {
+        self.0.block
+    }
+
+    fn metrics(&self) -> &StoreMetrics {
+        &self.0.metrics
+    }
+
+    fn caches_written(&self, _key: &[u8], _hash: KeyHash, _len: usize) -> bool {
+        // A move leaves the cache as it is (`State::publish`): nothing to copy out.
+        false
+    }
+
+    fn batch_durability(&self) -> Option<CommitDurability> {
+        None
+    }
+
+    fn with_log<R>(&self, f: impl FnOnce(&mut Writer, &mut SegmentTable) -> R) -> R {
+        self.0.state.borrow_mut().with_gc_head(f)
+    }
+
+    fn publish(&self, batch: DurableBatch) {
+        self.0.state.borrow_mut().publish(batch);
+    }
+
+    fn forget(&self, records: &[LogRecord]) {
+        self.0.state.borrow_mut().forget(records);
+    }
+}
+
 impl<Q: BlockQueue> Inner<Q> {
     /// Stages a record into the log (see `group_commit::stage`).
     pub(crate) fn stage(
@@ -91,6 +143,25 @@ impl<Q: BlockQueue> Inner<Q> {
     ) -> StoreResult<Rc<BatchDone>> {
         let (w, segs) = st.log_mut();
         stage(self, w, segs, req, value)
+    }
+
+    /// Stages a record GC moves: into GC's own head (`own_head`; the move is not durable
+    /// until GC's flush) or into the log's batches.
+    pub(crate) fn stage_moved(
+        &self,
+        st: &mut State,
+        req: &StageRequest<'_>,
+        value: &mut StageValue<'_>,
+        own_head: bool,
+    ) -> StoreResult<Rc<BatchDone>> {
+        match own_head {
+            false => self.stage(st, req, value),
+            true => {
+                let done = st.with_gc_head(|w, segs| stage(self, w, segs, req, value))?;
+                self.gc_unflushed.set(true);
+                Ok(done)
+            }
+        }
     }
 }
 
@@ -189,6 +260,7 @@ impl<Q: BlockQueue> Store<Q> {
                 gc_lock: GcLock::default(),
                 write_gate: WriteGate::default(),
                 read_slots: super::read_slots::ReadSlots::new(reads_in_flight),
+                gc_unflushed: std::cell::Cell::new(false),
             }),
         }
     }

@@ -7,7 +7,8 @@ use std::rc::Rc;
 
 use hotshard_nvme::{BlockQueue, Durability};
 
-use super::engine::Store;
+use super::config::GcWrites;
+use super::engine::{GcHead, Store};
 use super::error::StoreResult;
 use super::format::{value_crc, RecordKind, TOMBSTONE_VALUE_BYTES};
 use super::format::{SegmentHeader, SEGMENT_HEADER_BYTES};
@@ -222,6 +223,12 @@ impl<Q: BlockQueue> Store<Q> {
 
         bump_us(&inner.metrics.gc_read_us, began);
         let began = std::time::Instant::now();
+        // Where the moves go: GC's own head (written without FUA, flushed before the
+        // victim is freed), except for a write waiting for room: its step moves records
+        // into the log the write goes to, so that the room the victim gives back is left
+        // in the log's open segment rather than in GC's (with GC's head, collecting a
+        // device full of live data only moved records from segment to segment).
+        let own_head = inner.cfg.gc_writes == GcWrites::OwnHead && urgent.is_none();
         let mut dones = Vec::new();
         let (mut moved_records, mut moved_bytes, mut dropped, mut deferred) = (0u64, 0u64, 0u64, false);
         for (i, r) in live.iter().enumerate() {
@@ -292,7 +299,7 @@ impl<Q: BlockQueue> Store<Q> {
                     offset: e.value_offset,
                 },
             };
-            match inner.stage(&mut st, &req, &mut StageValue::Bytes(value)) {
+            match inner.stage_moved(&mut st, &req, &mut StageValue::Bytes(value), own_head) {
                 Ok(done) => {
                     if !dones.iter().any(|d| Rc::ptr_eq(d, &done)) {
                         dones.push(done);
@@ -307,8 +314,13 @@ impl<Q: BlockQueue> Store<Q> {
         // Every batch is awaited even after one fails, so that no batch of this step is
         // left for someone else to drive.
         let mut failed = None;
+        let gc_head = Rc::new(GcHead(inner.clone()));
         for done in dones {
-            if let Err(e) = commit(inner, done).await {
+            let written = match own_head {
+                false => commit(inner, done).await,
+                true => commit(&gc_head, done).await,
+            };
+            if let Err(e) = written {
                 failed.get_or_insert(e);
             }
         }
@@ -348,7 +360,8 @@ impl<Q: BlockQueue> Store<Q> {
         free
     }
 
-    /// Replaces the header durably with a freed mark, then gives the segment back: a free
+    /// Flushes what GC's own head wrote (if anything since the last flush), replaces the
+    /// header durably with a freed mark, then gives the segment back: a free
     /// segment must never be replayed. The mark keeps the store's LSN and sequence
     /// high-water marks, so that they never restart, even when every segment is free.
     async fn free_segment(
@@ -359,6 +372,18 @@ impl<Q: BlockQueue> Store<Q> {
     ) -> StoreResult<GcOutcome> {
         let inner = &self.inner;
         let began = std::time::Instant::now();
+        if inner.gc_unflushed.get() {
+            // The records GC's own head moved are written but not yet durable: one flush
+            // covers them all before any victim they came from goes. Every GC write has
+            // ended by now (a step awaits its batches; steps run one at a time).
+            debug_assert!(inner.state.borrow().gc_head_idle(), "GC's head still writing");
+            inner.gc_unflushed.set(false);
+            if let Err(e) = inner.queue.flush().await {
+                inner.gc_unflushed.set(true);
+                return Err(e.into());
+            }
+            bump(&inner.metrics.gc_flushes, 1);
+        }
         let mut mark = inner.queue.pool().alloc(inner.block as usize).await?;
         mark.fill(0);
         {

@@ -48,6 +48,11 @@ pub(crate) trait LogHost {
     /// Whether the value of a durable write of `key` (`len` bytes) should be copied out
     /// for the engine's cache.
     fn caches_written(&self, key: &[u8], hash: KeyHash, len: usize) -> bool;
+    /// How this log's batches reach the device: the store's commit durability, or, for
+    /// GC's own head, `None` (plain writes; GC flushes once before freeing a victim).
+    fn batch_durability(&self) -> Option<CommitDurability> {
+        Some(self.config().durability)
+    }
     /// Runs `f` on the log's writer and the segment table it writes into.
     fn with_log<R>(&self, f: impl FnOnce(&mut Writer, &mut SegmentTable) -> R) -> R;
     /// A batch is on the device: apply its records (in order).
@@ -618,9 +623,10 @@ async fn write_batch<H: LogHost>(host: &Rc<H>, mut batch: Batch, writing: Rc<Wri
         writing,
         records: Some(records),
     };
-    let durability = match host.config().durability {
-        CommitDurability::Fua => Durability::Fua,
-        CommitDurability::WriteThenFlush => Durability::Volatile,
+    let mode = host.batch_durability();
+    let durability = match mode {
+        Some(CommitDurability::Fua) => Durability::Fua,
+        Some(CommitDurability::WriteThenFlush) | None => Durability::Volatile,
     };
     let queue = host.queue();
     let written = if !padded {
@@ -634,8 +640,8 @@ async fn write_batch<H: LogHost>(host: &Rc<H>, mut batch: Batch, writing: Rc<Wri
             iov.extend(values);
             queue.writev_at(offset, iov, durability).await
         };
-        match (written, host.config().durability) {
-            (Ok(bufs), CommitDurability::WriteThenFlush) => queue.flush().await.map(|()| bufs),
+        match (written, mode) {
+            (Ok(bufs), Some(CommitDurability::WriteThenFlush)) => queue.flush().await.map(|()| bufs),
             (other, _) => other,
         }
         .map_err(|e| e.to_string())

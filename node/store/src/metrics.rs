@@ -21,6 +21,8 @@ pub struct StoreMetrics {
     /// Bytes of segments GC read to find their live records.
     pub gc_read_bytes: Cell<u64>,
     pub gc_freed_segments: Cell<u64>,
+    /// Flushes GC issued before freeing a victim (its own head's writes are not FUA).
+    pub gc_flushes: Cell<u64>,
     pub gc_dropped_tombstones: Cell<u64>,
     /// GC steps a write ran (or waited for) because free space was down to the reserve.
     pub write_stalls: Cell<u64>,
@@ -88,6 +90,7 @@ pub struct StoreCounters {
     pub gc_moved_bytes: u64,
     pub gc_read_bytes: u64,
     pub gc_freed_segments: u64,
+    pub gc_flushes: u64,
     pub gc_dropped_tombstones: u64,
     pub write_stalls: u64,
     pub stalled_writes: u64,
@@ -122,6 +125,7 @@ impl StoreMetrics {
             gc_moved_bytes: self.gc_moved_bytes.get(),
             gc_read_bytes: self.gc_read_bytes.get(),
             gc_freed_segments: self.gc_freed_segments.get(),
+            gc_flushes: self.gc_flushes.get(),
             gc_dropped_tombstones: self.gc_dropped_tombstones.get(),
             write_stalls: self.write_stalls.get(),
             stalled_writes: self.stalled_writes.get(),

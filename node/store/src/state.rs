@@ -28,6 +28,9 @@ pub(crate) struct State {
     segments: SegmentTable,
     pending: HashTable<Pending>,
     writer: Writer,
+    /// GC's own log head (`GcWrites::OwnHead`): its open segment and batches. It draws
+    /// LSNs from the log's one sequence (`with_gc_head`).
+    gc_writer: Writer,
     cache: Cache,
 }
 
@@ -37,6 +40,7 @@ impl State {
             index,
             segments,
             pending: HashTable::new(),
+            gc_writer: Writer::new(writer.next_lsn),
             writer,
             cache,
         }
@@ -57,6 +61,24 @@ impl State {
     /// For group commit: the writer and the segment table it writes into.
     pub(crate) fn log_mut(&mut self) -> (&mut Writer, &mut SegmentTable) {
         (&mut self.writer, &mut self.segments)
+    }
+
+    /// For GC's own head: its writer and the segment table, with the two writers' LSNs
+    /// kept one sequence (each record's LSN is above every LSN taken before it by either),
+    /// so that a segment's first LSN still bounds every record in it and the tombstone
+    /// rule (`min_first_lsn_excluding`) holds across both heads.
+    pub(crate) fn with_gc_head<R>(&mut self, f: impl FnOnce(&mut Writer, &mut SegmentTable) -> R) -> R {
+        let next = self.writer.next_lsn.max(self.gc_writer.next_lsn);
+        self.gc_writer.next_lsn = next;
+        let r = f(&mut self.gc_writer, &mut self.segments);
+        self.writer.next_lsn = self.gc_writer.next_lsn;
+        r
+    }
+
+    /// GC's head has nothing staged, sealed or being written.
+    pub(crate) fn gc_head_idle(&self) -> bool {
+        let w = &self.gc_writer;
+        w.open.is_none() && w.sealed.is_empty() && w.writing.is_empty()
     }
 
     pub(crate) fn cache_stats(&self) -> CacheStats {
