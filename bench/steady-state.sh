@@ -12,8 +12,9 @@
 # marking them free); GC's bytes read and written per byte reclaimed (reclaimed = freed
 # segments x segment size - bytes moved); the fewest free segments seen.
 # DIST=zipfian:0.99 (any --dist of hotshard-bench) overwrites hot keys more often.
-# GC_HEAD=own|shared sets store.gc_head (where GC writes what it moves; default: the node's).
-# Usage: bench/steady-state.sh [DURATION] [KEYS] [OVERWRITES]    (RUNS=N, DIST=..., GC_HEAD=...)
+# GC_HEAD=own|shared sets store.gc_head (where GC writes what it moves; default: the node's);
+# GC_VICTIMS=greedy|cost-benefit sets store.gc_victims.
+# Usage: bench/steady-state.sh [DURATION] [KEYS] [OVERWRITES]    (RUNS=N, DIST=..., GC_HEAD=..., GC_VICTIMS=...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 d=${1:-8s}
@@ -22,6 +23,7 @@ overwrites=${3:-4}
 source bench/node-setup.sh
 node_profile steady 7840 7841 0
 [ -n "${GC_HEAD:-}" ] && echo "gc_head = \"$GC_HEAD\"" >> "$work/node.toml"
+[ -n "${GC_VICTIMS:-}" ] && echo "gc_victims = \"$GC_VICTIMS\"" >> "$work/node.toml"
 trap 'kill $node 2>/dev/null || true; kill $sampler 2>/dev/null || true; wait 2>/dev/null || true; remove_node_data' EXIT
 sampler=
 load() {
@@ -61,7 +63,7 @@ for run in $(seq "${RUNS:-1}"); do
     kill $sampler 2>/dev/null || true
     wait $sampler 2>/dev/null || true
     read -r r1 m1 fr1 w1 wu1 b1 gr1 gm1 gf1 fl1 <<< "$(gc)"
-    echo "### run $run of ${RUNS:-1} (${DIST:-uniform}, gc_head ${GC_HEAD:-default}, $keys keys, overwritten ${secs} s at $o_ops ops/s, $o_err errors)"
+    echo "### run $run of ${RUNS:-1} (${DIST:-uniform}, gc_head ${GC_HEAD:-default}, victims ${GC_VICTIMS:-default}, $keys keys, overwritten ${secs} s at $o_ops ops/s, $o_err errors)"
     awk -v fo="$f_ops" -v so="$s_ops" -v f50="$f_p50" -v f99="$f_p99" -v f999="$f_p999" \
         -v s50="$s_p50" -v s99="$s_p99" -v s999="$s_p999" -v fe="$f_err" -v se="$s_err" \
         -v r=$((r1 - r0)) -v m=$((m1 - m0)) -v fr=$((fr1 - fr0)) -v w=$((w1 - w0)) -v wu=$((wu1 - wu0)) \

@@ -209,10 +209,13 @@ pub struct StoreSection {
     pub index_mib: usize,
     /// "fua" or "flush".
     pub durability: String,
-    /// Where GC writes the records it moves: "own" (a log head of its own, written
-    /// without FUA and flushed once before each victim is freed) or "shared" (the log's
-    /// durable batches).
+    /// Where GC writes the records it moves: "shared" (the log's durable batches) or
+    /// "own" (a log head of its own, written without FUA and flushed once before each
+    /// victim is freed: for devices with FUA; untested for speed here, see BENCHMARKS.md).
     pub gc_head: String,
+    /// How GC picks victims: "greedy" (the least live) or "cost-benefit" (space freed per
+    /// byte moved, weighted by the data's age).
+    pub gc_victims: String,
     pub gc_max_live_fraction: f64,
     /// Batch writes in flight at once: small batches go one at a time, large ones (a
     /// quarter of batch_kib or more) overlap up to this many.
@@ -227,7 +230,8 @@ impl Default for StoreSection {
             cache_mib: crate::limits::DEFAULT_CACHE_BYTES >> 20,
             index_mib: 0,
             durability: "fua".into(),
-            gc_head: "own".into(),
+            gc_head: "shared".into(),
+            gc_victims: "greedy".into(),
             gc_max_live_fraction: 0.5,
             writes_in_flight: hotshard_store::limits::DEFAULT_WRITES_IN_FLIGHT,
         }
@@ -451,6 +455,12 @@ impl NodeConfig {
                 format!("'{}' is not one of own, shared", s.gc_head),
             ));
         }
+        if s.gc_victims != "greedy" && s.gc_victims != "cost-benefit" {
+            return Err(bad(
+                "store.gc_victims",
+                format!("'{}' is not one of greedy, cost-benefit", s.gc_victims),
+            ));
+        }
         if !(0.0..1.0).contains(&s.gc_max_live_fraction) {
             return Err(bad(
                 "store.gc_max_live_fraction",
@@ -591,6 +601,8 @@ mod tests {
         assert!(e.contains("store.durability"), "{e}");
         let e = NodeConfig::parse("[store]\ngc_head = \"theirs\"\n").unwrap_err();
         assert!(e.contains("store.gc_head"), "{e}");
+        let e = NodeConfig::parse("[store]\ngc_victims = \"random\"\n").unwrap_err();
+        assert!(e.contains("store.gc_victims"), "{e}");
         let e = NodeConfig::parse("[queue]\nentries = 100\n").unwrap_err();
         assert!(e.contains("queue.entries"), "{e}");
         let e = NodeConfig::parse("[node]\ncores = [999]\n").unwrap_err();

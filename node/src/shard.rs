@@ -18,7 +18,7 @@ use crate::listener::Listener;
 use crate::peers::{PeerEnds, PeerMsg, Peers};
 use crate::shard_handler::ShardHandler;
 use crate::shard_stats::ShardStats;
-use crate::store::{CommitDurability, GcWrites, Store, StoreConfig};
+use crate::store::{CommitDurability, GcWrites, Store, StoreConfig, VictimChoice};
 use crate::waitable_count::WaitableCount;
 
 /// How long a stopping shard waits for requests in flight.
@@ -66,6 +66,11 @@ fn store_config(s: &ShardSetup) -> StoreConfig {
         GcWrites::Shared
     } else {
         GcWrites::OwnHead
+    };
+    sc.gc_victims = if c.gc_victims == "cost-benefit" {
+        VictimChoice::CostBenefit
+    } else {
+        VictimChoice::Greedy
     };
     sc.gc_max_live_fraction = c.gc_max_live_fraction;
     sc.writes_in_flight = c.writes_in_flight;

@@ -6,6 +6,7 @@ use crate::limits::{
     DEFAULT_BATCH_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_SEGMENT_BYTES, MAX_KEY_BYTES, MAX_PARTITION_BITS,
     MAX_VALUE_BYTES, MIN_SEGMENT_BYTES,
 };
+pub use crate::segments::VictimChoice;
 
 /// How an acknowledged batch is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +24,10 @@ pub enum GcWrites {
     Shared,
     /// Into a log head of GC's own (its own open segment and batches), written without FUA
     /// and made durable by one flush before the victim they came from is freed: until
-    /// then the victim still holds every record, so a power cut loses nothing.
+    /// then the victim still holds every record, so a power cut loses nothing. Meant for
+    /// devices with FUA, where a durable write leaves the rest of the cache alone; on a
+    /// device without it (every FUA write a full cache flush, as the test machine's disk)
+    /// it measured no different from `Shared` (BENCHMARKS.md, issue 36, session 23).
     OwnHead,
 }
 
@@ -47,6 +51,8 @@ pub struct StoreConfig {
     pub durability: CommitDurability,
     /// Where GC writes the records it moves.
     pub gc_writes: GcWrites,
+    /// How GC picks its victims (a write waiting for room always takes the least live).
+    pub gc_victims: VictimChoice,
     /// GC collects a sealed segment whose live bytes are at most this fraction of it.
     pub gc_max_live_fraction: f64,
     /// Format the region if it holds no superblock.
@@ -82,7 +88,8 @@ impl StoreConfig {
             cache_bytes: DEFAULT_CACHE_BYTES,
             index_budget_bytes: usize::MAX,
             durability: CommitDurability::Fua,
-            gc_writes: GcWrites::OwnHead,
+            gc_writes: GcWrites::Shared,
+            gc_victims: VictimChoice::Greedy,
             gc_max_live_fraction: 0.5,
             format_if_empty: true,
             gc_buries_expired: true,

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use hotshard_nvme::{BlockQueue, Durability};
 
-use super::config::GcWrites;
+use super::config::{GcWrites, VictimChoice};
 use super::engine::{GcHead, Store};
 use super::error::StoreResult;
 use super::format::{value_crc, RecordKind, TOMBSTONE_VALUE_BYTES};
@@ -163,7 +163,14 @@ impl<Q: BlockQueue> Store<Q> {
                 inner.cfg.gc_max_live_fraction
             };
             let threshold = urgent.map_or(threshold, |u| u.max(threshold));
-            let Some(victim) = st.segments().gc_candidate(threshold) else {
+            // A write waiting for room needs space now: the least live segment.
+            let choice = if urgent.is_some() {
+                VictimChoice::Greedy
+            } else {
+                inner.cfg.gc_victims
+            };
+            let now = st.writer().next_lsn;
+            let Some(victim) = st.segments().gc_candidate(threshold, choice, now) else {
                 return Ok(GcOutcome::Idle);
             };
             (victim, st.segments().device_offset(victim))

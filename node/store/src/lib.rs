@@ -23,7 +23,7 @@ pub mod value;
 mod value_buf;
 mod write_gate;
 
-pub use config::{CommitDurability, GcWrites, StoreConfig};
+pub use config::{CommitDurability, GcWrites, StoreConfig, VictimChoice};
 pub use engine::{ManifestEntry, ObjectStat, SpaceStats, Store};
 pub use error::{StoreError, StoreResult};
 pub use gc::GcOutcome;

@@ -212,6 +212,7 @@ impl State {
                         self.segments
                             .sub_live(from_seg, live_size(&r.key, old.value_len()));
                         self.segments.add_live(segment, size);
+                        self.segments.note_moved(from_seg, segment, size);
                         if r.tombstone && !old.tombstone() {
                             self.cache.remove(&r.key, h);
                         }

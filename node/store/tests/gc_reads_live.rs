@@ -7,12 +7,28 @@ mod common;
 use common::*;
 use futures::executor::block_on;
 use hotshard_nvme::SimDevice;
-use hotshard_store::GcOutcome;
+use hotshard_store::{GcOutcome, GcWrites};
 
 #[test]
 fn gc_of_a_segment_with_few_live_records_reads_only_their_blocks() {
+    gc_reads_only_live_blocks_and_its_moves_survive_a_power_cut(GcWrites::Shared);
+}
+
+/// The same with GC's own head: its moves are written without FUA, and the flush before
+/// the freed mark is what keeps them (without it this test loses records).
+#[test]
+fn gc_with_its_own_head_flushes_its_moves_before_freeing_a_victim() {
+    gc_reads_only_live_blocks_and_its_moves_survive_a_power_cut(GcWrites::OwnHead);
+}
+
+fn gc_reads_only_live_blocks_and_its_moves_survive_a_power_cut(head: GcWrites) {
     let dev = SimDevice::new(SIM_BYTES, 4096, 1).unwrap();
-    let s = sim_store(&dev, small_config(SIM_BYTES));
+    let cfg = || {
+        let mut c = small_config(SIM_BYTES);
+        c.gc_writes = head;
+        c
+    };
+    let s = sim_store(&dev, cfg());
     // 30 keys of 3,000 bytes fill the first 128 KiB segments; then all but k0 and k15 are
     // overwritten by small values in later segments, so the first segment holds two live
     // records among ~30.
@@ -50,10 +66,15 @@ fn gc_of_a_segment_with_few_live_records_reads_only_their_blocks() {
         freed_with_moves >= 1,
         "no segment with live records was collected"
     );
+    let flushes = s.counters().gc_flushes;
+    match head {
+        GcWrites::Shared => assert_eq!(flushes, 0, "the log's batches are durable already"),
+        GcWrites::OwnHead => assert!(flushes >= freed_with_moves, "{flushes} flushes"),
+    }
     dev.cut_power();
     drop(s);
     dev.recover();
-    let s = sim_store(&dev, small_config(SIM_BYTES));
+    let s = sim_store(&dev, cfg());
     for k in 0..30u64 {
         let want = if k == 0 || k == 15 { k } else { 100 + k };
         let (v, _) = block_on(s.get(format!("k{k}").as_bytes(), None)).unwrap();

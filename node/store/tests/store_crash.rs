@@ -24,7 +24,7 @@ use common::*;
 use futures::executor::{block_on, LocalPool};
 use futures::task::LocalSpawnExt;
 use hotshard_nvme::{BlockQueue, SimDevice, SimQueue, SplitMix64};
-use hotshard_store::{CommitDurability, GcOutcome, GcWrites, Store, StoreError};
+use hotshard_store::{CommitDurability, GcOutcome, GcWrites, Store, StoreError, VictimChoice};
 
 const KEYS: u64 = 16;
 const ROUNDS: usize = 3;
@@ -269,6 +269,11 @@ fn run_seed(seed: u64, durability: CommitDurability, profile: Profile) -> Result
         GcWrites::Shared
     } else {
         GcWrites::OwnHead
+    };
+    cfg.gc_victims = if seed % 2 == 1 {
+        VictimChoice::CostBenefit
+    } else {
+        VictimChoice::Greedy
     };
     let dev = SimDevice::new(profile.sim_bytes, 4096, seed).map_err(|e| e.to_string())?;
     let mut rng = SplitMix64::new(seed ^ 0x5eed);
