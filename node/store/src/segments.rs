@@ -25,13 +25,13 @@ pub struct SegmentInfo {
     pub readers: u32,
     /// Batches planned into this segment and not yet completed.
     pub batches_outstanding: u32,
-    /// When its data was written, as a point of the log (an LSN): the LSN it was opened
-    /// at for new writes; for records GC moved here, the mean of their victims' (by
-    /// bytes), so that data keeps its age across moves. Recovery starts it at the
-    /// segment's first LSN.
+    /// When its data was written, as a point of the log (an LSN), the mean over the bytes
+    /// put in it: a new write counts as written when the segment opened, a record GC
+    /// moved here as old as its victim's data, so that data keeps its age across moves.
+    /// Recovery starts it at the segment's first LSN.
     pub data_born: u64,
-    /// Bytes moved in so far, the weight of `data_born`.
-    moved_in: u64,
+    /// Bytes counted into `data_born` so far, its weight.
+    born_weight: u64,
 }
 
 impl SegmentInfo {
@@ -45,7 +45,7 @@ impl SegmentInfo {
             readers: 0,
             batches_outstanding: 0,
             data_born: 0,
-            moved_in: 0,
+            born_weight: 0,
         }
     }
 }
@@ -194,19 +194,28 @@ impl SegmentTable {
         self.segments[index as usize].live_bytes += bytes;
     }
 
+    /// `bytes` of new records went into segment `index`: they count as written when it
+    /// opened (its first LSN).
+    pub fn note_written(&mut self, index: u32, bytes: u64) {
+        let born = self.segments[index as usize].first_lsn;
+        self.take_in_age(index, born, bytes);
+    }
+
     /// GC moved `bytes` of records from `from` into `to`: `to`'s data age takes theirs in.
     pub fn note_moved(&mut self, from: u32, to: u32, bytes: u64) {
         let born = self.segments[from as usize].data_born;
-        let s = &mut self.segments[to as usize];
-        let weight = s.moved_in + bytes;
-        if s.moved_in == 0 {
-            s.data_born = born;
-        } else if weight > 0 {
-            let mean =
-                (s.data_born as u128 * s.moved_in as u128 + born as u128 * bytes as u128) / weight as u128;
-            s.data_born = mean as u64;
+        self.take_in_age(to, born, bytes);
+    }
+
+    fn take_in_age(&mut self, index: u32, born: u64, bytes: u64) {
+        let s = &mut self.segments[index as usize];
+        let weight = s.born_weight.saturating_add(bytes);
+        if weight > 0 {
+            // A running mean: no product of an LSN and a byte count to overflow.
+            let shift = (born as f64 - s.data_born as f64) * bytes as f64 / weight as f64;
+            s.data_born = (s.data_born as f64 + shift).max(0.0).round() as u64;
         }
-        s.moved_in = weight;
+        s.born_weight = weight;
     }
 
     /// Takes `bytes` of records that are no longer live out of segment `index`. Taking
@@ -302,9 +311,12 @@ mod tests {
         t.note_moved(old, cold, 400);
         t.add_live(cold, 400);
         assert_eq!(t.get(cold).data_born, 100, "moved data keeps its age");
+        // The young segment's own writes count as written when it opened.
         t.seal(cold);
         let (young, _) = t.open_free(9_000).unwrap();
+        t.note_written(young, 300);
         t.add_live(young, 300);
+        assert_eq!(t.get(young).data_born, 9_000);
         t.seal(young);
         t.seal(old); // empty: freed without moving anything in both choices
         t.release(old);
@@ -323,5 +335,13 @@ mod tests {
         t.note_moved(a, g, 100);
         t.note_moved(b, g, 300);
         assert_eq!(t.get(g).data_born, (100 * 100 + 5_000 * 300) / 400);
+        // New writes beside the moves (GC sharing the log's head) weigh in too.
+        t.note_written(g, 400);
+        let mean = (100 * 100 + 5_000 * 300 + 9_000 * 400) as f64 / 800.0;
+        assert!(
+            (t.get(g).data_born as f64 - mean).abs() <= 1.0,
+            "{}",
+            t.get(g).data_born
+        );
     }
 }

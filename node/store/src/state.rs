@@ -176,6 +176,7 @@ impl State {
                             .sub_live(old.segment, live_size(&r.key, old.value_len()));
                     }
                     self.segments.add_live(segment, size);
+                    self.segments.note_written(segment, size);
                     self.cache_written(&r.key, h, r.version, r.value);
                     self.settle(&r.key, h);
                 }
@@ -192,6 +193,7 @@ impl State {
                                     .sub_live(old.segment, live_size(&r.key, old.value_len()));
                             }
                             self.segments.add_live(segment, size);
+                            self.segments.note_written(segment, size);
                             self.cache_written(&r.key, h, r.version, r.value);
                         }
                     }
