@@ -5,12 +5,14 @@
 # on core 1), against fio random writes of the same size at queue depth 8 on the node's own
 # data file with O_DSYNC (each write durable when it completes, as a PUT's batch is), after
 # the node has stopped. Prints MB/s of each and the ratio.
-# Usage: bench/large-values.sh [DURATION]
+# Usage: bench/large-values.sh [DURATION]    (SIZES="...", STORE="writes_in_flight = 16")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 d=${1:-5s}
 source bench/node-setup.sh
 node_profile large 7850 7851 0
+# STORE="key = value" adds a [store] setting (an A/B of one knob).
+[ -n "${STORE:-}" ] && echo "$STORE" >> "$work/node.toml"
 trap 'kill $node 2>/dev/null || true; wait 2>/dev/null || true; remove_node_data' EXIT
 for size in ${SIZES:-65536 262144 1048576}; do
     start_node
