@@ -37,8 +37,8 @@ pub(crate) struct Inner<Q: BlockQueue> {
     pub write_gate: WriteGate,
     /// Device reads of gets in flight (at most `cfg.reads_in_flight`).
     pub read_slots: super::read_slots::ReadSlots,
-    /// GC's head has written records no flush has covered yet: the next victim freed
-    /// flushes first.
+    /// A batch of GC's own head was written (and published) since the last flush: the
+    /// next victim freed flushes first.
     pub gc_unflushed: std::cell::Cell<bool>,
 }
 
@@ -124,7 +124,10 @@ impl<Q: BlockQueue> LogHost for GcHead<Q> {
         self.0.state.borrow_mut().with_gc_head(f)
     }
 
+    /// A GC batch is written (not yet durable): the index may point at its records from
+    /// now on, so the next freed mark must come after a flush.
     fn publish(&self, batch: DurableBatch) {
+        self.0.gc_unflushed.set(true);
         self.0.state.borrow_mut().publish(batch);
     }
 
@@ -154,13 +157,10 @@ impl<Q: BlockQueue> Inner<Q> {
         value: &mut StageValue<'_>,
         own_head: bool,
     ) -> StoreResult<Rc<BatchDone>> {
-        match own_head {
-            false => self.stage(st, req, value),
-            true => {
-                let done = st.with_gc_head(|w, segs| stage(self, w, segs, req, value))?;
-                self.gc_unflushed.set(true);
-                Ok(done)
-            }
+        if own_head {
+            st.with_gc_head(|w, segs| stage(self, w, segs, req, value))
+        } else {
+            self.stage(st, req, value)
         }
     }
 }

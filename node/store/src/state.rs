@@ -75,12 +75,6 @@ impl State {
         r
     }
 
-    /// GC's head has nothing staged, sealed or being written.
-    pub(crate) fn gc_head_idle(&self) -> bool {
-        let w = &self.gc_writer;
-        w.open.is_none() && w.sealed.is_empty() && w.writing.is_empty()
-    }
-
     pub(crate) fn cache_stats(&self) -> CacheStats {
         self.cache.stats()
     }
