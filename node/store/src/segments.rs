@@ -25,16 +25,27 @@ pub struct SegmentInfo {
     pub readers: u32,
     /// Batches planned into this segment and not yet completed.
     pub batches_outstanding: u32,
-    /// When its data was written, as a point of the log (an LSN), the mean over the bytes
-    /// put in it: a new write counts as written when the segment opened, a record GC
-    /// moved here as old as its victim's data, so that data keeps its age across moves.
-    /// Recovery starts it at the segment's first LSN.
-    pub data_born: u64,
-    /// Bytes counted into `data_born` so far, its weight.
-    born_weight: u64,
+    /// Bytes GC moved in, and when their data was written (an LSN; the bytes-weighted
+    /// mean of their victims' data ages): with the segment's first LSN for the rest of
+    /// what it holds, this gives its data age (`data_born`).
+    moved_in: u64,
+    moved_born: u64,
 }
 
 impl SegmentInfo {
+    /// When its data was written, as a point of the log (an LSN), the mean over the bytes
+    /// it holds: what was written here counts as written when the segment opened, what GC
+    /// moved here as old as its victim's data, so that data keeps its age across moves.
+    /// Recovery restarts it at the segment's first LSN.
+    pub fn data_born(&self) -> u64 {
+        let total = self.written.max(self.moved_in);
+        if total == 0 {
+            return self.first_lsn;
+        }
+        let moved = self.moved_in as f64 / total as f64;
+        (self.moved_born as f64 * moved + self.first_lsn as f64 * (1.0 - moved)).round() as u64
+    }
+
     fn free() -> Self {
         SegmentInfo {
             state: SegmentState::Free,
@@ -44,8 +55,8 @@ impl SegmentInfo {
             live_bytes: 0,
             readers: 0,
             batches_outstanding: 0,
-            data_born: 0,
-            born_weight: 0,
+            moved_in: 0,
+            moved_born: 0,
         }
     }
 }
@@ -143,7 +154,6 @@ impl SegmentTable {
             state: SegmentState::Active,
             seq,
             first_lsn,
-            data_born: first_lsn,
             ..SegmentInfo::free()
         };
         Some((index, seq))
@@ -168,7 +178,6 @@ impl SegmentTable {
             seq,
             first_lsn,
             written,
-            data_born: first_lsn,
             ..SegmentInfo::free()
         };
         self.next_seq = self.next_seq.max(seq + 1);
@@ -194,28 +203,17 @@ impl SegmentTable {
         self.segments[index as usize].live_bytes += bytes;
     }
 
-    /// `bytes` of new records went into segment `index`: they count as written when it
-    /// opened (its first LSN).
-    pub fn note_written(&mut self, index: u32, bytes: u64) {
-        let born = self.segments[index as usize].first_lsn;
-        self.take_in_age(index, born, bytes);
-    }
-
     /// GC moved `bytes` of records from `from` into `to`: `to`'s data age takes theirs in.
     pub fn note_moved(&mut self, from: u32, to: u32, bytes: u64) {
-        let born = self.segments[from as usize].data_born;
-        self.take_in_age(to, born, bytes);
-    }
-
-    fn take_in_age(&mut self, index: u32, born: u64, bytes: u64) {
-        let s = &mut self.segments[index as usize];
-        let weight = s.born_weight.saturating_add(bytes);
+        let born = self.segments[from as usize].data_born();
+        let s = &mut self.segments[to as usize];
+        let weight = s.moved_in.saturating_add(bytes);
         if weight > 0 {
             // A running mean: no product of an LSN and a byte count to overflow.
-            let shift = (born as f64 - s.data_born as f64) * bytes as f64 / weight as f64;
-            s.data_born = (s.data_born as f64 + shift).max(0.0).round() as u64;
+            let shift = (born as f64 - s.moved_born as f64) * bytes as f64 / weight as f64;
+            s.moved_born = (s.moved_born as f64 + shift).max(0.0).round() as u64;
         }
-        s.born_weight = weight;
+        s.moved_in = weight;
     }
 
     /// Takes `bytes` of records that are no longer live out of segment `index`. Taking
@@ -258,7 +256,7 @@ impl SegmentTable {
             VictimChoice::CostBenefit => candidates
                 .map(|(i, s, u)| {
                     // At least 1: two segments of the same age still rank by their space.
-                    let age = now.saturating_sub(s.data_born).max(1) as f64;
+                    let age = now.saturating_sub(s.data_born()).max(1) as f64;
                     (i, (1.0 - u) * age / (1.0 + u))
                 })
                 .max_by(|a, b| a.1.total_cmp(&b.1))
@@ -310,13 +308,14 @@ mod tests {
         let (cold, _) = t.open_free(5_000).unwrap();
         t.note_moved(old, cold, 400);
         t.add_live(cold, 400);
-        assert_eq!(t.get(cold).data_born, 100, "moved data keeps its age");
+        assert_eq!(t.get(cold).data_born(), 100, "moved data keeps its age");
         // The young segment's own writes count as written when it opened.
         t.seal(cold);
         let (young, _) = t.open_free(9_000).unwrap();
-        t.note_written(young, 300);
+        t.batch_planned(young);
+        t.batch_ended(young, Some(300));
         t.add_live(young, 300);
-        assert_eq!(t.get(young).data_born, 9_000);
+        assert_eq!(t.get(young).data_born(), 9_000);
         t.seal(young);
         t.seal(old); // empty: freed without moving anything in both choices
         t.release(old);
@@ -334,14 +333,15 @@ mod tests {
         let (g, _) = t.open_free(9_000).unwrap();
         t.note_moved(a, g, 100);
         t.note_moved(b, g, 300);
-        assert_eq!(t.get(g).data_born, (100 * 100 + 5_000 * 300) / 400);
+        assert_eq!(t.get(g).data_born(), (100 * 100 + 5_000 * 300) / 400);
         // New writes beside the moves (GC sharing the log's head) weigh in too.
-        t.note_written(g, 400);
+        t.batch_planned(g);
+        t.batch_ended(g, Some(800));
         let mean = (100 * 100 + 5_000 * 300 + 9_000 * 400) as f64 / 800.0;
         assert!(
-            (t.get(g).data_born as f64 - mean).abs() <= 1.0,
+            (t.get(g).data_born() as f64 - mean).abs() <= 1.0,
             "{}",
-            t.get(g).data_born
+            t.get(g).data_born()
         );
     }
 }

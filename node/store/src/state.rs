@@ -170,7 +170,6 @@ impl State {
                             .sub_live(old.segment, live_size(&r.key, old.value_len()));
                     }
                     self.segments.add_live(segment, size);
-                    self.segments.note_written(segment, size);
                     self.cache_written(&r.key, h, r.version, r.value);
                     self.settle(&r.key, h);
                 }
@@ -187,7 +186,6 @@ impl State {
                                     .sub_live(old.segment, live_size(&r.key, old.value_len()));
                             }
                             self.segments.add_live(segment, size);
-                            self.segments.note_written(segment, size);
                             self.cache_written(&r.key, h, r.version, r.value);
                         }
                     }
