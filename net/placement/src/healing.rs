@@ -14,7 +14,11 @@ use crate::chain_plan::{
     drop_left, order, promote_synced, rejoin_as_syncing, revive_stranded, strand_last_holders,
     take_node_offline, CaughtUpReport,
 };
+use crate::index_split::{
+    leading_tag, pick_partition, IndexSplit, SplitDone, SplitState, MAX_SPLITS, MAX_SPLIT_KEY_BYTES,
+};
 use crate::limits::MAX_REPLICAS;
+use crate::partition::partition_of;
 use crate::shard_map::{Chain, NodeIncarnation, Replica, ReplicaState, ShardAddr, ShardMap};
 
 /// A registered node: its id, each shard's listener, and its registration (a new one
@@ -40,6 +44,10 @@ pub struct ClusterView {
     /// and the chain version it was accepted at (a later version is another state of the
     /// chain, not the one the operator looked at).
     pub accepted_loss: Vec<(u32, u64)>,
+    /// Splits asked for (issue 33): the first key of each range to split off.
+    pub split_wanted: Vec<Vec<u8>>,
+    /// Replicas that finished a split's copy for a state.
+    pub split_done: Vec<SplitDone>,
 }
 
 /// The cluster's placement settings.
@@ -129,12 +137,92 @@ pub fn next_map(map: &ShardMap, view: &ClusterView, policy: &Policy) -> Option<S
         }
     }
     settle(&mut next, view, policy);
-    if next.chains == map.chains && next.shards == map.shards && next.incarnations == map.incarnations {
+    advance_splits(&mut next, view);
+    if next.chains == map.chains
+        && next.shards == map.shards
+        && next.incarnations == map.incarnations
+        && next.splits == map.splits
+    {
         return None;
     }
     next.epoch = map.epoch + 1;
     next.refresh_heads();
     Some(next)
+}
+
+/// Moves the split in progress on once every replica in its new chain's write path has
+/// reported the copy of its state done (copying, then fenced, then moved), or, with none in
+/// progress, starts the first split asked for that is well formed: its range goes to a
+/// partition none of the tag's ranges use, whose chain is whole (every replica serving).
+pub fn advance_splits(next: &mut ShardMap, view: &ClusterView) {
+    let epoch = next.epoch + 1;
+    if let Some(i) = next.splits.iter().position(|s| s.state != SplitState::Moved) {
+        let s = &next.splits[i];
+        let Some(chain) = next.chains.get(s.partition as usize) else {
+            return;
+        };
+        let mut writers = chain
+            .replicas
+            .iter()
+            .filter(|r| r.state.takes_writes())
+            .peekable();
+        if writers.peek().is_none() {
+            return;
+        }
+        let all_done = writers.all(|r| {
+            let Some(addr) = next.shards.get(r.shard as usize) else {
+                return false;
+            };
+            view.split_done
+                .iter()
+                .any(|&(id, n, sh, st)| id == s.id && n == addr.node && sh == addr.shard && st == s.state)
+        });
+        if all_done {
+            let s = &mut next.splits[i];
+            s.state = match s.state {
+                SplitState::Copying => SplitState::Fenced,
+                _ => SplitState::Moved,
+            };
+        }
+        return;
+    }
+    let bits = next.partition_bits;
+    for from in &view.split_wanted {
+        let Some(tag) = leading_tag(from) else { continue };
+        if from.len() > MAX_SPLIT_KEY_BYTES
+            || next.splits.len() >= MAX_SPLITS
+            || next.splits.iter().any(|s| s.tag == tag && s.from == *from)
+        {
+            continue;
+        }
+        let used: BTreeSet<u32> = next
+            .splits
+            .iter()
+            .filter(|s| s.tag == tag)
+            .map(|s| s.partition)
+            .chain([partition_of(tag, bits)])
+            .collect();
+        let whole = |p: u32| {
+            next.chains.get(p as usize).is_some_and(|c| {
+                !c.replicas.is_empty() && c.replicas.iter().all(|r| r.state == ReplicaState::Serving)
+            })
+        };
+        let Some(partition) = pick_partition(tag, from, bits, |p| !used.contains(&p) && whole(p)) else {
+            continue;
+        };
+        let split = IndexSplit {
+            id: epoch,
+            tag: tag.to_vec(),
+            from: from.clone(),
+            partition,
+            state: SplitState::Copying,
+        };
+        let at = next
+            .splits
+            .partition_point(|s| (&s.tag, &s.from) < (&split.tag, &split.from));
+        next.splits.insert(at, split);
+        return;
+    }
 }
 
 /// The shards' states as `settle` sees them.
@@ -593,6 +681,94 @@ mod tests {
                 "loads {usable:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_split_copies_then_fences_then_moves_once_every_writer_reports() {
+        let nodes: Vec<Member> = (1..=3).map(|id| member(id, 1)).collect();
+        let mut map = formed(&nodes, 6);
+        let mut view = ClusterView {
+            members: nodes.clone(),
+            split_wanted: vec![b"{b}/m".to_vec(), b"x{b}".to_vec()],
+            ..Default::default()
+        };
+        let step = |map: &mut ShardMap, view: &ClusterView| {
+            if let Some(next) = next_map(
+                map,
+                view,
+                &Policy {
+                    replication: 3,
+                    max_syncing_per_node: 4,
+                },
+            ) {
+                *map = next;
+            }
+        };
+        step(&mut map, &view);
+        assert_eq!(map.splits.len(), 1, "only the key that begins with its tag");
+        let s = map.splits[0].clone();
+        assert_eq!(
+            (s.state, s.id, &s.from[..]),
+            (SplitState::Copying, map.epoch, &b"{b}/m"[..])
+        );
+        assert_ne!(s.partition, partition_of(b"b", 6));
+        // Nothing routes to the new partition until it has moved.
+        assert_eq!(map.partition(b"{b}/z"), partition_of(b"b", 6));
+        // Asked again, the same split is not started twice; reports of two of the three
+        // writers do not move it.
+        let writers: Vec<(u32, u32)> = map.chains[s.partition as usize]
+            .replicas
+            .iter()
+            .map(|r| {
+                (
+                    map.shards[r.shard as usize].node,
+                    map.shards[r.shard as usize].shard,
+                )
+            })
+            .collect();
+        assert_eq!(writers.len(), 3);
+        let report = |view: &mut ClusterView, n: usize, st| {
+            view.split_done = writers[..n]
+                .iter()
+                .map(|&(node, shard)| (s.id, node, shard, st))
+                .collect();
+        };
+        report(&mut view, 2, SplitState::Copying);
+        step(&mut map, &view);
+        assert_eq!(map.splits[0].state, SplitState::Copying);
+        // A report for another state, or another split, does not count.
+        view.split_done = writers
+            .iter()
+            .map(|&(n, sh)| (s.id + 1, n, sh, SplitState::Copying))
+            .collect();
+        step(&mut map, &view);
+        assert_eq!(map.splits[0].state, SplitState::Copying);
+        report(&mut view, 3, SplitState::Copying);
+        step(&mut map, &view);
+        assert_eq!(map.splits[0].state, SplitState::Fenced);
+        assert!(map.write_fenced(b"{b}/m"));
+        assert!(map.write_fenced(b"{b}/zz"));
+        assert!(!map.write_fenced(b"{b}/a"));
+        step(&mut map, &view);
+        assert_eq!(
+            map.splits[0].state,
+            SplitState::Fenced,
+            "the copying reports are not fenced ones"
+        );
+        report(&mut view, 3, SplitState::Fenced);
+        step(&mut map, &view);
+        assert_eq!(map.splits[0].state, SplitState::Moved);
+        assert_eq!(map.partition(b"{b}/z"), s.partition);
+        assert_eq!(map.partition(b"{b}/l"), partition_of(b"b", 6));
+        assert!(!map.write_fenced(b"{b}/z"));
+        let back = ShardMap::from_bytes(&map.to_bytes().unwrap()).unwrap();
+        assert_eq!(back, map);
+        // A second split of the moved range avoids both partitions the tag uses.
+        view.split_wanted = vec![b"{b}/t".to_vec()];
+        step(&mut map, &view);
+        assert_eq!(map.splits.len(), 2);
+        let t = &map.splits[1];
+        assert!(t.partition != s.partition && t.partition != partition_of(b"b", 6));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod chain_plan;
 pub mod error;
 pub mod healing;
+pub mod index_split;
 pub mod limits;
 pub mod partition;
 pub mod shard_map;
@@ -13,5 +14,6 @@ pub use chain_plan::{
     build_chains, health, promote_synced, rejoin_as_syncing, take_node_offline, ChainHealth, PlanError,
 };
 pub use error::MapError;
+pub use index_split::{IndexSplit, KeyRange, SplitDone, SplitState};
 pub use partition::{index_tag, key_hash, partition_of, DEFAULT_PARTITION_BITS};
 pub use shard_map::{Chain, NodeIncarnation, Replica, ReplicaState, ShardAddr, ShardMap};

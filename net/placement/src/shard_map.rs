@@ -6,6 +6,7 @@ use rkyv::rancor::Error as RkyvError;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::MapError;
+use crate::index_split::{self, IndexSplit, KeyRange};
 use crate::limits::{MAX_PARTITION_BITS, MAX_REPLICAS, MAX_SHARD_MAP_BYTES};
 use crate::partition::partition_of;
 
@@ -120,6 +121,9 @@ pub struct ShardMap {
     /// The registration each node in the map was last seen with (the coordinator's record:
     /// a node seen with another has restarted, and its replicas must sync before serving).
     pub incarnations: Vec<NodeIncarnation>,
+    /// The bucket indexes split by key (issue 33, `index_split`), sorted by tag then first
+    /// key; at most one in progress.
+    pub splits: Vec<IndexSplit>,
     /// Derived, not sent: `heads[p]` indexes `shards` with the head of `chains[p]`, so that
     /// routing a request reads one u16 instead of following a chain's replica list (that
     /// extra hop cost 3-6% of cache-hit GETs). Built by `spread` and `from_bytes`; after
@@ -179,6 +183,7 @@ impl ShardMap {
             shards,
             chains,
             incarnations: Vec::new(),
+            splits: Vec::new(),
             heads: Vec::new(),
         };
         map.refresh_heads();
@@ -202,8 +207,24 @@ impl ShardMap {
             .collect();
     }
 
+    /// The partition `key` belongs to: by the hash of its index tag or of the whole key,
+    /// unless its tag's index has split (then by the range it falls in).
     pub fn partition(&self, key: &[u8]) -> u32 {
-        partition_of(key, self.partition_bits)
+        if self.splits.is_empty() {
+            return partition_of(key, self.partition_bits);
+        }
+        self.range_of(key).partition
+    }
+
+    /// The range `key` falls in under the moved splits: partition and bounds.
+    pub fn range_of(&self, key: &[u8]) -> KeyRange<'_> {
+        index_split::range_of(&self.splits, key, self.partition_bits)
+    }
+
+    /// Whether `key`'s writes are refused at its head for now: its range is being moved
+    /// and is fenced.
+    pub fn write_fenced(&self, key: &[u8]) -> bool {
+        !self.splits.is_empty() && index_split::is_fenced(&self.splits, key, self.partition_bits)
     }
 
     /// Partition `partition`'s chain.
@@ -273,7 +294,11 @@ impl ShardMap {
                         && !c.replicas[..i].iter().any(|o| o.shard == r.shard)
                 })
         };
-        if !bits_ok || map.chains.len() != 1usize << map.partition_bits || !map.chains.iter().all(chain_ok) {
+        if !bits_ok
+            || map.chains.len() != 1usize << map.partition_bits
+            || !map.chains.iter().all(chain_ok)
+            || !index_split::well_formed(&map.splits, map.chains.len())
+        {
             return Err(MapError::Malformed("the map is inconsistent".into()));
         }
         map.refresh_heads();

@@ -258,7 +258,7 @@ impl Model {
             draining: self.draining.clone(),
             down_out: self.down_out.clone(),
             caught_up: std::mem::take(&mut self.reports),
-            accepted_loss: Vec::new(),
+            ..Default::default()
         };
         let Some(mut next) = next_map(self.latest(), &view, &self.policy) else {
             return false;

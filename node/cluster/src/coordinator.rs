@@ -9,7 +9,7 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
 use hotshard_placement::chain_plan::{form_map, CaughtUpReport};
 use hotshard_placement::healing::{next_map, ClusterView, Member, Policy};
-use hotshard_placement::ShardMap;
+use hotshard_placement::{ShardMap, SplitDone, SplitState};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{ClusterError, ClusterResult};
@@ -213,6 +213,8 @@ pub async fn reconcile_once(
         }
         Some((map, revision)) => {
             let (caught_up, report_keys) = caught_up_reports(client, &cfg.keys).await?;
+            let split_wanted = split_requests(client, &cfg.keys).await?;
+            let split_done = split_reports(client, &cfg.keys).await?;
             let view = ClusterView {
                 members: nodes
                     .iter()
@@ -229,6 +231,8 @@ pub async fn reconcile_once(
                 down_out: down_for_good(client, leader, cfg, &map, &nodes).await?,
                 caught_up,
                 accepted_loss: accepted_losses(client, &cfg.keys).await?,
+                split_wanted: split_wanted.iter().map(|(_, from)| from.clone()).collect(),
+                split_done: split_done.iter().map(|(_, d)| *d).collect(),
             };
             let policy = Policy {
                 replication: cfg.replication,
@@ -238,12 +242,14 @@ pub async fn reconcile_once(
                 None => {
                     remove_reports(leader, report_keys).await?;
                     remove_past_acceptances(leader, &cfg.keys, &view.accepted_loss, &map).await?;
+                    remove_past_splits(leader, &map, &split_wanted, &split_done).await?;
                     Ok(Some(map))
                 }
                 Some(next) => {
                     write_map(leader, &cfg.keys, &next, revision, Vec::new()).await?;
                     remove_reports(leader, report_keys).await?;
                     remove_past_acceptances(leader, &cfg.keys, &view.accepted_loss, &next).await?;
+                    remove_past_splits(leader, &next, &split_wanted, &split_done).await?;
                     let h = hotshard_placement::chain_plan::health(&next.chains, cfg.replication);
                     tracing::warn!(
                         epoch = next.epoch,
@@ -396,6 +402,69 @@ async fn remove_past_acceptances(
         .map(|&(p, _)| keys.accept_loss(p))
         .collect();
     remove_reports(leader, past).await
+}
+
+/// The splits asked for (key, first key of the range).
+async fn split_requests(client: &Client, keys: &ClusterKeys) -> ClusterResult<Vec<(String, Vec<u8>)>> {
+    let got = client
+        .clone()
+        .get(keys.split_wanted_prefix(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    Ok(got
+        .kvs()
+        .iter()
+        .map(|kv| {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let from = keys.parse_split_wanted(&key).unwrap_or_default();
+            (key, from)
+        })
+        .collect())
+}
+
+/// The split copies reported done (key, report); malformed ones are dropped with a warning
+/// and removed.
+async fn split_reports(client: &Client, keys: &ClusterKeys) -> ClusterResult<Vec<(String, SplitDone)>> {
+    let got = client
+        .clone()
+        .get(keys.split_done_prefix(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    Ok(got
+        .kvs()
+        .iter()
+        .map(|kv| {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let done = keys.parse_split_done(&key).unwrap_or_else(|| {
+                tracing::warn!(%key, "dropping a malformed split report");
+                (0, 0, 0, SplitState::Moved)
+            });
+            (key, done)
+        })
+        .collect())
+}
+
+/// Removes the split requests the map has made (or can never make: a key that does not
+/// begin with its tag), and the reports about a state the split has left.
+async fn remove_past_splits(
+    leader: &Leadership,
+    map: &ShardMap,
+    wanted: &[(String, Vec<u8>)],
+    done: &[(String, SplitDone)],
+) -> ClusterResult<()> {
+    let current = hotshard_placement::index_split::in_progress(&map.splits).map(|s| (s.id, s.state));
+    let mut gone: Vec<String> = wanted
+        .iter()
+        .filter(|(_, from)| {
+            hotshard_placement::index_split::leading_tag(from).is_none()
+                || map.splits.iter().any(|s| s.from == *from)
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    gone.extend(
+        done.iter()
+            .filter(|(_, (id, _, _, st))| current != Some((*id, *st)))
+            .map(|(k, _)| k.clone()),
+    );
+    remove_reports(leader, gone).await
 }
 
 async fn remove_reports(leader: &Leadership, keys: Vec<String>) -> ClusterResult<()> {

@@ -1,6 +1,8 @@
 //! Where the cluster's state lives in etcd: every key under one prefix per cluster, so that
 //! several clusters (or test runs) share an etcd without touching each other.
 
+use hotshard_placement::{SplitDone, SplitState};
+
 /// The keys of one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterKeys {
@@ -108,6 +110,48 @@ impl ClusterKeys {
         format!("{}accept_loss/", self.prefix)
     }
 
+    /// Asks the coordinator to split a bucket index at `from` (issue 33; the key, in hex,
+    /// names the first key of the range to split off). Removed once the split is made or
+    /// refused.
+    pub fn split_wanted(&self, from: &[u8]) -> String {
+        format!("{}split_wanted/{}", self.prefix, hex(from))
+    }
+
+    pub fn split_wanted_prefix(&self) -> String {
+        format!("{}split_wanted/", self.prefix)
+    }
+
+    /// The first key a split-wanted key names; None for any other key.
+    pub fn parse_split_wanted(&self, key: &str) -> Option<Vec<u8>> {
+        unhex(key.strip_prefix(&self.split_wanted_prefix())?)
+    }
+
+    /// A replica of a split's new chain finished the copy for a state (named last: a
+    /// report for the next state is another key, so removing a stale one cannot take it),
+    /// read and removed by the acting coordinator.
+    pub fn split_done(&self, id: u64, node: u32, shard: u32, state: SplitState) -> String {
+        format!(
+            "{}split_done/{id:020}/{node:08}/{shard:04}/{}",
+            self.prefix,
+            state.name()
+        )
+    }
+
+    pub fn split_done_prefix(&self) -> String {
+        format!("{}split_done/", self.prefix)
+    }
+
+    /// The report a split-done key makes; None for any other key.
+    pub fn parse_split_done(&self, key: &str) -> Option<SplitDone> {
+        let rest = key.strip_prefix(&self.split_done_prefix())?;
+        let mut parts = rest.split('/');
+        let id = parts.next()?.parse().ok()?;
+        let node = parts.next()?.parse().ok()?;
+        let shard = parts.next()?.parse().ok()?;
+        let state = SplitState::parse(parts.next()?)?;
+        parts.next().is_none().then_some((id, node, shard, state))
+    }
+
     /// The node id at the end of a key under one of the per-node prefixes.
     pub fn node_of(&self, key: &str, prefix: &str) -> Option<u32> {
         key.strip_prefix(prefix)?.parse().ok()
@@ -117,6 +161,20 @@ impl ClusterKeys {
     pub fn nodes(&self) -> String {
         format!("{}nodes/", self.prefix)
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -133,6 +191,12 @@ mod tests {
         assert_eq!(k.parse_caught_up(&c), Some((12, 3, 1)));
         assert_eq!(k.parse_caught_up(&k.node(3)), None);
         assert_eq!(k.parse_caught_up(&format!("{c}/9")), None);
+        let w = k.split_wanted(b"{b}/m\xff");
+        assert_eq!(k.parse_split_wanted(&w), Some(b"{b}/m\xff".to_vec()));
+        assert_eq!(k.parse_split_wanted(&k.node(3)), None);
+        let d = k.split_done(9, 3, 1, SplitState::Fenced);
+        assert_eq!(k.parse_split_done(&d), Some((9, 3, 1, SplitState::Fenced)));
+        assert_eq!(k.parse_split_done(&format!("{d}/2")), None);
         for bad in ["", "a/b", "..", "a b", &"x".repeat(65)] {
             assert!(ClusterKeys::new(bad).is_err(), "{bad:?}");
         }
