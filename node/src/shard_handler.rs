@@ -319,6 +319,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                     start_after: start_after.as_deref(),
                     delimiter: &delimiter,
                     limit: limit as usize,
+                    ..Default::default()
                 };
                 let r = self.list_when_clean(target.partition, &q).await;
                 self.stats.get.record(micros(), 0, r.is_ok());

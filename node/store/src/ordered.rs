@@ -246,18 +246,33 @@ impl OrderedKeys {
             },
             _ => Bound::Included(q.prefix.to_vec()),
         };
+        // A range's lower bound (a split index's range begins there).
+        if let Some(at) = q.start_at {
+            let past = match &from {
+                Bound::Included(f) => at > &f[..],
+                Bound::Excluded(f) => at > &f[..],
+                Bound::Unbounded => true,
+            };
+            if past {
+                from = Bound::Included(at.to_vec());
+            }
+        }
+        let below_end = |k: &[u8]| q.end.is_none_or(|e| k < e);
         let mut skipped = 0;
         'walk: loop {
             let start = blocks.locate(keys, as_ref(&from));
             for id in blocks.from(start) {
                 let key = keys.key_of(id);
-                if !key.starts_with(q.prefix) {
+                if !key.starts_with(q.prefix) || !below_end(key) {
                     break 'walk;
                 }
                 if let Some(group) = q.group_of(key) {
                     // A common prefix stands for every key under it: once (if one of them
-                    // is live, looking from this key on), then past them.
-                    let under = blocks.from(blocks.locate(keys, Bound::Included(key)));
+                    // below the range's end is live, looking from this key on), then past
+                    // them.
+                    let under = blocks
+                        .from(blocks.locate(keys, Bound::Included(key)))
+                        .take_while(|&id| below_end(keys.key_of(id)));
                     match group_live(keys, under, group, &live, &mut skipped) {
                         GroupLive::Yes => out.items.push(Listed::Prefix(group.to_vec())),
                         GroupLive::No => {}
@@ -299,7 +314,7 @@ impl OrderedKeys {
                 blocks
                     .from(blocks.locate(keys, as_ref(&from)))
                     .next()
-                    .is_some_and(|id| keys.key_of(id).starts_with(q.prefix))
+                    .is_some_and(|id| keys.key_of(id).starts_with(q.prefix) && below_end(keys.key_of(id)))
             });
             if !more {
                 out.next = None;
@@ -365,12 +380,40 @@ pub fn successor(p: &[u8]) -> Option<Vec<u8>> {
 /// What a listing asks: keys starting with `prefix`, after `start_after`, at most `limit`
 /// items (keys and common prefixes); with a `delimiter`, keys with it after the prefix are
 /// rolled up into their common prefix (up to and including its first occurrence).
-#[derive(Debug, Clone, Copy)]
+///
+/// `start_at` and `end` bound the walk to one range of a split index (issue 33: `start_at`
+/// inclusive, `end` exclusive): a common prefix is listed only for a live key under it in
+/// the range.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ListQuery<'a> {
     pub prefix: &'a [u8],
     pub start_after: Option<&'a [u8]>,
     pub delimiter: &'a [u8],
     pub limit: usize,
+    pub start_at: Option<&'a [u8]>,
+    pub end: Option<&'a [u8]>,
+}
+
+impl ListQuery<'_> {
+    /// Where a listing goes on in the next range once a page that did not fill ended at
+    /// this range's `end` with keys of the prefix possibly beyond it: at `end`, or past
+    /// every key under the common prefix the page (or the page it follows) ended on, when
+    /// that reaches further. None: nothing of the prefix lies past `end`.
+    pub fn resume_past_end(&self, last: Option<&[u8]>) -> Option<Vec<u8>> {
+        let end = self.end?;
+        if !(end.starts_with(self.prefix) || end < self.prefix) {
+            return None;
+        }
+        let last = last.or(self.start_after);
+        let past_group = last
+            .and_then(|l| self.group_of(l).filter(|g| *g == l))
+            .map(successor);
+        match past_group {
+            Some(None) => None,
+            Some(Some(s)) if &s[..] > end => (s.starts_with(self.prefix)).then_some(s),
+            _ => Some(end.to_vec()),
+        }
+    }
 }
 
 impl ListQuery<'_> {
@@ -534,6 +577,7 @@ mod tests {
                     start_after: after.as_deref(),
                     delimiter,
                     limit: 10,
+                    ..Default::default()
                 };
                 let calls = std::cell::Cell::new(0);
                 let page = keys.list(&arena, 0, &q, |_, _| {

@@ -23,6 +23,9 @@ impl Rng {
     }
 }
 
+/// The partition the model test writes to.
+const PARTITION: u16 = 3;
+
 /// What a key is in the model: its version, and whether it is a live object.
 type Model = BTreeMap<Vec<u8>, (u64, bool)>;
 
@@ -82,7 +85,6 @@ fn name(item: &Listed<u64>) -> &[u8] {
 
 #[test]
 fn listings_match_a_sorted_map_under_random_writes() {
-    const PARTITION: u16 = 3;
     let mut rng = Rng(0x5EED_1234_ABCD_0001);
     let now = 1_000_000;
     for round in 0..40 {
@@ -131,7 +133,8 @@ fn listings_match_a_sorted_map_under_random_writes() {
                         prefix: b"{b}o",
                         start_after: None,
                         delimiter: b"",
-                        limit: 1000
+                        limit: 1000,
+                        ..Default::default()
                     },
                     now
                 )
@@ -159,6 +162,7 @@ fn listings_match_a_sorted_map_under_random_writes() {
                 start_after: start_after.as_deref(),
                 delimiter,
                 limit,
+                ..Default::default()
             };
             let expected = model_items(&model, &q);
             // One page.
@@ -199,7 +203,77 @@ fn listings_match_a_sorted_map_under_random_writes() {
                 }
             }
             assert_eq!(all, expected, "round {round}: paging {q:?}");
+            // The same listing over an index split into ranges (the split points from
+            // random keys), each range listed alone up to its end and the listing going
+            // on where the page says: every item once, in order.
+            let mut splits: Vec<Vec<u8>> = (0..rng.below(4)).map(|_| random_key(&mut rng)).collect();
+            splits.sort();
+            splits.dedup();
+            assert_eq!(
+                list_across(&index, &q, &splits, now),
+                expected,
+                "round {round}: across {splits:?}, {q:?}"
+            );
         }
+    }
+}
+
+/// A listing as a client and the nodes of a split index make it: each request goes to
+/// the range holding its start (the latest of prefix, `start_after` and the resume point),
+/// which lists only between its bounds; a page that ends at its range's end says where the
+/// next range takes over (`resume_past_end`).
+fn list_across(index: &Index, q: &ListQuery<'_>, splits: &[Vec<u8>], now: u64) -> Vec<Listed<u64>> {
+    let mut all = Vec::new();
+    let mut after = q.start_after.map(<[u8]>::to_vec);
+    let mut at: Option<Vec<u8>> = None;
+    for _ in 0..10_000 {
+        let mut route = q.prefix.to_vec();
+        for k in [&after, &at].into_iter().flatten() {
+            route = route.max(k.clone());
+        }
+        let lo = splits.iter().rev().find(|s| **s <= route);
+        let hi = splits.iter().find(|s| **s > route);
+        let start_at = match (&at, lo) {
+            (Some(a), Some(l)) => Some(a.clone().max(l.clone())),
+            (a, l) => a.clone().or(l.cloned()),
+        };
+        let page_q = ListQuery {
+            start_after: after.as_deref(),
+            start_at: start_at.as_deref(),
+            end: hi.map(Vec::as_slice),
+            ..*q
+        };
+        let page = index.list(PARTITION, &page_q, now);
+        let last = page.items.last().map(|i| name(&plain(i)).to_vec());
+        all.extend(page.items.iter().map(plain));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => match page_q.resume_past_end(last.as_deref()) {
+                Some(r) => {
+                    after = None;
+                    at = Some(r);
+                }
+                None => return all,
+            },
+        }
+    }
+    panic!("a listing across {splits:?} that never ends: {q:?}");
+}
+
+fn plain<E: HasVersion>(i: &Listed<E>) -> Listed<u64> {
+    match i {
+        Listed::Key(k, e) => Listed::Key(k.clone(), e.version()),
+        Listed::Prefix(p) => Listed::Prefix(p.clone()),
+    }
+}
+
+trait HasVersion {
+    fn version(&self) -> u64;
+}
+
+impl HasVersion for IndexEntry {
+    fn version(&self) -> u64 {
+        self.version
     }
 }
 
@@ -266,6 +340,7 @@ fn a_page_from_a_million_entries() {
             start_after: Some(&start),
             delimiter: b"",
             limit: 1000,
+            ..Default::default()
         };
         let t = std::time::Instant::now();
         let page = index.list(1, &q, 0);

@@ -230,6 +230,7 @@ fn verify(store: &Store<SimQueue>, model: &mut Model, seed: u64, round: usize) -
         start_after: None,
         delimiter: b"",
         limit: KEYS as usize + 1,
+        ..Default::default()
     };
     let listed: Vec<Vec<u8>> = store
         .list(0, &q)
