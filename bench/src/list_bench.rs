@@ -139,9 +139,10 @@ fn node_pages(a: &ListArgsCli) -> anyhow::Result<(Histogram<u64>, usize)> {
             start_after: Some(after.as_bytes()),
             delimiter: b"",
             limit: a.page,
+            start_at: None,
         };
         let t = Instant::now();
-        let (items, _) = c.list(args)?;
+        let items = c.list(args)?.items;
         let took = t.elapsed();
         if items.len() != a.page as usize {
             bail!("a page after {after} held {} keys, not {}", items.len(), a.page);

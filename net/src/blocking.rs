@@ -232,13 +232,24 @@ impl BlockingClient {
     }
 
     /// A page of an ordered index (issue 33; `client::ListArgs`): its items in key order,
-    /// and whether more may follow (ask again after the last item's name).
+    /// and where the next starts (`ListArgs::from`).
     pub fn list(
         &mut self,
         args: crate::client::ListArgs<'_>,
-    ) -> Result<(Vec<crate::listing::ListItem>, bool), ClientError> {
-        let (r, body) = self.keyed(args.index, &[], |target| args.request(target))?;
+    ) -> Result<crate::client::ListPage, ClientError> {
+        let (r, body) = self.keyed(args.route_key(), &[], |target| args.request(target))?;
         crate::client::list_answer(&r, &body)
+    }
+
+    /// The pages of a listing, one by one (each from the range of a split index that holds
+    /// its start), until it is done or a page fails.
+    pub fn list_pages<'c>(&'c mut self, args: crate::client::ListArgs<'c>) -> ListPages<'c> {
+        ListPages {
+            client: self,
+            args,
+            next: None,
+            done: false,
+        }
     }
 
     pub fn delete(&mut self, key: &[u8]) -> Result<u64, ClientError> {
@@ -265,6 +276,39 @@ impl BlockingClient {
         let (r, body) = self.call(addr, &Request::Stats, &[])?;
         expect_ok(&r)?;
         Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// The pages of one listing (`BlockingClient::list_pages`).
+pub struct ListPages<'c> {
+    client: &'c mut BlockingClient,
+    args: crate::client::ListArgs<'c>,
+    next: Option<crate::client::ListFrom>,
+    done: bool,
+}
+
+impl Iterator for ListPages<'_> {
+    type Item = Result<Vec<crate::listing::ListItem>, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let args = match &self.next {
+            Some(from) => self.args.from(from),
+            None => self.args,
+        };
+        match self.client.list(args) {
+            Ok(page) => {
+                self.done = page.next.is_none();
+                self.next = page.next;
+                Some(Ok(page.items))
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
     }
 }
 

@@ -60,35 +60,93 @@ pub(crate) fn is_read(request: &Request) -> bool {
 /// What a page of an ordered index asks, for either client (`Client::list`).
 #[derive(Debug, Clone, Copy)]
 pub struct ListArgs<'a> {
-    /// A key naming the index's tag (`{photos}`): it routes the request.
+    /// A key naming the index's tag (`{photos}`): it routes the request when the listing's
+    /// start does not begin with the tag.
     pub index: &'a [u8],
     pub prefix: &'a [u8],
     pub start_after: Option<&'a [u8]>,
     pub delimiter: &'a [u8],
     pub limit: u32,
+    /// Where the listing starts (inclusive), in the next range of a split index: a page's
+    /// `ListFrom::At`.
+    pub start_at: Option<&'a [u8]>,
 }
 
 impl ListArgs<'_> {
+    /// The key that routes the request: where the listing starts (the latest of prefix,
+    /// `start_after` and `start_at`) if it begins with an index tag, so that the range of a
+    /// split index holding it answers; else `index`.
+    pub fn route_key(&self) -> &[u8] {
+        let start = [self.start_after, self.start_at]
+            .into_iter()
+            .flatten()
+            .fold(self.prefix, |a, b| a.max(b));
+        match hotshard_placement::index_split::leading_tag(start) {
+            Some(_) => start,
+            None => self.index,
+        }
+    }
+
     pub(crate) fn request(&self, target: crate::message::Target) -> Request {
         Request::List {
-            index: self.index.to_vec(),
+            index: self.route_key().to_vec(),
             target,
             prefix: self.prefix.to_vec(),
-            start_after: self.start_after.map(<[u8]>::to_vec),
+            start: match (self.start_at, self.start_after) {
+                (Some(at), _) => Some(crate::message::ListStart::At(at.to_vec())),
+                (None, Some(after)) => Some(crate::message::ListStart::After(after.to_vec())),
+                (None, None) => None,
+            },
             delimiter: self.delimiter.to_vec(),
             limit: self.limit,
         }
     }
+
+    /// The same listing from where `next` says.
+    pub fn from<'b>(&self, next: &'b ListFrom) -> ListArgs<'b>
+    where
+        Self: 'b,
+    {
+        let (after, at) = match next {
+            ListFrom::After(k) => (Some(&k[..]), None),
+            ListFrom::At(k) => (None, Some(&k[..])),
+        };
+        ListArgs {
+            start_after: after,
+            start_at: at,
+            ..*self
+        }
+    }
 }
 
-/// A `List` answer as the page's items and whether more may follow.
-pub(crate) fn list_answer(
-    resp: &Response,
-    body: &[u8],
-) -> Result<(Vec<crate::listing::ListItem>, bool), ClientError> {
+/// Where the next page of a listing starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListFrom {
+    /// After this item (the page's last).
+    After(Vec<u8>),
+    /// At this key, in the next range of a split index.
+    At(Vec<u8>),
+}
+
+/// A page of an ordered index: its items in key order, and where the next starts (None:
+/// the listing is done).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    pub items: Vec<crate::listing::ListItem>,
+    pub next: Option<ListFrom>,
+}
+
+/// A `List` answer as a page.
+pub(crate) fn list_answer(resp: &Response, body: &[u8]) -> Result<ListPage, ClientError> {
     expect_ok(resp)?;
-    let items = crate::listing::decode_page(body).map_err(WireError::Malformed)?;
-    Ok((items, resp.arg == 1))
+    let (items, resume) = crate::listing::decode_page_resuming(body).map_err(WireError::Malformed)?;
+    let next = match (resp.arg, resume, items.last()) {
+        (1, None, Some(last)) => Some(ListFrom::After(last.name().to_vec())),
+        (2, Some(r), _) => Some(ListFrom::At(r)),
+        (0, None, _) => None,
+        _ => return Err(WireError::Malformed("a listing page that says not where to go on".into()).into()),
+    };
+    Ok(ListPage { items, next })
 }
 
 /// `Ok` for a successful response, the status as an error otherwise.
@@ -383,13 +441,26 @@ impl<R: Runtime> Client<R> {
     }
 
     /// A page of an ordered index (issue 33; `ListArgs`): its items in key order, and
-    /// whether more may follow (ask again after the last item's name).
-    pub async fn list(
-        &self,
-        args: ListArgs<'_>,
-    ) -> Result<(Vec<crate::listing::ListItem>, bool), ClientError> {
-        let (resp, body) = self.keyed(args.index, &[], |target| args.request(target)).await?;
+    /// where the next starts (`ListArgs::from`).
+    pub async fn list(&self, args: ListArgs<'_>) -> Result<ListPage, ClientError> {
+        let (resp, body) = self
+            .keyed(args.route_key(), &[], |target| args.request(target))
+            .await?;
         list_answer(&resp, &body)
+    }
+
+    /// Every item of a listing, page after page (each page from the range of a split
+    /// index that holds its start). For listings too long to hold, page with `list`.
+    pub async fn list_all(&self, args: ListArgs<'_>) -> Result<Vec<crate::listing::ListItem>, ClientError> {
+        let mut all = Vec::new();
+        let mut page = self.list(args).await?;
+        loop {
+            all.append(&mut page.items);
+            match page.next.take() {
+                Some(next) => page = self.list(args.from(&next)).await?,
+                None => return Ok(all),
+            }
+        }
     }
 
     /// Round trip to one shard.

@@ -173,14 +173,17 @@ pub fn access_request(header: &HeaderBuf, payload_len: u32) -> Result<&ArchivedR
         ArchivedRequest::List {
             index,
             prefix,
-            start_after,
+            start,
             delimiter,
             limit,
             ..
         } => {
             check_key(index.as_slice())?;
-            if let Some(after) = start_after.as_ref() {
-                check_key(after.as_slice())?;
+            match start.as_ref() {
+                Some(
+                    crate::message::ArchivedListStart::After(k) | crate::message::ArchivedListStart::At(k),
+                ) => check_key(k.as_slice())?,
+                None => {}
             }
             let limit = limit.to_native();
             if prefix.len() > MAX_KEY_BYTES
@@ -267,9 +270,11 @@ mod tests {
     #[test]
     fn golden_ping_and_put_frames() {
         let ping = encode_request(7, &Request::Ping, 0).unwrap();
+        // Issue 33's split listings (`ListStart`) made the largest request variant, and so
+        // every request's header, 8 bytes longer (0x48).
         assert_eq!(
             hex(&ping[..PREAMBLE_BYTES]),
-            "485357310401000040000000000000000700000000000000"
+            "485357310401000048000000000000000700000000000000"
         );
         let put = Request::Put {
             key: b"k1".to_vec(),
@@ -281,7 +286,7 @@ mod tests {
             expires_ms: 0,
         };
         let bytes = encode_request(1, &put, 4).unwrap();
-        assert_eq!(hex(&bytes), "4853573104010000480000000400000001000000000000006b3100000000000001000000f4ffffff0200000000000000010000000000000005000000000000000900000000000000030000000000000000000000000000000000000000000000");
+        assert_eq!(hex(&bytes), "4853573104010000500000000400000001000000000000006b3100000000000001000000f4ffffff02000000000000000100000000000000050000000000000009000000000000000300000000000000000000000000000000000000000000000000000000000000");
     }
 
     #[test]
@@ -370,7 +375,7 @@ mod tests {
                 index: b"{photos}".to_vec(),
                 target: t,
                 prefix: b"{photos}/2026/".to_vec(),
-                start_after: Some(b"{photos}/2026/a.jpg".to_vec()),
+                start: Some(crate::message::ListStart::At(b"{photos}/2026/a.jpg".to_vec())),
                 delimiter: b"/".to_vec(),
                 limit: 1000,
             },

@@ -28,4 +28,4 @@ pub mod vectored;
 
 pub use error::WireError;
 pub use hotshard_placement::{partition as placement, shard_map};
-pub use message::{ByteRange, Recipient, Request, Response, Status, Target, UpdateOp};
+pub use message::{ByteRange, ListStart, Recipient, Request, Response, Status, Target, UpdateOp};

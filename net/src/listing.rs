@@ -62,9 +62,41 @@ fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
     Ok(head)
 }
 
-pub fn decode_page(mut b: &[u8]) -> Result<Vec<ListItem>, String> {
+/// A page and, last, the key the listing goes on at in the next range of a split index
+/// (item kind 2).
+pub fn encode_page_resuming(items: &[ListItem], resume: Option<&[u8]>) -> Vec<u8> {
+    let mut out = encode_page(items);
+    if let Some(r) = resume {
+        out.push(2);
+        out.extend_from_slice(&(r.len() as u16).to_le_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+pub fn decode_page(b: &[u8]) -> Result<Vec<ListItem>, String> {
+    match decode_page_resuming(b)? {
+        (items, None) => Ok(items),
+        (_, Some(_)) => Err("a listing page with a resume key where none was asked".into()),
+    }
+}
+
+/// A page and the resume key it ends with, if any (after every item, past the last).
+pub fn decode_page_resuming(mut b: &[u8]) -> Result<(Vec<ListItem>, Option<Vec<u8>>), String> {
     let mut items: Vec<ListItem> = Vec::new();
     while !b.is_empty() {
+        if b[0] == 2 {
+            take(&mut b, 1)?;
+            let len = u16::from_le_bytes(take(&mut b, 2)?.try_into().unwrap()) as usize;
+            if len > MAX_KEY_BYTES {
+                return Err(format!("a resume key of {len} bytes"));
+            }
+            let r = take(&mut b, len)?.to_vec();
+            if !b.is_empty() || items.last().is_some_and(|last| last.name() >= &r[..]) {
+                return Err("a resume key not last, or not past the page".into());
+            }
+            return Ok((items, Some(r)));
+        }
         if items.len() == MAX_LIST_ITEMS as usize {
             return Err(format!("a listing page of more than {MAX_LIST_ITEMS} items"));
         }
@@ -95,7 +127,7 @@ pub fn decode_page(mut b: &[u8]) -> Result<Vec<ListItem>, String> {
         };
         items.push(item);
     }
-    Ok(items)
+    Ok((items, None))
 }
 
 #[cfg(test)]
@@ -123,6 +155,15 @@ mod tests {
         }
         let swapped = encode_page(&[items[1].clone(), items[0].clone()]);
         assert!(decode_page(&swapped).is_err());
+        let resuming = encode_page_resuming(&items, Some(b"{b}c"));
+        assert_eq!(
+            decode_page_resuming(&resuming),
+            Ok((items.clone(), Some(b"{b}c".to_vec())))
+        );
+        assert!(decode_page_resuming(&encode_page_resuming(&items, Some(b"{b}a"))).is_err());
+        let mut trailing = resuming.clone();
+        trailing.push(1);
+        assert!(decode_page_resuming(&trailing).is_err());
         let mut huge = vec![1u8];
         huge.extend_from_slice(&u16::MAX.to_le_bytes());
         assert!(decode_page(&huge).is_err());

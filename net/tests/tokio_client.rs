@@ -133,8 +133,10 @@ fn a_tokio_gateway_puts_and_gets() {
             start_after: None,
             delimiter: b"",
             limit: 10,
+            start_at: None,
         };
-        let (items, more) = client.list(args).await.unwrap();
+        let page = client.list(args).await.unwrap();
+        let (items, more) = (page.items, page.next.is_some());
         let names: Vec<&[u8]> = items.iter().map(ListItem::name).collect();
         assert_eq!((names, more), (vec![&b"{i}/a"[..], b"{i}/b"], false));
     });

@@ -256,18 +256,16 @@ fn run(cli: Cli) -> Result<(), String> {
             target,
         } => {
             let mut c = client(&target)?;
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let (items, more) = c
-                    .list(hotshard_net::client::ListArgs {
-                        index: index.as_bytes(),
-                        prefix: prefix.as_bytes(),
-                        start_after: after.as_deref(),
-                        delimiter: delimiter.as_bytes(),
-                        limit: page,
-                    })
-                    .map_err(|e| e.to_string())?;
-                for item in &items {
+            let args = hotshard_net::client::ListArgs {
+                index: index.as_bytes(),
+                prefix: prefix.as_bytes(),
+                start_after: None,
+                delimiter: delimiter.as_bytes(),
+                limit: page,
+                start_at: None,
+            };
+            for items in c.list_pages(args) {
+                for item in &items.map_err(|e| e.to_string())? {
                     match item {
                         hotshard_net::listing::ListItem::Key {
                             key, len, version, ..
@@ -279,11 +277,8 @@ fn run(cli: Cli) -> Result<(), String> {
                         }
                     }
                 }
-                match (more, items.last()) {
-                    (true, Some(last)) => after = Some(last.name().to_vec()),
-                    _ => return Ok(()),
-                }
             }
+            Ok(())
         }
         Command::Stats {
             target,

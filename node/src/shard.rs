@@ -284,6 +284,7 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         links: crate::chain_links::ChainLinks::new(s.cfg.secret()?, s.board.clone()),
         answer_wait: Duration::from_millis(s.cfg.net.frame_timeout_ms),
         updating: Default::default(),
+        started_writes: Default::default(),
         sync: Default::default(),
         sync_bytes_per_sec: s.cfg.cluster.sync_bytes_per_sec,
     });

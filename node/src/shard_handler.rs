@@ -86,6 +86,8 @@ pub struct ShardHandler<Q: BlockQueue> {
     pub sync: crate::partition_sync::SyncCounters,
     /// The most a resync copies per second (0: no limit).
     pub sync_bytes_per_sec: u64,
+    /// Writes executing here, for a split's fenced copy (`List` with `min_epoch`).
+    pub started_writes: crate::started_writes::StartedWrites,
 }
 
 /// The key and target of a request that names a key.
@@ -212,6 +214,18 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             // Writes run at the chain's head: a relative expiry is taken by its clock.
             *expires_ms = crate::chain_expiry::expiry_at_head(*expires_ms);
         }
+        let _write = match &request {
+            Request::Put { key, .. } | Request::Delete { key, .. } => {
+                // A range of a split index being moved takes no new writes (the client
+                // retries on Busy) until it is served by its new chain.
+                if self.map.borrow().write_fenced(key) {
+                    self.stats.busy.set(self.stats.busy.get() + 1);
+                    return Reply::status(Status::Busy);
+                }
+                Some(self.started_writes.begin())
+            }
+            _ => None,
+        };
         match request {
             Request::Put {
                 key,
@@ -307,19 +321,39 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 reply_stat(r)
             }
             Request::List {
+                index,
                 target,
                 prefix,
-                start_after,
+                start,
                 delimiter,
                 limit,
-                ..
             } => {
+                if let Err(status) = self.settle_fenced_writes(&index).await {
+                    return Reply::status(status);
+                }
+                let (start_after, start_at) = match start {
+                    Some(hotshard_net::ListStart::After(k)) => (Some(k), None),
+                    Some(hotshard_net::ListStart::At(k)) => (None, Some(k)),
+                    None => (None, None),
+                };
+                // The range of a split index the request was routed by: listed alone, and
+                // the page says where the next range takes over.
+                let (lo, hi) = {
+                    let map = self.map.borrow();
+                    let r = map.range_of(&index);
+                    (r.lo.map(<[u8]>::to_vec), r.hi.map(<[u8]>::to_vec))
+                };
+                let start_at = match (start_at, lo) {
+                    (Some(a), Some(l)) => Some(a.max(l)),
+                    (a, l) => a.or(l),
+                };
                 let q = crate::store::ordered::ListQuery {
                     prefix: &prefix,
                     start_after: start_after.as_deref(),
                     delimiter: &delimiter,
                     limit: limit as usize,
-                    ..Default::default()
+                    start_at: start_at.as_deref(),
+                    end: hi.as_deref(),
                 };
                 let r = self.list_when_clean(target.partition, &q).await;
                 self.stats.get.record(micros(), 0, r.is_ok());
@@ -420,13 +454,50 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 })
                 .collect();
             let mut response = Response::new(Status::Ok);
-            response.arg = u64::from(page.next.is_some());
+            let resume = match page.next {
+                Some(_) => None,
+                None => q.resume_past_end(items.last().map(hotshard_net::listing::ListItem::name)),
+            };
+            response.arg = match (&page.next, &resume) {
+                (Some(_), _) => 1,
+                (None, Some(_)) => 2,
+                (None, None) => 0,
+            };
             return Ok(Reply {
                 response,
-                payload: Some(OutBuf::Bytes(hotshard_net::listing::encode_page(&items))),
+                payload: Some(OutBuf::Bytes(hotshard_net::listing::encode_page_resuming(
+                    &items,
+                    resume.as_deref(),
+                ))),
             });
         }
         Err(Status::Busy)
+    }
+
+    /// A listing of an index whose range is fenced for a split waits until every write
+    /// begun here before it has finished: the split's last copy (which names the fencing
+    /// map's epoch in its target, so that this shard has the fence first) then sees every
+    /// write the range took, in the index and dirty until the tail has it. Busy if that
+    /// takes longer than a request may wait.
+    async fn settle_fenced_writes(&self, index: &[u8]) -> Result<(), Status> {
+        let fenced = {
+            let map = self.map.borrow();
+            let tag = hotshard_placement::index_split::leading_tag(index);
+            hotshard_placement::index_split::in_progress(&map.splits)
+                .is_some_and(|s| s.state == hotshard_placement::SplitState::Fenced && tag == Some(&s.tag[..]))
+        };
+        if !fenced {
+            return Ok(());
+        }
+        let mark = self.started_writes.mark();
+        let deadline = Instant::now() + self.answer_wait;
+        while !self.started_writes.done_before(mark) {
+            if Instant::now() > deadline {
+                return Err(Status::Busy);
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        Ok(())
     }
 
     /// Requests that name no key: answered at once, whatever the shard's load.

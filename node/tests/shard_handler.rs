@@ -72,6 +72,7 @@ async fn handler_with_cache(
         links: hotshard_node::chain_links::ChainLinks::new(None, None),
         answer_wait: std::time::Duration::from_secs(5),
         updating: Default::default(),
+        started_writes: Default::default(),
         sync: Default::default(),
         sync_bytes_per_sec: 0,
     })

@@ -108,8 +108,10 @@ fn list_once(cl: &mut BlockingClient, keys: &[Vec<u8>]) -> Option<Vec<Option<u32
         start_after: None,
         delimiter: b"",
         limit: 100,
+        start_at: None,
     };
-    let (items, more) = cl.list(args).ok()?;
+    let page = cl.list(args).ok()?;
+    let (items, more) = (page.items, page.next.is_some());
     let mut seen = vec![None; listed.len()];
     for item in items {
         let place = match &item {
