@@ -638,6 +638,68 @@ impl<Q: BlockQueue> Store<Q> {
         Ok(version)
     }
 
+    /// Moves `key`'s live object, at the same version, into `partition` (issue 33): a split
+    /// index's range is moving to another partition's chain, and this store, a replica of
+    /// both chains, already holds the key under the partition it came from. A record of
+    /// the same key and version, in the new partition, written after the old: the index,
+    /// and recovery (which replays in log order and lets an equal version replace), keep
+    /// the later one. Returns whether it moved (not if the key is absent, a tombstone,
+    /// expired, or already there).
+    pub async fn rehome(&self, key: &[u8], partition: u16) -> StoreResult<bool> {
+        self.check_key(key)?;
+        self.check_partition(partition)?;
+        let h = self.hash(key);
+        for _ in 0..8 {
+            let found = {
+                let st = self.inner.state.borrow();
+                match st.index().get_hashed(key, h) {
+                    Some(e) if !e.tombstone() && st.index().partition_of(key) != Some(partition) => {
+                        Some(e.version)
+                    }
+                    _ => None,
+                }
+            };
+            let Some(version) = found else {
+                return Ok(false);
+            };
+            let (value, v) = match self.get_ignoring_expiry(key, None).await {
+                Ok(got) => got,
+                Err(StoreError::NotFound) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            if v != version {
+                continue;
+            }
+            self.make_room_for_write().await;
+            let req = StageRequest {
+                key,
+                hash: h,
+                partition,
+                version: Some(version),
+                kind: RecordKind::Put,
+                origin: Origin::Replica,
+                expires_ms: value.expires_ms(),
+            };
+            let staged = {
+                let mut st = self.inner.state.borrow_mut();
+                let still = st.index().get_hashed(key, h).map(|e| e.version) == Some(version)
+                    && st.pending_version(key, h).is_none();
+                if !still {
+                    continue;
+                }
+                let mut v = StageValue::Bytes(value.as_slice());
+                let r = self.inner.stage(&mut st, &req, &mut v);
+                if r.is_ok() {
+                    st.note_staged(key, h, version);
+                }
+                r
+            };
+            commit(&self.inner, staged?).await?;
+            return Ok(true);
+        }
+        Err(self.busy("the key kept changing while it was moved to another partition"))
+    }
+
     /// Makes every version written here from now on greater than `version`: a head about
     /// to rewrite a key that a replica holds at `version` (`bury_if_absent`, or a put of the
     /// same value) so that the replica takes the rewrite. The same rule as a versioned

@@ -273,10 +273,12 @@ impl Index {
         self.expiring |= entry.expires_ms != 0;
         let old = match found {
             Some(id) => {
+                if self.slots[id as usize].partition != partition {
+                    // A key of a split index's range, moved to (or, while the split copies,
+                    // written again in) another partition (issue 33).
+                    self.move_to_partition(id, partition, key);
+                }
                 let slot = &mut self.slots[id as usize];
-                // Placement is fixed for a store's life: a key stays in its partition.
-                debug_assert_eq!(slot.partition, partition, "a key changed partition");
-                slot.partition = partition;
                 Some(std::mem::replace(&mut slot.entry, entry))
             }
             None => {
@@ -327,6 +329,53 @@ impl Index {
         }
         self.member_at.push(list.len() as u32);
         list.push(id);
+    }
+
+    /// Moves slot `id` (holding `key`) from its partition's list and ordered view into
+    /// `partition`'s.
+    fn move_to_partition(&mut self, id: u32, partition: u16, key: &[u8]) {
+        let old = self.slots[id as usize].partition;
+        if is_ordered(key) {
+            let arena = ArenaKeys {
+                slots: &self.slots,
+                keys: &self.keys,
+            };
+            self.ordered.remove(&arena, old, key);
+        }
+        let at = self.member_at[id as usize] as usize;
+        let list = &mut self.members[old as usize];
+        list.swap_remove(at);
+        if let Some(&moved) = list.get(at) {
+            self.member_at[moved as usize] = at as u32;
+        }
+        self.slots[id as usize].partition = partition;
+        let p = partition as usize;
+        if self.members.len() <= p {
+            self.members.resize_with(p + 1, Vec::new);
+        }
+        let list = &mut self.members[p];
+        if list.len() == list.capacity() {
+            let before = list.capacity();
+            list.reserve_exact((list.len() / 4).max(8));
+            self.member_bytes += (list.capacity() - before) * 4;
+        }
+        self.member_at[id as usize] = list.len() as u32;
+        list.push(id);
+        if is_ordered(key) {
+            let arena = ArenaKeys {
+                slots: &self.slots,
+                keys: &self.keys,
+            };
+            self.ordered.insert(&arena, partition, id, key);
+        }
+    }
+
+    /// The partition `key` is kept in here, if the index holds it.
+    pub fn partition_of(&self, key: &[u8]) -> Option<u16> {
+        let h = self.hash(key);
+        let (h32, hash) = Self::split(h);
+        self.find_hashed(key, h32, hash)
+            .map(|id| self.slots[id as usize].partition)
     }
 
     /// Takes slot `id` out of its partition's list, and renames slot `last` (which is about

@@ -171,3 +171,63 @@ fn manifest_raised_versions_and_burying_an_absent_key() {
     assert!(next > buried, "versions stay raised after a restart: {next}");
     assert_eq!(version_of(&s, b"never"), None);
 }
+
+#[test]
+fn a_key_moved_to_another_partition_keeps_its_version_and_stays_moved_after_a_power_cut() {
+    // Issue 33: a split index's range moves to another partition's chain; a store that is
+    // a replica of both moves its copy (`rehome`) at the same version.
+    let dev = sim();
+    let s = sim_store(&dev, small_config(SIM_BYTES));
+    let keys: Vec<Vec<u8>> = (0..20).map(|i| format!("{{b}}/k{i:02}").into_bytes()).collect();
+    let mut versions = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        versions.push(block_on(s.put(k, 1, &make_value(i as u64, 3000), None)).unwrap());
+    }
+    let listed = |s: &Store<SimQueue>, p: u16| -> Vec<(Vec<u8>, u64)> {
+        let q = hotshard_store::ordered::ListQuery {
+            prefix: b"{b}/",
+            limit: 1000,
+            ..Default::default()
+        };
+        s.list_watching(p, &q, |_| {})
+            .items
+            .into_iter()
+            .filter_map(|i| match i {
+                hotshard_store::ordered::Listed::Key(k, st) => Some((k, st.version)),
+                _ => None,
+            })
+            .collect()
+    };
+    for k in &keys[10..] {
+        assert!(block_on(s.rehome(k, 2)).unwrap());
+        assert!(!block_on(s.rehome(k, 2)).unwrap(), "already there");
+    }
+    assert!(!block_on(s.rehome(b"{b}/absent", 2)).unwrap());
+    let expect = |from: usize, to: usize| -> Vec<(Vec<u8>, u64)> {
+        (from..to).map(|i| (keys[i].clone(), versions[i])).collect()
+    };
+    assert_eq!(listed(&s, 1), expect(0, 10));
+    assert_eq!(listed(&s, 2), expect(10, 20));
+    assert_eq!(s.keys_in_partition(2).len(), 10);
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(version_of(&s, k), Some(versions[i]));
+    }
+    // A later write in the old partition (the old chain still takes the range's writes
+    // while it is copied) moves the key back.
+    let back = block_on(s.put(&keys[15], 1, &make_value(99, 100), None)).unwrap();
+    assert_eq!(listed(&s, 2).len(), 9);
+    // GC moves the records, then a power cut: the same partitions.
+    for _ in 0..50 {
+        if matches!(block_on(s.gc_step()), Ok(GcOutcome::Idle)) {
+            break;
+        }
+    }
+    let s = power_cycle(&dev, s);
+    let mut old = expect(0, 10);
+    old.push((keys[15].clone(), back));
+    old.sort();
+    assert_eq!(listed(&s, 1), old);
+    let mut new = expect(10, 20);
+    new.retain(|(k, _)| *k != keys[15]);
+    assert_eq!(listed(&s, 2), new);
+}
