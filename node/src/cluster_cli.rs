@@ -120,6 +120,51 @@ pub fn status(a: EtcdArgs, replication: usize, json: bool) -> Result<(), String>
     })
 }
 
+/// `cluster split KEY`: asks the coordinator to split the bucket index KEY names (a key
+/// that begins with its tag, `{bucket}...`) so that the keys from KEY on move to another
+/// chain; waits until the split has moved (or `wait` passes) and prints where it stands.
+pub fn split(a: EtcdArgs, from: String, wait: std::time::Duration) -> Result<(), String> {
+    let from = from.into_bytes();
+    if hotshard_placement::index_split::leading_tag(&from).is_none() {
+        return Err("a split key begins with its index tag, as {bucket}/key".into());
+    }
+    if from.len() > hotshard_placement::index_split::MAX_SPLIT_KEY_BYTES {
+        return Err("a split key of more than 1,024 bytes".into());
+    }
+    runtime()?.block_on(async {
+        let client = connect(&a.etcd).await.map_err(|e| e.to_string())?;
+        let keys = keys(&a)?;
+        client
+            .clone()
+            .put(keys.split_wanted(&from), "", None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let started = std::time::Instant::now();
+        loop {
+            let map = hotshard_cluster::coordinator::read_map(&client, &keys)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|(m, _)| m);
+            let state = map.as_ref().and_then(|m| {
+                m.splits
+                    .iter()
+                    .find(|s| s.from == from)
+                    .map(|s| (s.state, s.partition))
+            });
+            if let Some((hotshard_placement::SplitState::Moved, p)) = state {
+                println!("split: moved to partition {p}");
+                return Ok(());
+            }
+            if started.elapsed() > wait {
+                let now = state.map_or("asked".to_string(), |(s, _)| s.name().to_string());
+                println!("split: {now}");
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+}
+
 /// `cluster drain NODE` (with the replication factor) or `cluster undrain NODE` (None).
 pub fn drain(a: EtcdArgs, node: u32, replication: Option<usize>) -> Result<(), String> {
     runtime()?.block_on(async {

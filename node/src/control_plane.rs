@@ -275,7 +275,21 @@ async fn control_loop(
             let (board, client, keys) = (board.clone(), client.clone(), keys.clone());
             tokio::spawn(async move {
                 let mut unwritten = Vec::new();
+                let mut splits_unwritten = Vec::new();
                 loop {
+                    splits_unwritten.extend(board.take_split_done());
+                    if !splits_unwritten.is_empty() {
+                        let puts: Vec<TxnOp> = splits_unwritten
+                            .iter()
+                            .take(100)
+                            .map(|&(id, n, s, st)| TxnOp::put(keys.split_done(id, n, s, st), "", None))
+                            .collect();
+                        let n = puts.len();
+                        match client.clone().txn(Txn::new().and_then(puts)).await {
+                            Ok(_) => drop(splits_unwritten.drain(..n)),
+                            Err(e) => tracing::warn!("reporting split copies: {e}"),
+                        }
+                    }
                     unwritten.extend(board.take_caught_up());
                     // Many at once (a node back after a crash catches up thousands of
                     // chains), in transactions of at most 100 writes (etcd's limit: 128).

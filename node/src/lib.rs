@@ -36,6 +36,7 @@ pub mod serve;
 pub mod shard;
 pub mod shard_handler;
 pub mod shard_stats;
+pub mod split_copy;
 pub mod started_writes;
 pub mod stats_summary;
 pub mod waitable_count;

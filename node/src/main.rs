@@ -144,6 +144,16 @@ enum ClusterCommand {
         #[arg(long, default_value_t = 3)]
         replication: usize,
     },
+    /// Split a bucket index (issue 33): the keys of KEY's tag from KEY on move to another
+    /// chain, with writes and listings going on. Waits until it has moved, at most --wait
+    /// seconds.
+    Split {
+        key: String,
+        #[command(flatten)]
+        etcd: hotshard_node::cluster_cli::EtcdArgs,
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+    },
     /// Cancel a drain.
     Undrain {
         node: u32,
@@ -310,6 +320,9 @@ fn run(cli: Cli) -> Result<(), String> {
             etcd,
             replication,
         }) => hotshard_node::cluster_cli::drain(etcd, node, Some(replication)),
+        Command::Cluster(ClusterCommand::Split { key, etcd, wait }) => {
+            hotshard_node::cluster_cli::split(etcd, key, std::time::Duration::from_secs(wait))
+        }
         Command::Cluster(ClusterCommand::Undrain { node, etcd }) => {
             hotshard_node::cluster_cli::drain(etcd, node, None)
         }

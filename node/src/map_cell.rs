@@ -240,6 +240,8 @@ pub struct MapBoard {
     fence_after_ms: AtomicU64,
     /// Chains the shards have caught up with, for the control thread to report in etcd.
     caught_up: Mutex<Vec<CaughtUp>>,
+    /// Split copies the shards have done (issue 33), for the control thread to report.
+    split_done: Mutex<Vec<hotshard_placement::SplitDone>>,
     /// This node's id and its current registration (its etcd lease; 0: not registered).
     node: AtomicU64,
     incarnation: AtomicU64,
@@ -362,6 +364,21 @@ impl MapBoard {
     /// The reports not yet written to etcd, taken.
     pub fn take_caught_up(&self) -> Vec<CaughtUp> {
         self.caught_up
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+
+    /// A shard reports a split's copy done for a state.
+    pub fn report_split_done(&self, d: hotshard_placement::SplitDone) {
+        if let Ok(mut list) = self.split_done.lock() {
+            list.push(d);
+        }
+    }
+
+    /// The split reports not yet written to etcd, taken.
+    pub fn take_split_done(&self) -> Vec<hotshard_placement::SplitDone> {
+        self.split_done
             .lock()
             .map(|mut l| std::mem::take(&mut *l))
             .unwrap_or_default()

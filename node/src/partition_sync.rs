@@ -137,6 +137,17 @@ pub(crate) fn version_out_of_bounds(version: u64) -> Option<Reply<OutBuf>> {
     })
 }
 
+/// The entries of a partition's manifest that `map` places in it: a store may keep keys of
+/// a split index's range in the partition they came from (issue 33: left behind at a
+/// replica of the old chain, or kept there by one of both chains until the move), and no
+/// resync copies or writes them again there.
+fn placed_in(map: &ShardMap, partition: u32, mut entries: Vec<ManifestEntry>) -> Vec<ManifestEntry> {
+    if !map.splits.is_empty() {
+        entries.retain(|e| map.partition(&e.key) == partition);
+    }
+    entries
+}
+
 fn same(a: &ManifestEntry, b: &ManifestEntry) -> bool {
     a.version == b.version && a.crc32c == b.crc32c && a.tombstone == b.tombstone
 }
@@ -222,7 +233,17 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             Ok(p) => p,
             Err(status) => return Reply::status(status),
         };
-        let (page, more) = encode_page(&self.store.partition_manifest(sp), &after, PAGE_BYTES);
+        // A range moved into this partition and not yet gathered here would be missing.
+        let ungathered = self.map.borrow().splits.iter().any(|s| {
+            s.partition == partition
+                && s.state == hotshard_placement::SplitState::Moved
+                && !self.splits.listable(s.id)
+        });
+        if ungathered {
+            return Reply::status(Status::Busy);
+        }
+        let manifest = placed_in(&self.map.borrow(), partition, self.store.partition_manifest(sp));
+        let (page, more) = encode_page(&manifest, &after, PAGE_BYTES);
         let mut response = Response::new(Status::Ok);
         response.arg = u64::from(more);
         Reply {
@@ -448,12 +469,11 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         add(&self.sync.passes, 1);
         // This replica's keys as the pass begins: a key still as it was then, and not at
         // the source, is a write the chain never had.
-        let mut before: HashMap<Vec<u8>, ManifestEntry> = self
-            .store
-            .partition_manifest(sp)
-            .into_iter()
-            .map(|e| (e.key.clone(), e))
-            .collect();
+        let mut before: HashMap<Vec<u8>, ManifestEntry> =
+            placed_in(&self.map.borrow(), partition, self.store.partition_manifest(sp))
+                .into_iter()
+                .map(|e| (e.key.clone(), e))
+                .collect();
         let mut after = Vec::new();
         loop {
             self.still_syncing(partition, chain_version)?;

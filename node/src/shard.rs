@@ -285,6 +285,7 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         answer_wait: Duration::from_millis(s.cfg.net.frame_timeout_ms),
         updating: Default::default(),
         started_writes: Default::default(),
+        splits: Default::default(),
         sync: Default::default(),
         sync_bytes_per_sec: s.cfg.cluster.sync_bytes_per_sec,
     });
@@ -299,6 +300,7 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
             s.shutdown.clone(),
         ))
         .detach();
+        glommio::spawn_local(handler.clone().keep_splitting(board.clone(), s.shutdown.clone())).detach();
         glommio::spawn_local(handler.clone().keep_syncing(board, s.shutdown.clone())).detach();
     }
     let resp = match &s.resp {

@@ -86,8 +86,10 @@ pub struct ShardHandler<Q: BlockQueue> {
     pub sync: crate::partition_sync::SyncCounters,
     /// The most a resync copies per second (0: no limit).
     pub sync_bytes_per_sec: u64,
-    /// Writes executing here, for a split's fenced copy (`List` with `min_epoch`).
+    /// Writes executing here, for a split's fenced copy.
     pub started_writes: crate::started_writes::StartedWrites,
+    /// Index splits this shard copies into (`split_copy`).
+    pub splits: crate::split_copy::SplitProgress,
 }
 
 /// The key and target of a request that names a key.
@@ -338,11 +340,22 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 };
                 // The range of a split index the request was routed by: listed alone, and
                 // the page says where the next range takes over.
-                let (lo, hi) = {
+                let (lo, hi, gathered) = {
                     let map = self.map.borrow();
                     let r = map.range_of(&index);
-                    (r.lo.map(<[u8]>::to_vec), r.hi.map(<[u8]>::to_vec))
+                    // A moved range is listed here only once this shard has gathered it.
+                    let gathered = r.lo.is_none_or(|lo| {
+                        map.splits
+                            .iter()
+                            .find(|s| s.from == lo)
+                            .is_none_or(|s| self.splits.listable(s.id))
+                    });
+                    (r.lo.map(<[u8]>::to_vec), r.hi.map(<[u8]>::to_vec), gathered)
                 };
+                if !gathered {
+                    self.stats.busy.set(self.stats.busy.get() + 1);
+                    return Reply::status(Status::Busy);
+                }
                 let start_at = match (start_at, lo) {
                     (Some(a), Some(l)) => Some(a.max(l)),
                     (a, l) => a.or(l),

@@ -73,6 +73,7 @@ async fn handler_with_cache(
         answer_wait: std::time::Duration::from_secs(5),
         updating: Default::default(),
         started_writes: Default::default(),
+        splits: Default::default(),
         sync: Default::default(),
         sync_bytes_per_sec: 0,
     })

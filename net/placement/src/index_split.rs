@@ -24,7 +24,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::partition::{index_tag, key_hash, partition_of};
 
 /// Where a split stands.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[rkyv(derive(Debug))]
 pub enum SplitState {
     Copying,
@@ -119,6 +119,27 @@ pub fn range_of<'a>(splits: &'a [IndexSplit], key: &[u8], bits: u8) -> KeyRange<
 /// The split in progress (copying or fenced), if any: at most one at a time.
 pub fn in_progress(splits: &[IndexSplit]) -> Option<&IndexSplit> {
     splits.iter().find(|s| s.state != SplitState::Moved)
+}
+
+/// The partition a split's range comes from: the range holding its first key under the
+/// other moved splits.
+pub fn source_partition(splits: &[IndexSplit], split: &IndexSplit, bits: u8) -> u32 {
+    let others: Vec<IndexSplit> = splits
+        .iter()
+        .filter(|s| !(s.tag == split.tag && s.from == split.from))
+        .cloned()
+        .collect();
+    range_of(&others, &split.from, bits).partition
+}
+
+/// The end of a split's range (exclusive; None: the tag's last key): the next moved split
+/// of its tag.
+pub fn split_end<'a>(splits: &'a [IndexSplit], split: &IndexSplit) -> Option<&'a [u8]> {
+    splits
+        .iter()
+        .filter(|s| s.tag == split.tag && s.state == SplitState::Moved && s.from > split.from)
+        .map(|s| &s.from[..])
+        .min()
 }
 
 /// Whether `key` lies in a fenced split's range: its writes are refused at the old head.
