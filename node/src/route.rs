@@ -38,6 +38,11 @@ pub fn route(
 ) -> Result<Route, Status> {
     let partition = map.partition(key);
     if partition != target.partition {
+        // A client whose map is older than a split of the key's index: it fetches the map
+        // again and goes where the key is now.
+        if target.epoch < map.epoch {
+            return Err(Status::WrongShard { epoch: map.epoch });
+        }
         return Err(Status::BadRequest {
             reason: format!("key is in partition {partition}, not {}", target.partition),
         });

@@ -1,0 +1,273 @@
+//! A bucket index splits under load (issue 33): three nodes of two shards, chains of
+//! three, two coordinators. A writer puts and deletes keys of one index tag while a lister
+//! lists the whole bucket again and again; `hotshard cluster split` splits the index at a
+//! middle key, and the acting coordinator is killed while the split copies. Every listing
+//! must hold each key once, in order; every acknowledged write must be in the listing
+//! made after it (and the last listing must be exactly the writes' result); the range must
+//! end on a chain other than the bucket's first one.
+
+mod common;
+
+#[path = "common/cluster_bed.rs"]
+mod cluster_bed;
+
+#[path = "../node/cluster/tests/common/mod.rs"]
+mod etcd;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cluster_bed::{eventually, Bed};
+use hotshard_net::blocking::BlockingClient;
+use hotshard_net::client::ListArgs;
+use hotshard_net::listing::ListItem;
+use hotshard_placement::SplitState;
+
+const BUCKET: &str = "{bkt}/";
+const KEYS: u64 = 4000;
+
+fn key(i: u64) -> Vec<u8> {
+    format!("{BUCKET}k{i:05}").into_bytes()
+}
+
+fn value(i: u64, round: u64) -> Vec<u8> {
+    format!("v{i}-{round}").into_bytes()
+}
+
+/// What the writer knows of each key: its value (None: deleted), or uncertain (a write
+/// whose outcome was not told) until a later write settles it.
+#[derive(Clone, Debug, PartialEq)]
+enum Known {
+    Is(Option<Vec<u8>>),
+    Uncertain,
+}
+
+fn client(bed: &Bed) -> BlockingClient {
+    BlockingClient::connect(&bed.seeds()[0], Duration::from_secs(5)).unwrap()
+}
+
+/// Every key of the bucket, listed page by page across its ranges; checks that the items
+/// come in order, each once.
+fn list_bucket(c: &mut BlockingClient) -> Result<Vec<(Vec<u8>, u32)>, String> {
+    let args = ListArgs {
+        index: b"{bkt}",
+        prefix: BUCKET.as_bytes(),
+        start_after: None,
+        delimiter: b"",
+        limit: 700,
+        start_at: None,
+    };
+    let mut all: Vec<(Vec<u8>, u32)> = Vec::new();
+    for page in c.list_pages(args) {
+        for item in page.map_err(|e| e.to_string())? {
+            let ListItem::Key { key, crc32c, .. } = item else {
+                return Err("a common prefix in a listing without a delimiter".into());
+            };
+            if let Some((last, _)) = all.last() {
+                assert!(
+                    *last < key,
+                    "a listing out of order or twice: {:?} then {:?}",
+                    String::from_utf8_lossy(last),
+                    String::from_utf8_lossy(&key)
+                );
+            }
+            all.push((key, crc32c));
+        }
+    }
+    Ok(all)
+}
+
+#[test]
+fn a_bucket_index_splits_under_writes_and_listings_and_a_coordinator_kill() {
+    let mut bed = Bed::start("split", 3, 3, 2, &[]);
+    let mut c = client(&bed);
+    let model: Arc<Mutex<BTreeMap<u64, Known>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    for i in 0..KEYS {
+        c.put(&key(i), &value(i, 0)).unwrap();
+        model.lock().unwrap().insert(i, Known::Is(Some(value(i, 0))));
+    }
+    let base = bed.map().partition(&key(3000));
+
+    // The writer: puts and deletes at random, retrying Busy (refused before anything is
+    // written: a fenced range).
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let (stop, model, writes) = (stop.clone(), model.clone(), writes.clone());
+        let seed = bed.seeds()[0].clone();
+        std::thread::spawn(move || {
+            let mut c = BlockingClient::connect(&seed, Duration::from_secs(5)).unwrap();
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            let mut round = 1;
+            let mut busy = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = x % (KEYS + 500);
+                round += 1;
+                let delete = x % 5 == 0;
+                // In flight until answered: a listing running meanwhile may show either.
+                let was = model.lock().unwrap().insert(i, Known::Uncertain);
+                let r = if delete {
+                    c.delete(&key(i)).map(|_| ())
+                } else {
+                    c.put(&key(i), &value(i, round)).map(|_| ())
+                };
+                let known = match r {
+                    Ok(()) => Known::Is((!delete).then(|| value(i, round))),
+                    Err(hotshard_net::client::ClientError::Status(hotshard_net::Status::NotFound))
+                        if delete =>
+                    {
+                        Known::Is(None)
+                    }
+                    Err(hotshard_net::client::ClientError::Status(hotshard_net::Status::Busy)) => {
+                        busy += 1;
+                        if let Some(was) = was {
+                            model.lock().unwrap().insert(i, was);
+                        } else {
+                            model.lock().unwrap().remove(&i);
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    Err(_) => Known::Uncertain,
+                };
+                model.lock().unwrap().insert(i, known);
+                writes.fetch_add(1, Ordering::Relaxed);
+            }
+            busy
+        })
+    };
+    // The lister: whole listings, each checked for order and for every write acknowledged
+    // before it began.
+    let lister = {
+        let (stop, model) = (stop.clone(), model.clone());
+        let seed = bed.seeds()[1].clone();
+        std::thread::spawn(move || {
+            let mut c = BlockingClient::connect(&seed, Duration::from_secs(5)).unwrap();
+            let mut listings = 0;
+            let mut failed = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let before = model.lock().unwrap().clone();
+                match list_bucket(&mut c) {
+                    Ok(listed) => {
+                        listings += 1;
+                        let listed: BTreeMap<Vec<u8>, u32> = listed.into_iter().collect();
+                        let after = model.lock().unwrap().clone();
+                        for (i, known) in &before {
+                            // A key no write touched while the listing ran must be as the
+                            // model says.
+                            if after.get(i) != Some(known) {
+                                continue;
+                            }
+                            if let Known::Is(v) = known {
+                                let shown = listed.get(&key(*i)).copied();
+                                let want = v.as_ref().map(|v| crc32c::crc32c(v));
+                                assert_eq!(
+                                    shown,
+                                    want,
+                                    "listing {listings} at {:?}: key {} shows {shown:?}, the model {want:?}",
+                                    std::time::SystemTime::now(),
+                                    String::from_utf8_lossy(&key(*i))
+                                );
+                            }
+                        }
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            (listings, failed)
+        })
+    };
+
+    std::thread::sleep(Duration::from_secs(1));
+    let split_at = String::from_utf8(key(2000)).unwrap();
+    let (ok, said) = bed.cluster_cli(&["split", &split_at, "--wait", "0"]);
+    assert!(ok, "{said}");
+    // The acting coordinator is killed while the split copies.
+    let state_of = |bed: &Bed| {
+        bed.map()
+            .splits
+            .iter()
+            .find(|s| s.from == split_at.as_bytes())
+            .map(|s| s.state)
+    };
+    eventually(Duration::from_secs(30), "the split starts", || {
+        state_of(&bed).is_some()
+    });
+    let (_, status) = bed.cluster_cli(&["status"]);
+    let acting = status
+        .lines()
+        .find_map(|l| l.strip_prefix("coordinator: "))
+        .and_then(|name| name.trim().strip_prefix('c'))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    let killed_in = state_of(&bed);
+    eprintln!("split started, {killed_in:?} at {:?}", std::time::SystemTime::now());
+    let _ = bed.coordinators[acting].0.kill();
+    let started = Instant::now();
+    eventually(Duration::from_secs(120), "the split moves", || {
+        state_of(&bed) == Some(SplitState::Moved)
+    });
+    let took = started.elapsed();
+    eprintln!("split moved at {:?}", std::time::SystemTime::now());
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let busy = writer.join().unwrap();
+    let (listings, failed) = lister.join().unwrap();
+
+    // The range moved to another chain, and the bucket lists exactly what was written.
+    let map = bed.map();
+    let split = map
+        .splits
+        .iter()
+        .find(|s| s.from == split_at.as_bytes())
+        .unwrap()
+        .clone();
+    assert_ne!(split.partition, base);
+    assert_eq!(map.partition(&key(3000)), split.partition);
+    assert_eq!(map.partition(&key(1000)), base);
+    let mut c = client(&bed);
+    let listed: BTreeMap<Vec<u8>, u32> = eventually_listed(&mut c);
+    let model = model.lock().unwrap().clone();
+    let mut checked = 0;
+    for (i, known) in &model {
+        if let Known::Is(v) = known {
+            let shown = listed.get(&key(*i)).copied();
+            assert_eq!(
+                shown,
+                v.as_ref().map(|v| crc32c::crc32c(v)),
+                "key {} after the split",
+                String::from_utf8_lossy(&key(*i))
+            );
+            // And a read of the key agrees, wherever it now lives.
+            assert_eq!(c.get(&key(*i), None).unwrap().map(|(v, _)| v), v.clone());
+            checked += 1;
+        }
+    }
+    for k in listed.keys() {
+        let i: u64 = String::from_utf8_lossy(&k[BUCKET.len() + 1..]).parse().unwrap();
+        assert!(model.contains_key(&i), "a key nobody wrote: {k:?}");
+    }
+    eprintln!(
+        "split: killed the acting coordinator (c{acting}) in {killed_in:?}; moved {took:?} after; \
+         {} writes ({busy} refused Busy while fenced), {listings} listings ({failed} failed), \
+         {checked} keys checked, {} listed",
+        writes.load(Ordering::Relaxed),
+        listed.len()
+    );
+    assert!(listings > 0);
+}
+
+fn eventually_listed(c: &mut BlockingClient) -> BTreeMap<Vec<u8>, u32> {
+    for _ in 0..100 {
+        if let Ok(l) = list_bucket(c) {
+            return l.into_iter().collect();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no listing of the bucket after the split");
+}
