@@ -26,6 +26,9 @@ use hotshard_net::listing::ListItem;
 use hotshard_placement::SplitState;
 
 const BUCKET: &str = "{bkt}/";
+
+/// One bed at a time: two clusters of three nodes on two cores starve each other.
+static ONE_BED: Mutex<()> = Mutex::new(());
 const KEYS: u64 = 4000;
 
 fn key(i: u64) -> Vec<u8> {
@@ -81,6 +84,7 @@ fn list_bucket(c: &mut BlockingClient) -> Result<Vec<(Vec<u8>, u32)>, String> {
 
 #[test]
 fn a_bucket_index_splits_under_writes_and_listings_and_a_coordinator_kill() {
+    let _one = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
     let mut bed = Bed::start("split", 3, 3, 2, &[]);
     let mut c = client(&bed);
     let model: Arc<Mutex<BTreeMap<u64, Known>>> = Arc::new(Mutex::new(BTreeMap::new()));
@@ -108,7 +112,7 @@ fn a_bucket_index_splits_under_writes_and_listings_and_a_coordinator_kill() {
                 x ^= x << 17;
                 let i = x % (KEYS + 500);
                 round += 1;
-                let delete = x % 5 == 0;
+                let delete = x.is_multiple_of(5);
                 // In flight until answered: a listing running meanwhile may show either.
                 let was = model.lock().unwrap().insert(i, Known::Uncertain);
                 let r = if delete {
@@ -206,7 +210,10 @@ fn a_bucket_index_splits_under_writes_and_listings_and_a_coordinator_kill() {
         .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or(0);
     let killed_in = state_of(&bed);
-    eprintln!("split started, {killed_in:?} at {:?}", std::time::SystemTime::now());
+    eprintln!(
+        "split started, {killed_in:?} at {:?}",
+        std::time::SystemTime::now()
+    );
     let _ = bed.coordinators[acting].0.kill();
     let started = Instant::now();
     eventually(Duration::from_secs(120), "the split moves", || {
@@ -270,4 +277,61 @@ fn eventually_listed(c: &mut BlockingClient) -> BTreeMap<Vec<u8>, u32> {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("no listing of the bucket after the split");
+}
+
+#[test]
+fn a_bucket_index_past_its_size_splits_by_itself_and_the_old_chain_gives_its_space_back() {
+    let _one = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
+    // Nodes split a bucket index past 1,500 entries in a partition they head.
+    let bed = Bed::start_with_cluster_lines("autosplit", 3, 3, "split_entries = 1500\n");
+    let mut c = client(&bed);
+    let n = 2400u64;
+    for i in 0..n {
+        c.put(&key(i), &value(i, 0)).unwrap();
+    }
+    let base = bed.map().partition(&key(0));
+    eventually(
+        Duration::from_secs(60),
+        "the bucket index splits by itself",
+        || bed.map().splits.iter().any(|s| s.state == SplitState::Moved),
+    );
+    let map = bed.map();
+    let split = map
+        .splits
+        .iter()
+        .find(|s| s.state == SplitState::Moved)
+        .unwrap()
+        .clone();
+    assert_eq!(split.tag, b"bkt");
+    let at: u64 = String::from_utf8_lossy(&split.from[BUCKET.len() + 1..])
+        .parse()
+        .unwrap();
+    assert!(
+        (n / 2 - 100..=n / 2 + 100).contains(&at),
+        "split at {at}: the middle"
+    );
+    assert_ne!(split.partition, base);
+    let listed = eventually_listed(&mut c);
+    let want: Vec<Vec<u8>> = (0..n).map(key).collect();
+    assert_eq!(listed.keys().cloned().collect::<Vec<_>>(), want);
+    // Every replica has gathered the range into the new partition (in both chains) or
+    // given its space back (in the old chain only).
+    eventually(
+        Duration::from_secs(30),
+        "the moved range is gathered or dropped",
+        || (0..3).all(|i| bed.node_metric(i, "hotshard_split_work_pending") == 0.0),
+    );
+    let sum = |name: &str| (0..3).map(|i| bed.node_metric(i, name)).sum::<f64>() + 0.0;
+
+    assert!(
+        sum("hotshard_split_keys_copied_total") + sum("hotshard_split_keys_gathered_total") >= n as f64 / 2.0,
+        "the range reached the new chain"
+    );
+    eprintln!(
+        "autosplit: at key {at} of {n}, to partition {} from {base}; keys copied {}, gathered {}, removed {}",
+        split.partition,
+        sum("hotshard_split_keys_copied_total"),
+        sum("hotshard_split_keys_gathered_total"),
+        sum("hotshard_split_keys_removed_total")
+    );
 }

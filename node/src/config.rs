@@ -75,6 +75,9 @@ pub struct ClusterSection {
     /// The most bytes per second a shard copies while it catches up with a chain it
     /// rejoined (0: no limit), so that the foreground keeps most of the device.
     pub sync_bytes_per_sec: u64,
+    /// A bucket index (keys that begin with one `{tag}`) that grows past this many entries
+    /// in one partition is split by key onto another chain (issue 33); 0: never.
+    pub split_entries: u64,
 }
 
 impl Default for ClusterSection {
@@ -85,6 +88,7 @@ impl Default for ClusterSection {
             advertise: String::new(),
             lease_ttl_secs: 3,
             sync_bytes_per_sec: 64 << 20,
+            split_entries: 200_000,
         }
     }
 }

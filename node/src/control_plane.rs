@@ -277,6 +277,11 @@ async fn control_loop(
                 let mut unwritten = Vec::new();
                 let mut splits_unwritten = Vec::new();
                 loop {
+                    for from in board.take_split_wanted() {
+                        if let Err(e) = client.clone().put(keys.split_wanted(&from), "", None).await {
+                            tracing::warn!("asking for a split: {e}");
+                        }
+                    }
                     splits_unwritten.extend(board.take_split_done());
                     if !splits_unwritten.is_empty() {
                         let puts: Vec<TxnOp> = splits_unwritten

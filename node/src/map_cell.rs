@@ -242,6 +242,8 @@ pub struct MapBoard {
     caught_up: Mutex<Vec<CaughtUp>>,
     /// Split copies the shards have done (issue 33), for the control thread to report.
     split_done: Mutex<Vec<hotshard_placement::SplitDone>>,
+    /// Splits the shards ask for (first keys of the ranges to split off).
+    split_wanted: Mutex<Vec<Vec<u8>>>,
     /// This node's id and its current registration (its etcd lease; 0: not registered).
     node: AtomicU64,
     incarnation: AtomicU64,
@@ -374,6 +376,21 @@ impl MapBoard {
         if let Ok(mut list) = self.split_done.lock() {
             list.push(d);
         }
+    }
+
+    /// A shard asks for a split of a bucket index that grew past its limit.
+    pub fn ask_split(&self, from: Vec<u8>) {
+        if let Ok(mut list) = self.split_wanted.lock() {
+            list.push(from);
+        }
+    }
+
+    /// The split requests not yet written to etcd, taken.
+    pub fn take_split_wanted(&self) -> Vec<Vec<u8>> {
+        self.split_wanted
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
     }
 
     /// The split reports not yet written to etcd, taken.

@@ -288,6 +288,7 @@ async fn start_shard(s: &ShardSetup, peer_ends: PeerEnds) -> Result<Started, Str
         splits: Default::default(),
         sync: Default::default(),
         sync_bytes_per_sec: s.cfg.cluster.sync_bytes_per_sec,
+        split_entries: s.cfg.cluster.split_entries,
     });
     glommio::spawn_local(handler.clone().keep_burying_expired(s.shutdown.clone())).detach();
     for (from, rx) in receivers {

@@ -86,6 +86,8 @@ pub struct ShardHandler<Q: BlockQueue> {
     pub sync: crate::partition_sync::SyncCounters,
     /// The most a resync copies per second (0: no limit).
     pub sync_bytes_per_sec: u64,
+    /// Entries past which a bucket index in a partition this shard heads is split (0: never).
+    pub split_entries: u64,
     /// Writes executing here, for a split's fenced copy.
     pub started_writes: crate::started_writes::StartedWrites,
     /// Index splits this shard copies into (`split_copy`).
@@ -139,6 +141,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             "hotshard_pending_requests{{{l}}} {requests}\nhotshard_pending_bytes{{{l}}} {bytes}\n"
         ));
         out.push_str(&self.render_cluster_metrics(&l));
+        out.push_str(&self.render_split_metrics(&l));
         out
     }
 

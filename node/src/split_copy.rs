@@ -17,7 +17,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hotshard_net::{ListStart, Request, Status, Target};
 use hotshard_nvme::BlockQueue;
@@ -46,6 +46,11 @@ pub struct SplitProgress {
     /// Moved splits whose range this shard has gathered into the new partition since it
     /// started.
     rehomed: RefCell<HashSet<u64>>,
+    /// Moved splits whose range this shard (in the old chain only) has dropped.
+    dropped: RefCell<HashSet<u64>>,
+    /// When this shard last looked for a bucket index past its size, and last asked.
+    looked: Cell<Option<Instant>>,
+    asked: Cell<Option<Instant>>,
     pub passes: Cell<u64>,
     pub keys_copied: Cell<u64>,
     pub keys_rehomed: Cell<u64>,
@@ -76,6 +81,13 @@ enum Work {
         source: u32,
         end: Option<Vec<u8>>,
     },
+    /// A moved range left behind in the old partition by a replica of the old chain only:
+    /// its space is given back.
+    Drop {
+        split: IndexSplit,
+        source: u32,
+        end: Option<Vec<u8>>,
+    },
 }
 
 fn add(c: &Cell<u64>, n: u64) {
@@ -90,6 +102,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         shutdown: Arc<std::sync::atomic::AtomicBool>,
     ) {
         while !shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+            self.ask_for_splits(&board);
             let work = self.split_work();
             if work.is_empty() {
                 glommio::timer::sleep(LOOK_EVERY).await;
@@ -98,7 +111,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             for w in work {
                 let (id, state) = match &w {
                     Work::Copy { split, .. } => (split.id, split.state),
-                    Work::Gather { split, .. } => (split.id, SplitState::Moved),
+                    Work::Gather { split, .. } | Work::Drop { split, .. } => (split.id, SplitState::Moved),
                 };
                 match self.do_split_work(&w).await {
                     Ok(()) => match w {
@@ -109,6 +122,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                         }
                         Work::Gather { .. } => {
                             self.splits.rehomed.borrow_mut().insert(id);
+                        }
+                        Work::Drop { .. } => {
+                            self.splits.dropped.borrow_mut().insert(id);
                         }
                     },
                     Err(why) => {
@@ -122,6 +138,23 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 }
             }
         }
+    }
+
+    /// Split progress for metrics: passes, keys copied, gathered and removed, and the
+    /// split work the current map leaves this shard (0 once every split is copied, gathered
+    /// or dropped here).
+    pub(crate) fn render_split_metrics(&self, l: &str) -> String {
+        let sp = &self.splits;
+        format!(
+            "hotshard_split_passes_total{{{l}}} {}\nhotshard_split_keys_copied_total{{{l}}} {}\n\
+             hotshard_split_keys_gathered_total{{{l}}} {}\nhotshard_split_keys_removed_total{{{l}}} {}\n\
+             hotshard_split_work_pending{{{l}}} {}\n",
+            sp.passes.get(),
+            sp.keys_copied.get(),
+            sp.keys_rehomed.get(),
+            sp.keys_removed.get(),
+            self.split_work().len()
+        )
     }
 
     fn my_address(&self) -> (u32, u32) {
@@ -142,11 +175,21 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
         };
         let mut work = Vec::new();
         for s in &map.splits {
-            if !mine(s.partition) {
-                continue;
-            }
             let source = source_partition(&map.splits, s, bits);
             let end = split_end(&map.splits, s).map(<[u8]>::to_vec);
+            if !mine(s.partition) {
+                if s.state == SplitState::Moved
+                    && mine(source)
+                    && !self.splits.dropped.borrow().contains(&s.id)
+                {
+                    work.push(Work::Drop {
+                        split: s.clone(),
+                        source,
+                        end,
+                    });
+                }
+                continue;
+            }
             match s.state {
                 SplitState::Moved => {
                     if !self.splits.rehomed.borrow().contains(&s.id) {
@@ -193,6 +236,11 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             }
             Work::Gather { split, source, end } => {
                 self.gather_range(split, *source as u16, end.as_deref()).await
+            }
+            Work::Drop { split, source, end } => {
+                let none = HashSet::new();
+                self.remove_gone(split, *source as u16, end.as_deref(), &none)
+                    .await
             }
         }
     }
@@ -399,6 +447,108 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 return Ok(());
             }
         }
+    }
+}
+
+/// How often a head looks for a bucket index past `cluster.split_entries`.
+const SIZE_LOOK_EVERY: Duration = Duration::from_secs(5);
+/// How long after asking for a split a shard asks for another.
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(30);
+
+impl<Q: BlockQueue + 'static> ShardHandler<Q> {
+    /// Asks for a split of the largest bucket index in a partition this shard heads once
+    /// the partition holds more than `split_entries` of its keys, at its middle key (only
+    /// with no split under way).
+    fn ask_for_splits(&self, board: &MapBoard) {
+        let limit = self.split_entries as usize;
+        let now = Instant::now();
+        if limit == 0
+            || self
+                .splits
+                .looked
+                .get()
+                .is_some_and(|t| now - t < SIZE_LOOK_EVERY)
+            || self.splits.asked.get().is_some_and(|t| now - t < ASK_AGAIN_AFTER)
+        {
+            return;
+        }
+        self.splits.looked.set(Some(now));
+        let map: Rc<ShardMap> = self.map.borrow().clone();
+        if hotshard_placement::index_split::in_progress(&map.splits).is_some() {
+            return;
+        }
+        for p in 0..map.chains.len() as u32 {
+            let heads = matches!(
+                ChainPlace::of(&map, p, self.node_id, self.shard),
+                ChainPlace::Serving { is_head: true, .. }
+            );
+            if !heads || self.store.ordered_in_partition(p as u16) <= limit {
+                continue;
+            }
+            if let Some(from) = self.split_point(&map, p, limit) {
+                tracing::info!(partition = p, at = %String::from_utf8_lossy(&from), "a bucket index past its size: asking for a split");
+                board.ask_split(from);
+                self.splits.asked.set(Some(now));
+                return;
+            }
+        }
+    }
+
+    /// The middle key of the largest bucket index `partition` holds (counting only keys
+    /// the map places there), if it holds more than `limit`.
+    fn split_point(&self, map: &ShardMap, partition: u32, limit: usize) -> Option<Vec<u8>> {
+        let sp = partition as u16;
+        let walk = |prefix: &[u8], mut each: Box<dyn FnMut(&[u8]) -> bool + '_>| {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let q = ListQuery {
+                    prefix,
+                    start_after: after.as_deref(),
+                    limit: 10_000,
+                    ..Default::default()
+                };
+                let page = self.store.list_watching(sp, &q, |_| {});
+                for item in &page.items {
+                    if let Listed::Key(k, _) = item {
+                        if map.partition(k) == partition && !each(k) {
+                            return;
+                        }
+                    }
+                }
+                match page.next {
+                    Some(n) => after = Some(n),
+                    None => return,
+                }
+            }
+        };
+        let mut counts: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+        walk(
+            b"{",
+            Box::new(|k| {
+                if let Some(tag) = hotshard_placement::index_split::leading_tag(k) {
+                    *counts.entry(tag.to_vec()).or_default() += 1;
+                }
+                true
+            }),
+        );
+        let (tag, n) = counts.into_iter().max_by_key(|(_, n)| *n)?;
+        if n <= limit {
+            return None;
+        }
+        let mut seen = 0;
+        let mut middle = None;
+        walk(
+            &tag_prefix(&tag),
+            Box::new(|k| {
+                seen += 1;
+                if seen > n / 2 {
+                    middle = Some(k.to_vec());
+                    return false;
+                }
+                true
+            }),
+        );
+        middle
     }
 }
 

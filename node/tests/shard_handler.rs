@@ -76,6 +76,7 @@ async fn handler_with_cache(
         splits: Default::default(),
         sync: Default::default(),
         sync_bytes_per_sec: 0,
+        split_entries: 0,
     })
 }
 

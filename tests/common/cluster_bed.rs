@@ -135,6 +135,8 @@ struct Spec<'a> {
     ttl: u64,
     coordinator_args: &'a [&'a str],
     partition_bits: Option<u8>,
+    /// More lines for the nodes' `[cluster]` section.
+    cluster_extra: &'a str,
 }
 
 impl Bed {
@@ -183,6 +185,7 @@ impl Bed {
                 ttl: 2,
                 coordinator_args: &[],
                 partition_bits: None,
+                cluster_extra: "",
             },
         )
     }
@@ -201,6 +204,24 @@ impl Bed {
                 ttl: 2,
                 coordinator_args: &["--partition-bits", &bits_arg],
                 partition_bits: Some(bits),
+                cluster_extra: "",
+            },
+        )
+    }
+
+    /// `start` with more lines in the nodes' `[cluster]` section.
+    pub fn start_with_cluster_lines(name: &str, nodes: usize, replication: usize, lines: &str) -> Bed {
+        Bed::start_full(
+            name,
+            nodes,
+            replication,
+            Spec {
+                coordinators: 1,
+                env_of: &|_| &[],
+                ttl: 2,
+                coordinator_args: &[],
+                partition_bits: None,
+                cluster_extra: lines,
             },
         )
     }
@@ -225,6 +246,7 @@ impl Bed {
                 ttl,
                 coordinator_args,
                 partition_bits: None,
+                cluster_extra: "",
             },
         )
     }
@@ -237,9 +259,14 @@ impl Bed {
             ttl,
             coordinator_args,
             partition_bits,
+            cluster_extra,
         } = spec;
         let etcd = crate::etcd::Etcd::start();
-        let section = cluster_section_ttl(&etcd.endpoint, name, ttl);
+        let section = cluster_section_ttl(&etcd.endpoint, name, ttl).replacen(
+            "[net]",
+            &format!("{cluster_extra}[net]"),
+            1,
+        );
         let mut bed = Bed {
             coordinators: Vec::new(),
             nodes: Vec::new(),

@@ -1149,6 +1149,12 @@ impl<Q: BlockQueue> Store<Q> {
 
     /// `key` as the index holds it (a tombstone included), for comparing with another
     /// replica's manifest entry.
+    /// The ordered keys (those naming an index tag, tombstones included) kept in
+    /// `partition`.
+    pub fn ordered_in_partition(&self, partition: u16) -> usize {
+        self.inner.state.borrow().index().ordered_in_partition(partition)
+    }
+
     pub fn manifest_entry(&self, key: &[u8]) -> Option<ManifestEntry> {
         let st = self.inner.state.borrow();
         st.index().get(key).map(|e| ManifestEntry {

@@ -566,6 +566,11 @@ impl Index {
     }
 
     /// Entries of the ordered view (keys naming an index tag, tombstones included).
+    /// The ordered keys (those naming an index tag) `partition` holds.
+    pub fn ordered_in_partition(&self, partition: u16) -> usize {
+        self.ordered.partition_entries(partition)
+    }
+
     pub fn ordered_entries(&self) -> usize {
         self.ordered.entries()
     }

@@ -206,6 +206,13 @@ impl OrderedKeys {
         self.entries
     }
 
+    /// The ordered keys `partition` holds (a sum over its blocks).
+    pub fn partition_entries(&self, partition: u16) -> usize {
+        self.by_partition
+            .get(&partition)
+            .map_or(0, |b| b.0.iter().map(Vec::len).sum())
+    }
+
     /// What the view holds on the heap.
     pub fn heap_bytes(&self) -> usize {
         self.by_partition.capacity() * 40 + self.block_bytes
