@@ -450,6 +450,9 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     }
 }
 
+/// Called with each key of a walk; false stops it.
+type KeyVisitor<'a> = Box<dyn FnMut(&[u8]) -> bool + 'a>;
+
 /// How often a head looks for a bucket index past `cluster.split_entries`.
 const SIZE_LOOK_EVERY: Duration = Duration::from_secs(5);
 /// How long after asking for a split a shard asks for another.
@@ -498,7 +501,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     /// the map places there), if it holds more than `limit`.
     fn split_point(&self, map: &ShardMap, partition: u32, limit: usize) -> Option<Vec<u8>> {
         let sp = partition as u16;
-        let walk = |prefix: &[u8], mut each: Box<dyn FnMut(&[u8]) -> bool + '_>| {
+        let walk = |prefix: &[u8], mut each: KeyVisitor<'_>| {
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let q = ListQuery {
