@@ -335,3 +335,110 @@ fn a_bucket_index_past_its_size_splits_by_itself_and_the_old_chain_gives_its_spa
         sum("hotshard_split_keys_removed_total")
     );
 }
+
+/// Issue 33's benchmark: a split of a 400,000-entry range (`SPLIT_ENTRIES` to change it)
+/// under a write load. Three nodes of two shards on the two cores, chains of three. The
+/// foreground (4 threads of 256-byte PUTs to keys of no index) is counted each second
+/// before the split and while it runs; prints the time to move and to finish gathering,
+/// and the foreground's rate during the split against before.
+/// `cargo test --release -p hotshard-node --test index_split split_of_a_large_range -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn split_of_a_large_range_under_writes() {
+    let _one = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
+    let entries: u64 = std::env::var("SPLIT_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400_000);
+    let bed = Bed::start_with_cluster_lines("splitbench", 3, 3, "split_entries = 0\n");
+    let seeds = bed.seeds();
+    let loading = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let seed = seeds[t as usize % seeds.len()].clone();
+            s.spawn(move || {
+                let mut c = BlockingClient::connect(&seed, Duration::from_secs(5)).unwrap();
+                let mut i = t;
+                while i < entries {
+                    while c.put(&key(i), &value(i, 0)).is_err() {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    i += 8;
+                }
+            });
+        }
+    });
+    let load_secs = loading.elapsed().as_secs_f64();
+    eprintln!(
+        "loaded {entries} entries in {load_secs:.1} s ({:.0}/s)",
+        entries as f64 / load_secs
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let foreground: Vec<_> = (0..4)
+        .map(|t| {
+            let (stop, done, seed) = (stop.clone(), done.clone(), seeds[t % seeds.len()].clone());
+            std::thread::spawn(move || {
+                let mut c = BlockingClient::connect(&seed, Duration::from_secs(5)).unwrap();
+                let v = vec![7u8; 256];
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    if c.put(format!("plain-{t}-{}", i % 10_000).as_bytes(), &v).is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let rate_over = |secs: u64| {
+        let a = done.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(secs));
+        (done.load(Ordering::Relaxed) - a) as f64 / secs as f64
+    };
+    rate_over(2);
+    let before = rate_over(10);
+    let split_at = String::from_utf8(key(entries / 2)).unwrap();
+    let started = Instant::now();
+    let (ok, said) = bed.cluster_cli(&["split", &split_at, "--wait", "0"]);
+    assert!(ok, "{said}");
+    let mut moved_at = None;
+    let a = done.load(Ordering::Relaxed);
+    let ops = loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let map = bed.map();
+        let split = map.splits.iter().find(|s| s.from == split_at.as_bytes()).cloned();
+        if moved_at.is_none() && split.as_ref().is_some_and(|s| s.state == SplitState::Moved) {
+            moved_at = Some(started.elapsed());
+        }
+        if moved_at.is_some() && (0..3).all(|i| bed.node_metric(i, "hotshard_split_work_pending") == 0.0) {
+            break done.load(Ordering::Relaxed) - a;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the split did not finish"
+        );
+    };
+    let total = started.elapsed();
+    let during = ops as f64 / total.as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for f in foreground {
+        f.join().unwrap();
+    }
+    let sum = |name: &str| (0..3).map(|i| bed.node_metric(i, name)).sum::<f64>() + 0.0;
+    eprintln!(
+        "split of {} entries: moved after {:.1} s, gathered and dropped everywhere after {:.1} s; \
+         foreground PUT 256 B: {before:.0}/s before, {during:.0}/s during ({:.2}); \
+         keys copied {}, gathered {}, removed {}",
+        entries - entries / 2,
+        moved_at.unwrap().as_secs_f64(),
+        total.as_secs_f64(),
+        during / before,
+        sum("hotshard_split_keys_copied_total"),
+        sum("hotshard_split_keys_gathered_total"),
+        sum("hotshard_split_keys_removed_total"),
+    );
+    let mut c = client(&bed);
+    let listed = eventually_listed(&mut c);
+    assert_eq!(listed.len() as u64, entries);
+}

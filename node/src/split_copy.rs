@@ -35,6 +35,8 @@ const LOOK_EVERY: Duration = Duration::from_millis(100);
 const PAGE: u32 = 1000;
 /// Keys fetched from the old head at once.
 const KEYS_AT_ONCE: usize = 16;
+/// Local writes (gathering or dropping a range) in flight at once.
+const WRITES_AT_ONCE: usize = 64;
 /// How long one call to the old head may take.
 const CALL_LIMIT: Duration = Duration::from_secs(5);
 
@@ -372,7 +374,7 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
     /// no longer has (deleted after an earlier pass copied them) get a tombstone, at a
     /// version past the one kept.
     async fn remove_gone(
-        &self,
+        self: &Rc<Self>,
         split: &IndexSplit,
         keep_in: u16,
         end: Option<&[u8]>,
@@ -390,17 +392,23 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
                 ..Default::default()
             };
             let page = self.store.list_watching(keep_in, &q, |_| {});
-            for item in &page.items {
-                if let Listed::Key(key, stat) = item {
-                    if !theirs.contains(key) {
-                        self.store
-                            .apply_versioned(key, keep_in, None, stat.version + 1)
-                            .await
-                            .map_err(|e| format!("store: {e}"))?;
-                        add(&self.splits.keys_removed, 1);
-                    }
-                }
-            }
+            let gone: Vec<(Vec<u8>, u64)> = page
+                .items
+                .iter()
+                .filter_map(|item| match item {
+                    Listed::Key(key, stat) if !theirs.contains(key) => Some((key.clone(), stat.version)),
+                    _ => None,
+                })
+                .collect();
+            let removed = self
+                .each_at_once(gone, move |me, key, version| async move {
+                    me.store
+                        .apply_versioned(&key, keep_in, None, version + 1)
+                        .await
+                        .map_err(|e| format!("store: {e}"))
+                })
+                .await?;
+            add(&self.splits.keys_removed, removed);
             match page.next {
                 Some(n) => after = Some(n),
                 None => return Ok(()),
@@ -410,7 +418,12 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
 
     /// A moved split's range, kept here in the old partition (this shard was in both
     /// chains), moved into the new one.
-    async fn gather_range(&self, split: &IndexSplit, source: u16, end: Option<&[u8]>) -> Result<(), String> {
+    async fn gather_range(
+        self: &Rc<Self>,
+        split: &IndexSplit,
+        source: u16,
+        end: Option<&[u8]>,
+    ) -> Result<(), String> {
         let prefix = tag_prefix(&split.tag);
         let to = split.partition as u16;
         if source == to {
@@ -428,25 +441,49 @@ impl<Q: BlockQueue + 'static> ShardHandler<Q> {
             if page.items.is_empty() {
                 return Ok(());
             }
-            let mut moved = 0;
-            for item in &page.items {
-                if let Listed::Key(key, _) = item {
-                    if self
-                        .store
-                        .rehome(key, to)
-                        .await
-                        .map_err(|e| format!("store: {e}"))?
-                    {
-                        moved += 1;
-                    }
-                }
-            }
+            let keys: Vec<(Vec<u8>, u64)> = page
+                .items
+                .iter()
+                .filter_map(|item| match item {
+                    Listed::Key(key, stat) => Some((key.clone(), stat.version)),
+                    _ => None,
+                })
+                .collect();
+            let moved = self
+                .each_at_once(keys, move |me, key, _| async move {
+                    me.store.rehome(&key, to).await.map_err(|e| format!("store: {e}"))
+                })
+                .await?;
             add(&self.splits.keys_rehomed, moved);
             if moved == 0 {
                 // Live keys that would not move (expired ones): nothing more to gather.
                 return Ok(());
             }
         }
+    }
+
+    /// Runs `f` on each key (with its version), `WRITES_AT_ONCE` at a time, so that their
+    /// durable writes share group-commit batches (one at a time, gathering 50,000 keys
+    /// took 80 s); returns how many `f` said it wrote.
+    async fn each_at_once<F, Fut>(self: &Rc<Self>, keys: Vec<(Vec<u8>, u64)>, f: F) -> Result<u64, String>
+    where
+        F: Fn(Rc<Self>, Vec<u8>, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<bool, String>> + 'static,
+    {
+        let mut wrote = 0;
+        let mut tasks = Vec::with_capacity(WRITES_AT_ONCE);
+        for (key, version) in keys {
+            tasks.push(glommio::spawn_local(f(self.clone(), key, version)));
+            if tasks.len() == WRITES_AT_ONCE {
+                for t in tasks.drain(..) {
+                    wrote += u64::from(t.await?);
+                }
+            }
+        }
+        for t in tasks {
+            wrote += u64::from(t.await?);
+        }
+        Ok(wrote)
     }
 }
 
