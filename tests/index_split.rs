@@ -32,7 +32,7 @@ static ONE_BED: Mutex<()> = Mutex::new(());
 const KEYS: u64 = 4000;
 
 fn key(i: u64) -> Vec<u8> {
-    format!("{BUCKET}k{i:05}").into_bytes()
+    format!("{BUCKET}k{i:07}").into_bytes()
 }
 
 fn value(i: u64, round: u64) -> Vec<u8> {

@@ -120,6 +120,10 @@ pub struct WorkloadArgs {
     mix: load::workload::Mix,
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
+    /// Name every key inside this index tag, `{TAG}key:%010d`: the keys are then one bucket
+    /// index's entries, placed together and kept in key order (at most 64 bytes).
+    #[arg(long, default_value = "", value_parser = key_tag_arg)]
+    key_tag: String,
     /// Key distribution: uniform, zipfian[:θ] (default θ 0.99), sequential.
     #[arg(long, default_value = "uniform")]
     dist: load::workload::KeyDist,
@@ -173,6 +177,7 @@ impl WorkloadArgs {
             target: target.to_string(),
             mix: self.mix.clone(),
             keys: self.keys,
+            key_tag: self.key_tag.clone(),
             dist: self.dist.clone(),
             sizes: self.value_size.clone(),
             connections: self.connections,
@@ -188,6 +193,17 @@ impl WorkloadArgs {
             progress: !self.quiet && (self.progress || load::progress::stderr_is_terminal()),
         }
     }
+}
+
+/// An index tag for `--key-tag`: at most 64 bytes, without braces.
+fn key_tag_arg(s: &str) -> Result<String, String> {
+    if s.len() > load::conn::MAX_KEY_TAG {
+        return Err(format!("a key tag is at most {} bytes", load::conn::MAX_KEY_TAG));
+    }
+    if s.contains(['{', '}']) {
+        return Err("a key tag has no braces: they are added around it".into());
+    }
+    Ok(s.to_string())
 }
 
 #[derive(clap::Args)]

@@ -52,15 +52,42 @@ struct Pending {
     lo: u32,
 }
 
-/// Key `i` as bytes, without allocating: `key:` and ten digits.
-pub fn key_bytes(i: u64) -> [u8; 14] {
-    let mut b = *b"key:0000000000";
-    let mut n = i;
-    for j in (4..14).rev() {
-        b[j] = b'0' + (n % 10) as u8;
-        n /= 10;
+/// The longest index tag a run may name (`--key-tag`).
+pub const MAX_KEY_TAG: usize = 64;
+
+/// Key `i`'s name, without allocating: `key:` and ten digits, after `{tag}` when the run
+/// names an index tag (every key then lands in that one bucket index, in key order).
+pub struct KeyName {
+    bytes: [u8; MAX_KEY_TAG + 16],
+    len: usize,
+}
+
+impl KeyName {
+    /// `tag` is at most `MAX_KEY_TAG` bytes (checked when the run's arguments are read).
+    pub fn of(tag: &[u8], i: u64) -> KeyName {
+        let mut bytes = [0u8; MAX_KEY_TAG + 16];
+        let mut len = 0;
+        if !tag.is_empty() {
+            bytes[0] = b'{';
+            bytes[1..=tag.len()].copy_from_slice(tag);
+            bytes[tag.len() + 1] = b'}';
+            len = tag.len() + 2;
+        }
+        bytes[len..len + 4].copy_from_slice(b"key:");
+        let mut n = i;
+        for j in (len + 4..len + 14).rev() {
+            bytes[j] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        KeyName { bytes, len: len + 14 }
     }
-    b
+}
+
+impl std::ops::Deref for KeyName {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 pub struct Conn {
@@ -76,6 +103,8 @@ pub struct Conn {
     /// Verify mode: the ledger, indexed by key / threads.
     pub book: Option<Rc<RefCell<KeyBook>>>,
     pub threads: u64,
+    /// The run's index tag (empty: none).
+    tag: Rc<[u8]>,
     value: Rc<Vec<u8>>,
     scratch: Vec<u8>,
     pub stats: Rc<RefCell<ThreadStats>>,
@@ -90,6 +119,7 @@ impl Conn {
         gen: OpGen,
         book: Option<Rc<RefCell<KeyBook>>>,
         threads: u64,
+        tag: Rc<[u8]>,
         value: Rc<Vec<u8>>,
         stats: Rc<RefCell<ThreadStats>>,
     ) -> Conn {
@@ -103,6 +133,7 @@ impl Conn {
             next_id: 0,
             book,
             threads,
+            tag,
             scratch: vec![0; value.len()],
             value,
             stats,
@@ -149,8 +180,14 @@ impl Conn {
             &self.value[..next.value_len]
         };
         self.next_id += 1;
-        self.proto
-            .encode(out, self.next_id, op, &key_bytes(key), value, self.map.as_deref())?;
+        self.proto.encode(
+            out,
+            self.next_id,
+            op,
+            &KeyName::of(&self.tag, key),
+            value,
+            self.map.as_deref(),
+        )?;
         let mut stats = self.stats.borrow_mut();
         if intended >= stats.warm_end {
             if let Some(q) = stats.quota.as_mut() {
@@ -386,9 +423,15 @@ where
 #[cfg(test)]
 mod tests {
     #[test]
-    fn key_bytes_match_key_names() {
+    fn key_names_match_their_format() {
         for i in [0u64, 7, 1234567890, 42] {
-            assert_eq!(&super::key_bytes(i)[..], format!("key:{i:010}").as_bytes());
+            assert_eq!(&super::KeyName::of(b"", i)[..], format!("key:{i:010}").as_bytes());
+            assert_eq!(
+                &super::KeyName::of(b"b", i)[..],
+                format!("{{b}}key:{i:010}").as_bytes()
+            );
+            let tag = [b't'; super::MAX_KEY_TAG];
+            assert_eq!(super::KeyName::of(&tag, i).len(), super::MAX_KEY_TAG + 16);
         }
     }
 }

@@ -22,7 +22,7 @@ use hotshard_net::shard_map::ShardMap;
 use serde::Serialize;
 
 use crate::latency::{new_histogram, RunFigures};
-use conn::{closed_loop, key_bytes, open_loop_receiver, open_loop_sender, Conn, ThreadStats};
+use conn::{closed_loop, open_loop_receiver, open_loop_sender, Conn, KeyName, ThreadStats};
 use progress::Progress;
 use reply_reader::ReplyReader;
 use verify::KeyBook;
@@ -34,6 +34,8 @@ pub struct LoadSpec {
     pub target: String,
     pub mix: Mix,
     pub keys: u64,
+    /// Every key named inside this index tag (`{tag}key:...`); empty: no tag.
+    pub key_tag: String,
     pub dist: KeyDist,
     pub sizes: ValueSizes,
     pub connections: usize,
@@ -268,7 +270,7 @@ fn key_lists(spec: &LoadSpec, t: usize, shards: usize, map: Option<&ShardMap>) -
     for k in (t as u64..spec.keys).step_by(threads as usize) {
         let s = match map {
             Some(m) => m
-                .owner(m.partition(&key_bytes(k)))
+                .owner(m.partition(&KeyName::of(spec.key_tag.as_bytes(), k)))
                 .and_then(|o| m.shards.iter().position(|s| s == o))
                 .unwrap_or(0),
             None => 0,
@@ -389,7 +391,7 @@ async fn thread_load(
             }),
             _ => None,
         };
-        let gen = OpGen::new(
+        let mut gen = OpGen::new(
             &spec.mix,
             &spec.dist,
             z.as_ref(),
@@ -397,6 +399,10 @@ async fn thread_load(
             keys.len(),
             c as u64 * 7919 + 7,
         );
+        // This thread's connections on the same listener share its key list: a sequential
+        // walk starts each at an even share of it.
+        let on_list = my_conns.len().div_ceil(with_keys.len());
+        gen.start_walk_at(j / with_keys.len() * keys.len() / on_list);
         let conn = Rc::new(RefCell::new(Conn::new(
             proto,
             map.clone(),
@@ -404,6 +410,7 @@ async fn thread_load(
             gen,
             book.clone(),
             threads as u64,
+            Rc::from(spec.key_tag.as_bytes()),
             value.clone(),
             stats.clone(),
         )));
@@ -496,7 +503,14 @@ fn encode_preload_put(
             *b = i as u8;
         }
     }
-    proto.encode(out, k, workload::Op::Put, &key_bytes(k), &value[..len], map)
+    proto.encode(
+        out,
+        k,
+        workload::Op::Put,
+        &KeyName::of(spec.key_tag.as_bytes(), k),
+        &value[..len],
+        map,
+    )
 }
 
 /// First pause before a preload put answered Busy goes again; it doubles up to the max.

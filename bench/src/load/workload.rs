@@ -234,6 +234,14 @@ impl OpGen {
         }
     }
 
+    /// A sequential walk starts at `slot` instead of 0, so that connections sharing one
+    /// key list walk apart (each key written once until the walks meet).
+    pub fn start_walk_at(&mut self, slot: usize) {
+        if let Picker::Sequential(next) = &mut self.picker {
+            *next = slot % self.len;
+        }
+    }
+
     pub fn next(&mut self) -> NextOp {
         let op = self.mix.pick(&mut self.rng);
         let slot = match &mut self.picker {
