@@ -29,6 +29,37 @@ pub struct NodeConfig {
     pub cluster: ClusterSection,
     #[serde(default)]
     pub resp: RespSection,
+    #[serde(default)]
+    pub s3: S3Section,
+}
+
+/// The S3 gateway inside `serve` (issue 34): a tokio thread pool off the shard cores, talking
+/// to the shards through the client like any gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Section {
+    /// Where it listens (`127.0.0.1:9000` in the embedded default); empty: no gateway.
+    pub listen: String,
+    /// Its credentials (SigV4). `HOTSHARD_S3_ACCESS_KEY` and `HOTSHARD_S3_SECRET_KEY`
+    /// override them; with neither, keys are generated once into the data directory.
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    /// Chunk size of new objects, in KiB (at most the node's value limit, 8 MiB).
+    pub chunk_kib: u64,
+    /// Threads for HTTP and threads holding node clients.
+    pub threads: usize,
+}
+
+impl Default for S3Section {
+    fn default() -> Self {
+        S3Section {
+            listen: String::new(),
+            access_key: None,
+            secret_key: None,
+            chunk_kib: 1024,
+            threads: 1,
+        }
+    }
 }
 
 /// The Redis-protocol front (issue 21): every shard accepts on `node.resp_port`.
@@ -311,6 +342,19 @@ impl NodeConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        let s3 = &self.s3;
+        if !s3.listen.is_empty() && s3.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad("s3.listen", "must be an address and port, as 127.0.0.1:9000"));
+        }
+        if s3.access_key.is_some() != s3.secret_key.is_some() {
+            return Err(bad("s3", "access_key and secret_key go together"));
+        }
+        if s3.chunk_kib == 0 || s3.chunk_kib > (hotshard_net::limits::MAX_PAYLOAD_BYTES >> 10) as u64 {
+            return Err(bad("s3.chunk_kib", "must be 1 to 8192 (the node's value limit)"));
+        }
+        if s3.threads == 0 || s3.threads > 64 {
+            return Err(bad("s3.threads", "must be 1 to 64"));
+        }
         if self.auth.secret.is_some() {
             self.secret()?;
         }

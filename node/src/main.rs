@@ -37,6 +37,24 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run a stateless S3 gateway in front of a node or cluster (issue 34): as many as the
+    /// load needs, each with the same keys, from HOTSHARD_S3_ACCESS_KEY and
+    /// HOTSHARD_S3_SECRET_KEY (never arguments: arguments show in `ps`); the nodes' secret,
+    /// if they have one, from HOTSHARD_SECRET.
+    S3 {
+        /// Shards to learn the cluster's map from (host:port, any node; several: comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7400")]
+        seeds: Vec<String>,
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+        /// Chunk size of new objects, in KiB.
+        #[arg(long, default_value_t = 1024)]
+        chunk_kib: u64,
+        /// HTTP threads, and threads holding node clients.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// Store a value (the argument, or the contents of --file).
     Put {
         key: String,
@@ -196,12 +214,52 @@ fn client(t: &Target) -> Result<BlockingClient, String> {
     })
 }
 
+/// `hotshard s3`: a gateway with no data directory, so its keys must be given.
+fn run_s3_gateway(seeds: Vec<String>, listen: String, chunk_kib: u64, threads: usize) -> Result<(), String> {
+    if chunk_kib == 0 || chunk_kib > (hotshard_net::limits::MAX_PAYLOAD_BYTES >> 10) as u64 {
+        return Err("--chunk-kib must be 1 to 8192 (the node's value limit)".into());
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let (Some(access_key), Some(secret_key)) = (env("HOTSHARD_S3_ACCESS_KEY"), env("HOTSHARD_S3_SECRET_KEY"))
+    else {
+        return Err("set the gateway's keys in HOTSHARD_S3_ACCESS_KEY and HOTSHARD_S3_SECRET_KEY".into());
+    };
+    let cfg = hotshard_s3::GatewayConfig {
+        listen: listen.parse().map_err(|e| format!("--listen {listen}: {e}"))?,
+        backend: hotshard_s3::backend::BackendConfig {
+            seeds,
+            client: hotshard_net::client::ClientConfig {
+                timeout: std::time::Duration::from_secs(10),
+                secret: hotshard_net::auth::secret_from_env(),
+            },
+            threads: threads.max(1),
+        },
+        credentials: hotshard_s3::Credentials {
+            access_key,
+            secret_key,
+        },
+        chunk_bytes: chunk_kib << 10,
+        http_threads: threads.max(1),
+    };
+    let addr = hotshard_s3::spawn_gateway(cfg).map_err(|e| format!("--listen {listen}: {e}"))?;
+    println!("hotshard S3 gateway on http://{addr}; Ctrl-C stops");
+    loop {
+        std::thread::park();
+    }
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve { config } => {
             let cfg = NodeConfig::load(config.as_deref())?;
             hotshard_node::serve::serve(cfg)
         }
+        Command::S3 {
+            seeds,
+            listen,
+            chunk_kib,
+            threads,
+        } => run_s3_gateway(seeds, listen, chunk_kib, threads),
         Command::Put {
             key,
             value,

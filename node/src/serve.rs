@@ -118,6 +118,53 @@ fn exit_on_panic() {
     }));
 }
 
+/// Starts the `[s3]` gateway if it has an address; returns what the start-up line says of it.
+fn start_s3_gateway(cfg: &NodeConfig, host: &str) -> Result<String, String> {
+    let s3 = &cfg.s3;
+    if s3.listen.is_empty() {
+        return Ok(String::new());
+    }
+    let configured = s3.access_key.clone().zip(s3.secret_key.clone());
+    let (credentials, from) = hotshard_s3::credentials::resolve(
+        configured,
+        |k| std::env::var(k).ok(),
+        std::path::Path::new(&cfg.node.data_dir),
+    )
+    .map_err(|e| format!("the S3 gateway's keys: {e}"))?;
+    let gateway = hotshard_s3::GatewayConfig {
+        listen: s3.listen.parse().map_err(|e| format!("s3.listen: {e}"))?,
+        backend: hotshard_s3::backend::BackendConfig {
+            seeds: vec![format!("{host}:{}", cfg.node.base_port)],
+            client: hotshard_net::client::ClientConfig {
+                timeout: std::time::Duration::from_secs(10),
+                secret: cfg.secret()?,
+            },
+            threads: s3.threads,
+        },
+        credentials: credentials.clone(),
+        chunk_bytes: s3.chunk_kib << 10,
+        http_threads: s3.threads,
+    };
+    let addr = hotshard_s3::spawn_gateway(gateway).map_err(|e| {
+        format!(
+            "the S3 port {}: {e} (set s3.listen, or \"\" to turn it off)",
+            s3.listen
+        )
+    })?;
+    let keys = match from {
+        hotshard_s3::KeysFrom::Config => "keys from the config".to_string(),
+        hotshard_s3::KeysFrom::Environment => "keys from the environment".to_string(),
+        hotshard_s3::KeysFrom::Generated(p) | hotshard_s3::KeysFrom::File(p) => {
+            format!(
+                "access key {}, both keys in {}",
+                credentials.access_key,
+                p.display()
+            )
+        }
+    };
+    Ok(format!(", S3 on http://{addr} ({keys})"))
+}
+
 pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
     exit_on_panic();
     hotshard_nvme::memlock::ensure_memlock()?;
@@ -178,6 +225,9 @@ pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
             Some(addr)
         }
     };
+    // The S3 gateway: its port bound now (a port in use stops the start), its clients
+    // reaching the shards once they listen.
+    let s3_note = start_s3_gateway(&cfg, &host)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     watch_signals(shutdown.clone());
 
@@ -238,7 +288,7 @@ pub fn serve(mut cfg: NodeConfig) -> Result<(), String> {
         port => format!(", Redis protocol on {}:{port}", cfg.node.listen),
     };
     println!(
-        "hotshard serving {shards} shards on {}:{}..{}{resp_note}, data in {} ({} MB); Ctrl-C stops",
+        "hotshard serving {shards} shards on {}:{}..{}{resp_note}{s3_note}, data in {} ({} MB); Ctrl-C stops",
         cfg.node.listen,
         cfg.node.base_port,
         cfg.node.base_port as usize + shards - 1,

@@ -1,0 +1,96 @@
+//! The gateway's HTTP side: a listener, hyper (HTTP/1.1) on tokio, s3s with SigV4, and a
+//! cap on connections and on the time a client may take to send a request's head.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::backend::{Backend, BackendConfig};
+use crate::credentials::Credentials;
+use crate::gateway::Gateway;
+
+/// Connections served at once; past it, new ones wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// How long a client may take to send a request's head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default chunk size of new objects (at most the engine's value limit).
+pub const DEFAULT_CHUNK_BYTES: u64 = 1 << 20;
+
+/// What one gateway needs.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub backend: BackendConfig,
+    pub credentials: Credentials,
+    pub chunk_bytes: u64,
+    /// tokio worker threads for HTTP.
+    pub http_threads: usize,
+}
+
+/// Binds the listener (so that a port in use is an error at once), then serves on its own
+/// threads until the process ends. Returns the address bound.
+pub fn spawn_gateway(cfg: GatewayConfig) -> std::io::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(cfg.listen)?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let backend = Arc::new(Backend::start(cfg.backend.clone())?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.http_threads.max(1))
+        .thread_name("s3-http")
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("s3-gateway".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!("s3 gateway: {e}");
+                        return;
+                    }
+                };
+                serve(listener, backend, &cfg).await;
+            })
+        })?;
+    Ok(addr)
+}
+
+async fn serve(listener: TcpListener, backend: Arc<Backend>, cfg: &GatewayConfig) {
+    let mut builder = S3ServiceBuilder::new(Gateway::new(backend, cfg.chunk_bytes));
+    builder.set_auth(SimpleAuth::from_single(
+        cfg.credentials.access_key.clone(),
+        cfg.credentials.secret_key.clone(),
+    ));
+    let service = builder.build();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("s3 gateway: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+}
