@@ -1,0 +1,273 @@
+"""boto3 against hotshard's S3 gateway (issue 34), run by tests/s3_gateway.rs.
+
+Usage: boto3_suite.py ENDPOINT ACCESS_KEY SECRET_KEY [MODE]
+MODE: all (default), write-survivors N (put N objects and print their names and MD5s),
+check-survivors (read back the names and MD5s given on stdin).
+"""
+
+import hashlib
+import random
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+ENDPOINT, ACCESS, SECRET = sys.argv[1], sys.argv[2], sys.argv[3]
+MODE = sys.argv[4] if len(sys.argv) > 4 else "all"
+
+
+def client(secret=SECRET):
+    return boto3.client(
+        "s3",
+        endpoint_url=ENDPOINT,
+        aws_access_key_id=ACCESS,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}, signature_version="s3v4"),
+    )
+
+
+s3 = client()
+
+
+def code_of(fn):
+    try:
+        fn()
+    except ClientError as e:
+        return e.response["Error"]["Code"]
+    return None
+
+
+def expect_code(code, fn, what):
+    got = code_of(fn)
+    assert got == code, f"{what}: expected {code}, got {got}"
+
+
+def md5(b):
+    return hashlib.md5(b).hexdigest()
+
+
+def buckets():
+    expect_code("NoSuchBucket", lambda: s3.get_object(Bucket="nope", Key="k"), "get in a missing bucket")
+    expect_code("404", lambda: s3.head_object(Bucket="nope", Key="k"), "head in a missing bucket")
+    expect_code("NoSuchBucket", lambda: s3.put_object(Bucket="nope", Key="k", Body=b"x"), "put in a missing bucket")
+    s3.create_bucket(Bucket="bkt1")
+    s3.create_bucket(Bucket="bkt2")
+    expect_code("BucketAlreadyOwnedByYou", lambda: s3.create_bucket(Bucket="bkt1"), "create twice")
+    names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert names == ["bkt1", "bkt2"], names
+    s3.head_bucket(Bucket="bkt1")
+    expect_code("404", lambda: s3.head_bucket(Bucket="nope"), "head a missing bucket")
+    s3.put_object(Bucket="bkt2", Key="k", Body=b"v")
+    expect_code("BucketNotEmpty", lambda: s3.delete_bucket(Bucket="bkt2"), "delete a bucket with an object")
+    s3.delete_object(Bucket="bkt2", Key="k")
+    s3.delete_bucket(Bucket="bkt2")
+    expect_code("NoSuchBucket", lambda: s3.delete_bucket(Bucket="bkt2"), "delete twice")
+    assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["bkt1"]
+
+
+def objects():
+    rng = random.Random(7)
+    # Sizes around the test's 64 KiB chunk: empty, one byte, one chunk, a chunk and a
+    # byte, many chunks.
+    for size in [0, 1, 65535, 65536, 65537, 3 * 65536 + 11, 2_000_000]:
+        body = rng.randbytes(size)
+        key = f"obj/{size}"
+        r = s3.put_object(Bucket="bkt1", Key=key, Body=body, ContentType="application/x-test",
+                          Metadata={"colour": "blue", "n": str(size)})
+        assert r["ETag"] == f'"{md5(body)}"', (r["ETag"], md5(body))
+        g = s3.get_object(Bucket="bkt1", Key=key)
+        assert g["Body"].read() == body, f"body of {size}"
+        assert g["ContentLength"] == size
+        assert g["ContentType"] == "application/x-test"
+        assert g["Metadata"] == {"colour": "blue", "n": str(size)}, g["Metadata"]
+        h = s3.head_object(Bucket="bkt1", Key=key)
+        assert h["ContentLength"] == size and h["ETag"] == r["ETag"]
+        if size == 0:
+            continue
+        # Ranges, across chunk boundaries.
+        for _ in range(20):
+            a = rng.randrange(size)
+            b = rng.randrange(a, size)
+            got = s3.get_object(Bucket="bkt1", Key=key, Range=f"bytes={a}-{b}")
+            assert got["Body"].read() == body[a:b + 1], f"range {a}-{b} of {size}"
+            assert got["ContentRange"] == f"bytes {a}-{b}/{size}", got["ContentRange"]
+        tail = min(size, 70000)
+        assert s3.get_object(Bucket="bkt1", Key=key, Range=f"bytes=-{tail}")["Body"].read() == body[-tail:]
+        assert s3.get_object(Bucket="bkt1", Key=key, Range=f"bytes={size - 1}-")["Body"].read() == body[-1:]
+        expect_code("InvalidRange", lambda: s3.get_object(Bucket="bkt1", Key=key, Range=f"bytes={size}-"),
+                    "a range past the end")
+    # Overwrite: the new bytes, whole.
+    s3.put_object(Bucket="bkt1", Key="obj/65536", Body=b"short")
+    assert s3.get_object(Bucket="bkt1", Key="obj/65536")["Body"].read() == b"short"
+    # Delete: gone; deleting again is fine (S3 answers 204).
+    s3.delete_object(Bucket="bkt1", Key="obj/1")
+    expect_code("NoSuchKey", lambda: s3.get_object(Bucket="bkt1", Key="obj/1"), "get after delete")
+    expect_code("404", lambda: s3.head_object(Bucket="bkt1", Key="obj/1"), "head after delete")
+    s3.delete_object(Bucket="bkt1", Key="obj/1")
+
+
+def conditions():
+    body = b"conditional"
+    etag = s3.put_object(Bucket="bkt1", Key="cond", Body=body)["ETag"]
+    expect_code("PreconditionFailed", lambda: s3.put_object(Bucket="bkt1", Key="cond", Body=b"x", IfNoneMatch="*"),
+                "If-None-Match * on an existing key")
+    expect_code("PreconditionFailed", lambda: s3.put_object(Bucket="bkt1", Key="cond", Body=b"x", IfMatch='"00"'),
+                "If-Match with another ETag")
+    etag2 = s3.put_object(Bucket="bkt1", Key="cond", Body=b"second", IfMatch=etag)["ETag"]
+    assert etag2 == f'"{md5(b"second")}"'
+    s3.put_object(Bucket="bkt1", Key="cond-new", Body=b"x", IfNoneMatch="*")
+    expect_code("PreconditionFailed", lambda: s3.get_object(Bucket="bkt1", Key="cond", IfMatch=etag),
+                "GET If-Match an old ETag")
+    expect_code("304", lambda: s3.get_object(Bucket="bkt1", Key="cond", IfNoneMatch=etag2), "GET If-None-Match")
+    assert s3.get_object(Bucket="bkt1", Key="cond", IfMatch=etag2)["Body"].read() == b"second"
+    # Two clients racing to create one key: exactly one wins, every time.
+    for round in range(10):
+        key = f"race/{round}"
+        wins, losses = [], []
+
+        def create(i):
+            c = client()
+            try:
+                c.put_object(Bucket="bkt1", Key=key, Body=f"writer {i}".encode(), IfNoneMatch="*")
+                wins.append(i)
+            except ClientError as e:
+                losses.append(e.response["Error"]["Code"])
+
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(wins) == 1 and losses == ["PreconditionFailed"], (wins, losses)
+        assert s3.get_object(Bucket="bkt1", Key=key)["Body"].read() == f"writer {wins[0]}".encode()
+
+
+def model_listing(keys, prefix, delimiter, start_after):
+    out, prefixes = [], []
+    for k in sorted(keys):
+        if not k.startswith(prefix) or (start_after and k <= start_after):
+            continue
+        rest = k[len(prefix):]
+        if delimiter and delimiter in rest:
+            p = prefix + rest[:rest.index(delimiter) + len(delimiter)]
+            if (not start_after or p > start_after) and p not in prefixes:
+                prefixes.append(p)
+            continue
+        out.append(k)
+    return out, prefixes
+
+
+def listing():
+    s3.create_bucket(Bucket="lst")
+    rng = random.Random(11)
+    keys = set()
+    for _ in range(300):
+        depth = rng.randrange(1, 4)
+        keys.add("/".join(rng.choice(["a", "b", "c", "dd", "e-f"]) for _ in range(depth)) + f"{rng.randrange(50)}")
+    for k in keys:
+        s3.put_object(Bucket="lst", Key=k, Body=k.encode())
+    for _ in range(60):
+        prefix = rng.choice(["", "a", "a/", "b/c", "dd/", "zz", "e-f/a/"])
+        delimiter = rng.choice(["", "/", "-"])
+        start_after = rng.choice(["", "", "b", "c/d"])
+        page = rng.choice([1, 7, 50, 1000])
+        want_keys, want_prefixes = model_listing(keys, prefix, delimiter, start_after)
+        got_keys, got_prefixes = [], []
+        args = dict(Bucket="lst", Prefix=prefix, Delimiter=delimiter, MaxKeys=page)
+        if start_after:
+            args["StartAfter"] = start_after
+        while True:
+            r = s3.list_objects_v2(**args)
+            assert r["KeyCount"] <= page
+            for o in r.get("Contents", []):
+                got_keys.append(o["Key"])
+                assert o["Size"] == len(o["Key"]) and o["ETag"] == f'"{md5(o["Key"].encode())}"'
+            got_prefixes += [p["Prefix"] for p in r.get("CommonPrefixes", [])]
+            if not r["IsTruncated"]:
+                break
+            args["ContinuationToken"] = r["NextContinuationToken"]
+        assert got_keys == want_keys, (prefix, delimiter, start_after, page)
+        assert got_prefixes == want_prefixes, (prefix, delimiter, start_after, page, got_prefixes, want_prefixes)
+    # v1 with markers.
+    got = []
+    args = dict(Bucket="lst", MaxKeys=33)
+    while True:
+        r = s3.list_objects(**args)
+        got += [o["Key"] for o in r.get("Contents", [])]
+        if not r["IsTruncated"]:
+            break
+        args["Marker"] = r["NextMarker"]
+    assert got == sorted(keys)
+    # Deletes leave the listing at once.
+    gone = sorted(keys)[::3]
+    for k in gone:
+        s3.delete_object(Bucket="lst", Key=k)
+    left = [o["Key"] for o in s3.get_paginator("list_objects_v2").paginate(Bucket="lst").search("Contents")]
+    assert left == sorted(keys - set(gone))
+    expect_code("InvalidArgument", lambda: s3.list_objects_v2(Bucket="lst", ContinuationToken="junk"),
+                "a forged continuation token")
+
+
+def limits_and_auth():
+    expect_code("KeyTooLongError", lambda: s3.put_object(Bucket="bkt1", Key="k" * 1025, Body=b"x"), "a 1,025-byte key")
+    expect_code("MetadataTooLarge",
+                lambda: s3.put_object(Bucket="bkt1", Key="meta", Body=b"x", Metadata={"m": "v" * 2100}),
+                "2 KB of metadata")
+    expect_code("BadDigest", lambda: s3.put_object(Bucket="bkt1", Key="digest", Body=b"abc",
+                                                   ContentMD5="XUFAKrxLKna5cZ2REBfFkg=="), "a wrong Content-MD5")
+    expect_code("NoSuchKey", lambda: s3.get_object(Bucket="bkt1", Key="digest"), "nothing stored on a bad digest")
+    expect_code("SignatureDoesNotMatch", lambda: client(secret="wrong").list_buckets(), "a wrong secret")
+    expect_code("SignatureDoesNotMatch",
+                lambda: client(secret="wrong").put_object(Bucket="bkt1", Key="forged", Body=b"x"), "a forged put")
+    expect_code("NoSuchKey", lambda: s3.get_object(Bucket="bkt1", Key="forged"), "nothing stored by a forged put")
+    # Presigned: a GET works with the URL alone; a tampered URL does not.
+    s3.put_object(Bucket="bkt1", Key="shared", Body=b"presigned body")
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": "bkt1", "Key": "shared"}, ExpiresIn=60)
+    assert urllib.request.urlopen(url).read() == b"presigned body"
+    try:
+        urllib.request.urlopen(url.replace("shared", "sharee"))
+        raise AssertionError("a tampered presigned URL was accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 403, e.code
+    # No credentials at all.
+    try:
+        urllib.request.urlopen(f"{ENDPOINT}/bkt1/shared")
+        raise AssertionError("an anonymous GET was answered")
+    except urllib.error.HTTPError as e:
+        assert e.code == 403, e.code
+
+
+def write_survivors(n):
+    s3.create_bucket(Bucket="survive")
+    rng = random.Random(5)
+    for i in range(n):
+        body = rng.randbytes(rng.choice([10, 5000, 300_000]))
+        s3.put_object(Bucket="survive", Key=f"k{i}", Body=body)
+        print(f"k{i} {md5(body)}", flush=True)
+
+
+def check_survivors():
+    n = 0
+    for line in sys.stdin:
+        key, digest = line.split()
+        body = s3.get_object(Bucket="survive", Key=key)["Body"].read()
+        assert md5(body) == digest, f"{key} changed after the restart"
+        n += 1
+    print(f"{n} objects read back whole")
+
+
+if MODE == "all":
+    for step in [buckets, objects, conditions, listing, limits_and_auth]:
+        step()
+        print(f"{step.__name__}: ok", flush=True)
+elif MODE == "write-survivors":
+    write_survivors(int(sys.argv[5]))
+elif MODE == "check-survivors":
+    check_survivors()
+else:
+    sys.exit(f"unknown mode {MODE}")
