@@ -1,7 +1,8 @@
 //! The S3 gateway inside a node (issue 34), driven by boto3 (`tests/s3/boto3_suite.py`:
 //! buckets, objects across chunk boundaries, ranges, conditional reads and writes, two
 //! clients racing to create one key, listings against a model, limits, signatures and
-//! presigned URLs) and by the AWS CLI; objects acknowledged through it survive kill -9; a
+//! presigned URLs, multipart uploads, copies, batch deletes) and by the AWS CLI (a sync and
+//! a 100 MiB multipart upload); objects acknowledged through it survive kill -9; a
 //! node given no keys generates them into its data directory, readable by its owner only.
 
 mod common;
@@ -66,7 +67,15 @@ fn boto3_drives_every_operation() {
     let _node = start(&write_config_with(dir.path(), port, &s3_section(s3)), port);
     wait_for_gateway(s3);
     let said = suite(s3, &[], "");
-    for step in ["buckets", "objects", "conditions", "listing", "limits_and_auth"] {
+    for step in [
+        "buckets",
+        "objects",
+        "conditions",
+        "listing",
+        "limits_and_auth",
+        "multipart",
+        "copies_and_batch_deletes",
+    ] {
         assert!(said.contains(&format!("{step}: ok")), "{said}");
     }
 }
@@ -91,11 +100,23 @@ fn objects_acknowledged_through_the_gateway_survive_kill_9() {
 fn the_aws_cli_copies_syncs_and_lists() {
     let dir = test_dir();
     let (port, s3) = (ports(), free_port());
-    let _node = start(&write_config_with(dir.path(), port, &s3_section(s3)), port);
+    // Room for the 100 MiB file (the suite's config holds 128 MiB).
+    let cfg = write_config_with(dir.path(), port, &s3_section(s3));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("data_bytes = 134217728", "data_bytes = 805306368"),
+    )
+    .unwrap();
+    let _node = start(&cfg, port);
     wait_for_gateway(s3);
     let files = dir.path().join("files");
     std::fs::create_dir_all(files.join("sub")).unwrap();
-    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    // 100 MiB: the CLI uploads it in parts of 8 MiB (a multipart upload).
+    const BIG: usize = 100 << 20;
+    let big: Vec<u8> = (0..BIG as u32)
+        .map(|i| (i.wrapping_mul(7) ^ (i >> 13)) as u8)
+        .collect();
     std::fs::write(files.join("big.bin"), &big).unwrap();
     std::fs::write(files.join("sub/a.txt"), b"a").unwrap();
     std::fs::write(files.join("sub/b.txt"), b"bb").unwrap();
@@ -124,7 +145,7 @@ fn the_aws_cli_copies_syncs_and_lists() {
     aws(&["s3", "sync", src, "s3://cli/files"]);
     let listed = aws(&["s3", "ls", "--recursive", "s3://cli/"]);
     for (name, size) in [
-        ("files/big.bin", 3_000_000),
+        ("files/big.bin", BIG),
         ("files/sub/a.txt", 1),
         ("files/sub/b.txt", 2),
     ] {
@@ -140,6 +161,18 @@ fn the_aws_cli_copies_syncs_and_lists() {
     let back = dir.path().join("back.bin");
     aws(&["s3", "cp", "s3://cli/files/big.bin", back.to_str().unwrap()]);
     assert!(std::fs::read(&back).unwrap() == big, "the copy back differs");
+    let head = aws(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "cli",
+        "--key",
+        "files/big.bin",
+    ]);
+    assert!(
+        head.contains("-13\\\""),
+        "a 100 MiB upload in 8 MiB parts has a 13-part ETag: {head}"
+    );
     // A second sync has nothing to copy.
     assert_eq!(aws(&["s3", "sync", src, "s3://cli/files"]).trim(), "");
     aws(&["s3", "rm", "--recursive", "s3://cli/files"]);

@@ -242,6 +242,91 @@ def limits_and_auth():
         assert e.code == 403, e.code
 
 
+def multipart():
+    rng = random.Random(3)
+    MiB = 1 << 20
+    sizes = [5 * MiB, 5 * MiB + 7, 1234]
+    parts = [rng.randbytes(n) for n in sizes]
+    up = s3.create_multipart_upload(Bucket="bkt1", Key="mp/obj", ContentType="video/x-test",
+                                    Metadata={"m": "1"})["UploadId"]
+    other = s3.create_multipart_upload(Bucket="bkt1", Key="mp/other")["UploadId"]
+    listed = s3.list_multipart_uploads(Bucket="bkt1")["Uploads"]
+    assert sorted((u["Key"], u["UploadId"]) for u in listed) == sorted([("mp/obj", up), ("mp/other", other)]), listed
+    etags = []
+    for i, body in enumerate(parts):
+        r = s3.upload_part(Bucket="bkt1", Key="mp/obj", UploadId=up, PartNumber=i + 1, Body=body)
+        assert r["ETag"] == f'"{md5(body)}"'
+        etags.append(r["ETag"])
+    # Part 2 again: the later one counts.
+    parts[1] = rng.randbytes(sizes[1])
+    etags[1] = s3.upload_part(Bucket="bkt1", Key="mp/obj", UploadId=up, PartNumber=2, Body=parts[1])["ETag"]
+    listed_parts = s3.list_parts(Bucket="bkt1", Key="mp/obj", UploadId=up)["Parts"]
+    assert [(p["PartNumber"], p["Size"], p["ETag"]) for p in listed_parts] == \
+        [(i + 1, sizes[i], etags[i]) for i in range(3)], listed_parts
+    page = s3.list_parts(Bucket="bkt1", Key="mp/obj", UploadId=up, MaxParts=2)
+    assert page["IsTruncated"] and page["NextPartNumberMarker"] == 2
+    assert [p["PartNumber"] for p in s3.list_parts(Bucket="bkt1", Key="mp/obj", UploadId=up,
+                                                   PartNumberMarker=2)["Parts"]] == [3]
+    done = lambda ps: {"Parts": [{"PartNumber": n, "ETag": e} for n, e in ps]}
+    expect_code("InvalidPart", lambda: s3.complete_multipart_upload(
+        Bucket="bkt1", Key="mp/obj", UploadId=up, MultipartUpload=done([(1, '"00"')])), "a wrong part ETag")
+    expect_code("InvalidPartOrder", lambda: s3.complete_multipart_upload(
+        Bucket="bkt1", Key="mp/obj", UploadId=up, MultipartUpload=done([(2, etags[1]), (1, etags[0])])),
+        "parts out of order")
+    expect_code("EntityTooSmall", lambda: s3.complete_multipart_upload(
+        Bucket="bkt1", Key="mp/obj", UploadId=up, MultipartUpload=done([(3, etags[2]), (4, etags[2])])),
+        "a small part before the last")
+    r = s3.complete_multipart_upload(Bucket="bkt1", Key="mp/obj", UploadId=up,
+                                     MultipartUpload=done([(i + 1, etags[i]) for i in range(3)]))
+    want_etag = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + "-3"
+    assert r["ETag"] == f'"{want_etag}"', (r["ETag"], want_etag)
+    whole = b"".join(parts)
+    g = s3.get_object(Bucket="bkt1", Key="mp/obj")
+    assert g["Body"].read() == whole and g["ETag"] == r["ETag"] and g["ContentType"] == "video/x-test"
+    assert g["Metadata"] == {"m": "1"}
+    for _ in range(20):
+        a = rng.randrange(len(whole))
+        b = rng.randrange(a, len(whole))
+        assert s3.get_object(Bucket="bkt1", Key="mp/obj", Range=f"bytes={a}-{b}")["Body"].read() == whole[a:b + 1]
+    expect_code("NoSuchUpload", lambda: s3.upload_part(Bucket="bkt1", Key="mp/obj", UploadId=up, PartNumber=1,
+                                                       Body=b"x"), "a part after Complete")
+    s3.upload_part(Bucket="bkt1", Key="mp/other", UploadId=other, PartNumber=1, Body=b"abandoned")
+    s3.abort_multipart_upload(Bucket="bkt1", Key="mp/other", UploadId=other)
+    expect_code("NoSuchUpload", lambda: s3.list_parts(Bucket="bkt1", Key="mp/other", UploadId=other), "after abort")
+    assert s3.list_multipart_uploads(Bucket="bkt1").get("Uploads", []) == []
+    expect_code("NoSuchKey", lambda: s3.get_object(Bucket="bkt1", Key="mp/other"), "an aborted upload's key")
+    # Complete honours If-None-Match like a PUT.
+    up2 = s3.create_multipart_upload(Bucket="bkt1", Key="mp/obj")["UploadId"]
+    e = s3.upload_part(Bucket="bkt1", Key="mp/obj", UploadId=up2, PartNumber=1, Body=b"late")["ETag"]
+    expect_code("PreconditionFailed", lambda: s3.complete_multipart_upload(
+        Bucket="bkt1", Key="mp/obj", UploadId=up2, MultipartUpload=done([(1, e)]), IfNoneMatch="*"),
+        "Complete over an existing key with If-None-Match *")
+    assert s3.get_object(Bucket="bkt1", Key="mp/obj")["Body"].read() == whole
+    s3.abort_multipart_upload(Bucket="bkt1", Key="mp/obj", UploadId=up2)
+    assert s3.get_object(Bucket="bkt1", Key="mp/obj")["Body"].read() == whole, "abort took the object's data"
+
+
+def copies_and_batch_deletes():
+    s3.put_object(Bucket="bkt1", Key="src", Body=b"copy me" * 20000, ContentType="text/x-src", Metadata={"a": "1"})
+    r = s3.copy_object(Bucket="bkt1", Key="dst", CopySource={"Bucket": "bkt1", "Key": "src"})
+    assert r["CopyObjectResult"]["ETag"] == f'"{md5(b"copy me" * 20000)}"'
+    g = s3.get_object(Bucket="bkt1", Key="dst")
+    assert g["Body"].read() == b"copy me" * 20000 and g["Metadata"] == {"a": "1"} and g["ContentType"] == "text/x-src"
+    s3.copy_object(Bucket="bkt1", Key="dst2", CopySource={"Bucket": "bkt1", "Key": "src"},
+                   MetadataDirective="REPLACE", Metadata={"b": "2"}, ContentType="text/x-dst")
+    assert s3.head_object(Bucket="bkt1", Key="dst2")["Metadata"] == {"b": "2"}
+    # The copy is its own object: deleting the source leaves it whole.
+    s3.delete_object(Bucket="bkt1", Key="src")
+    assert s3.get_object(Bucket="bkt1", Key="dst")["Body"].read() == b"copy me" * 20000
+    expect_code("NoSuchKey", lambda: s3.copy_object(Bucket="bkt1", Key="x", CopySource={"Bucket": "bkt1", "Key": "src"}),
+                "a copy of a missing key")
+    for i in range(5):
+        s3.put_object(Bucket="bkt1", Key=f"batch/{i}", Body=b"x")
+    r = s3.delete_objects(Bucket="bkt1", Delete={"Objects": [{"Key": f"batch/{i}"} for i in range(7)]})
+    assert sorted(d["Key"] for d in r["Deleted"]) == [f"batch/{i}" for i in range(7)] and not r.get("Errors")
+    assert s3.list_objects_v2(Bucket="bkt1", Prefix="batch/")["KeyCount"] == 0
+
+
 def write_survivors(n):
     s3.create_bucket(Bucket="survive")
     rng = random.Random(5)
@@ -262,7 +347,7 @@ def check_survivors():
 
 
 if MODE == "all":
-    for step in [buckets, objects, conditions, listing, limits_and_auth]:
+    for step in [buckets, objects, conditions, listing, limits_and_auth, multipart, copies_and_batch_deletes]:
         step()
         print(f"{step.__name__}: ok", flush=True)
 elif MODE == "write-survivors":

@@ -15,9 +15,14 @@ use md5::{Digest, Md5};
 use s3s::dto::*;
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 
-use crate::backend::{Backend, BackendGone};
-use crate::layout::{bucket_key, chunk_key, entry_key, entry_prefix, BucketRecord, ObjectRecord, BUCKETS};
+use crate::backend::{Backend, BackendGone, NodeClient};
+use crate::layout::{
+    bucket_key, chunk_key, entry_key, entry_prefix, BucketRecord, Extent, ObjectRecord, BUCKETS,
+};
 use crate::limits::{check_entry_key, check_metadata, MAX_PUT_BYTES};
+
+/// S3's limit on the objects one DeleteObjects names.
+const MAX_DELETES: usize = 1000;
 
 /// Chunks written or read at once for one object.
 const CHUNKS_AT_ONCE: usize = 4;
@@ -32,9 +37,9 @@ const ENTRY_TRIES: usize = 16;
 /// The gateway: stateless, every request answered from the nodes.
 #[derive(Clone)]
 pub struct Gateway {
-    backend: Arc<Backend>,
+    pub(crate) backend: Arc<Backend>,
     /// Chunk size of new objects.
-    chunk: u64,
+    pub(crate) chunk: u64,
 }
 
 impl Gateway {
@@ -46,20 +51,20 @@ impl Gateway {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
-fn timestamp(ms: u64) -> Timestamp {
+pub(crate) fn timestamp(ms: u64) -> Timestamp {
     Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 /// A new object id: 128 bits that no other PUT of any gateway makes (a random seed per
 /// process, the time and a counter, mixed).
-fn new_id() -> u128 {
+pub(crate) fn new_id() -> u128 {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     static SEED: OnceLock<u128> = OnceLock::new();
@@ -84,7 +89,7 @@ fn new_id() -> u128 {
 }
 
 /// A node's answer as S3's: Busy is `SlowDown` (503), the rest an internal error.
-fn node_error(e: ClientError) -> S3Error {
+pub(crate) fn node_error(e: ClientError) -> S3Error {
     match e {
         ClientError::Status(Status::Busy) => s3_error!(SlowDown, "the node is busy; try again"),
         ClientError::Status(Status::NoSpace) => s3_error!(ServiceUnavailable, "the node is out of space"),
@@ -93,7 +98,7 @@ fn node_error(e: ClientError) -> S3Error {
     }
 }
 
-fn gone(_: BackendGone) -> S3Error {
+pub(crate) fn gone(_: BackendGone) -> S3Error {
     s3_error!(ServiceUnavailable, "the gateway has no connection to a node")
 }
 
@@ -102,7 +107,7 @@ fn version_mismatch(e: &ClientError) -> bool {
 }
 
 impl Gateway {
-    async fn get(&self, key: Vec<u8>) -> S3Result<Option<(Vec<u8>, u64)>> {
+    pub(crate) async fn get(&self, key: Vec<u8>) -> S3Result<Option<(Vec<u8>, u64)>> {
         self.backend
             .run(move |c| async move { c.get(&key).await })
             .await
@@ -110,7 +115,12 @@ impl Gateway {
             .map_err(node_error)
     }
 
-    async fn put(&self, key: Vec<u8>, value: Vec<u8>, if_version: Option<u64>) -> Result<u64, S3Error> {
+    pub(crate) async fn put(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        if_version: Option<u64>,
+    ) -> Result<u64, S3Error> {
         self.put_raw(key, value, if_version).await?.map_err(node_error)
     }
 
@@ -133,7 +143,7 @@ impl Gateway {
             .map_err(gone)
     }
 
-    async fn bucket_exists(&self, bucket: &str) -> S3Result<()> {
+    pub(crate) async fn bucket_exists(&self, bucket: &str) -> S3Result<()> {
         match self.get(bucket_key(bucket)).await? {
             Some(_) => Ok(()),
             None => Err(s3_error!(NoSuchBucket)),
@@ -141,7 +151,7 @@ impl Gateway {
     }
 
     /// The object's record and its entry's version, if there is one.
-    async fn record(&self, bucket: &str, key: &str) -> S3Result<Option<(ObjectRecord, u64)>> {
+    pub(crate) async fn record(&self, bucket: &str, key: &str) -> S3Result<Option<(ObjectRecord, u64)>> {
         match self.get(entry_key(bucket, key)).await? {
             None => Ok(None),
             Some((bytes, version)) => match ObjectRecord::decode(&bytes) {
@@ -154,26 +164,18 @@ impl Gateway {
         }
     }
 
-    /// Removes an object's chunks, `REMOVE_AFTER` from now, on a client thread.
-    fn remove_chunks_later(&self, record: &ObjectRecord) {
-        let Some(id) = record.id() else { return };
-        let chunks = record.chunks();
+    /// Removes the chunks of `extents`, `REMOVE_AFTER` from now, on a client thread.
+    pub(crate) fn remove_chunks_later(&self, extents: Vec<Extent>) {
         let backend = self.backend.clone();
         tokio::spawn(async move {
             tokio::time::sleep(REMOVE_AFTER).await;
-            let _ = backend
-                .run(move |c| async move {
-                    for n in 0..chunks {
-                        let _ = c.delete(&chunk_key(id, n), None).await;
-                    }
-                })
-                .await;
+            let _ = backend.run(move |c| remove_chunks(c, extents)).await;
         });
     }
 
     /// Writes a body as chunks of object `id`, `CHUNKS_AT_ONCE` in flight; returns its size
     /// and MD5. On any error the chunks written are removed.
-    async fn write_chunks(
+    pub(crate) async fn write_chunks(
         &self,
         id: u128,
         body: Option<StreamingBlob>,
@@ -218,15 +220,12 @@ impl Gateway {
         .await;
         drop(in_flight);
         if let Err(e) = result {
-            let chunks = n;
-            let _ = self
-                .backend
-                .run(move |c| async move {
-                    for i in 0..chunks {
-                        let _ = c.delete(&chunk_key(id, i), None).await;
-                    }
-                })
-                .await;
+            let written = vec![Extent {
+                id: format!("{id:032x}"),
+                size: n * self.chunk,
+                chunk: self.chunk,
+            }];
+            let _ = self.backend.run(move |c| remove_chunks(c, written)).await;
             return Err(e);
         }
         Ok((size, md5.finalize().into()))
@@ -238,7 +237,7 @@ impl Gateway {
 
     /// Points `key` at `record` (the last write of a PUT), honouring `If-Match` and
     /// `If-None-Match`; returns the record it replaced.
-    async fn switch_entry(
+    pub(crate) async fn switch_entry(
         &self,
         bucket: &str,
         key: &str,
@@ -256,6 +255,27 @@ impl Gateway {
                 .await?
             {
                 Ok(_) => return Ok(current.map(|(r, _)| r)),
+                Err(e) if version_mismatch(&e) => continue,
+                Err(e) => return Err(node_error(e)),
+            }
+        }
+        Err(s3_error!(
+            SlowDown,
+            "the key is written by others too often; try again"
+        ))
+    }
+
+    /// Deletes `key`'s entry (nothing if absent, as S3 answers) and, later, its chunks.
+    async fn delete_key(&self, bucket: &str, key: &str) -> S3Result<()> {
+        for _ in 0..ENTRY_TRIES {
+            let Some((record, version)) = self.record(bucket, key).await? else {
+                return Ok(());
+            };
+            match self.delete_raw(entry_key(bucket, key), Some(version)).await? {
+                Ok(_) => {
+                    self.remove_chunks_later(record.extents());
+                    return Ok(());
+                }
                 Err(e) if version_mismatch(&e) => continue,
                 Err(e) => return Err(node_error(e)),
             }
@@ -357,25 +377,27 @@ impl Gateway {
         }
     }
 
-    fn object_body(&self, record: ObjectRecord, range: std::ops::Range<u64>) -> StreamingBlob {
+    pub(crate) fn object_body(&self, record: ObjectRecord, range: std::ops::Range<u64>) -> StreamingBlob {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_AT_ONCE);
         let backend = self.backend.clone();
         tokio::spawn(async move {
             let _ = backend
                 .run(move |c| async move {
-                    let Some(id) = record.id() else { return };
                     let mut reads = FuturesOrdered::new();
-                    let mut parts = record.chunks_for(range);
+                    let mut parts = record.chunks_for(range).into_iter();
                     loop {
                         while reads.len() < CHUNKS_AT_ONCE {
-                            let Some((n, lo, hi)) = parts.next() else { break };
-                            let (c, whole) = (c.clone(), lo == 0 && hi == record.chunk);
+                            let Some(part) = parts.next() else { break };
+                            let c = c.clone();
                             reads.push_back(async move {
-                                let range = (!whole).then_some(ByteRange {
-                                    offset: lo,
-                                    len: hi - lo,
+                                let range = (!part.whole).then_some(ByteRange {
+                                    offset: part.lo,
+                                    len: part.hi - part.lo,
                                 });
-                                (hi - lo, c.get_range(&chunk_key(id, n), range).await)
+                                (
+                                    part.hi - part.lo,
+                                    c.get_range(&chunk_key(part.id, part.n), range).await,
+                                )
                             });
                         }
                         let Some((want, got)) = reads.next().await else {
@@ -400,6 +422,16 @@ impl Gateway {
     }
 }
 
+/// Deletes every chunk of `extents` (a chunk already gone is fine).
+async fn remove_chunks(c: std::rc::Rc<NodeClient>, extents: Vec<Extent>) {
+    for e in extents {
+        let Some(id) = e.id() else { continue };
+        for n in 0..e.chunks() {
+            let _ = c.delete(&chunk_key(id, n), None).await;
+        }
+    }
+}
+
 /// A listed entry as S3's `Object` (None if its record is gone or not one).
 fn listed_object(key: &str, got: Option<(Vec<u8>, u64)>) -> Option<Object> {
     let record = ObjectRecord::decode(&got?.0)?;
@@ -411,6 +443,14 @@ fn listed_object(key: &str, got: Option<(Vec<u8>, u64)>) -> Option<Object> {
         storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
         ..Default::default()
     })
+}
+
+/// Whether an ETag condition holds for `record`.
+fn etag_matches(c: &ETagCondition, record: &ObjectRecord) -> bool {
+    match c {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => e.value() == record.etag,
+    }
 }
 
 /// `If-Match` / `If-None-Match` of a write against the object there now.
@@ -586,15 +626,11 @@ impl S3 for Gateway {
         let id = new_id();
         let (size, md5) = self.write_chunks(id, input.body, MAX_PUT_BYTES).await?;
         let cleanup = |this: &Self| {
-            this.remove_chunks_later(&ObjectRecord {
+            this.remove_chunks_later(vec![Extent {
                 id: format!("{id:032x}"),
                 size,
                 chunk: this.chunk,
-                etag: String::new(),
-                modified_ms: 0,
-                content_type: None,
-                metadata: BTreeMap::new(),
-            })
+            }])
         };
         if input.content_length.is_some_and(|n| n as u64 != size) {
             cleanup(self);
@@ -615,6 +651,7 @@ impl S3 for Gateway {
             modified_ms: now_ms(),
             content_type: input.content_type,
             metadata,
+            parts: Vec::new(),
         };
         let replaced = match self
             .switch_entry(
@@ -633,7 +670,7 @@ impl S3 for Gateway {
             }
         };
         if let Some(old) = replaced {
-            self.remove_chunks_later(&old);
+            self.remove_chunks_later(old.extents());
         }
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(record.etag)),
@@ -695,27 +732,171 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let input = req.input;
         self.bucket_exists(&input.bucket).await?;
-        for _ in 0..ENTRY_TRIES {
-            let Some((record, version)) = self.record(&input.bucket, &input.key).await? else {
-                // S3 answers a delete of an absent key with success.
-                return Ok(S3Response::new(DeleteObjectOutput::default()));
-            };
-            match self
-                .delete_raw(entry_key(&input.bucket, &input.key), Some(version))
-                .await?
-            {
-                Ok(_) => {
-                    self.remove_chunks_later(&record);
-                    return Ok(S3Response::new(DeleteObjectOutput::default()));
-                }
-                Err(e) if version_mismatch(&e) => continue,
-                Err(e) => return Err(node_error(e)),
+        self.delete_key(&input.bucket, &input.key).await?;
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let input = req.input;
+        if input.delete.objects.len() > MAX_DELETES {
+            return Err(S3Error::with_message(
+                S3ErrorCode::MalformedXML,
+                format!("at most {MAX_DELETES} keys a request"),
+            ));
+        }
+        self.bucket_exists(&input.bucket).await?;
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let (mut deleted, mut errors) = (Vec::new(), Vec::new());
+        for o in input.delete.objects {
+            match self.delete_key(&input.bucket, &o.key).await {
+                Ok(()) if quiet => {}
+                Ok(()) => deleted.push(DeletedObject {
+                    key: Some(o.key),
+                    ..Default::default()
+                }),
+                Err(e) => errors.push(Error {
+                    code: Some(e.code().as_str().to_string()),
+                    key: Some(o.key),
+                    message: e.message().map(str::to_string),
+                    version_id: None,
+                }),
             }
         }
-        Err(s3_error!(
-            SlowDown,
-            "the key is written by others too often; try again"
-        ))
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: Some(errors),
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        let input = req.input;
+        let CopySource::Bucket {
+            bucket: from_bucket,
+            key: from_key,
+            ..
+        } = &input.copy_source
+        else {
+            return Err(s3_error!(NotImplemented, "copies from access points"));
+        };
+        check_entry_key(&input.bucket, &input.key)?;
+        let Some((source, _)) = self.record(from_bucket, from_key).await? else {
+            self.bucket_exists(from_bucket).await?;
+            return Err(s3_error!(NoSuchKey));
+        };
+        if input
+            .copy_source_if_match
+            .as_ref()
+            .is_some_and(|c| !etag_matches(c, &source))
+            || input
+                .copy_source_if_none_match
+                .as_ref()
+                .is_some_and(|c| etag_matches(c, &source))
+        {
+            return Err(s3_error!(PreconditionFailed));
+        }
+        if source.size > MAX_PUT_BYTES {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidRequest,
+                "objects over 5 GiB are copied with UploadPartCopy",
+            ));
+        }
+        self.bucket_exists(&input.bucket).await?;
+        let replace = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let (content_type, metadata) = if replace {
+            let m: BTreeMap<String, String> = input.metadata.unwrap_or_default().into_iter().collect();
+            check_metadata(&m)?;
+            (input.content_type, m)
+        } else {
+            (source.content_type.clone(), source.metadata.clone())
+        };
+        // The bytes go through the gateway: chunks are not shared between objects (a delete
+        // removes its object's chunks), so a copy writes its own.
+        let size = source.size;
+        let body = self.object_body(source, 0..size);
+        let id = new_id();
+        let (written, md5) = self.write_chunks(id, Some(body), MAX_PUT_BYTES).await?;
+        let extent = Extent {
+            id: format!("{id:032x}"),
+            size: written,
+            chunk: self.chunk,
+        };
+        if written != size {
+            self.remove_chunks_later(vec![extent]);
+            return Err(s3_error!(InternalError, "the source changed while it was copied"));
+        }
+        let record = ObjectRecord {
+            id: extent.id.clone(),
+            size,
+            chunk: self.chunk,
+            etag: hex::encode(md5),
+            modified_ms: now_ms(),
+            content_type,
+            metadata,
+            parts: Vec::new(),
+        };
+        match self
+            .switch_entry(&input.bucket, &input.key, &record, None, None)
+            .await
+        {
+            Ok(Some(old)) => self.remove_chunks_later(old.extents()),
+            Ok(None) => {}
+            Err(e) => {
+                self.remove_chunks_later(vec![extent]);
+                return Err(e);
+            }
+        }
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(ETag::Strong(record.etag)),
+                last_modified: Some(timestamp(record.modified_ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        Ok(S3Response::new(self.create_upload(req.input).await?))
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        Ok(S3Response::new(self.upload_part_of(req.input).await?))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        Ok(S3Response::new(self.complete_upload(req.input).await?))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.abort_upload(req.input).await?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        Ok(S3Response::new(self.list_parts_of(req.input).await?))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        Ok(S3Response::new(self.list_uploads(req.input).await?))
     }
 
     async fn list_objects_v2(
@@ -797,7 +978,7 @@ impl S3 for Gateway {
     }
 }
 
-fn base64_md5(md5: &[u8; 16]) -> String {
+pub(crate) fn base64_md5(md5: &[u8; 16]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(24);
     for chunk in md5.chunks(3) {

@@ -34,6 +34,28 @@ pub fn entry_key(bucket: &str, key: &str) -> Vec<u8> {
     k
 }
 
+/// What comes before every upload key of `bucket` (multipart uploads in progress, in key
+/// order: `ListMultipartUploads`).
+pub fn upload_prefix(bucket: &str) -> String {
+    format!("{{s3u:{bucket}}}")
+}
+
+/// The key of upload `upload_id` of `key` in `bucket`: the key, a NUL (no S3 key holds
+/// one: XML cannot carry it), the id, so that a key's uploads list together.
+pub fn upload_key(bucket: &str, key: &str, upload_id: &str) -> Vec<u8> {
+    format!("{}{key}\0{upload_id}", upload_prefix(bucket)).into_bytes()
+}
+
+/// The index of one upload's parts.
+pub fn part_prefix(upload_id: &str) -> String {
+    format!("{{s3p:{upload_id}}}")
+}
+
+/// The key of part `n` of upload `upload_id` (five digits, so that parts list in order).
+pub fn part_key(upload_id: &str, n: u32) -> Vec<u8> {
+    format!("{}{n:05}", part_prefix(upload_id)).into_bytes()
+}
+
 /// The key of chunk `n` of object `id`.
 pub fn chunk_key(id: u128, n: u64) -> Vec<u8> {
     format!("c:{id:032x}:{n:x}").into_bytes()
@@ -46,8 +68,47 @@ pub struct BucketRecord {
     pub created_ms: u64,
 }
 
+/// Bytes stored as chunks under one id: a whole object of one PUT, or one part of a
+/// multipart upload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Extent {
+    pub id: String,
+    pub size: u64,
+    pub chunk: u64,
+}
+
+impl Extent {
+    pub fn id(&self) -> Option<u128> {
+        u128::from_str_radix(&self.id, 16).ok()
+    }
+
+    pub fn chunks(&self) -> u64 {
+        self.size.div_ceil(self.chunk.max(1))
+    }
+}
+
+/// A part uploaded to a multipart upload (the value of its part key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartRecord {
+    pub extent: Extent,
+    /// MD5 of the part in hex.
+    pub etag: String,
+    pub modified_ms: u64,
+}
+
+/// A multipart upload in progress (the value of its upload key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub key: String,
+    pub initiated_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
 /// An object's record (the value of its entry). Its data is `chunks()` chunks of `chunk`
-/// bytes (the last one shorter) under `id`.
+/// bytes (the last one shorter) under `id`, or, for a multipart upload, its parts in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ObjectRecord {
     /// The object's id, 128 bits in hex (each PUT makes a new one).
@@ -63,34 +124,54 @@ pub struct ObjectRecord {
     /// User metadata (`x-amz-meta-*`, names without the prefix).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// A completed multipart upload's parts (then `id` and `chunk` are unused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Extent>,
 }
 
 impl ObjectRecord {
-    pub fn id(&self) -> Option<u128> {
-        u128::from_str_radix(&self.id, 16).ok()
-    }
-
-    /// How many chunks hold the object.
-    pub fn chunks(&self) -> u64 {
-        self.size.div_ceil(self.chunk.max(1))
-    }
-
-    /// The chunks holding bytes `range` of the object, each with the part of it needed
-    /// (offsets within the chunk, end exclusive).
-    pub fn chunks_for(&self, range: std::ops::Range<u64>) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
-        let chunk = self.chunk.max(1);
-        let first = range.start / chunk;
-        let last = if range.end == 0 {
-            0
+    /// Where the object's bytes are, in order.
+    pub fn extents(&self) -> Vec<Extent> {
+        if self.parts.is_empty() {
+            vec![Extent {
+                id: self.id.clone(),
+                size: self.size,
+                chunk: self.chunk,
+            }]
         } else {
-            (range.end - 1) / chunk + 1
-        };
-        (first..last.max(first)).map(move |n| {
-            let base = n * chunk;
-            let lo = range.start.max(base) - base;
-            let hi = range.end.min(base + chunk) - base;
-            (n, lo, hi)
-        })
+            self.parts.clone()
+        }
+    }
+
+    /// The chunks holding bytes `range` of the object: (object id, chunk number, the part
+    /// of the chunk needed as offsets within it, end exclusive, and whether that is the
+    /// whole chunk).
+    pub fn chunks_for(&self, range: std::ops::Range<u64>) -> Vec<ChunkRead> {
+        let mut out = Vec::new();
+        let mut base = 0u64;
+        for e in self.extents() {
+            let (lo_e, hi_e) = (range.start.max(base), range.end.min(base + e.size));
+            if lo_e < hi_e {
+                let (Some(id), chunk) = (e.id(), e.chunk.max(1)) else {
+                    break;
+                };
+                let (first, last) = ((lo_e - base) / chunk, (hi_e - base - 1) / chunk);
+                for n in first..=last {
+                    let start = base + n * chunk;
+                    let end = (start + chunk).min(base + e.size);
+                    let (lo, hi) = (lo_e.max(start) - start, hi_e.min(end) - start);
+                    out.push(ChunkRead {
+                        id,
+                        n,
+                        lo,
+                        hi,
+                        whole: lo == 0 && hi == end - start,
+                    });
+                }
+            }
+            base += e.size;
+        }
+        out
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -99,10 +180,22 @@ impl ObjectRecord {
 
     /// A record read from a node; None if it is not one (never a panic).
     pub fn decode(bytes: &[u8]) -> Option<ObjectRecord> {
-        serde_json::from_slice::<ObjectRecord>(bytes)
-            .ok()
-            .filter(|r| r.chunk > 0 && r.id().is_some())
+        serde_json::from_slice::<ObjectRecord>(bytes).ok().filter(|r| {
+            let extents = r.extents();
+            extents.iter().all(|e| e.chunk > 0 && e.id().is_some())
+                && extents.iter().try_fold(0u64, |sum, e| sum.checked_add(e.size)) == Some(r.size)
+        })
     }
+}
+
+/// One chunk read of a GET (see `ObjectRecord::chunks_for`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRead {
+    pub id: u128,
+    pub n: u64,
+    pub lo: u64,
+    pub hi: u64,
+    pub whole: bool,
 }
 
 #[cfg(test)]
@@ -118,25 +211,70 @@ mod tests {
             modified_ms: 0,
             content_type: None,
             metadata: BTreeMap::new(),
+            parts: Vec::new(),
         }
+    }
+
+    /// Bytes `range` as the chunk reads give them, each chunk holding its own offsets.
+    fn read(r: &ObjectRecord, range: std::ops::Range<u64>) -> Vec<(u128, u64)> {
+        let mut at = Vec::new();
+        for c in r.chunks_for(range) {
+            assert!(c.lo < c.hi, "{c:?}");
+            for b in c.lo..c.hi {
+                at.push((c.id, c.n * 1_000_000 + b));
+            }
+        }
+        at
     }
 
     #[test]
     fn the_chunks_of_a_range_cover_it_exactly() {
-        for (size, chunk) in [(0u64, 4u64), (1, 4), (4, 4), (5, 4), (17, 4), (1000, 7)] {
+        // One extent, and the same bytes as three parts of other chunk sizes.
+        let mut parted = record(23, 4);
+        parted.parts = vec![
+            Extent {
+                id: format!("{:032x}", 1),
+                size: 10,
+                chunk: 3,
+            },
+            Extent {
+                id: format!("{:032x}", 2),
+                size: 1,
+                chunk: 8,
+            },
+            Extent {
+                id: format!("{:032x}", 3),
+                size: 12,
+                chunk: 5,
+            },
+        ];
+        let whole = read(&parted, 0..23);
+        assert_eq!(whole.len(), 23);
+        for start in 0..23 {
+            for end in start + 1..=23 {
+                assert_eq!(
+                    read(&parted, start..end),
+                    whole[start as usize..end as usize],
+                    "{start}..{end}"
+                );
+            }
+        }
+        for (size, chunk) in [(1u64, 4u64), (4, 4), (5, 4), (17, 4), (1000, 7)] {
             let r = record(size, chunk);
-            assert_eq!(r.chunks_for(0..size).count() as u64, r.chunks());
+            let whole = read(&r, 0..size);
+            assert_eq!(whole.len() as u64, size);
+            assert_eq!(r.chunks_for(0..size).len() as u64, size.div_ceil(chunk));
+            assert!(r
+                .chunks_for(0..size)
+                .iter()
+                .all(|c| c.whole == (c.hi - c.lo == chunk || c.n == size / chunk)));
             for start in 0..size.min(40) {
                 for end in start + 1..=size.min(40) {
-                    let parts: Vec<_> = r.chunks_for(start..end).collect();
-                    let bytes: u64 = parts.iter().map(|(_, lo, hi)| hi - lo).sum();
-                    assert_eq!(bytes, end - start, "{size}/{chunk} {start}..{end}");
-                    let (n, lo, _) = parts[0];
-                    assert_eq!(n * chunk + lo, start);
-                    assert!(parts.iter().all(|(_, lo, hi)| lo < hi && *hi <= chunk));
+                    assert_eq!(read(&r, start..end), whole[start as usize..end as usize]);
                 }
             }
         }
+        assert!(record(0, 4).chunks_for(0..0).is_empty());
     }
 
     #[test]
@@ -156,5 +294,16 @@ mod tests {
         let mut zero = record(1, 1);
         zero.chunk = 0;
         assert_eq!(ObjectRecord::decode(&zero.encode()), None);
+        let mut short = record(5, 4);
+        short.parts = vec![Extent {
+            id: format!("{:032x}", 1),
+            size: 4,
+            chunk: 4,
+        }];
+        assert_eq!(
+            ObjectRecord::decode(&short.encode()),
+            None,
+            "parts must add up to the size"
+        );
     }
 }

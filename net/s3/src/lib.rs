@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod gateway;
 pub mod layout;
 pub mod limits;
+pub mod multipart;
 pub mod server;
 
 pub use credentials::{Credentials, KeysFrom};

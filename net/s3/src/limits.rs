@@ -9,6 +9,8 @@ use crate::layout::entry_key;
 
 /// The largest object one PUT stores (S3's: 5 GiB).
 pub const MAX_PUT_BYTES: u64 = 5 << 30;
+/// The largest part of a multipart upload (S3's: 5 GiB).
+pub const MAX_PART_BYTES: u64 = 5 << 30;
 /// The largest object (S3's: 5 TiB).
 pub const MAX_OBJECT_BYTES: u64 = 5 << 40;
 /// S3's limit on an object's key.
