@@ -48,6 +48,10 @@ pub struct S3Section {
     pub chunk_kib: u64,
     /// Threads for HTTP and threads holding node clients.
     pub threads: usize,
+    /// How often the gateway sweeps chunks a crash left without an entry (0: never), and
+    /// how old a PUT's intent must be before the sweep settles it.
+    pub sweep_every_secs: u64,
+    pub orphan_after_secs: u64,
 }
 
 impl Default for S3Section {
@@ -58,6 +62,8 @@ impl Default for S3Section {
             secret_key: None,
             chunk_kib: 1024,
             threads: 1,
+            sweep_every_secs: 300,
+            orphan_after_secs: 3600,
         }
     }
 }

@@ -54,6 +54,12 @@ enum Command {
         /// HTTP threads, and threads holding node clients.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Seconds between sweeps of chunks a crash left without an entry (0: never).
+        #[arg(long, default_value_t = 300)]
+        sweep_every_secs: u64,
+        /// How old a PUT's intent must be before a sweep settles it.
+        #[arg(long, default_value_t = 3600)]
+        orphan_after_secs: u64,
     },
     /// Store a value (the argument, or the contents of --file).
     Put {
@@ -215,7 +221,13 @@ fn client(t: &Target) -> Result<BlockingClient, String> {
 }
 
 /// `hotshard s3`: a gateway with no data directory, so its keys must be given.
-fn run_s3_gateway(seeds: Vec<String>, listen: String, chunk_kib: u64, threads: usize) -> Result<(), String> {
+fn run_s3_gateway(
+    seeds: Vec<String>,
+    listen: String,
+    chunk_kib: u64,
+    threads: usize,
+    (sweep_every, orphan_after): (u64, u64),
+) -> Result<(), String> {
     if chunk_kib == 0 || chunk_kib > (hotshard_net::limits::MAX_PAYLOAD_BYTES >> 10) as u64 {
         return Err("--chunk-kib must be 1 to 8192 (the node's value limit)".into());
     }
@@ -240,6 +252,8 @@ fn run_s3_gateway(seeds: Vec<String>, listen: String, chunk_kib: u64, threads: u
         },
         chunk_bytes: chunk_kib << 10,
         http_threads: threads.max(1),
+        sweep_every: Duration::from_secs(sweep_every),
+        orphan_after: Duration::from_secs(orphan_after),
     };
     let addr = hotshard_s3::spawn_gateway(cfg).map_err(|e| format!("--listen {listen}: {e}"))?;
     println!("hotshard S3 gateway on http://{addr}; Ctrl-C stops");
@@ -259,7 +273,15 @@ fn run(cli: Cli) -> Result<(), String> {
             listen,
             chunk_kib,
             threads,
-        } => run_s3_gateway(seeds, listen, chunk_kib, threads),
+            sweep_every_secs,
+            orphan_after_secs,
+        } => run_s3_gateway(
+            seeds,
+            listen,
+            chunk_kib,
+            threads,
+            (sweep_every_secs, orphan_after_secs),
+        ),
         Command::Put {
             key,
             value,

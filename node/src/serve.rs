@@ -144,6 +144,8 @@ fn start_s3_gateway(cfg: &NodeConfig, host: &str) -> Result<String, String> {
         credentials: credentials.clone(),
         chunk_bytes: s3.chunk_kib << 10,
         http_threads: s3.threads,
+        sweep_every: std::time::Duration::from_secs(s3.sweep_every_secs),
+        orphan_after: std::time::Duration::from_secs(s3.orphan_after_secs),
     };
     let addr = hotshard_s3::spawn_gateway(gateway).map_err(|e| {
         format!(

@@ -327,6 +327,106 @@ def copies_and_batch_deletes():
     assert s3.list_objects_v2(Bucket="bkt1", Prefix="batch/")["KeyCount"] == 0
 
 
+PART = 5 << 20
+
+
+def etag_of(body, parts):
+    """The ETag S3 gives `body` put whole (parts 0) or in `parts` parts of PART bytes."""
+    if not parts:
+        return md5(body)
+    digests = b"".join(hashlib.md5(body[i:i + PART]).digest() for i in range(0, len(body), PART))
+    return f"{hashlib.md5(digests).hexdigest()}-{parts}"
+
+
+def write_until_killed():
+    """PUTs (some replacing others) and multipart uploads until the node is gone; prints
+    each attempt before it and each acknowledgement after it."""
+    s3.create_bucket(Bucket="crash")
+    rng = random.Random(9)
+    i = 0
+    try:
+        while True:
+            i += 1
+            key = f"k{rng.randrange(12)}"
+            if i % 5 == 0:
+                body = rng.randbytes(2 * PART + rng.randrange(1, 300_000))
+                print(f"attempt {key} {etag_of(body, 3)}", flush=True)
+                up = s3.create_multipart_upload(Bucket="crash", Key=key)["UploadId"]
+                etags = [s3.upload_part(Bucket="crash", Key=key, UploadId=up, PartNumber=n + 1,
+                                        Body=body[n * PART:(n + 1) * PART])["ETag"] for n in range(3)]
+                s3.complete_multipart_upload(Bucket="crash", Key=key, UploadId=up, MultipartUpload={
+                    "Parts": [{"PartNumber": n + 1, "ETag": e} for n, e in enumerate(etags)]})
+                print(f"ack {key} {etag_of(body, 3)}", flush=True)
+            else:
+                body = rng.randbytes(rng.randrange(1, 3_000_000))
+                print(f"attempt {key} {md5(body)}", flush=True)
+                s3.put_object(Bucket="crash", Key=key, Body=body)
+                print(f"ack {key} {md5(body)}", flush=True)
+    except Exception as e:  # the node was killed
+        print(f"stopped: {type(e).__name__}", flush=True)
+
+
+def check_after_crash(redis_port, chunk):
+    """Every listed object reads back whole as its ETag says; every acknowledged key holds
+    its last acknowledged object or one attempted after it; prints the chunks the objects
+    and the unfinished uploads need, and the chunk keys the node holds."""
+    said = {}
+    for line in sys.stdin:
+        kind, *rest = line.split()
+        if kind in ("attempt", "ack"):
+            key, etag = rest
+            said.setdefault(key, []).append((kind, etag))
+    need = 0
+    listed = {o["Key"]: o for o in s3.get_paginator("list_objects_v2").paginate(Bucket="crash").search("Contents")}
+    for key, o in listed.items():
+        body = s3.get_object(Bucket="crash", Key=key)["Body"].read()
+        etag = o["ETag"].strip('"')
+        parts = int(etag.split("-")[1]) if "-" in etag else 0
+        assert len(body) == o["Size"] and etag_of(body, parts) == etag, f"{key} is not whole"
+        if parts:
+            need += sum(-(-min(PART, len(body) - i) // chunk) for i in range(0, len(body), PART))
+        else:
+            need += -(-len(body) // chunk)
+    for key, events in said.items():
+        acks = [i for i, (kind, _) in enumerate(events) if kind == "ack"]
+        if not acks:
+            continue
+        allowed = {etag for kind, etag in events[acks[-1]:]}
+        assert key in listed, f"{key} was acknowledged and is gone"
+        assert listed[key]["ETag"].strip('"') in allowed, f"{key} holds an object older than its last acknowledgement"
+    for u in s3.list_multipart_uploads(Bucket="crash").get("Uploads", []):
+        for p in s3.list_parts(Bucket="crash", Key=u["Key"], UploadId=u["UploadId"]).get("Parts", []):
+            need += -(-p["Size"] // chunk)
+    import redis
+    held = sum(1 for _ in redis.Redis(port=redis_port).scan_iter(match="c:*", count=1000))
+    print(f"objects {len(listed)} chunks needed {need} held {held}", flush=True)
+
+
+def checksums():
+    import base64
+    import zlib
+    body = b"checked " * 5000
+    b64 = lambda raw: base64.b64encode(raw).decode()
+    sha = b64(hashlib.sha256(body).digest())
+    crc = b64(zlib.crc32(body).to_bytes(4, "big"))
+    r = s3.put_object(Bucket="bkt1", Key="sum/sha", Body=body, ChecksumAlgorithm="SHA256")
+    assert r.get("ChecksumSHA256") == sha, r
+    h = s3.head_object(Bucket="bkt1", Key="sum/sha", ChecksumMode="ENABLED")
+    assert h.get("ChecksumSHA256") == sha, h
+    g = s3.get_object(Bucket="bkt1", Key="sum/sha", ChecksumMode="ENABLED")
+    assert g["Body"].read() == body and g.get("ChecksumSHA256") == sha
+    # The SDK's default (a CRC32, in a header or a trailer), kept and given back.
+    s3.put_object(Bucket="bkt1", Key="sum/default", Body=body, ChecksumAlgorithm="CRC32")
+    assert s3.head_object(Bucket="bkt1", Key="sum/default", ChecksumMode="ENABLED").get("ChecksumCRC32") == crc
+    expect_code("BadDigest", lambda: s3.put_object(Bucket="bkt1", Key="sum/bad", Body=body, ChecksumCRC32="AAAAAA=="),
+                "a wrong CRC32")
+    expect_code("NoSuchKey", lambda: s3.get_object(Bucket="bkt1", Key="sum/bad"), "nothing stored on a wrong CRC32")
+    up = s3.create_multipart_upload(Bucket="bkt1", Key="sum/mp", ChecksumAlgorithm="SHA1")["UploadId"]
+    p = s3.upload_part(Bucket="bkt1", Key="sum/mp", UploadId=up, PartNumber=1, Body=body, ChecksumAlgorithm="SHA1")
+    assert p.get("ChecksumSHA1") == b64(hashlib.sha1(body).digest()), p
+    s3.abort_multipart_upload(Bucket="bkt1", Key="sum/mp", UploadId=up)
+
+
 def write_survivors(n):
     s3.create_bucket(Bucket="survive")
     rng = random.Random(5)
@@ -347,12 +447,16 @@ def check_survivors():
 
 
 if MODE == "all":
-    for step in [buckets, objects, conditions, listing, limits_and_auth, multipart, copies_and_batch_deletes]:
+    for step in [buckets, objects, conditions, listing, limits_and_auth, multipart, copies_and_batch_deletes, checksums]:
         step()
         print(f"{step.__name__}: ok", flush=True)
 elif MODE == "write-survivors":
     write_survivors(int(sys.argv[5]))
 elif MODE == "check-survivors":
     check_survivors()
+elif MODE == "write-until-killed":
+    write_until_killed()
+elif MODE == "check-after-crash":
+    check_after_crash(int(sys.argv[5]), int(sys.argv[6]))
 else:
     sys.exit(f"unknown mode {MODE}")

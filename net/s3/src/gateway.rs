@@ -16,10 +16,12 @@ use s3s::dto::*;
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 
 use crate::backend::{Backend, BackendGone, NodeClient};
+use crate::checksums::{to_dto, BodyChecksums};
 use crate::layout::{
     bucket_key, chunk_key, entry_key, entry_prefix, BucketRecord, Extent, ObjectRecord, BUCKETS,
 };
 use crate::limits::{check_entry_key, check_metadata, MAX_PUT_BYTES};
+use crate::sweep::{intent_key, Intent};
 
 /// S3's limit on the objects one DeleteObjects names.
 const MAX_DELETES: usize = 1000;
@@ -164,13 +166,62 @@ impl Gateway {
         }
     }
 
-    /// Removes the chunks of `extents`, `REMOVE_AFTER` from now, on a client thread.
-    pub(crate) fn remove_chunks_later(&self, extents: Vec<Extent>) {
+    /// Removes the chunks of `extents`, `REMOVE_AFTER` from now, on a client thread, then
+    /// the intent that named them as garbage (if any).
+    pub(crate) fn remove_chunks_later(&self, extents: Vec<Extent>, intent: Option<Vec<u8>>) {
         let backend = self.backend.clone();
         tokio::spawn(async move {
             tokio::time::sleep(REMOVE_AFTER).await;
-            let _ = backend.run(move |c| remove_chunks(c, extents)).await;
+            let _ = backend
+                .run(move |c| async move {
+                    remove_chunks(c.clone(), extents).await;
+                    if let Some(key) = intent {
+                        let _ = c.delete(&key, None).await;
+                    }
+                })
+                .await;
         });
+    }
+
+    /// Writes an intent (see `sweep`) for chunks under `id`; returns its key.
+    pub(crate) async fn begin_intent(&self, intent: &Intent, id: u128) -> S3Result<Vec<u8>> {
+        let key = intent_key(now_ms(), id);
+        let value = serde_json::to_vec(intent).unwrap_or_default();
+        self.put(key.clone(), value, None).await?;
+        Ok(key)
+    }
+
+    /// Deletes an intent whose chunks a record now names, off the request's path (a lost
+    /// delete leaves it to the sweep, which finds it settled).
+    pub(crate) fn end_intent(&self, key: Vec<u8>) {
+        let backend = self.backend.clone();
+        tokio::spawn(async move {
+            let _ = backend
+                .run(move |c| async move { c.delete(&key, None).await })
+                .await;
+        });
+    }
+
+    /// Names `extents` as garbage before the write that leaves them without a record: a
+    /// crash after that write leaves them to the sweep (which keeps any that `key`'s entry,
+    /// or the part's record, names after all).
+    pub(crate) async fn garbage_intent(
+        &self,
+        bucket: &str,
+        key: &str,
+        part: Option<(String, u32)>,
+        extents: &[Extent],
+    ) -> S3Result<Option<Vec<u8>>> {
+        let Some(id) = extents.first().and_then(Extent::id) else {
+            return Ok(None);
+        };
+        let intent = Intent::Garbage {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            part,
+            extents: extents.to_vec(),
+        };
+        self.begin_intent(&intent, id).await.map(Some)
     }
 
     /// Writes a body as chunks of object `id`, `CHUNKS_AT_ONCE` in flight; returns its size
@@ -180,6 +231,7 @@ impl Gateway {
         id: u128,
         body: Option<StreamingBlob>,
         limit: u64,
+        sums: &mut BodyChecksums,
     ) -> S3Result<(u64, [u8; 16])> {
         let mut md5 = Md5::new();
         let mut size = 0u64;
@@ -197,6 +249,7 @@ impl Gateway {
                         return Err(s3_error!(EntityTooLarge));
                     }
                     md5.update(&piece);
+                    sums.update(&piece);
                     buf.extend_from_slice(&piece);
                     while buf.len() as u64 >= self.chunk {
                         let chunk = buf.split_to(self.chunk as usize).freeze();
@@ -236,7 +289,8 @@ impl Gateway {
     }
 
     /// Points `key` at `record` (the last write of a PUT), honouring `If-Match` and
-    /// `If-None-Match`; returns the record it replaced.
+    /// `If-None-Match`; the object it replaced is named as garbage before, and its chunks
+    /// removed after.
     pub(crate) async fn switch_entry(
         &self,
         bucket: &str,
@@ -244,17 +298,27 @@ impl Gateway {
         record: &ObjectRecord,
         if_match: Option<&ETagCondition>,
         if_none_match: Option<&ETagCondition>,
-    ) -> S3Result<Option<ObjectRecord>> {
+    ) -> S3Result<()> {
         let entry = entry_key(bucket, key);
         for _ in 0..ENTRY_TRIES {
             let current = self.record(bucket, key).await?;
             check_write_conditions(current.as_ref().map(|(r, _)| r), if_match, if_none_match)?;
-            let version = current.as_ref().map_or(0, |(_, v)| *v);
+            let (version, garbage) = match &current {
+                Some((old, v)) => (*v, self.garbage_intent(bucket, key, None, &old.extents()).await?),
+                None => (0, None),
+            };
             match self
                 .put_raw(entry.clone(), record.encode(), Some(version))
                 .await?
             {
-                Ok(_) => return Ok(current.map(|(r, _)| r)),
+                Ok(_) => {
+                    if let Some((old, _)) = current {
+                        self.remove_chunks_later(old.extents(), garbage);
+                    }
+                    return Ok(());
+                }
+                // A garbage intent left by a lost race is harmless: the record it named was
+                // replaced by the winner, whose own intent names the same chunks.
                 Err(e) if version_mismatch(&e) => continue,
                 Err(e) => return Err(node_error(e)),
             }
@@ -271,9 +335,10 @@ impl Gateway {
             let Some((record, version)) = self.record(bucket, key).await? else {
                 return Ok(());
             };
+            let garbage = self.garbage_intent(bucket, key, None, &record.extents()).await?;
             match self.delete_raw(entry_key(bucket, key), Some(version)).await? {
                 Ok(_) => {
-                    self.remove_chunks_later(record.extents());
+                    self.remove_chunks_later(record.extents(), garbage);
                     return Ok(());
                 }
                 Err(e) if version_mismatch(&e) => continue,
@@ -430,6 +495,33 @@ async fn remove_chunks(c: std::rc::Rc<NodeClient>, extents: Vec<Extent>) {
             let _ = c.delete(&chunk_key(id, n), None).await;
         }
     }
+}
+
+/// The checksums a PUT's headers carry.
+fn checksum_given(input: &PutObjectInput) -> Checksum {
+    Checksum {
+        checksum_crc32: input.checksum_crc32.clone(),
+        checksum_crc32c: input.checksum_crc32c.clone(),
+        checksum_crc64nvme: input.checksum_crc64nvme.clone(),
+        checksum_sha1: input.checksum_sha1.clone(),
+        checksum_sha256: input.checksum_sha256.clone(),
+        checksum_type: None,
+    }
+}
+
+/// What a request's body is to be checked against (see `checksums`).
+pub(crate) fn body_checksums<T>(
+    req: &S3Request<T>,
+    given: Checksum,
+    algorithm: Option<&ChecksumAlgorithm>,
+) -> BodyChecksums {
+    let trailer = req.headers.get("x-amz-trailer").and_then(|v| v.to_str().ok());
+    BodyChecksums::new(given, algorithm, trailer)
+}
+
+/// Whether a GET or HEAD asks for the object's checksums (and is of the whole object).
+fn wants_checksums(mode: Option<&ChecksumMode>, ranged: bool) -> bool {
+    !ranged && mode.is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
 }
 
 /// A listed entry as S3's `Object` (None if its record is gone or not one).
@@ -611,6 +703,12 @@ impl S3 for Gateway {
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        let mut sums = body_checksums(
+            &req,
+            checksum_given(&req.input),
+            req.input.checksum_algorithm.as_ref(),
+        );
+        let trailers = req.trailing_headers;
         let input = req.input;
         let (bucket, key) = (input.bucket, input.key);
         check_entry_key(&bucket, &key)?;
@@ -624,13 +722,25 @@ impl S3 for Gateway {
         }
         self.bucket_exists(&bucket).await?;
         let id = new_id();
-        let (size, md5) = self.write_chunks(id, input.body, MAX_PUT_BYTES).await?;
+        let intent = Intent::Object {
+            bucket: bucket.clone(),
+            key: key.clone(),
+            id: format!("{id:032x}"),
+        };
+        let intent = self.begin_intent(&intent, id).await?;
+        let (size, md5) = self
+            .write_chunks(id, input.body, MAX_PUT_BYTES, &mut sums)
+            .await?;
+        // On a refusal from here on, the chunks go now; the intent stays for the sweep.
         let cleanup = |this: &Self| {
-            this.remove_chunks_later(vec![Extent {
-                id: format!("{id:032x}"),
-                size,
-                chunk: this.chunk,
-            }])
+            this.remove_chunks_later(
+                vec![Extent {
+                    id: format!("{id:032x}"),
+                    size,
+                    chunk: this.chunk,
+                }],
+                None,
+            )
         };
         if input.content_length.is_some_and(|n| n as u64 != size) {
             cleanup(self);
@@ -643,6 +753,13 @@ impl S3 for Gateway {
                 return Err(s3_error!(BadDigest));
             }
         }
+        let checksums = match sums.finish(trailers.and_then(|t| t.take()).as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                cleanup(self);
+                return Err(e);
+            }
+        };
         let record = ObjectRecord {
             id: format!("{id:032x}"),
             size,
@@ -652,8 +769,9 @@ impl S3 for Gateway {
             content_type: input.content_type,
             metadata,
             parts: Vec::new(),
+            checksums,
         };
-        let replaced = match self
+        if let Err(e) = self
             .switch_entry(
                 &bucket,
                 &key,
@@ -663,17 +781,18 @@ impl S3 for Gateway {
             )
             .await
         {
-            Ok(r) => r,
-            Err(e) => {
-                cleanup(self);
-                return Err(e);
-            }
-        };
-        if let Some(old) = replaced {
-            self.remove_chunks_later(old.extents());
+            cleanup(self);
+            return Err(e);
         }
+        self.end_intent(intent);
+        let c = to_dto(&record.checksums);
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(record.etag)),
+            checksum_crc32: c.checksum_crc32,
+            checksum_crc32c: c.checksum_crc32c,
+            checksum_crc64nvme: c.checksum_crc64nvme,
+            checksum_sha1: c.checksum_sha1,
+            checksum_sha256: c.checksum_sha256,
             ..Default::default()
         }))
     }
@@ -694,7 +813,17 @@ impl S3 for Gateway {
             }
         };
         let len = range.end - range.start;
+        let c = if wants_checksums(input.checksum_mode.as_ref(), input.range.is_some()) {
+            to_dto(&record.checksums)
+        } else {
+            Checksum::default()
+        };
         let output = GetObjectOutput {
+            checksum_crc32: c.checksum_crc32,
+            checksum_crc32c: c.checksum_crc32c,
+            checksum_crc64nvme: c.checksum_crc64nvme,
+            checksum_sha1: c.checksum_sha1,
+            checksum_sha256: c.checksum_sha256,
             content_length: Some(len as i64),
             content_range,
             content_type: record.content_type.clone(),
@@ -702,8 +831,11 @@ impl S3 for Gateway {
             last_modified: Some(timestamp(record.modified_ms)),
             metadata: metadata_of(&record),
             accept_ranges: Some("bytes".into()),
-            body: Some(self.object_body(record, range)),
             ..Default::default()
+        };
+        let output = GetObjectOutput {
+            body: Some(self.object_body(record, range)),
+            ..output
         };
         Ok(S3Response::new(output))
     }
@@ -715,7 +847,17 @@ impl S3 for Gateway {
             return Err(s3_error!(NoSuchKey));
         };
         check_read_conditions(&record, input.if_match.as_ref(), input.if_none_match.as_ref())?;
+        let c = if wants_checksums(input.checksum_mode.as_ref(), input.range.is_some()) {
+            to_dto(&record.checksums)
+        } else {
+            Checksum::default()
+        };
         Ok(S3Response::new(HeadObjectOutput {
+            checksum_crc32: c.checksum_crc32,
+            checksum_crc32c: c.checksum_crc32c,
+            checksum_crc64nvme: c.checksum_crc64nvme,
+            checksum_sha1: c.checksum_sha1,
+            checksum_sha256: c.checksum_sha256,
             content_length: Some(record.size as i64),
             content_type: record.content_type.clone(),
             e_tag: Some(ETag::Strong(record.etag.clone())),
@@ -821,14 +963,23 @@ impl S3 for Gateway {
         let size = source.size;
         let body = self.object_body(source, 0..size);
         let id = new_id();
-        let (written, md5) = self.write_chunks(id, Some(body), MAX_PUT_BYTES).await?;
+        let intent = Intent::Object {
+            bucket: input.bucket.clone(),
+            key: input.key.clone(),
+            id: format!("{id:032x}"),
+        };
+        let intent = self.begin_intent(&intent, id).await?;
+        let mut no_sums = BodyChecksums::new(Checksum::default(), None, None);
+        let (written, md5) = self
+            .write_chunks(id, Some(body), MAX_PUT_BYTES, &mut no_sums)
+            .await?;
         let extent = Extent {
             id: format!("{id:032x}"),
             size: written,
             chunk: self.chunk,
         };
         if written != size {
-            self.remove_chunks_later(vec![extent]);
+            self.remove_chunks_later(vec![extent], None);
             return Err(s3_error!(InternalError, "the source changed while it was copied"));
         }
         let record = ObjectRecord {
@@ -840,18 +991,16 @@ impl S3 for Gateway {
             content_type,
             metadata,
             parts: Vec::new(),
+            checksums: BTreeMap::new(),
         };
-        match self
+        if let Err(e) = self
             .switch_entry(&input.bucket, &input.key, &record, None, None)
             .await
         {
-            Ok(Some(old)) => self.remove_chunks_later(old.extents()),
-            Ok(None) => {}
-            Err(e) => {
-                self.remove_chunks_later(vec![extent]);
-                return Err(e);
-            }
+            self.remove_chunks_later(vec![extent], None);
+            return Err(e);
         }
+        self.end_intent(intent);
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(ETag::Strong(record.etag)),
@@ -870,7 +1019,7 @@ impl S3 for Gateway {
     }
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
-        Ok(S3Response::new(self.upload_part_of(req.input).await?))
+        Ok(S3Response::new(self.upload_part_of(req).await?))
     }
 
     async fn complete_multipart_upload(

@@ -94,6 +94,8 @@ pub struct PartRecord {
     /// MD5 of the part in hex.
     pub etag: String,
     pub modified_ms: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checksums: BTreeMap<String, String>,
 }
 
 /// A multipart upload in progress (the value of its upload key).
@@ -127,6 +129,10 @@ pub struct ObjectRecord {
     /// A completed multipart upload's parts (then `id` and `chunk` are unused).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<Extent>,
+    /// Flexible checksums of the whole body, base64, by algorithm (`crc32`, `sha256`...):
+    /// those the client sent, checked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checksums: BTreeMap<String, String>,
 }
 
 impl ObjectRecord {
@@ -212,6 +218,7 @@ mod tests {
             content_type: None,
             metadata: BTreeMap::new(),
             parts: Vec::new(),
+            checksums: BTreeMap::new(),
         }
     }
 

@@ -3,12 +3,14 @@
 //! own: buckets, object entries and chunks are keys in hotshard (`layout`).
 
 pub mod backend;
+pub mod checksums;
 pub mod credentials;
 pub mod gateway;
 pub mod layout;
 pub mod limits;
 pub mod multipart;
 pub mod server;
+pub mod sweep;
 
 pub use credentials::{Credentials, KeysFrom};
 pub use server::{spawn_gateway, GatewayConfig, DEFAULT_CHUNK_BYTES};

@@ -9,13 +9,15 @@ use hotshard_net::client::{ListArgs, ListFrom};
 use hotshard_net::listing::ListItem;
 use md5::{Digest, Md5};
 use s3s::dto::*;
-use s3s::{s3_error, S3Error, S3ErrorCode, S3Result};
+use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Result};
 
-use crate::gateway::{gone, new_id, node_error, now_ms, timestamp, Gateway};
+use crate::checksums::to_dto;
+use crate::gateway::{body_checksums, gone, new_id, node_error, now_ms, timestamp, Gateway};
 use crate::layout::{
     part_key, part_prefix, upload_key, upload_prefix, Extent, ObjectRecord, PartRecord, UploadRecord,
 };
 use crate::limits::{check_entry_key, check_metadata, MAX_OBJECT_BYTES, MAX_PART_BYTES};
+use crate::sweep::Intent;
 
 /// S3's: parts are numbered 1 to 10,000.
 pub const MAX_PARTS: i32 = 10_000;
@@ -122,7 +124,18 @@ impl Gateway {
         })
     }
 
-    pub(crate) async fn upload_part_of(&self, input: UploadPartInput) -> S3Result<UploadPartOutput> {
+    pub(crate) async fn upload_part_of(&self, req: S3Request<UploadPartInput>) -> S3Result<UploadPartOutput> {
+        let given = Checksum {
+            checksum_crc32: req.input.checksum_crc32.clone(),
+            checksum_crc32c: req.input.checksum_crc32c.clone(),
+            checksum_crc64nvme: req.input.checksum_crc64nvme.clone(),
+            checksum_sha1: req.input.checksum_sha1.clone(),
+            checksum_sha256: req.input.checksum_sha256.clone(),
+            checksum_type: None,
+        };
+        let mut sums = body_checksums(&req, given, req.input.checksum_algorithm.as_ref());
+        let trailers = req.trailing_headers;
+        let input = req.input;
         let n = check_part_number(input.part_number)?;
         if input
             .content_length
@@ -132,40 +145,76 @@ impl Gateway {
         }
         self.upload(&input.bucket, &input.key, &input.upload_id).await?;
         let id = new_id();
-        let (size, md5) = self.write_chunks(id, input.body, MAX_PART_BYTES).await?;
+        let intent = Intent::Part {
+            bucket: input.bucket.clone(),
+            key: input.key.clone(),
+            upload_id: input.upload_id.clone(),
+            n,
+            id: format!("{id:032x}"),
+        };
+        let intent = self.begin_intent(&intent, id).await?;
+        let (size, md5) = self
+            .write_chunks(id, input.body, MAX_PART_BYTES, &mut sums)
+            .await?;
         let extent = Extent {
             id: format!("{id:032x}"),
             size,
             chunk: self.chunk,
         };
         if input.content_length.is_some_and(|l| l as u64 != size) {
-            self.remove_chunks_later(vec![extent]);
+            self.remove_chunks_later(vec![extent], None);
             return Err(s3_error!(IncompleteBody));
         }
         if let Some(want) = &input.content_md5 {
             if *want != crate::gateway::base64_md5(&md5) {
-                self.remove_chunks_later(vec![extent]);
+                self.remove_chunks_later(vec![extent], None);
                 return Err(s3_error!(BadDigest));
             }
         }
+        let checksums = match sums.finish(trailers.and_then(|t| t.take()).as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                self.remove_chunks_later(vec![extent], None);
+                return Err(e);
+            }
+        };
         let record = PartRecord {
             extent: extent.clone(),
             etag: hex::encode(md5),
             modified_ms: now_ms(),
+            checksums,
         };
         let key = part_key(&input.upload_id, n);
-        let before = self.get(key.clone()).await?;
+        // A part uploaded again replaces the earlier one, whose chunks go.
+        let before = self
+            .get(key.clone())
+            .await?
+            .and_then(|(b, _)| serde_json::from_slice::<PartRecord>(&b).ok());
+        let garbage = match &before {
+            Some(old) => {
+                let part = Some((input.upload_id.clone(), n));
+                self.garbage_intent(&input.bucket, &input.key, part, std::slice::from_ref(&old.extent))
+                    .await?
+            }
+            None => None,
+        };
         let value = serde_json::to_vec(&record).unwrap_or_default();
         if let Err(e) = self.put(key, value, None).await {
-            self.remove_chunks_later(vec![extent]);
+            self.remove_chunks_later(vec![extent], None);
             return Err(e);
         }
-        // A part uploaded again replaces the earlier one, whose chunks go.
-        if let Some(old) = before.and_then(|(b, _)| serde_json::from_slice::<PartRecord>(&b).ok()) {
-            self.remove_chunks_later(vec![old.extent]);
+        self.end_intent(intent);
+        if let Some(old) = before {
+            self.remove_chunks_later(vec![old.extent], garbage);
         }
+        let c = to_dto(&record.checksums);
         Ok(UploadPartOutput {
             e_tag: Some(ETag::Strong(record.etag)),
+            checksum_crc32: c.checksum_crc32,
+            checksum_crc32c: c.checksum_crc32c,
+            checksum_crc64nvme: c.checksum_crc64nvme,
+            checksum_sha1: c.checksum_sha1,
+            checksum_sha256: c.checksum_sha256,
             ..Default::default()
         })
     }
@@ -221,31 +270,30 @@ impl Gateway {
             content_type: upload.content_type,
             metadata: upload.metadata,
             parts: extents,
+            // S3 gives a multipart object a checksum of its parts' checksums; not kept here.
+            checksums: BTreeMap::new(),
         };
-        let replaced = self
-            .switch_entry(
-                &input.bucket,
-                &input.key,
-                &record,
-                input.if_match.as_ref(),
-                input.if_none_match.as_ref(),
-            )
-            .await?;
-        if let Some(old) = replaced {
-            self.remove_chunks_later(old.extents());
-        }
+        self.switch_entry(
+            &input.bucket,
+            &input.key,
+            &record,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+        )
+        .await?;
         // The upload is done: its records go; the parts not named go with their chunks.
         let used: std::collections::HashSet<u32> = asked
             .iter()
             .filter_map(|p| p.part_number)
             .map(|n| n as u32)
             .collect();
-        let unused: Vec<Extent> = stored
+        let unused: Vec<(u32, Extent)> = stored
             .iter()
             .filter(|(n, _)| !used.contains(n))
-            .map(|(_, (p, _))| p.extent.clone())
+            .map(|(n, (p, _))| (*n, p.extent.clone()))
             .collect();
-        self.remove_chunks_later(unused);
+        self.retire_parts(&input.bucket, &input.key, &input.upload_id, unused)
+            .await?;
         self.forget_upload(
             &input.bucket,
             &input.key,
@@ -259,6 +307,25 @@ impl Gateway {
             e_tag: Some(ETag::Strong(record.etag)),
             ..Default::default()
         })
+    }
+
+    /// Parts about to be forgotten: each named as garbage (kept by the sweep while its part
+    /// record or the object names it), its chunks removed later.
+    async fn retire_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<(u32, Extent)>,
+    ) -> S3Result<()> {
+        for (n, extent) in parts {
+            let part = Some((upload_id.to_string(), n));
+            let garbage = self
+                .garbage_intent(bucket, key, part, std::slice::from_ref(&extent))
+                .await?;
+            self.remove_chunks_later(vec![extent], garbage);
+        }
+        Ok(())
     }
 
     /// Deletes an upload's part records and then its own record.
@@ -285,13 +352,13 @@ impl Gateway {
             Some((r, _)) => r.extents().into_iter().map(|e| e.id).collect(),
             None => Default::default(),
         };
-        self.remove_chunks_later(
-            stored
-                .values()
-                .map(|(p, _)| p.extent.clone())
-                .filter(|e| !in_use.contains(&e.id))
-                .collect(),
-        );
+        let retired = stored
+            .iter()
+            .map(|(n, (p, _))| (*n, p.extent.clone()))
+            .filter(|(_, e)| !in_use.contains(&e.id))
+            .collect();
+        self.retire_parts(&input.bucket, &input.key, &input.upload_id, retired)
+            .await?;
         self.forget_upload(
             &input.bucket,
             &input.key,

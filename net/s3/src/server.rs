@@ -31,6 +31,10 @@ pub struct GatewayConfig {
     pub chunk_bytes: u64,
     /// tokio worker threads for HTTP.
     pub http_threads: usize,
+    /// How often the sweep of chunks no entry names runs (zero: never), and how old an
+    /// intent must be before the sweep settles it (longer than any PUT takes).
+    pub sweep_every: Duration,
+    pub orphan_after: Duration,
 }
 
 /// Binds the listener (so that a port in use is an error at once), then serves on its own
@@ -56,10 +60,34 @@ pub fn spawn_gateway(cfg: GatewayConfig) -> std::io::Result<SocketAddr> {
                         return;
                     }
                 };
+                if !cfg.sweep_every.is_zero() {
+                    tokio::spawn(keep_sweeping(backend.clone(), cfg.sweep_every, cfg.orphan_after));
+                }
                 serve(listener, backend, &cfg).await;
             })
         })?;
     Ok(addr)
+}
+
+/// Runs the sweep (`sweep.rs`) every `every`, for the gateway's life.
+async fn keep_sweeping(backend: Arc<Backend>, every: Duration, orphan_after: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let now = crate::gateway::now_ms();
+        match backend
+            .run(move |c| crate::sweep::sweep_once(c, now, orphan_after))
+            .await
+        {
+            Ok(Ok(n)) if n.intents > 0 => tracing::info!(
+                intents = n.intents,
+                chunks_removed = n.chunks_removed,
+                "s3 gateway: sweep settled old intents"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("s3 gateway: sweep: {e}"),
+            Err(_) => return,
+        }
+    }
 }
 
 async fn serve(listener: TcpListener, backend: Arc<Backend>, cfg: &GatewayConfig) {
