@@ -14,6 +14,8 @@ mod ping_bench;
 mod plot;
 mod redis_benchmark;
 mod report;
+mod s3_bench;
+mod sigv4;
 mod sweep;
 
 use std::path::PathBuf;
@@ -50,6 +52,8 @@ enum Command {
     /// Pages of an ordered index over the network, against a BTreeMap, a TCP ping-pong
     /// and SCAN over the same keys (issue 33).
     List(list_bench::ListArgsCli),
+    /// S3 load (SigV4 PUT, GET or LIST of one bucket) on any S3 endpoint (issue 34).
+    S3(s3_bench::S3Args),
 }
 
 #[derive(clap::Args)]
@@ -374,6 +378,7 @@ fn main() -> anyhow::Result<()> {
             engine_bench::engine_command(&run, a.json)?;
         }
         Command::List(a) => list_bench::list_command(&a)?,
+        Command::S3(a) => s3_bench::s3_command(&a)?,
         Command::Ping(a) => ping_bench::ping_command(a.duration, a.server_core, a.client_core)?,
         Command::Run(a) => {
             let mut rows = Vec::new();

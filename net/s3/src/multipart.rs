@@ -12,7 +12,7 @@ use s3s::dto::*;
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Result};
 
 use crate::checksums::to_dto;
-use crate::gateway::{body_checksums, gone, new_id, node_error, now_ms, timestamp, Gateway};
+use crate::gateway::{body_checksums, drain, gone, new_id, node_error, now_ms, timestamp, Gateway};
 use crate::layout::{
     part_key, part_prefix, upload_key, upload_prefix, Extent, ObjectRecord, PartRecord, UploadRecord,
 };
@@ -136,23 +136,33 @@ impl Gateway {
         let mut sums = body_checksums(&req, given, req.input.checksum_algorithm.as_ref());
         let trailers = req.trailing_headers;
         let input = req.input;
-        let n = check_part_number(input.part_number)?;
-        if input
-            .content_length
-            .is_some_and(|l| l < 0 || l as u64 > MAX_PART_BYTES)
-        {
-            return Err(s3_error!(EntityTooLarge));
-        }
-        self.upload(&input.bucket, &input.key, &input.upload_id).await?;
         let id = new_id();
-        let intent = Intent::Part {
-            bucket: input.bucket.clone(),
-            key: input.key.clone(),
-            upload_id: input.upload_id.clone(),
-            n,
-            id: format!("{id:032x}"),
+        let checked = async {
+            let n = check_part_number(input.part_number)?;
+            if input
+                .content_length
+                .is_some_and(|l| l < 0 || l as u64 > MAX_PART_BYTES)
+            {
+                return Err(s3_error!(EntityTooLarge));
+            }
+            self.upload(&input.bucket, &input.key, &input.upload_id).await?;
+            let intent = Intent::Part {
+                bucket: input.bucket.clone(),
+                key: input.key.clone(),
+                upload_id: input.upload_id.clone(),
+                n,
+                id: format!("{id:032x}"),
+            };
+            Ok((n, self.begin_intent(&intent, id).await?))
+        }
+        .await;
+        let (n, intent) = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                drain(input.body).await;
+                return Err(e);
+            }
         };
-        let intent = self.begin_intent(&intent, id).await?;
         let (size, md5) = self
             .write_chunks(id, input.body, MAX_PART_BYTES, &mut sums)
             .await?;

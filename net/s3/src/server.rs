@@ -69,6 +69,37 @@ pub fn spawn_gateway(cfg: GatewayConfig) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// s3s with one change: a refusal of a request that carries a body closes the connection.
+/// A refusal may come before the body was read (s3s's own checks, a missing bucket), and
+/// a client that sent `Expect: 100-continue` and got no `100` may not send it at all: the
+/// connection's next bytes are then either that body or the next request, and hyper took
+/// a late body for a request line (a bare 400 for the next request, seen by boto3).
+#[derive(Clone)]
+struct CloseOnRefusal(s3s::service::S3Service);
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for CloseOnRefusal {
+    type Response = s3s::HttpResponse;
+    type Error = s3s::HttpError;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let with_body = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+            || req.headers().contains_key(http::header::TRANSFER_ENCODING);
+        let answer = hyper::service::Service::call(&self.0, req);
+        Box::pin(async move {
+            let mut res = answer.await?;
+            if with_body && !res.status().is_success() {
+                res.headers_mut()
+                    .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            Ok(res)
+        })
+    }
+}
+
 /// Runs the sweep (`sweep.rs`) every `every`, for the gateway's life.
 async fn keep_sweeping(backend: Arc<Backend>, every: Duration, orphan_after: Duration) {
     loop {
@@ -111,7 +142,7 @@ async fn serve(listener: TcpListener, backend: Arc<Backend>, cfg: &GatewayConfig
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
+        let service = CloseOnRefusal(service.clone());
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
