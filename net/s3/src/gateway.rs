@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::StreamExt;
-use hotshard_net::client::{ClientError, ListArgs, ListFrom};
+use hotshard_net::client::{ClientError, ListArgs, ListFrom, ListPage};
 use hotshard_net::listing::ListItem;
 use hotshard_net::{ByteRange, Status};
 use md5::{Digest, Md5};
@@ -344,10 +344,7 @@ impl Gateway {
                 Err(e) => return Err(node_error(e)),
             }
         }
-        Err(s3_error!(
-            SlowDown,
-            "the key is written by others too often; try again"
-        ))
+        Err(contended())
     }
 
     /// Deletes `key`'s entry (nothing if absent, as S3 answers) and, later, its chunks.
@@ -366,10 +363,38 @@ impl Gateway {
                 Err(e) => return Err(node_error(e)),
             }
         }
-        Err(s3_error!(
-            SlowDown,
-            "the key is written by others too often; try again"
-        ))
+        Err(contended())
+    }
+
+    /// A page of the ordered index `tag` (keys starting with `prefix`, rolled up by
+    /// `delimiter`), from the start or from `from`.
+    pub(crate) async fn index_page(
+        &self,
+        tag: &[u8],
+        prefix: &[u8],
+        delimiter: &[u8],
+        from: Option<ListFrom>,
+        limit: u32,
+    ) -> S3Result<ListPage> {
+        let (index, prefix, delimiter) = (tag.to_vec(), prefix.to_vec(), delimiter.to_vec());
+        self.backend
+            .run(move |c| async move {
+                let args = ListArgs {
+                    index: &index,
+                    prefix: &prefix,
+                    start_after: None,
+                    delimiter: &delimiter,
+                    limit,
+                    start_at: None,
+                };
+                match &from {
+                    Some(from) => c.list(args.from(from)).await,
+                    None => c.list(args).await,
+                }
+            })
+            .await
+            .map_err(gone)?
+            .map_err(node_error)
     }
 
     /// One page of a bucket's listing: objects (with their records), common prefixes, and
@@ -384,26 +409,9 @@ impl Gateway {
     ) -> S3Result<(Vec<Object>, Vec<CommonPrefix>, Option<ListFrom>)> {
         let tag = entry_prefix(bucket);
         let full_prefix = format!("{tag}{prefix}").into_bytes();
-        let (index, delimiter) = (tag.clone().into_bytes(), delimiter.as_bytes().to_vec());
         let page = self
-            .backend
-            .run(move |c| async move {
-                let args = ListArgs {
-                    index: &index,
-                    prefix: &full_prefix,
-                    start_after: None,
-                    delimiter: &delimiter,
-                    limit: max_keys,
-                    start_at: None,
-                };
-                match &from {
-                    Some(from) => c.list(args.from(from)).await,
-                    None => c.list(args).await,
-                }
-            })
-            .await
-            .map_err(gone)?
-            .map_err(node_error)?;
+            .index_page(tag.as_bytes(), &full_prefix, delimiter.as_bytes(), from, max_keys)
+            .await?;
         let strip = |name: &[u8]| String::from_utf8_lossy(&name[tag.len().min(name.len())..]).into_owned();
         let mut prefixes = Vec::new();
         let mut keys = Vec::new();
@@ -545,6 +553,11 @@ pub(crate) fn body_checksums<T>(
 /// Whether a GET or HEAD asks for the object's checksums (and is of the whole object).
 fn wants_checksums(mode: Option<&ChecksumMode>, ranged: bool) -> bool {
     !ranged && mode.is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
+}
+
+/// A key whose conditional write lost `ENTRY_TRIES` races in a row.
+fn contended() -> S3Error {
+    s3_error!(SlowDown, "the key is written by others too often; try again")
 }
 
 /// The most of a refused request's body read and dropped before the answer.

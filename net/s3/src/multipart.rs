@@ -431,26 +431,10 @@ impl Gateway {
             (Some(k), None) => Some(ListFrom::After(format!("{tag}{k}\u{1}").into_bytes())),
             _ => None,
         };
-        let (index, full_prefix) = (tag.clone().into_bytes(), format!("{tag}{prefix}").into_bytes());
+        let full_prefix = format!("{tag}{prefix}").into_bytes();
         let page = self
-            .backend
-            .run(move |c| async move {
-                let args = ListArgs {
-                    index: &index,
-                    prefix: &full_prefix,
-                    start_after: None,
-                    delimiter: b"",
-                    limit: max,
-                    start_at: None,
-                };
-                match &from {
-                    Some(f) => c.list(args.from(f)).await,
-                    None => c.list(args).await,
-                }
-            })
-            .await
-            .map_err(gone)?
-            .map_err(node_error)?;
+            .index_page(tag.as_bytes(), &full_prefix, b"", from, max)
+            .await?;
         let mut uploads = Vec::new();
         for item in &page.items {
             let ListItem::Key { key, .. } = item else { continue };
