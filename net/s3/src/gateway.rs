@@ -18,7 +18,7 @@ use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use crate::backend::{Backend, BackendGone, NodeClient};
 use crate::checksums::{to_dto, BodyChecksums};
 use crate::layout::{
-    bucket_key, chunk_key, entry_key, entry_prefix, BucketRecord, Extent, ObjectRecord, BUCKETS,
+    bucket_key, chunk_key, entry_key, entry_prefix, BucketRecord, Extent, ObjectRecord, BUCKETS, INLINE_MAX,
 };
 use crate::limits::{check_entry_key, check_metadata, MAX_PUT_BYTES};
 use crate::sweep::{intent_key, Intent};
@@ -472,6 +472,10 @@ impl Gateway {
     }
 
     pub(crate) fn object_body(&self, record: ObjectRecord, range: std::ops::Range<u64>) -> StreamingBlob {
+        if let (true, Some(data)) = (record.inline, &record.data) {
+            let piece = data.slice(range.start as usize..range.end as usize);
+            return StreamingBlob::wrap(futures::stream::iter([Ok::<_, std::io::Error>(piece)]));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_AT_ONCE);
         let backend = self.backend.clone();
         let reading = Reading::start(&self.readers, &record);
@@ -553,6 +557,34 @@ pub(crate) fn body_checksums<T>(
 /// Whether a GET or HEAD asks for the object's checksums (and is of the whole object).
 fn wants_checksums(mode: Option<&ChecksumMode>, ranged: bool) -> bool {
     !ranged && mode.is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
+}
+
+/// A small body read whole (at most `limit` bytes: more is an incomplete body, since its
+/// declared length was within the limit), with its MD5, passing through `sums`.
+async fn read_small(
+    body: Option<StreamingBlob>,
+    limit: u64,
+    sums: &mut BodyChecksums,
+) -> S3Result<(Bytes, [u8; 16])> {
+    let mut buf = BytesMut::new();
+    let mut md5 = Md5::new();
+    if let Some(mut body) = body {
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| {
+                S3Error::with_message(S3ErrorCode::IncompleteBody, format!("the body stopped: {e}"))
+            })?;
+            if (buf.len() + piece.len()) as u64 > limit {
+                return Err(s3_error!(
+                    IncompleteBody,
+                    "the body is longer than its Content-Length"
+                ));
+            }
+            md5.update(&piece);
+            sums.update(&piece);
+            buf.extend_from_slice(&piece);
+        }
+    }
+    Ok((buf.freeze(), md5.finalize().into()))
 }
 
 /// A key whose conditional write lost `ENTRY_TRIES` races in a row.
@@ -804,6 +836,11 @@ impl S3 for Gateway {
         let (bucket, key) = (input.bucket, input.key);
         let metadata: BTreeMap<String, String> = input.metadata.unwrap_or_default().into_iter().collect();
         let id = new_id();
+        // A small object (its length known before the body) goes inline in its entry: no
+        // chunks, so no intent either.
+        let inline = input
+            .content_length
+            .is_some_and(|n| (0..=INLINE_MAX as i64).contains(&n));
         let checked = async {
             check_entry_key(&bucket, &key)?;
             check_metadata(&metadata)?;
@@ -814,12 +851,15 @@ impl S3 for Gateway {
                 return Err(s3_error!(EntityTooLarge));
             }
             self.bucket_exists(&bucket).await?;
+            if inline {
+                return Ok(None);
+            }
             let intent = Intent::Object {
                 bucket: bucket.clone(),
                 key: key.clone(),
                 id: format!("{id:032x}"),
             };
-            self.begin_intent(&intent, id).await
+            self.begin_intent(&intent, id).await.map(Some)
         }
         .await;
         let intent = match checked {
@@ -829,19 +869,27 @@ impl S3 for Gateway {
                 return Err(e);
             }
         };
-        let (size, md5) = self
-            .write_chunks(id, input.body, MAX_PUT_BYTES, &mut sums)
-            .await?;
+        let (size, md5, data) = if inline {
+            let (data, md5) = read_small(input.body, INLINE_MAX, &mut sums).await?;
+            (data.len() as u64, md5, Some(data))
+        } else {
+            let (size, md5) = self
+                .write_chunks(id, input.body, MAX_PUT_BYTES, &mut sums)
+                .await?;
+            (size, md5, None)
+        };
         // On a refusal from here on, the chunks go now; the intent stays for the sweep.
         let cleanup = |this: &Self| {
-            this.remove_chunks_later(
-                vec![Extent {
-                    id: format!("{id:032x}"),
-                    size,
-                    chunk: this.chunk,
-                }],
-                None,
-            )
+            if !inline {
+                this.remove_chunks_later(
+                    vec![Extent {
+                        id: format!("{id:032x}"),
+                        size,
+                        chunk: this.chunk,
+                    }],
+                    None,
+                )
+            }
         };
         if input.content_length.is_some_and(|n| n as u64 != size) {
             cleanup(self);
@@ -871,6 +919,8 @@ impl S3 for Gateway {
             metadata,
             parts: Vec::new(),
             checksums,
+            inline,
+            data,
         };
         if let Err(e) = self
             .switch_entry(
@@ -885,7 +935,9 @@ impl S3 for Gateway {
             cleanup(self);
             return Err(e);
         }
-        self.end_intent(intent);
+        if let Some(intent) = intent {
+            self.end_intent(intent);
+        }
         let c = to_dto(&record.checksums);
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(record.etag)),
@@ -1093,6 +1145,8 @@ impl S3 for Gateway {
             metadata,
             parts: Vec::new(),
             checksums: BTreeMap::new(),
+            inline: false,
+            data: None,
         };
         if let Err(e) = self
             .switch_entry(&input.bucket, &input.key, &record, None, None)

@@ -133,12 +133,27 @@ pub struct ObjectRecord {
     /// those the client sent, checked.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub checksums: BTreeMap<String, String>,
+    /// A small object's bytes, kept in its entry after the record (no chunks: see
+    /// `INLINE_MAX`); `id` and `chunk` are unused then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inline: bool,
+    #[serde(skip)]
+    pub data: Option<bytes::Bytes>,
 }
+
+/// Objects of at most this many bytes are kept in their entry: a PUT is one write, a GET
+/// one read. Small enough that a listing, which reads each entry, stays cheap.
+pub const INLINE_MAX: u64 = 4096;
+
+/// What separates an entry's record from its inline bytes (compact JSON has no newline).
+const INLINE_SEPARATOR: u8 = b'\n';
 
 impl ObjectRecord {
     /// Where the object's bytes are, in order.
     pub fn extents(&self) -> Vec<Extent> {
-        if self.parts.is_empty() {
+        if self.inline {
+            Vec::new()
+        } else if self.parts.is_empty() {
             vec![Extent {
                 id: self.id.clone(),
                 size: self.size,
@@ -180,17 +195,35 @@ impl ObjectRecord {
         out
     }
 
+    /// The entry's value: the record, and an inline object's bytes after it.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut v = serde_json::to_vec(self).unwrap_or_default();
+        if let (true, Some(data)) = (self.inline, &self.data) {
+            v.push(INLINE_SEPARATOR);
+            v.extend_from_slice(data);
+        }
+        v
     }
 
     /// A record read from a node; None if it is not one (never a panic).
     pub fn decode(bytes: &[u8]) -> Option<ObjectRecord> {
-        serde_json::from_slice::<ObjectRecord>(bytes).ok().filter(|r| {
-            let extents = r.extents();
-            extents.iter().all(|e| e.chunk > 0 && e.id().is_some())
-                && extents.iter().try_fold(0u64, |sum, e| sum.checked_add(e.size)) == Some(r.size)
-        })
+        let (json, data) = match bytes.iter().position(|b| *b == INLINE_SEPARATOR) {
+            Some(at) => (&bytes[..at], Some(&bytes[at + 1..])),
+            None => (bytes, None),
+        };
+        let mut r = serde_json::from_slice::<ObjectRecord>(json).ok()?;
+        if r.inline {
+            let data = data?;
+            if data.len() as u64 != r.size {
+                return None;
+            }
+            r.data = Some(bytes::Bytes::copy_from_slice(data));
+            return Some(r);
+        }
+        let extents = r.extents();
+        let whole = extents.iter().all(|e| e.chunk > 0 && e.id().is_some())
+            && extents.iter().try_fold(0u64, |sum, e| sum.checked_add(e.size)) == Some(r.size);
+        (whole && data.is_none()).then_some(r)
     }
 }
 
@@ -219,6 +252,8 @@ mod tests {
             metadata: BTreeMap::new(),
             parts: Vec::new(),
             checksums: BTreeMap::new(),
+            inline: false,
+            data: None,
         }
     }
 
@@ -301,6 +336,22 @@ mod tests {
         let mut zero = record(1, 1);
         zero.chunk = 0;
         assert_eq!(ObjectRecord::decode(&zero.encode()), None);
+        let mut small = record(3, 1);
+        small.inline = true;
+        small.data = Some(bytes::Bytes::from_static(b"a\nb"));
+        assert_eq!(
+            ObjectRecord::decode(&small.encode()),
+            Some(small.clone()),
+            "inline bytes may hold newlines"
+        );
+        assert!(small.extents().is_empty());
+        let mut cut = small.encode();
+        cut.pop();
+        assert_eq!(
+            ObjectRecord::decode(&cut),
+            None,
+            "inline bytes must be the object's size"
+        );
         let mut short = record(5, 4);
         short.parts = vec![Extent {
             id: format!("{:032x}", 1),

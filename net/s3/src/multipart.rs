@@ -282,6 +282,8 @@ impl Gateway {
             parts: extents,
             // S3 gives a multipart object a checksum of its parts' checksums; not kept here.
             checksums: BTreeMap::new(),
+            inline: false,
+            data: None,
         };
         self.switch_entry(
             &input.bucket,
