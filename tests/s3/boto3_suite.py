@@ -234,12 +234,20 @@ def limits_and_auth():
         raise AssertionError("a tampered presigned URL was accepted")
     except urllib.error.HTTPError as e:
         assert e.code == 403, e.code
-    # No credentials at all.
+    # No credentials at all: refused, and a body sent with no signature stores nothing.
     try:
         urllib.request.urlopen(f"{ENDPOINT}/bkt1/shared")
         raise AssertionError("an anonymous GET was answered")
     except urllib.error.HTTPError as e:
         assert e.code == 403, e.code
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{ENDPOINT}/bkt1/anon", data=b"x" * 1_000_000, method="PUT"))
+        raise AssertionError("an anonymous PUT was answered")
+    except urllib.error.HTTPError as e:
+        assert e.code == 403, e.code
+    except (ConnectionError, urllib.error.URLError):
+        pass  # closed before the whole body went: refused too
+    expect_code("NoSuchKey", lambda: s3.get_object(Bucket="bkt1", Key="anon"), "nothing stored by an anonymous PUT")
 
 
 def multipart():
