@@ -245,6 +245,44 @@ fn the_aws_cli_copies_syncs_and_lists() {
     aws(&["s3", "rb", "s3://cli"]);
 }
 
+/// `hotshard s3`: a gateway process of its own in front of a node that serves no S3,
+/// with its keys from the environment; it refuses to start without them.
+#[test]
+fn a_gateway_process_of_its_own_serves_a_node() {
+    let dir = test_dir();
+    let (port, s3) = (ports(), free_port());
+    let _node = start(&write_config(dir.path(), port), port);
+    let refused = Command::new(binary())
+        .args(["s3", "--seeds", &format!("127.0.0.1:{port}")])
+        .env_remove("HOTSHARD_S3_ACCESS_KEY")
+        .env_remove("HOTSHARD_S3_SECRET_KEY")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("HOTSHARD_S3_ACCESS_KEY"));
+    let gateway = Command::new(binary())
+        .args([
+            "s3",
+            "--seeds",
+            &format!("127.0.0.1:{port},127.0.0.1:{}", port + 1),
+        ])
+        .args(["--listen", &format!("127.0.0.1:{s3}"), "--chunk-kib", "64"])
+        .env("HOTSHARD_S3_ACCESS_KEY", "AKTEST")
+        .env("HOTSHARD_S3_SECRET_KEY", "SKTEST")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Stopped (and reaped) whatever the test's end.
+    let _gateway = Node {
+        child: Some(gateway),
+        port: s3,
+    };
+    wait_for_gateway(s3);
+    let said = suite(s3, &["smoke"], "");
+    assert!(said.contains("listing: ok"), "{said}");
+}
+
 #[test]
 fn a_node_given_no_keys_generates_them_for_its_owner_only() {
     let dir = test_dir();

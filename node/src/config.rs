@@ -672,6 +672,25 @@ mod tests {
     }
 
     #[test]
+    fn the_s3_section_is_checked_and_off_unless_given() {
+        assert_eq!(NodeConfig::parse("").unwrap().s3.listen, "");
+        assert_eq!(
+            NodeConfig::parse(DEFAULT_PROFILE).unwrap().s3.listen,
+            "127.0.0.1:9000"
+        );
+        for (bad, key) in [
+            ("[s3]\nlisten = \"localhost\"\n", "s3.listen"),
+            ("[s3]\naccess_key = \"a\"\n", "s3"),
+            ("[s3]\nchunk_kib = 0\n", "s3.chunk_kib"),
+            ("[s3]\nchunk_kib = 8193\n", "s3.chunk_kib"),
+            ("[s3]\nthreads = 0\n", "s3.threads"),
+        ] {
+            let e = NodeConfig::parse(bad).unwrap_err();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn the_secret_is_checked_and_never_shown() {
         let cfg = NodeConfig::parse("[auth]\nsecret = \"0123456789abcdef-xyz\"\n").unwrap();
         assert_eq!(cfg.secret().unwrap().unwrap(), b"0123456789abcdef-xyz");

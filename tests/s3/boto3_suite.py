@@ -466,6 +466,10 @@ if MODE == "all":
     for step in [buckets, objects, conditions, listing, limits_and_auth, multipart, copies_and_batch_deletes, checksums]:
         step()
         print(f"{step.__name__}: ok", flush=True)
+elif MODE == "smoke":
+    for step in [buckets, objects, listing]:
+        step()
+        print(f"{step.__name__}: ok", flush=True)
 elif MODE == "write-survivors":
     write_survivors(int(sys.argv[5]))
 elif MODE == "check-survivors":
