@@ -72,6 +72,10 @@ impl ManagedNode {
             "node.data_dir",
             toml::Value::String(data_dir.display().to_string()),
         )?;
+        // A node measured by the harness serves no S3: the embedded default's gateway port
+        // would collide with a node already running from it (the S3 benchmarks configure
+        // their own).
+        set_knob_value(&mut profile, "s3.listen", toml::Value::String(String::new()))?;
         let node = profile.get("node").and_then(|n| n.as_table());
         let listen = node
             .and_then(|n| n.get("listen"))
