@@ -397,27 +397,6 @@ impl Gateway {
             .map_err(node_error)
     }
 
-    /// Every key of the small ordered index `tag` (the index of buckets, an upload's
-    /// parts), page after page.
-    pub(crate) async fn index_all(&self, tag: &[u8]) -> S3Result<Vec<ListItem>> {
-        let tag = tag.to_vec();
-        self.backend
-            .run(move |c| async move {
-                c.list_all(ListArgs {
-                    index: &tag,
-                    prefix: &tag,
-                    start_after: None,
-                    delimiter: b"",
-                    limit: 1000,
-                    start_at: None,
-                })
-                .await
-            })
-            .await
-            .map_err(gone)?
-            .map_err(node_error)
-    }
-
     /// One page of a bucket's listing: objects (with their records), common prefixes, and
     /// where the next page starts.
     async fn list_page(
@@ -805,7 +784,22 @@ impl S3 for Gateway {
         &self,
         _req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
-        let items = self.index_all(BUCKETS.as_bytes()).await?;
+        let items = self
+            .backend
+            .run(|c| async move {
+                c.list_all(ListArgs {
+                    index: BUCKETS.as_bytes(),
+                    prefix: BUCKETS.as_bytes(),
+                    start_after: None,
+                    delimiter: b"",
+                    limit: 1000,
+                    start_at: None,
+                })
+                .await
+            })
+            .await
+            .map_err(gone)?
+            .map_err(node_error)?;
         let mut buckets = Vec::new();
         for item in items {
             if let ListItem::Key { key, .. } = item {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use hotshard_net::client::ListFrom;
+use hotshard_net::client::{ListArgs, ListFrom};
 use hotshard_net::listing::ListItem;
 use md5::{Digest, Md5};
 use s3s::dto::*;
@@ -62,7 +62,23 @@ impl Gateway {
 
     /// Every part record of an upload, by part number.
     async fn parts(&self, upload_id: &str) -> S3Result<BTreeMap<u32, (PartRecord, u64)>> {
-        let items = self.index_all(part_prefix(upload_id).as_bytes()).await?;
+        let tag = part_prefix(upload_id).into_bytes();
+        let items = self
+            .backend
+            .run(move |c| async move {
+                c.list_all(ListArgs {
+                    index: &tag,
+                    prefix: &tag,
+                    start_after: None,
+                    delimiter: b"",
+                    limit: LIST_MAX,
+                    start_at: None,
+                })
+                .await
+            })
+            .await
+            .map_err(gone)?
+            .map_err(node_error)?;
         let mut parts = BTreeMap::new();
         let prefix_len = part_prefix(upload_id).len();
         for item in items {
